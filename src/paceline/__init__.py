@@ -1,0 +1,51 @@
+"""paceline: run large batches against rate-limited APIs as fast as the other side allows.
+
+>>> import asyncio, paceline
+>>> async def fetch(n: int) -> int:
+...     return n * n
+>>> limiter = paceline.RateLimiter("100/s")
+>>> results = asyncio.run(paceline.batch_execute(range(5), fetch, rate_limiter=limiter))
+>>> [r.value for r in results]
+[0, 1, 4, 9, 16]
+"""
+
+from paceline.errors import PacelineError, Throttled
+from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
+from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
+from paceline.limiter import AsyncRateLimiterProtocol, RateLimiter, RateLimiterProtocol
+from paceline.policy.limits import Limit
+from paceline.policy.rate import Rate, RateSpecError
+from paceline.results import (
+    BatchItemResult,
+    BatchResult,
+    ErrorCode,
+    Failure,
+    Result,
+    Success,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncRateLimiterProtocol",
+    "BatchExecutor",
+    "BatchItemResult",
+    "BatchResult",
+    "ErrorCode",
+    "Failure",
+    "Limit",
+    "PacelineError",
+    "Rate",
+    "RateLimitedExecutor",
+    "RateLimiter",
+    "RateLimiterProtocol",
+    "RateSpecError",
+    "Result",
+    "Success",
+    "Throttled",
+    "__version__",
+    "batch_execute",
+    "batch_execute_sync",
+    "run_sync",
+    "stream",
+]

@@ -1,0 +1,1 @@
+"""Faces: the public ways in. Each builds a runner and shapes its results."""

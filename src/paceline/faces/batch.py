@@ -1,0 +1,211 @@
+"""The async faces: ``batch_execute``, ``stream``, and running them from sync code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+)
+from typing import Any, Literal, TypeVar
+
+from paceline.policy.rate import NS_PER_S
+from paceline.results import BatchItemResult, Failure, Result, Success, error_code_for
+from paceline.runners._common import ProgressCallback, auto_workers, sized_length
+from paceline.runners.async_runner import AsyncRunner
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+__all__ = ["batch_execute", "batch_execute_sync", "run_sync", "stream"]
+
+Concurrency = int | Literal["auto"] | None
+
+
+def _concurrency(
+    max_concurrent: Concurrency, max_workers: Concurrency, total: int | None
+) -> int | None:
+    chosen = max_workers if max_workers is not None else max_concurrent
+    if chosen == "auto":
+        return auto_workers(total)
+    return chosen
+
+
+def _ok(_index: int, _key: object, value: Any, _s: int, _e: int) -> Success[Any]:
+    return Success(value)
+
+
+def _err(_index: int, _key: object, exc: BaseException, _s: int, _e: int) -> Failure:
+    return Failure.from_exception(exc)
+
+
+async def batch_execute(
+    keys: Iterable[K] | AsyncIterable[K],
+    operation: Callable[[K], Awaitable[T]],
+    max_concurrent: Concurrency = 10,
+    on_progress: ProgressCallback | None = None,
+    fail_fast: bool = False,
+    *,
+    rate_limiter: object | None = None,
+    weight: Callable[[K], int] | None = None,
+    max_workers: Concurrency = None,
+) -> list[Result[T]]:
+    """Run ``await operation(key)`` for every key; return a ``Result`` per key, in key order.
+
+    At most ``max_concurrent`` operations run at once (``"auto"``: chosen from the batch size;
+    ``None``: no limit). ``max_workers`` is accepted as another name for it. With a
+    ``rate_limiter``, each operation takes a token (of ``weight(key)`` permits, default 1)
+    immediately before it starts. ``fail_fast=True`` cancels the operations in flight at the
+    first failure and raises that original exception; by default every key is attempted and
+    failures come back as :class:`~paceline.Failure` values.
+
+    >>> async def double(x: int) -> int:
+    ...     return 2 * x
+    >>> results = asyncio.run(batch_execute([1, 2, 3], double))
+    >>> [r.value for r in results]
+    [2, 4, 6]
+    """
+    total = sized_length(keys)
+    runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
+        operation,
+        concurrency=_concurrency(max_concurrent, max_workers, total),
+        ok=_ok,
+        err=_err,
+        limiter=rate_limiter,
+        stop_on_error=fail_fast,
+        on_progress=on_progress,
+        weight=weight,
+    )
+    state = await runner.collect(keys)
+    return state.slots  # type: ignore[return-value]  # every slot is filled when it returns
+
+
+def _default_item_id(index: int, key: object) -> str:
+    return key if isinstance(key, str) else str(key) if isinstance(key, int) else str(index)
+
+
+async def stream(
+    keys: Iterable[K] | AsyncIterable[K],
+    operation: Callable[[K], Awaitable[T]],
+    max_concurrent: Concurrency = 10,
+    *,
+    ordered: bool = True,
+    fail_fast: bool = False,
+    rate_limiter: object | None = None,
+    weight: Callable[[K], int] | None = None,
+    on_progress: ProgressCallback | None = None,
+    item_id: Callable[[K], str] | None = None,
+    read_ahead: int | None = None,
+    max_workers: Concurrency = None,
+) -> AsyncIterator[BatchItemResult]:
+    """Run ``operation`` over a lazy, possibly endless input and yield each item's
+    :class:`~paceline.BatchItemResult` as it settles.
+
+    ``ordered=True`` yields in input order (a result waits for the ones before it);
+    ``False`` yields in completion order. The input is read at most ``read_ahead`` items
+    (default twice the concurrency) ahead of what has been yielded, so memory stays bounded
+    however long the input is. ``item_id(key)`` names each result (default: the key itself
+    for ``str``/``int`` keys, else its position).
+
+    Stopping the iteration early cancels the work in flight.
+
+    >>> async def main() -> list[str]:
+    ...     async def shout(word: str) -> str:
+    ...         return word.upper()
+    ...     return [r.result async for r in stream(iter(["a", "b"]), shout)]
+    >>> asyncio.run(main())
+    ['A', 'B']
+    """
+
+    def name(index: int, key: K) -> str:
+        return item_id(key) if item_id is not None else _default_item_id(index, key)
+
+    def ok(index: int, key: K, value: T, started: int, elapsed: int) -> BatchItemResult:
+        return BatchItemResult(
+            item_id=name(index, key), success=True, result=value, index=index,
+            started_ns=started, duration_s=elapsed / NS_PER_S,
+        )
+
+    def err(index: int, key: K, exc: BaseException, started: int, elapsed: int) -> BatchItemResult:
+        return BatchItemResult(
+            item_id=name(index, key), success=False, error=str(exc) or type(exc).__name__,
+            exception=exc, error_code=error_code_for(exc), index=index,
+            started_ns=started, duration_s=elapsed / NS_PER_S,
+        )
+
+    total = sized_length(keys)
+    runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
+        operation,
+        concurrency=_concurrency(max_concurrent, max_workers, total),
+        ok=ok,
+        err=err,
+        limiter=rate_limiter,
+        stop_on_error=fail_fast,
+        on_progress=on_progress,
+        weight=weight,
+        timed=True,
+        read_ahead=read_ahead,
+    )
+    async for result in runner.stream(keys, ordered=ordered):
+        yield result
+
+
+def run_sync(awaitable: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, and return its result.
+
+    Outside an event loop this is ``asyncio.run``. Called from code that is already inside a
+    running loop (Jupyter, an async web handler calling sync code), where ``asyncio.run``
+    fails, it runs the coroutine on a fresh loop in a helper thread and blocks until it
+    finishes — so the calling loop is paused meanwhile, as any blocking call would pause it.
+
+    >>> async def answer() -> int:
+    ...     return 42
+    >>> run_sync(answer())
+    42
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(awaitable)
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome.append(context.run(asyncio.run, awaitable))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="paceline-run-sync", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]  # type: ignore[no-any-return]
+
+
+def batch_execute_sync(
+    keys: Iterable[K],
+    operation: Callable[[K], Awaitable[T]],
+    max_concurrent: Concurrency = 10,
+    on_progress: ProgressCallback | None = None,
+    fail_fast: bool = False,
+    **options: Any,
+) -> list[Result[T]]:
+    """:func:`batch_execute` for sync callers (works inside a running event loop too).
+
+    >>> async def double(x: int) -> int:
+    ...     return 2 * x
+    >>> [r.value for r in batch_execute_sync([1, 2], double)]
+    [2, 4]
+    """
+    return run_sync(
+        batch_execute(keys, operation, max_concurrent, on_progress, fail_fast, **options)
+    )

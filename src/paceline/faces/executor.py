@@ -1,0 +1,200 @@
+"""The sync faces: ``BatchExecutor`` and ``RateLimitedExecutor`` (threads, no event loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from paceline.policy.rate import NS_PER_S
+from paceline.results import BatchItemResult, BatchResult, error_code_for
+from paceline.runners._common import (
+    ProgressCallback,
+    Workers,
+    auto_workers,
+    resolve_workers,
+    sized_length,
+)
+from paceline.runners.gates import sync_acquirer
+from paceline.runners.thread_runner import ThreadRunner
+
+T = TypeVar("T")
+
+__all__ = ["BatchExecutor", "RateLimitedExecutor"]
+
+
+def _call(task: Callable[[], T]) -> T:
+    return task()
+
+
+def _check_ids(tasks: Iterable[Any], item_ids: Sequence[str] | None) -> Sequence[str] | None:
+    if item_ids is None:
+        return None
+    if isinstance(item_ids, str):
+        raise TypeError(
+            f"item_ids={item_ids!r}: give one id per task (a list of strings), not one string"
+        )
+    ids = item_ids if isinstance(item_ids, Sequence) else list(item_ids)
+    try:
+        n_tasks = len(tasks)  # type: ignore[arg-type]
+    except TypeError:
+        return ids
+    if n_tasks != len(ids):
+        raise ValueError(
+            f"tasks and item_ids must have the same length: got {n_tasks} tasks and "
+            f"{len(ids)} item_ids; pass one id per task, or item_ids=None to number them"
+        )
+    return ids
+
+
+class BatchExecutor:
+    """Run a batch of zero-argument callables, collecting every item's outcome.
+
+    ``stop_on_error=True`` (the default) re-raises the first failure — the original exception —
+    and starts nothing after it; ``False`` runs everything and reports failures as values.
+    ``max_workers``: ``None`` runs one at a time in the calling thread, an ``int`` uses that many
+    threads, ``"auto"`` picks a count from the batch size and the machine. A ``rate_limiter``
+    (anything with ``acquire(weight=1)``) is asked for a token just before each call starts.
+
+    >>> executor = BatchExecutor(stop_on_error=False, max_workers=4)
+    >>> result = executor.execute_batch([lambda: 1, lambda: 1 / 0], item_ids=["a", "b"])
+    >>> result.successful, result.failed, result.failed_items[0].item_id
+    (1, 1, 'b')
+    """
+
+    def __init__(
+        self,
+        stop_on_error: bool = True,
+        rate_limiter: object | None = None,
+        max_workers: Workers = None,
+    ) -> None:
+        resolve_workers(max_workers, None)  # validate early: a typo fails here, not mid-batch
+        self._stop_on_error = stop_on_error
+        self._rate_limiter = rate_limiter
+        sync_acquirer(rate_limiter)
+        self._max_workers = max_workers
+
+    @property
+    def stop_on_error(self) -> bool:
+        """Whether the first failure stops the batch."""
+        return self._stop_on_error
+
+    def _calculate_optimal_workers(self, batch_size: int) -> int:
+        """The worker count ``"auto"`` starts with for a batch of ``batch_size``."""
+        return auto_workers(batch_size)
+
+    def execute(self, task: Callable[[], T]) -> T:
+        """Run one task (after a token, if there is a limiter) and return its result."""
+        acquire = sync_acquirer(self._rate_limiter)
+        if acquire is not None:
+            acquire(1)
+        return task()
+
+    def execute_batch(
+        self,
+        tasks: Iterable[Callable[[], Any]],
+        item_ids: Sequence[str] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> BatchResult:
+        """Run every task; return a :class:`BatchResult` in input order.
+
+        ``item_ids`` names the items (default: their positions, ``"0"``, ``"1"``, ...).
+        ``on_progress(completed, total)`` is called once per finished item, never two at once.
+        """
+        ids = _check_ids(tasks, item_ids)
+
+        def name(index: int) -> str:
+            if ids is None:
+                return str(index)
+            try:
+                return ids[index]
+            except IndexError:
+                raise ValueError(
+                    f"tasks and item_ids must have the same length: task {index} has no id "
+                    f"(only {len(ids)} item_ids)"
+                ) from None
+
+        def ok(index: int, _task: object, value: Any, started: int, elapsed: int) -> BatchItemResult:
+            return BatchItemResult(
+                item_id=name(index), success=True, result=value, index=index,
+                started_ns=started, duration_s=elapsed / NS_PER_S,
+            )
+
+        def err(
+            index: int, _task: object, exc: BaseException, started: int, elapsed: int
+        ) -> BatchItemResult:
+            return BatchItemResult(
+                item_id=name(index), success=False, error=str(exc) or type(exc).__name__,
+                exception=exc, error_code=error_code_for(exc), index=index,
+                started_ns=started, duration_s=elapsed / NS_PER_S,
+            )
+
+        runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
+            _call,
+            workers=resolve_workers(self._max_workers, sized_length(tasks)),
+            ok=ok,
+            err=err,
+            limiter=self._rate_limiter,
+            stop_on_error=self._stop_on_error,
+            on_progress=on_progress,
+            timed=True,
+        )
+        state = runner.collect(tasks)
+        if ids is not None and state.completed != len(ids):
+            raise ValueError(
+                f"tasks and item_ids must have the same length: got {state.completed} tasks "
+                f"and {len(ids)} item_ids"
+            )
+        items = [item for item in state.slots if item is not None]
+        return BatchResult(items=items, total=len(state.slots))
+
+
+class RateLimitedExecutor:
+    """Run callables one at a time (or on ``max_workers`` threads), each after a token.
+
+    ``execute_batch`` returns a plain list in input order; when ``stop_on_error=False`` a
+    failed task's exception object stands in its place.
+
+    >>> from paceline.testing import FakeRateLimiter
+    >>> executor = RateLimitedExecutor(FakeRateLimiter(), stop_on_error=False)
+    >>> out = executor.execute_batch([lambda: 2, lambda: int("x")])
+    >>> out[0], type(out[1]).__name__
+    (2, 'ValueError')
+    """
+
+    def __init__(
+        self,
+        rate_limiter: object,
+        stop_on_error: bool = True,
+        max_workers: Workers = None,
+    ) -> None:
+        sync_acquirer(rate_limiter)
+        resolve_workers(max_workers, None)
+        self._rate_limiter = rate_limiter
+        self._stop_on_error = stop_on_error
+        self._max_workers = max_workers
+
+    def execute(self, task: Callable[[], T]) -> T:
+        """Take a token, then run ``task`` and return its result (its exception propagates)."""
+        acquire = sync_acquirer(self._rate_limiter)
+        assert acquire is not None
+        acquire(1)
+        return task()
+
+    def execute_batch(
+        self,
+        tasks: Iterable[Callable[[], Any]],
+        on_progress: ProgressCallback | None = None,
+    ) -> list[Any]:
+        """Run every task; return results in input order (exceptions in place of failures
+        unless ``stop_on_error``, which re-raises the first one)."""
+        runner: ThreadRunner[Callable[[], Any], Any, Any] = ThreadRunner(
+            _call,
+            workers=resolve_workers(self._max_workers, sized_length(tasks)),
+            ok=lambda _i, _t, value, _s, _e: value,
+            err=lambda _i, _t, exc, _s, _e: exc,
+            limiter=self._rate_limiter,
+            stop_on_error=self._stop_on_error,
+            on_progress=on_progress,
+        )
+        return list(runner.collect(tasks).slots)
+

@@ -1,0 +1,191 @@
+"""``RateLimiter``: a strict limiter that threads and event loops can share.
+
+It wraps the sans-I/O :class:`~paceline.policy.limits.LimitPolicy` with a lock, a clock and the
+waiting: ``acquire()`` blocks a thread, ``await acquire_async()`` suspends a task, and both are
+safe to use from many threads and many event loops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from paceline.clock import SYSTEM_CLOCK, Clock
+from paceline.policy.limits import Limit, LimitPolicy
+from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
+
+__all__ = ["AsyncRateLimiterProtocol", "RateLimiter", "RateLimiterProtocol"]
+
+
+@runtime_checkable
+class RateLimiterProtocol(Protocol):
+    """What the executors accept as a limiter: anything with ``acquire(weight=1)`` that blocks
+    until the caller may start. A ``unittest.mock.Mock`` qualifies."""
+
+    def acquire(self, weight: int = 1) -> object:
+        """Block until ``weight`` permits are granted."""
+        ...
+
+
+@runtime_checkable
+class AsyncRateLimiterProtocol(Protocol):
+    """A limiter the async runner can await without a thread: adds ``acquire_async``."""
+
+    def acquire(self, weight: int = 1) -> object:
+        """Block until ``weight`` permits are granted."""
+        ...
+
+    async def acquire_async(self, weight: int = 1) -> object:
+        """Suspend until ``weight`` permits are granted."""
+        ...
+
+
+def _as_limit(spec: str | Rate | Limit, burst: int | None) -> Limit:
+    if isinstance(spec, Limit):
+        return spec
+    rate = spec if isinstance(spec, Rate) else Rate.parse(spec)
+    return Limit(rate, burst)
+
+
+class RateLimiter:
+    """Never more than ``max_requests`` starts in any window of ``time_window_seconds``.
+
+    By default the first ``max_requests`` are granted at once and the next waits for the window
+    to free (a sliding-window log). ``burst=1`` paces grants evenly (one every ``W / N``);
+    ``burst=B`` allows bursts of ``B`` and paces the rest. The log stays behind the pacer, so
+    the limit is strict in every mode.
+
+    >>> limiter = RateLimiter(2, 1.0)            # 2 per second
+    >>> _ = limiter.acquire(); _ = limiter.acquire()  # the first two are immediate
+    >>> limiter = RateLimiter("100/s", burst=1)  # the string form, evenly paced
+    >>> both = RateLimiter.from_rates("10/s", "500/min")  # several limits, all must agree
+
+    ``acquire`` and ``acquire_async`` return the grant's timestamp (monotonic ns), which
+    :meth:`give_back` takes to return permits that were never used.
+    """
+
+    __slots__ = ("__weakref__", "_async_gates", "_clock", "_lock", "_policy", "_thread_gate")
+
+    def __init__(
+        self,
+        max_requests: int | str,
+        time_window_seconds: float = 1.0,
+        burst: int | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        if isinstance(max_requests, str):
+            limit = Limit(Rate.parse(max_requests), burst)
+        else:
+            limit = Limit(Rate.of(max_requests, time_window_seconds), burst)
+        self._init([limit], clock)
+
+    def _init(self, limits: Sequence[Limit], clock: Clock | None) -> None:
+        self._policy = LimitPolicy(limits)
+        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._lock = threading.Lock()
+        # Blocking callers queue on this gate so only one of them at a time polls and sleeps;
+        # async callers queue on one asyncio.Lock per event loop for the same reason.
+        self._thread_gate = threading.Lock()
+        self._async_gates: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Lock
+        ] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_rates(
+        cls, *rates: str | Rate | Limit, burst: int | None = None, clock: Clock | None = None
+    ) -> RateLimiter:
+        """One limiter enforcing several limits at once, e.g. ``"10/s"`` and ``"500/min"``.
+
+        ``burst`` applies to every limit given as a string or :class:`Rate`.
+        """
+        if not rates:
+            raise RateSpecError("from_rates() needs at least one rate, e.g. '10/s'")
+        self = cls.__new__(cls)
+        self._init([_as_limit(r, burst) for r in rates], clock)
+        return self
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        """The limits this limiter enforces."""
+        return self._policy.limits
+
+    @property
+    def max_requests(self) -> int:
+        """N of the first limit."""
+        return self._policy.limits[0].rate.max_requests
+
+    @property
+    def time_window_seconds(self) -> float:
+        """W of the first limit, in seconds."""
+        return self._policy.limits[0].rate.window_ns / NS_PER_S
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            str(lim.rate) + (f" burst={lim.burst}" if lim.burst is not None else "")
+            for lim in self._policy.limits
+        )
+        return f"RateLimiter({parts})"
+
+    def try_acquire(self, weight: int = 1) -> int | None:
+        """Grant ``weight`` permits now if every limit allows it; return the grant time (ns)
+        or ``None`` without waiting."""
+        with self._lock:
+            now = self._clock.monotonic_ns()
+            if self._policy.try_grant(now, weight):
+                return None
+            return now
+
+    def acquire(self, weight: int = 1) -> int:
+        """Block until ``weight`` permits are granted; return the grant time (monotonic ns)."""
+        with self._lock:
+            now = self._clock.monotonic_ns()
+            if not self._policy.try_grant(now, weight):
+                return now
+        with self._thread_gate:
+            waited = False
+            while True:
+                with self._lock:
+                    now = self._clock.monotonic_ns()
+                    wait_ns = self._policy.try_grant(now, weight, waited)
+                if not wait_ns:
+                    return now
+                waited = True
+                self._clock.sleep(wait_ns / NS_PER_S)
+
+    def _async_gate(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            gate = self._async_gates.get(loop)
+            if gate is None:
+                gate = self._async_gates[loop] = asyncio.Lock()
+            return gate
+
+    async def acquire_async(self, weight: int = 1) -> int:
+        """Suspend until ``weight`` permits are granted; return the grant time (monotonic ns).
+
+        Cancelling the wait takes nothing from the limit.
+        """
+        with self._lock:
+            now = self._clock.monotonic_ns()
+            if not self._policy.try_grant(now, weight):
+                return now
+        async with self._async_gate():
+            waited = False
+            while True:
+                with self._lock:
+                    now = self._clock.monotonic_ns()
+                    wait_ns = self._policy.try_grant(now, weight, waited)
+                if not wait_ns:
+                    return now
+                waited = True
+                await self._clock.sleep_async(wait_ns / NS_PER_S)
+
+    def give_back(self, granted_ns: int, weight: int = 1) -> None:
+        """Return ``weight`` permits granted at ``granted_ns`` that were never used (the attempt
+        was cancelled before it started). The even-pacing schedule is not rewound."""
+        with self._lock:
+            self._policy.give_back(granted_ns, weight)

@@ -1,0 +1,88 @@
+"""Several limits at once: an attempt needs every one of them (sans-I/O).
+
+The whole check-then-grant runs under one caller-held lock, so "all must agree" is atomic: no
+limit is charged unless every limit allows the grant now, and nothing has to be given back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from paceline.policy.gcra import Gcra
+from paceline.policy.rate import Rate
+from paceline.policy.window import WindowLog
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit: ``rate`` (N per W) and an optional ``burst`` (``None``: the log alone)."""
+
+    rate: Rate
+    burst: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.burst is not None and (
+            isinstance(self.burst, bool)
+            or not isinstance(self.burst, int)
+            or not 1 <= self.burst <= self.rate.max_requests
+        ):
+            raise ValueError(
+                f"burst {self.burst!r}: must be a whole number from 1 (evenly paced) to "
+                f"{self.rate.max_requests} (the whole limit at once) for the limit {self.rate}"
+            )
+
+
+class LimitPolicy:
+    """Decide grants for a set of limits on integer nanoseconds.
+
+    >>> p = LimitPolicy([Limit(Rate(2, 1_000_000_000))])
+    >>> p.try_grant(0, 1), p.try_grant(0, 1), p.try_grant(0, 1)
+    (0, 0, 1000000000)
+    """
+
+    __slots__ = ("_logs", "_shapers", "limits")
+
+    def __init__(self, limits: Sequence[Limit]) -> None:
+        if not limits:
+            raise ValueError("at least one limit is needed, e.g. Rate.parse('10/s')")
+        self.limits = tuple(limits)
+        self._logs = tuple(WindowLog(lim.rate.max_requests, lim.rate.window_ns) for lim in limits)
+        self._shapers = tuple(
+            Gcra.for_limit(lim.rate.max_requests, lim.rate.window_ns, lim.burst)
+            for lim in limits
+            if lim.burst is not None
+        )
+
+    def wait_ns(self, now_ns: int, weight: int) -> int:
+        """Nanoseconds until ``weight`` permits are allowed by every limit (0: now)."""
+        if weight < 1:
+            raise ValueError(f"weight {weight!r}: must be at least 1")
+        wait = 0
+        for shaper in self._shapers:
+            w = shaper.wait_ns(now_ns, weight)
+            if w > wait:
+                wait = w
+        for log in self._logs:
+            w = log.wait_ns(now_ns, weight)
+            if w > wait:
+                wait = w
+        return wait
+
+    def try_grant(self, now_ns: int, weight: int = 1, waited: bool = False) -> int:
+        """Grant ``weight`` permits at ``now_ns`` if every limit agrees and return 0; otherwise
+        change nothing and return the nanoseconds to wait before asking again."""
+        wait = self.wait_ns(now_ns, weight)
+        if wait:
+            return wait
+        for shaper in self._shapers:
+            shaper.record(now_ns, weight, waited)
+        for log in self._logs:
+            log.record(now_ns, weight)
+        return 0
+
+    def give_back(self, granted_ns: int, weight: int = 1) -> None:
+        """Return permits granted at ``granted_ns`` that were never used (the shaper's schedule
+        is never rewound: that would let a burst through)."""
+        for log in self._logs:
+            log.give_back(granted_ns, weight)

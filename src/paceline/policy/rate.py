@@ -1,0 +1,124 @@
+"""Parse and represent one rate limit: ``max_requests`` per ``window``.
+
+A rate string reads ``"<count>/<window>"`` where the window is a unit (``s``, ``m``, ``h``,
+``d``, or the long forms) optionally preceded by a number: ``"100/s"``, ``"5000/h"``,
+``"10/1.5s"``, ``"500/min"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+NS_PER_S = 1_000_000_000
+
+_UNIT_SECONDS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
+_RATE_RE = re.compile(
+    r"^\s*(?P<count>\d+)\s*(?:/|per)\s*(?P<num>\d+(?:\.\d+)?|\.\d+)?\s*(?P<unit>[a-z]+)\s*$",
+    re.IGNORECASE,
+)
+_EXAMPLE = "e.g. '100/s', '5000/h' or '10/1.5s'"
+
+
+class RateSpecError(ValueError):
+    """A rate limit was given in a form paceline cannot read. The message says how to fix it."""
+
+
+def seconds_to_ns(seconds: float) -> int:
+    """Convert seconds to integer nanoseconds, rounding up so a window is never shortened."""
+    return math.ceil(seconds * NS_PER_S)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``max_requests`` starts in any window of ``window_ns`` nanoseconds.
+
+    >>> Rate.parse("10/1.5s")
+    Rate(max_requests=10, window_ns=1500000000)
+    """
+
+    max_requests: int
+    window_ns: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_requests, bool) or not isinstance(self.max_requests, int):
+            raise RateSpecError(
+                f"max_requests {self.max_requests!r}: must be a whole number of requests "
+                f"such as 10"
+            )
+        if self.max_requests < 1:
+            raise RateSpecError(
+                f"max_requests {self.max_requests!r}: must be at least 1 "
+                "(to stop all traffic, do not run the batch)"
+            )
+        if self.window_ns <= 0:
+            raise RateSpecError(
+                f"time window {self.window_ns / NS_PER_S!r}s: must be longer than zero"
+            )
+
+    @classmethod
+    def of(cls, max_requests: int, time_window_seconds: float) -> Rate:
+        """Build from a count and a window in seconds, checking both."""
+        if isinstance(time_window_seconds, bool) or not isinstance(
+            time_window_seconds, (int, float)
+        ):
+            raise RateSpecError(
+                f"time_window_seconds {time_window_seconds!r}: must be a number of seconds "
+                "such as 1 or 0.5"
+            )
+        if not math.isfinite(time_window_seconds) or time_window_seconds <= 0:
+            raise RateSpecError(
+                f"time_window_seconds {time_window_seconds!r}: must be a finite number of "
+                "seconds greater than zero, such as 1 or 0.5"
+            )
+        return cls(max_requests, seconds_to_ns(time_window_seconds))
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """Read a rate string such as ``"100/s"``; raise :class:`RateSpecError` naming the fix."""
+        if not isinstance(text, str):
+            raise RateSpecError(f"rate {text!r}: must be a string, {_EXAMPLE}")
+        match = _RATE_RE.match(text)
+        if match is None:
+            raise RateSpecError(
+                f"rate {text!r}: expected '<count>/<window>', {_EXAMPLE}"
+            )
+        unit = match["unit"].lower()
+        if unit not in _UNIT_SECONDS:
+            raise RateSpecError(
+                f"rate {text!r}: unit {match['unit']!r} must be one of ms, s, m (min), h, d "
+                f"— {_EXAMPLE}"
+            )
+        count = int(match["count"])
+        if count < 1:
+            raise RateSpecError(f"rate {text!r}: the count must be at least 1, {_EXAMPLE}")
+        num = float(match["num"]) if match["num"] else 1.0
+        if num <= 0:
+            raise RateSpecError(f"rate {text!r}: the window must be longer than zero, {_EXAMPLE}")
+        return cls(count, seconds_to_ns(num * _UNIT_SECONDS[unit]))
+
+    @property
+    def per_second(self) -> float:
+        """The long-run rate in starts per second."""
+        return self.max_requests * NS_PER_S / self.window_ns
+
+    def __str__(self) -> str:
+        return f"{self.max_requests}/{self.window_ns / NS_PER_S:g}s"

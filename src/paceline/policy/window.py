@@ -1,0 +1,107 @@
+"""The sliding-window log: exact "never more than N grants in any window of W".
+
+Grant iff the permits granted in the last ``W`` nanoseconds plus the new weight fit in ``N``;
+otherwise the wait is until enough old grants leave the window. Integer nanoseconds throughout:
+with floats, ``t + W - now`` and ``t <= now - W`` can disagree at the boundary and admit an
+(N+1)-th grant (ALGORITHMS §1).
+
+Windows are half-open: a grant at ``t`` occupies ``[t, t + W)``, so a new grant at exactly
+``t + W`` is allowed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+# Above this many permits per window, grants that land within ``window / _MAX_ENTRIES`` of the
+# previous entry share it and move its timestamp *forward* to the newest grant. Moving a
+# timestamp later only makes it leave the window later, so the limit stays strict; the cost is
+# at most W/_MAX_ENTRIES of lost capacity (0.1 %) and memory stays bounded for huge limits.
+# At or below it (every limit a person types for an API), the log is exact.
+_MAX_ENTRIES = 1024
+
+
+class WindowLog:
+    """Exact sliding-window log of grants for one limit (sans-I/O).
+
+    >>> log = WindowLog(limit=2, window_ns=1_000_000_000)
+    >>> log.wait_ns(0, 1), log.record(0, 1), log.record(0, 1)
+    (0, None, None)
+    >>> log.wait_ns(0, 1)  # the third waits for the window
+    1000000000
+    """
+
+    __slots__ = ("_coalesce_ns", "_counts", "_held", "_times", "limit", "window_ns")
+
+    def __init__(self, limit: int, window_ns: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit {limit!r}: must be at least 1")
+        if window_ns < 1:
+            raise ValueError(f"window_ns {window_ns!r}: must be at least 1")
+        self.limit = limit
+        self.window_ns = window_ns
+        self._coalesce_ns = window_ns // _MAX_ENTRIES if limit > _MAX_ENTRIES else 0
+        self._times: deque[int] = deque()
+        self._counts: deque[int] = deque()
+        self._held = 0
+
+    def held(self, now_ns: int) -> int:
+        """How many permits are inside the window ending at ``now_ns``."""
+        self._prune(now_ns)
+        return self._held
+
+    def _prune(self, now_ns: int) -> None:
+        cutoff = now_ns - self.window_ns
+        times = self._times
+        while times and times[0] <= cutoff:
+            times.popleft()
+            self._held -= self._counts.popleft()
+
+    def wait_ns(self, now_ns: int, weight: int) -> int:
+        """Nanoseconds until ``weight`` permits fit (0: they fit now). Changes nothing but pruning."""
+        self._prune(now_ns)
+        excess = self._held + weight - self.limit
+        if excess <= 0:
+            return 0
+        if weight > self.limit:
+            raise ValueError(
+                f"weight {weight} exceeds the limit of {self.limit} per window: it could never "
+                "be granted; lower the weight or raise the limit"
+            )
+        freed = 0
+        for t, count in zip(self._times, self._counts):
+            freed += count
+            if freed >= excess:
+                return t + self.window_ns - now_ns
+        raise AssertionError("unreachable: weight <= limit frees enough")  # pragma: no cover
+
+    def record(self, now_ns: int, weight: int) -> None:
+        """Record a grant of ``weight`` permits at ``now_ns`` (after ``wait_ns`` said 0)."""
+        times = self._times
+        if times and now_ns - times[-1] < self._coalesce_ns:
+            times[-1] = now_ns if now_ns > times[-1] else times[-1]
+            self._counts[-1] += weight
+        else:
+            times.append(now_ns)
+            self._counts.append(weight)
+        self._held += weight
+
+    def give_back(self, granted_ns: int, weight: int) -> int:
+        """Remove up to ``weight`` permits granted at ``granted_ns``; return how many were removed.
+
+        A grant is found in the first entry stamped at or after it (coalescing only moves
+        stamps forward). A grant that already left the window has nothing to give back.
+        """
+        times, counts = self._times, self._counts
+        for i in range(len(times) - 1, -1, -1):
+            if times[i] < granted_ns:
+                break
+            if i == 0 or times[i - 1] < granted_ns:
+                removed = min(weight, counts[i])
+                counts[i] -= removed
+                self._held -= removed
+                if counts[i] == 0:
+                    del times[i]
+                    del counts[i]
+                return removed
+        return 0

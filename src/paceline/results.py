@@ -1,0 +1,268 @@
+"""Result types: one item's outcome, and a whole batch's.
+
+``Result[T]`` is ``Success[T] | Failure`` (what :func:`paceline.batch_execute` returns per key);
+:class:`BatchItemResult` and :class:`BatchResult` are what the sync executors return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, Union, overload
+
+from paceline.errors import Throttled
+
+T = TypeVar("T")
+
+
+class ErrorCode(str, enum.Enum):
+    """What kind of failure an item had, for sorting failures without parsing messages."""
+
+    UNKNOWN = "unknown"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"
+    INVALID_INPUT = "invalid_input"
+    PERMISSION_DENIED = "permission_denied"
+    SERVER_ERROR = "server_error"
+    CANCELLED = "cancelled"
+
+
+def error_code_for(error: BaseException) -> ErrorCode:
+    """Classify an exception. An ``error_code`` attribute on the exception wins."""
+    declared = getattr(error, "error_code", None)
+    if isinstance(declared, ErrorCode):
+        return declared
+    if isinstance(declared, str):
+        try:
+            return ErrorCode(declared)
+        except ValueError:
+            pass
+    if isinstance(error, Throttled):
+        return ErrorCode.RATE_LIMITED
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        return ErrorCode.TIMEOUT
+    if isinstance(error, asyncio.CancelledError):
+        return ErrorCode.CANCELLED
+    if isinstance(error, PermissionError):
+        return ErrorCode.PERMISSION_DENIED
+    if isinstance(error, ConnectionError):
+        return ErrorCode.CONNECTION
+    if isinstance(error, (LookupError, FileNotFoundError)):
+        return ErrorCode.NOT_FOUND
+    if isinstance(error, (ValueError, TypeError)):
+        return ErrorCode.INVALID_INPUT
+    return ErrorCode.UNKNOWN
+
+
+class Success(Generic[T]):
+    """A successful outcome holding ``value``.
+
+    >>> r = Success(42)
+    >>> r.is_success, r.value
+    (True, 42)
+    """
+
+    __slots__ = ("value",)
+    is_success = True
+    is_failure = False
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Success({self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Success) and bool(self.value == other.value)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable payloads: like a dataclass(eq=True)
+
+
+class Failure:
+    """A failed outcome: the original exception, a classified ``error_code`` and a message.
+
+    >>> f = Failure.from_exception(TimeoutError("slow"))
+    >>> f.is_failure, f.error_code, f.message
+    (True, <ErrorCode.TIMEOUT: 'timeout'>, 'slow')
+    """
+
+    __slots__ = ("error", "error_code", "message")
+    is_success = False
+    is_failure = True
+
+    def __init__(
+        self,
+        error: BaseException,
+        error_code: ErrorCode = ErrorCode.UNKNOWN,
+        message: str | None = None,
+    ) -> None:
+        self.error = error
+        self.error_code = error_code
+        self.message = message if message is not None else (str(error) or type(error).__name__)
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> Failure:
+        """Wrap an exception, classifying it (see :class:`ErrorCode`)."""
+        return cls(error, error_code_for(error))
+
+    @property
+    def value(self) -> Any:
+        """A failure has no value: reading it re-raises the original exception."""
+        raise self.error
+
+    def __repr__(self) -> str:
+        return f"Failure({self.error_code.value}: {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Failure)
+            and self.error is other.error
+            and self.error_code == other.error_code
+            and self.message == other.message
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+Result = Union[Success[T], Failure]
+"""``Success[T] | Failure``: the outcome of one key in :func:`paceline.batch_execute`."""
+
+
+@dataclass(slots=True)
+class BatchItemResult:
+    """The outcome of one item of a batch.
+
+    ``error`` is the failure's message (as in the seed API); ``exception`` keeps the original
+    exception object, ``attempts`` how many times the operation ran, and ``started_ns`` /
+    ``duration_s`` when the last attempt started (monotonic clock) and how long it took.
+
+    >>> BatchItemResult(item_id="tenant-2", success=False, error="API rate limit exceeded").error
+    'API rate limit exceeded'
+    """
+
+    item_id: str
+    success: bool
+    result: Any | None = None
+    error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+    error_code: ErrorCode | None = None
+    attempts: int = 1
+    index: int | None = None
+    started_ns: int | None = field(default=None, repr=False, compare=False)
+    duration_s: float | None = field(default=None, compare=False)
+
+    @classmethod
+    def ok(cls, item_id: str, result: Any, **extra: Any) -> BatchItemResult:
+        """A successful item."""
+        return cls(item_id=item_id, success=True, result=result, **extra)
+
+    @classmethod
+    def failed(cls, item_id: str, error: BaseException, **extra: Any) -> BatchItemResult:
+        """A failed item, classified and carrying its exception."""
+        return cls(
+            item_id=item_id,
+            success=False,
+            error=str(error) or type(error).__name__,
+            exception=error,
+            error_code=error_code_for(error),
+            **extra,
+        )
+
+    def to_dict(self, encode: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """A JSON-ready dict; ``encode`` turns a result into JSON-ready data (default: as is,
+        with anything JSON can't hold written as its ``repr``)."""
+        data: dict[str, Any] = {"item_id": self.item_id, "success": self.success}
+        if self.success:
+            data["result"] = encode(self.result) if encode else self.result
+        else:
+            data["error"] = self.error
+            data["error_code"] = self.error_code.value if self.error_code else None
+            if self.exception is not None:
+                data["exception_type"] = type(self.exception).__name__
+        data["attempts"] = self.attempts
+        if self.index is not None:
+            data["index"] = self.index
+        if self.duration_s is not None:
+            data["duration_s"] = self.duration_s
+        return data
+
+
+class BatchResult(Sequence[BatchItemResult]):
+    """Every item's outcome in input order, with counts.
+
+    >>> r = BatchResult([BatchItemResult("1", True), BatchItemResult("2", False, error="E")], 2)
+    >>> r.successful, r.failed, r.all_successful, [i.item_id for i in r.failed_items]
+    (1, 1, False, ['2'])
+    """
+
+    __slots__ = ("_failed", "items", "total")
+
+    def __init__(self, items: Sequence[BatchItemResult], total: int | None = None) -> None:
+        self.items: list[BatchItemResult] = list(items)
+        self.total: int = len(self.items) if total is None else total
+        self._failed = sum(1 for item in self.items if not item.success)
+
+    @property
+    def successful(self) -> int:
+        """How many items succeeded."""
+        return len(self.items) - self._failed
+
+    @property
+    def failed(self) -> int:
+        """How many items failed."""
+        return self._failed
+
+    @property
+    def all_successful(self) -> bool:
+        """True when no item failed (and every item has a result)."""
+        return self._failed == 0 and len(self.items) == self.total
+
+    @property
+    def failed_items(self) -> list[BatchItemResult]:
+        """The failed items, in input order."""
+        return [item for item in self.items if not item.success]
+
+    @property
+    def results(self) -> list[Any]:
+        """The successful items' results, in input order."""
+        return [item.result for item in self.items if item.success]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> BatchItemResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[BatchItemResult]: ...
+    def __getitem__(self, index: int | slice) -> BatchItemResult | Sequence[BatchItemResult]:
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[BatchItemResult]:
+        return iter(self.items)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchResult(total={self.total}, successful={self.successful}, "
+            f"failed={self.failed})"
+        )
+
+    def to_dict(self, encode: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """The whole batch as JSON-ready data."""
+        return {
+            "total": self.total,
+            "successful": self.successful,
+            "failed": self.failed,
+            "all_successful": self.all_successful,
+            "items": [item.to_dict(encode) for item in self.items],
+        }
+
+    def to_json(self, encode: Callable[[Any], Any] | None = None, **dumps_kwargs: Any) -> str:
+        """The whole batch as a JSON document. Results JSON can't hold are written as their
+        ``repr`` unless ``encode`` converts them."""
+        dumps_kwargs.setdefault("default", repr)
+        return json.dumps(self.to_dict(encode), **dumps_kwargs)

@@ -1,0 +1,70 @@
+"""Pieces both runners share: worker-count choice and how an item's outcome becomes a result."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, TypeVar
+
+K_contra = TypeVar("K_contra", contravariant=True)
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+ProgressCallback = Callable[[int, "int | None"], None]
+"""``on_progress(completed, total)``: called once per settled item, never two at once;
+``total`` is ``None`` when the input's length is unknown."""
+
+Workers = int | Literal["auto"] | None
+
+# "auto" starts from the machine and the batch size; the adaptive controller (a later issue)
+# moves it from there. I/O-bound work wants several workers per core (the stdlib's
+# ThreadPoolExecutor uses cpu+4, the seeds 2x cpu); 32 is where a thread pool's own overhead
+# and the risk of stampeding an API we know nothing about start to dominate.
+AUTO_WORKERS_PER_CPU = 4
+AUTO_WORKERS_MIN = 8
+AUTO_WORKERS_MAX = 32
+
+
+def auto_workers(batch_size: int | None, cpu_count: int | None = None) -> int:
+    """The starting worker count for ``"auto"``: never more than the batch, grows with it.
+
+    >>> auto_workers(5, cpu_count=2), auto_workers(100, cpu_count=2), auto_workers(None, 16)
+    (5, 8, 32)
+    """
+    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 2)
+    per_machine = max(AUTO_WORKERS_MIN, min(AUTO_WORKERS_MAX, cpus * AUTO_WORKERS_PER_CPU))
+    if batch_size is None:
+        return per_machine
+    return max(1, min(batch_size, per_machine))
+
+
+def resolve_workers(
+    workers: Workers, batch_size: int | None, *, name: str = "max_workers"
+) -> int | None:
+    """Turn ``None | int | "auto"`` into ``None`` (sequential) or a worker count."""
+    if workers is None:
+        return None
+    if workers == "auto":
+        return auto_workers(batch_size)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(
+            f"{name}={workers!r}: use None (one at a time), a whole number of at least 1, "
+            "or 'auto'"
+        )
+    return workers
+
+
+class Wrap(Protocol[K_contra, T_contra, R_co]):
+    """Builds one item's result: ``(index, item, value_or_exception, started_ns, duration_ns)``."""
+
+    def __call__(
+        self, index: int, item: K_contra, outcome: T_contra, started_ns: int, duration_ns: int
+    ) -> R_co: ...
+
+
+def sized_length(items: Any) -> int | None:
+    """``len(items)`` for sized inputs, ``None`` for lazy ones."""
+    try:
+        return len(items)
+    except TypeError:
+        return None
