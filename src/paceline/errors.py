@@ -7,7 +7,7 @@ class PacelineError(Exception):
     """Base class of the errors paceline itself raises."""
 
 
-class Throttled(Exception):  # noqa: N818 - the name reads as the condition, like httpx's
+class Throttled(Exception):
     """Raise from an operation to say "the other side told me to slow down".
 
     ``retry_after`` (seconds, optional) is the server's hint of when to try again.
@@ -21,5 +21,7 @@ class Throttled(Exception):  # noqa: N818 - the name reads as the condition, lik
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         if message is None:
-            message = "throttled" if retry_after is None else f"throttled; retry after {retry_after:g} s"
+            message = "throttled"
+            if retry_after is not None:
+                message += f"; retry after {retry_after:g} s"
         super().__init__(message)

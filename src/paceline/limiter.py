@@ -90,9 +90,9 @@ class RateLimiter:
         # Blocking callers queue on this gate so only one of them at a time polls and sleeps;
         # async callers queue on one asyncio.Lock per event loop for the same reason.
         self._thread_gate = threading.Lock()
-        self._async_gates: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, asyncio.Lock
-        ] = weakref.WeakKeyDictionary()
+        self._async_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def from_rates(
@@ -183,6 +183,36 @@ class RateLimiter:
                     return now
                 waited = True
                 await self._clock.sleep_async(wait_ns / NS_PER_S)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this limiter reads (the real one unless a fake was given)."""
+        return self._clock
+
+    def lease(self, count: int, hold_seconds: float) -> tuple[int, int]:
+        """Take ``count`` unit permits at once, for starts within ``hold_seconds`` from now.
+
+        Returns ``(granted, deadline_ns)``: ``granted`` is ``count`` or 0 (the limit has no room
+        for all of them; nothing was taken). A leased permit must be used no later than
+        ``deadline_ns`` on :attr:`clock`; return the unused ones with
+        ``give_back(deadline_ns, unused)``. Runners use this to skip the lock per item while a
+        limit is far from binding; limits with even pacing (``burst``) never lease.
+        """
+        hold_ns = round(hold_seconds * NS_PER_S)
+        with self._lock:
+            now = self._clock.monotonic_ns()
+            granted = self._policy.try_lease(now, count, hold_ns)
+        return granted, now + hold_ns
+
+    def lease_size(self) -> int:
+        """How many permits a runner should lease at once: 0 (never) for small or paced limits;
+        otherwise a small fraction of the tightest limit, so a lease never crowds it."""
+        sizes = [
+            0 if lim.burst is not None else lim.rate.max_requests // 16
+            for lim in self._policy.limits
+        ]
+        size = min(min(sizes), 64)
+        return size if size >= 4 else 0
 
     def give_back(self, granted_ns: int, weight: int = 1) -> None:
         """Return ``weight`` permits granted at ``granted_ns`` that were never used (the attempt

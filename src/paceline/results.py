@@ -11,7 +11,7 @@ import enum
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, Union, overload
+from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 from paceline.errors import Throttled
 
@@ -129,7 +129,7 @@ class Failure:
     __hash__ = None  # type: ignore[assignment]
 
 
-Result = Union[Success[T], Failure]
+Result: TypeAlias = Success[T] | Failure
 """``Success[T] | Failure``: the outcome of one key in :func:`paceline.batch_execute`."""
 
 
@@ -247,8 +247,7 @@ class BatchResult(Sequence[BatchItemResult]):
 
     def __repr__(self) -> str:
         return (
-            f"BatchResult(total={self.total}, successful={self.successful}, "
-            f"failed={self.failed})"
+            f"BatchResult(total={self.total}, successful={self.successful}, failed={self.failed})"
         )
 
     def to_dict(self, encode: Callable[[Any], Any] | None = None) -> dict[str, Any]:

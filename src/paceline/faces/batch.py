@@ -128,15 +128,24 @@ async def stream(
 
     def ok(index: int, key: K, value: T, started: int, elapsed: int) -> BatchItemResult:
         return BatchItemResult(
-            item_id=name(index, key), success=True, result=value, index=index,
-            started_ns=started, duration_s=elapsed / NS_PER_S,
+            item_id=name(index, key),
+            success=True,
+            result=value,
+            index=index,
+            started_ns=started,
+            duration_s=elapsed / NS_PER_S,
         )
 
     def err(index: int, key: K, exc: BaseException, started: int, elapsed: int) -> BatchItemResult:
         return BatchItemResult(
-            item_id=name(index, key), success=False, error=str(exc) or type(exc).__name__,
-            exception=exc, error_code=error_code_for(exc), index=index,
-            started_ns=started, duration_s=elapsed / NS_PER_S,
+            item_id=name(index, key),
+            success=False,
+            error=str(exc) or type(exc).__name__,
+            exception=exc,
+            error_code=error_code_for(exc),
+            index=index,
+            started_ns=started,
+            duration_s=elapsed / NS_PER_S,
         )
 
     total = sized_length(keys)

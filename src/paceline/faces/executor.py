@@ -113,19 +113,30 @@ class BatchExecutor:
                     f"(only {len(ids)} item_ids)"
                 ) from None
 
-        def ok(index: int, _task: object, value: Any, started: int, elapsed: int) -> BatchItemResult:
+        def ok(
+            index: int, _task: object, value: Any, started: int, elapsed: int
+        ) -> BatchItemResult:
             return BatchItemResult(
-                item_id=name(index), success=True, result=value, index=index,
-                started_ns=started, duration_s=elapsed / NS_PER_S,
+                item_id=name(index),
+                success=True,
+                result=value,
+                index=index,
+                started_ns=started,
+                duration_s=elapsed / NS_PER_S,
             )
 
         def err(
             index: int, _task: object, exc: BaseException, started: int, elapsed: int
         ) -> BatchItemResult:
             return BatchItemResult(
-                item_id=name(index), success=False, error=str(exc) or type(exc).__name__,
-                exception=exc, error_code=error_code_for(exc), index=index,
-                started_ns=started, duration_s=elapsed / NS_PER_S,
+                item_id=name(index),
+                success=False,
+                error=str(exc) or type(exc).__name__,
+                exception=exc,
+                error_code=error_code_for(exc),
+                index=index,
+                started_ns=started,
+                duration_s=elapsed / NS_PER_S,
             )
 
         runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
@@ -197,4 +208,3 @@ class RateLimitedExecutor:
             on_progress=on_progress,
         )
         return list(runner.collect(tasks).slots)
-

@@ -81,6 +81,26 @@ class LimitPolicy:
             log.record(now_ns, weight)
         return 0
 
+    def try_lease(self, now_ns: int, count: int, hold_ns: int) -> int:
+        """Grant ``count`` unit permits at once for starts in ``[now_ns, now_ns + hold_ns]``;
+        return ``count``, or 0 (granting nothing) unless every limit has room for all of them.
+
+        The permits are recorded at ``now_ns + hold_ns``, the *latest* moment any of them may
+        start. A log entry stamped no earlier than its start keeps the limit strict: at every
+        grant decision, each earlier start inside the window still has its entry counted. The
+        holder must not start a leased permit after that moment (give unused ones back). Only
+        for plain logs: with a pacer, a lease would be a burst the pacer exists to prevent.
+        """
+        if self._shapers or count < 1:
+            return 0
+        for log in self._logs:
+            if log.held(now_ns) + count > log.limit:
+                return 0
+        stamp = now_ns + hold_ns
+        for log in self._logs:
+            log.record(stamp, count)
+        return count
+
     def give_back(self, granted_ns: int, weight: int = 1) -> None:
         """Return permits granted at ``granted_ns`` that were never used (the shaper's schedule
         is never rewound: that would let a burst through)."""

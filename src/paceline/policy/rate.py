@@ -61,8 +61,7 @@ class Rate:
     def __post_init__(self) -> None:
         if isinstance(self.max_requests, bool) or not isinstance(self.max_requests, int):
             raise RateSpecError(
-                f"max_requests {self.max_requests!r}: must be a whole number of requests "
-                f"such as 10"
+                f"max_requests {self.max_requests!r}: must be a whole number of requests such as 10"
             )
         if self.max_requests < 1:
             raise RateSpecError(
@@ -98,9 +97,7 @@ class Rate:
             raise RateSpecError(f"rate {text!r}: must be a string, {_EXAMPLE}")
         match = _RATE_RE.match(text)
         if match is None:
-            raise RateSpecError(
-                f"rate {text!r}: expected '<count>/<window>', {_EXAMPLE}"
-            )
+            raise RateSpecError(f"rate {text!r}: expected '<count>/<window>', {_EXAMPLE}")
         unit = match["unit"].lower()
         if unit not in _UNIT_SECONDS:
             raise RateSpecError(

@@ -58,7 +58,7 @@ class WindowLog:
             self._held -= self._counts.popleft()
 
     def wait_ns(self, now_ns: int, weight: int) -> int:
-        """Nanoseconds until ``weight`` permits fit (0: they fit now). Changes nothing but pruning."""
+        """Nanoseconds until ``weight`` permits fit (0: now). Changes nothing but pruning."""
         self._prune(now_ns)
         excess = self._held + weight - self.limit
         if excess <= 0:
@@ -69,14 +69,18 @@ class WindowLog:
                 "be granted; lower the weight or raise the limit"
             )
         freed = 0
-        for t, count in zip(self._times, self._counts):
+        for t, count in zip(self._times, self._counts, strict=True):
             freed += count
             if freed >= excess:
                 return t + self.window_ns - now_ns
         raise AssertionError("unreachable: weight <= limit frees enough")  # pragma: no cover
 
     def record(self, now_ns: int, weight: int) -> None:
-        """Record a grant of ``weight`` permits at ``now_ns`` (after ``wait_ns`` said 0)."""
+        """Record a grant of ``weight`` permits at ``now_ns`` (after ``wait_ns`` said 0).
+
+        A stamp earlier than the newest entry (one stamped ahead by a lease) joins that entry:
+        the log stays sorted and the grant's stamp only moves later, which is strict.
+        """
         times = self._times
         if times and now_ns - times[-1] < self._coalesce_ns:
             times[-1] = now_ns if now_ns > times[-1] else times[-1]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
-K_contra = TypeVar("K_contra", contravariant=True)
-T_contra = TypeVar("T_contra", contravariant=True)
-R_co = TypeVar("R_co", covariant=True)
+K = TypeVar("K")
+T = TypeVar("T")
+R = TypeVar("R")
 
 ProgressCallback = Callable[[int, "int | None"], None]
 """``on_progress(completed, total)``: called once per settled item, never two at once;
@@ -48,18 +48,13 @@ def resolve_workers(
         return auto_workers(batch_size)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(
-            f"{name}={workers!r}: use None (one at a time), a whole number of at least 1, "
-            "or 'auto'"
+            f"{name}={workers!r}: use None (one at a time), a whole number of at least 1, or 'auto'"
         )
     return workers
 
 
-class Wrap(Protocol[K_contra, T_contra, R_co]):
-    """Builds one item's result: ``(index, item, value_or_exception, started_ns, duration_ns)``."""
-
-    def __call__(
-        self, index: int, item: K_contra, outcome: T_contra, started_ns: int, duration_ns: int
-    ) -> R_co: ...
+Wrap = Callable[[int, K, T, int, int], R]
+"""Builds one item's result from ``(index, item, value_or_exception, started_ns, duration_ns)``."""
 
 
 def sized_length(items: Any) -> int | None:

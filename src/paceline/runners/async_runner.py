@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 from paceline.policy.batch import BatchState
 from paceline.runners._common import ProgressCallback, Wrap, sized_length
-from paceline.runners.gates import async_acquirer
+from paceline.runners.gates import LeaseGate, async_acquirer
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -66,6 +66,7 @@ class AsyncRunner(Generic[K, T, R]):
         self.weight = weight
         self.timed = timed
         self.read_ahead = read_ahead
+        self._limiter = limiter
         self._try_now, self._acquire = async_acquirer(limiter)
 
     # -- public entry points -------------------------------------------------------------
@@ -138,6 +139,7 @@ class _Batch(Generic[K, T, R]):
         self._results_waiter: asyncio.Future[None] | None = None
         self._space_waiter: asyncio.Future[None] | None = None
         self._pull_lock = asyncio.Lock()
+        self.lease = LeaseGate.for_limiter(runner._limiter)
 
     async def run(self) -> None:
         runner, state = self.runner, self.state
@@ -159,6 +161,8 @@ class _Batch(Generic[K, T, R]):
                 raise self.failure from None
             raise
         finally:
+            if self.lease is not None:
+                self.lease.close()
             self._wake_results()
         if self.failure is not None:
             raise self.failure
@@ -223,7 +227,7 @@ class _Batch(Generic[K, T, R]):
     async def _worker(self, pull: Callable[[], Awaitable[K] | K], is_async_pull: bool) -> None:
         runner, state = self.runner, self.state
         operation, ok, err = runner.operation, runner.ok, runner.err
-        try_now, acquire = runner._try_now, runner._acquire
+        try_now, acquire, lease = runner._try_now, runner._acquire, self.lease
         weigh, timed, progress = runner.weight, runner.timed, runner.on_progress
         total, bound, streaming = state.total, self.bound, state.streaming
         while not state.stopped:
@@ -242,10 +246,11 @@ class _Batch(Generic[K, T, R]):
             self.pulled = index + 1
             if acquire is not None:
                 weight = weigh(item) if weigh is not None else 1
-                if try_now is None or try_now(weight) is None:
-                    await acquire(weight)
-                if state.stopped:
-                    return
+                if weight != 1 or lease is None or not lease.take():
+                    if try_now is None or try_now(weight) is None:
+                        await acquire(weight)
+                    if state.stopped:
+                        return
             started = _monotonic_ns() if timed else 0
             try:
                 value = await operation(item)

@@ -12,7 +12,9 @@ from paceline.limiter import RateLimiter
 AsyncAcquire = Callable[[int], Awaitable[Any]]
 
 
-def async_acquirer(limiter: object | None) -> tuple[Callable[[int], Any] | None, AsyncAcquire | None]:
+def async_acquirer(
+    limiter: object | None,
+) -> tuple[Callable[[int], Any] | None, AsyncAcquire | None]:
     """Return ``(try_now, acquire_async)`` for ``limiter``.
 
     ``try_now(weight)`` grants without waiting or returns ``None`` (only for paceline's own
@@ -50,3 +52,67 @@ def sync_acquirer(limiter: object | None) -> Callable[[int], Any] | None:
             "paceline.RateLimiter or any object with acquire(weight=1)"
         )
     return acquire  # type: ignore[no-any-return]
+
+
+# A lease covers starts within this long of being taken. Its permits are stamped at the end of
+# the hold, so each may occupy its place in the window up to this much longer than needed:
+# at most 1 ms per window of 1 s (0.1 %) of capacity, and only while the limit is not binding.
+_LEASE_HOLD_S = 0.001
+_LEASE_HOLD_FRACTION = 1000  # never more than 1/1000 of the tightest window
+
+
+class LeaseGate:
+    """The fast path in front of a paceline :class:`RateLimiter` that is far from binding.
+
+    ``take()`` hands out a permit from a lease without touching the limiter's lock; when the
+    lease is used up or expired it takes a new one. When the limiter has no room for a whole
+    lease (the limit is near binding) it answers ``False`` and the runner asks the limiter for
+    single permits as usual, retrying the lease only after ``size`` such answers.
+    Used by one dispatcher (a thread runner's) or one event loop's workers: not thread-safe.
+    """
+
+    __slots__ = ("_hold_s", "_left", "_limiter", "_now", "_skip", "_stamp", "_use_by", "size")
+
+    def __init__(self, limiter: RateLimiter, size: int) -> None:
+        self._limiter = limiter
+        self._now = limiter.clock.monotonic_ns
+        self.size = size
+        window_s = min(lim.rate.window_ns for lim in limiter.limits) / 1e9
+        self._hold_s = min(_LEASE_HOLD_S, window_s / _LEASE_HOLD_FRACTION)
+        self._left = 0
+        self._stamp = 0  # where the lease's permits sit in the limiter's log
+        self._use_by = 0  # half the hold earlier: the start that follows take() must be in time
+        self._skip = 0
+
+    @classmethod
+    def for_limiter(cls, limiter: object | None) -> LeaseGate | None:
+        """A gate for paceline's own limiter when its limits allow leasing, else ``None``."""
+        if not isinstance(limiter, RateLimiter):
+            return None
+        size = limiter.lease_size()
+        return cls(limiter, size) if size else None
+
+    def take(self) -> bool:
+        """Use one leased permit now; ``False``: ask the limiter directly."""
+        if self._left:
+            if self._now() <= self._use_by:
+                self._left -= 1
+                return True
+            self.close()
+        if self._skip:
+            self._skip -= 1
+            return False
+        granted, stamp = self._limiter.lease(self.size, self._hold_s)
+        if not granted:
+            self._skip = self.size
+            return False
+        self._left = granted - 1
+        self._stamp = stamp
+        self._use_by = stamp - round(self._hold_s * 5e8)
+        return True
+
+    def close(self) -> None:
+        """Give back what is left of the current lease."""
+        if self._left:
+            self._limiter.give_back(self._stamp, self._left)
+            self._left = 0

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from paceline.policy.batch import BatchState
 from paceline.runners._common import ProgressCallback, Wrap, sized_length
-from paceline.runners.gates import sync_acquirer
+from paceline.runners.gates import LeaseGate, sync_acquirer
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -65,6 +65,7 @@ class ThreadRunner(Generic[K, T, R]):
         self.on_progress = on_progress
         self.weight = weight
         self.timed = timed
+        self._limiter = limiter
         self._acquire = sync_acquirer(limiter)
         self.failure: BaseException | None = None
 
@@ -113,14 +114,13 @@ class ThreadRunner(Generic[K, T, R]):
         if total is not None:
             count = max(1, min(count, total))
         acquire, weigh = self._acquire, self.weight
+        lease = LeaseGate.for_limiter(self._limiter)
         # Without a limiter a second item per worker waits in the queue so a worker that
         # finishes picks up work without a round trip through the dispatcher. With one, the
         # token must be taken right before a free worker starts, so nothing waits.
         capacity = count if acquire is not None else 2 * count
         work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
-        done: queue.SimpleQueue[tuple[int, K, Any, bool, int, int] | _Fatal] = (
-            queue.SimpleQueue()
-        )
+        done: queue.SimpleQueue[tuple[int, K, Any, bool, int, int] | _Fatal] = queue.SimpleQueue()
         threads = [
             threading.Thread(
                 target=self._work, args=(work, done), name=f"paceline-worker-{i}", daemon=True
@@ -147,7 +147,9 @@ class ThreadRunner(Generic[K, T, R]):
                 except StopIteration:
                     break
                 if acquire is not None:
-                    acquire(weigh(item) if weigh is not None else 1)
+                    weight = weigh(item) if weigh is not None else 1
+                    if weight != 1 or lease is None or not lease.take():
+                        acquire(weight)
                     while not done.empty():
                         self._settle(done.get(), state)
                         in_flight -= 1
@@ -163,6 +165,8 @@ class ThreadRunner(Generic[K, T, R]):
                 in_flight -= 1
             finished = True
         finally:
+            if lease is not None:
+                lease.close()
             state.stopped = state.stopped or not finished
             _drain_unstarted(work)
             for _ in threads:
