@@ -98,7 +98,7 @@ class LimitPolicy:
                 return 0
         stamp = now_ns + hold_ns
         for log in self._logs:
-            log.record(stamp, count)
+            log.record_lease(now_ns, stamp, count)
         return count
 
     def give_back(self, granted_ns: int, weight: int = 1) -> None:

@@ -31,7 +31,7 @@ class WindowLog:
     1000000000
     """
 
-    __slots__ = ("_coalesce_ns", "_counts", "_held", "_times", "limit", "window_ns")
+    __slots__ = ("_coalesce_ns", "_counts", "_firsts", "_held", "_times", "limit", "window_ns")
 
     def __init__(self, limit: int, window_ns: int) -> None:
         if limit < 1:
@@ -41,7 +41,11 @@ class WindowLog:
         self.limit = limit
         self.window_ns = window_ns
         self._coalesce_ns = window_ns // _MAX_ENTRIES if limit > _MAX_ENTRIES else 0
+        # One entry per grant (or per run of coalesced grants): its stamp (when its permits
+        # count as started: the latest grant in it), the earliest grant in it, and its permits.
+        # Entries are sorted and cover disjoint [first, stamp] spans.
         self._times: deque[int] = deque()
+        self._firsts: deque[int] = deque()
         self._counts: deque[int] = deque()
         self._held = 0
 
@@ -55,6 +59,7 @@ class WindowLog:
         times = self._times
         while times and times[0] <= cutoff:
             times.popleft()
+            self._firsts.popleft()
             self._held -= self._counts.popleft()
 
     def wait_ns(self, now_ns: int, weight: int) -> int:
@@ -75,37 +80,48 @@ class WindowLog:
                 return t + self.window_ns - now_ns
         raise AssertionError("unreachable: weight <= limit frees enough")  # pragma: no cover
 
-    def record(self, now_ns: int, weight: int) -> None:
+    def record(self, now_ns: int, weight: int) -> bool:
         """Record a grant of ``weight`` permits at ``now_ns`` (after ``wait_ns`` said 0).
 
         A stamp earlier than the newest entry (one stamped ahead by a lease) joins that entry:
         the log stays sorted and the grant's stamp only moves later, which is strict.
+        Returns whether the grant got an entry of its own.
         """
         times = self._times
         if times and now_ns - times[-1] < self._coalesce_ns:
-            times[-1] = now_ns if now_ns > times[-1] else times[-1]
+            if now_ns > times[-1]:
+                times[-1] = now_ns
             self._counts[-1] += weight
-        else:
-            times.append(now_ns)
-            self._counts.append(weight)
+            self._held += weight
+            return False
+        times.append(now_ns)
+        self._firsts.append(now_ns)
+        self._counts.append(weight)
         self._held += weight
+        return True
+
+    def record_lease(self, now_ns: int, stamp_ns: int, count: int) -> None:
+        """Record ``count`` permits granted at ``now_ns`` for starts up to ``stamp_ns``."""
+        if self.record(stamp_ns, count):
+            self._firsts[-1] = now_ns  # the new entry covers grants from now on
 
     def give_back(self, granted_ns: int, weight: int) -> int:
         """Remove up to ``weight`` permits granted at ``granted_ns``; return how many were removed.
 
-        A grant is found in the first entry stamped at or after it (coalescing only moves
-        stamps forward). A grant that already left the window has nothing to give back.
+        The grant is in the entry whose ``[first, stamp]`` span holds it. A grant that already
+        left the window has no entry any more and nothing is given back.
         """
-        times, counts = self._times, self._counts
+        times, firsts, counts = self._times, self._firsts, self._counts
         for i in range(len(times) - 1, -1, -1):
             if times[i] < granted_ns:
-                break
-            if i == 0 or times[i - 1] < granted_ns:
+                return 0
+            if firsts[i] <= granted_ns:
                 removed = min(weight, counts[i])
                 counts[i] -= removed
                 self._held -= removed
                 if counts[i] == 0:
                     del times[i]
+                    del firsts[i]
                     del counts[i]
                 return removed
         return 0

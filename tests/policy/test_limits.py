@@ -1,0 +1,122 @@
+import asyncio
+
+import pytest
+
+from paceline import Limit, Rate, RateLimiter
+from paceline.policy.limits import LimitPolicy
+from paceline.testing import FakeClock
+
+S = 1_000_000_000
+
+
+def test_all_limits_must_agree():
+    policy = LimitPolicy([Limit(Rate(2, S)), Limit(Rate(3, 10 * S))])
+    assert [policy.try_grant(0), policy.try_grant(0)] == [0, 0]
+    assert policy.try_grant(0) == S  # 2/s binds
+    assert policy.try_grant(S) == 0  # the third of 10 s
+    assert policy.try_grant(2 * S) == 8 * S  # 3/10s binds until the first leaves at 10 s
+
+
+def test_a_limit_that_says_wait_charges_no_other_limit():
+    policy = LimitPolicy([Limit(Rate(5, S)), Limit(Rate(1, 10 * S))])
+    assert policy.try_grant(0) == 0
+    assert policy.try_grant(1) > 0
+    assert policy._logs[0].held(1) == 1  # the refused grant left no trace in 5/s
+
+
+def test_weight_below_one_is_refused():
+    policy = LimitPolicy([Limit(Rate(5, S))])
+    with pytest.raises(ValueError, match="weight 0"):
+        policy.try_grant(0, 0)
+
+
+def test_a_lease_is_stamped_at_its_latest_start():
+    policy = LimitPolicy([Limit(Rate(100, S))])
+    assert policy.try_lease(0, 10, hold_ns=1000) == 10
+    assert list(policy._logs[0]._times) == [1000]
+    # its permits leave the window one window after the stamp, not after the lease
+    assert policy._logs[0].held(S + 999) == 10
+    assert policy._logs[0].held(S + 1000) == 0
+
+
+def test_a_lease_without_room_for_all_takes_nothing():
+    policy = LimitPolicy([Limit(Rate(10, S))])
+    for _ in range(5):
+        policy.try_grant(0)
+    assert policy.try_lease(0, 6, hold_ns=1000) == 0
+    assert policy._logs[0].held(0) == 5
+    assert policy.try_lease(0, 5, hold_ns=1000) == 5
+
+
+def test_paced_limits_never_lease():
+    policy = LimitPolicy([Limit(Rate(1000, S), burst=1)])
+    assert policy.try_lease(0, 10, hold_ns=1000) == 0
+
+
+def test_give_back_returns_unused_lease_permits():
+    policy = LimitPolicy([Limit(Rate(10, S))])
+    policy.try_lease(0, 10, hold_ns=1000)
+    assert policy.try_grant(5) > 0
+    policy.give_back(1000, 4)
+    assert [policy.try_grant(5) for _ in range(5)] == [0, 0, 0, 0, S + 1000 - 5]
+
+
+# --- the blocking and async wrappers on a fake clock ------------------------------------------
+
+
+def test_seed_limiter_two_per_second_the_third_waits_for_the_window():
+    clock = FakeClock()
+    limiter = RateLimiter(2, 1.0, clock=clock)
+    stamps = [limiter.acquire() for _ in range(3)]
+    assert stamps == [0, 0, S]
+    assert clock.sleeps == [1.0]
+
+
+def test_even_pacing_sleeps_exactly_one_interval_each():
+    clock = FakeClock()
+    limiter = RateLimiter(4, 1.0, burst=1, clock=clock)
+    stamps = [limiter.acquire() for _ in range(5)]
+    assert stamps == [0, S // 4, S // 2, 3 * S // 4, S]
+    assert clock.sleeps == [0.25, 0.25, 0.25, 0.25]
+
+
+def test_several_limits_on_a_fake_clock():
+    clock = FakeClock()
+    limiter = RateLimiter.from_rates("2/s", "3/10s", clock=clock)
+    stamps = [limiter.acquire() for _ in range(4)]
+    assert stamps == [0, 0, S, 10 * S]
+
+
+def test_try_acquire_never_waits():
+    clock = FakeClock()
+    limiter = RateLimiter(1, 1.0, clock=clock)
+    assert limiter.try_acquire() == 0
+    assert limiter.try_acquire() is None
+    assert clock.sleeps == []
+
+
+def test_acquire_async_waits_on_the_clock_it_was_given():
+    clock = FakeClock()
+    limiter = RateLimiter(2, 1.0, clock=clock)
+
+    async def main() -> list[int]:
+        return [await limiter.acquire_async() for _ in range(5)]
+
+    assert asyncio.run(main()) == [0, 0, S, S, 2 * S]
+    assert clock.sleeps == [1.0, 1.0]
+
+
+def test_give_back_on_the_limiter_lets_the_next_start_at_once():
+    clock = FakeClock()
+    limiter = RateLimiter(1, 1.0, clock=clock)
+    granted = limiter.acquire()
+    limiter.give_back(granted)
+    assert limiter.acquire() == 0
+    assert clock.sleeps == []
+
+
+def test_lease_size_is_zero_for_small_or_paced_limits():
+    assert RateLimiter(10, 1.0).lease_size() == 0
+    assert RateLimiter(10_000, 1.0, burst=1).lease_size() == 0
+    assert RateLimiter(10_000, 1.0).lease_size() == 64
+    assert RateLimiter.from_rates("10000/s", "100/s").lease_size() == 6
