@@ -139,9 +139,12 @@ class BatchExecutor:
                 duration_s=elapsed / NS_PER_S,
             )
 
+        total = sized_length(tasks)
+        if total is None and ids is not None:
+            total = len(ids)
         runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
             _call,
-            workers=resolve_workers(self._max_workers, sized_length(tasks)),
+            workers=resolve_workers(self._max_workers, total),
             ok=ok,
             err=err,
             limiter=self._rate_limiter,
@@ -149,7 +152,7 @@ class BatchExecutor:
             on_progress=on_progress,
             timed=True,
         )
-        state = runner.collect(tasks)
+        state = runner.collect(tasks, total)
         if ids is not None and state.completed != len(ids):
             raise ValueError(
                 f"tasks and item_ids must have the same length: got {state.completed} tasks "

@@ -26,7 +26,7 @@ class WindowLog:
 
     >>> log = WindowLog(limit=2, window_ns=1_000_000_000)
     >>> log.wait_ns(0, 1), log.record(0, 1), log.record(0, 1)
-    (0, None, None)
+    (0, True, True)
     >>> log.wait_ns(0, 1)  # the third waits for the window
     1000000000
     """

@@ -69,11 +69,13 @@ class ThreadRunner(Generic[K, T, R]):
         self._acquire = sync_acquirer(limiter)
         self.failure: BaseException | None = None
 
-    def collect(self, items: Iterable[K]) -> BatchState[R]:
+    def collect(self, items: Iterable[K], total: int | None = None) -> BatchState[R]:
         """Run every item; results land in ``state.slots`` in input order. With
         ``stop_on_error`` the first failure's original exception is raised after the calls
-        already running have finished."""
-        state: BatchState[R] = BatchState(sized_length(items), self.stop_on_error)
+        already running have finished. ``total``: the length of a lazy input, if known."""
+        if total is None:
+            total = sized_length(items)
+        state: BatchState[R] = BatchState(total, self.stop_on_error)
         if self.workers is None or self.workers == 1:
             self._run_sequential(items, state)
         else:
