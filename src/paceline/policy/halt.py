@@ -1,0 +1,82 @@
+"""Halt rules in GNU parallel's vocabulary: ``now|soon,fail=N|fail=N%|success=N|done=N``.
+
+``soon`` starts nothing new and lets work in flight finish; ``now`` also cancels it (threads
+cannot be cancelled: their calls finish, and their results are kept). ``stop_on_error=True``
+is ``now,fail=1``.
+
+Percentages are of the items settled so far, and — as in GNU parallel — are only judged once
+at least 3 items have settled, so one early failure does not read as "100 % failed".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+_RULE_RE = re.compile(
+    r"^\s*(?:(?P<when>now|soon)\s*,\s*)?(?P<kind>fail|success|done)\s*=\s*"
+    r"(?P<num>\d+(?:\.\d+)?)\s*(?P<pct>%)?\s*$",
+    re.IGNORECASE,
+)
+_EXAMPLE = "e.g. 'soon,fail=5%', 'now,fail=1' or 'soon,done=1000'"
+MIN_SETTLED_FOR_PERCENT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class HaltRule:
+    """Stop the batch when ``kind`` (fail/success/done) reaches ``threshold``.
+
+    >>> rule = HaltRule.parse("soon,fail=10%")
+    >>> rule.triggered(failed=1, succeeded=9), rule.triggered(failed=1, succeeded=8)
+    (True, True)
+    >>> HaltRule.parse("now,fail=2").triggered(failed=1, succeeded=100)
+    False
+    """
+
+    when: Literal["now", "soon"]
+    kind: Literal["fail", "success", "done"]
+    threshold: float
+    percent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.percent and not 0 < self.threshold <= 100:
+            raise ValueError(f"halt {self}: a percentage must be above 0 and at most 100")
+        if not self.percent and (self.threshold < 1 or self.threshold != int(self.threshold)):
+            raise ValueError(f"halt {self}: a count must be a whole number of at least 1")
+
+    @classmethod
+    def parse(cls, text: str) -> HaltRule:
+        """Read ``"soon,fail=5%"`` and the like; the error names the value and the fix."""
+        match = _RULE_RE.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(
+                f"halt rule {text!r}: expected '[now|soon,](fail|success|done)=N[%]', {_EXAMPLE}"
+            )
+        when = (match["when"] or "soon").lower()
+        kind = match["kind"].lower()
+        return cls(
+            when=when,  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]
+            threshold=float(match["num"]),
+            percent=bool(match["pct"]),
+        )
+
+    @classmethod
+    def stop_on_error(cls) -> HaltRule:
+        """The rule ``stop_on_error=True`` / ``fail_fast=True`` means: ``now,fail=1``."""
+        return cls("now", "fail", 1)
+
+    def triggered(self, failed: int, succeeded: int) -> bool:
+        """Whether the rule fires given the items settled so far."""
+        done = failed + succeeded
+        count = {"fail": failed, "success": succeeded, "done": done}[self.kind]
+        if not self.percent:
+            return count >= self.threshold
+        if done < MIN_SETTLED_FOR_PERCENT or count == 0:
+            return False
+        return count * 100 >= self.threshold * done
+
+    def __str__(self) -> str:
+        number = f"{self.threshold:g}" + ("%" if self.percent else "")
+        return f"{self.when},{self.kind}={number}"
