@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import (
@@ -161,8 +162,9 @@ async def stream(
         timed=True,
         read_ahead=read_ahead,
     )
-    async for result in runner.stream(keys, ordered=ordered):
-        yield result
+    async with contextlib.aclosing(runner.stream(keys, ordered=ordered)) as results:
+        async for result in results:
+            yield result
 
 
 def run_sync(awaitable: Coroutine[Any, Any, T]) -> T:

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from typing import Generic, TypeVar, cast
 
 from paceline.policy.batch import BatchState
@@ -79,7 +87,7 @@ class AsyncRunner(Generic[K, T, R]):
 
     async def stream(
         self, items: Iterable[K] | AsyncIterable[K], *, ordered: bool = True
-    ) -> AsyncIterator[R]:
+    ) -> AsyncGenerator[R, None]:
         """Yield results as they settle (``ordered``: in input order), reading the input at most
         ``read_ahead`` items (default 2x concurrency) ahead of what was handed out."""
         state: BatchState[R] = BatchState(
@@ -181,15 +189,11 @@ class _Batch(Generic[K, T, R]):
         return pull
 
     def _async_puller(self, it: AsyncIterator[K]) -> Callable[[], Awaitable[K] | K]:
-        lock = self._pull_lock
-
         async def pull() -> K:
-            # Async generators refuse a second __anext__ while one is running.
-            async with lock:
-                try:
-                    return await it.__anext__()
-                except StopAsyncIteration:
-                    raise _Stop from None
+            try:
+                return await it.__anext__()
+            except StopAsyncIteration:
+                raise _Stop from None
 
         return pull
 
@@ -231,19 +235,31 @@ class _Batch(Generic[K, T, R]):
         weigh, timed, progress = runner.weight, runner.timed, runner.on_progress
         total, bound, streaming = state.total, self.bound, state.streaming
         while not state.stopped:
-            if bound is not None and self.pulled - state.delivered >= bound:
-                await self._wait_for_space()
-                if state.stopped:
-                    return
-            try:
-                if is_async_pull:
-                    item = await cast(Callable[[], Awaitable[K]], pull)()
-                else:
+            if is_async_pull:
+                # One puller at a time: async generators refuse a second __anext__ while one
+                # runs, and the read-ahead check must see the count the pull will change.
+                async with self._pull_lock:
+                    if bound is not None and self.pulled - state.delivered >= bound:
+                        await self._wait_for_space()
+                    if state.stopped:
+                        return
+                    try:
+                        item = await cast(Callable[[], Awaitable[K]], pull)()
+                    except _Stop:
+                        return
+                    index = self.pulled
+                    self.pulled = index + 1
+            else:
+                if bound is not None and self.pulled - state.delivered >= bound:
+                    await self._wait_for_space()
+                    if state.stopped:
+                        return
+                try:
                     item = cast(Callable[[], K], pull)()
-            except _Stop:
-                return
-            index = self.pulled
-            self.pulled = index + 1
+                except _Stop:
+                    return
+                index = self.pulled
+                self.pulled = index + 1
             if acquire is not None:
                 weight = weigh(item) if weigh is not None else 1
                 if weight != 1 or lease is None or not lease.take():

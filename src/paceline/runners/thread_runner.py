@@ -27,6 +27,15 @@ _monotonic_ns = time.monotonic_ns
 _STOP = None  # sentinel on the work queue
 
 
+class _Skipped:
+    """A worker's answer for a queued item it did not start because the batch is halting."""
+
+    __slots__ = ()
+
+
+_SKIPPED = _Skipped()
+
+
 class _Fatal:
     """A worker hit a BaseException that is not an item failure (e.g. SystemExit)."""
 
@@ -34,6 +43,9 @@ class _Fatal:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+_Outcome = tuple[int, K, Any, bool, int, int] | _Fatal | _Skipped
 
 
 class ThreadRunner(Generic[K, T, R]):
@@ -68,6 +80,9 @@ class ThreadRunner(Generic[K, T, R]):
         self._limiter = limiter
         self._acquire = sync_acquirer(limiter)
         self.failure: BaseException | None = None
+        # Set by a worker whose item failed under stop_on_error, or by the dispatcher when it
+        # stops: workers skip queued items once it is set, so nothing new starts.
+        self._halting = False
 
     def collect(self, items: Iterable[K], total: int | None = None) -> BatchState[R]:
         """Run every item; results land in ``state.slots`` in input order. With
@@ -122,7 +137,7 @@ class ThreadRunner(Generic[K, T, R]):
         # token must be taken right before a free worker starts, so nothing waits.
         capacity = count if acquire is not None else 2 * count
         work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
-        done: queue.SimpleQueue[tuple[int, K, Any, bool, int, int] | _Fatal] = queue.SimpleQueue()
+        done: queue.SimpleQueue[_Outcome[K]] = queue.SimpleQueue()
         threads = [
             threading.Thread(
                 target=self._work, args=(work, done), name=f"paceline-worker-{i}", daemon=True
@@ -161,6 +176,7 @@ class ThreadRunner(Generic[K, T, R]):
                 index += 1
                 in_flight += 1
             if state.stopped:  # nothing new starts: take back what no worker picked up yet
+                self._halting = True
                 in_flight -= _drain_unstarted(work)
             while in_flight > 0:
                 self._settle(done.get(), state)
@@ -170,6 +186,7 @@ class ThreadRunner(Generic[K, T, R]):
             if lease is not None:
                 lease.close()
             state.stopped = state.stopped or not finished
+            self._halting = self._halting or state.stopped
             _drain_unstarted(work)
             for _ in threads:
                 work.put(_STOP)
@@ -180,17 +197,19 @@ class ThreadRunner(Generic[K, T, R]):
                 # that were running have finished; settle them so nothing done is lost.
                 while not done.empty():
                     outcome = done.get()
-                    if not isinstance(outcome, _Fatal):
+                    if not isinstance(outcome, _Fatal) and outcome is not _SKIPPED:
                         self._settle(outcome, state, report=False)
 
     def _settle(
         self,
-        outcome: tuple[int, K, Any, bool, int, int] | _Fatal,
+        outcome: _Outcome[K],
         state: BatchState[R],
         report: bool = True,
     ) -> None:
         if isinstance(outcome, _Fatal):
             raise outcome.error
+        if isinstance(outcome, _Skipped):
+            return
         index, item, value, failed, started, elapsed = outcome
         if failed:
             state.settle(index, self.err(index, item, value, started, elapsed), True)
@@ -204,18 +223,23 @@ class ThreadRunner(Generic[K, T, R]):
     def _work(
         self,
         work: queue.SimpleQueue[tuple[int, K] | None],
-        done: queue.SimpleQueue[tuple[int, K, Any, bool, int, int] | _Fatal],
+        done: queue.SimpleQueue[_Outcome[K]],
     ) -> None:
         get, put, operation, timed = work.get, done.put, self.operation, self.timed
         while True:
             job = get()
             if job is None:
                 return
+            if self._halting:
+                put(_SKIPPED)
+                continue
             index, item = job
             started = _monotonic_ns() if timed else 0
             try:
                 value = operation(item)
             except Exception as exc:
+                if self.stop_on_error:
+                    self._halting = True
                 put((index, item, exc, True, started, _monotonic_ns() - started if timed else 0))
             except BaseException as exc:  # SystemExit and the like: not an item's failure
                 put(_Fatal(exc))
