@@ -83,6 +83,12 @@ class Success(Generic[T]):
     __hash__ = None  # type: ignore[assignment]  # mutable payloads: like a dataclass(eq=True)
 
 
+class NotAttempted(Exception):
+    """The item never ran: the batch halted first (the message says why)."""
+
+    error_code = "cancelled"
+
+
 class Failure:
     """A failed outcome: the original exception, a classified ``error_code`` and a message.
 
@@ -133,6 +139,18 @@ Result: TypeAlias = Success[T] | Failure
 """``Success[T] | Failure``: the outcome of one key in :func:`paceline.batch_execute`."""
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at an item: when it started (monotonic ns), how long it took, and how it
+    failed (``error`` is ``None`` for the attempt that succeeded)."""
+
+    number: int
+    started_ns: int
+    duration_s: float
+    error: str | None = None
+    error_type: str | None = None
+
+
 @dataclass(slots=True)
 class BatchItemResult:
     """The outcome of one item of a batch.
@@ -140,6 +158,8 @@ class BatchItemResult:
     ``error`` is the failure's message (as in the seed API); ``exception`` keeps the original
     exception object, ``attempts`` how many times the operation ran, and ``started_ns`` /
     ``duration_s`` when the last attempt started (monotonic clock) and how long it took.
+    ``history`` lists every attempt when there was more than one; ``restored`` is true for an
+    item whose outcome came from a journal instead of running again.
 
     >>> BatchItemResult(item_id="tenant-2", success=False, error="API rate limit exceeded").error
     'API rate limit exceeded'
@@ -155,6 +175,8 @@ class BatchItemResult:
     index: int | None = None
     started_ns: int | None = field(default=None, repr=False, compare=False)
     duration_s: float | None = field(default=None, compare=False)
+    history: tuple[Attempt, ...] = field(default=(), repr=False, compare=False)
+    restored: bool = False
 
     @classmethod
     def ok(cls, item_id: str, result: Any, **extra: Any) -> BatchItemResult:
@@ -189,6 +211,13 @@ class BatchItemResult:
             data["index"] = self.index
         if self.duration_s is not None:
             data["duration_s"] = self.duration_s
+        if self.restored:
+            data["restored"] = True
+        if self.history:
+            data["history"] = [
+                {"number": a.number, "duration_s": a.duration_s, "error": a.error}
+                for a in self.history
+            ]
         return data
 
 
@@ -200,11 +229,18 @@ class BatchResult(Sequence[BatchItemResult]):
     (1, 1, False, ['2'])
     """
 
-    __slots__ = ("_failed", "items", "total")
+    __slots__ = ("_failed", "halted", "items", "total")
 
-    def __init__(self, items: Sequence[BatchItemResult], total: int | None = None) -> None:
+    def __init__(
+        self,
+        items: Sequence[BatchItemResult],
+        total: int | None = None,
+        halted: str | None = None,
+    ) -> None:
         self.items: list[BatchItemResult] = list(items)
         self.total: int = len(self.items) if total is None else total
+        self.halted = halted
+        """Why the batch stopped early (a halt rule, a deadline), or ``None``."""
         self._failed = sum(1 for item in self.items if not item.success)
 
     @property
@@ -228,6 +264,11 @@ class BatchResult(Sequence[BatchItemResult]):
         return [item for item in self.items if not item.success]
 
     @property
+    def not_attempted(self) -> int:
+        """Items of the input that never ran because the batch halted."""
+        return max(0, self.total - len(self.items))
+
+    @property
     def results(self) -> list[Any]:
         """The successful items' results, in input order."""
         return [item.result for item in self.items if item.success]
@@ -246,8 +287,10 @@ class BatchResult(Sequence[BatchItemResult]):
         return iter(self.items)
 
     def __repr__(self) -> str:
+        halted = f", halted={self.halted!r}" if self.halted else ""
         return (
-            f"BatchResult(total={self.total}, successful={self.successful}, failed={self.failed})"
+            f"BatchResult(total={self.total}, successful={self.successful}, "
+            f"failed={self.failed}{halted})"
         )
 
     def to_dict(self, encode: Callable[[Any], Any] | None = None) -> dict[str, Any]:
@@ -257,6 +300,8 @@ class BatchResult(Sequence[BatchItemResult]):
             "successful": self.successful,
             "failed": self.failed,
             "all_successful": self.all_successful,
+            "not_attempted": self.not_attempted,
+            "halted": self.halted,
             "items": [item.to_dict(encode) for item in self.items],
         }
 

@@ -17,6 +17,7 @@ import pytest
 
 from paceline import batch_execute, stream
 from paceline.runners.async_runner import AsyncRunner
+from paceline.runners.settle import RunOptions
 from paceline.testing import FakeRateLimiter
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,12 +31,16 @@ def make_runner(
     operation: Callable[[Any], Awaitable[Any]], concurrency: int | None = 4, **options: Any
 ) -> AsyncRunner[Any, Any, tuple[str, Any]]:
     """An AsyncRunner whose results are ("ok", value) / ("err", exception)."""
+    read_ahead = options.pop("read_ahead", None)
     return AsyncRunner(
         operation,
         concurrency=concurrency,
-        ok=lambda _i, _item, value, _s, _e: ("ok", value),
-        err=lambda _i, _item, exc, _s, _e: ("err", exc),
-        **options,
+        options=RunOptions(
+            ok=lambda _i, _item, value, _info: ("ok", value),
+            err=lambda _i, _item, exc, _info: ("err", exc),
+            **options,
+        ),
+        read_ahead=read_ahead,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from paceline import BatchExecutor
+from paceline.runners.settle import RunOptions
 from paceline.runners.thread_runner import ThreadRunner
 from paceline.testing import FakeRateLimiter
 
@@ -33,9 +34,11 @@ def run_threads(items: Any, operation: Callable[[Any], Any], workers: int | None
     runner: ThreadRunner[Any, Any, tuple[str, Any]] = ThreadRunner(
         operation,
         workers=workers,
-        ok=lambda _i, _item, value, _s, _e: ("ok", value),
-        err=lambda _i, _item, exc, _s, _e: ("err", exc),
-        **options,
+        options=RunOptions(
+            ok=lambda _i, _item, value, _info: ("ok", value),
+            err=lambda _i, _item, exc, _info: ("err", exc),
+            **options,
+        ),
     )
     return runner.collect(items).slots
 

@@ -16,10 +16,12 @@ from collections.abc import (
 )
 from typing import Any, Literal, TypeVar
 
-from paceline.policy.rate import NS_PER_S
-from paceline.results import BatchItemResult, Failure, Result, Success, error_code_for
+from paceline.faces._options import HaltSpec, RetrySpec, build_options, item_result
+from paceline.policy.retry import RetryBudget
+from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.runners._common import ProgressCallback, auto_workers, sized_length
 from paceline.runners.async_runner import AsyncRunner
+from paceline.runners.settle import AttemptInfo, RunOptions
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -38,11 +40,11 @@ def _concurrency(
     return chosen
 
 
-def _ok(_index: int, _key: object, value: Any, _s: int, _e: int) -> Success[Any]:
+def _ok(_index: int, _key: object, value: Any, _info: AttemptInfo) -> Success[Any]:
     return Success(value)
 
 
-def _err(_index: int, _key: object, exc: BaseException, _s: int, _e: int) -> Failure:
+def _err(_index: int, _key: object, exc: BaseException, _info: AttemptInfo) -> Failure:
     return Failure.from_exception(exc)
 
 
@@ -56,6 +58,11 @@ async def batch_execute(
     rate_limiter: object | None = None,
     weight: Callable[[K], int] | None = None,
     max_workers: Concurrency = None,
+    retry: RetrySpec = None,
+    retry_budget: RetryBudget | None = None,
+    halt: HaltSpec = None,
+    timeout_s: float | None = None,
+    deadline_s: float | None = None,
 ) -> list[Result[T]]:
     """Run ``await operation(key)`` for every key; return a ``Result`` per key, in key order.
 
@@ -66,6 +73,13 @@ async def batch_execute(
     first failure and raises that original exception; by default every key is attempted and
     failures come back as :class:`~paceline.Failure` values.
 
+    ``retry`` (a number of attempts or a :class:`~paceline.RetryPolicy`) retries transient
+    failures with jittered backoff, within a ``retry_budget`` for the batch; every retry takes
+    a token and a concurrency slot like a first attempt. ``halt`` stops early by a rule
+    (``"soon,fail=5%"``; ``now`` also cancels work in flight); ``timeout_s`` cancels an attempt
+    that runs too long; ``deadline_s`` stops the whole batch. Keys never attempted because
+    the batch halted come back as failures with ``error_code`` ``CANCELLED``.
+
     >>> async def double(x: int) -> int:
     ...     return 2 * x
     >>> results = asyncio.run(batch_execute([1, 2, 3], double))
@@ -73,18 +87,29 @@ async def batch_execute(
     [2, 4, 6]
     """
     total = sized_length(keys)
-    runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
-        operation,
-        concurrency=_concurrency(max_concurrent, max_workers, total),
+    options: RunOptions[K, T, Result[T]] = build_options(
         ok=_ok,
         err=_err,
         limiter=rate_limiter,
         stop_on_error=fail_fast,
         on_progress=on_progress,
         weight=weight,
+        retry=retry,
+        retry_budget=retry_budget,
+        halt=halt,
+        timeout_s=timeout_s,
+        deadline_s=deadline_s,
+    )
+    runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
+        operation,
+        concurrency=_concurrency(max_concurrent, max_workers, total),
+        options=options,
     )
     state = await runner.collect(keys)
-    return state.slots  # type: ignore[return-value]  # every slot is filled when it returns
+    if state.halt_reason is None:
+        return state.slots  # type: ignore[return-value]  # every slot is filled
+    missing = Failure(NotAttempted(f"not attempted: {state.halt_reason}"), ErrorCode.CANCELLED)
+    return [missing if slot is None else slot for slot in state.slots]
 
 
 def _default_item_id(index: int, key: object) -> str:
@@ -104,6 +129,11 @@ async def stream(
     item_id: Callable[[K], str] | None = None,
     read_ahead: int | None = None,
     max_workers: Concurrency = None,
+    retry: RetrySpec = None,
+    retry_budget: RetryBudget | None = None,
+    halt: HaltSpec = None,
+    timeout_s: float | None = None,
+    deadline_s: float | None = None,
 ) -> AsyncIterator[BatchItemResult]:
     """Run ``operation`` over a lazy, possibly endless input and yield each item's
     :class:`~paceline.BatchItemResult` as it settles.
@@ -127,32 +157,14 @@ async def stream(
     def name(index: int, key: K) -> str:
         return item_id(key) if item_id is not None else _default_item_id(index, key)
 
-    def ok(index: int, key: K, value: T, started: int, elapsed: int) -> BatchItemResult:
-        return BatchItemResult(
-            item_id=name(index, key),
-            success=True,
-            result=value,
-            index=index,
-            started_ns=started,
-            duration_s=elapsed / NS_PER_S,
-        )
+    def ok(index: int, key: K, value: T, info: AttemptInfo) -> BatchItemResult:
+        return item_result(name(index, key), index, value, info, failed=False)
 
-    def err(index: int, key: K, exc: BaseException, started: int, elapsed: int) -> BatchItemResult:
-        return BatchItemResult(
-            item_id=name(index, key),
-            success=False,
-            error=str(exc) or type(exc).__name__,
-            exception=exc,
-            error_code=error_code_for(exc),
-            index=index,
-            started_ns=started,
-            duration_s=elapsed / NS_PER_S,
-        )
+    def err(index: int, key: K, exc: BaseException, info: AttemptInfo) -> BatchItemResult:
+        return item_result(name(index, key), index, exc, info, failed=True)
 
     total = sized_length(keys)
-    runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
-        operation,
-        concurrency=_concurrency(max_concurrent, max_workers, total),
+    options = build_options(
         ok=ok,
         err=err,
         limiter=rate_limiter,
@@ -160,6 +172,16 @@ async def stream(
         on_progress=on_progress,
         weight=weight,
         timed=True,
+        retry=retry,
+        retry_budget=retry_budget,
+        halt=halt,
+        timeout_s=timeout_s,
+        deadline_s=deadline_s,
+    )
+    runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
+        operation,
+        concurrency=_concurrency(max_concurrent, max_workers, total),
+        options=options,
         read_ahead=read_ahead,
     )
     async with contextlib.aclosing(runner.stream(keys, ordered=ordered)) as results:

@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from paceline.policy.rate import NS_PER_S
-from paceline.results import BatchItemResult, BatchResult, error_code_for
+from paceline.faces._options import (
+    HaltSpec,
+    RetrySpec,
+    build_options,
+    halt_rules,
+    item_result,
+    retry_policy,
+)
+from paceline.policy.retry import RetryBudget
+from paceline.results import BatchItemResult, BatchResult
 from paceline.runners._common import (
     ProgressCallback,
     Workers,
@@ -15,6 +23,7 @@ from paceline.runners._common import (
     sized_length,
 )
 from paceline.runners.gates import sync_acquirer
+from paceline.runners.settle import AttemptInfo, RunOptions
 from paceline.runners.thread_runner import ThreadRunner
 
 T = TypeVar("T")
@@ -66,12 +75,25 @@ class BatchExecutor:
         stop_on_error: bool = True,
         rate_limiter: object | None = None,
         max_workers: Workers = None,
+        *,
+        retry: RetrySpec = None,
+        retry_budget: RetryBudget | None = None,
+        halt: HaltSpec = None,
+        timeout_s: float | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         resolve_workers(max_workers, None)  # validate early: a typo fails here, not mid-batch
         self._stop_on_error = stop_on_error
         self._rate_limiter = rate_limiter
         sync_acquirer(rate_limiter)
         self._max_workers = max_workers
+        self._reliability: dict[str, Any] = {
+            "retry": retry_policy(retry),
+            "retry_budget": retry_budget,
+            "halt": halt_rules(halt),
+            "timeout_s": timeout_s,
+            "deadline_s": deadline_s,
+        }
 
     @property
     def stop_on_error(self) -> bool:
@@ -113,53 +135,37 @@ class BatchExecutor:
                     f"(only {len(ids)} item_ids)"
                 ) from None
 
-        def ok(
-            index: int, _task: object, value: Any, started: int, elapsed: int
-        ) -> BatchItemResult:
-            return BatchItemResult(
-                item_id=name(index),
-                success=True,
-                result=value,
-                index=index,
-                started_ns=started,
-                duration_s=elapsed / NS_PER_S,
-            )
+        def ok(index: int, _task: object, value: Any, info: AttemptInfo) -> BatchItemResult:
+            return item_result(name(index), index, value, info, failed=False)
 
         def err(
-            index: int, _task: object, exc: BaseException, started: int, elapsed: int
+            index: int, _task: object, exc: BaseException, info: AttemptInfo
         ) -> BatchItemResult:
-            return BatchItemResult(
-                item_id=name(index),
-                success=False,
-                error=str(exc) or type(exc).__name__,
-                exception=exc,
-                error_code=error_code_for(exc),
-                index=index,
-                started_ns=started,
-                duration_s=elapsed / NS_PER_S,
-            )
+            return item_result(name(index), index, exc, info, failed=True)
 
         total = sized_length(tasks)
         if total is None and ids is not None:
             total = len(ids)
-        runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
-            _call,
-            workers=resolve_workers(self._max_workers, total),
+        options = build_options(
             ok=ok,
             err=err,
             limiter=self._rate_limiter,
             stop_on_error=self._stop_on_error,
             on_progress=on_progress,
             timed=True,
+            **self._reliability,
+        )
+        runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
+            _call, workers=resolve_workers(self._max_workers, total), options=options
         )
         state = runner.collect(tasks, total)
-        if ids is not None and state.completed != len(ids):
+        if ids is not None and state.halt_reason is None and state.completed != len(ids):
             raise ValueError(
                 f"tasks and item_ids must have the same length: got {state.completed} tasks "
                 f"and {len(ids)} item_ids"
             )
         items = [item for item in state.slots if item is not None]
-        return BatchResult(items=items, total=len(state.slots))
+        return BatchResult(items=items, total=total or len(state.slots), halted=state.halt_reason)
 
 
 class RateLimitedExecutor:
@@ -201,13 +207,14 @@ class RateLimitedExecutor:
     ) -> list[Any]:
         """Run every task; return results in input order (exceptions in place of failures
         unless ``stop_on_error``, which re-raises the first one)."""
-        runner: ThreadRunner[Callable[[], Any], Any, Any] = ThreadRunner(
-            _call,
-            workers=resolve_workers(self._max_workers, sized_length(tasks)),
-            ok=lambda _i, _t, value, _s, _e: value,
-            err=lambda _i, _t, exc, _s, _e: exc,
+        options: RunOptions[Callable[[], Any], Any, Any] = build_options(
+            ok=lambda _i, _t, value, _info: value,
+            err=lambda _i, _t, exc, _info: exc,
             limiter=self._rate_limiter,
             stop_on_error=self._stop_on_error,
             on_progress=on_progress,
+        )
+        runner: ThreadRunner[Callable[[], Any], Any, Any] = ThreadRunner(
+            _call, workers=resolve_workers(self._max_workers, sized_length(tasks)), options=options
         )
         return list(runner.collect(tasks).slots)

@@ -11,7 +11,10 @@ Two ways to hold results:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Generic, TypeVar
+
+from paceline.policy.halt import HaltRule
 
 R = TypeVar("R")
 
@@ -32,8 +35,12 @@ class BatchState(Generic[R]):
         "delivered",
         "failed",
         "first_failure",
+        "halt_now",
+        "halt_reason",
         "ordered",
         "ready",
+        "restored",
+        "rules",
         "slots",
         "stop_on_error",
         "stopped",
@@ -48,9 +55,14 @@ class BatchState(Generic[R]):
         *,
         streaming: bool = False,
         ordered: bool = True,
+        rules: Sequence[HaltRule] = (),
     ) -> None:
         self.total = total
         self.stop_on_error = stop_on_error
+        self.rules = tuple(rules)
+        self.halt_reason: str | None = None
+        self.halt_now = False
+        self.restored = 0
         self.streaming = streaming
         self.ordered = ordered
         self.completed = 0
@@ -72,8 +84,17 @@ class BatchState(Generic[R]):
             self.failed += 1
             if self.first_failure is None:
                 self.first_failure = index
-            if self.stop_on_error:
-                self.stopped = True
+            if self.stop_on_error and not self.stopped:
+                self.halt("stop_on_error: item failed", now=True)
+        if self.rules and not self.stopped:
+            succeeded = self.completed - self.failed
+            for rule in self.rules:
+                if rule.triggered(self.failed, succeeded):
+                    self.halt(
+                        f"halt rule {rule}: {self.failed} failed, {succeeded} succeeded",
+                        now=rule.when == "now",
+                    )
+                    break
         if not self.streaming:
             slots = self.slots
             if index >= len(slots):
@@ -96,6 +117,14 @@ class BatchState(Generic[R]):
 
     def stop(self) -> None:
         """Start nothing new (a caller's stop, or a rule's)."""
+        self.stopped = True
+
+    def halt(self, reason: str, now: bool) -> None:
+        """Stop the batch for ``reason``; ``now``: also cancel work in flight. The first halt's
+        reason is kept."""
+        if self.halt_reason is None:
+            self.halt_reason = reason
+        self.halt_now = self.halt_now or now
         self.stopped = True
 
     def pop_ready(self) -> R:

@@ -53,10 +53,6 @@ def resolve_workers(
     return workers
 
 
-Wrap = Callable[[int, K, T, int, int], R]
-"""Builds one item's result from ``(index, item, value_or_exception, started_ns, duration_ns)``."""
-
-
 def sized_length(items: Any) -> int | None:
     """``len(items)`` for sized inputs, ``None`` for lazy ones."""
     try:

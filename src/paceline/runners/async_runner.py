@@ -1,14 +1,17 @@
 """The async runner: a bounded pool of worker coroutines pulling from one iterator.
 
-No task per item: ``concurrency`` workers each loop "pull an item → take a token → await the
-operation → settle it", so memory holds only what is in flight, and lazy or endless inputs
-(sync or async iterables) are read as work frees up. A token is taken immediately before the
-attempt starts, by the worker that starts it.
+No task per item: ``concurrency`` workers each loop "take a due retry or pull an item → take a
+token → await the operation → settle or schedule a retry", so memory holds only what is in
+flight, and lazy or endless inputs (sync or async iterables) are read as work frees up. A
+token is taken immediately before each attempt starts — retries included — by the worker that
+starts it. An item waiting for its retry holds no concurrency slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import sys
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -19,11 +22,13 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from paceline.policy.batch import BatchState
-from paceline.runners._common import ProgressCallback, Wrap, sized_length
+from paceline.policy.rate import NS_PER_S
+from paceline.runners._common import sized_length
 from paceline.runners.gates import LeaseGate, async_acquirer
+from paceline.runners.settle import Job, RunOptions, Settler
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -36,11 +41,18 @@ class _Stop(Exception):
     """Internal: the input ran out."""
 
 
+async def _with_timeout(awaitable: Awaitable[T], timeout_s: float) -> T:
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout_s)  # pragma: no cover - 3.10
+
+
 class AsyncRunner(Generic[K, T, R]):
     """Run ``operation(item)`` for every item with at most ``concurrency`` in flight.
 
-    ``ok``/``err`` build each item's result; ``stop_on_error`` re-raises the first failure
-    (the original exception) after cancelling the work still in flight.
+    ``options`` says how results are built, which limiter, retry policy, halt rules, timeouts
+    and journal apply (see :class:`~paceline.runners.settle.RunOptions`).
     """
 
     def __init__(
@@ -48,13 +60,7 @@ class AsyncRunner(Generic[K, T, R]):
         operation: Callable[[K], Awaitable[T]],
         *,
         concurrency: int | None,
-        ok: Wrap[K, T, R],
-        err: Wrap[K, BaseException, R],
-        limiter: object | None = None,
-        stop_on_error: bool = False,
-        on_progress: ProgressCallback | None = None,
-        weight: Callable[[K], int] | None = None,
-        timed: bool = False,
+        options: RunOptions[K, T, R],
         read_ahead: int | None = None,
     ) -> None:
         if concurrency is not None and (
@@ -67,21 +73,23 @@ class AsyncRunner(Generic[K, T, R]):
             raise ValueError(f"read_ahead={read_ahead!r}: must be at least 1")
         self.operation = operation
         self.concurrency = concurrency
-        self.ok = ok
-        self.err = err
-        self.stop_on_error = stop_on_error
-        self.on_progress = on_progress
-        self.weight = weight
-        self.timed = timed
+        self.options = options
         self.read_ahead = read_ahead
-        self._limiter = limiter
-        self._try_now, self._acquire = async_acquirer(limiter)
+        self._try_now, self._acquire = async_acquirer(options.limiter)
 
-    # -- public entry points -------------------------------------------------------------
+    def _new_state(self, items: object, streaming: bool, ordered: bool = True) -> BatchState[R]:
+        return BatchState(
+            sized_length(items),
+            self.options.stop_on_error,
+            streaming=streaming,
+            ordered=ordered,
+            rules=self.options.halt,
+        )
 
     async def collect(self, items: Iterable[K] | AsyncIterable[K]) -> BatchState[R]:
-        """Run every item; results land in ``state.slots`` in input order."""
-        state: BatchState[R] = BatchState(sized_length(items), self.stop_on_error)
+        """Run every item; results land in ``state.slots`` in input order (``None`` for items
+        never attempted because the batch halted)."""
+        state = self._new_state(items, streaming=False)
         await _Batch(self, state, items, bound=None).run()
         return state
 
@@ -90,9 +98,7 @@ class AsyncRunner(Generic[K, T, R]):
     ) -> AsyncGenerator[R, None]:
         """Yield results as they settle (``ordered``: in input order), reading the input at most
         ``read_ahead`` items (default 2x concurrency) ahead of what was handed out."""
-        state: BatchState[R] = BatchState(
-            sized_length(items), self.stop_on_error, streaming=True, ordered=ordered
-        )
+        state = self._new_state(items, streaming=True, ordered=ordered)
         workers = self._workers_for(state.total)
         bound = self.read_ahead if self.read_ahead is not None else 2 * workers
         batch = _Batch(self, state, items, bound=max(bound, 1))
@@ -113,8 +119,6 @@ class AsyncRunner(Generic[K, T, R]):
             if not runner.done():
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
-
-    # -- helpers -------------------------------------------------------------------------
 
     def _workers_for(self, total: int | None) -> int:
         if self.concurrency is None:
@@ -141,16 +145,22 @@ class _Batch(Generic[K, T, R]):
         self.state = state
         self.items = items
         self.bound = bound
+        self.settler: Settler[K, T, R] = Settler(runner.options, state)
         self.pulled = 0
-        self.failure: BaseException | None = None
+        self.exhausted = False
+        self.fatal: BaseException | None = None  # an error of the machinery (journal, input)
         self.tasks: list[asyncio.Task[None]] = []
+        self.retries: list[tuple[int, int, Job[K]]] = []  # (due ns, tie-break, job)
+        self._retry_seq = 0
+        self._idle: set[asyncio.Task[Any]] = set()  # workers sleeping until a retry is due
         self._results_waiter: asyncio.Future[None] | None = None
         self._space_waiter: asyncio.Future[None] | None = None
         self._pull_lock = asyncio.Lock()
-        self.lease = LeaseGate.for_limiter(runner._limiter)
+        self._halt_handled = False
+        self.lease = LeaseGate.for_limiter(runner.options.limiter)
 
     async def run(self) -> None:
-        runner, state = self.runner, self.state
+        runner, state, options = self.runner, self.state, self.runner.options
         count = runner._workers_for(state.total)
         if isinstance(self.items, AsyncIterable):
             aiter_ = self.items.__aiter__()
@@ -158,6 +168,9 @@ class _Batch(Generic[K, T, R]):
         else:
             it = iter(self.items)
             workers = [self._worker(self._sync_puller(it), False) for _ in range(count)]
+        deadline = None
+        if options.deadline_s is not None:
+            deadline = asyncio.get_running_loop().call_later(options.deadline_s, self._on_deadline)
         self.tasks = [asyncio.ensure_future(w) for w in workers]
         try:
             await asyncio.gather(*self.tasks)
@@ -165,15 +178,25 @@ class _Batch(Generic[K, T, R]):
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
-            if self.failure is not None:
-                raise self.failure from None
-            raise
+            if self.fatal is not None:
+                raise self.fatal from None
+            if self.settler.failure is not None:
+                raise self.settler.failure from None
+            if not state.stopped:
+                raise  # cancelled from outside (or a bug): propagate
         finally:
+            if deadline is not None:
+                deadline.cancel()
             if self.lease is not None:
                 self.lease.close()
             self._wake_results()
-        if self.failure is not None:
-            raise self.failure
+        # Items waiting for a retry when the batch stopped were attempted: they settle failed.
+        while self.retries:
+            self.settler.abandon(heapq.heappop(self.retries)[2])
+        if self.fatal is not None:
+            raise self.fatal
+        if self.settler.failure is not None:
+            raise self.settler.failure
 
     # pulling ----------------------------------------------------------------------------
 
@@ -196,6 +219,63 @@ class _Batch(Generic[K, T, R]):
                 raise _Stop from None
 
         return pull
+
+    async def _next_job(
+        self, pull: Callable[[], Awaitable[K] | K], is_async_pull: bool
+    ) -> Job[K] | None:
+        """The next job: a retry that is due, else a new item; ``None``: nothing left."""
+        state, bound = self.state, self.bound
+        while not state.stopped:
+            retries = self.retries
+            if retries and retries[0][0] <= _monotonic_ns():
+                return heapq.heappop(retries)[2]
+            if self.exhausted:
+                if not retries:
+                    return None
+                await self._sleep_until(retries[0][0])
+                continue
+            if is_async_pull:
+                # One puller at a time: async generators refuse a second __anext__ while one
+                # runs, and the read-ahead check must see the count the pull will change.
+                async with self._pull_lock:
+                    if bound is not None and self.pulled - state.delivered >= bound:
+                        await self._wait_for_space()
+                    if state.stopped or self.exhausted:
+                        continue
+                    try:
+                        item = await cast(Callable[[], Awaitable[K]], pull)()
+                    except _Stop:
+                        self.exhausted = True
+                        continue
+            else:
+                if bound is not None and self.pulled - state.delivered >= bound:
+                    await self._wait_for_space()
+                    if state.stopped:
+                        return None
+                try:
+                    item = cast(Callable[[], K], pull)()
+                except _Stop:
+                    self.exhausted = True
+                    continue
+            index = self.pulled
+            self.pulled = index + 1
+            job = self.settler.new_job(index, item)
+            if job is not None:
+                return job
+            self._after_settle()  # restored from the journal
+        return None
+
+    async def _sleep_until(self, due_ns: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._idle.add(task)
+        try:
+            await asyncio.sleep(max(0, due_ns - _monotonic_ns()) / NS_PER_S)
+        except asyncio.CancelledError:
+            if not self.state.stopped:
+                raise  # a real cancellation, not our "the batch stopped" nudge
+        finally:
+            self._idle.discard(task)
 
     # flow control (stream mode) -----------------------------------------------------------
 
@@ -226,68 +306,80 @@ class _Batch(Generic[K, T, R]):
             self._wake_results()
             await waiter
 
-    # the worker ---------------------------------------------------------------------------
+    # halting ------------------------------------------------------------------------------
 
-    async def _worker(self, pull: Callable[[], Awaitable[K] | K], is_async_pull: bool) -> None:
-        runner, state = self.runner, self.state
-        operation, ok, err = runner.operation, runner.ok, runner.err
-        try_now, acquire, lease = runner._try_now, runner._acquire, self.lease
-        weigh, timed, progress = runner.weight, runner.timed, runner.on_progress
-        total, bound, streaming = state.total, self.bound, state.streaming
-        while not state.stopped:
-            if is_async_pull:
-                # One puller at a time: async generators refuse a second __anext__ while one
-                # runs, and the read-ahead check must see the count the pull will change.
-                async with self._pull_lock:
-                    if bound is not None and self.pulled - state.delivered >= bound:
-                        await self._wait_for_space()
-                    if state.stopped:
-                        return
-                    try:
-                        item = await cast(Callable[[], Awaitable[K]], pull)()
-                    except _Stop:
-                        return
-                    index = self.pulled
-                    self.pulled = index + 1
-            else:
-                if bound is not None and self.pulled - state.delivered >= bound:
-                    await self._wait_for_space()
-                    if state.stopped:
-                        return
-                try:
-                    item = cast(Callable[[], K], pull)()
-                except _Stop:
-                    return
-                index = self.pulled
-                self.pulled = index + 1
-            if acquire is not None:
-                weight = weigh(item) if weigh is not None else 1
-                if weight != 1 or lease is None or not lease.take():
-                    if try_now is None or try_now(weight) is None:
-                        await acquire(weight)
-                    if state.stopped:
-                        return
-            started = _monotonic_ns() if timed else 0
-            try:
-                value = await operation(item)
-            except Exception as exc:
-                result = err(index, item, exc, started, _monotonic_ns() - started if timed else 0)
-                state.settle(index, result, True)
-                if runner.stop_on_error:
-                    if self.failure is None:
-                        self.failure = exc
-                    self._cancel_others()
-            else:
-                result = ok(index, item, value, started, _monotonic_ns() - started if timed else 0)
-                state.settle(index, result, False)
-            if progress is not None:
-                progress(state.completed, total)
-            if streaming:
-                self._wake_results()
+    def _after_settle(self) -> None:
+        state = self.state
+        if state.streaming:
+            self._wake_results()
+        if state.stopped and not self._halt_handled:
+            self._halt_handled = True
+            self._stop_workers(cancel_running=state.halt_now)
 
-    def _cancel_others(self) -> None:
+    def _stop_workers(self, cancel_running: bool) -> None:
         me = asyncio.current_task()
-        for task in self.tasks:
+        for task in self.tasks if cancel_running else list(self._idle):
             if task is not me:
                 task.cancel()
         self.space_freed()
+        self._wake_results()
+
+    def _on_deadline(self) -> None:
+        deadline_s = self.runner.options.deadline_s
+        self.state.halt(f"deadline of {deadline_s:g} s passed", now=True)
+        self._after_settle()
+
+    # the worker ---------------------------------------------------------------------------
+
+    async def _worker(self, pull: Callable[[], Awaitable[K] | K], is_async_pull: bool) -> None:
+        runner, state, settler = self.runner, self.state, self.settler
+        options = runner.options
+        operation = runner.operation
+        try_now, acquire, lease = runner._try_now, runner._acquire, self.lease
+        weigh, timeout_s = options.weight, options.timeout_s
+        timed = options.timed or options.retry is not None
+        try:
+            while not state.stopped:
+                job = await self._next_job(pull, is_async_pull)
+                if job is None:
+                    return
+                if acquire is not None:
+                    weight = weigh(job.item) if weigh is not None else 1
+                    if weight != 1 or lease is None or not lease.take():
+                        if try_now is None or try_now(weight) is None:
+                            await acquire(weight)
+                        if state.stopped:
+                            self._unstarted(job)
+                            return
+                settler.first_attempt(job)
+                started = _monotonic_ns() if timed else 0
+                try:
+                    if timeout_s is None:
+                        value = await operation(job.item)
+                    else:
+                        value = await _with_timeout(operation(job.item), timeout_s)
+                except Exception as exc:
+                    elapsed = _monotonic_ns() - started if timed else 0
+                    delay = settler.failure_of(job, exc, started, elapsed)
+                    if delay is not None:
+                        self._retry_seq += 1
+                        heapq.heappush(
+                            self.retries, (_monotonic_ns() + delay, self._retry_seq, job)
+                        )
+                        continue
+                else:
+                    elapsed = _monotonic_ns() - started if timed else 0
+                    settler.success(job, value, started, elapsed)
+                self._after_settle()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the journal, the input or a progress callback failed
+            if self.fatal is None:
+                self.fatal = exc
+            state.halt(f"stopped by an error: {type(exc).__name__}: {exc}", now=True)
+            self._after_settle()
+
+    def _unstarted(self, job: Job[K]) -> None:
+        """A job that got no attempt because the batch stopped while it waited for a token."""
+        if job.attempt > 1:
+            self.settler.abandon(job)

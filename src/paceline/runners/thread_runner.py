@@ -2,13 +2,21 @@
 
 The calling thread is the dispatcher: it reads the input, takes the rate-limit token when a
 worker is free (never inside a worker, so no worker sits blocked in the limiter and no
-pre-approved work queues up), hands the item over a queue, and collects finished items from a
-second queue — settling them, calling progress serially, and noticing a failure that stops the
-batch. Worker threads only run calls.
+pre-approved work queues up), hands the item over a queue, and collects finished attempts from
+a second queue — settling them or scheduling their retries, calling progress serially, and
+applying the halt rules, per-attempt timeouts and the batch deadline. Worker threads only run
+calls.
+
+Threads cannot be cancelled. When the batch stops, nothing new starts and calls already
+running are waited for; their outcomes are settled (and journaled) like any other. A call
+that outlives its ``timeout_s`` is settled as a ``TimeoutError`` at that moment — and retried
+if the policy says so — while it keeps running in its thread; its worker stays busy (so no
+more than ``workers`` calls ever run at once) and its eventual result is discarded.
 """
 
 from __future__ import annotations
 
+import heapq
 import queue
 import threading
 import time
@@ -16,24 +24,16 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from paceline.policy.batch import BatchState
-from paceline.runners._common import ProgressCallback, Wrap, sized_length
+from paceline.policy.rate import NS_PER_S
+from paceline.runners._common import sized_length
 from paceline.runners.gates import LeaseGate, sync_acquirer
+from paceline.runners.settle import Job, RunOptions, Settler
 
 K = TypeVar("K")
 T = TypeVar("T")
 R = TypeVar("R")
 
 _monotonic_ns = time.monotonic_ns
-_STOP = None  # sentinel on the work queue
-
-
-class _Skipped:
-    """A worker's answer for a queued item it did not start because the batch is halting."""
-
-    __slots__ = ()
-
-
-_SKIPPED = _Skipped()
 
 
 class _Fatal:
@@ -45,216 +45,346 @@ class _Fatal:
         self.error = error
 
 
-_Outcome = tuple[int, K, Any, bool, int, int] | _Fatal | _Skipped
+class _Skipped:
+    """A worker's answer for a queued job it did not start because the batch is halting."""
+
+    __slots__ = ("job_id",)
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+
+
+# (job id, value or exception, failed, started ns, elapsed ns)
+_Done = tuple[int, Any, bool, int, int] | _Fatal | _Skipped
 
 
 class ThreadRunner(Generic[K, T, R]):
-    """Run ``operation(item)`` for every item on ``workers`` threads (``None``: in the calling
-    thread, one at a time).
-
-    Threads cannot be cancelled: on a stop (``stop_on_error`` or an interrupt) nothing new
-    starts, calls already running are waited for, and their results are still settled.
-    """
+    """Run ``operation(item)`` for every item on ``workers`` threads (``None`` or 1: in the
+    calling thread, one at a time)."""
 
     def __init__(
         self,
         operation: Callable[[K], T],
         *,
         workers: int | None,
-        ok: Wrap[K, T, R],
-        err: Wrap[K, BaseException, R],
-        limiter: object | None = None,
-        stop_on_error: bool = False,
-        on_progress: ProgressCallback | None = None,
-        weight: Callable[[K], int] | None = None,
-        timed: bool = False,
+        options: RunOptions[K, T, R],
     ) -> None:
         self.operation = operation
         self.workers = workers
-        self.ok = ok
-        self.err = err
-        self.stop_on_error = stop_on_error
-        self.on_progress = on_progress
-        self.weight = weight
-        self.timed = timed
-        self._limiter = limiter
-        self._acquire = sync_acquirer(limiter)
-        self.failure: BaseException | None = None
-        # Set by a worker whose item failed under stop_on_error, or by the dispatcher when it
-        # stops: workers skip queued items once it is set, so nothing new starts.
-        self._halting = False
+        self.options = options
+        self._acquire = sync_acquirer(options.limiter)
 
     def collect(self, items: Iterable[K], total: int | None = None) -> BatchState[R]:
-        """Run every item; results land in ``state.slots`` in input order. With
-        ``stop_on_error`` the first failure's original exception is raised after the calls
-        already running have finished. ``total``: the length of a lazy input, if known."""
+        """Run every item; results land in ``state.slots`` in input order (``None`` for items
+        never attempted because the batch halted). With ``stop_on_error`` the first failure's
+        original exception is raised after the calls already running have finished.
+        ``total``: the length of a lazy input, if known."""
         if total is None:
             total = sized_length(items)
-        state: BatchState[R] = BatchState(total, self.stop_on_error)
-        if self.workers is None or self.workers == 1:
-            self._run_sequential(items, state)
-        else:
-            self._run_threaded(items, state)
-        if self.failure is not None:
-            raise self.failure
+        state: BatchState[R] = BatchState(
+            total, self.options.stop_on_error, rules=self.options.halt
+        )
+        dispatch = _Dispatch(self, state)
+        dispatch.run(items)
+        if dispatch.settler.failure is not None:
+            raise dispatch.settler.failure
         return state
 
-    # -- one at a time, in the calling thread ----------------------------------------------
 
-    def _run_sequential(self, items: Iterable[K], state: BatchState[R]) -> None:
-        operation, ok, err, acquire = self.operation, self.ok, self.err, self._acquire
-        weigh, timed, progress, total = self.weight, self.timed, self.on_progress, state.total
-        for index, item in enumerate(items):
-            if acquire is not None:
-                acquire(weigh(item) if weigh is not None else 1)
-            started = _monotonic_ns() if timed else 0
-            try:
-                value = operation(item)
-            except Exception as exc:
-                elapsed = _monotonic_ns() - started if timed else 0
-                state.settle(index, err(index, item, exc, started, elapsed), True)
-                if self.stop_on_error:
-                    self.failure = exc
-            else:
-                elapsed = _monotonic_ns() - started if timed else 0
-                state.settle(index, ok(index, item, value, started, elapsed), False)
-            if progress is not None:
-                progress(state.completed, total)
-            if state.stopped:
-                return
+class _Dispatch(Generic[K, T, R]):
+    """One run of a :class:`ThreadRunner`: the dispatcher's state."""
 
-    # -- dispatcher + worker threads -------------------------------------------------------
+    def __init__(self, runner: ThreadRunner[K, T, R], state: BatchState[R]) -> None:
+        self.runner = runner
+        self.options = runner.options
+        self.state = state
+        self.settler: Settler[K, T, R] = Settler(runner.options, state)
+        self.timed = self.options.timed or self.options.retry is not None
+        self.retries: list[tuple[int, int, Job[K]]] = []  # (due ns, tie-break, job)
+        self.running: dict[int, tuple[int, Job[K]]] = {}  # job id -> (timeout at ns, job)
+        self.next_index = 0
+        self._attempt_id = 0
+        self.in_flight = 0  # jobs handed to workers and not yet answered (busy workers)
+        self.deadline_ns = (
+            _monotonic_ns() + round(self.options.deadline_s * NS_PER_S)
+            if self.options.deadline_s is not None
+            else None
+        )
+        # Set when the batch stops, or by a worker whose item failed under stop_on_error:
+        # workers skip queued jobs once it is set, so nothing new starts.
+        self.halting = False
+        self.work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
 
-    def _run_threaded(self, items: Iterable[K], state: BatchState[R]) -> None:
-        count = self.workers or 1
-        total = state.total
-        if total is not None:
-            count = max(1, min(count, total))
-        acquire, weigh = self._acquire, self.weight
-        lease = LeaseGate.for_limiter(self._limiter)
-        # Without a limiter a second item per worker waits in the queue so a worker that
-        # finishes picks up work without a round trip through the dispatcher. With one, the
-        # token must be taken right before a free worker starts, so nothing waits.
-        capacity = count if acquire is not None else 2 * count
-        work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
-        done: queue.SimpleQueue[_Outcome[K]] = queue.SimpleQueue()
+    # -- the dispatcher loop -----------------------------------------------------------------
+
+    def run(self, items: Iterable[K]) -> None:
+        runner, state = self.runner, self.state
+        count = runner.workers or 1
+        if state.total is not None:
+            count = max(1, min(count, state.total))
+        sequential = runner.workers is None or runner.workers == 1
+        if sequential and self.options.timeout_s is None:
+            self._run_sequential(iter(items))
+            return
         threads = [
-            threading.Thread(
-                target=self._work, args=(work, done), name=f"paceline-worker-{i}", daemon=True
-            )
+            threading.Thread(target=self._work, name=f"paceline-worker-{i}", daemon=True)
             for i in range(count)
         ]
         for thread in threads:
             thread.start()
-        in_flight = 0
         finished = False
         try:
-            source: Iterator[K] = iter(items)
-            index = 0
-            while not state.stopped:
-                while in_flight >= capacity or not done.empty():
-                    self._settle(done.get(), state)
-                    in_flight -= 1
-                    if state.stopped:
+            self._dispatch(iter(items), count)
+            finished = True
+        finally:
+            self.halting = True
+            self._take_back_unstarted()
+            for _ in threads:
+                self.work.put(None)
+            for thread in threads:
+                thread.join()
+            # Calls that finished while we were stopping still count.
+            while not self.done.empty():
+                outcome = self.done.get()
+                if finished or not isinstance(outcome, _Fatal):
+                    self._handle(outcome, report=finished)
+            if finished:
+                while self.retries:
+                    self.settler.abandon(heapq.heappop(self.retries)[2])
+
+    def _dispatch(self, source: Iterator[K], count: int) -> None:
+        options, state = self.options, self.state
+        acquire, weigh = self.runner._acquire, options.weight
+        lease = LeaseGate.for_limiter(options.limiter)
+        plain = acquire is None and not options.stop_on_error and not options.halt
+        # With nothing to stop for and no limiter, a second job per worker waits in the
+        # queue so a worker that finishes picks up work without a round trip through the
+        # dispatcher. Otherwise the token is taken right before a free worker starts, and
+        # nothing waits where a stop could not take it back.
+        capacity = 2 * count if plain else count
+        exhausted = False
+        try:
+            while True:
+                self._collect_ready()
+                if state.stopped or self._past_deadline():
+                    break
+                if self.in_flight >= capacity:
+                    self._wait_for_done()
+                    continue
+                job = self._due_retry()
+                if job is None and not exhausted:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                    else:
+                        index = self.next_index
+                        self.next_index += 1
+                        job = self.settler.new_job(index, item)
+                        if job is None:  # restored from the journal
+                            continue
+                if job is None:
+                    if not self.retries and not self.in_flight:
                         break
-                if state.stopped:
-                    break
-                try:
-                    item = next(source)
-                except StopIteration:
-                    break
+                    self._wait_for_done()
+                    continue
                 if acquire is not None:
-                    weight = weigh(item) if weigh is not None else 1
+                    weight = weigh(job.item) if weigh is not None else 1
                     if weight != 1 or lease is None or not lease.take():
                         acquire(weight)
-                    while not done.empty():
-                        self._settle(done.get(), state)
-                        in_flight -= 1
-                    if state.stopped:
+                    self._collect_ready()
+                    if state.stopped or self._past_deadline():
+                        if job.attempt > 1:
+                            self.settler.abandon(job)
                         break
-                work.put((index, item))
-                index += 1
-                in_flight += 1
-            if state.stopped:  # nothing new starts: take back what no worker picked up yet
-                self._halting = True
-                in_flight -= _drain_unstarted(work)
-            while in_flight > 0:
-                self._settle(done.get(), state)
-                in_flight -= 1
-            finished = True
+                self._start(job)
+            self.halting = True
+            self._take_back_unstarted()
+            while self.in_flight > 0:
+                self._wait_for_done()
         finally:
             if lease is not None:
                 lease.close()
-            state.stopped = state.stopped or not finished
-            self._halting = self._halting or state.stopped
-            _drain_unstarted(work)
-            for _ in threads:
-                work.put(_STOP)
-            for thread in threads:
-                thread.join()
-            if not finished:
-                # Interrupted (KeyboardInterrupt, an error in progress or input): the calls
-                # that were running have finished; settle them so nothing done is lost.
-                while not done.empty():
-                    outcome = done.get()
-                    if not isinstance(outcome, _Fatal) and outcome is not _SKIPPED:
-                        self._settle(outcome, state, report=False)
 
-    def _settle(
-        self,
-        outcome: _Outcome[K],
-        state: BatchState[R],
-        report: bool = True,
-    ) -> None:
+    def _start(self, job: Job[K]) -> None:
+        self.settler.first_attempt(job)
+        self._attempt_id += 1
+        job_id = self._attempt_id
+        timeout_at = (
+            _monotonic_ns() + round(self.options.timeout_s * NS_PER_S)
+            if self.options.timeout_s is not None
+            else 0
+        )
+        self.running[job_id] = (timeout_at, job)
+        self.work.put((job_id, job.item))
+        self.in_flight += 1
+
+    def _due_retry(self) -> Job[K] | None:
+        retries = self.retries
+        if retries and retries[0][0] <= _monotonic_ns():
+            return heapq.heappop(retries)[2]
+        return None
+
+    def _past_deadline(self) -> bool:
+        if self.deadline_ns is not None and _monotonic_ns() >= self.deadline_ns:
+            self.state.halt(f"deadline of {self.options.deadline_s:g} s passed", now=True)
+            return True
+        return False
+
+    def _collect_ready(self) -> None:
+        done = self.done
+        while not done.empty():
+            self._handle(done.get())
+        self._expire_timeouts()
+
+    def _wait_for_done(self) -> None:
+        """Block until an attempt finishes, or until the next retry, timeout or deadline."""
+        wake = [t for t in (self.deadline_ns,) if t is not None]
+        if self.retries:
+            wake.append(self.retries[0][0])
+        if self.options.timeout_s is not None and self.running:
+            wake.append(min(t for t, _ in self.running.values()))
+        try:
+            if wake:
+                timeout = max(0, min(wake) - _monotonic_ns()) / NS_PER_S
+                outcome = self.done.get(timeout=timeout)
+            else:
+                outcome = self.done.get()
+        except queue.Empty:
+            self._expire_timeouts()
+            return
+        self._handle(outcome)
+
+    def _expire_timeouts(self) -> None:
+        if self.options.timeout_s is None or not self.running:
+            return
+        now = _monotonic_ns()
+        expired = [jid for jid, (at, _) in self.running.items() if at <= now]
+        for job_id in expired:
+            _, job = self.running.pop(job_id)
+            # The call keeps running in its thread (it cannot be cancelled); its worker stays
+            # counted in in_flight until it answers, and that answer is discarded.
+            error = TimeoutError(
+                f"attempt took longer than timeout_s={self.options.timeout_s:g} "
+                "(the call keeps running in its thread; its result will be discarded)"
+            )
+            elapsed = round(self.options.timeout_s * NS_PER_S)
+            self._failed(job, error, now - elapsed, elapsed)
+
+    def _handle(self, outcome: _Done, report: bool = True) -> None:
         if isinstance(outcome, _Fatal):
+            self.in_flight -= 1
             raise outcome.error
         if isinstance(outcome, _Skipped):
+            self.in_flight -= 1
+            entry = self.running.pop(outcome.job_id, None)
+            if entry is not None and entry[1].attempt > 1:
+                self.settler.abandon(entry[1])
             return
-        index, item, value, failed, started, elapsed = outcome
-        if failed:
-            state.settle(index, self.err(index, item, value, started, elapsed), True)
-            if self.stop_on_error and self.failure is None:
-                self.failure = value
-        else:
-            state.settle(index, self.ok(index, item, value, started, elapsed), False)
-        if report and self.on_progress is not None:
-            self.on_progress(state.completed, state.total)
+        job_id, value, failed, started, elapsed = outcome
+        self.in_flight -= 1
+        entry = self.running.pop(job_id, None)
+        if entry is None:
+            return  # it timed out earlier and was settled (or retried) then
+        job = entry[1]
+        if not report:
+            # stopping after an interrupt: keep the outcome, no callbacks
+            progress, self.options.on_progress = self.options.on_progress, None
+            try:
+                self._settle_outcome(job, value, failed, started, elapsed)
+            finally:
+                self.options.on_progress = progress
+            return
+        self._settle_outcome(job, value, failed, started, elapsed)
 
-    def _work(
-        self,
-        work: queue.SimpleQueue[tuple[int, K] | None],
-        done: queue.SimpleQueue[_Outcome[K]],
+    def _settle_outcome(
+        self, job: Job[K], value: Any, failed: bool, started: int, elapsed: int
     ) -> None:
-        get, put, operation, timed = work.get, done.put, self.operation, self.timed
+        if failed:
+            self._failed(job, value, started, elapsed)
+        else:
+            self.settler.success(job, value, started, elapsed)
+        if self.state.stopped:
+            self.halting = True
+
+    def _failed(self, job: Job[K], error: BaseException, started: int, elapsed: int) -> None:
+        delay = self.settler.failure_of(job, error, started, elapsed)
+        if delay is not None:
+            heapq.heappush(self.retries, (_monotonic_ns() + delay, job.index, job))
+        if self.state.stopped:
+            self.halting = True
+
+    def _take_back_unstarted(self) -> None:
+        """Take back jobs no worker has started (the batch is stopping)."""
         while True:
-            job = get()
-            if job is None:
+            try:
+                entry = self.work.get_nowait()
+            except queue.Empty:
                 return
-            if self._halting:
-                put(_SKIPPED)
+            if entry is None:
                 continue
-            index, item = job
+            self.in_flight -= 1
+            taken = self.running.pop(entry[0], None)
+            if taken is not None and taken[1].attempt > 1:
+                self.settler.abandon(taken[1])
+
+    # -- one at a time, in the calling thread ------------------------------------------------
+
+    def _run_sequential(self, source: Iterator[K]) -> None:
+        options, state, settler = self.options, self.state, self.settler
+        operation, acquire, weigh = self.runner.operation, self.runner._acquire, options.weight
+        timed = self.timed
+        index = 0
+        while not state.stopped and not self._past_deadline():
+            job = self._due_retry()
+            if job is None:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    if not self.retries:
+                        return
+                    time.sleep(max(0, self.retries[0][0] - _monotonic_ns()) / NS_PER_S)
+                    continue
+                job = settler.new_job(index, item)
+                index += 1
+                if job is None:
+                    continue
+            if acquire is not None:
+                acquire(weigh(job.item) if weigh is not None else 1)
+            settler.first_attempt(job)
+            started = _monotonic_ns() if timed else 0
+            try:
+                value = operation(job.item)
+            except Exception as exc:
+                self._failed(job, exc, started, _monotonic_ns() - started if timed else 0)
+            else:
+                settler.success(job, value, started, _monotonic_ns() - started if timed else 0)
+        while self.retries:
+            settler.abandon(heapq.heappop(self.retries)[2])
+
+    # -- a worker thread -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        get, put, operation = self.work.get, self.done.put, self.runner.operation
+        timed, stop_on_error = self.timed, self.options.stop_on_error
+        while True:
+            entry = get()
+            if entry is None:
+                return
+            job_id, item = entry
+            if self.halting:
+                put(_Skipped(job_id))
+                continue
             started = _monotonic_ns() if timed else 0
             try:
                 value = operation(item)
             except Exception as exc:
-                if self.stop_on_error:
-                    self._halting = True
-                put((index, item, exc, True, started, _monotonic_ns() - started if timed else 0))
+                if stop_on_error:
+                    self.halting = True
+                put((job_id, exc, True, started, _monotonic_ns() - started if timed else 0))
             except BaseException as exc:  # SystemExit and the like: not an item's failure
                 put(_Fatal(exc))
                 return
             else:
-                put((index, item, value, False, started, _monotonic_ns() - started if timed else 0))
-
-
-def _drain_unstarted(work: queue.SimpleQueue[Any]) -> int:
-    """Take back items no worker has started; return how many."""
-    taken = 0
-    while True:
-        try:
-            job = work.get_nowait()
-        except queue.Empty:
-            return taken
-        if job is not None:
-            taken += 1
+                put((job_id, value, False, started, _monotonic_ns() - started if timed else 0))

@@ -1,0 +1,97 @@
+"""Reading the reliability arguments every face shares into one ``RunOptions``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from paceline.policy.halt import HaltRule
+from paceline.policy.rate import NS_PER_S
+from paceline.policy.retry import RetryBudget, RetryPolicy
+from paceline.results import BatchItemResult, error_code_for
+from paceline.runners._common import ProgressCallback
+from paceline.runners.settle import AttemptInfo, RunOptions, Wrap
+
+K = TypeVar("K")
+T = TypeVar("T")
+R = TypeVar("R")
+
+HaltSpec = str | HaltRule | Sequence[str | HaltRule] | None
+RetrySpec = RetryPolicy | int | None
+
+
+def retry_policy(retry: RetrySpec) -> RetryPolicy | None:
+    """``retry=3`` means three attempts with the default backoff; a policy is used as is."""
+    if retry is None or isinstance(retry, RetryPolicy):
+        return retry
+    if isinstance(retry, bool) or not isinstance(retry, int):
+        raise TypeError(
+            f"retry={retry!r}: pass a number of attempts (e.g. 3) or a paceline.RetryPolicy"
+        )
+    return RetryPolicy(attempts=retry)
+
+
+def halt_rules(halt: HaltSpec) -> tuple[HaltRule, ...]:
+    """``"soon,fail=5%"``, a :class:`HaltRule`, or several of them."""
+    if halt is None:
+        return ()
+    specs = [halt] if isinstance(halt, (str, HaltRule)) else list(halt)
+    return tuple(s if isinstance(s, HaltRule) else HaltRule.parse(s) for s in specs)
+
+
+def build_options(
+    *,
+    ok: Wrap[K, T, R],
+    err: Wrap[K, BaseException, R],
+    limiter: object | None,
+    stop_on_error: bool,
+    on_progress: ProgressCallback | None,
+    weight: Callable[[K], int] | None = None,
+    timed: bool = False,
+    retry: RetrySpec = None,
+    retry_budget: RetryBudget | None = None,
+    halt: HaltSpec = None,
+    timeout_s: float | None = None,
+    deadline_s: float | None = None,
+    **journal: Any,
+) -> RunOptions[K, T, R]:
+    """One :class:`RunOptions` from a face's arguments (journal pieces passed through)."""
+    policy = retry_policy(retry)
+    return RunOptions(
+        ok=ok,
+        err=err,
+        limiter=limiter,
+        stop_on_error=stop_on_error,
+        on_progress=on_progress,
+        weight=weight,
+        timed=timed,
+        retry=policy,
+        budget=(retry_budget or RetryBudget()) if policy is not None else None,
+        halt=halt_rules(halt),
+        timeout_s=timeout_s,
+        deadline_s=deadline_s,
+        **journal,
+    )
+
+
+def item_result(
+    item_id: str, index: int, outcome: Any, info: AttemptInfo, failed: bool
+) -> BatchItemResult:
+    """A :class:`BatchItemResult` from a runner's outcome (shared by the faces)."""
+    common: dict[str, Any] = {
+        "index": index,
+        "attempts": info.attempts,
+        "started_ns": info.started_ns,
+        "duration_s": info.duration_ns / NS_PER_S,
+        "history": info.history,
+    }
+    if failed:
+        return BatchItemResult(
+            item_id=item_id,
+            success=False,
+            error=str(outcome) or type(outcome).__name__,
+            exception=outcome,
+            error_code=error_code_for(outcome),
+            **common,
+        )
+    return BatchItemResult(item_id=item_id, success=True, result=outcome, **common)

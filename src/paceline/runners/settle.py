@@ -1,0 +1,262 @@
+"""What both runners do when an attempt ends: retry it, or settle the item.
+
+Settling builds the item's result, records it in the journal, updates the batch state (which
+applies the halt rules) and reports progress. Runners call in here from one thread at a time
+(the event loop, or the dispatcher), so nothing here locks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from paceline.policy.batch import BatchState
+from paceline.policy.halt import HaltRule
+from paceline.policy.rate import NS_PER_S
+from paceline.policy.retry import RetryBudget, RetryPolicy
+from paceline.results import Attempt
+from paceline.runners._common import ProgressCallback
+
+K = TypeVar("K")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class AttemptInfo:
+    """How an item got its outcome: the number of attempts, the last one's start and duration
+    (ns, 0 when not timed) and, when there were several, every attempt."""
+
+    __slots__ = ("attempts", "duration_ns", "history", "started_ns")
+
+    def __init__(
+        self,
+        attempts: int,
+        started_ns: int,
+        duration_ns: int,
+        history: tuple[Attempt, ...] = (),
+    ) -> None:
+        self.attempts = attempts
+        self.started_ns = started_ns
+        self.duration_ns = duration_ns
+        self.history = history
+
+
+UNTIMED = AttemptInfo(1, 0, 0)
+
+Wrap = Callable[[int, K, T, AttemptInfo], R]
+"""Builds one item's result from ``(index, item, value_or_exception, info)``."""
+
+
+class StoredLike(Protocol):
+    """What a journal hands back for an item settled in an earlier run."""
+
+    success: bool
+    result: Any
+    error: str | None
+    error_type: str | None
+    error_code: str | None
+    attempts: int
+    duration_s: float | None
+
+
+class JournalLike(Protocol):
+    """The part of :class:`paceline.stores.journal.Journal` the runners use."""
+
+    def is_settled(self, key: str, *, retry_failed: bool = False) -> bool: ...
+
+    def lookup(self, key: str) -> Any: ...
+
+    def record(
+        self,
+        key: str,
+        *,
+        success: bool,
+        result: Any = None,
+        error: BaseException | None = None,
+        attempts: int = 1,
+        duration_s: float | None = None,
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class RunOptions(Generic[K, T, R]):
+    """Everything about a run except the operation and the concurrency (shared by runners)."""
+
+    ok: Wrap[K, T, R]
+    err: Wrap[K, BaseException, R]
+    limiter: object | None = None
+    stop_on_error: bool = False
+    on_progress: ProgressCallback | None = None
+    weight: Callable[[K], int] | None = None
+    timed: bool = False
+    retry: RetryPolicy | None = None
+    budget: RetryBudget | None = None
+    halt: Sequence[HaltRule] = ()
+    timeout_s: float | None = None
+    deadline_s: float | None = None
+    journal: JournalLike | None = None
+    key_of: Callable[[int, K], str] | None = None
+    retry_failed: bool = False
+    restore: Callable[[int, K, Any], R] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"timeout_s={self.timeout_s!r}: must be a number of seconds above 0")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s={self.deadline_s!r}: must be a number of seconds above 0")
+        if self.journal is not None and (self.key_of is None or self.restore is None):
+            raise ValueError("a journal needs key_of and restore")
+
+
+class Job(Generic[K]):
+    """One item on its way: its position, the item, its journal key and its attempts so far."""
+
+    __slots__ = ("attempt", "history", "index", "item", "key", "last_error")
+
+    def __init__(self, index: int, item: K, key: str | None) -> None:
+        self.index = index
+        self.item = item
+        self.key = key
+        self.attempt = 1
+        self.history: list[Attempt] | None = None
+        self.last_error: BaseException | None = None
+
+
+class Settler(Generic[K, T, R]):
+    """Turns attempt outcomes into settled items for one batch."""
+
+    __slots__ = ("failure", "options", "state")
+
+    def __init__(self, options: RunOptions[K, T, R], state: BatchState[R]) -> None:
+        self.options = options
+        self.state = state
+        self.failure: BaseException | None = None  # the first failure, under stop_on_error
+
+    def new_job(self, index: int, item: K) -> Job[K] | None:
+        """A job for a freshly read item, or ``None`` when the journal already settled it
+        (then it is settled here from the stored outcome)."""
+        options = self.options
+        if options.journal is None:
+            return Job(index, item, None)
+        assert options.key_of is not None
+        assert options.restore is not None
+        key = options.key_of(index, item)
+        if options.journal.is_settled(key, retry_failed=options.retry_failed):
+            stored = options.journal.lookup(key)
+            self.state.restored += 1
+            self._settle(index, options.restore(index, item, stored), not stored.success)
+            return None
+        return Job(index, item, key)
+
+    def first_attempt(self, job: Job[K]) -> None:
+        """Count a first attempt toward the retry budget."""
+        if job.attempt == 1 and self.options.budget is not None:
+            self.options.budget.first_attempt()
+
+    def success(self, job: Job[K], value: T, started_ns: int, elapsed_ns: int) -> None:
+        """The attempt succeeded: settle the item."""
+        options = self.options
+        info = self._info(job, started_ns, elapsed_ns, None)
+        if options.journal is not None:
+            assert job.key is not None
+            options.journal.record(
+                job.key,
+                success=True,
+                result=value,
+                attempts=job.attempt,
+                duration_s=elapsed_ns / NS_PER_S if options.timed else None,
+            )
+        self._settle(job.index, options.ok(job.index, job.item, value, info), False)
+
+    def failure_of(
+        self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
+    ) -> int | None:
+        """The attempt failed: return the ns to wait before retrying it, or ``None`` when the
+        item was settled as failed."""
+        options = self.options
+        retry = options.retry
+        if retry is not None and not self.state.stopped:
+            decision = retry.decide(job.attempt, error, options.budget)
+            if decision.retry:
+                self._remember(job, error, started_ns, elapsed_ns)
+                job.attempt += 1
+                return decision.delay_ns
+            if decision.error is not None:
+                error = decision.error
+        self.settle_failure(job, error, started_ns, elapsed_ns)
+        return None
+
+    def settle_failure(
+        self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
+    ) -> None:
+        """Settle the item as failed with ``error``."""
+        options = self.options
+        info = self._info(job, started_ns, elapsed_ns, error)
+        if options.journal is not None:
+            assert job.key is not None
+            options.journal.record(
+                job.key,
+                success=False,
+                error=error,
+                attempts=job.attempt,
+                duration_s=elapsed_ns / NS_PER_S if options.timed else None,
+            )
+        if options.stop_on_error and self.failure is None:
+            self.failure = error
+        self._settle(job.index, options.err(job.index, job.item, error, info), True)
+
+    def abandon(self, job: Job[K]) -> None:
+        """A job waiting for its retry when the batch stopped: it settles with its last error
+        (it was attempted; the retry just never happened)."""
+        assert job.last_error is not None
+        job.attempt -= 1
+        history = job.history
+        last = history.pop() if history else None
+        started = last.started_ns if last else 0
+        elapsed = round(last.duration_s * NS_PER_S) if last else 0
+        self.settle_failure(job, job.last_error, started, elapsed)
+
+    def _remember(
+        self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
+    ) -> None:
+        if job.history is None:
+            job.history = []
+        job.history.append(
+            Attempt(
+                job.attempt,
+                started_ns,
+                elapsed_ns / NS_PER_S,
+                str(error) or type(error).__name__,
+                type(error).__name__,
+            )
+        )
+        job.last_error = error
+
+    def _info(
+        self, job: Job[K], started_ns: int, elapsed_ns: int, error: BaseException | None
+    ) -> AttemptInfo:
+        if job.history is None:
+            return AttemptInfo(1, started_ns, elapsed_ns) if self.options.timed else UNTIMED
+        last = Attempt(
+            job.attempt,
+            started_ns,
+            elapsed_ns / NS_PER_S,
+            None if error is None else (str(error) or type(error).__name__),
+            None if error is None else type(error).__name__,
+        )
+        return AttemptInfo(job.attempt, started_ns, elapsed_ns, (*job.history, last))
+
+    def _settle(self, index: int, result: R, failed: bool) -> None:
+        state = self.state
+        state.settle(index, result, failed)
+        progress = self.options.on_progress
+        if progress is not None:
+            progress(state.completed, state.total)
+
+
+def now_ns() -> int:
+    """The runners' clock for timeouts, deadlines and retry delays."""
+    return time.monotonic_ns()
