@@ -13,13 +13,17 @@ from paceline.errors import PacelineError, Throttled
 from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
 from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
 from paceline.limiter import AsyncRateLimiterProtocol, RateLimiter, RateLimiterProtocol
+from paceline.policy.halt import HaltRule
 from paceline.policy.limits import Limit
 from paceline.policy.rate import Rate, RateSpecError
+from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
 from paceline.results import (
+    Attempt,
     BatchItemResult,
     BatchResult,
     ErrorCode,
     Failure,
+    NotAttempted,
     Result,
     Success,
 )
@@ -28,12 +32,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncRateLimiterProtocol",
+    "Attempt",
     "BatchExecutor",
     "BatchItemResult",
     "BatchResult",
     "ErrorCode",
     "Failure",
+    "HaltRule",
     "Limit",
+    "NotAttempted",
     "PacelineError",
     "Rate",
     "RateLimitedExecutor",
@@ -41,6 +48,9 @@ __all__ = [
     "RateLimiterProtocol",
     "RateSpecError",
     "Result",
+    "RetryAfterTooLong",
+    "RetryBudget",
+    "RetryPolicy",
     "Success",
     "Throttled",
     "__version__",
