@@ -83,6 +83,20 @@ class Success(Generic[T]):
     __hash__ = None  # type: ignore[assignment]  # mutable payloads: like a dataclass(eq=True)
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a sync batch: ``partial`` holds what settled before it.
+
+    It is a ``KeyboardInterrupt``, so code that does not look for it still stops as usual.
+    """
+
+    def __init__(self, partial: BatchResult) -> None:
+        super().__init__(
+            f"interrupted: {len(partial)} of {partial.total} items settled "
+            f"({partial.successful} succeeded, {partial.failed} failed)"
+        )
+        self.partial = partial
+
+
 class NotAttempted(Exception):
     """The item never ran: the batch halted first (the message says why)."""
 
@@ -229,7 +243,7 @@ class BatchResult(Sequence[BatchItemResult]):
     (1, 1, False, ['2'])
     """
 
-    __slots__ = ("_failed", "halted", "items", "total")
+    __slots__ = ("_failed", "halted", "items", "rollback", "total")
 
     def __init__(
         self,
@@ -241,6 +255,8 @@ class BatchResult(Sequence[BatchItemResult]):
         self.total: int = len(self.items) if total is None else total
         self.halted = halted
         """Why the batch stopped early (a halt rule, a deadline), or ``None``."""
+        self.rollback: BatchResult | None = None
+        """The outcomes of undoing the succeeded items after a halt (when ``undo`` was given)."""
         self._failed = sum(1 for item in self.items if not item.success)
 
     @property

@@ -13,8 +13,9 @@ from paceline.faces._options import (
     item_result,
     retry_policy,
 )
+from paceline.policy.batch import BatchState
 from paceline.policy.retry import RetryBudget
-from paceline.results import BatchItemResult, BatchResult
+from paceline.results import BatchInterrupted, BatchItemResult, BatchResult
 from paceline.runners._common import (
     ProgressCallback,
     Workers,
@@ -24,6 +25,7 @@ from paceline.runners._common import (
 )
 from paceline.runners.gates import sync_acquirer
 from paceline.runners.settle import AttemptInfo, RunOptions
+from paceline.runners.signals import sigterm_as_interrupt
 from paceline.runners.thread_runner import ThreadRunner
 
 T = TypeVar("T")
@@ -81,8 +83,10 @@ class BatchExecutor:
         halt: HaltSpec = None,
         timeout_s: float | None = None,
         deadline_s: float | None = None,
+        undo: Callable[[str, Any], Any] | None = None,
     ) -> None:
         resolve_workers(max_workers, None)  # validate early: a typo fails here, not mid-batch
+        self._undo = undo
         self._stop_on_error = stop_on_error
         self._rate_limiter = rate_limiter
         sync_acquirer(rate_limiter)
@@ -121,6 +125,14 @@ class BatchExecutor:
 
         ``item_ids`` names the items (default: their positions, ``"0"``, ``"1"``, ...).
         ``on_progress(completed, total)`` is called once per finished item, never two at once.
+
+        When a halt rule or the deadline stops the batch, ``BatchResult.halted`` says why and
+        the items never started are counted in ``not_attempted``. With ``undo``, a halted
+        batch is rolled back: ``undo(item_id, result)`` runs for every item that succeeded,
+        newest first, through the same limiter and workers; its outcomes are in
+        ``BatchResult.rollback`` (or, under ``stop_on_error``, on the raised exception's
+        ``rollback`` attribute). Ctrl-C or SIGTERM stops dispatch, lets running calls finish
+        and raises :class:`~paceline.results.BatchInterrupted` carrying the partial result.
         """
         ids = _check_ids(tasks, item_ids)
 
@@ -135,8 +147,13 @@ class BatchExecutor:
                     f"(only {len(ids)} item_ids)"
                 ) from None
 
+        succeeded: list[BatchItemResult] = []  # in completion order, for a rollback
+
         def ok(index: int, _task: object, value: Any, info: AttemptInfo) -> BatchItemResult:
-            return item_result(name(index), index, value, info, failed=False)
+            item = item_result(name(index), index, value, info, failed=False)
+            if self._undo is not None:
+                succeeded.append(item)
+            return item
 
         def err(
             index: int, _task: object, exc: BaseException, info: AttemptInfo
@@ -158,14 +175,44 @@ class BatchExecutor:
         runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
             _call, workers=resolve_workers(self._max_workers, total), options=options
         )
-        state = runner.collect(tasks, total)
+        with sigterm_as_interrupt():
+            try:
+                state = runner.collect(tasks, total)
+            except KeyboardInterrupt as exc:
+                if runner.state is None or isinstance(exc, BatchInterrupted):
+                    raise
+                partial = _result_of(runner.state, total, "interrupted")
+                raise BatchInterrupted(partial) from exc
+            except Exception as exc:
+                if self._undo is not None and runner.state is not None:
+                    exc.rollback = self._rollback(succeeded)  # type: ignore[attr-defined]
+                raise
         if ids is not None and state.halt_reason is None and state.completed != len(ids):
             raise ValueError(
                 f"tasks and item_ids must have the same length: got {state.completed} tasks "
                 f"and {len(ids)} item_ids"
             )
-        items = [item for item in state.slots if item is not None]
-        return BatchResult(items=items, total=total or len(state.slots), halted=state.halt_reason)
+        result = _result_of(state, total, state.halt_reason)
+        if self._undo is not None and state.halt_reason is not None:
+            result.rollback = self._rollback(succeeded)
+        return result
+
+    def _rollback(self, succeeded: list[BatchItemResult]) -> BatchResult:
+        """Undo the items that succeeded, newest first, through the same limits."""
+        undo = self._undo
+        assert undo is not None
+        newest_first = succeeded[::-1]
+        tasks = [lambda item=item: undo(item.item_id, item.result) for item in newest_first]
+        return BatchExecutor(
+            stop_on_error=False, rate_limiter=self._rate_limiter, max_workers=self._max_workers
+        ).execute_batch(tasks, item_ids=[item.item_id for item in newest_first])
+
+
+def _result_of(
+    state: BatchState[BatchItemResult], total: int | None, halted: str | None
+) -> BatchResult:
+    items = [item for item in state.slots if item is not None]
+    return BatchResult(items=items, total=total or len(state.slots), halted=halted)
 
 
 class RateLimitedExecutor:

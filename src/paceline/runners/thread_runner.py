@@ -73,6 +73,7 @@ class ThreadRunner(Generic[K, T, R]):
         self.workers = workers
         self.options = options
         self._acquire = sync_acquirer(options.limiter)
+        self.state: BatchState[R] | None = None
 
     def collect(self, items: Iterable[K], total: int | None = None) -> BatchState[R]:
         """Run every item; results land in ``state.slots`` in input order (``None`` for items
@@ -84,6 +85,7 @@ class ThreadRunner(Generic[K, T, R]):
         state: BatchState[R] = BatchState(
             total, self.options.stop_on_error, rules=self.options.halt
         )
+        self.state = state  # what settled so far stays readable if the run is interrupted
         dispatch = _Dispatch(self, state)
         dispatch.run(items)
         if dispatch.settler.failure is not None:

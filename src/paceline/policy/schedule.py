@@ -1,0 +1,35 @@
+"""How long a set of limits takes, at the least, to grant ``n`` permits (for dry runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from paceline.policy.limits import Limit, LimitPolicy
+
+# Simulating the exact schedule costs about a microsecond per grant; past this many grants the
+# rest is extrapolated at the simulated long-run rate (the answer is then marked approximate).
+EXACT_UP_TO = 200_000
+
+
+def min_duration_ns(limits: Sequence[Limit], n: int) -> tuple[int, bool]:
+    """The earliest time (ns after the first grant) the ``n``-th grant can happen, and whether
+    that figure is exact.
+
+    >>> from paceline.policy.rate import Rate
+    >>> min_duration_ns([Limit(Rate(2, 1_000_000_000))], 5)
+    (2000000000, True)
+    """
+    if n <= 1 or not limits:
+        return 0, True
+    policy = LimitPolicy(limits)
+    now = 0
+    simulated = min(n, EXACT_UP_TO)
+    for _ in range(simulated):
+        wait = policy.try_grant(now)
+        while wait:
+            now += wait
+            wait = policy.try_grant(now, 1, True)
+    if simulated == n:
+        return now, True
+    slowest = max(lim.rate.window_ns / lim.rate.max_requests for lim in limits)
+    return now + round((n - simulated) * slowest), False
