@@ -12,6 +12,7 @@
 from paceline.errors import PacelineError, Throttled
 from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
 from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
+from paceline.faces.plan import DryRun, dry_run
 from paceline.limiter import AsyncRateLimiterProtocol, RateLimiter, RateLimiterProtocol
 from paceline.policy.halt import HaltRule
 from paceline.policy.limits import Limit
@@ -19,6 +20,7 @@ from paceline.policy.rate import Rate, RateSpecError
 from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
 from paceline.results import (
     Attempt,
+    BatchInterrupted,
     BatchItemResult,
     BatchResult,
     ErrorCode,
@@ -34,8 +36,10 @@ __all__ = [
     "AsyncRateLimiterProtocol",
     "Attempt",
     "BatchExecutor",
+    "BatchInterrupted",
     "BatchItemResult",
     "BatchResult",
+    "DryRun",
     "ErrorCode",
     "Failure",
     "HaltRule",
@@ -56,6 +60,7 @@ __all__ = [
     "__version__",
     "batch_execute",
     "batch_execute_sync",
+    "dry_run",
     "run_sync",
     "stream",
 ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from paceline.faces._journal import StoredFailure, error_code_of
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
 from paceline.results import BatchItemResult, error_code_for
 from paceline.runners._common import ProgressCallback
 from paceline.runners.settle import AttemptInfo, RunOptions, Wrap
+from paceline.stores import StoredOutcome
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -95,3 +97,23 @@ def item_result(
             **common,
         )
     return BatchItemResult(item_id=item_id, success=True, result=outcome, **common)
+
+
+def restored_item(item_id: str, index: int, stored: StoredOutcome) -> BatchItemResult:
+    """A :class:`BatchItemResult` for an item an earlier run settled (from the journal)."""
+    common: dict[str, Any] = {
+        "index": index,
+        "attempts": stored.attempts,
+        "duration_s": stored.duration_s,
+        "restored": True,
+    }
+    if stored.success:
+        return BatchItemResult(item_id=item_id, success=True, result=stored.result, **common)
+    return BatchItemResult(
+        item_id=item_id,
+        success=False,
+        error=stored.error,
+        exception=StoredFailure(stored),
+        error_code=error_code_of(stored),
+        **common,
+    )

@@ -16,12 +16,20 @@ from collections.abc import (
 )
 from typing import Any, Literal, TypeVar
 
-from paceline.faces._options import HaltSpec, RetrySpec, build_options, item_result
+from paceline.faces._journal import JournalSpec, journal_options, opened, restored_result
+from paceline.faces._options import (
+    HaltSpec,
+    RetrySpec,
+    build_options,
+    item_result,
+    restored_item,
+)
 from paceline.policy.retry import RetryBudget
 from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.runners._common import ProgressCallback, auto_workers, sized_length
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.settle import AttemptInfo, RunOptions
+from paceline.stores import Codec, StoredOutcome, item_key
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -63,6 +71,12 @@ async def batch_execute(
     halt: HaltSpec = None,
     timeout_s: float | None = None,
     deadline_s: float | None = None,
+    journal: JournalSpec = None,
+    journal_label: str | None = None,
+    retry_failed: bool = False,
+    reuse_journal: bool = False,
+    codec: Codec | None = None,
+    key: Callable[[K], Any] | None = None,
 ) -> list[Result[T]]:
     """Run ``await operation(key)`` for every key; return a ``Result`` per key, in key order.
 
@@ -80,6 +94,14 @@ async def batch_execute(
     that runs too long; ``deadline_s`` stops the whole batch. Keys never attempted because
     the batch halted come back as failures with ``error_code`` ``CANCELLED``.
 
+    ``journal`` (a file path, or an open :class:`~paceline.stores.Journal`) makes the batch
+    resumable: each key's outcome is stored as it settles; a rerun skips the keys already
+    settled and returns their stored results in place (``retry_failed=True`` runs the failed
+    ones again). Keys are identified by ``key(k)`` if given, else by the key itself (strings
+    and ints) or a hash of its canonical JSON — never by position. The journal belongs to
+    this operation and ``journal_label``; another batch's journal is refused unless
+    ``reuse_journal=True``. Results are stored as JSON (``codec`` for other types).
+
     >>> async def double(x: int) -> int:
     ...     return 2 * x
     >>> results = asyncio.run(batch_execute([1, 2, 3], double))
@@ -87,29 +109,41 @@ async def batch_execute(
     [2, 4, 6]
     """
     total = sized_length(keys)
-    options: RunOptions[K, T, Result[T]] = build_options(
-        ok=_ok,
-        err=_err,
-        limiter=rate_limiter,
-        stop_on_error=fail_fast,
-        on_progress=on_progress,
-        weight=weight,
-        retry=retry,
-        retry_budget=retry_budget,
-        halt=halt,
-        timeout_s=timeout_s,
-        deadline_s=deadline_s,
-    )
-    runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
-        operation,
-        concurrency=_concurrency(max_concurrent, max_workers, total),
-        options=options,
-    )
-    state = await runner.collect(keys)
+    with opened(
+        journal, operation=operation, label=journal_label, reuse=reuse_journal, codec=codec
+    ) as store:
+        options: RunOptions[K, T, Result[T]] = build_options(
+            ok=_ok,
+            err=_err,
+            limiter=rate_limiter,
+            stop_on_error=fail_fast,
+            on_progress=on_progress,
+            weight=weight,
+            retry=retry,
+            retry_budget=retry_budget,
+            halt=halt,
+            timeout_s=timeout_s,
+            deadline_s=deadline_s,
+            **journal_options(store, _key_of(key), retry_failed, _restore_result),
+        )
+        runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
+            operation,
+            concurrency=_concurrency(max_concurrent, max_workers, total),
+            options=options,
+        )
+        state = await runner.collect(keys)
     if state.halt_reason is None:
         return state.slots  # type: ignore[return-value]  # every slot is filled
     missing = Failure(NotAttempted(f"not attempted: {state.halt_reason}"), ErrorCode.CANCELLED)
     return [missing if slot is None else slot for slot in state.slots]
+
+
+def _restore_result(_index: int, _key: object, stored: StoredOutcome) -> Result[Any]:
+    return restored_result(stored)
+
+
+def _key_of(key: Callable[[Any], Any] | None) -> Callable[[int, Any], str]:
+    return lambda _index, item: item_key(item, key=key)
 
 
 def _default_item_id(index: int, key: object) -> str:
@@ -134,6 +168,12 @@ async def stream(
     halt: HaltSpec = None,
     timeout_s: float | None = None,
     deadline_s: float | None = None,
+    journal: JournalSpec = None,
+    journal_label: str | None = None,
+    retry_failed: bool = False,
+    reuse_journal: bool = False,
+    codec: Codec | None = None,
+    key: Callable[[K], Any] | None = None,
 ) -> AsyncIterator[BatchItemResult]:
     """Run ``operation`` over a lazy, possibly endless input and yield each item's
     :class:`~paceline.BatchItemResult` as it settles.
@@ -144,7 +184,9 @@ async def stream(
     however long the input is. ``item_id(key)`` names each result (default: the key itself
     for ``str``/``int`` keys, else its position).
 
-    Stopping the iteration early cancels the work in flight.
+    Stopping the iteration early cancels the work in flight. The reliability and journal
+    arguments are those of :func:`batch_execute`; items restored from the journal are yielded
+    with ``restored=True``.
 
     >>> async def main() -> list[str]:
     ...     async def shout(word: str) -> str:
@@ -163,30 +205,37 @@ async def stream(
     def err(index: int, key: K, exc: BaseException, info: AttemptInfo) -> BatchItemResult:
         return item_result(name(index, key), index, exc, info, failed=True)
 
+    def restore(index: int, key_: K, stored: StoredOutcome) -> BatchItemResult:
+        return restored_item(name(index, key_), index, stored)
+
     total = sized_length(keys)
-    options = build_options(
-        ok=ok,
-        err=err,
-        limiter=rate_limiter,
-        stop_on_error=fail_fast,
-        on_progress=on_progress,
-        weight=weight,
-        timed=True,
-        retry=retry,
-        retry_budget=retry_budget,
-        halt=halt,
-        timeout_s=timeout_s,
-        deadline_s=deadline_s,
-    )
-    runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
-        operation,
-        concurrency=_concurrency(max_concurrent, max_workers, total),
-        options=options,
-        read_ahead=read_ahead,
-    )
-    async with contextlib.aclosing(runner.stream(keys, ordered=ordered)) as results:
-        async for result in results:
-            yield result
+    with opened(
+        journal, operation=operation, label=journal_label, reuse=reuse_journal, codec=codec
+    ) as store:
+        options = build_options(
+            ok=ok,
+            err=err,
+            limiter=rate_limiter,
+            stop_on_error=fail_fast,
+            on_progress=on_progress,
+            weight=weight,
+            timed=True,
+            retry=retry,
+            retry_budget=retry_budget,
+            halt=halt,
+            timeout_s=timeout_s,
+            deadline_s=deadline_s,
+            **journal_options(store, _key_of(key), retry_failed, restore),
+        )
+        runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
+            operation,
+            concurrency=_concurrency(max_concurrent, max_workers, total),
+            options=options,
+            read_ahead=read_ahead,
+        )
+        async with contextlib.aclosing(runner.stream(keys, ordered=ordered)) as results:
+            async for result in results:
+                yield result
 
 
 def run_sync(awaitable: Coroutine[Any, Any, T]) -> T:

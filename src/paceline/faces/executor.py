@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from paceline.faces._journal import JournalSpec, journal_options, opened
 from paceline.faces._options import (
     HaltSpec,
     RetrySpec,
     build_options,
     halt_rules,
     item_result,
+    restored_item,
     retry_policy,
 )
 from paceline.policy.batch import BatchState
@@ -25,8 +27,8 @@ from paceline.runners._common import (
 )
 from paceline.runners.gates import sync_acquirer
 from paceline.runners.settle import AttemptInfo, RunOptions
-from paceline.runners.signals import sigterm_as_interrupt
 from paceline.runners.thread_runner import ThreadRunner
+from paceline.stores import Codec, StoredOutcome, item_key
 
 T = TypeVar("T")
 
@@ -120,6 +122,12 @@ class BatchExecutor:
         tasks: Iterable[Callable[[], Any]],
         item_ids: Sequence[str] | None = None,
         on_progress: ProgressCallback | None = None,
+        *,
+        journal: JournalSpec = None,
+        journal_label: str | None = None,
+        retry_failed: bool = False,
+        reuse_journal: bool = False,
+        codec: Codec | None = None,
     ) -> BatchResult:
         """Run every task; return a :class:`BatchResult` in input order.
 
@@ -133,8 +141,20 @@ class BatchExecutor:
         ``BatchResult.rollback`` (or, under ``stop_on_error``, on the raised exception's
         ``rollback`` attribute). Ctrl-C or SIGTERM stops dispatch, lets running calls finish
         and raises :class:`~paceline.results.BatchInterrupted` carrying the partial result.
+
+        ``journal`` (a path or an open :class:`~paceline.stores.Journal`) makes the batch
+        resumable, keyed by ``item_ids`` (required then: a callable has no stable identity):
+        a rerun skips the items already settled and returns their stored results, marked
+        ``restored`` (``retry_failed=True`` reruns the failures). Give each batch its own
+        ``journal_label``: a journal written under another label is refused unless
+        ``reuse_journal=True``.
         """
         ids = _check_ids(tasks, item_ids)
+        if journal is not None and ids is None:
+            raise ValueError(
+                "journal= needs item_ids: tasks are callables and have no stable identity "
+                "to resume by; pass item_ids=[...] naming each task"
+            )
 
         def name(index: int) -> str:
             if ids is None:
@@ -160,22 +180,38 @@ class BatchExecutor:
         ) -> BatchItemResult:
             return item_result(name(index), index, exc, info, failed=True)
 
+        def restore(index: int, _task: object, stored: StoredOutcome) -> BatchItemResult:
+            return restored_item(name(index), index, stored)
+
         total = sized_length(tasks)
         if total is None and ids is not None:
             total = len(ids)
-        options = build_options(
-            ok=ok,
-            err=err,
-            limiter=self._rate_limiter,
-            stop_on_error=self._stop_on_error,
-            on_progress=on_progress,
-            timed=True,
-            **self._reliability,
-        )
-        runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
-            _call, workers=resolve_workers(self._max_workers, total), options=options
-        )
-        with sigterm_as_interrupt():
+        with opened(
+            journal,
+            operation="paceline.BatchExecutor",
+            label=journal_label,
+            reuse=reuse_journal,
+            codec=codec,
+        ) as store:
+            journaled = journal_options(
+                store,
+                lambda index, _task: item_key(None, item_id=name(index)),
+                retry_failed,
+                restore,
+            )
+            options = build_options(
+                ok=ok,
+                err=err,
+                limiter=self._rate_limiter,
+                stop_on_error=self._stop_on_error,
+                on_progress=on_progress,
+                timed=True,
+                **self._reliability,
+                **journaled,
+            )
+            runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
+                _call, workers=resolve_workers(self._max_workers, total), options=options
+            )
             try:
                 state = runner.collect(tasks, total)
             except KeyboardInterrupt as exc:

@@ -16,6 +16,7 @@ more than ``workers`` calls ever run at once) and its eventual result is discard
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import queue
 import threading
@@ -28,6 +29,7 @@ from paceline.policy.rate import NS_PER_S
 from paceline.runners._common import sized_length
 from paceline.runners.gates import LeaseGate, sync_acquirer
 from paceline.runners.settle import Job, RunOptions, Settler
+from paceline.runners.signals import InterruptGate, deferred_interrupts
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -45,6 +47,15 @@ class _Fatal:
         self.error = error
 
 
+class _Wake:
+    """Put on the done queue by the signal handler, to wake a dispatcher blocked on it."""
+
+    __slots__ = ()
+
+
+_WAKE = _Wake()
+
+
 class _Skipped:
     """A worker's answer for a queued job it did not start because the batch is halting."""
 
@@ -55,7 +66,7 @@ class _Skipped:
 
 
 # (job id, value or exception, failed, started ns, elapsed ns)
-_Done = tuple[int, Any, bool, int, int] | _Fatal | _Skipped
+_Done = tuple[int, Any, bool, int, int] | _Fatal | _Skipped | _Wake
 
 
 class ThreadRunner(Generic[K, T, R]):
@@ -117,10 +128,20 @@ class _Dispatch(Generic[K, T, R]):
         self.halting = False
         self.work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
         self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
+        self.signals: InterruptGate | None = None
 
     # -- the dispatcher loop -----------------------------------------------------------------
 
     def run(self, items: Iterable[K]) -> None:
+        with deferred_interrupts(lambda: self.done.put(_WAKE)) as gate:
+            self.signals = gate
+            self._run(items)
+
+    def _check_signals(self) -> None:
+        if self.signals is not None:
+            self.signals.check()
+
+    def _run(self, items: Iterable[K]) -> None:
         runner, state = self.runner, self.state
         count = runner.workers or 1
         if state.total is not None:
@@ -169,6 +190,7 @@ class _Dispatch(Generic[K, T, R]):
         try:
             while True:
                 self._collect_ready()
+                self._check_signals()
                 if state.stopped or self._past_deadline():
                     break
                 if self.in_flight >= capacity:
@@ -194,8 +216,13 @@ class _Dispatch(Generic[K, T, R]):
                 if acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
                     if weight != 1 or lease is None or not lease.take():
-                        acquire(weight)
+                        if self.signals is None:
+                            acquire(weight)
+                        else:
+                            with self.signals.waiting():
+                                acquire(weight)
                     self._collect_ready()
+                    self._check_signals()
                     if state.stopped or self._past_deadline():
                         if job.attempt > 1:
                             self.settler.abandon(job)
@@ -205,6 +232,7 @@ class _Dispatch(Generic[K, T, R]):
             self._take_back_unstarted()
             while self.in_flight > 0:
                 self._wait_for_done()
+                self._check_signals()
         finally:
             if lease is not None:
                 lease.close()
@@ -275,6 +303,8 @@ class _Dispatch(Generic[K, T, R]):
             self._failed(job, error, now - elapsed, elapsed)
 
     def _handle(self, outcome: _Done, report: bool = True) -> None:
+        if isinstance(outcome, _Wake):
+            return  # a signal arrived: the dispatcher checks for it at its next safe point
         if isinstance(outcome, _Fatal):
             self.in_flight -= 1
             raise outcome.error
@@ -339,6 +369,7 @@ class _Dispatch(Generic[K, T, R]):
         timed = self.timed
         index = 0
         while not state.stopped and not self._past_deadline():
+            self._check_signals()
             job = self._due_retry()
             if job is None:
                 try:
@@ -352,12 +383,16 @@ class _Dispatch(Generic[K, T, R]):
                 index += 1
                 if job is None:
                     continue
-            if acquire is not None:
-                acquire(weigh(job.item) if weigh is not None else 1)
             settler.first_attempt(job)
-            started = _monotonic_ns() if timed else 0
+            started = 0
             try:
-                value = operation(job.item)
+                # One at a time, the calling thread runs the call itself: a signal may
+                # interrupt the wait and the call, never the settling that follows.
+                with self.signals.waiting() if self.signals else contextlib.nullcontext():
+                    if acquire is not None:
+                        acquire(weigh(job.item) if weigh is not None else 1)
+                    started = _monotonic_ns() if timed else 0
+                    value = operation(job.item)
             except Exception as exc:
                 self._failed(job, exc, started, _monotonic_ns() - started if timed else 0)
             else:
