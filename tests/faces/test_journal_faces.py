@@ -185,3 +185,26 @@ def test_dry_run_counts_what_the_journal_settled_and_the_time_the_limit_needs(tm
     missing = tmp_path / "never.db"
     assert dry_run(range(3), journal=missing).to_run == 3
     assert not missing.exists()
+
+
+def test_the_rate_limited_executor_resumes_too(tmp_path):
+    from paceline import RateLimitedExecutor
+    from paceline.testing import FakeRateLimiter
+
+    path = tmp_path / "j.db"
+    limiter = FakeRateLimiter()
+    executor = RateLimitedExecutor(limiter, stop_on_error=False)
+
+    def bad():
+        raise ValueError("bad b")
+
+    first = executor.execute_batch([lambda: 1, bad], item_ids=["a", "b"], journal=path)
+    assert first[0] == 1
+    assert isinstance(first[1], ValueError)
+    again = executor.execute_batch(
+        [lambda: 1, bad, lambda: 3], item_ids=["a", "b", "c"], journal=path
+    )
+    assert again[0] == 1
+    assert str(again[1]) == "bad b"
+    assert again[2] == 3
+    assert limiter.acquire_count == 3  # a and b were not run again

@@ -287,9 +287,37 @@ class RateLimitedExecutor:
         self,
         tasks: Iterable[Callable[[], Any]],
         on_progress: ProgressCallback | None = None,
+        *,
+        item_ids: Sequence[str] | None = None,
+        journal: JournalSpec = None,
+        journal_label: str | None = None,
+        retry_failed: bool = False,
+        reuse_journal: bool = False,
+        codec: Codec | None = None,
     ) -> list[Any]:
         """Run every task; return results in input order (exceptions in place of failures
-        unless ``stop_on_error``, which re-raises the first one)."""
+        unless ``stop_on_error``, which re-raises the first one).
+
+        With a ``journal`` (and ``item_ids`` naming the tasks) the batch resumes like
+        :meth:`BatchExecutor.execute_batch`; a failure restored from the journal stands in
+        the list as a :class:`~paceline.faces._journal.StoredFailure`.
+        """
+        if journal is not None:
+            result = BatchExecutor(
+                stop_on_error=self._stop_on_error,
+                rate_limiter=self._rate_limiter,
+                max_workers=self._max_workers,
+            ).execute_batch(
+                tasks,
+                item_ids,
+                on_progress,
+                journal=journal,
+                journal_label=journal_label,
+                retry_failed=retry_failed,
+                reuse_journal=reuse_journal,
+                codec=codec,
+            )
+            return [item.result if item.success else item.exception for item in result]
         options: RunOptions[Callable[[], Any], Any, Any] = build_options(
             ok=lambda _i, _t, value, _info: value,
             err=lambda _i, _t, exc, _info: exc,
