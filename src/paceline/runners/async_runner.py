@@ -164,10 +164,10 @@ class _Batch(Generic[K, T, R]):
         count = runner._workers_for(state.total)
         if isinstance(self.items, AsyncIterable):
             aiter_ = self.items.__aiter__()
-            workers = [self._worker(self._async_puller(aiter_), True) for _ in range(count)]
+            workers = [self._worker(None, self._async_puller(aiter_)) for _ in range(count)]
         else:
             it = iter(self.items)
-            workers = [self._worker(self._sync_puller(it), False) for _ in range(count)]
+            workers = [self._worker(self._sync_puller(it), None) for _ in range(count)]
         deadline = None
         if options.deadline_s is not None:
             deadline = asyncio.get_running_loop().call_later(options.deadline_s, self._on_deadline)
@@ -200,7 +200,7 @@ class _Batch(Generic[K, T, R]):
 
     # pulling ----------------------------------------------------------------------------
 
-    def _sync_puller(self, it: Iterator[K]) -> Callable[[], Awaitable[K] | K]:
+    def _sync_puller(self, it: Iterator[K]) -> Callable[[], K]:
         nxt = it.__next__
 
         def pull() -> K:
@@ -211,7 +211,7 @@ class _Batch(Generic[K, T, R]):
 
         return pull
 
-    def _async_puller(self, it: AsyncIterator[K]) -> Callable[[], Awaitable[K] | K]:
+    def _async_puller(self, it: AsyncIterator[K]) -> Callable[[], Awaitable[K]]:
         async def pull() -> K:
             try:
                 return await it.__anext__()
@@ -221,7 +221,7 @@ class _Batch(Generic[K, T, R]):
         return pull
 
     async def _next_job(
-        self, pull: Callable[[], Awaitable[K] | K], is_async_pull: bool
+        self, pull: Callable[[], K] | None, pull_async: Callable[[], Awaitable[K]] | None
     ) -> Job[K] | None:
         """The next job: a retry that is due, else a new item; ``None``: nothing left."""
         state, bound = self.state, self.bound
@@ -234,7 +234,7 @@ class _Batch(Generic[K, T, R]):
                     return None
                 await self._sleep_until(retries[0][0])
                 continue
-            if is_async_pull:
+            if pull_async is not None:
                 # One puller at a time: async generators refuse a second __anext__ while one
                 # runs, and the read-ahead check must see the count the pull will change.
                 async with self._pull_lock:
@@ -243,7 +243,7 @@ class _Batch(Generic[K, T, R]):
                     if state.stopped or self.exhausted:
                         continue
                     try:
-                        item = await cast(Callable[[], Awaitable[K]], pull)()
+                        item = await pull_async()
                     except _Stop:
                         self.exhausted = True
                         continue
@@ -252,8 +252,9 @@ class _Batch(Generic[K, T, R]):
                     await self._wait_for_space()
                     if state.stopped:
                         return None
+                assert pull is not None
                 try:
-                    item = cast(Callable[[], K], pull)()
+                    item = pull()
                 except _Stop:
                     self.exhausted = True
                     continue
@@ -331,7 +332,9 @@ class _Batch(Generic[K, T, R]):
 
     # the worker ---------------------------------------------------------------------------
 
-    async def _worker(self, pull: Callable[[], Awaitable[K] | K], is_async_pull: bool) -> None:
+    async def _worker(
+        self, pull: Callable[[], K] | None, pull_async: Callable[[], Awaitable[K]] | None
+    ) -> None:
         runner, state, settler = self.runner, self.state, self.settler
         options = runner.options
         operation = runner.operation
@@ -340,7 +343,7 @@ class _Batch(Generic[K, T, R]):
         timed = options.timed or options.retry is not None
         try:
             while not state.stopped:
-                job = await self._next_job(pull, is_async_pull)
+                job = await self._next_job(pull, pull_async)
                 if job is None:
                     return
                 if acquire is not None:
