@@ -87,7 +87,7 @@ _BASIC = re.compile(r"\b(basic)\s+[A-Za-z0-9+/]{4,}={0,2}(?![A-Za-z0-9+/=])", re
 # name=value and name: value pairs: query strings, form bodies, JSON and dict reprs. The name may
 # be quoted; a quoted value runs to its closing quote, a bare one to the next separator.
 _PAIR = re.compile(
-    r"(?<![A-Za-z0-9])([\"']?)"
+    r"([\"']?)(?<![A-Za-z0-9])"
     r"(access[_-]?token|refresh[_-]?token|client[_-]?secret|(?:x[_-]?)?api[_-]?key"
     r"|token|password|secret)"
     r"\1(\s*[:=]\s*)"

@@ -21,10 +21,19 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from paceline.redact import redact_data
+from paceline.redact import redact_data, redact_text
+from paceline.results import error_code_for
 from paceline.stores._errors import JournalCorrupt, JournalEncodeError
 
-__all__ = ["Codec", "JsonCodec", "check_json_ready", "decode_result", "encode_result"]
+__all__ = [
+    "Codec",
+    "JsonCodec",
+    "check_json_ready",
+    "checked_key",
+    "decode_result",
+    "encode_result",
+    "general_row",
+]
 
 KIND_NONE = 0
 KIND_NATIVE = 1
@@ -205,3 +214,54 @@ def decode_result(kind: int, value: Any, codec: Codec | None) -> Any:
     else:
         raise JournalCorrupt(f"a stored result has an unknown kind {kind!r} / {type(value)}")
     return data if codec is None else codec.decode(data)
+
+
+def checked_key(key: object) -> str:
+    """``key`` as a plain ``str`` that SQLite can store, or a clear error."""
+    if not isinstance(key, str):
+        raise TypeError(f"journal key {key!r} is a {type(key).__name__}; keys are str")
+    if not _valid_utf8(key):
+        raise JournalEncodeError(
+            f"journal key {key!r} is not valid Unicode (it has a lone surrogate); pass "
+            f"item_ids=... or key=... to name the items"
+        )
+    return str.__str__(key)
+
+
+def general_row(
+    seq: int,
+    key: str,
+    success: bool,
+    result: Any,
+    error: BaseException | None,
+    attempts: int,
+    duration_s: float | None,
+    codec: Codec | None,
+) -> tuple[Any, ...]:
+    """The row of an outcome off the fast path: a success whose result needs a kind tag, or a
+    failure (the writer tells the shapes apart by length). Error messages are redacted."""
+    kind, value = encode_result(result, codec)
+    if success and error is None:
+        return (seq, key, kind, value, attempts, NULL_FLOAT if duration_s is None else duration_s)
+    message = error_type = error_code = None
+    if error is not None:
+        try:
+            text = str(error)
+        except Exception:  # a broken __str__ must not lose the outcome
+            text = ""
+        text = redact_text(text or type(error).__name__)
+        message = text.encode("utf-8", "replace").decode("utf-8")
+        error_type = type(error).__name__
+        error_code = error_code_for(error).value
+    return (
+        seq,
+        key,
+        1 if success else 0,
+        kind,
+        value,
+        message,
+        error_type,
+        error_code,
+        attempts,
+        duration_s,
+    )

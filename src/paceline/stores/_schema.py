@@ -1,5 +1,5 @@
-"""The journal's file: creating it (owner-only, atomically), checking that an existing file is
-an intact journal of a format we read, and the per-connection settings.
+"""The journal's layout: the schema, creating a journal (owner-only, atomically), and opening
+an existing one: is it a journal, of a format we read, of this batch?
 
 Layout (format 1)::
 
@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import struct
-import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-from paceline.stores._errors import JournalCorrupt, JournalError
+from paceline.stores import _file
+from paceline.stores._errors import JournalError, JournalMismatch
 
-__all__ = ["FORMAT_VERSION", "connect", "create", "lock", "read_meta", "validate"]
+__all__ = ["FORMAT_VERSION", "META_PREFIX", "Opened", "create", "open_database", "read_meta"]
 
 FORMAT_VERSION = 1
 META_PREFIX = "journal."
@@ -63,45 +63,15 @@ ITEM_COLUMNS = frozenset(
         "updated_ns",
     ]
 )
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_SIDE_FILES = ("-wal", "-shm")
-# A writer waits this long for another connection's lock (our own reader's set_meta) before
-# failing; WAL readers never block it.
-_BUSY_TIMEOUT_S = 30.0
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection with the journal's settings. Autocommit: transactions are explicit."""
-    conn = sqlite3.connect(
-        path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
-    # WAL: commits append to the -wal file (no rewrite of the database per commit), and readers
-    # (lookup, outcomes) never block the writer thread or wait for it.
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode syncs at checkpoints, not at every commit. A committed transaction
-    # survives the process dying in any way (exception, Ctrl-C, SIGKILL, OOM kill): it is in
-    # the OS's page cache. A power loss or OS crash may lose the last transactions since the
-    # previous checkpoint (never corrupt the file); those items simply run again on resume,
-    # which at-least-once delivery allows. FULL would fsync every commit (~ms each).
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
-def tighten_side_files(path: Path) -> None:
-    """chmod 0o600 the -wal/-shm files. SQLite already creates them with the database file's
-    mode; this covers a filesystem or SQLite build that does not."""
-    for suffix in _SIDE_FILES:
-        side = Path(f"{path}{suffix}")
-        with contextlib.suppress(OSError):
-            if side.stat().st_mode & 0o077:
-                side.chmod(0o600)
 
 
 def create(path: Path, fingerprint: str, label: str | None) -> None:
     """Create a journal at ``path``, atomically: build it under a temporary name and link it in,
     so a crash mid-creation never leaves an empty or half-made journal behind. If another
     process created ``path`` first, leave theirs."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for directory in reversed([path.parent, *path.parent.parents]):
+        if not directory.is_dir():  # every directory made here is owner-only, not just the last
+            directory.mkdir(mode=0o700, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
     try:
@@ -131,48 +101,6 @@ def create(path: Path, fingerprint: str, label: str | None) -> None:
             os.unlink(tmp)
 
 
-def _corrupt(path: Path, problem: str, fix: str | None = None) -> JournalCorrupt:
-    fix = fix or (
-        "If it is a journal from an interrupted batch, restore it from a backup; otherwise "
-        "delete it to start the batch over, or pass a different --journal path"
-    )
-    return JournalCorrupt(f"journal {path} {problem}. {fix}.")
-
-
-def check_file(path: Path) -> None:
-    """Catch what SQLite would report late or cryptically: empty files, non-SQLite files and
-    files cut short (a partial copy, a full disk)."""
-    if not path.is_file():
-        raise _corrupt(path, "is not a regular file", "Pass the path of a journal file")
-    size = path.stat().st_size
-    if size == 0:
-        raise _corrupt(path, "is empty (0 bytes): it is not a paceline journal")
-    with path.open("rb") as file:
-        header = file.read(100)
-    if not header.startswith(_SQLITE_MAGIC):
-        raise _corrupt(
-            path,
-            f"is not a paceline journal: it is not a SQLite database (it starts with "
-            f"{header[:16]!r})",
-            "Pass the path of a journal, or a new path to start one",
-        )
-    if len(header) < 100:
-        raise _corrupt(path, f"is truncated ({size} bytes, shorter than a SQLite header)")
-    wal = Path(f"{path}-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        return  # the header may describe pages still in the WAL; SQLite recovers them
-    (page_size,) = struct.unpack(">H", header[16:18])
-    page_size = 65536 if page_size == 1 else page_size
-    change_counter, pages = struct.unpack(">II", header[24:32])
-    (valid_for,) = struct.unpack(">I", header[92:96])
-    if pages and change_counter == valid_for and size < pages * page_size:
-        raise _corrupt(
-            path,
-            f"is truncated: it is {size} bytes, and its header says {pages * page_size} "
-            f"({pages} pages of {page_size})",
-        )
-
-
 def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
     """Every meta entry (ours under ``journal.``)."""
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -183,7 +111,7 @@ def validate(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if not {"meta", "items"} <= tables:
         found = ", ".join(sorted(tables)) or "none"
-        raise _corrupt(
+        raise _file.corrupt(
             path,
             f"is a SQLite database but not a paceline journal (tables: {found})",
             "Pass the path of a journal, or a new path to start one",
@@ -196,14 +124,14 @@ def validate(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
     except ValueError:
         version = 0
     if version > FORMAT_VERSION:
-        raise _corrupt(
+        raise _file.corrupt(
             path,
             f"was written by a newer paceline (journal format {version}; this version reads "
             f"format {FORMAT_VERSION} and older)",
             "Upgrade paceline to resume it, or pass a different --journal path",
         )
     if version < 1 or not columns >= ITEM_COLUMNS:
-        raise _corrupt(
+        raise _file.corrupt(
             path,
             f"is not a paceline journal of a known format (format_version {raw_version!r}, "
             f"items columns {sorted(columns)})",
@@ -212,25 +140,74 @@ def validate(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
     return meta
 
 
-if sys.platform != "win32":
-    import fcntl
+class Opened(NamedTuple):
+    """What :func:`open_database` hands the journal."""
 
-    def lock(path: Path) -> int:
-        """An exclusive advisory lock held for as long as the journal is open: two runs writing
-        one journal would each run the other's items again. Returns the fd to close."""
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+    reader: sqlite3.Connection
+    writer: sqlite3.Connection
+    lock_fd: int
+
+
+def open_database(path: Path, fingerprint: str, label: str | None, reuse: bool) -> Opened:
+    """Create the journal if missing, or check the existing one and adopt it (``reuse``) or
+    refuse it (another fingerprint); lock it and return two connections. Every failure is a
+    :class:`JournalError` naming the path and what to do, never a bare ``sqlite3`` error."""
+    if not path.exists():
+        create(path, fingerprint, label)
+    _file.check_file(path)
+    lock_fd = _file.lock(path)
+    reader = writer = None
+    try:
+        reader = _file.connect(path)
+        meta = validate(reader, path)
+        adopt_or_refuse(reader, path, meta, fingerprint, label, reuse)
+        writer = _file.connect(path)
+        _file.tighten_side_files(path)
+    except BaseException as exc:
+        for conn in (reader, writer):
+            if conn is not None:
+                conn.close()
+        os.close(lock_fd)
+        if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, I/O error
             raise JournalError(
-                f"journal {path} is in use by another open Journal (this or another process); "
-                f"wait for that batch to finish, or pass a different --journal path"
-            ) from None
-        return fd
+                f"journal {path} cannot be opened for writing ({exc}); check that this user "
+                f"can read and write it and its directory, or pass a different --journal path"
+            ) from exc
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise _file.corrupt(path, f"is damaged or not a paceline journal ({exc})") from exc
+        raise
+    return Opened(reader, writer, lock_fd)
 
-else:  # pragma: no cover - no flock on Windows; SQLite still keeps the file consistent
 
-    def lock(path: Path) -> int:
-        """Open ``path`` (Windows: no advisory lock). Returns the fd to close."""
-        return os.open(path, os.O_RDONLY)
+def adopt_or_refuse(
+    conn: sqlite3.Connection,
+    path: Path,
+    meta: dict[str, str],
+    fingerprint: str,
+    label: str | None,
+    reuse: bool,
+) -> None:
+    """Raise :class:`JournalMismatch` if the journal belongs to another batch, unless ``reuse``:
+    then make it this batch's."""
+    stored = meta.get(META_PREFIX + "fingerprint", "")
+    if stored == fingerprint:
+        return
+    if not reuse:
+
+        def identity(fp: str, name: str | None) -> str:
+            return f"fingerprint {fp} (label {name!r})" if name else f"fingerprint {fp} (no label)"
+
+        stored_label = meta.get(META_PREFIX + "label")
+        raise JournalMismatch(
+            f"journal {path} belongs to another batch: it holds outcomes of "
+            f"{identity(stored, stored_label)}, and this batch is {identity(fingerprint, label)}. "
+            f"Use a different journal path, or adopt it with reuse_journal=True (Journal.open: "
+            f"reuse=True; the CLI: --reuse-journal) — its stored outcomes then count as this "
+            f"batch's."
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+        [(META_PREFIX + "fingerprint", fingerprint), (META_PREFIX + "label", label or "")],
+    )
+    conn.execute("COMMIT")

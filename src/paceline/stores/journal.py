@@ -19,25 +19,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from paceline.redact import redact_text
-from paceline.results import error_code_for
 from paceline.stores import _schema
 from paceline.stores._codec import (
     I64_MAX,
     I64_MIN,
-    KIND_NONE,
     NULL_FLOAT,
     Codec,
     JsonCodec,
+    checked_key,
     decode_result,
-    encode_result,
+    general_row,
 )
-from paceline.stores._errors import (
-    JournalCorrupt,
-    JournalEncodeError,
-    JournalError,
-    JournalMismatch,
-)
+from paceline.stores._errors import JournalCorrupt, JournalError
 from paceline.stores._writer import Writer
 
 __all__ = ["Journal", "StoredOutcome"]
@@ -81,19 +74,21 @@ class Journal:
     (True, False)
     {'id': 1}
 
-    ``record`` is cheap (well under 2 us for small results): it encodes in the caller and
-    queues; one background thread commits every ``flush_interval_s`` (seconds) or
+    ``record`` is cheap: it encodes in the caller and queues (~0.6 us for a small int or
+    str result); one background thread commits every ``flush_interval_s`` seconds or
     ``flush_rows`` rows, whichever comes first. If that thread falls more than ten batches
-    behind, ``record`` waits for it, so memory stays bounded.
+    behind, ``record`` waits for it, so memory stays bounded. The journal also keeps every
+    key in memory (``is_settled`` answers from there): ~150 bytes a key.
 
     Threads: call ``record`` from one thread at a time (the one settling items); ``flush``,
     ``close``, ``lookup``, ``counts``, ``failed_keys``, ``outcomes`` and the meta methods may be
     called from any thread. Outcomes recorded while another thread is closing the journal may
     not be committed; they run again on resume.
 
-    A failure of the writer thread (disk full, file deleted) is raised as :class:`JournalError`
-    by the next ``record``, ``flush`` or ``close``. The -wal and -shm files next to the journal
-    belong to it: copy or move the three together, or close the journal first.
+    A failure of the writer thread (disk full, the file damaged or made unwritable) is raised
+    as :class:`JournalError` by the next ``record``, ``flush`` or ``close``. The -wal and -shm
+    files next to the journal belong to it: copy or move the three together, or close the
+    journal first.
     """
 
     __slots__ = (
@@ -144,58 +139,47 @@ class Journal:
         ``fingerprint`` identifies the batch (see :func:`fingerprint_of`): a journal written
         with another raises :class:`JournalMismatch`, unless ``reuse=True`` adopts it.
         ``label`` is shown in that error. ``codec`` turns results that are not JSON-ready
-        into JSON-ready data and back (see :class:`Codec`).
+        into JSON-ready data and back (see :class:`Codec`). ``flush_interval_s`` (seconds) and
+        ``flush_rows`` (rows) bound how long an outcome waits in memory before its commit.
+
+        Raises :class:`JournalCorrupt` if ``path`` is not an intact journal of a format this
+        version reads, and :class:`JournalError` if another open journal holds it.
         """
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be > 0 seconds")
         if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
             raise ValueError(f"flush_rows={flush_rows!r}: must be a whole number of at least 1")
         path = Path(os.fspath(path)).absolute()
-        if not path.exists():
-            _schema.create(path, fingerprint, label)
-        _schema.check_file(path)
-        lock_fd = _schema.lock(path)
-        conn = writer_conn = None
+        opened = _schema.open_database(path, fingerprint, label, reuse)
         try:
-            conn = _schema.connect(path)
-            meta = _schema.validate(conn, path)
-            _adopt_or_refuse(conn, path, meta, fingerprint, label, reuse)
             index = {
                 key: seq << 2 | (_SUCCESS if success else 0)
-                for key, seq, success in conn.execute(
+                for key, seq, success in opened.reader.execute(
                     "SELECT key, seq, success FROM items ORDER BY seq"
                 )
             }
-            (last_seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM items").fetchone()
-            writer_conn = _schema.connect(path)
-            _schema.tighten_side_files(path)
-        except BaseException as exc:
-            for c in (conn, writer_conn):
-                if c is not None:
-                    c.close()
-            os.close(lock_fd)
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise JournalCorrupt(
-                    f"journal {path} is damaged or not a paceline journal ({exc}). If it is a "
-                    f"journal from an interrupted batch, restore it from a backup; otherwise "
-                    f"delete it to start the batch over, or pass a different --journal path."
-                ) from exc
-            raise
+        except sqlite3.DatabaseError as exc:
+            _shutdown(None, opened)
+            raise JournalCorrupt(
+                f"journal {path} is damaged: reading its items failed ({exc}). If it is a "
+                f"journal from an interrupted batch, restore it from a backup; otherwise delete "
+                f"it to start the batch over, or pass a different --journal path."
+            ) from exc
         self = object.__new__(cls)
         self.path = path
         self.fingerprint = fingerprint
         self.label = label
         self._codec = None if codec is None or type(codec) is JsonCodec else codec
-        self._conn = conn
+        self._conn = opened.reader
         self._lock = threading.Lock()
         self._index = index
-        self._next_seq = last_seq + 1
-        self._writer = Writer(writer_conn, path, flush_interval_s, flush_rows)
+        self._next_seq = max((state >> 2 for state in index.values()), default=0) + 1
+        self._writer = Writer(opened.writer, path, flush_interval_s, flush_rows)
         self._queue = self._writer.queue
         self._closed = False
         # Closes the journal if it is dropped unclosed, and at interpreter exit (Ctrl-C
         # included): the writer commits what was recorded. Holds no reference to self.
-        self._finalizer = weakref.finalize(self, _shutdown, self._writer, conn, lock_fd)
+        self._finalizer = weakref.finalize(self, _shutdown, self._writer, opened)
         return self
 
     # -- the hot path ----------------------------------------------------------------------
@@ -255,16 +239,7 @@ class Journal:
         index = self._index
         known = index.get(key)
         seq = self._next_seq if known is None else known >> 2
-        row: tuple[Any, ...]
-        if success and error is None:
-            if result is None:
-                kind, value = KIND_NONE, NULL_FLOAT
-            else:
-                kind, value = encode_result(result, self._codec)
-            duration = NULL_FLOAT if duration_s is None else duration_s
-            row = (seq, key, kind, value, attempts, duration)
-        else:
-            row = self._general_row(seq, key, success, result, error, attempts, duration_s)
+        row = general_row(seq, key, success, result, error, attempts, duration_s, self._codec)
         if known is None:
             self._next_seq = seq + 1
         index[key] = seq << 2 | (3 if success else 2)
@@ -276,53 +251,7 @@ class Journal:
     def _checked_key(self, key: object) -> str:
         if self._writer.error is not None:
             raise self._unusable()
-        if not isinstance(key, str):
-            raise TypeError(f"journal key {key!r} is a {type(key).__name__}; keys are str")
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise JournalEncodeError(
-                f"journal key {key!r} is not valid Unicode (it has a lone surrogate); pass "
-                f"item_ids=... or key=... to name the items"
-            ) from None
-        return str.__str__(key)
-
-    def _general_row(
-        self,
-        seq: int,
-        key: str,
-        success: bool,
-        result: Any,
-        error: BaseException | None,
-        attempts: int,
-        duration_s: float | None,
-    ) -> tuple[Any, ...]:
-        if result is None:
-            kind, value = KIND_NONE, None
-        else:
-            kind, value = encode_result(result, self._codec)
-        message = error_type = error_code = None
-        if error is not None:
-            try:
-                text = str(error)
-            except Exception:
-                text = ""
-            text = redact_text(text or type(error).__name__)
-            message = text.encode("utf-8", "replace").decode("utf-8")
-            error_type = type(error).__name__
-            error_code = error_code_for(error).value
-        return (
-            seq,
-            key,
-            1 if success else 0,
-            kind,
-            value,
-            message,
-            error_type,
-            error_code,
-            attempts,
-            duration_s,
-        )
+        return checked_key(key)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -387,8 +316,10 @@ class Journal:
             try:
                 rows: list[Any] = self._conn.execute(sql, params).fetchall()
                 return rows
+            except sqlite3.OperationalError as exc:  # locked, I/O error
+                raise JournalError(f"journal {self.path}: {exc}") from exc
             except sqlite3.DatabaseError as exc:
-                raise JournalCorrupt(f"journal {self.path}: reading failed ({exc})") from exc
+                raise JournalCorrupt(f"journal {self.path} is damaged ({exc})") from exc
 
     def _outcome(self, row: tuple[Any, ...]) -> StoredOutcome:
         key, success, kind, value, error, error_type, error_code, attempts, duration_s = row
@@ -413,14 +344,14 @@ class Journal:
     def close(self) -> None:
         """Commit what was recorded, stop the writer thread and close the file. Idempotent.
         Raises :class:`JournalError` if a commit failed."""
-        with self._lock:
+        with self._lock:  # no reader query runs while the connection closes
             if self._closed:
                 return
             self._closed = True
-        failure = self._writer.error
-        self._finalizer()  # stops the writer (committing the queue) and closes everything
-        failure = failure or self._writer.error
-        self._writer.error = JournalError(f"journal {self.path} is closed")
+            failure = self._writer.error
+            self._finalizer()  # stops the writer (committing the queue) and closes everything
+            failure = failure or self._writer.error
+            self._writer.error = JournalError(f"journal {self.path} is closed")
         if failure is not None:
             raise JournalError(str(failure)) from failure.__cause__
 
@@ -458,39 +389,12 @@ class Journal:
         return f"<Journal {str(self.path)!r} fingerprint={self.fingerprint!r} {state}>"
 
 
-def _shutdown(writer: Writer, conn: sqlite3.Connection, lock_fd: int) -> None:
+def _shutdown(writer: Writer | None, opened: _schema.Opened) -> None:
     try:
-        writer.stop()
+        if writer is not None:
+            writer.stop()  # commits the queue, closes opened.writer
+        else:
+            opened.writer.close()
     finally:
-        conn.close()
-        os.close(lock_fd)
-
-
-def _adopt_or_refuse(
-    conn: sqlite3.Connection,
-    path: Path,
-    meta: dict[str, str],
-    fingerprint: str,
-    label: str | None,
-    reuse: bool,
-) -> None:
-    stored = meta.get(_schema.META_PREFIX + "fingerprint", "")
-    if stored == fingerprint:
-        return
-    if not reuse:
-        stored_label = meta.get(_schema.META_PREFIX + "label") or "(no label)"
-        raise JournalMismatch(
-            f"journal {path} belongs to another batch: it was written for {stored_label!r} "
-            f"(fingerprint {stored}), and this batch is {label or '(no label)'!r} (fingerprint "
-            f"{fingerprint}). Use a different --journal path, or reuse=True to adopt it (its "
-            f"stored outcomes then count as this batch's)."
-        )
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-        [
-            (_schema.META_PREFIX + "fingerprint", fingerprint),
-            (_schema.META_PREFIX + "label", label or ""),
-        ],
-    )
-    conn.execute("COMMIT")
+        opened.reader.close()
+        os.close(opened.lock_fd)
