@@ -43,11 +43,19 @@ class AsyncRateLimiterProtocol(Protocol):
         ...
 
 
-def _as_limit(spec: str | Rate | Limit, burst: int | None) -> Limit:
+def _as_limit(spec: str | Rate | Limit, burst: int | None, margin_ns: int | None) -> Limit:
     if isinstance(spec, Limit):
         return spec
     rate = spec if isinstance(spec, Rate) else Rate.parse(spec)
-    return Limit(rate, burst)
+    return Limit(rate, burst, margin_ns)
+
+
+def _margin_ns(margin_s: float | None) -> int | None:
+    if margin_s is None:
+        return None
+    if not isinstance(margin_s, (int, float)) or not margin_s >= 0:
+        raise RateSpecError(f"margin_s={margin_s!r}: must be a number of seconds >= 0, e.g. 0.001")
+    return round(margin_s * NS_PER_S)
 
 
 class RateLimiter:
@@ -56,7 +64,10 @@ class RateLimiter:
     By default the first ``max_requests`` are granted at once and the next waits for the window
     to free (a sliding-window log). ``burst=1`` paces grants evenly (one every ``W / N``);
     ``burst=B`` allows bursts of ``B`` and paces the rest. The log stays behind the pacer, so
-    the limit is strict in every mode.
+    the limit is strict in every mode. Each window is lengthened by ``margin_s`` (default
+    W/1000, at most 1 ms) so the promise holds for *starts*, which follow their grants by a
+    few microseconds; pass ``margin_s=0`` for the bare promise on grants, or more when the
+    operation reaches the server later than it starts (network jitter).
 
     >>> limiter = RateLimiter(2, 1.0)            # 2 per second
     >>> _ = limiter.acquire(); _ = limiter.acquire()  # the first two are immediate
@@ -75,12 +86,14 @@ class RateLimiter:
         time_window_seconds: float = 1.0,
         burst: int | None = None,
         *,
+        margin_s: float | None = None,
         clock: Clock | None = None,
     ) -> None:
+        margin = _margin_ns(margin_s)
         if isinstance(max_requests, str):
-            limit = Limit(Rate.parse(max_requests), burst)
+            limit = Limit(Rate.parse(max_requests), burst, margin)
         else:
-            limit = Limit(Rate.of(max_requests, time_window_seconds), burst)
+            limit = Limit(Rate.of(max_requests, time_window_seconds), burst, margin)
         self._init([limit], clock)
 
     def _init(self, limits: Sequence[Limit], clock: Clock | None) -> None:
@@ -96,16 +109,21 @@ class RateLimiter:
 
     @classmethod
     def from_rates(
-        cls, *rates: str | Rate | Limit, burst: int | None = None, clock: Clock | None = None
+        cls,
+        *rates: str | Rate | Limit,
+        burst: int | None = None,
+        margin_s: float | None = None,
+        clock: Clock | None = None,
     ) -> RateLimiter:
         """One limiter enforcing several limits at once, e.g. ``"10/s"`` and ``"500/min"``.
 
-        ``burst`` applies to every limit given as a string or :class:`Rate`.
+        ``burst`` and ``margin_s`` apply to every limit given as a string or :class:`Rate`.
         """
         if not rates:
             raise RateSpecError("from_rates() needs at least one rate, e.g. '10/s'")
         self = cls.__new__(cls)
-        self._init([_as_limit(r, burst) for r in rates], clock)
+        margin = _margin_ns(margin_s)
+        self._init([_as_limit(r, burst, margin) for r in rates], clock)
         return self
 
     @property

@@ -125,11 +125,11 @@ def test_no_rollback_when_the_batch_completes():
 
 def test_the_minimum_duration_follows_every_limit():
     second = 1_000_000_000
-    assert min_duration_ns([Limit(Rate(2, second))], 5) == (2 * second, True)
-    assert min_duration_ns([Limit(Rate(4, second), burst=1)], 5) == (second, True)
-    both = [Limit(Rate(10, second)), Limit(Rate(15, 60 * second))]
+    assert min_duration_ns([Limit(Rate(2, second), margin_ns=0)], 5) == (2 * second, True)
+    assert min_duration_ns([Limit(Rate(4, second), burst=1, margin_ns=0)], 5) == (second, True)
+    both = [Limit(Rate(10, second), margin_ns=0), Limit(Rate(15, 60 * second), margin_ns=0)]
     assert min_duration_ns(both, 16) == (60 * second, True)
-    duration, exact = min_duration_ns([Limit(Rate(1000, second))], 1_000_000)
+    duration, exact = min_duration_ns([Limit(Rate(1000, second), margin_ns=0)], 1_000_000)
     assert not exact
     assert duration == pytest.approx(999 * second, rel=0.01)
 

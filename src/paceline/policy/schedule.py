@@ -16,7 +16,7 @@ def min_duration_ns(limits: Sequence[Limit], n: int) -> tuple[int, bool]:
     that figure is exact.
 
     >>> from paceline.policy.rate import Rate
-    >>> min_duration_ns([Limit(Rate(2, 1_000_000_000))], 5)
+    >>> min_duration_ns([Limit(Rate(2, 1_000_000_000), margin_ns=0)], 5)
     (2000000000, True)
     """
     if n <= 1 or not limits:
@@ -31,5 +31,5 @@ def min_duration_ns(limits: Sequence[Limit], n: int) -> tuple[int, bool]:
             wait = policy.try_grant(now, 1, True)
     if simulated == n:
         return now, True
-    slowest = max(lim.rate.window_ns / lim.rate.max_requests for lim in limits)
+    slowest = max(lim.window_ns / lim.rate.max_requests for lim in limits)
     return now + round((n - simulated) * slowest), False
