@@ -67,7 +67,8 @@ class RateLimiter:
     the limit is strict in every mode. Each window is lengthened by ``margin_s`` (default
     W/1000, at most 1 ms) so the promise holds for *starts*, which follow their grants by a
     few microseconds; pass ``margin_s=0`` for the bare promise on grants, or more when the
-    operation reaches the server later than it starts (network jitter).
+    operation reaches the server later than it starts (network jitter) — and 0.005 with the
+    thread executors, whose calls begin up to a GIL switch interval after their grant.
 
     >>> limiter = RateLimiter(2, 1.0)            # 2 per second
     >>> _ = limiter.acquire(); _ = limiter.acquire()  # the first two are immediate

@@ -341,6 +341,9 @@ class _Batch(Generic[K, T, R]):
         try_now, acquire, lease = runner._try_now, runner._acquire, self.lease
         weigh, timeout_s = options.weight, options.timeout_s
         timed = options.timed or options.retry is not None
+        # This worker's own lease, in locals: the per-item check is two comparisons.
+        lease_clock = lease.clock_ns if lease is not None else _monotonic_ns
+        leased = use_by = stamp = 0
         try:
             while not state.stopped:
                 job = await self._next_job(pull, pull_async)
@@ -348,12 +351,20 @@ class _Batch(Generic[K, T, R]):
                     return
                 if acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
-                    if weight != 1 or lease is None or not lease.take():
-                        if try_now is None or try_now(weight) is None:
-                            await acquire(weight)
-                        if state.stopped:
-                            self._unstarted(job)
-                            return
+                    if weight == 1 and leased and lease_clock() <= use_by:
+                        leased -= 1
+                    else:
+                        if lease is not None and weight == 1:
+                            lease.release(stamp, leased)
+                            leased, use_by, stamp = lease.refill()
+                        if leased:
+                            leased -= 1
+                        else:
+                            if try_now is None or try_now(weight) is None:
+                                await acquire(weight)
+                            if state.stopped:
+                                self._unstarted(job)
+                                return
                 settler.first_attempt(job)
                 started = _monotonic_ns() if timed else 0
                 try:
@@ -381,6 +392,9 @@ class _Batch(Generic[K, T, R]):
                 self.fatal = exc
             state.halt(f"stopped by an error: {type(exc).__name__}: {exc}", now=True)
             self._after_settle()
+        finally:
+            if lease is not None:
+                lease.release(stamp, leased)
 
     def _unstarted(self, job: Job[K]) -> None:
         """A job that got no attempt because the batch stopped while it waited for a token."""

@@ -116,3 +116,27 @@ class LeaseGate:
         if self._left:
             self._limiter.give_back(self._stamp, self._left)
             self._left = 0
+
+    # -- leases held by the caller (one per async worker, kept in its local variables) ------
+
+    @property
+    def clock_ns(self) -> Callable[[], int]:
+        """The limiter's clock, to check a held lease's ``use_by``."""
+        return self._now
+
+    def refill(self) -> tuple[int, int, int]:
+        """A new lease for a caller that keeps it itself: ``(permits, use_by_ns, stamp_ns)``,
+        or ``(0, 0, 0)`` when the limit has no room (ask the limiter directly then)."""
+        if self._skip:
+            self._skip -= 1
+            return 0, 0, 0
+        granted, stamp = self._limiter.lease(self.size, self._hold_s)
+        if not granted:
+            self._skip = self.size
+            return 0, 0, 0
+        return granted, stamp - round(self._hold_s * 5e8), stamp
+
+    def release(self, stamp_ns: int, unused: int) -> None:
+        """Give back ``unused`` permits of a caller-held lease stamped ``stamp_ns``."""
+        if unused:
+            self._limiter.give_back(stamp_ns, unused)

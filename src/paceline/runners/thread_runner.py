@@ -7,6 +7,12 @@ a second queue — settling them or scheduling their retries, calling progress s
 applying the halt rules, per-attempt timeouts and the batch deadline. Worker threads only run
 calls.
 
+A start here is the handoff to a free worker; the call inside the worker begins a thread
+wake-up later — microseconds usually (the dispatcher yields the GIL after each rate-limited
+handoff), but up to a GIL switch interval (``sys.getswitchinterval()``, 5 ms) on a busy
+machine. For a limit that must hold on starts measured inside the operation, give the limiter
+``margin_s`` of at least that.
+
 Threads cannot be cancelled. When the batch stops, nothing new starts and calls already
 running are waited for; their outcomes are settled (and journaled) like any other. A call
 that outlives its ``timeout_s`` is settled as a ``TimeoutError`` at that moment — and retried
@@ -228,6 +234,10 @@ class _Dispatch(Generic[K, T, R]):
                             self.settler.abandon(job)
                         break
                 self._start(job)
+                if acquire is not None:
+                    # Let the worker take the GIL now: its start should follow the grant by
+                    # microseconds, not by a switch interval (5 ms) of dispatcher work.
+                    time.sleep(0)
             self.halting = True
             self._take_back_unstarted()
             while self.in_flight > 0:
