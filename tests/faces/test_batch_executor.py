@@ -376,7 +376,8 @@ class TestStopOnError:
         with pytest.raises(Boom):
             executor.execute_batch(tasks, on_progress=lambda c, t: failure_reported.set())
 
-        assert limiter.acquire_count == 2
+        # one token for the failing task, at most one more taken before its failure was seen
+        assert limiter.acquire_count in (1, 2)
         assert started_late == []
 
     def test_threads_wait_for_calls_already_running_before_raising(self):
