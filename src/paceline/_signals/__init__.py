@@ -1,0 +1,1 @@
+"""Server signals, sans-I/O: header values in, numbers out. Public face: ``paceline.signals``."""
