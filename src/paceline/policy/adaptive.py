@@ -1,0 +1,420 @@
+"""Adaptive throttling: find an unknown server limit from its answers and run just under it.
+
+Gates in series, each attempt passes all three (ALGORITHMS §4):
+
+1. **pause** — a ``Retry-After`` stops every dispatch until it passes; during a *probe*
+   (throttles kept coming right after cuts: a long-window quota) only one attempt at a time
+   goes, after 1 s, then doubling with full jitter up to 64 s, until one succeeds.
+2. **rate** — an even pacer (interval 1/R). There is none until the first throttle: then R
+   starts at 0.8x the rate actually sent in the last second.
+3. **concurrency** — at most L in flight.
+
+Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
+a raised ``Throttled``: a quota — cut the rate), ``OVERLOAD`` (503: cut whichever gate was
+binding), ``CAPACITY`` (timeouts, 5xx: cut concurrency) and ``IGNORE`` (other 4xx,
+cancellations). Throttled answers are fast: they never feed the latency estimates.
+
+Increases happen only when a gate was binding for that attempt (otherwise the limit inflates
+during idle stretches and floods later). One cut per congestion event: throttles of attempts
+sent before the last cut are ignored, or a burst of 429s would multiply the cut.
+
+Rate growth after a cut from R with factor β is sized for a target throttled fraction f:
+``a = f (1 - β²) R² / 2`` per second (one throttle per sawtooth cycle). Before the first
+throttle, growth is a cautious +10 %/s. After two cuts the quota is taken as learned: the
+rate is held at ``(1 - margin)`` of the mean ceiling and grows only +1 % per 10 s.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+NS = 1_000_000_000
+
+
+class Outcome(enum.Enum):
+    """How an attempt ended, as far as the controller cares."""
+
+    SUCCESS = "success"
+    THROTTLE = "throttle"
+    OVERLOAD = "overload"
+    CAPACITY = "capacity"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveSettings:
+    """The controller's knobs; every default says where it came from."""
+
+    initial_concurrency: int = 8
+    min_concurrency: int = 1
+    max_concurrency: int = 256
+    # None: no rate gate until the first throttle (the server's limit is unknown).
+    initial_rate_per_s: float | None = None
+    min_rate_per_s: float = 0.05
+    max_rate_per_s: float = 1e6
+    # AIMD factors from ALGORITHMS §4: rate x0.8 (quota), concurrency x0.7 (capacity).
+    rate_cut: float = 0.8
+    concurrency_cut: float = 0.7
+    target_throttle_fraction: float = 0.01
+    pre_throttle_growth_per_s: float = 0.10
+    # This many throttles after a cut, before anything sent since has succeeded, mean a
+    # long-window quota: stop and probe.
+    probe_after_cuts: int = 3
+    # A probe that needed this many tries (waits of ~1 + 2 + 4 s) found a long window: learn
+    # the rate from the whole cycle instead of from the cut.
+    long_window_probes: int = 3
+    probe_initial_s: float = 1.0
+    probe_max_s: float = 64.0
+    # Envoy/Gradient-style latency brake: tolerate 1.5x the minimum RTT.
+    latency_tolerance: float = 1.5
+    rtt_min_window_s: float = 30.0
+    # Learned-quota hand-over: after this many cuts hold (1 - margin) of the ceiling, +1 %/10 s.
+    handover_after_cuts: int = 2
+    handover_margin: float = 0.03
+    handover_growth_per_s: float = 0.001
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_concurrency <= self.initial_concurrency <= self.max_concurrency:
+            raise ValueError(
+                "concurrency bounds must satisfy 1 <= min <= initial <= max, got "
+                f"{self.min_concurrency}, {self.initial_concurrency}, {self.max_concurrency}"
+            )
+        for name in ("rate_cut", "concurrency_cut"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ValueError(f"{name}={value!r}: must be between 0 and 1, e.g. 0.8")
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What the controller remembers about one attempt between its start and its outcome."""
+
+    sent_ns: int
+    epoch: int
+    rate_binding: bool
+    concurrency_binding: bool
+    probe: bool = False
+
+
+@dataclass(slots=True)
+class Decision:
+    """``wait_ns`` > 0: ask again after that long; ``slot``: wait for an attempt to finish;
+    neither: go now."""
+
+    wait_ns: int = 0
+    slot: bool = False
+    rate: bool = False  # the wait is the rate gate's (an attempt after it counts as binding)
+
+    @property
+    def go(self) -> bool:
+        return self.wait_ns == 0 and not self.slot
+
+
+GO = Decision()
+
+
+@dataclass(slots=True)
+class AdaptiveController:
+    """The sans-I/O controller: ``decide`` before an attempt, ``started`` when it starts,
+    ``finished`` with its :class:`Outcome`.
+
+    >>> c = AdaptiveController(AdaptiveSettings(initial_concurrency=2))
+    >>> c.decide(0, in_flight=0).go, c.decide(0, in_flight=2).slot
+    (True, True)
+    """
+
+    settings: AdaptiveSettings = field(default_factory=AdaptiveSettings)
+    rng: random.Random = field(default_factory=random.Random)
+    concurrency: float = 0.0
+    rate_per_s: float | None = None
+    pause_until_ns: int = 0
+    epoch: int = 0
+    cuts: int = 0
+    throttled: int = 0
+    events: list[tuple[int, str, float]] = field(default_factory=list)  # (ns, what, value)
+    _tat_ns: int | None = None
+    _last_growth_ns: int | None = None
+    _ceiling: float | None = None  # the rate at the last cut
+    _ceilings: list[float] = field(default_factory=list)
+    _recent_starts: deque[int] = field(default_factory=deque)
+    _recent_successes: deque[int] = field(default_factory=deque)  # send times, last second
+    _first_start_ns: int | None = None
+    _paused_ns: deque[tuple[int, int]] = field(default_factory=deque)  # (from, to)
+    _cycle_start_ns: int | None = None  # start of the current throttle/probe cycle
+    _cycle_successes: int = 0
+    _recovered: bool = True  # an attempt sent after the last cut has succeeded
+    _aftershocks: int = 0  # throttles of attempts sent after the last cut, before recovery
+    _probing: bool = False
+    _probe_in_flight: bool = False
+    _probe_attempt: int = 0
+    _rtt_min_ns: int | None = None
+    _rtt_min_since_ns: int = 0
+    _rtt_recent_ns: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.concurrency:
+            self.concurrency = float(self.settings.initial_concurrency)
+        if self.rate_per_s is None:
+            self.rate_per_s = self.settings.initial_rate_per_s
+
+    # -- limits as seen from outside -----------------------------------------------------
+
+    @property
+    def concurrency_limit(self) -> int:
+        """The current concurrency limit L."""
+        return max(self.settings.min_concurrency, int(self.concurrency))
+
+    @property
+    def learned(self) -> bool:
+        """Whether the quota counts as learned (hand-over mode)."""
+        return len(self._ceilings) >= self.settings.handover_after_cuts
+
+    # -- before an attempt -----------------------------------------------------------------
+
+    def decide(self, now_ns: int, in_flight: int) -> Decision:
+        """May an attempt start now, with ``in_flight`` attempts running?"""
+        if now_ns < self.pause_until_ns:
+            return Decision(wait_ns=self.pause_until_ns - now_ns)
+        if self._probing:
+            if self._probe_in_flight or in_flight > 0:
+                return Decision(slot=True)
+            return GO
+        if in_flight >= self.concurrency_limit:
+            return Decision(slot=True)
+        if self.rate_per_s is not None and self._tat_ns is not None and now_ns < self._tat_ns:
+            return Decision(wait_ns=self._tat_ns - now_ns, rate=True)
+        return GO
+
+    def started(self, now_ns: int, in_flight: int, waited_for_rate: bool) -> Ticket:
+        """An attempt starts now (``in_flight`` counts those already running)."""
+        ticket = Ticket(
+            sent_ns=now_ns,
+            epoch=self.epoch,
+            rate_binding=waited_for_rate,
+            concurrency_binding=in_flight + 1 >= self.concurrency_limit,
+            probe=self._probing,
+        )
+        if self._probing:
+            self._probe_in_flight = True
+        rate = self.rate_per_s
+        if rate is not None:
+            interval = max(1, round(NS / rate))
+            tat = self._tat_ns
+            # Charged from the intended slot when the attempt waited for it (no lost
+            # wake-ups), never more than one interval back.
+            base = (
+                now_ns
+                if tat is None
+                else max(tat, now_ns - (interval - 1 if waited_for_rate else 0))
+            )
+            self._tat_ns = base + interval
+        if self._first_start_ns is None:
+            self._first_start_ns = now_ns
+            self._cycle_start_ns = now_ns
+        starts = self._recent_starts
+        starts.append(now_ns)
+        while starts and starts[0] <= now_ns - NS:
+            starts.popleft()
+        return ticket
+
+    # -- after an attempt ------------------------------------------------------------------
+
+    def finished(
+        self, now_ns: int, ticket: Ticket, outcome: Outcome, retry_after_s: float | None = None
+    ) -> None:
+        """Learn from an attempt's outcome."""
+        if ticket.probe:
+            self._probe_in_flight = False
+        if retry_after_s is not None and retry_after_s > 0:
+            until = now_ns + round(retry_after_s * NS)
+            if until > self.pause_until_ns:
+                self._paused_ns.append((max(now_ns, self.pause_until_ns), until))
+                self.pause_until_ns = until
+                self.events.append((now_ns, "pause", retry_after_s))
+        if outcome is Outcome.SUCCESS:
+            self._on_success(now_ns, ticket)
+        elif outcome is Outcome.THROTTLE:
+            self.throttled += 1
+            self._on_congestion(now_ns, ticket, cut_rate=True)
+        elif outcome is Outcome.OVERLOAD:
+            self.throttled += 1
+            cut_rate = ticket.rate_binding or not ticket.concurrency_binding
+            self._on_congestion(now_ns, ticket, cut_rate=cut_rate)
+        elif outcome is Outcome.CAPACITY:
+            self._on_congestion(now_ns, ticket, cut_rate=False)
+        if ticket.probe and outcome is not Outcome.SUCCESS and self._probing:
+            self._schedule_probe(now_ns)
+
+    def _on_success(self, now_ns: int, ticket: Ticket) -> None:
+        settings = self.settings
+        if ticket.epoch == self.epoch:
+            self._recovered = True
+        self._cycle_successes += 1
+        if ticket.probe:
+            long_window = self._probe_attempt >= settings.long_window_probes
+            self._probing = False
+            self._probe_attempt = 0
+            self._aftershocks = 0
+            if long_window:
+                self._learn_cycle(now_ns)
+            else:  # a short window freed up within a probe or two: the cut rate stands
+                self._cycle_start_ns, self._cycle_successes = now_ns, 0
+            self.events.append((now_ns, "probe-ok", self.rate_per_s or 0.0))
+        successes = self._recent_successes
+        successes.append(ticket.sent_ns)
+        while successes and successes[0] <= now_ns - NS:
+            successes.popleft()
+        rtt = now_ns - ticket.sent_ns
+        if (
+            self._rtt_min_ns is None
+            or rtt < self._rtt_min_ns
+            or (now_ns - self._rtt_min_since_ns > settings.rtt_min_window_s * NS)
+        ):
+            self._rtt_min_ns = rtt
+            self._rtt_min_since_ns = now_ns
+        recent = self._rtt_recent_ns
+        self._rtt_recent_ns = rtt if recent is None else 0.8 * recent + 0.2 * rtt
+        # the latency brake (concurrency gate)
+        gradient = 1.0
+        if self._rtt_recent_ns and self._rtt_min_ns:
+            gradient = settings.latency_tolerance * self._rtt_min_ns / self._rtt_recent_ns
+            gradient = min(1.0, max(0.5, gradient))
+        if gradient < 1.0:
+            self.concurrency = max(
+                float(settings.min_concurrency), self.concurrency * (1 - 0.1 * (1 - gradient))
+            )
+        elif ticket.concurrency_binding:
+            self.concurrency = min(
+                float(settings.max_concurrency), self.concurrency + 1 / self.concurrency
+            )
+        # the rate gate
+        if self.rate_per_s is not None and ticket.rate_binding:
+            last = self._last_growth_ns
+            self._last_growth_ns = now_ns
+            if last is None:
+                return
+            elapsed_s = min(1.0, (now_ns - last) / NS)
+            self.rate_per_s = min(
+                settings.max_rate_per_s, self.rate_per_s + self._growth() * elapsed_s
+            )
+
+    def _growth(self) -> float:
+        """Rate growth, in (starts/s) per second."""
+        settings = self.settings
+        rate = self.rate_per_s or 0.0
+        if self.learned:
+            return settings.handover_growth_per_s * rate
+        if self._ceiling is None:
+            return settings.pre_throttle_growth_per_s * rate
+        beta = settings.rate_cut
+        grow = settings.target_throttle_fraction * (1 - beta**2) * self._ceiling**2 / 2
+        return max(grow, 0.01 * rate)
+
+    def _on_congestion(self, now_ns: int, ticket: Ticket, cut_rate: bool) -> None:
+        if ticket.epoch != self.epoch:
+            return  # sent before the last cut: that congestion event was already answered
+        settings = self.settings
+        if not self._recovered:
+            # Nothing sent since the cut has got through yet: the server's window is still
+            # full (a long-window quota), so cutting again would only misjudge the ceiling.
+            # A few of these and we stop and probe instead.
+            self._aftershocks += 1
+            if self._aftershocks >= settings.probe_after_cuts and not self._probing:
+                self._probing = True
+                self._probe_attempt = 0
+                self._schedule_probe(now_ns)
+            return
+        self._recovered = False
+        self._aftershocks = 0
+        self.epoch += 1
+        self.cuts += 1
+        self._last_growth_ns = None
+        if cut_rate:
+            ceiling = self._accepted_rate(now_ns)
+            if self.rate_per_s is not None:
+                # Right after a pause the server's window is empty and everything we send is
+                # accepted for a while: the accepted rate then overstates the quota. We were
+                # throttled at the rate we sent, so the quota is below it.
+                ceiling = min(ceiling, self.rate_per_s)
+            ceiling = max(ceiling, settings.min_rate_per_s)
+            self._ceiling = ceiling
+            self._ceilings.append(ceiling)
+            if self.learned:
+                mean = sum(self._ceilings[-4:]) / len(self._ceilings[-4:])
+                new_rate = mean * (1 - settings.handover_margin)
+                if self.rate_per_s is not None and new_rate >= self.rate_per_s:
+                    new_rate = self.rate_per_s * (1 - settings.handover_margin)
+            else:
+                new_rate = ceiling * settings.rate_cut
+            self.rate_per_s = max(settings.min_rate_per_s, new_rate)
+            self.events.append((now_ns, "rate", self.rate_per_s))
+        else:
+            self.concurrency = max(
+                float(settings.min_concurrency), self.concurrency * settings.concurrency_cut
+            )
+            self.events.append((now_ns, "concurrency", float(self.concurrency_limit)))
+
+    def _learn_cycle(self, now_ns: int) -> None:
+        """A probe got through after a long-window quota made us stop: what the server took
+        over the whole cycle (from the previous recovery to this one) is its rate. Pace at
+        that, less the margin, and treat the quota as learned."""
+        start = self._cycle_start_ns
+        self._cycle_start_ns = now_ns
+        successes, self._cycle_successes = self._cycle_successes, 0
+        if start is None or now_ns <= start or successes < 2:
+            return
+        rate = successes * NS / (now_ns - start)
+        self._ceilings = [rate, rate]
+        self._ceiling = rate
+        self.rate_per_s = max(
+            self.settings.min_rate_per_s, rate * (1 - self.settings.handover_margin)
+        )
+        self._tat_ns = None
+        self.events.append((now_ns, "rate", self.rate_per_s))
+
+    def _accepted_rate(self, now_ns: int) -> float:
+        """Successes per second of sending time over the last second: at a throttle the server
+        was saturated, so this is its quota rate as seen from here. Paused time and the time
+        before the first start do not count as sending time."""
+        since = now_ns - NS
+        if self._first_start_ns is not None:
+            since = max(since, self._first_start_ns)
+        active = now_ns - since
+        for start, end in self._paused_ns:
+            overlap = min(end, now_ns) - max(start, since)
+            if overlap > 0:
+                active -= overlap
+        while self._paused_ns and self._paused_ns[0][1] < now_ns - NS:
+            self._paused_ns.popleft()
+        accepted = sum(1 for t in self._recent_successes if t >= since)
+        if self.rate_per_s is None:
+            # The first throttle: all we know is that the server took ``accepted`` and then
+            # refused. A window shorter than a second would show as a steady rate; judge over
+            # at least one second so an early 429 (a quota filled in a burst) is not read as
+            # a huge rate.
+            return max(accepted, 1) * NS / max(active, NS)
+        if active < NS // 10 or accepted == 0:  # too little to judge: keep the pacing rate
+            return self.rate_per_s
+        return accepted * NS / active
+
+    def _schedule_probe(self, now_ns: int) -> None:
+        settings = self.settings
+        ceiling = min(settings.probe_max_s, settings.probe_initial_s * 2.0**self._probe_attempt)
+        # full jitter, but never sooner than half the step (a probe right away learns nothing)
+        delay = ceiling / 2 + self.rng.uniform(0.0, ceiling / 2)
+        self._probe_attempt += 1
+        self.pause_until_ns = max(self.pause_until_ns, now_ns + round(delay * NS))
+        self.events.append((now_ns, "probe", delay))
+
+
+def describe(controller: AdaptiveController) -> str:
+    """A one-line summary for logs and reports."""
+    rate = controller.rate_per_s
+    shown = "unlimited" if rate is None else f"{rate:.1f}/s"
+    mode = "probing" if controller._probing else ("learned" if controller.learned else "learning")
+    return (
+        f"rate {shown}, concurrency {controller.concurrency_limit}, {mode}, cuts {controller.cuts}"
+    )

@@ -1,0 +1,93 @@
+"""A discrete-event simulation of the adaptive controller against a hidden quota (fake time)."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
+
+NS = 1_000_000_000
+
+
+@dataclass
+class SimResult:
+    accepted: int
+    throttled: int
+    sent: int
+    duration_s: float
+    max_in_window: int
+
+    @property
+    def throttled_fraction(self) -> float:
+        return self.throttled / self.sent if self.sent else 0.0
+
+
+class QuotaServer:
+    """N per W counted at arrival (sliding log); 429 beyond, optionally with Retry-After."""
+
+    def __init__(self, quota: int, window_s: float, retry_after: bool) -> None:
+        self.quota = quota
+        self.window_ns = round(window_s * NS)
+        self.retry_after = retry_after
+        self.log: deque[int] = deque()
+        self.accepted: list[int] = []
+
+    def admit(self, now: int) -> tuple[Outcome, float | None]:
+        while self.log and self.log[0] <= now - self.window_ns:
+            self.log.popleft()
+        if len(self.log) >= self.quota:
+            wait = (self.log[0] + self.window_ns - now) / NS
+            return Outcome.THROTTLE, (max(1.0, wait) if self.retry_after else None)
+        self.log.append(now)
+        self.accepted.append(now)
+        return Outcome.SUCCESS, None
+
+
+def simulate(
+    server: QuotaServer,
+    duration_s: float,
+    latency_s: float = 0.02,
+    settings: AdaptiveSettings | None = None,
+    seed: int = 1,
+) -> tuple[SimResult, AdaptiveController]:
+    rng = random.Random(seed)
+    controller = AdaptiveController(settings or AdaptiveSettings(), rng=random.Random(seed))
+    end = round(duration_s * NS)
+    now = 0
+    flights: list[tuple[int, int, object, Outcome, float | None]] = []
+    seq = 0
+    sent = throttled = 0
+    waited_for_rate = False
+    while now < end:
+        while flights and flights[0][0] <= now:
+            done_at, _, ticket, outcome, retry_after = heapq.heappop(flights)
+            controller.finished(done_at, ticket, outcome, retry_after)  # type: ignore[arg-type]
+        decision = controller.decide(now, len(flights))
+        if decision.go:
+            ticket = controller.started(now, len(flights), waited_for_rate)
+            waited_for_rate = False
+            arrival = now + round(latency_s * NS / 2 * rng.uniform(0.8, 1.2))
+            outcome, retry_after = server.admit(arrival)
+            sent += 1
+            throttled += outcome is Outcome.THROTTLE
+            seq += 1
+            done = arrival + round(latency_s * NS / 2)
+            heapq.heappush(flights, (done, seq, ticket, outcome, retry_after))
+            continue
+        next_done = flights[0][0] if flights else end
+        if decision.slot:
+            now = next_done
+        else:
+            waited_for_rate = decision.rate
+            now = min(now + decision.wait_ns, next_done)
+    accepted = [t for t in server.accepted if t < end]
+    most = 0
+    j = 0
+    for i, t in enumerate(accepted):
+        while j < len(accepted) and accepted[j] < t + server.window_ns:
+            j += 1
+        most = max(most, j - i)
+    return SimResult(len(accepted), throttled, sent, duration_s, most), controller
