@@ -1,0 +1,169 @@
+"""The routes of the test API and the asyncio loop that serves them over one listening socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from paceline.testing._api.config import ApiConfig
+from paceline.testing._api.http import (
+    MAX_HEADER_BYTES,
+    HttpError,
+    Request,
+    encode_response,
+    read_request,
+)
+from paceline.testing._api.state import Fate, ServerState
+
+Response = tuple[int, bytes, list[tuple[str, str]]]
+
+# The kernel's accept queue: a burst of connects beyond it loses SYNs, and clients retry after
+# a second, which looks like a 1 s network delay (socketserver's default of 5 does exactly that).
+BACKLOG = 1024
+
+
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return status, _json({"error": message}), headers or []
+
+
+class Service:
+    """The test API's behaviour on one event loop: routes, quota, capacity, failures, stats."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        self.config = config
+        self.state = ServerState(config)
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def respond(self, request: Request) -> Response | None:
+        """Answer one request; ``None`` means drop the connection without an answer."""
+        path, method = request.path, request.method
+        if path.startswith("/items/") and len(path) > len("/items/"):
+            if method not in ("GET", "POST"):
+                return _error(405, f"{method} {path}: use GET or POST", [("Allow", "GET, POST")])
+            return await self._api(request, path[len("/items/") :])
+        if path == "/bulk":
+            if method != "POST":
+                return _error(405, f"{method} /bulk: use POST", [("Allow", "POST")])
+            return await self._api(request, None)
+        if path == "/stats" and method == "GET":
+            times = "times=1" in request.query.split("&")
+            return 200, _json(self.state.stats(times=times)), []
+        if path == "/reset" and method == "POST":
+            self.state.reset(time.monotonic_ns())
+            return 200, _json({"reset": True}), []
+        return _error(404, f"no route {method} {path}; try GET /items/<id>, POST /bulk, GET /stats")
+
+    async def _api(self, request: Request, item_id: str | None) -> Response | None:
+        """One quota-counted call: ``item_id`` for ``/items/<id>``, ``None`` for ``/bulk``."""
+        state, config = self.state, self.config
+        arrived_ns = time.monotonic_ns()
+        if not state.admit(arrived_ns):
+            headers = state.rate_headers(arrived_ns)
+            if config.retry_after:
+                headers.append(("Retry-After", str(state.retry_after_s(arrived_ns))))
+            return _error(429, "rate limited", headers)
+        headers = state.rate_headers(arrived_ns)
+        if not state.enter():
+            return _error(503, "over capacity", headers)
+        try:
+            return await self._serve(request, item_id, arrived_ns, headers)
+        finally:
+            state.leave()
+
+    async def _serve(
+        self, request: Request, item_id: str | None, arrived_ns: int, headers: list[tuple[str, str]]
+    ) -> Response | None:
+        state = self.state
+        echo: Any = None
+        if request.body or item_id is None:
+            try:
+                echo = json.loads(request.body) if request.body else None
+            except (ValueError, UnicodeDecodeError):
+                state.bad_requests += 1
+                return _error(400, "the body is not JSON", headers)
+        ids: list[str] = []
+        if item_id is None:
+            given = echo.get("ids") if isinstance(echo, dict) else None
+            if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
+                state.bad_requests += 1
+                return _error(400, 'POST /bulk wants {"ids": ["a", "b", ...]}', headers)
+            ids = given
+        fate, extra_s = state.draw()
+        latency_s = self.config.latency_s(state.in_flight) + extra_s
+        if latency_s > 0:
+            await asyncio.sleep(latency_s)
+        if fate is Fate.DROP:
+            return None
+        headers.append(("Server-Timing", f"app;dur={latency_s * 1000:.3f}"))
+        if fate is Fate.ERROR:
+            return _error(500, "injected failure", headers)
+        now_ns = time.monotonic_ns()
+        if item_id is None:
+            wanted = [i for i in ids if not i.startswith("missing")]
+            counts = state.record_accepted(arrived_ns, now_ns, wanted)
+            items = {i: {"id": i, "n": counts[i]} for i in wanted}
+            return 200, _json({"items": items}), headers
+        n = state.record_accepted(arrived_ns, now_ns, [item_id])[item_id]
+        payload: dict[str, Any] = {"id": item_id, "n": n}
+        if request.method == "POST":
+            payload["echo"] = echo
+        return 200, _json(payload), headers
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve requests on one connection, in order, until either side closes it."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            while True:
+                try:
+                    request = await read_request(reader)
+                except HttpError as exc:
+                    self.state.malformed += 1
+                    body = _json({"error": exc.message})
+                    writer.write(encode_response(exc.status, body, [], keep_alive=False))
+                    await writer.drain()
+                    break
+                if request is None:
+                    break
+                response = await self.respond(request)
+                if response is None:
+                    break
+                status, body, headers = response
+                writer.write(encode_response(status, body, headers, keep_alive=request.keep_alive))
+                await writer.drain()
+                if not request.keep_alive:
+                    break
+        except (ConnectionError, OSError):
+            pass  # the client went away; nothing to answer
+        finally:
+            writer.close()
+            if task is not None:
+                self._connections.discard(task)
+
+    async def run(self, port: int, on_ready: Callable[[int], None], stop: asyncio.Event) -> None:
+        """Listen on ``127.0.0.1:port`` until ``stop`` is set, then close every connection."""
+        server = await asyncio.start_server(
+            self.connection, "127.0.0.1", port, limit=MAX_HEADER_BYTES, backlog=BACKLOG
+        )
+        try:
+            on_ready(server.sockets[0].getsockname()[1])
+            await stop.wait()
+        finally:
+            server.close()
+            tasks = list(self._connections)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()

@@ -1,0 +1,135 @@
+"""A real HTTP/1.1 API on loopback with limits the client is not told: quota, capacity, failures.
+
+paceline's tests, benchmarks and demo prove adaptive throttling against it. It serves on
+asyncio streams with a small HTTP/1.1 parser (keep-alive, ``Content-Length`` bodies), fast
+enough not to be the bottleneck for a Python client at a few thousand requests per second.
+
+Routes:
+
+- ``GET|POST /items/<id>`` → ``{"id": "<id>", "n": <times served>}`` (POST adds the JSON body
+  as ``"echo"``).
+- ``POST /bulk`` with ``{"ids": [...]}`` → ``{"items": {id: {...}}}``, leaving out ids that start
+  with ``missing``; one call counts once against the quota.
+- ``GET /stats`` (``?times=1`` adds accepted arrival times) and ``POST /reset``, not counted.
+
+Every response has a ``Date``; served ones a ``Server-Timing: app;dur=<ms>`` with the latency
+the server chose. See :class:`ApiConfig` for the knobs.
+
+>>> import urllib.request, urllib.error
+>>> config = ApiConfig(quota=1, window_s=60, retry_after=True, base_latency_s=0)
+>>> with ApiServer(config) as server:
+...     first = urllib.request.urlopen(server.url + "/items/1").status
+...     try:
+...         urllib.request.urlopen(server.url + "/items/2")
+...     except urllib.error.HTTPError as exc:
+...         second = exc.code, exc.headers["Retry-After"]
+>>> first, second
+(200, (429, '60'))
+
+As a process (``--port 0`` picks a free port; the first stdout line gives the URL)::
+
+    python -m paceline.testing.api_server --quota 100/1s --retry-after --headers ietf \\
+        --capacity 16 --port 0
+    listening on http://127.0.0.1:40123
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
+from paceline.testing._api.app import Service
+from paceline.testing._api.config import ApiConfig
+from paceline.testing._api.server import ApiServer, SpawnedServer
+
+__all__ = ["ApiConfig", "ApiServer", "SpawnedServer", "main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m paceline.testing.api_server",
+        description="Serve the paceline test API on 127.0.0.1 until terminated.",
+    )
+    add = parser.add_argument
+    add("--quota", metavar="N/W", help="hidden quota, e.g. 100/1s or 10/0.5s (default: none)")
+    add("--retry-after", action="store_true", help="send Retry-After with each 429")
+    add("--headers", choices=["none", "ietf", "x"], default="none", help="quota headers to send")
+    add("--reset-format", choices=["epoch", "delta", "delta_ms"], default="delta")
+    add("--capacity", type=int, help="requests served at once before 503 (default: no limit)")
+    add("--base-latency-s", type=float, default=0.005, help="latency at low load, seconds")
+    add("--load-factor", type=float, default=1.0, help="latency growth above the knee")
+    add("--knee", type=int, help="in-flight count where latency starts to grow (capacity // 2)")
+    add("--error-rate", type=float, default=0.0, help="fraction answered 500")
+    add("--slow-rate", type=float, default=0.0, help="fraction answered slow-s later")
+    add("--slow-s", type=float, default=1.0, help="extra seconds for slow answers")
+    add("--drop-rate", type=float, default=0.0, help="fraction closed without an answer")
+    add("--seed", type=int, default=0, help="seed for the failure draws")
+    add("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ApiConfig:
+    """Build an :class:`ApiConfig` from parsed command-line arguments."""
+    quota: int | None = None
+    window_s = 1.0
+    if args.quota is not None:
+        rate = Rate.parse(args.quota)
+        quota, window_s = rate.max_requests, rate.window_ns / NS_PER_S
+    return ApiConfig(
+        quota=quota,
+        window_s=window_s,
+        retry_after=args.retry_after,
+        headers=args.headers,
+        reset_format=args.reset_format,
+        capacity=args.capacity,
+        base_latency_s=args.base_latency_s,
+        load_factor=args.load_factor,
+        knee=args.knee,
+        error_rate=args.error_rate,
+        slow_rate=args.slow_rate,
+        slow_s=args.slow_s,
+        drop_rate=args.drop_rate,
+        seed=args.seed,
+    )
+
+
+async def _serve(config: ApiConfig, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # SIGTERM (what SpawnedServer sends) and SIGINT close every connection and exit 0. Without
+    # this, a SIGINT inherited as ignored (a background job of a script) would not stop us.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: no such handlers
+            loop.add_signal_handler(signum, stop.set)
+
+    def ready(bound: int) -> None:
+        print(f"listening on http://127.0.0.1:{bound}", flush=True)
+
+    await Service(config).run(port, ready, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until terminated (SIGTERM or Ctrl-C); return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (RateSpecError, ValueError) as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(_serve(config, args.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"api_server: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
