@@ -139,3 +139,16 @@ def test_short_window_quotas_are_found_and_held(
     assert share >= min_share
     assert result.throttled_fraction <= max_throttled
     assert c.learned
+
+
+def test_a_503_cuts_concurrency_unless_the_pacer_held_the_attempt():
+    c = controller(initial_concurrency=20)
+    c.finished(10 * MS, c.started(0, 3, False), Outcome.OVERLOAD)
+    assert (c.concurrency_limit, c.rate_per_s) == (14, None)
+    paced = controller(initial_concurrency=20, initial_rate_per_s=50.0)
+    t = paced.started(0, 3, True)
+    for i in range(10):  # some accepted traffic to judge the rate from
+        paced.finished(i * MS + 5 * MS, paced.started(i * MS, 3, False), Outcome.SUCCESS)
+    paced.finished(20 * MS, t, Outcome.OVERLOAD)
+    assert paced.concurrency_limit == 20
+    assert paced.rate_per_s < 50.0

@@ -55,6 +55,8 @@ def build_options(
     halt: HaltSpec = None,
     timeout_s: float | None = None,
     deadline_s: float | None = None,
+    adaptive: Any = None,
+    classify: Callable[[Any, BaseException | None], Any] | None = None,
     **journal: Any,
 ) -> RunOptions[K, T, R]:
     """One :class:`RunOptions` from a face's arguments (journal pieces passed through)."""
@@ -72,6 +74,8 @@ def build_options(
         halt=halt_rules(halt),
         timeout_s=timeout_s,
         deadline_s=deadline_s,
+        adaptive=adaptive,
+        classify=classify,
         **journal,
     )
 

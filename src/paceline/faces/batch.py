@@ -24,6 +24,7 @@ from paceline.faces._options import (
     item_result,
     restored_item,
 )
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
 from paceline.policy.retry import RetryBudget
 from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.runners._common import ProgressCallback, auto_workers, sized_length
@@ -37,15 +38,24 @@ T = TypeVar("T")
 __all__ = ["batch_execute", "batch_execute_sync", "run_sync", "stream"]
 
 Concurrency = int | Literal["auto"] | None
+Adaptive = AdaptiveSettings | AdaptiveController | bool | None
 
 
 def _concurrency(
-    max_concurrent: Concurrency, max_workers: Concurrency, total: int | None
-) -> int | None:
+    max_concurrent: Concurrency, max_workers: Concurrency, total: int | None, adaptive: Adaptive
+) -> tuple[int | None, Adaptive]:
+    """Workers to start, and the adaptive control to use: ``"auto"`` means adaptive control
+    starting from :func:`auto_workers`; with adaptive control the workers are its ceiling."""
     chosen = max_workers if max_workers is not None else max_concurrent
-    if chosen == "auto":
-        return auto_workers(total)
-    return chosen
+    if chosen == "auto" and adaptive is None:
+        adaptive = AdaptiveSettings(initial_concurrency=auto_workers(total))
+    fixed = None if chosen == "auto" else chosen
+    if adaptive is None or adaptive is False:
+        return fixed, adaptive
+    if adaptive is True:
+        adaptive = AdaptiveSettings()
+    settings = adaptive.settings if isinstance(adaptive, AdaptiveController) else adaptive
+    return (settings.max_concurrency if fixed is None else fixed), adaptive
 
 
 def _ok(_index: int, _key: object, value: Any, _info: AttemptInfo) -> Success[Any]:
@@ -77,6 +87,8 @@ async def batch_execute(
     reuse_journal: bool = False,
     codec: Codec | None = None,
     key: Callable[[K], Any] | None = None,
+    adaptive: Adaptive = None,
+    classify: Callable[[Any, BaseException | None], Outcome] | None = None,
 ) -> list[Result[T]]:
     """Run ``await operation(key)`` for every key; return a ``Result`` per key, in key order.
 
@@ -102,6 +114,13 @@ async def batch_execute(
     this operation and ``journal_label``; another batch's journal is refused unless
     ``reuse_journal=True``. Results are stored as JSON (``codec`` for other types).
 
+    ``adaptive`` (``True``, :class:`~paceline.policy.adaptive.AdaptiveSettings` or a
+    controller) finds an unknown server limit from its answers: a raised
+    :class:`~paceline.Throttled` or an exception with ``status_code`` 429 cuts the rate, 503
+    or rising latency the concurrency, and a ``retry_after`` pauses every dispatch
+    (``classify(value, error)`` maps outcomes yourself). ``max_concurrent="auto"`` turns it
+    on, starting from a concurrency chosen from the batch size.
+
     >>> async def double(x: int) -> int:
     ...     return 2 * x
     >>> results = asyncio.run(batch_execute([1, 2, 3], double))
@@ -109,6 +128,7 @@ async def batch_execute(
     [2, 4, 6]
     """
     total = sized_length(keys)
+    workers, control = _concurrency(max_concurrent, max_workers, total, adaptive)
     with opened(
         journal, operation=operation, label=journal_label, reuse=reuse_journal, codec=codec
     ) as store:
@@ -125,11 +145,11 @@ async def batch_execute(
             timeout_s=timeout_s,
             deadline_s=deadline_s,
             **journal_options(store, _key_of(key), retry_failed, _restore_result),
+            adaptive=control,
+            classify=classify,
         )
         runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
-            operation,
-            concurrency=_concurrency(max_concurrent, max_workers, total),
-            options=options,
+            operation, concurrency=workers, options=options
         )
         state = await runner.collect(keys)
     if state.halt_reason is None:
@@ -174,6 +194,8 @@ async def stream(
     reuse_journal: bool = False,
     codec: Codec | None = None,
     key: Callable[[K], Any] | None = None,
+    adaptive: Adaptive = None,
+    classify: Callable[[Any, BaseException | None], Outcome] | None = None,
 ) -> AsyncIterator[BatchItemResult]:
     """Run ``operation`` over a lazy, possibly endless input and yield each item's
     :class:`~paceline.BatchItemResult` as it settles.
@@ -209,6 +231,7 @@ async def stream(
         return restored_item(name(index, key_), index, stored)
 
     total = sized_length(keys)
+    workers, control = _concurrency(max_concurrent, max_workers, total, adaptive)
     with opened(
         journal, operation=operation, label=journal_label, reuse=reuse_journal, codec=codec
     ) as store:
@@ -226,12 +249,11 @@ async def stream(
             timeout_s=timeout_s,
             deadline_s=deadline_s,
             **journal_options(store, _key_of(key), retry_failed, restore),
+            adaptive=control,
+            classify=classify,
         )
         runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
-            operation,
-            concurrency=_concurrency(max_concurrent, max_workers, total),
-            options=options,
-            read_ahead=read_ahead,
+            operation, concurrency=workers, options=options, read_ahead=read_ahead
         )
         async with contextlib.aclosing(runner.stream(keys, ordered=ordered)) as results:
             async for result in results:

@@ -241,8 +241,9 @@ class AdaptiveController:
             self._on_congestion(now_ns, ticket, cut_rate=True)
         elif outcome is Outcome.OVERLOAD:
             self.throttled += 1
-            cut_rate = ticket.rate_binding or not ticket.concurrency_binding
-            self._on_congestion(now_ns, ticket, cut_rate=cut_rate)
+            # 503 is an overloaded server: cut concurrency, unless the pacer was what held
+            # this attempt back (then the rate is what the server cannot take).
+            self._on_congestion(now_ns, ticket, cut_rate=ticket.rate_binding)
         elif outcome is Outcome.CAPACITY:
             self._on_congestion(now_ns, ticket, cut_rate=False)
         if ticket.probe and outcome is not Outcome.SUCCESS and self._probing:

@@ -24,9 +24,11 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar, cast
 
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.batch import BatchState
 from paceline.policy.rate import NS_PER_S
 from paceline.runners._common import sized_length
+from paceline.runners.adaptive_gate import AdaptiveGate
 from paceline.runners.gates import LeaseGate, async_acquirer
 from paceline.runners.settle import Job, RunOptions, Settler
 
@@ -158,6 +160,7 @@ class _Batch(Generic[K, T, R]):
         self._pull_lock = asyncio.Lock()
         self._halt_handled = False
         self.lease = LeaseGate.for_limiter(runner.options.limiter)
+        self.adaptive = _adaptive_gate(runner.options.adaptive, runner.options.classify)
 
     async def run(self) -> None:
         runner, state, options = self.runner, self.state, self.runner.options
@@ -344,6 +347,7 @@ class _Batch(Generic[K, T, R]):
         # This worker's own lease, in locals: the per-item check is two comparisons.
         lease_clock = lease.clock_ns if lease is not None else _monotonic_ns
         leased = use_by = stamp = 0
+        adaptive = self.adaptive
         try:
             while not state.stopped:
                 job = await self._next_job(pull, pull_async)
@@ -365,6 +369,7 @@ class _Batch(Generic[K, T, R]):
                             if state.stopped:
                                 self._unstarted(job)
                                 return
+                ticket = await adaptive.enter() if adaptive is not None else None
                 settler.first_attempt(job)
                 started = _monotonic_ns() if timed else 0
                 try:
@@ -372,7 +377,13 @@ class _Batch(Generic[K, T, R]):
                         value = await operation(job.item)
                     else:
                         value = await _with_timeout(operation(job.item), timeout_s)
+                except asyncio.CancelledError:
+                    if adaptive is not None and ticket is not None:
+                        adaptive.abandon()
+                    raise
                 except Exception as exc:
+                    if adaptive is not None and ticket is not None:
+                        adaptive.exit(ticket, None, exc)
                     elapsed = _monotonic_ns() - started if timed else 0
                     delay = settler.failure_of(job, exc, started, elapsed)
                     if delay is not None:
@@ -382,6 +393,8 @@ class _Batch(Generic[K, T, R]):
                         )
                         continue
                 else:
+                    if adaptive is not None and ticket is not None:
+                        adaptive.exit(ticket, value, None)
                     elapsed = _monotonic_ns() - started if timed else 0
                     settler.success(job, value, started, elapsed)
                 self._after_settle()
@@ -400,3 +413,19 @@ class _Batch(Generic[K, T, R]):
         """A job that got no attempt because the batch stopped while it waited for a token."""
         if job.attempt > 1:
             self.settler.abandon(job)
+
+
+def _adaptive_gate(adaptive: object, classify: object) -> AdaptiveGate | None:
+    """The gate for ``options.adaptive``: settings, a controller, ``True`` or ``None``."""
+    if adaptive is None or adaptive is False:
+        return None
+    if adaptive is True:
+        adaptive = AdaptiveSettings()
+    if isinstance(adaptive, AdaptiveSettings):
+        adaptive = AdaptiveController(adaptive)
+    if not isinstance(adaptive, AdaptiveController):
+        raise TypeError(
+            f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an "
+            "AdaptiveController"
+        )
+    return AdaptiveGate(adaptive, classify)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from paceline.policy.batch import BatchState
@@ -100,7 +100,9 @@ class RunOptions(Generic[K, T, R]):
     key_of: Callable[[int, K], str] | None = None
     retry_failed: bool = False
     restore: Callable[[int, K, Any], R] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # An AdaptiveController's settings (or the controller) for the async runner's gates.
+    adaptive: Any = None
+    classify: Callable[[Any, BaseException | None], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and not self.timeout_s > 0:

@@ -1,0 +1,123 @@
+"""The adaptive controller's gates for one event loop's workers.
+
+Before an attempt a worker awaits :meth:`AdaptiveGate.enter` (the pause, rate and concurrency
+gates of :class:`~paceline.policy.adaptive.AdaptiveController`); after it, it reports the
+outcome with :meth:`AdaptiveGate.exit`. Outcomes are classified by ``classify``: the default
+reads a raised :class:`~paceline.Throttled` (and its ``retry_after``), an exception carrying
+an HTTP ``status_code`` (or a ``response.status_code``), timeouts and connection errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from paceline.errors import Throttled
+from paceline.policy.adaptive import AdaptiveController, Outcome, Ticket
+from paceline.policy.retry import retry_after_of
+
+Classifier = Callable[[Any, BaseException | None], Outcome]
+"""``classify(value, error)``: how an attempt ended (``error`` is ``None`` on success)."""
+
+
+def status_of(error: BaseException) -> int | None:
+    """An HTTP status carried by an exception (``status_code`` or ``response.status_code``)."""
+    for holder in (error, getattr(error, "response", None)):
+        status = getattr(holder, "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def default_classify(value: Any, error: BaseException | None) -> Outcome:
+    """429 and ``Throttled`` throttle; 503 overloads; timeouts, connection errors and other
+    5xx say the server is at capacity; anything else says nothing about the server's limits."""
+    if error is None:
+        return Outcome.SUCCESS
+    if isinstance(error, Throttled):
+        return Outcome.THROTTLE
+    status = status_of(error)
+    if status == 429:
+        return Outcome.THROTTLE
+    if status == 503:
+        return Outcome.OVERLOAD
+    if status is not None and status >= 500:
+        return Outcome.CAPACITY
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return Outcome.CAPACITY
+    return Outcome.IGNORE
+
+
+class AdaptiveGate:
+    """Pause, rate and concurrency gates for the workers of one event loop.
+
+    >>> async def main() -> int:
+    ...     gate = AdaptiveGate(AdaptiveController())
+    ...     ticket = await gate.enter()
+    ...     gate.exit(ticket, 42, None)
+    ...     return gate.in_flight
+    >>> asyncio.run(main())
+    0
+    """
+
+    __slots__ = ("_now", "_slot_waiters", "classify", "controller", "in_flight")
+
+    def __init__(
+        self,
+        controller: AdaptiveController,
+        classify: Classifier | None = None,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.controller = controller
+        self.classify = classify or default_classify
+        self.in_flight = 0
+        self._now = clock_ns
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+
+    async def enter(self) -> Ticket:
+        """Wait until the controller lets an attempt start; the attempt starts now."""
+        waited_for_rate = False
+        controller = self.controller
+        while True:
+            now = self._now()
+            decision = controller.decide(now, self.in_flight)
+            if decision.go:
+                ticket = controller.started(now, self.in_flight, waited_for_rate)
+                self.in_flight += 1
+                return ticket
+            if decision.slot:
+                waiter = asyncio.get_running_loop().create_future()
+                self._slot_waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if not waiter.done():
+                        waiter.cancel()
+                continue
+            waited_for_rate = decision.rate
+            await asyncio.sleep(decision.wait_ns / 1e9)
+
+    def exit(self, ticket: Ticket, value: Any, error: BaseException | None) -> Outcome:
+        """The attempt ended: tell the controller, free its slot; returns the outcome."""
+        self.in_flight -= 1
+        outcome = self.classify(value, error)
+        retry_after = retry_after_of(error) if error is not None else None
+        self.controller.finished(self._now(), ticket, outcome, retry_after)
+        self._wake()
+        return outcome
+
+    def abandon(self) -> None:
+        """An attempt that entered was cancelled before it ended: free its slot only."""
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
