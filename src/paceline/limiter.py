@@ -233,6 +233,14 @@ class RateLimiter:
         size = min(min(sizes), 64)
         return size if size >= 4 else 0
 
+    def note_past_grants(self, granted_ns: list[int]) -> None:
+        """Count starts that happened before this limiter existed (monotonic ns), so a limit
+        learned mid-batch also covers what was already sent in the current window."""
+        with self._lock:
+            for stamp in sorted(granted_ns):
+                for log in self._policy._logs:
+                    log.record(stamp, 1)
+
     def give_back(self, granted_ns: int, weight: int = 1) -> None:
         """Return ``weight`` permits granted at ``granted_ns`` that were never used (the attempt
         was cancelled before it started). The even-pacing schedule is not rewound."""

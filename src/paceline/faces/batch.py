@@ -41,7 +41,7 @@ Concurrency = int | Literal["auto"] | None
 Adaptive = AdaptiveSettings | AdaptiveController | bool | None
 
 
-def _concurrency(
+def concurrency_plan(
     max_concurrent: Concurrency, max_workers: Concurrency, total: int | None, adaptive: Adaptive
 ) -> tuple[int | None, Adaptive]:
     """Workers to start, and the adaptive control to use: ``"auto"`` means adaptive control
@@ -128,7 +128,7 @@ async def batch_execute(
     [2, 4, 6]
     """
     total = sized_length(keys)
-    workers, control = _concurrency(max_concurrent, max_workers, total, adaptive)
+    workers, control = concurrency_plan(max_concurrent, max_workers, total, adaptive)
     with opened(
         journal, operation=operation, label=journal_label, reuse=reuse_journal, codec=codec
     ) as store:
@@ -231,7 +231,7 @@ async def stream(
         return restored_item(name(index, key_), index, stored)
 
     total = sized_length(keys)
-    workers, control = _concurrency(max_concurrent, max_workers, total, adaptive)
+    workers, control = concurrency_plan(max_concurrent, max_workers, total, adaptive)
     with opened(
         journal, operation=operation, label=journal_label, reuse=reuse_journal, codec=codec
     ) as store:

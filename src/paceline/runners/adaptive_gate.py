@@ -100,6 +100,11 @@ class AdaptiveGate:
             waited_for_rate = decision.rate
             await asyncio.sleep(decision.wait_ns / 1e9)
 
+    def sent(self, ticket: Ticket) -> None:
+        """The attempt really starts now (after any strict limiter's token): its RTT counts
+        from here, so time spent waiting for a token is not taken for server latency."""
+        ticket.sent_ns = self._now()
+
     def exit(self, ticket: Ticket, value: Any, error: BaseException | None) -> Outcome:
         """The attempt ended: tell the controller, free its slot; returns the outcome."""
         self.in_flight -= 1

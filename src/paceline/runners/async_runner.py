@@ -353,6 +353,9 @@ class _Batch(Generic[K, T, R]):
                 job = await self._next_job(pull, pull_async)
                 if job is None:
                     return
+                # Gates in series: the adaptive controller's (pause, rate, concurrency), then the
+                # strict limiter's token, taken last so it comes right before the start.
+                ticket = await adaptive.enter() if adaptive is not None else None
                 if acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
                     if weight == 1 and leased and lease_clock() <= use_by:
@@ -367,9 +370,12 @@ class _Batch(Generic[K, T, R]):
                             if try_now is None or try_now(weight) is None:
                                 await acquire(weight)
                             if state.stopped:
+                                if adaptive is not None:
+                                    adaptive.abandon()
                                 self._unstarted(job)
                                 return
-                ticket = await adaptive.enter() if adaptive is not None else None
+                if adaptive is not None and ticket is not None:
+                    adaptive.sent(ticket)
                 settler.first_attempt(job)
                 started = _monotonic_ns() if timed else 0
                 try:

@@ -1,0 +1,41 @@
+"""paceline.http: batches of HTTP requests with httpx, within the server's limits.
+
+Needs the ``http`` extra: ``pip install 'paceline[http]'``.
+
+>>> import asyncio
+>>> from paceline.http import fetch_all
+>>> from paceline.testing.api_server import ApiServer
+>>> with ApiServer() as server:
+...     results = asyncio.run(fetch_all([f"{server.url}/items/{i}" for i in range(3)]))
+>>> [r.value.status_code for r in results]
+[200, 200, 200]
+"""
+
+try:
+    import httpx as _httpx  # noqa: F401 - only to fail early with a clear message
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "paceline.http needs httpx: install it with pip install 'paceline[http]'"
+    ) from exc
+
+from paceline.http._face import fetch_all, fetch_all_sync, stream_requests
+from paceline.http._limits import ServerLimits
+from paceline.http._messages import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseCodec,
+    HttpStatusError,
+    as_request,
+)
+
+__all__ = [
+    "HttpRequest",
+    "HttpResponse",
+    "HttpResponseCodec",
+    "HttpStatusError",
+    "ServerLimits",
+    "as_request",
+    "fetch_all",
+    "fetch_all_sync",
+    "stream_requests",
+]

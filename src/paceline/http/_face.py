@@ -1,0 +1,174 @@
+"""``fetch_all`` and ``stream_requests``: the HTTP face over the async runner."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from paceline.faces.batch import (
+    Adaptive,
+    Concurrency,
+    batch_execute,
+    concurrency_plan,
+    run_sync,
+    stream,
+)
+from paceline.http._limits import ServerLimits
+from paceline.http._messages import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseCodec,
+    HttpStatusError,
+    as_request,
+    decode_body,
+)
+from paceline.limiter import RateLimiter
+from paceline.policy.retry import RetryPolicy
+from paceline.redact import redact_data
+from paceline.results import BatchItemResult, Result
+from paceline.runners._common import sized_length
+from paceline.signals import parse_signals
+
+RequestLike = str | Mapping[str, Any] | HttpRequest
+
+# Transient by default: throttles, server errors, timeouts and broken connections.
+DEFAULT_RETRY = RetryPolicy(
+    attempts=5,
+    base_s=0.2,
+    cap_s=30.0,
+    retry_on=(HttpStatusError, httpx.TransportError, TimeoutError),
+)
+
+
+def _sender(
+    client: httpx.AsyncClient, limits: ServerLimits, base_url: str | None
+) -> Callable[[RequestLike], Any]:
+    async def send(item: RequestLike) -> HttpResponse:
+        request = as_request(item)
+        url = request.url if base_url is None else httpx.URL(base_url).join(request.url)
+        started = time.monotonic()
+        response = await client.request(
+            request.method,
+            url,
+            headers=dict(request.headers),
+            json=request.json,
+            content=request.body,
+        )
+        signals = parse_signals(response.headers.multi_items())
+        limits.observe(signals)
+        if response.status_code >= 400:
+            raise HttpStatusError(response.status_code, response.text, signals.retry_after_s)
+        return HttpResponse(
+            status_code=response.status_code,
+            headers=redact_data(dict(response.headers)),
+            body=decode_body(response.content, response.headers.get("content-type", "")),
+            elapsed_s=time.monotonic() - started,
+        )
+
+    return send
+
+
+def _request_key(item: RequestLike) -> str:
+    request = as_request(item)
+    if request.id is not None:
+        return request.id
+    return f"{request.method} {request.url}"
+
+
+def _client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.AsyncClient:
+    if client is not None:
+        return client
+    # The pool must hold at least as many connections as may be in flight, or requests queue
+    # inside httpx after taking their token (and the server sees them later than we think).
+    size = max(10, workers or 10)
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+        timeout=httpx.Timeout(30.0),
+    )
+
+
+async def fetch_all(
+    requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+    *,
+    client: httpx.AsyncClient | None = None,
+    base_url: str | None = None,
+    max_concurrent: Concurrency = "auto",
+    rate_limiter: RateLimiter | None = None,
+    adaptive: Adaptive = None,
+    retry: RetryPolicy | int | None = DEFAULT_RETRY,
+    **options: Any,
+) -> list[Result[HttpResponse]]:
+    """Send every request; a ``Result[HttpResponse]`` per request, in input order.
+
+    Requests are URLs, mappings (``url``, ``method``, ``headers``, ``json``, ``body``, ``id``)
+    or :class:`HttpRequest`. By default the concurrency and rate adapt to the server's answers
+    (429 and 503, ``Retry-After``, latency); a ``RateLimit-Policy`` header turns into a strict
+    limit as soon as it is seen. Transient failures are retried (5 attempts, jittered backoff).
+    Other options are those of :func:`paceline.batch_execute` (``journal=``, ``halt=``,
+    ``timeout_s=``...); with a journal, requests are keyed by their ``id`` or "METHOD URL".
+    """
+    total = sized_length(requests)
+    workers, control = concurrency_plan(max_concurrent, None, total, adaptive)
+    limits = ServerLimits(rate_limiter)
+    own = client is None
+    http = _client_for(client, workers)
+    options.setdefault("key", _request_key)
+    options.setdefault("codec", HttpResponseCodec())
+    try:
+        return await batch_execute(
+            requests,
+            _sender(http, limits, base_url),
+            workers,
+            rate_limiter=limits,
+            adaptive=control,
+            retry=retry,
+            **options,
+        )
+    finally:
+        if own:
+            await http.aclose()
+
+
+async def stream_requests(
+    requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+    *,
+    client: httpx.AsyncClient | None = None,
+    base_url: str | None = None,
+    max_concurrent: Concurrency = "auto",
+    rate_limiter: RateLimiter | None = None,
+    adaptive: Adaptive = None,
+    retry: RetryPolicy | int | None = DEFAULT_RETRY,
+    **options: Any,
+) -> AsyncIterator[BatchItemResult]:
+    """:func:`fetch_all` for huge or endless inputs: yields each request's
+    :class:`~paceline.BatchItemResult` as it settles (see :func:`paceline.stream`)."""
+    total = sized_length(requests)
+    workers, control = concurrency_plan(max_concurrent, None, total, adaptive)
+    limits = ServerLimits(rate_limiter)
+    own = client is None
+    http = _client_for(client, workers)
+    options.setdefault("key", _request_key)
+    options.setdefault("item_id", _request_key)
+    options.setdefault("codec", HttpResponseCodec())
+    try:
+        async for result in stream(
+            requests,
+            _sender(http, limits, base_url),
+            workers,
+            rate_limiter=limits,
+            adaptive=control,
+            retry=retry,
+            **options,
+        ):
+            yield result
+    finally:
+        if own:
+            await http.aclose()
+
+
+def fetch_all_sync(requests: Iterable[RequestLike], **options: Any) -> list[Result[HttpResponse]]:
+    """:func:`fetch_all` from sync code (also inside a running event loop)."""
+    return run_sync(fetch_all(requests, **options))
