@@ -11,6 +11,7 @@
 
 from paceline.errors import PacelineError, Throttled
 from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
+from paceline.faces.bulk import fetch_many
 from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
 from paceline.faces.plan import DryRun, dry_run
 from paceline.limiter import AsyncRateLimiterProtocol, RateLimiter, RateLimiterProtocol
@@ -61,6 +62,7 @@ __all__ = [
     "batch_execute",
     "batch_execute_sync",
     "dry_run",
+    "fetch_many",
     "run_sync",
     "stream",
 ]
