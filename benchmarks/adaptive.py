@@ -1,0 +1,155 @@
+"""Adaptive control against the test API (issue 4's scenarios), the server in its own process.
+
+usage: benchmarks/.venv/bin/python benchmarks/adaptive.py [--short]
+
+Each scenario streams an endless input of GETs through paceline.http for a fixed time and
+reads what the *server* saw: accepted requests against the quota over that time, the share
+answered 429/503, and the most accepted in any window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from paceline.http import stream_requests
+from paceline.policy.retry import RetryPolicy
+from paceline.testing.api_server import ApiConfig, ApiServer
+
+RETRY = RetryPolicy(attempts=100, base_s=0.05, cap_s=2.0)
+
+
+@dataclass
+class Scenario:
+    name: str
+    config: ApiConfig
+    seconds: float
+    target: str
+
+
+async def drive(url: str, seconds: float) -> int:
+    urls = (f"{url}/items/{i}" for i in itertools.count())
+    done = 0
+    async for _ in stream_requests(urls, deadline_s=seconds, retry=RETRY):
+        done += 1
+    return done
+
+
+def run(scenario: Scenario) -> str:
+    with ApiServer.spawn(scenario.config) as server:
+        started = time.monotonic()
+        asyncio.run(drive(server.url, scenario.seconds))
+        elapsed = time.monotonic() - started
+        stats = server.stats()
+    config = scenario.config
+    requests = max(1, stats["requests"])
+    parts = []
+    if config.quota is not None:
+        share = stats["accepted"] / (config.quota / config.window_s * elapsed)
+        parts.append(f"{share:.3f} of the quota")
+        parts.append(f"max {stats['max_accepted_in_any_window']}/{config.quota} per window")
+    else:
+        parts.append(f"{stats['accepted'] / elapsed:.0f} accepted/s")
+    parts.append(f"429 {stats['throttled_429'] / requests:.1%}")
+    parts.append(f"503 {stats['overloaded_503'] / requests:.1%}")
+    if stats.get("latency_p50_s"):
+        parts.append(f"p50 {stats['latency_p50_s'] * 1000:.1f} ms")
+    return f"{scenario.name:<44} {', '.join(parts)}   (target: {scenario.target})"
+
+
+async def plain_httpx(url: str, seconds: float, concurrency: int) -> int:
+    sem = asyncio.Semaphore(concurrency)
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            for i in itertools.count():
+                if time.monotonic() >= deadline:
+                    return
+                async with sem:
+                    response = await client.get(f"{url}/items/{i}")
+                    response.raise_for_status()
+                    done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+async def paceline_fixed(url: str, seconds: float, concurrency: int) -> int:
+    urls = (f"{url}/items/{i}" for i in itertools.count())
+    done = 0
+    async for _ in stream_requests(
+        urls, deadline_s=seconds, max_concurrent=concurrency, adaptive=False
+    ):
+        done += 1
+    return done
+
+
+def unlimited(seconds: float) -> str:
+    config = ApiConfig(base_latency_s=0.002)
+    rates = {}
+    for name, fn in (("httpx+semaphore", plain_httpx), ("paceline.http", paceline_fixed)):
+        with ApiServer.spawn(config) as server:
+            started = time.monotonic()
+            done = asyncio.run(fn(server.url, seconds, 32))
+            rates[name] = done / (time.monotonic() - started)
+    ratio = rates["paceline.http"] / rates["httpx+semaphore"]
+    return (
+        f"{'no limit, concurrency 32':<44} paceline.http {rates['paceline.http']:.0f}/s, "
+        f"httpx+semaphore {rates['httpx+semaphore']:.0f}/s = {ratio:.2f}x   (target: >= 0.95x)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--short", action="store_true", help="10 s scenarios (smoke test)")
+    args = parser.parse_args()
+    scale = 10 / 60 if args.short else 1.0
+    scenarios = [
+        Scenario(
+            "hidden quota 100/s, Retry-After",
+            ApiConfig(quota=100, window_s=1.0, retry_after=True),
+            60 * scale,
+            ">= 0.93 of quota, <= 2% 429",
+        ),
+        Scenario(
+            "hidden quota 100/s, no Retry-After",
+            ApiConfig(quota=100, window_s=1.0),
+            60 * scale,
+            ">= 0.88, <= 2% 429",
+        ),
+        Scenario(
+            "quota 100/s announced by RateLimit-Policy",
+            ApiConfig(quota=100, window_s=1.0, headers="ietf"),
+            60 * scale,
+            ">= 0.98, no 429 after the first answer",
+        ),
+        Scenario(
+            "long window 600 per 60 s, Retry-After",
+            ApiConfig(quota=600, window_s=60.0, retry_after=True),
+            180 * scale,
+            ">= 0.85, <= 2% 429",
+        ),
+        Scenario(
+            "capacity 16 in flight, no quota",
+            ApiConfig(capacity=16, base_latency_s=0.01),
+            30 * scale,
+            ">= 0.8 of capacity, <= 2% 503, p50 <= 1.5x unloaded (10 ms)",
+        ),
+    ]
+    print(time.strftime("adaptive scenarios — %Y-%m-%d %H:%M"), flush=True)
+    for scenario in scenarios:
+        print(run(scenario), flush=True)
+    print(unlimited(20 * scale), flush=True)
+
+
+if __name__ == "__main__":
+    main()
