@@ -114,9 +114,11 @@ class AdaptiveGate:
         self._wake()
         return outcome
 
-    def abandon(self) -> None:
-        """An attempt that entered was cancelled before it ended: free its slot only."""
+    def abandon(self, ticket: Ticket) -> None:
+        """An attempt that entered was cancelled before it ended: free its slot; the
+        controller learns nothing from it (but stops waiting for it if it was a probe)."""
         self.in_flight -= 1
+        self.controller.finished(self._now(), ticket, Outcome.IGNORE)
         self._wake()
 
     def _wake(self) -> None:

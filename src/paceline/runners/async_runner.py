@@ -368,10 +368,15 @@ class _Batch(Generic[K, T, R]):
                             leased -= 1
                         else:
                             if try_now is None or try_now(weight) is None:
-                                await acquire(weight)
+                                try:
+                                    await acquire(weight)
+                                except asyncio.CancelledError:
+                                    if adaptive is not None and ticket is not None:
+                                        adaptive.abandon(ticket)
+                                    raise
                             if state.stopped:
-                                if adaptive is not None:
-                                    adaptive.abandon()
+                                if adaptive is not None and ticket is not None:
+                                    adaptive.abandon(ticket)
                                 self._unstarted(job)
                                 return
                 if adaptive is not None and ticket is not None:
@@ -385,7 +390,8 @@ class _Batch(Generic[K, T, R]):
                         value = await _with_timeout(operation(job.item), timeout_s)
                 except asyncio.CancelledError:
                     if adaptive is not None and ticket is not None:
-                        adaptive.abandon()
+                        adaptive.abandon(ticket)
+                        ticket = None
                     raise
                 except Exception as exc:
                     if adaptive is not None and ticket is not None:
