@@ -76,3 +76,35 @@ def test_a_capacity_limit_is_found_from_503s_and_latency():
     assert all(r.is_success for r in results)
     assert stats["max_in_flight"] <= 6
     assert stats["overloaded_503"] / stats["requests"] < 0.25
+
+
+@pytest.mark.timeout(60)
+def test_threads_with_max_workers_auto_find_a_hidden_quota_too():
+    import json
+    import urllib.error
+    import urllib.request
+
+    from paceline import BatchExecutor
+
+    config = ApiConfig(quota=25, window_s=0.5, retry_after=False, base_latency_s=0.002)
+    with ApiServer.spawn(config) as server:
+
+        def fetch(i):
+            try:
+                with urllib.request.urlopen(f"{server.url}/items/{i}", timeout=10) as response:
+                    return json.load(response)["id"]
+            except urllib.error.HTTPError as exc:
+                raise HttpError(exc.code) from None
+
+        executor = BatchExecutor(
+            stop_on_error=False,
+            max_workers="auto",
+            retry=RetryPolicy(attempts=30, base_s=0.05, cap_s=1.0, retry_on=(HttpError,)),
+            retry_budget=RetryBudget(ratio=1.0, floor=50),
+        )
+        result = executor.execute_batch([lambda i=i: fetch(i) for i in range(150)])
+        stats = server.stats()
+    assert result.all_successful, result.failed_items[:3]
+    assert result.results == [str(i) for i in range(150)]
+    assert stats["max_accepted_in_any_window"] <= 25
+    assert stats["throttled_429"] / stats["requests"] < 0.2

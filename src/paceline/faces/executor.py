@@ -15,6 +15,7 @@ from paceline.faces._options import (
     restored_item,
     retry_policy,
 )
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
 from paceline.policy.batch import BatchState
 from paceline.policy.retry import RetryBudget
 from paceline.results import BatchInterrupted, BatchItemResult, BatchResult
@@ -31,6 +32,10 @@ from paceline.runners.thread_runner import ThreadRunner
 from paceline.stores import Codec, StoredOutcome, item_key
 
 T = TypeVar("T")
+
+# Threads are not free (a stack each, and GIL handoffs): adaptive control never grows a
+# thread pool past this.
+AUTO_THREADS_MAX = 64
 
 __all__ = ["BatchExecutor", "RateLimitedExecutor"]
 
@@ -86,6 +91,8 @@ class BatchExecutor:
         timeout_s: float | None = None,
         deadline_s: float | None = None,
         undo: Callable[[str, Any], Any] | None = None,
+        adaptive: AdaptiveSettings | AdaptiveController | bool | None = None,
+        classify: Callable[[Any, BaseException | None], Outcome] | None = None,
     ) -> None:
         resolve_workers(max_workers, None)  # validate early: a typo fails here, not mid-batch
         self._undo = undo
@@ -93,6 +100,8 @@ class BatchExecutor:
         self._rate_limiter = rate_limiter
         sync_acquirer(rate_limiter)
         self._max_workers = max_workers
+        self._adaptive = adaptive
+        self._classify = classify
         self._reliability: dict[str, Any] = {
             "retry": retry_policy(retry),
             "retry_budget": retry_budget,
@@ -199,6 +208,7 @@ class BatchExecutor:
                 retry_failed,
                 restore,
             )
+            workers, control = self._plan(total)
             options = build_options(
                 ok=ok,
                 err=err,
@@ -206,11 +216,13 @@ class BatchExecutor:
                 stop_on_error=self._stop_on_error,
                 on_progress=on_progress,
                 timed=True,
+                adaptive=control,
+                classify=self._classify,
                 **self._reliability,
                 **journaled,
             )
             runner: ThreadRunner[Callable[[], Any], Any, BatchItemResult] = ThreadRunner(
-                _call, workers=resolve_workers(self._max_workers, total), options=options
+                _call, workers=workers, options=options
             )
             try:
                 state = runner.collect(tasks, total)
@@ -232,6 +244,22 @@ class BatchExecutor:
         if self._undo is not None and state.halt_reason is not None:
             result.rollback = self._rollback(succeeded)
         return result
+
+    def _plan(self, total: int | None) -> tuple[int | None, Any]:
+        """Threads to start and the adaptive control: ``max_workers="auto"`` starts from
+        :func:`auto_workers` and lets the controller move between 1 and 64 threads."""
+        adaptive = self._adaptive
+        if self._max_workers == "auto" and adaptive is None:
+            start = auto_workers(total)
+            ceiling = max(start, min(AUTO_THREADS_MAX, total if total is not None else 64))
+            adaptive = AdaptiveSettings(initial_concurrency=start, max_concurrency=ceiling)
+        if adaptive is None or adaptive is False:
+            return resolve_workers(self._max_workers, total), None
+        if adaptive is True:
+            adaptive = AdaptiveSettings(max_concurrency=AUTO_THREADS_MAX)
+        settings = adaptive.settings if isinstance(adaptive, AdaptiveController) else adaptive
+        workers = self._max_workers if isinstance(self._max_workers, int) else None
+        return (workers or settings.max_concurrency), adaptive
 
     def _rollback(self, succeeded: list[BatchItemResult]) -> BatchResult:
         """Undo the items that succeeded, newest first, through the same limits."""

@@ -30,9 +30,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, Ticket
 from paceline.policy.batch import BatchState
 from paceline.policy.rate import NS_PER_S
+from paceline.policy.retry import retry_after_of
 from paceline.runners._common import sized_length
+from paceline.runners.adaptive_gate import default_classify
 from paceline.runners.gates import LeaseGate, sync_acquirer
 from paceline.runners.settle import Job, RunOptions, Settler
 from paceline.runners.signals import InterruptGate, deferred_interrupts
@@ -135,6 +138,10 @@ class _Dispatch(Generic[K, T, R]):
         self.work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
         self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self.signals: InterruptGate | None = None
+        self.control = _controller(self.options.adaptive)
+        self.classify = self.options.classify or default_classify
+        self.tickets: dict[int, Ticket] = {}  # job id -> the adaptive controller's ticket
+        self._rate_waited = False
 
     # -- the dispatcher loop -----------------------------------------------------------------
 
@@ -219,6 +226,9 @@ class _Dispatch(Generic[K, T, R]):
                         break
                     self._wait_for_done()
                     continue
+                if self.control is not None and not self._adaptive_admits():
+                    self._requeue(job)
+                    continue
                 if acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
                     if weight != 1 or lease is None or not lease.take():
@@ -247,10 +257,38 @@ class _Dispatch(Generic[K, T, R]):
             if lease is not None:
                 lease.close()
 
+    def _adaptive_admits(self) -> bool:
+        """The adaptive controller's gates (pause, rate, concurrency): wait while they say
+        so (collecting finished work meanwhile); ``False`` if the batch stopped first."""
+        control = self.control
+        assert control is not None
+        self._rate_waited = False
+        while not self.state.stopped:
+            now = _monotonic_ns()
+            decision = control.decide(now, self.in_flight)
+            if decision.go:
+                return True
+            if decision.slot:
+                self._wait_for_done()
+            else:
+                self._rate_waited = decision.rate
+                self._wait_for_done(now + decision.wait_ns)
+            self._check_signals()
+        return False
+
+    def _requeue(self, job: Job[K]) -> None:
+        """A job held back because the batch stopped while it waited at the adaptive gate."""
+        if job.attempt > 1:
+            self.settler.abandon(job)
+
     def _start(self, job: Job[K]) -> None:
         self.settler.first_attempt(job)
         self._attempt_id += 1
         job_id = self._attempt_id
+        if self.control is not None:
+            self.tickets[job_id] = self.control.started(
+                _monotonic_ns(), self.in_flight, self._rate_waited
+            )
         timeout_at = (
             _monotonic_ns() + round(self.options.timeout_s * NS_PER_S)
             if self.options.timeout_s is not None
@@ -278,9 +316,10 @@ class _Dispatch(Generic[K, T, R]):
             self._handle(done.get())
         self._expire_timeouts()
 
-    def _wait_for_done(self) -> None:
-        """Block until an attempt finishes, or until the next retry, timeout or deadline."""
-        wake = [t for t in (self.deadline_ns,) if t is not None]
+    def _wait_for_done(self, until_ns: int | None = None) -> None:
+        """Block until an attempt finishes, or until the next retry, timeout or deadline (or
+        ``until_ns``)."""
+        wake = [t for t in (self.deadline_ns, until_ns) if t is not None]
         if self.retries:
             wake.append(self.retries[0][0])
         if self.options.timeout_s is not None and self.running:
@@ -295,6 +334,16 @@ class _Dispatch(Generic[K, T, R]):
             self._expire_timeouts()
             return
         self._handle(outcome)
+
+    def _tell_controller(
+        self, job_id: int, value: Any, error: BaseException | None, skipped: bool = False
+    ) -> None:
+        ticket = self.tickets.pop(job_id, None)
+        if ticket is None or self.control is None:
+            return
+        outcome = Outcome.IGNORE if skipped else self.classify(value, error)
+        retry_after = retry_after_of(error) if error is not None else None
+        self.control.finished(_monotonic_ns(), ticket, outcome, retry_after)
 
     def _expire_timeouts(self) -> None:
         if self.options.timeout_s is None or not self.running:
@@ -320,12 +369,14 @@ class _Dispatch(Generic[K, T, R]):
             raise outcome.error
         if isinstance(outcome, _Skipped):
             self.in_flight -= 1
+            self._tell_controller(outcome.job_id, None, None, skipped=True)
             entry = self.running.pop(outcome.job_id, None)
             if entry is not None and entry[1].attempt > 1:
                 self.settler.abandon(entry[1])
             return
         job_id, value, failed, started, elapsed = outcome
         self.in_flight -= 1
+        self._tell_controller(job_id, None if failed else value, value if failed else None)
         entry = self.running.pop(job_id, None)
         if entry is None:
             return  # it timed out earlier and was settled (or retried) then
@@ -435,3 +486,17 @@ class _Dispatch(Generic[K, T, R]):
                 return
             else:
                 put((job_id, value, False, started, _monotonic_ns() - started if timed else 0))
+
+
+def _controller(adaptive: object) -> AdaptiveController | None:
+    if adaptive is None or adaptive is False:
+        return None
+    if adaptive is True:
+        return AdaptiveController(AdaptiveSettings())
+    if isinstance(adaptive, AdaptiveSettings):
+        return AdaptiveController(adaptive)
+    if isinstance(adaptive, AdaptiveController):
+        return adaptive
+    raise TypeError(
+        f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an AdaptiveController"
+    )
