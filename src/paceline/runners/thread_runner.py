@@ -376,7 +376,8 @@ class _Dispatch(Generic[K, T, R]):
             return
         job_id, value, failed, started, elapsed = outcome
         self.in_flight -= 1
-        self._tell_controller(job_id, None if failed else value, value if failed else None)
+        if self.control is not None:
+            self._tell_controller(job_id, None if failed else value, value if failed else None)
         entry = self.running.pop(job_id, None)
         if entry is None:
             return  # it timed out earlier and was settled (or retried) then
