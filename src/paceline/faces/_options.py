@@ -84,23 +84,34 @@ def item_result(
     item_id: str, index: int, outcome: Any, info: AttemptInfo, failed: bool
 ) -> BatchItemResult:
     """A :class:`BatchItemResult` from a runner's outcome (shared by the faces)."""
-    common: dict[str, Any] = {
-        "index": index,
-        "attempts": info.attempts,
-        "started_ns": info.started_ns,
-        "duration_s": info.duration_ns / NS_PER_S,
-        "history": info.history,
-    }
+    # Positional, in field order: this runs once per item on the settling thread's hot path.
     if failed:
         return BatchItemResult(
-            item_id=item_id,
-            success=False,
-            error=str(outcome) or type(outcome).__name__,
-            exception=outcome,
-            error_code=error_code_for(outcome),
-            **common,
+            item_id,
+            False,
+            None,
+            str(outcome) or type(outcome).__name__,
+            outcome,
+            error_code_for(outcome),
+            info.attempts,
+            index,
+            info.started_ns,
+            info.duration_ns / NS_PER_S,
+            info.history,
         )
-    return BatchItemResult(item_id=item_id, success=True, result=outcome, **common)
+    return BatchItemResult(
+        item_id,
+        True,
+        outcome,
+        None,
+        None,
+        None,
+        info.attempts,
+        index,
+        info.started_ns,
+        info.duration_ns / NS_PER_S,
+        info.history,
+    )
 
 
 def restored_item(item_id: str, index: int, stored: StoredOutcome) -> BatchItemResult:

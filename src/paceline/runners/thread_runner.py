@@ -314,7 +314,8 @@ class _Dispatch(Generic[K, T, R]):
         done = self.done
         while not done.empty():
             self._handle(done.get())
-        self._expire_timeouts()
+        if self.options.timeout_s is not None:
+            self._expire_timeouts()
 
     def _wait_for_done(self, until_ns: int | None = None) -> None:
         """Block until an attempt finishes, or until the next retry, timeout or deadline (or
