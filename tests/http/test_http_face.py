@@ -25,7 +25,7 @@ def test_every_request_gets_its_response_in_input_order():
 def test_a_ratelimit_policy_header_becomes_a_strict_limit_with_no_429_after_it():
     config = ApiConfig(quota=30, window_s=0.5, headers="ietf", base_latency_s=0.002)
     # The server in its own process, as a real one is: in-process it shares the client's GIL,
-    # which delays arrivals by more than the 10 ms margin now and then.
+    # which delays arrivals by more than the margin now and then.
     with ApiServer.spawn(config) as server:
         results = asyncio.run(fetch_all([f"{server.url}/items/{i}" for i in range(150)]))
         stats = server.stats()
