@@ -90,6 +90,32 @@ def _client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.
     )
 
 
+class _Setup:
+    """What both HTTP faces prepare: workers, adaptive control, header limits, the client."""
+
+    def __init__(
+        self,
+        requests: object,
+        client: httpx.AsyncClient | None,
+        max_concurrent: Concurrency,
+        rate_limiter: RateLimiter | None,
+        adaptive: Adaptive,
+        options: dict[str, Any],
+    ) -> None:
+        self.workers, self.control = concurrency_plan(
+            max_concurrent, None, sized_length(requests), adaptive
+        )
+        self.limits = ServerLimits(rate_limiter)
+        self.own = client is None
+        self.http = _client_for(client, self.workers)
+        options.setdefault("key", _request_key)
+        options.setdefault("codec", HttpResponseCodec())
+
+    async def close(self) -> None:
+        if self.own:
+            await self.http.aclose()
+
+
 async def fetch_all(
     requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
     *,
@@ -110,26 +136,19 @@ async def fetch_all(
     Other options are those of :func:`paceline.batch_execute` (``journal=``, ``halt=``,
     ``timeout_s=``...); with a journal, requests are keyed by their ``id`` or "METHOD URL".
     """
-    total = sized_length(requests)
-    workers, control = concurrency_plan(max_concurrent, None, total, adaptive)
-    limits = ServerLimits(rate_limiter)
-    own = client is None
-    http = _client_for(client, workers)
-    options.setdefault("key", _request_key)
-    options.setdefault("codec", HttpResponseCodec())
+    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, options)
     try:
         return await batch_execute(
             requests,
-            _sender(http, limits, base_url),
-            workers,
-            rate_limiter=limits,
-            adaptive=control,
+            _sender(setup.http, setup.limits, base_url),
+            setup.workers,
+            rate_limiter=setup.limits,
+            adaptive=setup.control,
             retry=retry,
             **options,
         )
     finally:
-        if own:
-            await http.aclose()
+        await setup.close()
 
 
 async def stream_requests(
@@ -145,28 +164,21 @@ async def stream_requests(
 ) -> AsyncIterator[BatchItemResult]:
     """:func:`fetch_all` for huge or endless inputs: yields each request's
     :class:`~paceline.BatchItemResult` as it settles (see :func:`paceline.stream`)."""
-    total = sized_length(requests)
-    workers, control = concurrency_plan(max_concurrent, None, total, adaptive)
-    limits = ServerLimits(rate_limiter)
-    own = client is None
-    http = _client_for(client, workers)
-    options.setdefault("key", _request_key)
     options.setdefault("item_id", _request_key)
-    options.setdefault("codec", HttpResponseCodec())
+    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, options)
     try:
         async for result in stream(
             requests,
-            _sender(http, limits, base_url),
-            workers,
-            rate_limiter=limits,
-            adaptive=control,
+            _sender(setup.http, setup.limits, base_url),
+            setup.workers,
+            rate_limiter=setup.limits,
+            adaptive=setup.control,
             retry=retry,
             **options,
         ):
             yield result
     finally:
-        if own:
-            await http.aclose()
+        await setup.close()
 
 
 def fetch_all_sync(requests: Iterable[RequestLike], **options: Any) -> list[Result[HttpResponse]]:

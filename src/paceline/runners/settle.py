@@ -163,14 +163,7 @@ class Settler(Generic[K, T, R]):
         options = self.options
         info = self._info(job, started_ns, elapsed_ns, None)
         if options.journal is not None:
-            assert job.key is not None
-            options.journal.record(
-                job.key,
-                success=True,
-                result=value,
-                attempts=job.attempt,
-                duration_s=elapsed_ns / NS_PER_S if options.timed else None,
-            )
+            self._record(job, elapsed_ns, success=True, result=value)
         self._settle(job.index, options.ok(job.index, job.item, value, info), False)
 
     def failure_of(
@@ -198,17 +191,31 @@ class Settler(Generic[K, T, R]):
         options = self.options
         info = self._info(job, started_ns, elapsed_ns, error)
         if options.journal is not None:
-            assert job.key is not None
-            options.journal.record(
-                job.key,
-                success=False,
-                error=error,
-                attempts=job.attempt,
-                duration_s=elapsed_ns / NS_PER_S if options.timed else None,
-            )
+            self._record(job, elapsed_ns, success=False, error=error)
         if options.stop_on_error and self.failure is None:
             self.failure = error
         self._settle(job.index, options.err(job.index, job.item, error, info), True)
+
+    def _record(
+        self,
+        job: Job[K],
+        elapsed_ns: int,
+        *,
+        success: bool,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        journal = self.options.journal
+        assert journal is not None
+        assert job.key is not None
+        journal.record(
+            job.key,
+            success=success,
+            result=result,
+            error=error,
+            attempts=job.attempt,
+            duration_s=elapsed_ns / NS_PER_S if self.options.timed else None,
+        )
 
     def abandon(self, job: Job[K]) -> None:
         """A job waiting for its retry when the batch stopped: it settles with its last error
