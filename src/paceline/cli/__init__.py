@@ -1,0 +1,34 @@
+"""The ``paceline`` command line. Needs the ``cli`` extra: ``pip install 'paceline[cli,http]'``.
+
+``main()`` is the console script's entry point; it returns the exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``paceline`` command with ``argv`` (default: the process's arguments)."""
+    try:
+        from paceline.cli.app import app
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        print(
+            f"paceline: the command line needs its extra ({exc.name} is missing): "
+            "pip install 'paceline[cli,http]'",
+            file=sys.stderr,
+        )
+        return 2
+    import click
+
+    try:
+        result = app(args=argv, prog_name="paceline", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("paceline: interrupted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,357 @@
+"""The ``paceline`` command (typer): ``http``, ``call``, ``exec``, ``report``, ``resume``,
+``serve-test`` and ``demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from paceline.cli.run import EXIT_USAGE, SPEC_META, Display, run_spec, write_html
+from paceline.cli.spec import RunSpec, UsageError
+
+app = typer.Typer(
+    name="paceline",
+    help="Run big batches against rate-limited APIs as fast as they allow, never faster: "
+    "HTTP requests, Python calls or commands, one per input row, with a live progress bar, "
+    "a resumable journal and a report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# -- options shared by http, call and exec ------------------------------------------------
+
+Input = Annotated[str, typer.Argument(help="JSON Lines or CSV file, or - for stdin.")]
+Rates = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--rate", help="At most N starts per window, e.g. 10/s, 500/min; repeat: all apply."
+    ),
+]
+Burst = Annotated[
+    int | None, typer.Option(help="Starts allowed back to back (1: evenly paced).")
+]
+Concurrency = Annotated[
+    str,
+    typer.Option(
+        "-j", "--concurrency", help="Items in flight: a number, or auto (adapts to the server)."
+    ),
+]
+Retries = Annotated[
+    int | None,
+    typer.Option(help="Retries of a failed item (default: http 4 for transient failures; 0)."),
+]
+Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds per attempt.")]
+Halt = Annotated[
+    list[str] | None,
+    typer.Option("--halt", help="Stop early, GNU parallel style: soon,fail=5%  now,fail=1 ..."),
+]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would run (first items, limits); run nothing.")
+]
+KeepOrder = Annotated[
+    bool, typer.Option("--keep-order", "-k", help="Write results in input order.")
+]
+JournalOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--journal", help="Journal file (default: under .paceline/, from the command); none: off."
+    ),
+]
+RetryFailed = Annotated[
+    bool, typer.Option("--retry-failed", help="Run the items that failed before again.")
+]
+Fresh = Annotated[bool, typer.Option("--fresh", help="Forget the journal: start over.")]
+Out = Annotated[
+    str | None, typer.Option("--out", "-o", help="Write outcomes: results.jsonl, .csv, or -.")
+]
+OnBad = Annotated[
+    str,
+    typer.Option(
+        "--on-bad-input", help="A malformed line: stop (exit 2) or skip (record it as failed)."
+    ),
+]
+Format = Annotated[str, typer.Option("--format", help="auto, jsonl, csv or tsv.")]
+IdOpt = Annotated[
+    str | None, typer.Option("--id", help="Template naming each item, e.g. '{tenant}'.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no report.")]
+Html = Annotated[
+    str | None, typer.Option("--html", help="Also write the report as a self-contained page.")
+]
+NoReport = Annotated[bool, typer.Option("--no-report", help="No summary at the end.")]
+
+
+def _common(**values: Any) -> dict[str, Any]:
+    return {
+        "rates": list(values["rate"] or []),
+        "burst": values["burst"],
+        "concurrency": values["concurrency"],
+        "retries": values["retries"],
+        "timeout_s": values["timeout"],
+        "halt": list(values["halt"] or []),
+        "keep_order": values["keep_order"],
+        "journal": values["journal"],
+        "retry_failed": values["retry_failed"],
+        "out": values["out"],
+        "on_bad_input": values["on_bad_input"],
+        "format": values["format"],
+        "id_template": values["id"],
+    }
+
+
+def _launch(spec: RunSpec, values: dict[str, Any]) -> None:
+    display = Display(quiet=values["quiet"], report=not values["no_report"], html=values["html"])
+    try:
+        if values["dry_run"]:
+            from paceline.cli.plan import show_plan
+
+            code = show_plan(spec, sys.stdout)
+        else:
+            code = run_spec(spec, display, fresh=values["fresh"])
+    except UsageError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit 2."""
+    typer.echo(f"paceline: error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+@app.command("http")
+def http_command(
+    input: Input,
+    url: Annotated[
+        str | None, typer.Option(help="URL template, e.g. 'https://api/items/{id}'.")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="GET, POST ... (a template too).")] = None,
+    json_body: Annotated[
+        str | None, typer.Option("--json", help="JSON body template: '{\"name\": \"{name}\"}'.")
+    ] = None,
+    body: Annotated[str | None, typer.Option(help="Raw body template.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Base for relative URLs.")] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="'Name: value' (repeatable; credentials redacted)."),
+    ] = None,
+    rate: Rates = None,
+    burst: Burst = None,
+    concurrency: Concurrency = "auto",
+    retries: Retries = None,
+    timeout: Timeout = None,
+    halt: Halt = None,
+    dry_run: DryRun = False,
+    keep_order: KeepOrder = False,
+    journal: JournalOpt = None,
+    retry_failed: RetryFailed = False,
+    fresh: Fresh = False,
+    out: Out = None,
+    on_bad_input: OnBad = "stop",
+    format: Format = "auto",
+    id: IdOpt = None,
+    quiet: Quiet = False,
+    html: Html = None,
+    no_report: NoReport = False,
+) -> None:
+    """An HTTP request per input row: JSON Lines requests (url, method, headers, json, body,
+    id) or rows filled into --url/--method/--json templates."""
+    values = locals()
+    spec = RunSpec(
+        command="http",
+        input=input,
+        url=url,
+        method=method,
+        json_template=json_body,
+        body_template=body,
+        base_url=base_url,
+        headers=list(header or []),
+        **_common(**values),
+    )
+    _launch(spec, values)
+
+
+@app.command("call")
+def call_command(
+    target: Annotated[str, typer.Argument(help="module:function, called with each row.")],
+    input: Input,
+    unpack: Annotated[
+        bool, typer.Option("--unpack", help="Pass the row's columns as keyword arguments.")
+    ] = False,
+    rate: Rates = None,
+    burst: Burst = None,
+    concurrency: Concurrency = "auto",
+    retries: Retries = None,
+    timeout: Timeout = None,
+    halt: Halt = None,
+    dry_run: DryRun = False,
+    keep_order: KeepOrder = False,
+    journal: JournalOpt = None,
+    retry_failed: RetryFailed = False,
+    fresh: Fresh = False,
+    out: Out = None,
+    on_bad_input: OnBad = "stop",
+    format: Format = "auto",
+    id: IdOpt = None,
+    quiet: Quiet = False,
+    html: Html = None,
+    no_report: NoReport = False,
+) -> None:
+    """A Python function (sync or async) per input row. Raise paceline.Throttled(retry_after=...)
+    to slow the batch down."""
+    values = locals()
+    spec = RunSpec(command="call", input=input, target=target, unpack=unpack, **_common(**values))
+    _launch(spec, values)
+
+
+@app.command("exec")
+def exec_command(
+    input: Input,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="After --: the command, with {column} words.")
+    ] = None,
+    shell: Annotated[
+        bool, typer.Option("--shell", help="Run through /bin/sh (values are quoted).")
+    ] = False,
+    rate: Rates = None,
+    burst: Burst = None,
+    concurrency: Concurrency = "auto",
+    retries: Retries = None,
+    timeout: Timeout = None,
+    halt: Halt = None,
+    dry_run: DryRun = False,
+    keep_order: KeepOrder = False,
+    journal: JournalOpt = None,
+    retry_failed: RetryFailed = False,
+    fresh: Fresh = False,
+    out: Out = None,
+    on_bad_input: OnBad = "stop",
+    format: Format = "auto",
+    id: IdOpt = None,
+    quiet: Quiet = False,
+    html: Html = None,
+    no_report: NoReport = False,
+) -> None:
+    """A command per input row, without a shell: paceline exec jobs.csv -- convert {src} {dst}.
+    -j auto runs one per CPU core."""
+    values = locals()
+    spec = RunSpec(
+        command="exec", input=input, argv=list(command or []), shell=shell, **_common(**values)
+    )
+    _launch(spec, values)
+
+
+@app.command("report")
+def report_command(
+    journal: Annotated[str, typer.Argument(help="A journal file (see .paceline/).")],
+    html: Html = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+) -> None:
+    """What a batch did: outcomes, status codes, latency, throughput, retries, top errors."""
+    import json
+
+    from paceline.cli.report import build_report, render_text
+    from paceline.stores import JournalError
+    from paceline.stores.view import JournalView
+
+    _must_exist(journal)
+    try:
+        with JournalView.open(journal) as stored:
+            report = build_report(stored)
+        if html:
+            write_html(Path(journal), html)
+    except (JournalError, UsageError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_text(report))
+
+
+@app.command("resume")
+def resume_command(
+    journal: Annotated[str, typer.Argument(help="The journal of the batch to continue.")],
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="Give credential headers again (not stored)."),
+    ] = None,
+    retry_failed: RetryFailed = False,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Read the input from here instead.")
+    ] = None,
+    out: Out = None,
+    quiet: Quiet = False,
+    html: Html = None,
+    no_report: NoReport = False,
+) -> None:
+    """Continue a batch from its journal: what finished is skipped, the rest runs."""
+    from paceline.stores import JournalError
+    from paceline.stores.view import JournalView
+
+    _must_exist(journal)
+    try:
+        with JournalView.open(journal) as stored:
+            text = stored.meta.get(SPEC_META)
+    except JournalError as exc:
+        fail(str(exc))
+    if text is None:
+        fail(f"{journal}: not a journal written by the paceline command; resume it from Python")
+    spec = RunSpec.from_json(str(text))
+    spec.journal = journal
+    spec.retry_failed = retry_failed
+    if input is not None:
+        spec.input = input
+    if out is not None:
+        spec.out = out
+    if header:
+        given = {h.partition(":")[0].strip().lower(): h for h in header}
+        merged = [given.pop(h.partition(":")[0].strip().lower(), h) for h in spec.headers]
+        spec.headers = merged + list(given.values())
+    missing = [h for h in spec.headers if "[REDACTED]" in h]
+    if missing:
+        fail(
+            f"this batch sent {', '.join(repr(h) for h in missing)}, which the journal does not "
+            "keep; give it again: paceline resume " + journal + " --header 'Name: value'"
+        )
+    _launch(
+        spec,
+        {"quiet": quiet, "no_report": no_report, "html": html, "dry_run": False, "fresh": False},
+    )
+
+
+@app.command(
+    "serve-test",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def serve_test_command(ctx: typer.Context) -> None:
+    """Serve the rate-limited test API on 127.0.0.1 (options: --quota 50/1s --retry-after
+    --headers ietf --capacity 16 --error-rate 0.01 --port 8080 ...; --help for all)."""
+    from paceline.testing.api_server import main as serve
+
+    raise typer.Exit(serve(list(ctx.args)))
+
+
+@app.command("demo")
+def demo_command(
+    items: Annotated[int, typer.Option(help="How many requests.")] = 400,
+    quota: Annotated[int, typer.Option(help="The test API's hidden quota per second.")] = 50,
+    directory: Annotated[
+        str, typer.Option("--dir", help="Where the input, journal and report go.")
+    ] = ".paceline/demo",
+    quiet: Quiet = False,
+) -> None:
+    """The main job on an embedded default: start the test API (hidden quota), fetch items
+    from it with the live bar, a journal and a report; check what the server saw."""
+    from paceline.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(items=items, quota=quota, directory=directory, quiet=quiet))
+
+
+def _must_exist(journal: str) -> None:
+    if not Path(journal).is_file():
+        fail(
+            f"no journal at {journal!r}; journals of earlier runs are under .paceline/ "
+            "(ls .paceline), or give the path printed when the batch ran"
+        )

@@ -1,0 +1,330 @@
+"""The three operations of the CLI: an HTTP request, a Python call, a command per row.
+
+Each turns an input row into an :class:`Item` (its journal key and what to send, rendered
+once) and runs an item. Rendering problems of one row (a JSONL row without a column the
+template names) make that row a bad input row, like a line that is not JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from paceline.cli.inputs import Row, RowSource
+from paceline.cli.spec import RunSpec, UsageError, split_header
+from paceline.cli.templates import MissingField, Template, check_fields, render_json
+from paceline.stores import Codec
+from paceline.stores._codec import JsonCodec
+
+
+class BadInputRow(Exception):
+    """An input row that cannot become an item (recorded as that item's failure)."""
+
+    retryable = False
+    error_code = "invalid_input"
+
+
+@dataclass(slots=True)
+class Item:
+    """One row, ready to run: its journal key, its line in the input and what to run."""
+
+    line: int
+    key: str
+    payload: Any
+    bad: str | None = None  # a bad input row's message (the item fails with it)
+
+
+class Operation:
+    """What ``http``, ``call`` and ``exec`` have in common."""
+
+    codec: Codec | None = None
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.id_template = Template.parse(spec.id_template) if spec.id_template else None
+
+    def templates(self) -> dict[str, Template]:
+        """Every template with the option it came from, to check against a CSV header."""
+        return {"--id": self.id_template} if self.id_template else {}
+
+    def prepare(self, source: RowSource) -> None:
+        """Check the templates against the input's columns (CSV) before anything runs."""
+        if source.columns is not None:
+            try:
+                check_fields(self.templates(), source.columns, source.name)
+            except Exception as exc:  # UnknownColumn
+                raise UsageError(str(exc)) from None
+
+    def item(self, row: Row) -> Item:
+        """The item for a good row; raises MissingField/ValueError for a row that can't be one."""
+        raise NotImplementedError
+
+    async def run(self, payload: Any) -> Any:
+        """Run one item's payload."""
+        raise NotImplementedError
+
+    def key_from(self, row: Row, default: str) -> str:
+        if self.id_template is not None:
+            assert row.data is not None
+            return self.id_template.render(row.data)
+        return default
+
+    async def close(self) -> None:
+        """Release what the operation holds (connections, threads)."""
+
+
+def bad_item(row: Row, message: str) -> Item:
+    """A bad row as an item that fails with ``message`` (journaled under its line number)."""
+    return Item(row.line, f"bad-input:line-{row.line}", None, message)
+
+
+def to_item(operation: Operation, row: Row, source_name: str) -> Item:
+    """An item for ``row``, or a bad item with the reason."""
+    if not row.ok:
+        return bad_item(row, row.error or f"{source_name}:{row.line}: unreadable row")
+    try:
+        return operation.item(row)
+    except MissingField as exc:
+        return bad_item(row, f"{source_name}:{row.line}: {exc}")
+    except (ValueError, TypeError) as exc:
+        return bad_item(row, f"{source_name}:{row.line}: {exc}")
+
+
+def _digest(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+# -- http ---------------------------------------------------------------------------------
+
+
+class HttpOperation(Operation):
+    """``paceline http``: a request per row (a JSONL request object, or templates)."""
+
+    def __init__(self, spec: RunSpec, workers: int | None, limits: Any) -> None:
+        super().__init__(spec)
+        from paceline.http._face import _client_for, _sender
+        from paceline.http._messages import HttpRequest, HttpResponseCodec
+
+        self._request_type = HttpRequest
+        self.codec = HttpResponseCodec()
+        self.url = Template.parse(spec.url) if spec.url else None
+        self.method = Template.parse(spec.method) if spec.method else None
+        self.body = Template.parse(spec.body_template) if spec.body_template else None
+        self.json_text = spec.json_template
+        if self.json_text is not None:
+            try:
+                json.loads(self.json_text)
+            except ValueError as exc:
+                raise UsageError(
+                    f"--json {self.json_text!r}: not valid JSON ({exc}); placeholders go inside "
+                    "strings, e.g. --json '{\"name\": \"{name}\"}'"
+                ) from None
+        if self.body is not None and self.json_text is not None:
+            raise UsageError("--json and --body: give one of them, not both")
+        self.headers = [
+            (Template.parse(name), Template.parse(value))
+            for name, value in (split_header(h) for h in spec.headers)
+        ]
+        self.client = _client_for(None, workers)
+        self._send = _sender(self.client, limits, spec.base_url)
+
+    def templates(self) -> dict[str, Template]:
+        found = super().templates()
+        for option, template in (("--url", self.url), ("--method", self.method)):
+            if template is not None:
+                found[option] = template
+        if self.body is not None:
+            found["--body"] = self.body
+        if self.json_text is not None:
+            found["--json"] = Template.parse(self.json_text)
+        for index, (name, value) in enumerate(self.headers):
+            found[f"--header #{index + 1}"] = Template.parse(
+                "".join(["{" + f + "}" for f in (*name.fields, *value.fields)])
+            )
+        return found
+
+    def prepare(self, source: RowSource) -> None:
+        if self.url is None and source.format != "jsonl":
+            raise UsageError(
+                f"{source.name}: CSV rows need --url TEMPLATE (e.g. --url "
+                "'https://api.example.com/items/{id}'); JSON Lines rows may carry their own url"
+            )
+        super().prepare(source)
+
+    def item(self, row: Row) -> Item:
+        data = row.data
+        assert data is not None
+        if self.url is None:
+            if "url" not in data:
+                raise ValueError(
+                    "no 'url' in this row: a JSON Lines request needs url (and may have method, "
+                    "headers, json, body, id), or pass --url TEMPLATE"
+                )
+            from paceline.http._messages import as_request
+
+            request = as_request(data)
+            headers = dict(request.headers)
+        else:
+            request = self._request_type(url=self.url.render(data))
+            headers = {}
+        for name, value in self.headers:
+            headers[name.render(data)] = value.render(data)
+        method = self.method.render(data).upper() if self.method else request.method
+        json_body = render_json(self.json_text, data) if self.json_text else request.json
+        body = self.body.render(data) if self.body else request.body
+        default_key = request.id or f"{method} {request.url}"
+        if request.id is None and (json_body is not None or body is not None):
+            default_key += " #" + _digest(json_body if json_body is not None else body)
+        key = self.key_from(row, default_key)
+        payload = self._request_type(
+            url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
+        )
+        return Item(row.line, key, payload)
+
+    async def run(self, payload: Any) -> Any:
+        return await self._send(payload)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+# -- call ---------------------------------------------------------------------------------
+
+
+class _AnyJson(JsonCodec):
+    """Results of user functions: JSON-ready values as they are, anything else as its repr."""
+
+    def encode(self, value: Any) -> Any:
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return {"repr": repr(value)[:10_000]}
+        return value
+
+    def decode(self, data: Any) -> Any:
+        return data
+
+
+def load_target(target: str) -> Callable[..., Any]:
+    """Import ``module:function`` (the current directory is importable, like ``python -m``)."""
+    module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"call target {target!r}: cannot import module {module_name!r} ({exc}); run from "
+            "the directory that holds it, or set PYTHONPATH"
+        ) from None
+    found: Any = module
+    for part in attr.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise UsageError(f"call target {target!r}: module {module_name!r} has no {attr!r}")
+    if not callable(found):
+        raise UsageError(f"call target {target!r}: {attr!r} is not callable")
+    return found  # type: ignore[no-any-return]
+
+
+class CallOperation(Operation):
+    """``paceline call module:function``: the function with each row (a dict), or with the
+    row's columns as keyword arguments (``--unpack``); async functions are awaited, others
+    run on a thread pool as large as the concurrency."""
+
+    def __init__(self, spec: RunSpec, workers: int) -> None:
+        super().__init__(spec)
+        assert spec.target is not None
+        self.function = load_target(spec.target)
+        self.is_async = inspect.iscoroutinefunction(self.function) or inspect.iscoroutinefunction(
+            getattr(self.function, "__call__", None)  # noqa: B004 - async callable objects
+        )
+        self.codec = _AnyJson()
+        self.pool = (
+            None
+            if self.is_async
+            else concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="paceline-call")
+        )
+
+    def item(self, row: Row) -> Item:
+        assert row.data is not None
+        return Item(row.line, self.key_from(row, "row:" + _digest(row.data)), row.data)
+
+    async def run(self, payload: Any) -> Any:
+        function = self.function
+        if self.is_async:
+            return await (function(**payload) if self.spec.unpack else function(payload))
+        assert self.pool is not None
+        call: Callable[[], Any] = (
+            (lambda: function(**payload)) if self.spec.unpack else (lambda: function(payload))
+        )
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -- exec ---------------------------------------------------------------------------------
+
+
+class ExecOperation(Operation):
+    """``paceline exec INPUT -- cmd {column} ...``: a command per row, without a shell unless
+    ``--shell``; each word is one argument, whatever the column holds."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        super().__init__(spec)
+        from paceline.cli import exec_op
+
+        self._exec = exec_op
+        self.words = [Template.parse(word) for word in spec.argv]
+        self.timeout_s = spec.timeout_s
+        if not spec.shell and not self.words[0].fields:
+            try:
+                exec_op.check_program(spec.argv[0])
+            except exec_op.CommandNotFound as exc:
+                raise UsageError(str(exc)) from None
+
+    def templates(self) -> dict[str, Template]:
+        found = super().templates()
+        for index, word in enumerate(self.words):
+            found[f"command word {index + 1} ({self.spec.argv[index]!r})"] = word
+        return found
+
+    def item(self, row: Row) -> Item:
+        data = row.data
+        assert data is not None
+        if self.spec.shell:
+            from paceline.cli.templates import render_shell
+
+            line = " ".join(render_shell(word, data) for word in self.words)
+            return Item(row.line, self.key_from(row, line), line)
+        argv = [word.render(data) for word in self.words]
+        return Item(row.line, self.key_from(row, json.dumps(argv)), argv)
+
+    async def run(self, payload: Any) -> Any:
+        return await self._exec.run_command(payload, shell=self.spec.shell)
+
+
+def is_throttle(error: BaseException | None) -> bool:
+    """429/503 answers and raised ``Throttled`` count as throttles in the progress."""
+    if error is None:
+        return False
+    from paceline.errors import Throttled
+
+    return isinstance(error, Throttled) or getattr(error, "status_code", None) in (429, 503)
+
+
+def row_keys(data: Mapping[str, Any]) -> str:
+    """The columns a row has, for messages."""
+    return ", ".join(map(str, data)) or "(none)"

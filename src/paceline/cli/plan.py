@@ -1,0 +1,88 @@
+"""``--dry-run``: what a batch would do — the first items rendered, the limits, the journal —
+without running anything."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any, TextIO
+
+from paceline.cli.inputs import InputError, open_rows
+from paceline.cli.ops import to_item
+from paceline.cli.run import display_path, make_operation, plan_for
+from paceline.cli.spec import RunSpec, UsageError
+from paceline.redact import redact_data, redact_text
+from paceline.stores import JournalError
+from paceline.stores.view import JournalView
+
+SHOWN = 5
+
+
+def _shown(payload: Any) -> str:
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        data = {k: v for k, v in dataclasses.asdict(payload).items() if v not in (None, {}, "")}
+        return json.dumps(redact_data(data), default=str)
+    if isinstance(payload, str):
+        return redact_text(payload)
+    return json.dumps(redact_data(payload), default=str)
+
+
+def show_plan(spec: RunSpec, out: TextIO) -> int:
+    """Print the plan for ``spec``; 0, or a :class:`UsageError` for what would not run."""
+    spec.check()
+    try:
+        source = open_rows(spec.input, spec.format)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    plan = plan_for(spec, source.total)
+    operation = make_operation(spec, plan)
+    try:
+        operation.prepare(source)
+        write = out.write
+        write(f"dry run of {spec.label()}\n")
+        total = "unknown (a stream)" if source.total is None else str(source.total)
+        write(f"  input:       {source.name} ({source.format}), items: {total}\n")
+        concurrency = (
+            f"{plan.workers} at most in flight"
+            if plan.controller is None
+            else f"auto (adaptive, starting at {plan.controller.concurrency_limit})"
+        )
+        write(f"  concurrency: {concurrency}\n")
+        write(f"  rate:        {', '.join(spec.rates) or 'no limit of ours (the server sets it)'}\n")
+        attempts = plan.retry.attempts if plan.retry is not None else 1
+        write(f"  attempts:    up to {attempts} per item\n")
+        if spec.halt:
+            write(f"  halt:        {' '.join(spec.halt)}\n")
+        path = spec.journal_path()
+        if path is None:
+            write("  journal:     none (not resumable)\n")
+        elif path.exists():
+            try:
+                with JournalView.open(path) as stored:
+                    counts = stored.counts()
+            except JournalError as exc:
+                raise UsageError(str(exc)) from None
+            write(
+                f"  journal:     {display_path(path)} holds {counts['succeeded']} succeeded and "
+                f"{counts['failed']} failed items: they would be skipped"
+                + (" (failed ones rerun: --retry-failed)" if spec.retry_failed else "")
+                + "\n"
+            )
+        else:
+            write(f"  journal:     {display_path(path)} (new)\n")
+        write(f"first {SHOWN} items:\n")
+        rows = iter(source)
+        for _ in range(SHOWN):
+            row = next(rows, None)
+            if row is None:
+                break
+            item = to_item(operation, row, source.name)
+            if item.bad is not None:
+                write(f"  line {item.line}: BAD INPUT — {item.bad}\n")
+            else:
+                write(f"  line {item.line}: {redact_text(item.key)}\n      {_shown(item.payload)}\n")
+        return 0
+    finally:
+        source.close()
+        asyncio.run(operation.close())

@@ -1,0 +1,228 @@
+"""One CLI batch described as data: what to run, over which input, within which limits.
+
+A :class:`RunSpec` is checked before anything runs (bad rate strings, halt rules, concurrency
+and templates are usage errors, exit code 2), stored in the journal without its secrets so
+``paceline resume JOURNAL`` can run it again, and hashed into the default journal's name, so
+running the same command twice resumes instead of starting over.
+
+>>> spec = RunSpec(command="exec", input="jobs.csv", argv=["echo", "{name}"])
+>>> RunSpec.from_json(spec.to_json()) == spec
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paceline.policy.halt import HaltRule
+from paceline.policy.rate import Rate, RateSpecError
+from paceline.redact import REDACTED, is_sensitive_key, redact_text
+
+JOURNAL_DIR = ".paceline"
+NO_JOURNAL = "none"
+
+
+class UsageError(Exception):
+    """A bad command line or input: one line for the user, exit code 2."""
+
+
+@dataclass(slots=True)
+class RunSpec:
+    """Everything one ``paceline http|call|exec`` invocation asked for."""
+
+    command: str  # "http" | "call" | "exec"
+    input: str  # a path, or "-" for stdin
+    format: str = "auto"
+    rates: list[str] = field(default_factory=list)
+    burst: int | None = None
+    concurrency: str = "auto"  # "auto" or a whole number
+    retries: int | None = None  # retries after the first attempt; None: the command's default
+    timeout_s: float | None = None
+    halt: list[str] = field(default_factory=list)
+    keep_order: bool = False
+    journal: str | None = None  # None: the default under .paceline/; "none": no journal
+    retry_failed: bool = False
+    out: str | None = None
+    on_bad_input: str = "stop"
+    id_template: str | None = None
+    # http
+    url: str | None = None
+    method: str | None = None
+    json_template: str | None = None
+    body_template: str | None = None
+    base_url: str | None = None
+    headers: list[str] = field(default_factory=list)
+    # call
+    target: str | None = None
+    unpack: bool = False
+    # exec
+    argv: list[str] = field(default_factory=list)
+    shell: bool = False
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` for anything that cannot run."""
+        for text in self.rates:
+            try:
+                Rate.parse(text)
+            except RateSpecError as exc:
+                raise UsageError(f"--rate {text!r}: {exc}") from None
+        if self.burst is not None and self.burst < 1:
+            raise UsageError(f"--burst {self.burst}: must be a whole number of at least 1")
+        self.concurrency_limit()
+        if self.retries is not None and self.retries < 0:
+            raise UsageError(f"--retries {self.retries}: must be 0 or more")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise UsageError(f"--timeout {self.timeout_s}: must be a number of seconds above 0")
+        for rule in self.halt:
+            try:
+                HaltRule.parse(rule)
+            except ValueError as exc:
+                raise UsageError(f"--halt {rule!r}: {exc}") from None
+        if self.on_bad_input not in ("stop", "skip"):
+            raise UsageError(f"--on-bad-input {self.on_bad_input!r}: use 'stop' or 'skip'")
+        if self.format not in ("auto", "jsonl", "csv", "tsv"):
+            raise UsageError(f"--format {self.format!r}: use auto, jsonl, csv or tsv")
+        for header in self.headers:
+            split_header(header)
+        if self.command == "exec" and not self.argv:
+            raise UsageError(
+                "paceline exec needs a command after '--', e.g. paceline exec jobs.csv -- "
+                "convert {src} {dst}"
+            )
+        if self.command == "call" and (not self.target or ":" not in self.target):
+            raise UsageError(
+                f"call target {self.target!r}: give module:function, e.g. mytasks:create_tenant"
+            )
+
+    def concurrency_limit(self) -> int | None:
+        """The fixed concurrency, or None for ``auto``."""
+        if self.concurrency == "auto":
+            return None
+        try:
+            value = int(self.concurrency)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise UsageError(
+                f"--concurrency {self.concurrency!r}: give a whole number of at least 1, or auto"
+            )
+        return value
+
+    # -- identity --------------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same batch: the operation, not the limits, the output or
+        where the server is (``--base-url``: staging and production run the same batch).
+        Secrets are left out (header values that are credentials)."""
+        public = self.public()
+        return {
+            "command": public.command,
+            "id": public.id_template,
+            "url": public.url,
+            "method": public.method,
+            "json": public.json_template,
+            "body": public.body_template,
+            "headers": public.headers,
+            "target": public.target,
+            "unpack": public.unpack,
+            "argv": public.argv,
+            "shell": public.shell,
+        }
+
+    def fingerprint_text(self) -> str:
+        """The journal's operation identity (see :func:`paceline.stores.fingerprint_of`)."""
+        return "paceline-cli:" + json.dumps(self.identity(), sort_keys=True)
+
+    def label(self) -> str:
+        """A short human name for the batch, shown in errors and reports."""
+        public = self.public()
+        if self.command == "http":
+            what = f"{public.method or 'GET'} {public.url or '(urls from the input)'}"
+        elif self.command == "call":
+            what = str(self.target)
+        else:
+            what = " ".join(public.argv)
+        return f"paceline {self.command} {what}"
+
+    def journal_path(self) -> Path | None:
+        """Where this batch's journal lives (None: ``--journal none``)."""
+        if self.journal == NO_JOURNAL:
+            return None
+        if self.journal is not None:
+            return Path(self.journal)
+        source = "stdin" if self.input == "-" else os.path.abspath(self.input)
+        digest = hashlib.sha256(
+            (self.fingerprint_text() + "\0" + source).encode("utf-8", "surrogateescape")
+        ).hexdigest()[:10]
+        stem = "stdin" if self.input == "-" else Path(self.input).stem
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:40] or "input"
+        return Path(JOURNAL_DIR) / f"{self.command}-{stem}-{digest}.journal"
+
+    # -- storing ---------------------------------------------------------------------------
+
+    def public(self) -> RunSpec:
+        """A copy without secrets: credential header values and credentials in URLs masked."""
+        copy = dataclasses.replace(self)
+        copy.headers = [redact_header(h) for h in self.headers]
+        copy.rates = list(self.rates)
+        copy.halt = list(self.halt)
+        copy.argv = [redact_text(word) for word in self.argv]
+        for name in ("url", "base_url", "json_template", "body_template"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(copy, name, redact_text(value))
+        return copy
+
+    def secrets_left_out(self) -> list[str]:
+        """The options whose stored form lost a secret (resume must be given them again)."""
+        public = self.public()
+        lost = [f"--header {h!r}" for h, p in zip(self.headers, public.headers) if h != p]
+        for name in ("url", "base_url", "json_template", "body_template", "argv"):
+            if getattr(self, name) != getattr(public, name):
+                lost.append(f"--{name.replace('_template', '').replace('_', '-')}")
+        return lost
+
+    def to_json(self) -> str:
+        """The spec as stored in the journal (call :meth:`public` first to drop secrets)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        """Back from :meth:`to_json`; unknown fields (a newer version's) are ignored."""
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def split_header(header: str) -> tuple[str, str]:
+    """``"Name: value"`` -> ``("Name", "value")``; a usage error otherwise.
+
+    >>> split_header("X-Tenant: {tenant}")
+    ('X-Tenant', '{tenant}')
+    """
+    name, sep, value = header.partition(":")
+    if not sep or not name.strip() or " " in name.strip():
+        shown = redact_header(header) if sep else header[:40]
+        raise UsageError(f"--header {shown!r}: write it as 'Name: value', e.g. 'X-Tenant: acme'")
+    return name.strip(), value.strip()
+
+
+def redact_header(header: str) -> str:
+    """A header with its value masked if its name is a credential.
+
+    >>> redact_header("Authorization: Bearer abc"), redact_header("Accept: text/csv")
+    ('Authorization: [REDACTED]', 'Accept: text/csv')
+    """
+    name, sep, value = header.partition(":")
+    if sep and is_sensitive_key(name.strip()):
+        return f"{name.strip()}: {REDACTED}"
+    return f"{name}{sep}{redact_text(value)}" if sep else header
