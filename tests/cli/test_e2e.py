@@ -65,8 +65,10 @@ def test_sigint_then_resume_does_every_item_exactly_once(tmp_path: Path) -> None
     journal = tmp_path / "j.journal"
     with ApiServer(ApiConfig(base_latency_s=0.05)) as server:
         process = subprocess.Popen(
-            [PACELINE, "http", "in.jsonl", "--base-url", server.url, "--rate", "40/s", "-j", "4"]
-            + ["--journal", str(journal), "--no-report"],
+            [
+                *(PACELINE, "http", "in.jsonl", "--base-url", server.url, "--rate", "40/s"),
+                *("-j", "4", "--journal", str(journal), "--no-report"),
+            ],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -126,6 +128,7 @@ def test_malformed_jsonl_line_stops_with_exit_2_keeping_what_ran(tmp_path: Path)
             "http", "in.jsonl", "--base-url", server.url, "-j", "1",
             "--journal", "j.journal", "-q", cwd=tmp_path,
         )  # fmt: skip
+        after_stop = counts(tmp_path / "j.journal")
         skipped = paceline(
             "http", "in.jsonl", "--base-url", server.url, "-j", "1", "--on-bad-input", "skip",
             "--journal", "j.journal", "-q", cwd=tmp_path,
@@ -133,9 +136,10 @@ def test_malformed_jsonl_line_stops_with_exit_2_keeping_what_ran(tmp_path: Path)
     assert done.returncode == 2
     message = done.stderr.strip().splitlines()
     assert len(message) == 1, done.stderr
-    assert "in.jsonl:4" in message[0] and "JSON" in message[0]
+    assert "in.jsonl:4" in message[0]
+    assert "JSON" in message[0]
     assert "--on-bad-input skip" in message[0]
-    assert counts(tmp_path / "j.journal") == {"succeeded": 3, "failed": 0}
+    assert after_stop == {"succeeded": 3, "failed": 0}
     # skipping records the bad line as a failure and runs the rest
     assert skipped.returncode == 1, skipped.stderr
     assert counts(tmp_path / "j.journal") == {"succeeded": 5, "failed": 1}
@@ -188,7 +192,7 @@ def test_exec_runs_a_command_per_row_without_a_shell(tmp_path: Path) -> None:
     done = paceline(
         "exec", "in.csv", "-j", "2", "--out", "out.jsonl", "-k", "--journal", "none", "-q",
         "--", sys.executable, "-c", "import sys; print(sys.argv[1]); sys.exit(int(sys.argv[2]))",
-        "{name}", "{code}",
+        "{name}", "{code}", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -226,12 +230,13 @@ def test_dry_run_shows_the_plan_and_sends_nothing(tmp_path: Path) -> None:
             "--json", '{"name": "{name}"}', "--rate", "5/s", "--dry-run", cwd=tmp_path,
         )  # fmt: skip
         stats = server.stats()
+        url = server.url
     assert done.returncode == 0, done.stderr
     assert stats["accepted"] == 0
     assert "items: 2" in done.stdout
     assert "5/s" in done.stdout
     assert '"name": "ann"' in done.stdout
-    assert f"POST {server.url}/items/1" in done.stdout
+    assert f"POST {url}/items/1" in done.stdout
 
 
 def test_halt_rule_exits_3(tmp_path: Path) -> None:
@@ -267,7 +272,8 @@ def test_default_journal_resumes_the_same_command(tmp_path: Path) -> None:
         first = paceline(*args, cwd=tmp_path)
         second = paceline(*args, cwd=tmp_path)
         stats = server.stats()
-    assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
     assert len(list((tmp_path / ".paceline").glob("*.journal"))) == 1
     assert stats["accepted"] == 10  # the second run found everything done
 

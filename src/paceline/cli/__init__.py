@@ -21,14 +21,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    import click
-
     try:
-        result = app(args=argv, prog_name="paceline", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        app(args=argv, prog_name="paceline", standalone_mode=True)
+    except SystemExit as exc:  # typer ends with one: our exit code, or 2 for bad usage
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:  # before or after a batch (a batch handles its own)
         print("paceline: interrupted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return result if isinstance(result, int) else 0
+    return 0

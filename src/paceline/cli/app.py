@@ -32,9 +32,7 @@ Rates = Annotated[
         "--rate", help="At most N starts per window, e.g. 10/s, 500/min; repeat: all apply."
     ),
 ]
-Burst = Annotated[
-    int | None, typer.Option(help="Starts allowed back to back (1: evenly paced).")
-]
+Burst = Annotated[int | None, typer.Option(help="Starts allowed back to back (1: evenly paced).")]
 Concurrency = Annotated[
     str,
     typer.Option(
@@ -132,7 +130,7 @@ def http_command(
     ] = None,
     method: Annotated[str | None, typer.Option(help="GET, POST ... (a template too).")] = None,
     json_body: Annotated[
-        str | None, typer.Option("--json", help="JSON body template: '{\"name\": \"{name}\"}'.")
+        str | None, typer.Option("--json", help='JSON body template: \'{"name": "{name}"}\'.')
     ] = None,
     body: Annotated[str | None, typer.Option(help="Raw body template.")] = None,
     base_url: Annotated[str | None, typer.Option(help="Base for relative URLs.")] = None,

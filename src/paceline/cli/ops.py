@@ -21,7 +21,13 @@ from typing import Any
 
 from paceline.cli.inputs import Row, RowSource
 from paceline.cli.spec import RunSpec, UsageError, split_header
-from paceline.cli.templates import MissingField, Template, check_fields, render_json
+from paceline.cli.templates import (
+    JsonTemplate,
+    MissingField,
+    Template,
+    check_fields,
+    render_json,
+)
 from paceline.stores import Codec
 from paceline.stores._codec import JsonCodec
 
@@ -41,6 +47,7 @@ class Item:
     key: str
     payload: Any
     bad: str | None = None  # a bad input row's message (the item fails with it)
+    tries: int = 0  # attempts started so far
 
 
 class Operation:
@@ -52,7 +59,7 @@ class Operation:
         self.spec = spec
         self.id_template = Template.parse(spec.id_template) if spec.id_template else None
 
-    def templates(self) -> dict[str, Template]:
+    def templates(self) -> dict[str, Template | JsonTemplate]:
         """Every template with the option it came from, to check against a CSV header."""
         return {"--id": self.id_template} if self.id_template else {}
 
@@ -127,7 +134,7 @@ class HttpOperation(Operation):
             except ValueError as exc:
                 raise UsageError(
                     f"--json {self.json_text!r}: not valid JSON ({exc}); placeholders go inside "
-                    "strings, e.g. --json '{\"name\": \"{name}\"}'"
+                    'strings, e.g. --json \'{"name": "{name}"}\''
                 ) from None
         if self.body is not None and self.json_text is not None:
             raise UsageError("--json and --body: give one of them, not both")
@@ -138,15 +145,15 @@ class HttpOperation(Operation):
         self.client = _client_for(None, workers)
         self._send = _sender(self.client, limits, spec.base_url)
 
-    def templates(self) -> dict[str, Template]:
-        found = super().templates()
+    def templates(self) -> dict[str, Template | JsonTemplate]:
+        found: dict[str, Template | JsonTemplate] = super().templates()
         for option, template in (("--url", self.url), ("--method", self.method)):
             if template is not None:
                 found[option] = template
         if self.body is not None:
             found["--body"] = self.body
         if self.json_text is not None:
-            found["--json"] = Template.parse(self.json_text)
+            found["--json"] = JsonTemplate.parse(self.json_text, label="--json")
         for index, (name, value) in enumerate(self.headers):
             found[f"--header #{index + 1}"] = Template.parse(
                 "".join(["{" + f + "}" for f in (*name.fields, *value.fields)])
@@ -295,8 +302,8 @@ class ExecOperation(Operation):
             except exec_op.CommandNotFound as exc:
                 raise UsageError(str(exc)) from None
 
-    def templates(self) -> dict[str, Template]:
-        found = super().templates()
+    def templates(self) -> dict[str, Template | JsonTemplate]:
+        found: dict[str, Template | JsonTemplate] = super().templates()
         for index, word in enumerate(self.words):
             found[f"command word {index + 1} ({self.spec.argv[index]!r})"] = word
         return found

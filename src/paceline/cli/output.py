@@ -5,8 +5,8 @@
 >>> buffer = io.StringIO()
 >>> writer = ResultWriter(buffer, "jsonl")
 >>> writer.write(BatchItemResult("row-1", True, {"status_code": 200, "body": "ok"}))
->>> buffer.getvalue()
-'{"id": "row-1", "ok": true, "status": 200, "result": {"status_code": 200, "body": "ok"}, "attempts": 1}\\n'
+>>> print(buffer.getvalue(), end="")  # doctest: +ELLIPSIS
+{"id": "row-1", "ok": true, "status": 200, "result": {"status_code": 200, "body": "ok"}, ...}
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ class ResultWriter:
         self.out = out
         self.fmt = fmt
         self.owned = owned
-        self._csv = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore") if fmt == "csv" else None
+        self._csv = (
+            csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore") if fmt == "csv" else None
+        )
         if self._csv is not None:
             self._csv.writeheader()
 

@@ -49,7 +49,9 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             else f"auto (adaptive, starting at {plan.controller.concurrency_limit})"
         )
         write(f"  concurrency: {concurrency}\n")
-        write(f"  rate:        {', '.join(spec.rates) or 'no limit of ours (the server sets it)'}\n")
+        write(
+            f"  rate:        {', '.join(spec.rates) or 'no limit of ours (the server sets it)'}\n"
+        )
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
         if spec.halt:
@@ -81,7 +83,9 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             if item.bad is not None:
                 write(f"  line {item.line}: BAD INPUT — {item.bad}\n")
             else:
-                write(f"  line {item.line}: {redact_text(item.key)}\n      {_shown(item.payload)}\n")
+                write(
+                    f"  line {item.line}: {redact_text(item.key)}\n      {_shown(item.payload)}\n"
+                )
         return 0
     finally:
         source.close()

@@ -11,10 +11,10 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from paceline.cli.inputs import InputError, RowSource, open_rows
 from paceline.cli.metrics import Metrics
@@ -87,18 +87,16 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
 
         server_limits = ServerLimits(limiter)
         attempts = DEFAULT_RETRY.attempts if retries is None else retries + 1
-        retry = RetryPolicy(
+        http_retry = RetryPolicy(
             attempts=attempts,
             base_s=DEFAULT_RETRY.base_s,
             cap_s=DEFAULT_RETRY.cap_s,
             retry_on=DEFAULT_RETRY.retry_on,
         )
-        return Plan(workers, controller, limiter, server_limits, retry, server_limits)
-    retry = None
+        return Plan(workers, controller, limiter, server_limits, http_retry, server_limits)
+    retry: RetryPolicy | None = None
     if retries:
-        retry = RetryPolicy(
-            attempts=retries + 1, base_s=0.2, cap_s=30.0, retry_on=lambda e: True
-        )
+        retry = RetryPolicy(attempts=retries + 1, base_s=0.2, cap_s=30.0, retry_on=lambda e: True)
     return Plan(workers, controller, limiter, limiter, retry)
 
 
@@ -175,7 +173,6 @@ class Batch:
 
     def attempt_function(self, operation: Operation, metrics: Metrics) -> Any:
         clock = time.monotonic
-        tries: dict[int, int] = {}
 
         async def attempt(item: Item) -> Any:
             if self.stopping:  # nothing new starts; the stop cancels this wait
@@ -183,23 +180,19 @@ class Batch:
                 await self._held
             if item.bad is not None:
                 raise BadInputRow(item.bad)
-            marker = id(item)
-            first = marker not in tries
-            tries[marker] = tries.get(marker, 0) + 1
-            metrics.attempt_started(first)
+            item.tries += 1
+            metrics.attempt_started(item.tries == 1)
             started = clock()
             try:
                 value = await operation.run(item.payload)
             except asyncio.CancelledError:
                 metrics.attempt_ended(clock() - started, throttled=False, failed=False)
-                tries.pop(marker, None)
                 raise
             except Exception as exc:
                 metrics.attempt_ended(clock() - started, throttled=is_throttle(exc), failed=True)
                 self._maybe_stop()
                 raise
             metrics.attempt_ended(clock() - started, throttled=False, failed=False)
-            tries.pop(marker, None)
             self._maybe_stop()
             return value
 
@@ -223,15 +216,16 @@ class Batch:
 
     def _maybe_stop(self) -> None:
         metrics = self.metrics
-        if self.stopping and metrics is not None and metrics.in_flight == 0:
-            if self._main is not None and not self._main.done():
-                self._main.cancel()
+        main = self._main
+        stop = self.stopping and metrics is not None and metrics.in_flight == 0
+        if stop and main is not None and not main.done():
+            main.cancel()
 
     def _install_signals(self) -> list[int]:
         import signal
 
         loop = asyncio.get_running_loop()
-        installed = []
+        installed: list[int] = []
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(signum, self._on_signal)
@@ -326,7 +320,7 @@ class Batch:
                 item_id=_item_key,
                 adaptive=controller,
             )
-            async with contextlib.aclosing(results) as settled:
+            async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
                 async for result in settled:
                     metrics.settled(failed=not result.success, restored=result.restored)
                     if writer is not None:
@@ -413,7 +407,7 @@ class Batch:
             write_html(journal.path, self.display.html)
             if not self.display.quiet:
                 err.write(f"paceline: report written to {self.display.html}\n")
-        if not self.display.quiet:
+        if not self.display.quiet or reason in ("failed", "halted", "interrupted"):
             line = {
                 "done": f"every item succeeded ({metrics.settled_count})",
                 "failed": f"{metrics.failed} of {metrics.settled_count} items failed",

@@ -182,15 +182,6 @@ class RunSpec:
                 setattr(copy, name, redact_text(value))
         return copy
 
-    def secrets_left_out(self) -> list[str]:
-        """The options whose stored form lost a secret (resume must be given them again)."""
-        public = self.public()
-        lost = [f"--header {h!r}" for h, p in zip(self.headers, public.headers) if h != p]
-        for name in ("url", "base_url", "json_template", "body_template", "argv"):
-            if getattr(self, name) != getattr(public, name):
-                lost.append(f"--{name.replace('_template', '').replace('_', '-')}")
-        return lost
-
     def to_json(self) -> str:
         """The spec as stored in the journal (call :meth:`public` first to drop secrets)."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -6,6 +6,7 @@ Layout (format 1)::
     meta(key TEXT PRIMARY KEY, value TEXT)       journal.* keys are ours, the rest the runner's
     items(seq INTEGER PRIMARY KEY, key TEXT, success, kind, result, error, error_type,
           error_code, attempts, duration_s, updated_ns)
+    timeline(seq INTEGER PRIMARY KEY, sample TEXT)   optional: made by the first add_sample
 
 ``seq`` is the rowid: the order in which keys were first recorded. A key's row is rewritten in
 place (``INSERT OR REPLACE`` on its ``seq``) when it is recorded again, so it keeps its place.
@@ -18,16 +19,27 @@ while appends in ``seq`` order touch only the last page.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from paceline.stores import _file
 from paceline.stores._errors import JournalError, JournalMismatch
 
-__all__ = ["FORMAT_VERSION", "META_PREFIX", "Opened", "create", "open_database", "read_meta"]
+__all__ = [
+    "FORMAT_VERSION",
+    "META_PREFIX",
+    "Opened",
+    "create",
+    "decode_samples",
+    "encode_sample",
+    "open_database",
+    "read_meta",
+]
 
 FORMAT_VERSION = 1
 META_PREFIX = "journal."
@@ -63,6 +75,45 @@ ITEM_COLUMNS = frozenset(
         "updated_ns",
     ]
 )
+
+# The run timeline (what the CLI samples about once a second). Made lazily, so journals from
+# before it existed stay valid format-1 journals; a journal without it has no samples.
+TIMELINE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS timeline (seq INTEGER PRIMARY KEY, sample TEXT NOT NULL)"
+)
+HAS_TIMELINE_SQL = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'timeline'"
+INSERT_SAMPLE_SQL = "INSERT INTO timeline (sample) VALUES (?)"
+SELECT_SAMPLES_SQL = "SELECT seq, sample FROM timeline ORDER BY seq"
+
+
+def encode_sample(sample: Mapping[str, Any]) -> str:
+    """A timeline sample as the JSON text stored for it. Raises ``TypeError`` if it is not a
+    mapping with str keys of JSON-ready values.
+
+    >>> encode_sample({"kind": "tick", "run": 1, "t": 1.5})
+    '{"kind":"tick","run":1,"t":1.5}'
+    """
+    if not isinstance(sample, Mapping):
+        raise TypeError(f"a timeline sample is a mapping, not {type(sample).__name__}")
+    try:
+        return json.dumps(dict(sample), separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"timeline sample {sample!r} is not JSON-ready ({exc})") from exc
+
+
+def decode_samples(rows: Iterable[tuple[int, str]], path: Path) -> list[dict[str, Any]]:
+    """The samples stored in ``rows`` (``seq, sample`` pairs), or :class:`JournalCorrupt`."""
+    samples = []
+    for seq, text in rows:
+        try:
+            sample = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            problem = f"is damaged: timeline sample {seq} is not JSON ({exc})"
+            raise _file.corrupt(path, problem) from exc
+        if not isinstance(sample, dict):
+            raise _file.corrupt(path, f"is damaged: timeline sample {seq} is not an object")
+        samples.append(sample)
+    return samples
 
 
 def create(path: Path, fingerprint: str, label: str | None) -> None:

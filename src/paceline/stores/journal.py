@@ -13,7 +13,7 @@ import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -81,9 +81,9 @@ class Journal:
     key in memory (``is_settled`` answers from there): ~150 bytes a key.
 
     Threads: call ``record`` from one thread at a time (the one settling items); ``flush``,
-    ``close``, ``lookup``, ``counts``, ``failed_keys``, ``outcomes`` and the meta methods may be
-    called from any thread. Outcomes recorded while another thread is closing the journal may
-    not be committed; they run again on resume.
+    ``close``, ``lookup``, ``counts``, ``failed_keys``, ``outcomes``, the meta methods and the
+    timeline's (``add_sample``, ``samples``) may be called from any thread. Outcomes recorded
+    while another thread is closing the journal may not be committed; they run again on resume.
 
     A failure of the writer thread (disk full, the file damaged or made unwritable) is raised
     as :class:`JournalError` by the next ``record``, ``flush`` or ``close``. The -wal and -shm
@@ -97,6 +97,7 @@ class Journal:
         "_codec",
         "_conn",
         "_finalizer",
+        "_has_timeline",
         "_index",
         "_lock",
         "_next_seq",
@@ -113,6 +114,7 @@ class Journal:
     _codec: Codec | None
     _conn: sqlite3.Connection
     _finalizer: weakref.finalize[..., Journal]
+    _has_timeline: bool
     _index: dict[str, int]
     _lock: threading.Lock
     _next_seq: int
@@ -177,6 +179,7 @@ class Journal:
         self._writer = Writer(opened.writer, path, flush_interval_s, flush_rows)
         self._queue = self._writer.queue
         self._closed = False
+        self._has_timeline = False  # not known yet: made by the first add_sample
         # Closes the journal if it is dropped unclosed, and at interpreter exit (Ctrl-C
         # included): the writer commits what was recorded. Holds no reference to self.
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, opened)
@@ -308,6 +311,31 @@ class Journal:
         fingerprint, label, created_at), or ``None``."""
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
+
+    def add_sample(self, sample: Mapping[str, Any]) -> None:
+        """Append one sample (a JSON-ready mapping: the CLI's run timeline) to the journal,
+        committed now. Raises ``TypeError`` if it is not JSON-ready."""
+        text = _schema.encode_sample(sample)
+        if not self._has_timeline:
+            self._query(_schema.TIMELINE_SCHEMA, ())
+            self._has_timeline = True
+        self._query(_schema.INSERT_SAMPLE_SQL, (text,))
+
+    def samples(self) -> list[dict[str, Any]]:
+        """Every sample stored with :meth:`add_sample`, in the order they were added.
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "batch.journal")
+        >>> with Journal.open(path, fingerprint="f00d") as journal:
+        ...     journal.samples()
+        ...     journal.add_sample({"kind": "tick", "run": 1, "t": 1.5})
+        ...     journal.samples()
+        []
+        [{'kind': 'tick', 'run': 1, 't': 1.5}]
+        """
+        if not self._has_timeline and not self._query(_schema.HAS_TIMELINE_SQL, ()):
+            return []
+        return _schema.decode_samples(self._query(_schema.SELECT_SAMPLES_SQL, ()), self.path)
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._lock:

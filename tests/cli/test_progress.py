@@ -1,0 +1,584 @@
+"""The progress display: plain lines off a terminal, in-place redraws on one, and a real pty."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from paceline.cli.metrics import Snapshot
+from paceline.cli.progress import (
+    ProgressView,
+    format_count,
+    format_duration,
+    format_latency,
+    format_percent,
+    format_rate,
+)
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
+
+BASE = Snapshot(
+    elapsed_s=0.0,
+    total=5000,
+    settled=0,
+    succeeded=0,
+    failed=0,
+    restored=0,
+    in_flight=8,
+    attempts=0,
+    retries=3,
+    throttled=1,
+    errors=0,
+    concurrency_limit=16,
+    rate_limit_per_s=50.0,
+    rate_per_s=48.9,
+    attempt_rate_per_s=50.0,
+    eta_s=78.0,
+    latency_p50_s=0.12,
+    latency_p90_s=0.5,
+    latency_p99_s=1.2,
+)
+
+
+def snap(elapsed_s: float, settled: int, **changes: object) -> Snapshot:
+    return replace(BASE, elapsed_s=elapsed_s, settled=settled, succeeded=settled, **changes)
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def terminal_env(monkeypatch):
+    """A wide, colour-capable terminal as far as rich's environment checks go."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setenv("LINES", "40")
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def screen_text(raw: str) -> str:
+    return ANSI.sub("", raw)
+
+
+def last_frame(raw: str) -> list[str]:
+    """The lines of the last thing drawn: what follows the last cursor-up/erase sequence."""
+    tail = re.split(r"(?:\x1b\[2K|\x1b\[1A|\r)+", raw)[-1]
+    return screen_text(tail).rstrip("\n").split("\n")
+
+
+# --- not a terminal -------------------------------------------------------------------------
+
+
+def test_plain_lines_every_five_seconds_then_a_final_line():
+    out = io.StringIO()
+    view = ProgressView(out, title="paceline")
+    assert not view.live
+    view.start()
+    for second in range(13):
+        view.update(snap(second, 100 * second))
+    view.finish(snap(12.5, 5000, in_flight=0, eta_s=0.0), outcome="done")
+
+    text = out.getvalue()
+    assert "\x1b" not in text
+    assert "\r" not in text
+    tallies = "retries 3 · throttled 1 · errors 0 · failed 0"
+    assert text.splitlines() == [
+        f"paceline: 0/5,000 (0%) · 48.9/s of 50/s · in flight 8/16 · {tallies}"
+        " · p50 120ms p99 1.20s · eta 1m18s",
+        f"paceline: 500/5,000 (10%) · 48.9/s of 50/s · in flight 8/16 · {tallies}"
+        " · p50 120ms p99 1.20s · eta 1m18s",
+        f"paceline: 1,000/5,000 (20%) · 48.9/s of 50/s · in flight 8/16 · {tallies}"
+        " · p50 120ms p99 1.20s · eta 1m18s",
+        f"paceline: done · 5,000/5,000 (100%) in 12s · avg 400.0/s · {tallies}",
+    ]
+    assert text.endswith("\n")
+
+
+def test_plain_schedule_follows_the_batch_clock_not_the_update_count():
+    """A line at the first update, then one at the first update at or past each multiple of
+    interval_s; a gap of several intervals gives one line, not a burst."""
+    out = io.StringIO()
+    view = ProgressView(out, title="t", interval_s=5)
+    for elapsed in (0.3, 0.4, 4.9, 5.2, 9.99, 14.0, 14.5, 15.1, 40.0, 41.0):
+        view.update(snap(elapsed, round(elapsed * 10)))
+    assert [line.split(" ·")[0] for line in out.getvalue().splitlines()] == [
+        "t: 3/5,000 (0%)",
+        "t: 52/5,000 (1%)",
+        "t: 140/5,000 (2%)",
+        "t: 151/5,000 (3%)",
+        "t: 400/5,000 (8%)",
+    ]
+
+
+def test_plain_unknown_total_has_no_percentage_and_no_eta():
+    out = io.StringIO()
+    view = ProgressView(out, title="paceline", interval_s=1)
+    unknown = {"total": None, "eta_s": None, "concurrency_limit": None, "rate_limit_per_s": None}
+    view.update(snap(0, 0, **unknown))
+    view.update(snap(1, 1234, restored=1000, **unknown))
+    view.finish(snap(2, 2000, failed=2, restored=1000, **unknown), outcome="interrupted")
+    lines = out.getvalue().splitlines()
+    assert lines[1] == (
+        "paceline: 1,234 done · 48.9/s · in flight 8 · retries 3 · throttled 1 · errors 0"
+        " · failed 0 · resumed 1,000 · p50 120ms p99 1.20s"
+    )
+    assert lines[2] == (
+        "paceline: interrupted · 2,000 done in 2s · avg 500.0/s · retries 3 · throttled 1"
+        " · errors 0 · failed 2 · resumed 1,000"
+    )
+    assert "%" not in out.getvalue()
+    assert "eta" not in out.getvalue()
+
+
+def test_plain_log_lines_are_printed_as_they_come_without_control_characters():
+    out = io.StringIO()
+    view = ProgressView(out, title="p")
+    view.update(snap(0, 0))
+    view.log("line 17: bad JSON, skipped")
+    view.log("evil\r\x1b[2Jline")
+    lines = out.getvalue().splitlines()
+    assert lines[1:] == ["line 17: bad JSON, skipped", "evil\\r\\x1b[2Jline"]
+    assert "\x1b" not in out.getvalue()
+    assert "\r" not in out.getvalue()
+
+
+def test_plain_lines_on_an_ascii_stream_stay_ascii():
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii")
+    view = ProgressView(out, title="p")
+    view.update(snap(0, 10))
+    view.log("caf\u00e9")
+    view.finish(snap(1, 20), outcome="done")
+    assert raw.getvalue().decode("ascii").splitlines() == [
+        "p: 10/5,000 (0%) - 48.9/s of 50/s - in flight 8/16 - retries 3 - throttled 1 - errors 0"
+        " - failed 0 - p50 120ms p99 1.20s - eta 1m18s",
+        "caf\\xe9",
+        "p: done - 20/5,000 (0%) in 1s - avg 20.0/s - retries 3 - throttled 1 - errors 0"
+        " - failed 0",
+    ]
+
+
+def test_quiet_draws_nothing_at_all(terminal_env):
+    for live in (None, True, False):
+        out = FakeTty()
+        with ProgressView(out, title="p", live=live, quiet=True) as view:
+            view.update(snap(0, 1))
+            view.update(snap(10, 2))
+            view.log("hello")
+            view.finish(snap(11, 3), outcome="done")
+        assert out.getvalue() == ""
+
+
+def test_live_is_decided_by_isatty_and_term(monkeypatch, terminal_env):
+    assert not ProgressView(io.StringIO(), title="p").live
+    assert ProgressView(FakeTty(), title="p").live
+    assert not ProgressView(FakeTty(), title="p", live=False).live
+    monkeypatch.setenv("TERM", "dumb")
+    assert not ProgressView(FakeTty(), title="p").live
+    assert ProgressView(io.StringIO(), title="p", live=True).live  # asked for explicitly
+
+
+def test_without_rich_a_terminal_gets_the_plain_lines(monkeypatch, terminal_env):
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # import fails
+    out = FakeTty()
+    view = ProgressView(out, title="p", live=True)
+    assert not view.live
+    view.update(snap(0, 10))
+    view.finish(snap(1, 20), outcome="done")
+    assert out.getvalue().startswith("p: 10/5,000 (0%) · ")
+    assert "\x1b" not in out.getvalue()
+
+
+class BrokenPipe(FakeTty):
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.writes_left = after
+
+    def write(self, text: str) -> int:
+        if self.writes_left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.writes_left -= 1
+        return super().write(text)
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_a_display_that_cannot_be_written_goes_quiet_instead_of_failing(terminal_env, live):
+    out = BrokenPipe(after=1)
+    view = ProgressView(out, title="p", live=live, interval_s=1)
+    view.update(snap(0, 1))
+    for second in range(1, 4):
+        view.update(snap(second, second))  # the pipe broke: no exception
+    view.log("hello")
+    view.finish(snap(5, 5), outcome="done")
+    assert view.quiet
+    assert out.getvalue().count("\n") <= 3
+
+
+def test_interval_must_be_positive():
+    with pytest.raises(ValueError, match="interval_s"):
+        ProgressView(io.StringIO(), title="p", interval_s=0)
+
+
+# --- live, rendered into a string -------------------------------------------------------------
+
+
+def test_live_shows_the_numbers_and_finish_restores_the_terminal(terminal_env):
+    out = io.StringIO()
+    view = ProgressView(out, title="paceline http", live=True)
+    view.start()
+    assert out.getvalue().startswith(HIDE_CURSOR)
+    view.update(snap(65.0, 1200, restored=1200))
+    frame = last_frame(out.getvalue())
+    assert len(frame) == 3
+    assert "paceline http" in frame[0]
+    assert "1,200/5,000 24%" in frame[0]
+    assert "1m05s" in frame[0]
+    assert "eta 1m18s" in frame[0]
+    assert "━" in frame[0]
+    assert frame[1] == (
+        "48.9/s of 50/s · in flight 8/16 · retries 3 · throttled 1 · errors 0 · failed 0"
+        " · p50 120ms p99 1.20s"
+    )
+    assert frame[2] == "resumed: 1,200 from the journal"
+
+    view.finish(snap(100.0, 5000, restored=1200, in_flight=0, eta_s=0.0), outcome="done")
+    raw = out.getvalue()
+    assert raw.endswith("\n" + SHOW_CURSOR)
+    assert screen_text(raw).endswith("\n")
+    final = last_frame(raw)
+    assert "5,000/5,000 100%" in final[0]
+    assert "done" in final[0]
+    assert "eta" not in final[0]
+    assert final[1].startswith("avg 38.0/s · retries 3")
+    assert "in flight" not in final[1]
+
+    # Finished means finished: nothing more is drawn.
+    view.update(snap(101.0, 5001))
+    view.finish(snap(101.0, 5001), outcome="done")
+    assert out.getvalue() == raw
+
+
+def test_live_redraws_at_most_ten_times_a_second_of_the_batch(terminal_env):
+    out = io.StringIO()
+    view = ProgressView(out, title="p", live=True)
+    for settled, elapsed in enumerate((0.0, 0.05, 0.1, 0.12, 0.19, 0.25, 0.3), start=1):
+        view.update(snap(elapsed, settled))
+    drawn = re.findall(r" (\d+)/5,000", screen_text(out.getvalue()))
+    assert drawn == ["1", "3", "6"]  # at 0.0, 0.1 and 0.25 s: each 0.1 s or more after the last
+
+
+class CountingWrites(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_live_redraw_is_one_write_that_erases_and_redraws(terminal_env):
+    """No flicker: the terminal never sees a frame half drawn or erased-but-not-redrawn."""
+    out = CountingWrites()
+    view = ProgressView(out, title="p", live=True)
+    view.update(snap(1.0, 10))
+    before = len(out.writes)
+    view.update(snap(2.0, 20))
+    (redraw,) = out.writes[before:]
+    assert redraw.startswith("\r\x1b[2K\x1b[1A\x1b[2K")  # back over the two lines...
+    assert "20/5,000" in screen_text(redraw)  # ...and the new frame, in the same write
+    view.log("hello")
+    (logged,) = out.writes[before + 1 :]
+    assert "hello" in logged
+    assert "20/5,000" in screen_text(logged)
+
+
+def test_live_unknown_total_is_a_spinner_and_a_count(terminal_env):
+    out = io.StringIO()
+    view = ProgressView(out, title="p", live=True)
+    view.update(snap(3.0, 1234, total=None, eta_s=None, concurrency_limit=None))
+    frame = last_frame(out.getvalue())
+    assert frame[0][0] in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+    assert "1,234 done" in frame[0]
+    assert "━" not in frame[0]
+    assert "%" not in frame[0]
+    assert "eta" not in frame[0]
+    assert frame[1].startswith("48.9/s of 50/s · in flight 8 · ")
+    view.finish(snap(4.0, 1300, total=None, eta_s=None), outcome="interrupted")
+    assert "✗ p 1,300 done · 4s · interrupted" in last_frame(out.getvalue())[0]
+
+
+def test_live_log_goes_above_the_display_literally(terminal_env):
+    out = io.StringIO()
+    view = ProgressView(out, title="p", live=True)
+    view.update(snap(1.0, 10))
+    view.log("line 17: bad JSON [bold]skipped[/bold]")
+    frame = last_frame(out.getvalue())
+    assert frame[0] == "line 17: bad JSON [bold]skipped[/bold]"
+    assert "10/5,000" in frame[1]  # the display, redrawn under it
+    view.finish(snap(2.0, 20), outcome="done")
+    text = screen_text(out.getvalue())
+    assert text.count("line 17: bad JSON") == 1
+
+
+def test_live_lines_fit_a_narrow_terminal(monkeypatch, terminal_env):
+    monkeypatch.setenv("COLUMNS", "50")
+    out = io.StringIO()
+    view = ProgressView(out, title="a rather long title for a batch", live=True)
+    view.update(snap(5.0, 2500, restored=100))
+    frame = last_frame(out.getvalue())
+    assert len(frame) == 3
+    assert all(len(line) <= 50 for line in frame), frame
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome"), [(KeyboardInterrupt, "interrupted"), (RuntimeError, "failed")]
+)
+def test_leaving_the_context_on_an_exception_restores_the_terminal(terminal_env, exc, outcome):
+    out = io.StringIO()
+
+    def run() -> None:
+        with ProgressView(out, title="p", live=True) as view:
+            view.update(snap(1.0, 10))
+            raise exc
+
+    with pytest.raises(exc):
+        run()
+    raw = out.getvalue()
+    assert raw.endswith("\n" + SHOW_CURSOR)
+    assert outcome in last_frame(raw)[0]
+
+
+def test_leaving_the_context_before_any_update_restores_the_terminal(terminal_env):
+    out = io.StringIO()
+    with ProgressView(out, title="p", live=True):
+        pass
+    assert out.getvalue().startswith(HIDE_CURSOR)
+    assert out.getvalue().endswith("\n" + SHOW_CURSOR)
+
+
+# --- a real terminal ------------------------------------------------------------------------
+
+DRIVER = """
+import pathlib, sys, time
+
+from paceline.cli.metrics import Metrics
+from paceline.cli.progress import ProgressView
+
+gates = pathlib.Path(sys.argv[1])
+metrics = Metrics(total=200)
+metrics.concurrency_limit = lambda: 16
+metrics.rate_limit_per_s = lambda: 50.0
+view = ProgressView(sys.stderr, title="demo")
+assert view.live, "stderr is a terminal here"
+view.start()
+
+
+def run_to(n):
+    while metrics.settled_count < n:
+        metrics.attempt_started()
+        metrics.attempt_ended(0.01, throttled=False, failed=False)
+        metrics.settled(failed=False)
+        view.update(metrics.snapshot())
+        time.sleep(0.004)
+
+
+def hold(name):
+    # Keep updating (as the CLI's ticker does) until the test has looked at the screen.
+    (gates / f"{name}.ready").touch()
+    deadline = time.monotonic() + 30
+    while not (gates / f"{name}.go").exists():
+        assert time.monotonic() < deadline, f"nobody released {name}"
+        view.update(metrics.snapshot())
+        time.sleep(0.02)
+
+
+run_to(50)
+hold("one")
+run_to(120)
+hold("two")
+view.log("line 17: bad JSON, skipped")
+run_to(200)
+view.finish(metrics.snapshot(), outcome="done")
+"""
+
+
+class Tmux:
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+
+    def __call__(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-S", str(self.socket), "-f", os.devnull, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return done.stdout
+
+    def screen(self) -> list[str]:
+        return self("capture-pane", "-p", "-t", "pv").rstrip("\n").split("\n")
+
+    def cursor_visible(self) -> bool:
+        return self("display-message", "-p", "-t", "pv", "#{cursor_flag}").strip() == "1"
+
+    def wait_for(self, predicate, what: str, timeout_s: float = 20.0) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            screen = self.screen()
+            if predicate(screen):
+                return screen
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}; screen:\n" + "\n".join(screen))
+            time.sleep(0.05)
+
+
+def wait_for_file(path: Path, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {path.name}")
+        time.sleep(0.02)
+
+
+def rows_with(screen: list[str], needle: str) -> list[int]:
+    return [i for i, row in enumerate(screen) if needle in row]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.timeout(90)
+def test_a_real_terminal_updates_in_place_and_ends_on_a_fresh_line(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER))
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    src = Path(__file__).resolve().parents[2] / "src"
+    command = " ".join(
+        [
+            "env -u COLUMNS -u LINES -u NO_COLOR TERM=screen",
+            f"PYTHONPATH={shlex.quote(str(src))}",
+            shlex.quote(sys.executable),
+            shlex.quote(str(script)),
+            shlex.quote(str(gates)),
+            "; printf '$ next-prompt\\n'; sleep 60",
+        ]
+    )
+    tmux = Tmux(tmp_path / "tmux.sock")
+    tmux("new-session", "-d", "-x", "120", "-y", "30", "-s", "pv", command)
+    try:
+        wait_for_file(gates / "one.ready")
+        first = tmux.wait_for(lambda s: rows_with(s, " 50/200 "), "50/200")
+        assert not tmux.cursor_visible()  # hidden while the display runs
+        (gates / "one.go").touch()
+
+        wait_for_file(gates / "two.ready")
+        second = tmux.wait_for(lambda s: rows_with(s, " 120/200 "), "120/200")
+        (gates / "two.go").touch()
+
+        # In place: the count moved on, on the same screen row, and nothing piled up.
+        assert rows_with(second, " 120/200 ") == rows_with(first, " 50/200 ")
+        assert rows_with(second, " 50/200 ") == []
+        assert len(rows_with(first, "/200 ")) == len(rows_with(second, "/200 ")) == 1
+        count_row = rows_with(first, " 50/200 ")[0]
+        assert "in flight" in first[count_row + 1]
+        assert "of 50/s" in first[count_row + 1]
+
+        final = tmux.wait_for(lambda s: rows_with(s, "$ next-prompt"), "the next prompt")
+        assert len(rows_with(final, "/200 ")) == 1
+        (count_row,) = rows_with(final, "/200 ")
+        assert "200/200 100%" in final[count_row]
+        assert "done" in final[count_row]
+        assert final[count_row + 1].startswith("avg ")
+        # The next output starts at the beginning of the line right after the display.
+        assert final[count_row + 2] == "$ next-prompt"
+        # The log line sits above the display, once.
+        assert rows_with(final, "line 17: bad JSON, skipped") == [count_row - 1]
+        assert tmux.cursor_visible()
+    finally:
+        subprocess.run(
+            ["tmux", "-S", str(tmux.socket), "kill-server"], capture_output=True, timeout=10
+        )
+
+
+# --- formatting helpers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(0, "0"), (7, "7"), (1234, "1,234"), (1_000_000, "1,000,000")]
+)
+def test_format_count(n, text):
+    assert format_count(n) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (45, "45s"),
+        (59.4, "59s"),
+        (59.5, "1m00s"),
+        (78, "1m18s"),
+        (3600, "1h00m"),
+        (2 * 3600 + 3 * 60 + 29, "2h03m"),
+        (86400 + 7200, "1d02h"),
+        (-1, "0s"),
+        (math.inf, "?"),
+    ],
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [
+        (0.0, "0.0/s"),
+        (0.5, "0.5/s"),
+        (43.1, "43.1/s"),
+        (1234.0, "1.2k/s"),
+        (999_999.0, "1.0M/s"),
+        (0.01, "0.6/min"),
+    ],
+)
+def test_format_rate(rate, text):
+    assert format_rate(rate) == text
+
+
+def test_format_rate_trims_round_limits_only_when_asked():
+    assert format_rate(50.0) == "50.0/s"
+    assert format_rate(50.0, trim=True) == "50/s"
+    assert format_rate(2000.0, trim=True) == "2k/s"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.005, "5.0ms"), (0.12, "120ms"), (1.2, "1.20s"), (30.0, "30.0s")]
+)
+def test_format_latency(seconds, text):
+    assert format_latency(seconds) == text
+
+
+def test_format_percent_rounds_down_and_reaches_100_only_at_the_end():
+    assert [format_percent(d, 1000) for d in (0, 9, 10, 999, 1000)] == [
+        "0%",
+        "0%",
+        "1%",
+        "99%",
+        "100%",
+    ]
