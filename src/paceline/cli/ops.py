@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Operation:
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
         self.id_template = Template.parse(spec.id_template) if spec.id_template else None
+        self._used: set[str] | None = None
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         """Every template with the option it came from, to check against a CSV header."""
@@ -79,11 +81,21 @@ class Operation:
         """Run one item's payload."""
         raise NotImplementedError
 
-    def key_from(self, row: Row, default: str) -> str:
+    def key_from(self, row: Row, default: str, *, whole_row: bool = False) -> str:
+        """The item's journal key: ``--id`` rendered, else ``default`` — made unique with a
+        digest of the row when the templates leave some of its columns out (two rows that
+        differ only there are two items, not one)."""
+        data = row.data
+        assert data is not None
         if self.id_template is not None:
-            assert row.data is not None
-            return self.id_template.render(row.data)
-        return default
+            return self.id_template.render(data)
+        if whole_row:
+            return default
+        if self._used is None:
+            self._used = {name for t in self.templates().values() for name in t.fields}
+        if all(column in self._used for column in data):
+            return default
+        return f"{default} #{_digest(data)[:12]}"
 
     async def close(self) -> None:
         """Release what the operation holds (connections, threads)."""
@@ -192,7 +204,7 @@ class HttpOperation(Operation):
         default_key = request.id or f"{method} {request.url}"
         if request.id is None and (json_body is not None or body is not None):
             default_key += " #" + _digest(json_body if json_body is not None else body)
-        key = self.key_from(row, default_key)
+        key = self.key_from(row, default_key, whole_row=self.url is None)
         payload = self._request_type(
             url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
         )
@@ -265,7 +277,9 @@ class CallOperation(Operation):
 
     def item(self, row: Row) -> Item:
         assert row.data is not None
-        return Item(row.line, self.key_from(row, "row:" + _digest(row.data)), row.data)
+        return Item(
+            row.line, self.key_from(row, "row:" + _digest(row.data), whole_row=True), row.data
+        )
 
     async def run(self, payload: Any) -> Any:
         function = self.function
@@ -317,10 +331,15 @@ class ExecOperation(Operation):
             line = " ".join(render_shell(word, data) for word in self.words)
             return Item(row.line, self.key_from(row, line), line)
         argv = [word.render(data) for word in self.words]
-        return Item(row.line, self.key_from(row, json.dumps(argv)), argv)
+        return Item(row.line, self.key_from(row, shlex.join(argv)), argv)
 
     async def run(self, payload: Any) -> Any:
-        return await self._exec.run_command(payload, shell=self.spec.shell)
+        try:
+            return await self._exec.run_command(payload, shell=self.spec.shell)
+        except self._exec.CommandFailed as exc:
+            if self.spec.retries:  # a failing command is retried only when --retries asks
+                exc.retryable = True
+            raise
 
 
 def is_throttle(error: BaseException | None) -> bool:

@@ -293,10 +293,13 @@ class Batch:
                     "adaptive": controller is not None,
                 }
             )
+        live = self.display.live
+        if spec.out == "-" and sys.stdout.isatty():
+            live = False  # results on the terminal: a redrawn bar would tear through them
         view = ProgressView(
             self.display.err,
             title=spec.label(),
-            live=self.display.live,
+            live=live,
             quiet=self.display.quiet,
         )
         self._view = view
