@@ -285,3 +285,23 @@ def test_stdin_input(tmp_path: Path) -> None:
         done = paceline("http", "-", "--journal", "none", "-o", "-", "-q", cwd=tmp_path, stdin=body)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 7
+
+
+def test_call_throttled_is_retried_after_its_retry_after(tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(
+        "import paceline\n"
+        "seen = set()\n"
+        "def work(row):\n"
+        "    if row['n'] not in seen:\n"
+        "        seen.add(row['n'])\n"
+        "        raise paceline.Throttled(retry_after=0.2)\n"
+        "    return row['n']\n"
+    )
+    (tmp_path / "in.csv").write_text("n\n1\n2\n3\n")
+    started = time.monotonic()
+    done = paceline("call", "flaky:work", "in.csv", "-o", "out.jsonl", "-k", "-q", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["result"], r["attempts"]) for r in rows] == [("1", 2), ("2", 2), ("3", 2)]
+    assert elapsed >= 0.2  # the retry waited for Retry-After

@@ -41,7 +41,10 @@ Concurrency = Annotated[
 ]
 Retries = Annotated[
     int | None,
-    typer.Option(help="Retries of a failed item (default: http 4 for transient failures; 0)."),
+    typer.Option(
+        help="Retries of a failed item, any failure (default: http and call retry transient "
+        "failures — 429/503, timeouts, broken connections, Throttled — 4 times; exec never)."
+    ),
 ]
 Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds per attempt.")]
 Halt = Annotated[

@@ -95,7 +95,10 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         )
         return Plan(workers, controller, limiter, server_limits, http_retry, server_limits)
     retry: RetryPolicy | None = None
-    if retries:
+    if retries is None and spec.command == "call":
+        # Transient failures only (Throttled, TimeoutError, ConnectionError), like http.
+        retry = RetryPolicy(attempts=5, base_s=0.2, cap_s=30.0)
+    elif retries:
         retry = RetryPolicy(attempts=retries + 1, base_s=0.2, cap_s=30.0, retry_on=lambda e: True)
     return Plan(workers, controller, limiter, limiter, retry)
 
