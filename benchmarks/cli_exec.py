@@ -52,6 +52,18 @@ PACELINE_CMD = [
     "--",
     "true",
 ]
+# The same with what a user gets by default: a journal (started afresh each run) and the report.
+PACELINE_JOURNAL_CMD = [
+    *PACELINE_CMD[:4],
+    "--journal",
+    "{journal}",
+    "--fresh",
+    "--no-report",
+    "--quiet",
+    "{input}",
+    "--",
+    "true",
+]
 _SELF = [str(PYTHON), str(Path(__file__).resolve())]
 STREAM_CMD = [*_SELF, "--mode", "stream", "--jobs", "{jobs}", "{input}"]
 FLOOR_CMD = [*_SELF, "--mode", "floor", "--jobs", "{jobs}", "{input}"]
@@ -195,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = [
             Row("GNU parallel", _fill(PARALLEL_CMD, jobs=args.jobs, input=plain)),
             Row("paceline exec", _fill(PACELINE_CMD, jobs=args.jobs, input=jsonl)),
+            Row(
+                "paceline exec, journal on",
+                _fill(PACELINE_JOURNAL_CMD, jobs=args.jobs, input=jsonl, journal=Path(tmp) / "j"),
+            ),
             Row("paceline.stream + run_command", _fill(STREAM_CMD, jobs=args.jobs, input=jsonl)),
             Row("run_command (floor)", _fill(FLOOR_CMD, jobs=args.jobs, input=jsonl)),
         ]
