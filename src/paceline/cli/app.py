@@ -29,14 +29,19 @@ Input = Annotated[str, typer.Argument(help="JSON Lines or CSV file, or - for std
 Rates = Annotated[
     list[str] | None,
     typer.Option(
-        "--rate", help="At most N starts per window, e.g. 10/s, 500/min; repeat: all apply."
+        "--rate",
+        metavar="N/WINDOW",
+        help="At most N starts per window, e.g. 10/s, 500/min; repeat: all apply.",
     ),
 ]
 Burst = Annotated[int | None, typer.Option(help="Starts allowed back to back (1: evenly paced).")]
 Concurrency = Annotated[
     str,
     typer.Option(
-        "-j", "--concurrency", help="Items in flight: a number, or auto (adapts to the server)."
+        "-j",
+        "--concurrency",
+        metavar="N|auto",
+        help="Items in flight: a number, or auto (adapts to the server).",
     ),
 ]
 Retries = Annotated[
@@ -49,7 +54,11 @@ Retries = Annotated[
 Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds per attempt.")]
 Halt = Annotated[
     list[str] | None,
-    typer.Option("--halt", help="Stop early, GNU parallel style: soon,fail=5%  now,fail=1 ..."),
+    typer.Option(
+        "--halt",
+        metavar="RULE",
+        help="Stop early, GNU parallel style: soon,fail=5%  now,fail=1 ...",
+    ),
 ]
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Show what would run (first items, limits); run nothing.")
@@ -60,7 +69,9 @@ KeepOrder = Annotated[
 JournalOpt = Annotated[
     str | None,
     typer.Option(
-        "--journal", help="Journal file (default: under .paceline/, from the command); none: off."
+        "--journal",
+        metavar="PATH|none",
+        help="Journal file (default: under .paceline/, from the command); none: off.",
     ),
 ]
 RetryFailed = Annotated[
@@ -68,7 +79,10 @@ RetryFailed = Annotated[
 ]
 Fresh = Annotated[bool, typer.Option("--fresh", help="Forget the journal: start over.")]
 Out = Annotated[
-    str | None, typer.Option("--out", "-o", help="Write outcomes: results.jsonl, .csv, or -.")
+    str | None,
+    typer.Option(
+        "--out", "-o", metavar="FILE|-", help="Write outcomes: results.jsonl, .csv, or -."
+    ),
 ]
 OnBad = Annotated[
     str,
@@ -139,7 +153,9 @@ def http_command(
     base_url: Annotated[str | None, typer.Option(help="Base for relative URLs.")] = None,
     header: Annotated[
         list[str] | None,
-        typer.Option("--header", "-H", help="'Name: value' (repeatable; credentials redacted)."),
+        typer.Option(
+            "--header", "-H", metavar="'NAME: VALUE'", help="Repeatable; credentials redacted"
+        ),
     ] = None,
     rate: Rates = None,
     burst: Burst = None,

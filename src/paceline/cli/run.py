@@ -34,6 +34,7 @@ from paceline.faces.batch import stream
 from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
+from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryPolicy
 from paceline.runners._common import auto_workers
 from paceline.stores import Journal, JournalError, JournalMismatch, fingerprint_of
@@ -261,6 +262,8 @@ class Batch:
         try:
             operation.prepare(source)
             journal = open_journal(spec, operation, self.fresh)
+            if journal is not None and plan.controller is not None:
+                start_where_we_left(plan.controller, journal)
             try:
                 return await self._run_with(source, operation, plan, journal)
             finally:
@@ -432,6 +435,25 @@ class Batch:
                 )
 
 
+def start_where_we_left(controller: AdaptiveController, journal: Journal) -> None:
+    """A resumed adaptive batch starts from the limits the last run had found (its last
+    sample), instead of learning them again with a burst of 429s."""
+    ticks = [s for s in journal.samples() if s.get("kind") == "tick"]
+    if not ticks:
+        return
+    last = ticks[-1]
+    rate, concurrency = last.get("rate_limit_per_s"), last.get("concurrency_limit")
+    settings = controller.settings
+    if isinstance(rate, (int, float)) and rate > 0:
+        controller.rate_per_s = min(
+            max(float(rate), settings.min_rate_per_s), settings.max_rate_per_s
+        )
+    if isinstance(concurrency, int) and concurrency > 0:
+        controller.concurrency = float(
+            min(max(concurrency, settings.min_concurrency), settings.max_concurrency)
+        )
+
+
 def _item_key(item: Item) -> str:
     return item.key
 
@@ -440,7 +462,10 @@ def rate_limit_now(plan: Plan) -> float | None:
     """The tightest rate in force now (strict, learned from headers, or adaptive), per s."""
     rates: list[float] = []
     if plan.limiter is not None:
-        rates.append(plan.limiter.max_requests / plan.limiter.time_window_seconds)
+        rates.extend(
+            limit.rate.max_requests * NS_PER_S / limit.rate.window_ns
+            for limit in plan.limiter.limits
+        )
     server = plan.server_limits
     if server is not None and server.policy is not None:
         quota, window_s = server.policy
