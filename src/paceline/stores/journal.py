@@ -13,7 +13,7 @@ import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -288,17 +288,7 @@ class Journal:
         """Every stored outcome in first-recorded order (the latest outcome of each key).
         Flushes first; reads in pages, holding no lock between them."""
         self.flush()
-        after = 0
-        while True:
-            rows = self._query(
-                f"SELECT seq, {_OUTCOME_COLUMNS} FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, _PAGE_ROWS),
-            )
-            for row in rows:
-                yield self._outcome(row[1:])
-            if len(rows) < _PAGE_ROWS:
-                return
-            after = rows[-1][0]
+        return paged_outcomes(self._query, self._outcome)
 
     def set_meta(self, key: str, value: str) -> None:
         """Store a small string for the runner (total, operation name ...), committed now."""
@@ -415,6 +405,25 @@ class Journal:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Journal {str(self.path)!r} fingerprint={self.fingerprint!r} {state}>"
+
+
+def paged_outcomes(
+    query: Callable[[str, tuple[Any, ...]], list[Any]],
+    outcome: Callable[[tuple[Any, ...]], StoredOutcome],
+) -> Iterator[StoredOutcome]:
+    """Every item's outcome in ``seq`` order, read a page at a time (no lock held between
+    pages); shared by :class:`Journal` and the read-only view."""
+    after = 0
+    while True:
+        rows = query(
+            f"SELECT seq, {_OUTCOME_COLUMNS} FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, _PAGE_ROWS),
+        )
+        for row in rows:
+            yield outcome(row[1:])
+        if len(rows) < _PAGE_ROWS:
+            return
+        after = rows[-1][0]
 
 
 def _shutdown(writer: Writer | None, opened: _schema.Opened) -> None:

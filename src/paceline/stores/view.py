@@ -18,12 +18,9 @@ from typing import Any
 from paceline.stores import _file, _schema
 from paceline.stores._codec import decode_result
 from paceline.stores._errors import JournalCorrupt, JournalError
-from paceline.stores.journal import StoredOutcome
+from paceline.stores.journal import StoredOutcome, paged_outcomes
 
 __all__ = ["JournalView"]
-
-_OUTCOME_COLUMNS = "key, success, kind, result, error, error_type, error_code, attempts, duration_s"
-_PAGE_ROWS = 500
 
 
 class JournalView:
@@ -115,17 +112,7 @@ class JournalView:
     def outcomes(self) -> Iterator[StoredOutcome]:
         """Every stored outcome in first-recorded order, results decoded as JSON (a journal
         written with a custom codec yields the codec's JSON-ready data)."""
-        after = 0
-        while True:
-            rows = self._query(
-                f"SELECT seq, {_OUTCOME_COLUMNS} FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, _PAGE_ROWS),
-            )
-            for row in rows:
-                yield self._outcome(row[1:])
-            if len(rows) < _PAGE_ROWS:
-                return
-            after = rows[-1][0]
+        return paged_outcomes(self._query, self._outcome)
 
     def samples(self) -> list[dict[str, Any]]:
         """The run timeline (see :meth:`Journal.add_sample`) in the order it was written;
