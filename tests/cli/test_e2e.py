@@ -305,3 +305,28 @@ def test_call_throttled_is_retried_after_its_retry_after(tmp_path: Path) -> None
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(r["result"], r["attempts"]) for r in rows] == [("1", 2), ("2", 2), ("3", 2)]
     assert elapsed >= 0.2  # the retry waited for Retry-After
+
+
+def test_endless_stdin_streams_results_as_rows_arrive(tmp_path: Path) -> None:
+    with ApiServer(ApiConfig(base_latency_s=0.001)) as server:
+        process = subprocess.Popen(
+            [PACELINE, "http", "-", "--journal", "none", "-o", "-", "-q", "-j", "2"],
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            for n in range(3):  # the input stays open: each result comes back before the next row
+                process.stdin.write(json.dumps({"url": f"{server.url}/items/{n}"}) + "\n")
+                process.stdin.flush()
+                line = process.stdout.readline()
+                assert json.loads(line)["result"]["body"]["id"] == str(n)
+            process.stdin.close()
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()

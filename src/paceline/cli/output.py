@@ -70,6 +70,7 @@ class ResultWriter:
         self.out = out
         self.fmt = fmt
         self.owned = owned
+        self.flush_each = False
         self._csv = (
             csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore") if fmt == "csv" else None
         )
@@ -79,8 +80,10 @@ class ResultWriter:
     @classmethod
     def open(cls, target: str) -> ResultWriter:
         """``results.jsonl`` / ``results.csv`` / ``-`` (JSON Lines on stdout)."""
-        if target == "-":
-            return cls(sys.stdout, "jsonl")
+        if target == "-":  # a line per item as it settles, for a pipe that reads as we go
+            writer = cls(sys.stdout, "jsonl")
+            writer.flush_each = True
+            return writer
         fmt = "csv" if target.lower().endswith((".csv", ".tsv")) else "jsonl"
         try:
             handle = open(target, "w", encoding="utf-8", newline="" if fmt == "csv" else None)  # noqa: SIM115
@@ -93,6 +96,8 @@ class ResultWriter:
         data = record_of(result)
         if self._csv is None:
             self.out.write(json.dumps(data, default=repr, ensure_ascii=False) + "\n")
+            if self.flush_each:
+                self.out.flush()
             return
         row = dict(data)
         if "result" in row:
