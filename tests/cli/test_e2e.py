@@ -330,3 +330,23 @@ def test_endless_stdin_streams_results_as_rows_arrive(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_dead_server_fails_each_item_with_the_url_and_what_to_check(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_requests(tmp_path / "in.jsonl", 3)
+    done = paceline(
+        "http", "in.jsonl", "--base-url", f"http://127.0.0.1:{port}", "--retries", "1",
+        "--journal", "j.journal", "-o", "out.jsonl", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["error_code"] for r in rows] == ["connection"] * 3
+    assert all(r["attempts"] == 2 for r in rows)
+    assert f"cannot connect to http://127.0.0.1:{port}/items/" in rows[0]["error"]
+    assert "is the server up" in done.stderr  # the report's top errors say it too
+    assert counts(tmp_path / "j.journal") == {"succeeded": 0, "failed": 3}

@@ -25,6 +25,7 @@ from paceline.http._messages import (
     HttpResponse,
     HttpResponseCodec,
     HttpStatusError,
+    ServerUnreachable,
     as_request,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "HttpResponseCodec",
     "HttpStatusError",
     "ServerLimits",
+    "ServerUnreachable",
     "as_request",
     "fetch_all",
     "fetch_all_sync",

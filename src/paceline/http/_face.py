@@ -22,6 +22,7 @@ from paceline.http._messages import (
     HttpResponse,
     HttpResponseCodec,
     HttpStatusError,
+    ServerUnreachable,
     as_request,
     decode_body,
 )
@@ -39,7 +40,7 @@ DEFAULT_RETRY = RetryPolicy(
     attempts=5,
     base_s=0.2,
     cap_s=30.0,
-    retry_on=(HttpStatusError, httpx.TransportError, TimeoutError),
+    retry_on=(HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError),
 )
 
 
@@ -50,13 +51,19 @@ def _sender(
         request = as_request(item)
         url = request.url if base_url is None else httpx.URL(base_url).join(request.url)
         started = time.monotonic()
-        response = await client.request(
-            request.method,
-            url,
-            headers=dict(request.headers),
-            json=request.json,
-            content=request.body,
-        )
+        try:
+            response = await client.request(
+                request.method,
+                url,
+                headers=dict(request.headers),
+                json=request.json,
+                content=request.body,
+            )
+        except httpx.ConnectError as exc:
+            raise ServerUnreachable(str(url), exc) from exc
+        except httpx.TimeoutException as exc:
+            exc.error_code = "timeout"  # type: ignore[attr-defined]
+            raise
         signals = parse_signals(response.headers.multi_items())
         limits.observe(signals)
         if response.status_code >= 400:

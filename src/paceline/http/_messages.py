@@ -104,6 +104,20 @@ class HttpStatusError(Exception):
         self.retryable = status_code in (408, 429) or status_code >= 500
 
 
+class ServerUnreachable(ConnectionError):
+    """No connection to the server (refused, unknown host, unreachable): the message names
+    the URL and what to check; the httpx error is the ``__cause__``."""
+
+    error_code = "connection"
+
+    def __init__(self, url: str, cause: BaseException) -> None:
+        super().__init__(
+            f"cannot connect to {redact_text(url)}: is the server up and the URL right? "
+            f"({cause or type(cause).__name__})"
+        )
+        self.url = url
+
+
 def decode_body(content: bytes, content_type: str) -> Any:
     """JSON when the response says so (and parses), else text."""
     text = content.decode("utf-8", errors="replace")

@@ -68,6 +68,36 @@ class AdaptiveSettings:
     long_window_probes: int = 3
     probe_initial_s: float = 1.0
     probe_max_s: float = 64.0
+    # A probe waits at most this fraction of the time since the cycle's first success: the probe
+    # that finds the window open is at most that much late, and so is the window learned from it
+    # (plain doubling overshot a 60 s window by up to 64 s).
+    probe_step_fraction: float = 0.5
+    # Quota windows are mostly round (a second, a minute, an hour): a probe also goes just after
+    # each of these has passed since the cycle's first success (``probe_window_slack`` later),
+    # so a window of exactly that length is found to within the slack.
+    probe_windows_s: tuple[float, ...] = (
+        1,
+        2,
+        5,
+        10,
+        15,
+        20,
+        30,
+        60,
+        90,
+        120,
+        300,
+        600,
+        900,
+        1800,
+        3600,
+        7200,
+        86400,
+    )
+    probe_window_slack: float = 0.02
+    # Once a cycle has bounded the window (lo, hi], later probes go no sooner than lo, then in
+    # steps of this fraction of it.
+    probe_fine_fraction: float = 0.02
     # Envoy/Gradient-style latency brake: tolerate 1.5x the minimum RTT.
     latency_tolerance: float = 1.5
     rtt_min_window_s: float = 30.0
@@ -143,9 +173,18 @@ class AdaptiveController:
     _recent_successes: deque[int] = field(default_factory=deque)  # send times, last second
     _first_start_ns: int | None = None
     _paused_ns: deque[tuple[int, int]] = field(default_factory=deque)  # (from, to)
-    _cycle_start_ns: int | None = None  # start of the current throttle/probe cycle
+    # The current throttle/probe cycle: send time of its first success (a sliding window frees
+    # up one window after it), its successes, and the send time of its last throttled attempt
+    # (the window is longer than that attempt's distance from the first success).
+    _cycle_first_ns: int | None = None
     _cycle_successes: int = 0
+    _cycle_throttled_ns: int | None = None
+    _window_ns: tuple[int, int] | None = None  # a long window learned from cycles: (lo, hi]
     _recovered: bool = True  # an attempt sent after the last cut has succeeded
+    # After a rate cut, until recovery, one attempt of the new epoch at a time (the rest would
+    # only collect 429s if the window is still full): how many of them are in flight.
+    _one_at_a_time: bool = False
+    _epoch_in_flight: int = 0
     _aftershocks: int = 0  # throttles of attempts sent after the last cut, before recovery
     _probing: bool = False
     _probe_in_flight: bool = False
@@ -184,6 +223,8 @@ class AdaptiveController:
             return GO
         if in_flight >= self.concurrency_limit:
             return Decision(slot=True)
+        if self._one_at_a_time and self._epoch_in_flight > 0:
+            return Decision(slot=True)
         if self.rate_per_s is not None and self._tat_ns is not None and now_ns < self._tat_ns:
             return Decision(wait_ns=self._tat_ns - now_ns, rate=True)
         return GO
@@ -199,6 +240,7 @@ class AdaptiveController:
         )
         if self._probing:
             self._probe_in_flight = True
+        self._epoch_in_flight += 1
         rate = self.rate_per_s
         if rate is not None:
             interval = max(1, round(NS / rate))
@@ -213,7 +255,6 @@ class AdaptiveController:
             self._tat_ns = base + interval
         if self._first_start_ns is None:
             self._first_start_ns = now_ns
-            self._cycle_start_ns = now_ns
         starts = self._recent_starts
         starts.append(now_ns)
         while starts and starts[0] <= now_ns - NS:
@@ -228,6 +269,8 @@ class AdaptiveController:
         """Learn from an attempt's outcome."""
         if ticket.probe:
             self._probe_in_flight = False
+        if ticket.epoch == self.epoch:
+            self._epoch_in_flight = max(0, self._epoch_in_flight - 1)
         if retry_after_s is not None and retry_after_s > 0:
             until = now_ns + round(retry_after_s * NS)
             if until > self.pause_until_ns:
@@ -238,6 +281,9 @@ class AdaptiveController:
             self._on_success(now_ns, ticket)
         elif outcome is Outcome.THROTTLE:
             self.throttled += 1
+            first, last = self._cycle_first_ns, self._cycle_throttled_ns
+            if first is not None and ticket.sent_ns > first:
+                self._cycle_throttled_ns = max(ticket.sent_ns, last or ticket.sent_ns)
             self._on_congestion(now_ns, ticket, cut_rate=True)
         elif outcome is Outcome.OVERLOAD:
             self.throttled += 1
@@ -253,17 +299,22 @@ class AdaptiveController:
         settings = self.settings
         if ticket.epoch == self.epoch:
             self._recovered = True
-        self._cycle_successes += 1
+            self._one_at_a_time = False
         if ticket.probe:
             long_window = self._probe_attempt >= settings.long_window_probes
             self._probing = False
             self._probe_attempt = 0
             self._aftershocks = 0
             if long_window:
-                self._learn_cycle(now_ns)
-            else:  # a short window freed up within a probe or two: the cut rate stands
-                self._cycle_start_ns, self._cycle_successes = now_ns, 0
+                self._learn_cycle(ticket.sent_ns)
+            # The probe is the first success of a new cycle (a short window freed up within a
+            # probe or two: the cut rate stands).
+            self._cycle_first_ns, self._cycle_successes = ticket.sent_ns, 0
+            self._cycle_throttled_ns = None
             self.events.append((now_ns, "probe-ok", self.rate_per_s or 0.0))
+        self._cycle_successes += 1
+        if self._cycle_first_ns is None or ticket.sent_ns < self._cycle_first_ns:
+            self._cycle_first_ns = ticket.sent_ns
         successes = self._recent_successes
         successes.append(ticket.sent_ns)
         while successes and successes[0] <= now_ns - NS:
@@ -331,6 +382,8 @@ class AdaptiveController:
         self._recovered = False
         self._aftershocks = 0
         self.epoch += 1
+        self._epoch_in_flight = 0
+        self._one_at_a_time = cut_rate
         self.cuts += 1
         self._last_growth_ns = None
         if cut_rate:
@@ -358,23 +411,32 @@ class AdaptiveController:
             )
             self.events.append((now_ns, "concurrency", float(self.concurrency_limit)))
 
-    def _learn_cycle(self, now_ns: int) -> None:
-        """A probe got through after a long-window quota made us stop: what the server took
-        over the whole cycle (from the previous recovery to this one) is its rate. Pace at
-        that, less the margin, and treat the quota as learned."""
-        start = self._cycle_start_ns
-        self._cycle_start_ns = now_ns
-        successes, self._cycle_successes = self._cycle_successes, 0
-        if start is None or now_ns <= start or successes < 2:
+    def _learn_cycle(self, probe_sent_ns: int) -> None:
+        """A probe sent at ``probe_sent_ns`` got through after a long-window quota made us
+        stop. The cycle's successes are the quota N; the window W is at most the time from
+        the cycle's first success to the probe, and longer than that to its last throttled
+        attempt. Pace at N/W (W the upper bound: safe), less the margin, and treat the quota
+        as learned."""
+        first = self._cycle_first_ns
+        successes = self._cycle_successes
+        if first is None or probe_sent_ns <= first or successes < 2:
             return
-        rate = successes * NS / (now_ns - start)
+        hi = probe_sent_ns - first
+        lo = 0 if self._cycle_throttled_ns is None else self._cycle_throttled_ns - first
+        known = self._window_ns
+        if known is not None and max(lo, known[0]) < min(hi, known[1]):
+            lo, hi = max(lo, known[0]), min(hi, known[1])
+        self._window_ns = (lo, hi)
+        rate = successes * NS / hi
         self._ceilings = [rate, rate]
         self._ceiling = rate
         self.rate_per_s = max(
             self.settings.min_rate_per_s, rate * (1 - self.settings.handover_margin)
         )
         self._tat_ns = None
-        self.events.append((now_ns, "rate", self.rate_per_s))
+        self._last_growth_ns = None
+        self.events.append((probe_sent_ns, "window", hi / NS))
+        self.events.append((probe_sent_ns, "rate", self.rate_per_s))
 
     def _accepted_rate(self, now_ns: int) -> float:
         """Successes per second of sending time over the last second: at a throttle the server
@@ -403,9 +465,29 @@ class AdaptiveController:
 
     def _schedule_probe(self, now_ns: int) -> None:
         settings = self.settings
-        ceiling = min(settings.probe_max_s, settings.probe_initial_s * 2.0**self._probe_attempt)
+        step = min(settings.probe_max_s, settings.probe_initial_s * 2.0**self._probe_attempt)
         # full jitter, but never sooner than half the step (a probe right away learns nothing)
-        delay = ceiling / 2 + self.rng.uniform(0.0, ceiling / 2)
+        delay = step / 2 + self.rng.uniform(0.0, step / 2)
+        first = self._cycle_first_ns
+        if first is not None:
+            elapsed = (now_ns - first) / NS
+            cap = settings.probe_step_fraction * elapsed
+            known = self._window_ns
+            if known is not None and now_ns - first > known[1]:
+                # still closed past the window learned before: it was not the window (a
+                # fixed window whose cycle began mid-window, or the quota changed)
+                known = self._window_ns = None
+            if known is not None:
+                lo = known[0] / NS
+                fine = settings.probe_fine_fraction * lo
+                # the window is longer than lo: go no sooner, then in fine steps
+                cap = lo + fine - elapsed if elapsed < lo else min(cap, fine)
+            delay = min(delay, max(cap, settings.probe_initial_s / 2))
+            for window in settings.probe_windows_s:
+                at = window * (1 + settings.probe_window_slack) - elapsed
+                if at > 0:
+                    delay = min(delay, at)
+                    break
         self._probe_attempt += 1
         self.pause_until_ns = max(self.pause_until_ns, now_ns + round(delay * NS))
         self.events.append((now_ns, "probe", delay))
