@@ -139,6 +139,12 @@ def main() -> None:
             ">= 0.85, <= 2% 429",
         ),
         Scenario(
+            "long window 600 per 60 s, no Retry-After",
+            ApiConfig(quota=600, window_s=60.0),
+            180 * scale,
+            ">= 0.85, <= 2% 429",
+        ),
+        Scenario(
             "capacity 16 in flight, no quota",
             ApiConfig(capacity=16, base_latency_s=0.01),
             30 * scale,

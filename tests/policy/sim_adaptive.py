@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
 
@@ -19,6 +19,7 @@ class SimResult:
     sent: int
     duration_s: float
     max_in_window: int
+    throttled_at_s: list[float] = field(default_factory=list)  # arrival times of the 429s
 
     @property
     def throttled_fraction(self) -> float:
@@ -46,6 +47,27 @@ class QuotaServer:
         return Outcome.SUCCESS, None
 
 
+class FixedWindowServer(QuotaServer):
+    """N per clock-aligned window of W (the count resets every W, ``phase_s`` into the run)."""
+
+    def __init__(self, quota: int, window_s: float, retry_after: bool, phase_s: float) -> None:
+        super().__init__(quota, window_s, retry_after)
+        self.phase_ns = round(phase_s * NS)
+        self.current: int | None = None
+        self.count = 0
+
+    def admit(self, now: int) -> tuple[Outcome, float | None]:
+        k = (now + self.phase_ns) // self.window_ns
+        if k != self.current:
+            self.current, self.count = k, 0
+        if self.count >= self.quota:
+            wait = ((k + 1) * self.window_ns - self.phase_ns - now) / NS
+            return Outcome.THROTTLE, (max(1.0, wait) if self.retry_after else None)
+        self.count += 1
+        self.accepted.append(now)
+        return Outcome.SUCCESS, None
+
+
 def simulate(
     server: QuotaServer,
     duration_s: float,
@@ -60,6 +82,7 @@ def simulate(
     flights: list[tuple[int, int, object, Outcome, float | None]] = []
     seq = 0
     sent = throttled = 0
+    throttled_at: list[float] = []
     waited_for_rate = False
     while now < end:
         while flights and flights[0][0] <= now:
@@ -73,6 +96,8 @@ def simulate(
             outcome, retry_after = server.admit(arrival)
             sent += 1
             throttled += outcome is Outcome.THROTTLE
+            if outcome is Outcome.THROTTLE:
+                throttled_at.append(arrival / NS)
             seq += 1
             done = arrival + round(latency_s * NS / 2)
             heapq.heappush(flights, (done, seq, ticket, outcome, retry_after))
@@ -90,4 +115,5 @@ def simulate(
         while j < len(accepted) and accepted[j] < t + server.window_ns:
             j += 1
         most = max(most, j - i)
-    return SimResult(len(accepted), throttled, sent, duration_s, most), controller
+    result = SimResult(len(accepted), throttled, sent, duration_s, most, throttled_at)
+    return result, controller

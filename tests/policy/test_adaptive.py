@@ -1,11 +1,12 @@
 """The adaptive controller on a fake clock: exact unit behaviour, and simulated hidden quotas."""
 
+import itertools
 import random
 
 import pytest
 
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, describe
-from tests.policy.sim_adaptive import QuotaServer, simulate
+from tests.policy.sim_adaptive import FixedWindowServer, QuotaServer, simulate
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -120,8 +121,7 @@ def test_describe_is_a_readable_line():
     assert describe(controller()) == "rate unlimited, concurrency 8, learning, cuts 0"
 
 
-# Simulated hidden quotas (fake time). Bounds are those the controller meets today; the issue
-# also asks for long windows (600 per 60 s), which the controller does not meet yet.
+# Simulated hidden quotas (fake time). Bounds are those the controller meets today.
 @pytest.mark.parametrize(
     ("quota", "window_s", "retry_after", "min_share", "max_throttled"),
     [
@@ -152,3 +152,133 @@ def test_a_503_cuts_concurrency_unless_the_pacer_held_the_attempt():
     paced.finished(20 * MS, t, Outcome.OVERLOAD)
     assert paced.concurrency_limit == 20
     assert paced.rate_per_s < 50.0
+
+
+def test_after_a_rate_cut_one_attempt_at_a_time_until_one_gets_through():
+    c = controller(initial_concurrency=10, initial_rate_per_s=1000.0)
+    old = [c.started(i * MS, i, False) for i in range(3)]
+    c.finished(10 * MS, old[0], Outcome.THROTTLE)  # the cut: rate 1000 -> below
+    assert c.cuts == 1
+    now = 20 * MS
+    assert c.decide(now, in_flight=2).go  # attempts sent before the cut do not hold it back
+    first = c.started(now, 2, False)
+    assert c.decide(now + 5 * MS, in_flight=3).slot  # one post-cut attempt in flight at a time
+    c.finished(now + 10 * MS, first, Outcome.SUCCESS)  # recovered: back to the pacer alone
+    c.finished(now + 10 * MS, old[1], Outcome.THROTTLE)
+    second = c.started(now + 20 * MS, 1, False)
+    assert c.decide(now + 20 * MS + c_interval(c), in_flight=2).go
+    assert second.epoch == c.epoch
+
+
+def c_interval(c: AdaptiveController) -> int:
+    assert c.rate_per_s is not None
+    return round(S / c.rate_per_s) + 1
+
+
+def run_long_window_cycle(c: AdaptiveController, window_s: float) -> tuple[list[int], int]:
+    """600 accepted in 0.6 s, then a server whose window stays full until ``window_s`` after
+    the first success; every attempt takes 10 ms. Returns the probes' send times and the time
+    the cycle ended."""
+    for i in range(600):
+        c.finished(i * MS + 10 * MS, c.started(i * MS, 0, False), Outcome.SUCCESS)
+    now = 600 * MS
+    probes = []
+    while True:
+        decision = c.decide(now, in_flight=0)
+        assert not decision.slot
+        if not decision.go:
+            now += decision.wait_ns
+            continue
+        ticket = c.started(now, 0, decision.rate)
+        open_ = now >= window_s * S
+        if ticket.probe:
+            probes.append(now)
+        c.finished(now + 10 * MS, ticket, Outcome.SUCCESS if open_ else Outcome.THROTTLE)
+        now += 10 * MS
+        if open_:
+            return probes, now
+
+
+def test_a_long_window_cycle_is_probed_at_round_windows_and_learned_as_n_per_w():
+    c = controller(initial_concurrency=100)
+    probes, end = run_long_window_cycle(c, window_s=60.0)
+    # 1 cut, 3 aftershocks one at a time, then probes just after 1, 2, 5, 10, 15, 20, 30 and
+    # 60 s from the first success, never more than half the elapsed time apart: the 60 s
+    # window opens for the probe at 61.2 s (2 % slack) instead of up to 64 s late.
+    assert c.cuts == 1
+    assert c.throttled == 1 + 3 + len(probes) - 1
+    assert [round(p / S, 3) for p in probes] == [
+        1.02,
+        1.545,
+        2.04,
+        3.075,
+        4.628,
+        5.1,
+        7.665,
+        10.2,
+        15.3,
+        20.4,
+        30.6,
+        45.915,
+        61.2,
+    ]
+    # the quota: 600 successes per at most 61.2 s (more than 45.915 s: the last throttle)
+    assert c._window_ns == (probes[-2], probes[-1])
+    assert c.rate_per_s == pytest.approx(600 / 61.2 * 0.97)
+    assert c.rate_per_s <= 10.0
+    assert c.learned
+    assert c.decide(end, in_flight=0).go  # paced from the hand-over on, no burst wait
+    c.started(end, 0, False)
+    assert c.decide(end, in_flight=0).wait_ns == round(S / c.rate_per_s)
+
+
+def test_a_probe_waits_at_most_half_the_cycle_so_far_for_windows_that_are_not_round():
+    c = controller(initial_concurrency=100)
+    probes, _ = run_long_window_cycle(c, window_s=45.0)
+    for sent, following in itertools.pairwise(probes):
+        answered = sent + 10 * MS  # the wait starts when the probe's 429 comes back
+        assert following - answered <= 0.5 * answered + 1
+    assert probes[-1] < 45 * 1.5 * S
+    assert c.rate_per_s == pytest.approx(600 / (probes[-1] / S) * 0.97)
+
+
+def test_a_later_cycle_probes_no_sooner_than_the_known_window_then_in_fine_steps():
+    c = controller(initial_concurrency=100)
+    c._window_ns = (55 * S, 62 * S)
+    c._cycle_first_ns = 0
+    c._probing = True
+    c._schedule_probe(10 * S)
+    assert c.pause_until_ns == round(55 * 1.02 * S)  # lo + 2 % of it
+    c._schedule_probe(56 * S)
+    assert c.pause_until_ns == 56 * S + round(0.02 * 55 * S)
+    c._probe_attempt = 10  # doubling is past 64 s: the round windows and the cap decide
+    c._schedule_probe(63 * S)  # still closed past hi: the known window was wrong, forget it
+    assert c._window_ns is None
+    assert c.pause_until_ns == pytest.approx(90 * 1.02 * S, abs=1_000)  # the next round one
+
+
+def test_a_hidden_600_per_60_s_quota_without_retry_after_is_learned_and_held():
+    result, c = simulate(QuotaServer(600, 60.0, retry_after=False), duration_s=300)
+    share = result.accepted / (10 * 300)
+    assert share >= 0.98  # was 0.59-0.86 with doubling probes up to 64 s
+    assert result.throttled_fraction <= 0.02
+    assert c.rate_per_s is not None
+    assert c.rate_per_s <= 10.0
+    assert c.learned
+    # the cycle ends at 61.2 s; the whole next window is paced without a 429
+    assert not [t for t in result.throttled_at_s if 61.3 <= t < 121.3]
+    assert result.max_in_window == 600
+
+
+def test_a_long_window_with_retry_after_still_uses_the_whole_quota():
+    result, _ = simulate(QuotaServer(600, 60.0, retry_after=True), duration_s=180)
+    assert result.accepted == 1800
+    assert result.throttled_fraction <= 0.04
+
+
+@pytest.mark.parametrize("phase_s", [0.0, 15.0, 40.0])
+def test_a_fixed_600_per_60_s_window_is_held_whatever_its_phase(phase_s):
+    # a cycle that starts mid-window learns too short a window; the next cycle corrects it
+    result, _ = simulate(FixedWindowServer(600, 60.0, False, phase_s), duration_s=600)
+    assert result.accepted / 6000 >= 0.95
+    assert result.throttled_fraction <= 0.0125
