@@ -96,8 +96,11 @@ class AdaptiveSettings:
     # Once a cycle has bounded the window (lo, hi], later probes go no sooner than lo, then in
     # steps of this fraction of it.
     probe_fine_fraction: float = 0.02
-    # Envoy/Gradient-style latency brake: tolerate 1.5x the minimum RTT.
-    latency_tolerance: float = 1.5
+    # Envoy/Gradient-style latency brake: hold the recent RTT under this multiple of the
+    # minimum. 1.4, not the 1.5 bound we promise for the median: concurrency oscillates
+    # around the brake's set point, and at 1.5 the median sat just above it (1.52x with
+    # 16 in flight at 50 ms); where latency grows past a knee, throughput is the same.
+    latency_tolerance: float = 1.4
     rtt_min_window_s: float = 30.0
     # Learned-quota hand-over: after this many cuts hold (1 - margin) of the ceiling, +1 %/10 s.
     handover_after_cuts: int = 2

@@ -147,6 +147,8 @@ class Service:
                     break
         except (ConnectionError, OSError):
             pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            pass  # the server is stopping (run() cancels every connection): end quietly
         finally:
             writer.close()
             if task is not None:
