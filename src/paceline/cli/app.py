@@ -320,6 +320,11 @@ def resume_command(
     spec.retry_failed = retry_failed
     if input is not None:
         spec.input = input
+    elif spec.input == "-" and sys.stdin.isatty():
+        fail(
+            "this batch read its input from stdin: pipe the same input again "
+            f"(... | paceline resume {journal}), or give it with --input FILE"
+        )
     if out is not None:
         spec.out = out
     if header:
