@@ -19,6 +19,8 @@ def test_the_default_classifier_reads_throttles_statuses_and_transport_errors():
     assert default_classify(None, Status(429)) is Outcome.THROTTLE
     assert default_classify(None, Status(503)) is Outcome.OVERLOAD
     assert default_classify(None, Status(502)) is Outcome.CAPACITY
+    assert default_classify(None, Status(504)) is Outcome.CAPACITY
+    assert default_classify(None, Status(500)) is Outcome.IGNORE  # the app's error, not load
     assert default_classify(None, TimeoutError()) is Outcome.CAPACITY
     assert default_classify(None, Status(404)) is Outcome.IGNORE
     assert default_classify(None, ValueError()) is Outcome.IGNORE

@@ -33,8 +33,10 @@ def status_of(error: BaseException) -> int | None:
 
 
 def default_classify(value: Any, error: BaseException | None) -> Outcome:
-    """429 and ``Throttled`` throttle; 503 overloads; timeouts, connection errors and other
-    5xx say the server is at capacity; anything else says nothing about the server's limits."""
+    """429 and ``Throttled`` throttle; 503 overloads; timeouts, connection errors, 502 and
+    504 (and other 5xx but 500) say the server is at capacity; anything else — a 500 too, the
+    application's own error, which a server also answers when idle — says nothing about the
+    server's limits (a steady 10 % of 500s used to shrink the concurrency to 1)."""
     if error is None:
         return Outcome.SUCCESS
     if isinstance(error, Throttled):
@@ -44,7 +46,7 @@ def default_classify(value: Any, error: BaseException | None) -> Outcome:
         return Outcome.THROTTLE
     if status == 503:
         return Outcome.OVERLOAD
-    if status is not None and status >= 500:
+    if status is not None and status > 500:
         return Outcome.CAPACITY
     if isinstance(error, (TimeoutError, ConnectionError)):
         return Outcome.CAPACITY
