@@ -44,18 +44,24 @@ DEFAULT_RETRY = RetryPolicy(
 )
 
 
+_PLAIN_GET = HttpRequest(url="")  # what a bare URL string means: GET, no headers, no body
+
+
 def _sender(
     client: httpx.AsyncClient, limits: ServerLimits, base_url: str | None
 ) -> Callable[[RequestLike], Any]:
+    base = None if base_url is None else httpx.URL(base_url)  # parsed once, not per request
+
     async def send(item: RequestLike) -> HttpResponse:
-        request = as_request(item)
-        url = request.url if base_url is None else httpx.URL(base_url).join(request.url)
+        request = _PLAIN_GET if isinstance(item, str) else as_request(item)
+        target = item if isinstance(item, str) else request.url
+        url = target if base is None else base.join(target)
         started = time.monotonic()
         try:
             response = await client.request(
                 request.method,
                 url,
-                headers=dict(request.headers),
+                headers=dict(request.headers) if request.headers else None,
                 json=request.json,
                 content=request.body,
             )
