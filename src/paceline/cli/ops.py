@@ -16,7 +16,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -349,8 +349,3 @@ def is_throttle(error: BaseException | None) -> bool:
     from paceline.errors import Throttled
 
     return isinstance(error, Throttled) or getattr(error, "status_code", None) in (429, 503)
-
-
-def row_keys(data: Mapping[str, Any]) -> str:
-    """The columns a row has, for messages."""
-    return ", ".join(map(str, data)) or "(none)"

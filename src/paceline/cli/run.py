@@ -225,18 +225,14 @@ class Batch:
         if stop and main is not None and not main.done():
             main.cancel()
 
-    def _install_signals(self) -> list[int]:
+    def _install_signals(self) -> None:
         import signal
 
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
         for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
+            # Not on Windows or off the main thread: there, Ctrl-C cancels at once.
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, self._on_signal)
-            except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
-                continue
-            installed.append(signum)
-        return installed
 
     # -- the run -----------------------------------------------------------------------------
 
