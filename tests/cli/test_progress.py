@@ -462,7 +462,9 @@ def rows_with(screen: list[str], needle: str) -> list[int]:
     return [i for i, row in enumerate(screen) if needle in row]
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.skipif(
+    shutil.which("tmux") is None and "CI" not in os.environ, reason="needs tmux (CI installs it)"
+)
 @pytest.mark.timeout(90)
 def test_a_real_terminal_updates_in_place_and_ends_on_a_fresh_line(tmp_path):
     script = tmp_path / "driver.py"
