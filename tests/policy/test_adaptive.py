@@ -282,3 +282,41 @@ def test_a_fixed_600_per_60_s_window_is_held_whatever_its_phase(phase_s):
     result, _ = simulate(FixedWindowServer(600, 60.0, False, phase_s), duration_s=600)
     assert result.accepted / 6000 >= 0.95
     assert result.throttled_fraction <= 0.0125
+
+
+def test_an_announced_quota_stands_the_rate_gate_down_and_forgives_earlier_throttles():
+    c = controller(initial_concurrency=10, probe_after_cuts=2)
+    early = [c.started(0, i, False) for i in range(6)]
+    c.finished(10 * MS, early[0], Outcome.SUCCESS)
+    c.finished(10 * MS, early[1], Outcome.THROTTLE)  # a cut: the rate gate appears
+    assert c.rate_per_s is not None
+    assert c.cuts == 1
+    c.quota_announced(20 * MS)
+    assert c.rate_per_s is None
+    assert c.decide(20 * MS, in_flight=4).go  # only the concurrency gate is left
+    for t in early[2:]:
+        c.finished(30 * MS, t, Outcome.THROTTLE)  # sent before the quota was known
+    assert c.cuts == 1
+    assert c.rate_per_s is None
+    assert c.decide(30 * MS, in_flight=0).go
+    assert (20 * MS, "quota", 0.0) in c.events
+    late = c.started(40 * MS, 0, False)
+    c.finished(50 * MS, late, Outcome.THROTTLE)  # after it: a quota shared with others
+    assert c.cuts == 2
+    assert c.rate_per_s is not None
+
+
+def test_an_announced_quota_ends_a_probe_but_not_a_retry_after_pause():
+    c = controller(initial_concurrency=10, initial_rate_per_s=50.0, probe_after_cuts=1)
+    first = c.started(0, 0, False)
+    c.finished(10 * MS, first, Outcome.THROTTLE)
+    again = c.started(20 * MS, 0, False)
+    c.finished(30 * MS, again, Outcome.THROTTLE)  # no recovery: probing, paused
+    assert c.decide(30 * MS, in_flight=0).wait_ns > 0
+    c.quota_announced(40 * MS)
+    assert c.decide(40 * MS, in_flight=3).go
+    paused = controller(initial_concurrency=10)
+    t = paused.started(0, 0, False)
+    paused.finished(10 * MS, t, Outcome.THROTTLE, retry_after_s=2.0)
+    paused.quota_announced(20 * MS)
+    assert paused.decide(20 * MS, in_flight=0).wait_ns == 2 * S - 10 * MS

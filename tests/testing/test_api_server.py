@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from paceline.testing._api.state import ServerState
 from paceline.testing.api_server import ApiConfig, ApiServer, _parser, config_from_args
 
 pytestmark = pytest.mark.timeout(30)
@@ -277,6 +278,20 @@ def test_slow_answers_take_slow_s_longer():
     assert server_timing_ms(headers) == pytest.approx(50)
 
 
+def test_network_delay_holds_each_request_before_the_quota_counts_it():
+    config = ApiConfig(quota=100, network_delay_s=0.2, base_latency_s=0, seed=3)
+    with ApiServer(config) as server:
+        statuses = concurrently(20, lambda _: fetch(server.url, "/items/a")[0])
+        stats = server.stats(times=True)
+    assert statuses == [200] * 20
+    # the requests were sent at once; their arrivals, as the quota counted them, spread out
+    arrivals = sorted(stats["accepted_times_s"])
+    assert arrivals[-1] - arrivals[0] > 0.05
+    draws = [ServerState(config).network_delay_s() for _ in range(2)]
+    assert draws[0] == draws[1]  # seeded: the same run every time
+    assert ServerState(ApiConfig()).network_delay_s() == 0.0
+
+
 # -- connections and routes ----------------------------------------------------------------------
 
 
@@ -442,6 +457,7 @@ def test_closing_the_server_ends_idle_and_busy_connections_promptly():
         ({"error_rate": 1.5}, "error_rate 1.5"),
         ({"headers": "draft"}, "headers 'draft'"),
         ({"capacity": -1}, "capacity -1"),
+        ({"network_delay_s": -0.1}, "network_delay_s -0.1"),
     ],
 )
 def test_config_errors_name_the_value_and_the_fix(kwargs, message):
@@ -454,6 +470,7 @@ def test_config_errors_name_the_value_and_the_fix(kwargs, message):
     [
         ApiConfig(),
         ApiConfig(quota=10, window_s=0.5, retry_after=True, headers="x", reset_format="epoch"),
+        ApiConfig(quota=5, headers="ietf", network_delay_s=0.05),
         ApiConfig(capacity=16, knee=3, load_factor=2.5, base_latency_s=0.001, seed=9),
         ApiConfig(error_rate=0.1, slow_rate=0.2, slow_s=0.3, drop_rate=0.05, headers="ietf"),
     ],

@@ -86,7 +86,7 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         from paceline.http._face import DEFAULT_RETRY
         from paceline.http._limits import ServerLimits
 
-        server_limits = ServerLimits(limiter)
+        server_limits = ServerLimits(limiter, controller=controller)
         attempts = DEFAULT_RETRY.attempts if retries is None else retries + 1
         http_retry = RetryPolicy(
             attempts=attempts,

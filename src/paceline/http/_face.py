@@ -27,6 +27,7 @@ from paceline.http._messages import (
     decode_body,
 )
 from paceline.limiter import RateLimiter
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy
 from paceline.redact import redact_data
 from paceline.results import BatchItemResult, Result
@@ -53,11 +54,11 @@ def _sender(
     base = None if base_url is None else httpx.URL(base_url)  # parsed once, not per request
 
     async def send(item: RequestLike) -> HttpResponse:
-        request = _PLAIN_GET if isinstance(item, str) else as_request(item)
-        target = item if isinstance(item, str) else request.url
-        url = target if base is None else base.join(target)
-        started = time.monotonic()
         try:
+            request = _PLAIN_GET if isinstance(item, str) else as_request(item)
+            target = item if isinstance(item, str) else request.url
+            url = target if base is None else base.join(target)
+            started = time.monotonic()
             response = await client.request(
                 request.method,
                 url,
@@ -70,6 +71,9 @@ def _sender(
         except httpx.TimeoutException as exc:
             exc.error_code = "timeout"  # type: ignore[attr-defined]
             raise
+        finally:
+            # Answered, failed or cancelled: from now on the server has counted it, if ever.
+            limits.answered()
         signals = parse_signals(response.headers.multi_items())
         limits.observe(signals)
         if response.status_code >= 400:
@@ -115,10 +119,14 @@ class _Setup:
         adaptive: Adaptive,
         options: dict[str, Any],
     ) -> None:
-        self.workers, self.control = concurrency_plan(
+        self.workers, control = concurrency_plan(
             max_concurrent, None, sized_length(requests), adaptive
         )
-        self.limits = ServerLimits(rate_limiter)
+        if isinstance(control, AdaptiveSettings):
+            control = AdaptiveController(control)  # built here: the header limits talk to it
+        self.control = control
+        controller = control if isinstance(control, AdaptiveController) else None
+        self.limits = ServerLimits(rate_limiter, controller=controller)
         self.own = client is None
         self.http = _client_for(client, self.workers)
         options.setdefault("key", _request_key)

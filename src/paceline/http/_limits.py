@@ -3,75 +3,140 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
+from contextvars import ContextVar
+from itertools import takewhile
 
+from paceline.clock import SYSTEM_CLOCK, Clock
 from paceline.limiter import RateLimiter
+from paceline.policy.adaptive import AdaptiveController
+from paceline.policy.arrival import ArrivalLimit
+from paceline.policy.rate import NS_PER_S
 from paceline.signals import ServerSignals
 
-# The server counts a request when it arrives, a little after we send it: its window seen from
-# here is W + J. 2 % of W (at least 25 ms) covers a loopback or LAN hop and event-loop lag
-# (measured: at 1 % a few requests in 6,000 arrived early enough to be answered 429).
-_ARRIVAL_MARGIN_FRACTION = 0.02
-_ARRIVAL_MARGIN_MIN_S = 0.025
+# The weight of the request this task is sending: acquire sets it, the answer reads it back.
+_WEIGHT: ContextVar[int] = ContextVar("paceline_http_weight", default=1)
+
+# Answers remembered for a policy that may be announced later (its window is not known yet).
+_ANSWERS_KEPT = 100_000
 
 
 class ServerLimits:
     """A limiter that learns from responses: once a ``RateLimit-Policy`` (or an
-    ``X-RateLimit-Limit`` with a window) arrives it becomes that strict limit — counting the
-    requests already sent in the current window — and when the server says nothing remains
-    (``remaining`` 0) it holds every request until the reset.
+    ``X-RateLimit-Limit`` with a window) arrives, the server's own count of arrivals never
+    exceeds that quota in any window again — counting the requests already sent — and, while
+    no policy is known, a "0 remaining" answer holds every request until its reset.
 
-    Used as the ``rate_limiter`` of an HTTP batch; ``user`` is a limiter of the caller's own,
-    applied first.
+    The limit needs no guess of when the server counts a request: each one holds its place from
+    its grant until W after its answer (see :class:`~paceline.policy.arrival.ArrivalLimit`).
+    Used as the ``rate_limiter`` of an HTTP batch, which calls :meth:`answered` when each
+    request ends; ``user`` is a limiter of the caller's own, applied first. An adaptive
+    ``controller`` is told when the quota is announced: its own rate gate then stands down.
+
+    >>> import asyncio
+    >>> from paceline.signals import ServerSignals
+    >>> limits = ServerLimits()
+    >>> limits.observe(ServerSignals(quota=10, window_s=1.0))
+    >>> limits.policy
+    (10, 1.0)
+    >>> _ = asyncio.run(limits.acquire_async()); limits.in_flight
+    1
     """
 
-    def __init__(self, user: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        user: RateLimiter | None = None,
+        *,
+        controller: AdaptiveController | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.user = user
-        self.learned: RateLimiter | None = None
+        self.controller = controller
+        self.learned: ArrivalLimit | None = None
         self.policy: tuple[int, float] | None = None
         self.hold_until_ns = 0
-        self._recent: deque[int] = deque()  # our starts, for the window a policy will name
+        self.in_flight = 0  # granted and not yet answered
+        self._clock = clock if clock is not None else SYSTEM_CLOCK
+        self._now = self._clock.monotonic_ns
+        self._answers: deque[int] = deque(maxlen=_ANSWERS_KEPT)
+        self._gate: asyncio.Lock | None = None  # waiters for room queue here, first come first
+        self._wake: asyncio.Future[None] | None = None  # the waiter that needs an answer
 
     async def acquire_async(self, weight: int = 1) -> int:
+        """Wait until ``weight`` more requests may be sent; return the grant's time (ns)."""
         if self.user is not None:
             await self.user.acquire_async(weight)
-        while True:
-            now = time.monotonic_ns()
-            if now >= self.hold_until_ns:
-                break
-            await asyncio.sleep((self.hold_until_ns - now) / 1e9)
-        granted = (
-            await self.learned.acquire_async(weight)
-            if self.learned is not None
-            else time.monotonic_ns()
-        )
-        recent = self._recent
-        recent.append(granted)
-        while len(recent) > 100_000:
-            recent.popleft()
-        return granted
+        now = self._now()
+        while now < self.hold_until_ns:
+            await self._clock.sleep_async((self.hold_until_ns - now) / NS_PER_S)
+            now = self._now()
+        learned = self.learned
+        if learned is not None and (
+            (self._gate is not None and self._gate.locked())
+            or learned.wait_ns(now, weight, self.in_flight) != 0
+        ):
+            now = await self._wait_for_room(weight)
+        self.in_flight += weight
+        if weight != 1 or _WEIGHT.get() != 1:
+            _WEIGHT.set(weight)
+        return now
+
+    async def _wait_for_room(self, weight: int) -> int:
+        if self._gate is None:
+            self._gate = asyncio.Lock()
+        async with self._gate:
+            while True:
+                now = self._now()
+                learned = self.learned
+                if learned is None:
+                    return now
+                wait = learned.wait_ns(now, weight, self.in_flight)
+                if wait == 0:
+                    return now
+                if wait is None:
+                    self._wake = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._wake
+                    finally:
+                        self._wake = None
+                else:
+                    await self._clock.sleep_async(wait / NS_PER_S)
 
     def acquire(self, weight: int = 1) -> int:  # pragma: no cover - the async face uses the above
         raise TypeError("ServerLimits is for the async HTTP face; use acquire_async")
 
+    def answered(self) -> None:
+        """The request this task sent has ended: answered, failed or cancelled."""
+        weight = _WEIGHT.get()
+        self.in_flight -= weight
+        now = self._now()
+        answers = self._answers
+        answers.append(now)
+        if weight != 1:
+            answers.extend([now] * (weight - 1))
+        if self.learned is not None:
+            self.learned.answered(now, weight)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     def observe(self, signals: ServerSignals) -> None:
         """Learn from one response's signals."""
-        if signals.quota is not None and signals.window_s:
+        if signals.quota is not None and signals.quota >= 1 and signals.window_s:
             policy = (signals.quota, float(signals.window_s))
             if policy != self.policy:
                 self.policy = policy
-                margin = max(_ARRIVAL_MARGIN_MIN_S, _ARRIVAL_MARGIN_FRACTION * policy[1])
-                limiter = RateLimiter(policy[0], policy[1], margin_s=margin)
-                now = time.monotonic_ns()
-                horizon = now - round((policy[1] + margin) * 1e9)
-                # Requests sent before the policy was known may reach the server as late as
-                # now (the first ones also open their connections): count them as of now.
-                earlier = sum(1 for t in self._recent if t > horizon)
-                limiter.note_past_grants([now] * earlier)
-                self.learned = limiter
-        # With the policy known the strict limiter already spaces requests; "0 remaining" is
-        # then the expected state at a full window, and its reset is rounded to whole seconds.
+                limit = ArrivalLimit(policy[0], round(policy[1] * NS_PER_S))
+                # What was sent before the policy was known counts too: the requests in flight
+                # (``in_flight``) and those answered within the window.
+                horizon = self._now() - limit.window_ns
+                recent = list(takewhile(lambda t: t > horizon, reversed(self._answers)))
+                limit.note_answered(reversed(recent))
+                self.learned = limit
+                if self.controller is not None:
+                    self.controller.quota_announced(self._now())
+        # With the policy known the limit already keeps to it; "0 remaining" is then the
+        # expected state at a full window, and its reset is rounded to whole seconds.
         if self.learned is None and signals.remaining == 0 and signals.reset_s:
-            until = time.monotonic_ns() + round(signals.reset_s * 1e9)
+            until = self._now() + round(signals.reset_s * NS_PER_S)
             self.hold_until_ns = max(self.hold_until_ns, until)

@@ -212,6 +212,29 @@ class AdaptiveController:
         """Whether the quota counts as learned (hand-over mode)."""
         return len(self._ceilings) >= self.settings.handover_after_cuts
 
+    def quota_announced(self, now_ns: int) -> None:
+        """The server announced its quota (``RateLimit-Policy``) and a strict limit keeps to
+        it from now on: the rate gate and any probing stand down, and throttles of attempts
+        sent before now (they went out while the quota was unknown) are not held against the
+        rate. A ``Retry-After`` pause stands; the concurrency gate goes on as before. Later
+        throttles are learned from as usual (a quota shared with other clients)."""
+        if self._probing:
+            self.pause_until_ns = 0  # the probe's wait, not the server's
+        self.epoch += 1
+        self._epoch_in_flight = 0
+        self.rate_per_s = None
+        self._tat_ns = None
+        self._ceiling = None
+        self._ceilings = []
+        self._last_growth_ns = None
+        self._probing = self._probe_in_flight = self._one_at_a_time = False
+        self._probe_attempt = self._aftershocks = 0
+        self._recovered = True
+        self._cycle_first_ns = self._cycle_throttled_ns = None
+        self._cycle_successes = 0
+        self._window_ns = None
+        self.events.append((now_ns, "quota", 0.0))
+
     # -- before an attempt -----------------------------------------------------------------
 
     def decide(self, now_ns: int, in_flight: int) -> Decision:

@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--retry-after", action="store_true", help="send Retry-After with each 429")
     add("--headers", choices=["none", "ietf", "x"], default="none", help="quota headers to send")
     add("--reset-format", choices=["epoch", "delta", "delta_ms"], default="delta")
+    add("--network-delay-s", type=float, default=0.0, help="up to this delay before counting")
     add("--capacity", type=int, help="requests served at once before 503 (default: no limit)")
     add("--base-latency-s", type=float, default=0.005, help="latency at low load, seconds")
     add("--load-factor", type=float, default=1.0, help="latency growth above the knee")
@@ -86,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         retry_after=args.retry_after,
         headers=args.headers,
         reset_format=args.reset_format,
+        network_delay_s=args.network_delay_s,
         capacity=args.capacity,
         base_latency_s=args.base_latency_s,
         load_factor=args.load_factor,

@@ -65,6 +65,8 @@ class Service:
     async def _api(self, request: Request, item_id: str | None) -> Response | None:
         """One quota-counted call: ``item_id`` for ``/items/<id>``, ``None`` for ``/bulk``."""
         state, config = self.state, self.config
+        if config.network_delay_s:
+            await asyncio.sleep(state.network_delay_s())
         arrived_ns = time.monotonic_ns()
         if not state.admit(arrived_ns):
             headers = state.rate_headers(arrived_ns)

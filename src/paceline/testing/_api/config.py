@@ -54,6 +54,10 @@ class ApiConfig:
       fields; ``"x"`` for ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``, the reset written
       as ``reset_format``: ``"epoch"`` (Unix seconds), ``"delta"`` (seconds) or ``"delta_ms"``.
 
+    - ``network_delay_s``: each quota-counted request reaches the counter after a delay drawn
+      uniformly from ``[0, network_delay_s]`` (a network or gateway queue in between, from its
+      own random generator), so arrivals are not spaced as the client sent them.
+
     Capacity (a backend that slows down, then refuses):
 
     - ``capacity``: requests being served at once; beyond it the answer is 503, at once.
@@ -77,6 +81,7 @@ class ApiConfig:
     retry_after: bool = False
     headers: HeaderStyle = "none"
     reset_format: ResetFormat = "delta"
+    network_delay_s: float = 0.0
     capacity: int | None = None
     base_latency_s: float = 0.005
     load_factor: float = 1.0
@@ -95,6 +100,7 @@ class ApiConfig:
         if self.window_s == 0:
             raise ValueError("window_s 0: the quota window must be longer than zero, e.g. 1.0")
         _check_seconds("base_latency_s", self.base_latency_s)
+        _check_seconds("network_delay_s", self.network_delay_s)
         _check_seconds("slow_s", self.slow_s)
         _check_seconds("load_factor", self.load_factor)
         for name in ("error_rate", "slow_rate", "drop_rate"):

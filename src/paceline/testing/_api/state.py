@@ -52,6 +52,7 @@ class ServerState:
         self.start_ns = now_ns
         self._log: deque[int] = deque()
         self._rng = random.Random(self.config.seed)
+        self._delay_rng = random.Random(self.config.seed + 1)
         self.requests = 0
         self.throttled_429 = 0
         self.overloaded_503 = 0
@@ -136,6 +137,11 @@ class ServerState:
     def leave(self) -> None:
         """Finish serving a request that :meth:`enter` admitted."""
         self.in_flight -= 1
+
+    def network_delay_s(self) -> float:
+        """How long the next quota-counted request travels before it is counted."""
+        limit = self.config.network_delay_s
+        return self._delay_rng.uniform(0.0, limit) if limit else 0.0
 
     def draw(self) -> tuple[Fate, float]:
         """Decide a request's fate and extra latency: always three draws, in a fixed order."""
