@@ -26,6 +26,7 @@ from paceline.http._messages import (
     as_request,
     decode_body,
 )
+from paceline.http._pool import ShardedTransport
 from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy
@@ -99,12 +100,10 @@ def _client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.
     if client is not None:
         return client
     # The pool must hold at least as many connections as may be in flight, or requests queue
-    # inside httpx after taking their token (and the server sees them later than we think).
+    # inside httpx after taking their token (and the server sees them later than we think);
+    # split into small pools, whose cost per request does not grow with the concurrency.
     size = max(10, workers or 10)
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-        timeout=httpx.Timeout(30.0),
-    )
+    return httpx.AsyncClient(transport=ShardedTransport(size), timeout=httpx.Timeout(30.0))
 
 
 class _Setup:
