@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from paceline.http import stream_requests
+from paceline.http._pool import ShardedTransport
 from paceline.policy.retry import RetryPolicy
 from paceline.testing.api_server import ApiConfig, ApiServer
 
@@ -68,12 +69,18 @@ def run(scenario: Scenario) -> str:
     return f"{scenario.name:<44} {', '.join(parts)}   (target: {scenario.target})"
 
 
-async def plain_httpx(url: str, seconds: float, concurrency: int) -> int:
+async def plain_httpx(url: str, seconds: float, concurrency: int, pooled: bool = False) -> int:
+    """What a user writes: one httpx client, a semaphore, workers. ``pooled``: the same over
+    paceline's split connection pool (to tell the pool's gain from the rest of paceline)."""
     sem = asyncio.Semaphore(concurrency)
     done = 0
     deadline = time.monotonic() + seconds
-
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as client:
+    client = (
+        httpx.AsyncClient(transport=ShardedTransport(concurrency))
+        if pooled
+        else httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency))
+    )
+    async with client:
 
         async def worker() -> None:
             nonlocal done
@@ -89,6 +96,10 @@ async def plain_httpx(url: str, seconds: float, concurrency: int) -> int:
     return done
 
 
+async def plain_httpx_pooled(url: str, seconds: float, concurrency: int) -> int:
+    return await plain_httpx(url, seconds, concurrency, pooled=True)
+
+
 async def paceline_fixed(url: str, seconds: float, concurrency: int) -> int:
     urls = (f"{url}/items/{i}" for i in itertools.count())
     done = 0
@@ -99,30 +110,40 @@ async def paceline_fixed(url: str, seconds: float, concurrency: int) -> int:
     return done
 
 
-def unlimited(seconds: float, reps: int = 5) -> str:
-    """Both clients against one server, interleaved ``reps`` times; medians compared, of the
+CLIENTS = {
+    "paceline.http": paceline_fixed,
+    "httpx+semaphore": plain_httpx,
+    "the same over paceline's pool": plain_httpx_pooled,
+}
+
+
+def unlimited(seconds: float, concurrency: int, reps: int = 5) -> str:
+    """The clients against one server, interleaved ``reps`` times; medians compared, of the
     throughput and of the client's CPU time per request (steadier on a noisy machine: single
     runs on fresh servers swung between 0.88x and 1.14x here)."""
     config = ApiConfig(base_latency_s=0.002)
-    rates: dict[str, list[float]] = {"httpx+semaphore": [], "paceline.http": []}
-    cpu_us: dict[str, list[float]] = {"httpx+semaphore": [], "paceline.http": []}
+    rates: dict[str, list[float]] = {name: [] for name in CLIENTS}
+    cpu_us: dict[str, list[float]] = {name: [] for name in CLIENTS}
     with ApiServer.spawn(config) as server:
         for _ in range(reps):
-            for name, fn in (("httpx+semaphore", plain_httpx), ("paceline.http", paceline_fixed)):
+            for name, fn in CLIENTS.items():
                 started, cpu = time.monotonic(), time.process_time()
-                done = asyncio.run(fn(server.url, seconds, 32))
+                done = asyncio.run(fn(server.url, seconds, concurrency))
                 rates[name].append(done / (time.monotonic() - started))
                 cpu_us[name].append((time.process_time() - cpu) / max(1, done) * 1e6)
-    ours, theirs = (statistics.median(rates[n]) for n in ("paceline.http", "httpx+semaphore"))
-    cpu_ours, cpu_theirs = (
-        statistics.median(cpu_us[n]) for n in ("paceline.http", "httpx+semaphore")
-    )
-    return (
-        f"{'no limit, concurrency 32':<44} paceline.http {ours:.0f}/s, "
-        f"httpx+semaphore {theirs:.0f}/s = {ours / theirs:.2f}x; client CPU per request "
-        f"{cpu_ours:.0f} vs {cpu_theirs:.0f} us = {cpu_ours / cpu_theirs:.2f}x "
-        f"(medians of {reps})   (target: >= 0.95x)"
-    )
+    rate = {name: statistics.median(values) for name, values in rates.items()}
+    cpu = {name: statistics.median(values) for name, values in cpu_us.items()}
+    ours = "paceline.http"
+    lines = [
+        f"{f'no limit, concurrency {concurrency}':<44} {ours} {rate[ours]:.0f}/s, "
+        f"client CPU {cpu[ours]:.0f} us per request (medians of {reps})   (target: >= 0.95x)"
+    ]
+    for name in list(CLIENTS)[1:]:
+        lines.append(
+            f"{'':<44} vs {name}: {rate[name]:.0f}/s -> {rate[ours] / rate[name]:.2f}x the "
+            f"throughput; CPU {cpu[name]:.0f} us -> {cpu[ours] / cpu[name]:.2f}x"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -184,7 +205,8 @@ def main() -> None:
     for scenario in scenarios:
         print(run(scenario), flush=True)
     if not args.only or args.only in "no limit":
-        print(unlimited(8 * scale), flush=True)
+        for concurrency in (32, 10, 100):
+            print(unlimited(8 * scale, concurrency), flush=True)
 
 
 if __name__ == "__main__":
