@@ -72,6 +72,26 @@ def test_zero_remaining_without_a_policy_holds_every_request_until_the_reset():
     asyncio.run(main())
 
 
+def test_remaining_until_reset_is_a_budget_less_the_requests_in_flight():
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock)
+        await limits.acquire_async()
+        await limits.acquire_async()
+        limits.answered()  # one answered, one still in flight (perhaps not counted yet)
+        limits.observe(ServerSignals(remaining=3, reset_s=2.0))
+        assert limits.budget == 2
+        assert await limits.acquire_async() == 0
+        assert await limits.acquire_async() == 0
+        assert await limits.acquire_async() == 2_000 * MS  # the budget is spent: the reset
+        assert await limits.acquire_async() == 2_000 * MS  # a new window, no budget known
+        assert clock.sleeps == [2.0]
+        limits.observe(ServerSignals(remaining=5, reset_s=None))  # no reset: nothing to hold to
+        assert limits.budget_until_ns == 0
+
+    asyncio.run(main())
+
+
 def test_waiters_are_served_in_arrival_order():
     async def main() -> None:
         clock = FakeClock()

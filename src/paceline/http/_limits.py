@@ -25,7 +25,8 @@ class ServerLimits:
     """A limiter that learns from responses: once a ``RateLimit-Policy`` (or an
     ``X-RateLimit-Limit`` with a window) arrives, the server's own count of arrivals never
     exceeds that quota in any window again — counting the requests already sent — and, while
-    no policy is known, a "0 remaining" answer holds every request until its reset.
+    no policy is known, "``remaining`` r, reset in t" means no more than r requests (less those
+    still in flight) before t: then every request is held until the reset.
 
     The limit needs no guess of when the server counts a request: each one holds its place from
     its grant until W after its answer (see :class:`~paceline.policy.arrival.ArrivalLimit`).
@@ -54,7 +55,8 @@ class ServerLimits:
         self.controller = controller
         self.learned: ArrivalLimit | None = None
         self.policy: tuple[int, float] | None = None
-        self.hold_until_ns = 0
+        self.budget = 0  # requests the server still takes before ``budget_until_ns`` (no policy)
+        self.budget_until_ns = 0
         self.in_flight = 0  # granted and not yet answered
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self._now = self._clock.monotonic_ns
@@ -67,9 +69,8 @@ class ServerLimits:
         if self.user is not None:
             await self.user.acquire_async(weight)
         now = self._now()
-        while now < self.hold_until_ns:
-            await self._clock.sleep_async((self.hold_until_ns - now) / NS_PER_S)
-            now = self._now()
+        if self.budget_until_ns:
+            now = await self._spend_budget(now, weight)
         learned = self.learned
         if learned is not None and (
             (self._gate is not None and self._gate.locked())
@@ -79,6 +80,20 @@ class ServerLimits:
         self.in_flight += weight
         if weight != 1 or _WEIGHT.get() != 1:
             _WEIGHT.set(weight)
+        return now
+
+    async def _spend_budget(self, now: int, weight: int) -> int:
+        """Take ``weight`` from what the server said remains, or wait for its reset."""
+        while self.budget_until_ns:
+            if now >= self.budget_until_ns:
+                self.budget_until_ns = 0  # a new window: no known budget until told again
+            elif self.budget >= weight:
+                self.budget -= weight
+            else:
+                await self._clock.sleep_async((self.budget_until_ns - now) / NS_PER_S)
+                now = self._now()
+                continue
+            break
         return now
 
     async def _wait_for_room(self, weight: int) -> int:
@@ -133,10 +148,18 @@ class ServerLimits:
                 recent = list(takewhile(lambda t: t > horizon, reversed(self._answers)))
                 limit.note_answered(reversed(recent))
                 self.learned = limit
+                self.budget_until_ns = 0  # the policy supersedes the last answer's budget
                 if self.controller is not None:
                     self.controller.quota_announced(self._now())
         # With the policy known the limit already keeps to it; "0 remaining" is then the
         # expected state at a full window, and its reset is rounded to whole seconds.
-        if self.learned is None and signals.remaining == 0 and signals.reset_s:
-            until = self._now() + round(signals.reset_s * NS_PER_S)
-            self.hold_until_ns = max(self.hold_until_ns, until)
+        if self.learned is None:
+            self._note_budget(signals)
+
+    def _note_budget(self, signals: ServerSignals) -> None:
+        """No policy: "``remaining`` r until ``reset_s``" allows r more requests before then,
+        less those in flight now (sent, perhaps not yet counted in r)."""
+        if signals.remaining is None or not signals.reset_s or signals.reset_s <= 0:
+            return
+        self.budget = max(0, signals.remaining - self.in_flight)
+        self.budget_until_ns = self._now() + round(signals.reset_s * NS_PER_S)
