@@ -14,10 +14,18 @@ problem than a token in a journal that gets attached to a bug report.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
-__all__ = ["REDACTED", "SENSITIVE_KEYS", "is_sensitive_key", "redact_data", "redact_text"]
+__all__ = [
+    "REDACTED",
+    "SENSITIVE_KEYS",
+    "is_sensitive_key",
+    "redact_data",
+    "redact_headers",
+    "redact_text",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -48,6 +56,25 @@ def is_sensitive_key(name: str) -> bool:
     (True, True, False)
     """
     return name.lower().replace("-", "").replace("_", "") in SENSITIVE_KEYS
+
+
+@functools.lru_cache(maxsize=1024)
+def _sensitive_name(name: str) -> bool:
+    return is_sensitive_key(name)
+
+
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Mask credential-named headers of a flat ``{name: value}`` dict in place and return it
+    (the fast form of :func:`redact_data` for response headers: names repeat, so each name's
+    verdict is cached).
+
+    >>> redact_headers({"set-cookie": "s=1", "content-type": "text/plain"})
+    {'set-cookie': '[REDACTED]', 'content-type': 'text/plain'}
+    """
+    for name in headers:
+        if _sensitive_name(name):
+            headers[name] = REDACTED
+    return headers
 
 
 def redact_data(data: Any) -> Any:

@@ -162,3 +162,27 @@ def test_the_sync_face_and_the_stream_work_too():
         streamed = asyncio.run(main())
     assert [r.result.body["id"] for r in streamed] == [str(i) for i in range(10)]
     assert streamed[0].item_id == f"GET {urls[0]}"
+
+
+def test_response_headers_are_read_as_httpx_joins_them_and_credentials_masked():
+    from paceline.http._face import _headers_of
+    from paceline.redact import redact_headers
+
+    raw = [
+        ("Set-Cookie", "a=1"),
+        ("Content-Type", "application/json"),
+        ("set-cookie", "b=2"),
+        ("X-Api-Key", "k"),
+        ("Vary", "Accept"),
+        ("VARY", "Origin"),
+    ]
+    response = httpx.Response(200, headers=raw)
+    headers = _headers_of(response)
+    assert headers == dict(response.headers)
+    assert headers["vary"] == "Accept, Origin"
+    assert redact_headers(headers) == {
+        "set-cookie": "[REDACTED]",
+        "content-type": "application/json",
+        "x-api-key": "[REDACTED]",
+        "vary": "Accept, Origin",
+    }

@@ -28,6 +28,7 @@ from paceline.http._messages import (
     ServerUnreachable,
     as_request,
 )
+from paceline.http._pool import ShardedTransport
 
 __all__ = [
     "HttpRequest",
@@ -36,6 +37,7 @@ __all__ = [
     "HttpStatusError",
     "ServerLimits",
     "ServerUnreachable",
+    "ShardedTransport",
     "as_request",
     "fetch_all",
     "fetch_all_sync",

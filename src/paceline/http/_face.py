@@ -30,10 +30,10 @@ from paceline.http._pool import ShardedTransport
 from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy
-from paceline.redact import redact_data
+from paceline.redact import redact_headers
 from paceline.results import BatchItemResult, Result
 from paceline.runners._common import sized_length
-from paceline.signals import parse_signals
+from paceline.signals import KNOWN_HEADERS, ServerSignals, parse_signals
 
 RequestLike = str | Mapping[str, Any] | HttpRequest
 
@@ -44,6 +44,19 @@ DEFAULT_RETRY = RetryPolicy(
     cap_s=30.0,
     retry_on=(HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError),
 )
+
+
+_PACING_HEADERS = KNOWN_HEADERS - {"date"}
+_NO_SIGNALS = ServerSignals()
+
+
+def _headers_of(response: httpx.Response) -> dict[str, str]:
+    """A response's headers as ``dict(response.headers)`` gives them (lower-cased names,
+    repeated lines joined by ", "), in one pass: httpx looks each name up again."""
+    merged: dict[str, str] = {}
+    for name, value in response.headers.multi_items():
+        merged[name] = f"{merged[name]}, {value}" if name in merged else value
+    return merged
 
 
 _PLAIN_GET = HttpRequest(url="")  # what a bare URL string means: GET, no headers, no body
@@ -75,13 +88,18 @@ def _sender(
         finally:
             # Answered, failed or cancelled: from now on the server has counted it, if ever.
             limits.answered()
-        signals = parse_signals(response.headers.multi_items())
+        headers = _headers_of(response)
+        signals = (
+            _NO_SIGNALS
+            if _PACING_HEADERS.isdisjoint(headers)  # most answers: nothing to read
+            else parse_signals(response.headers.multi_items())
+        )
         limits.observe(signals)
         if response.status_code >= 400:
             raise HttpStatusError(response.status_code, response.text, signals.retry_after_s)
         return HttpResponse(
             status_code=response.status_code,
-            headers=redact_data(dict(response.headers)),
+            headers=redact_headers(headers),
             body=decode_body(response.content, response.headers.get("content-type", "")),
             elapsed_s=time.monotonic() - started,
         )

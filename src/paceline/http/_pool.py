@@ -46,7 +46,10 @@ class _Released(httpx.AsyncByteStream):
 
 class ShardedTransport(httpx.AsyncBaseTransport):
     """An httpx transport over several small connection pools, at least ``size`` connections
-    in all; each request goes to the pool with the fewest requests in flight.
+    in all; each request goes to the pool with the fewest requests in flight. paceline's HTTP
+    face uses it for the client it makes; pass it to a client of your own the same way:
+    ``httpx.AsyncClient(transport=ShardedTransport(64), ...)`` (``transport_options`` go to
+    each pool's ``httpx.AsyncHTTPTransport``: ``http2``, ``retries``, ``verify``...).
 
     >>> import asyncio
     >>> transport = ShardedTransport(32)
