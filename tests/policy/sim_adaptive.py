@@ -117,3 +117,84 @@ def simulate(
         most = max(most, j - i)
     result = SimResult(len(accepted), throttled, sent, duration_s, most, throttled_at)
     return result, controller
+
+
+@dataclass
+class CapacityResult:
+    completed: int
+    overloaded: int
+    duration_s: float
+    latencies_s: list[float]
+    best_per_s: float
+    final_limit: int
+
+    @property
+    def share_of_best(self) -> float:
+        return self.completed / self.duration_s / self.best_per_s
+
+    @property
+    def overloaded_fraction(self) -> float:
+        return self.overloaded / max(1, self.completed + self.overloaded)
+
+    @property
+    def median_latency_s(self) -> float:
+        ordered = sorted(self.latencies_s)
+        return ordered[len(ordered) // 2]
+
+
+def simulate_capacity(
+    duration_s: float,
+    base_s: float,
+    capacity: int | None = None,
+    knee: int | None = None,
+    jitter_s: float = 0.0,
+    settings: AdaptiveSettings | None = None,
+    seed: int = 1,
+) -> CapacityResult:
+    """A server without a quota, as the test API models one: each request takes
+    ``base_s * (1 + max(0, n - knee) / knee)`` with ``n`` requests in flight when it arrives,
+    plus a uniform ``[0, jitter_s]`` (network and server noise that has nothing to do with
+    load); beyond ``capacity`` in flight it answers 503 at once. The client sends whenever the
+    controller lets it."""
+    rng = random.Random(seed)
+    controller = AdaptiveController(settings or AdaptiveSettings(), rng=random.Random(seed))
+    end = round(duration_s * NS)
+    now = 0
+    flights: list[tuple[int, int, object, Outcome]] = []
+    seq = completed = overloaded = serving = 0
+    latencies: list[float] = []
+    while now < end:
+        while flights and flights[0][0] <= now:
+            done_at, _, ticket, outcome = heapq.heappop(flights)
+            serving -= outcome is Outcome.SUCCESS
+            controller.finished(done_at, ticket, outcome)  # type: ignore[arg-type]
+        decision = controller.decide(now, len(flights))
+        if decision.go:
+            ticket = controller.started(now, len(flights), False)
+            serving += 1  # this one, if the server takes it
+            seq += 1
+            if capacity is not None and serving > capacity:
+                serving -= 1
+                overloaded += 1
+                heapq.heappush(flights, (now + NS // 1000, seq, ticket, Outcome.OVERLOAD))
+                continue
+            grow = 0.0 if knee is None else max(0, serving - knee) / knee
+            latency = base_s * (1 + grow) + rng.uniform(0.0, jitter_s)
+            done = now + round(latency * NS)
+            if done < end:
+                completed += 1
+                latencies.append(latency)
+            heapq.heappush(flights, (done, seq, ticket, Outcome.SUCCESS))
+            continue
+        next_done = flights[0][0] if flights else end
+        now = next_done if decision.slot else min(now + decision.wait_ns, next_done)
+    if capacity is None:
+        best = float("inf")
+    else:
+        best = max(
+            n / (base_s * (1 + (0 if knee is None else max(0, n - knee) / knee)))
+            for n in range(1, capacity + 1)
+        )
+    return CapacityResult(
+        completed, overloaded, duration_s, latencies, best, controller.concurrency_limit
+    )

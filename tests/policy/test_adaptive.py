@@ -6,7 +6,7 @@ import random
 import pytest
 
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, describe
-from tests.policy.sim_adaptive import FixedWindowServer, QuotaServer, simulate
+from tests.policy.sim_adaptive import FixedWindowServer, QuotaServer, simulate, simulate_capacity
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -320,3 +320,24 @@ def test_an_announced_quota_ends_a_probe_but_not_a_retry_after_pause():
     paused.finished(10 * MS, t, Outcome.THROTTLE, retry_after_s=2.0)
     paused.quota_announced(20 * MS)
     assert paused.decide(20 * MS, in_flight=0).wait_ns == 2 * S - 10 * MS
+
+
+# Simulated capacity limits and noisy latency (fake time, tests/policy/sim_adaptive.py).
+
+
+@pytest.mark.parametrize(("base_s", "jitter_s"), [(0.005, 0.02), (0.1, 0.4)])
+def test_latency_noise_that_does_not_grow_with_load_never_brakes(base_s, jitter_s):
+    # RTTs spread over 5-25 ms (or 0.1-0.5 s) whatever the load: the minimum RTT is the
+    # luckiest sample, and a brake on it alone held one attempt in flight (final limit 1).
+    result = simulate_capacity(30, base_s, jitter_s=jitter_s)
+    assert result.final_limit >= 64
+    assert result.completed / 30 >= 64 / (base_s + jitter_s)
+
+
+@pytest.mark.parametrize(("base_s", "jitter_s"), [(0.05, 0.0), (0.01, 0.0), (0.05, 0.02)])
+def test_a_capacity_limit_is_found_and_latency_held(base_s, jitter_s):
+    # 16 in flight at most; latency grows from 8 in flight (to 2x at 16)
+    result = simulate_capacity(60, base_s, capacity=16, knee=8, jitter_s=jitter_s)
+    assert result.share_of_best >= 0.85
+    assert result.overloaded_fraction <= 0.02
+    assert result.median_latency_s <= 1.5 * (base_s + jitter_s / 2)
