@@ -88,7 +88,7 @@ def redact_data(data: Any) -> Any:
     """
     if isinstance(data, dict):
         return {
-            key: REDACTED if isinstance(key, str) and is_sensitive_key(key) else redact_data(value)
+            key: REDACTED if isinstance(key, str) and _sensitive_name(key) else redact_data(value)
             for key, value in data.items()
         }
     if isinstance(data, list):

@@ -121,11 +121,27 @@ def check_json_ready(value: Any, what: str = "result") -> None:
     paceline.stores._errors.JournalEncodeError: result['a'][1]['b'] of type 'set' is not ...
     """
     try:
-        _check(value, what)
+        if not _ready(value):
+            _check(value, what)  # walk again, naming the place, to raise the error
     except RecursionError:
         raise JournalEncodeError(
             f"{what} is nested too deeply (or contains itself) to store as JSON; {_FIX}"
         ) from None
+
+
+def _ready(value: Any) -> bool:
+    """Whether ``value`` is JSON-ready: :func:`_check` without building a path per element
+    (most results are fine; the path is only needed for the error)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, list):
+        return all(map(_ready, value))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _ready(item):
+                return False
+        return True
+    return False
 
 
 def _check(value: Any, where: str) -> None:
