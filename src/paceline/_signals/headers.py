@@ -139,8 +139,10 @@ def _text(value: object) -> str | None:
     return None
 
 
-_NO_SIGNALS = ServerSignals()
-_PACING_HEADERS = KNOWN_HEADERS - {"date"}
+NO_SIGNALS = ServerSignals()
+"""What a response without any pacing header says: nothing."""
+PACING_HEADERS = KNOWN_HEADERS - {"date"}
+"""Lower-cased names of the headers that carry a pacing signal (``date`` only dates them)."""
 
 
 def _fields(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -264,8 +266,8 @@ def parse_signals(
     (500, 60.0, 3, 1.0, 'ietf')
     """
     fields = _fields(headers)
-    if _PACING_HEADERS.isdisjoint(fields):  # most responses: nothing to read (saves ~2/3)
-        return _NO_SIGNALS
+    if PACING_HEADERS.isdisjoint(fields):  # most responses: nothing to read (saves ~2/3)
+        return NO_SIGNALS
     now = time.time() if now_epoch_s is None else now_epoch_s
     date = fields.get("date")
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from paceline._signals.headers import NO_SIGNALS, PACING_HEADERS
 from paceline.faces.batch import (
     Adaptive,
     Concurrency,
@@ -33,7 +34,7 @@ from paceline.policy.retry import RetryPolicy
 from paceline.redact import redact_headers
 from paceline.results import BatchItemResult, Result
 from paceline.runners._common import sized_length
-from paceline.signals import KNOWN_HEADERS, ServerSignals, parse_signals
+from paceline.signals import parse_signals
 
 RequestLike = str | Mapping[str, Any] | HttpRequest
 
@@ -44,10 +45,6 @@ DEFAULT_RETRY = RetryPolicy(
     cap_s=30.0,
     retry_on=(HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError),
 )
-
-
-_PACING_HEADERS = KNOWN_HEADERS - {"date"}
-_NO_SIGNALS = ServerSignals()
 
 
 def _headers_of(response: httpx.Response) -> dict[str, str]:
@@ -90,8 +87,8 @@ def _sender(
             limits.answered()
         headers = _headers_of(response)
         signals = (
-            _NO_SIGNALS
-            if _PACING_HEADERS.isdisjoint(headers)  # most answers: nothing to read
+            NO_SIGNALS
+            if PACING_HEADERS.isdisjoint(headers)  # most answers: nothing to read
             else parse_signals(response.headers.multi_items())
         )
         limits.observe(signals)
