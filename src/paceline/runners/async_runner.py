@@ -243,6 +243,7 @@ class _Batch(Generic[K, T, R]):
                 async with self._pull_lock:
                     if bound is not None and self.pulled - state.delivered >= bound:
                         await self._wait_for_space()
+                        continue  # room now, a retry due, or the batch stopped: look again
                     if state.stopped or self.exhausted:
                         continue
                     try:
@@ -253,8 +254,7 @@ class _Batch(Generic[K, T, R]):
             else:
                 if bound is not None and self.pulled - state.delivered >= bound:
                     await self._wait_for_space()
-                    if state.stopped:
-                        return None
+                    continue  # room now, a retry due, or the batch stopped: look again
                 assert pull is not None
                 try:
                     item = pull()
@@ -302,13 +302,31 @@ class _Batch(Generic[K, T, R]):
             waiter.set_result(None)
 
     async def _wait_for_space(self) -> None:
+        """Wait until the read-ahead has room, a parked retry falls due, or the batch stops.
+
+        Parked retries count against the read-ahead (they were read), so when every item in it
+        waits for its backoff only a retry falling due frees the worker: without that wake-up
+        such a batch stopped for good (issue 10).
+        """
         state, bound = self.state, cast(int, self.bound)
+        loop = asyncio.get_running_loop()
         while self.pulled - state.delivered >= bound and not state.stopped:
+            retries = self.retries
+            timer = None
+            if retries:
+                wait_ns = retries[0][0] - _monotonic_ns()
+                if wait_ns <= 0:
+                    return
+                timer = loop.call_later(wait_ns / NS_PER_S, self.space_freed)
             waiter = self._space_waiter
             if waiter is None or waiter.done():
-                waiter = self._space_waiter = asyncio.get_running_loop().create_future()
+                waiter = self._space_waiter = loop.create_future()
             self._wake_results()
-            await waiter
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     # halting ------------------------------------------------------------------------------
 
@@ -403,6 +421,7 @@ class _Batch(Generic[K, T, R]):
                         heapq.heappush(
                             self.retries, (_monotonic_ns() + delay, self._retry_seq, job)
                         )
+                        self.space_freed()  # a worker waiting for room re-times its wake-up
                         continue
                 else:
                     if adaptive is not None and ticket is not None:
