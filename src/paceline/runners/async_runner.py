@@ -28,9 +28,9 @@ from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.batch import BatchState
 from paceline.policy.pause import ServerPause
 from paceline.policy.rate import NS_PER_S
+from paceline.policy.retry import retry_after_of
 from paceline.runners._common import sized_length
 from paceline.runners.adaptive_gate import AdaptiveGate
-from paceline.policy.retry import retry_after_of
 from paceline.runners.gates import LeaseGate, async_acquirer, server_pause_for
 from paceline.runners.settle import Job, RunOptions, Settler
 

@@ -397,9 +397,8 @@ class _Dispatch(Generic[K, T, R]):
         self.in_flight -= 1
         if self.control is not None:
             self._tell_controller(job_id, None if failed else value, value if failed else None)
-        elif failed and self.pause is not None and (retry_after := retry_after_of(value)):
-            if self.pause.ask(_monotonic_ns(), retry_after):
-                self._hold_unstarted(self.pause.until_ns)
+        elif failed and self.pause is not None:
+            self._note_pause(value)
         entry = self.running.pop(job_id, None)
         if entry is None:
             return  # it timed out earlier and was settled (or retried) then
@@ -444,6 +443,13 @@ class _Dispatch(Generic[K, T, R]):
             taken = self.running.pop(entry[0], None)
             if taken is not None and taken[1].attempt > 1:
                 self.settler.abandon(taken[1])
+
+    def _note_pause(self, error: BaseException) -> None:
+        """A failed attempt may carry the server's Retry-After: pause, hold what is queued."""
+        retry_after = retry_after_of(error)
+        pause = self.pause
+        if retry_after and pause is not None and pause.ask(_monotonic_ns(), retry_after):
+            self._hold_unstarted(pause.until_ns)
 
     def _hold_unstarted(self, until_ns: int) -> None:
         """Take back jobs queued for a worker but not started, to start after ``until_ns``
