@@ -2,7 +2,8 @@
 
 Each turns an input row into an :class:`Item` (its journal key and what to send, rendered
 once) and runs an item. Rendering problems of one row (a JSONL row without a column the
-template names) make that row a bad input row, like a line that is not JSON.
+template names) make that row a bad input row, like a line that is not JSON; so does a row
+that repeats an earlier row's id.
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ class SeenIds:
     run reads the input from its start), so resuming still skips them.
 
     Cost: one dict entry per distinct id, ~63 bytes (CPython 3.11, 1M ids measured) beyond
-    the id string, which the journal's index keeps anyway (~150 bytes an id): 1M items take
-    ~60 MB more. Without a journal (``--journal none``) nothing is skipped by id, an id only
+    the id string, which the journal's index keeps anyway (~150 bytes an id), and the runner's
+    own set of keys (~34 bytes, see :mod:`paceline.runners.settle`): 1M items take ~100 MB
+    more. Without a journal (``--journal none``) nothing is skipped by id, an id only
     labels the output, so no check is made: both rows run, and memory stays bounded however
     long the input (an endless stream).
     """
@@ -141,7 +143,8 @@ def bad_item(row: Row, message: str) -> Item:
 
 
 def to_item(operation: Operation, row: Row, source_name: str) -> Item:
-    """An item for ``row``, or a bad item with the reason."""
+    """An item for ``row``, or a bad item with the reason (a row that repeats an earlier
+    row's id is one, when there is a journal: see :class:`SeenIds`)."""
     if not row.ok:
         return bad_item(row, row.error or f"{source_name}:{row.line}: unreadable row")
     try:
@@ -156,7 +159,7 @@ def to_item(operation: Operation, row: Row, source_name: str) -> Item:
     fix = (
         "make --id unique (add a column to it) or drop the repeated row"
         if operation.id_template is not None
-        else "the same item twice: drop the repeated row, or tell them apart with --id"
+        else "drop the repeated row, or give each row its own id with --id"
     )
     problem = f"duplicate id of line {first} (the journal keeps one outcome per id)"
     return bad_item(row, bad_row_message(source_name, row.line, problem, fix))
