@@ -138,8 +138,13 @@ def _sensitive_key(name: str) -> bool:
     return is_sensitive_key(name)
 
 
-# A ``{column}`` placeholder of a CLI template, optionally after an auth scheme ("Bearer {t}").
-_PLACEHOLDERS = re.compile(r"\s*(?:[A-Za-z][A-Za-z-]*\s+)?(?:\{[^{}\s]*\}\s*)+")
+# ``{column}`` placeholders of a CLI template, optionally after an auth scheme ("Bearer {t}";
+# the schemes of the IANA registry and common API ones, not any word: "hunter {x}" is a secret).
+_PLACEHOLDERS = re.compile(
+    r"\s*(?:(?:bearer|basic|token|digest|bot|oauth|apikey|key|negotiate)\s+)?"
+    r"(?:\{[^{}\s]*\}\s*)+",
+    re.IGNORECASE,
+)
 
 
 def only_names_fields(value: str) -> bool:
@@ -210,6 +215,15 @@ _VALUE = re.compile(
 )
 
 
+_LINE = re.compile(r"[^\r\n\"']*")
+
+
+def _line_names_fields(text: str, start: int) -> bool:
+    # A header-like value runs on past a space: "Authorization: Bearer {t}".
+    line = _LINE.match(text, start)
+    return line is not None and only_names_fields(line.group(0))
+
+
 def _redact_pairs(text: str, placeholders: bool) -> str:
     parts: list[str] = []
     done = 0  # text[:done] is in parts
@@ -220,7 +234,7 @@ def _redact_pairs(text: str, placeholders: bool) -> str:
         if value is None:
             continue
         secret = value.group(2) if value.group(1) else value.group(3)
-        if placeholders and only_names_fields(secret):
+        if placeholders and (only_names_fields(secret) or _line_names_fields(text, value.start())):
             continue
         quote = value.group(1) or ""
         parts.append(text[done : name.end()])

@@ -483,3 +483,78 @@ def test_every_option_the_messages_name_exists() -> None:
         if option not in options
     ]
     assert unknown == []
+
+
+# -- units: the stored spec, keys ---------------------------------------------------------------
+
+
+def test_the_stored_spec_masks_literal_secrets_and_keeps_templates(tmp_path: Path) -> None:
+    from paceline.cli.spec import RunSpec
+
+    spec = RunSpec(
+        command="http",
+        input="in.csv",
+        out="out.jsonl",
+        url="https://h/items/{id}?api_key=" + SECRET,
+        json_template='{"password": "{pw}", "note": "{n}"}',
+        headers=["Authorization: Bearer {token}", "X-Auth-Token: " + SECRET, "Accept: a/b"],
+    )
+    public = spec.public()
+    assert SECRET not in public.to_json()
+    assert public.url == "https://h/items/{id}?api_key=[REDACTED]"
+    assert public.json_template == spec.json_template
+    assert public.headers == [
+        "Authorization: Bearer {token}",
+        "X-Auth-Token: [REDACTED]",
+        "Accept: a/b",
+    ]
+    assert public.masked() == [
+        ("--url", "https://h/items/{id}?api_key=[REDACTED]"),
+        ("--header", "X-Auth-Token: [REDACTED]"),
+    ]
+    assert public.input == str(Path("in.csv").absolute())
+    assert public.out == str(Path("out.jsonl").absolute())
+    assert public.public() == public  # the stored form is a fixed point: the fingerprint holds
+    assert spec.fingerprint_text() == public.fingerprint_text()
+
+
+def test_a_spec_holding_a_masked_value_does_not_check() -> None:
+    from paceline.cli.spec import RunSpec, UsageError
+
+    spec = RunSpec(command="exec", input="-", argv=["tool", "--password=[REDACTED]"])
+    with pytest.raises(UsageError, match="never sent"):
+        spec.check()
+
+
+def test_keys_without_secrets_are_stable_and_unique() -> None:
+    from paceline.cli.ops import key_without_secrets
+
+    one = key_without_secrets(f"GET https://h/1?token={SECRET}", {"id": 1})
+    assert SECRET not in one
+    assert one == key_without_secrets(f"GET https://h/1?token={SECRET}", {"id": 1})
+    # a rotated credential written in the template keeps the key
+    assert one == key_without_secrets("GET https://h/1?token=other", {"id": 1})
+    # two rows that differ only in their secret stay two items
+    first = key_without_secrets("tool --password=a", {"pw": "a"})
+    second = key_without_secrets("tool --password=b", {"pw": "b"})
+    assert first != second
+    assert key_without_secrets("GET https://h/1", {"id": 1}) == "GET https://h/1"
+
+
+def test_input_head_tells_files_apart(tmp_path: Path) -> None:
+    from paceline.cli.spec import input_head, same_size
+
+    (tmp_path / "a.csv").write_text("id\n1\n")
+    (tmp_path / "b.csv").write_text("id\n2\n")
+    assert input_head(str(tmp_path / "a.csv")) != input_head(str(tmp_path / "b.csv"))
+    before = input_head(str(tmp_path / "a.csv"))
+    assert before is not None
+    with (tmp_path / "a.csv").open("a") as grown:  # appending rows keeps the identity
+        grown.write("3\n")
+    assert input_head(str(tmp_path / "a.csv"), same_size(before)) == before
+    (tmp_path / "a.csv").write_text("id\n9\n3\n")  # rewritten: another file
+    assert input_head(str(tmp_path / "a.csv"), same_size(before)) != before
+    (tmp_path / "a.csv").write_text("id")  # shorter than what the batch read
+    assert input_head(str(tmp_path / "a.csv"), same_size(before)) != before
+    assert input_head("-") is None
+    assert input_head(str(tmp_path / "missing.csv")) is None

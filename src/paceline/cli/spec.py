@@ -248,17 +248,35 @@ _MASKABLE = (
 )
 
 
-def input_head(path: str) -> str | None:
-    """The identity of an input file: the SHA-256 of its first :data:`INPUT_HEAD_BYTES` (None
-    for stdin, or a file that cannot be read — the run itself then says why)."""
+def input_head(path: str, size: int | None = None) -> str | None:
+    """The identity of an input file: ``"<n>:<digest>"``, the SHA-256 of its first ``n`` bytes
+    (``n`` at most :data:`INPUT_HEAD_BYTES`). None for stdin, or a file that cannot be read (the
+    run itself then says why). ``size`` hashes that many bytes, to compare with a stored head:
+    rows appended since leave the identity as it was.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp(), "in.csv")
+    >>> _ = path.write_text("id\\n1\\n")
+    >>> head = input_head(str(path))
+    >>> _ = path.write_text("id\\n1\\n2\\n")  # a row appended
+    >>> input_head(str(path), same_size(head)) == head, input_head(str(path)) == head
+    (True, False)
+    """
     if path == "-":
         return None
+    wanted = INPUT_HEAD_BYTES if size is None else size
     try:
         with open(path, "rb") as handle:
-            head = handle.read(INPUT_HEAD_BYTES)
+            head = handle.read(wanted)
     except OSError:
         return None
-    return hashlib.sha256(head).hexdigest()[:32]
+    return f"{len(head)}:{hashlib.sha256(head).hexdigest()[:32]}"
+
+
+def same_size(head: str | None) -> int | None:
+    """How many bytes a stored :func:`input_head` covers (None if it is not one)."""
+    size, sep, _ = (head or "").partition(":")
+    return int(size) if sep and size.isdigit() else None
 
 
 def split_header(header: str) -> tuple[str, str]:
