@@ -7,6 +7,7 @@ from paceline.redact import (
     is_sensitive_key,
     is_sensitive_name,
     only_names_fields,
+    redact_argv,
     redact_data,
     redact_text,
 )
@@ -286,3 +287,24 @@ def test_a_word_before_a_placeholder_is_kept_only_when_it_is_an_auth_scheme():
     assert redact_text('{"password": "hunter {x}"}', placeholders=True) == (
         '{"password": "[REDACTED]"}'
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"tool --password {SECRET} --user ann", "tool --password [REDACTED] --user ann"),
+        (f"tool --api-key '{SECRET}' -v", "tool --api-key '[REDACTED]' -v"),
+        ("tool --token --verbose", "tool --token --verbose"),  # a flag after a flag: no value
+        ("tool --keyword python", "tool --keyword python"),
+    ],
+)
+def test_the_value_after_a_credential_flag_is_masked(text, expected):
+    assert redact_text(text) == expected
+
+
+def test_redact_argv_masks_the_word_after_a_credential_flag():
+    words = ["tool", "--password", SECRET, "--name", "ann", "--token", "{tok}"]
+    assert redact_argv(words) == [
+        "tool", "--password", REDACTED, "--name", "ann", "--token", REDACTED,
+    ]  # fmt: skip
+    assert redact_argv(words, placeholders=True)[-1] == "{tok}"

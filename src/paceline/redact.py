@@ -24,6 +24,7 @@ __all__ = [
     "is_sensitive_key",
     "is_sensitive_name",
     "only_names_fields",
+    "redact_argv",
     "redact_data",
     "redact_headers",
     "redact_text",
@@ -216,6 +217,42 @@ _VALUE = re.compile(
 
 
 _LINE = re.compile(r"[^\r\n\"']*")
+# A command-line flag and its value as the next word: "--password hunter2", "--api-key 'k'".
+_FLAG = re.compile(
+    r"(?<![\w-])--([A-Za-z][A-Za-z0-9_-]*)(\s+)(?!\[REDACTED\])(?:([\"'])([^\"'\r\n]*)\3|([^\s\"'-]\S*))"
+)
+
+
+def _redact_flags(text: str, placeholders: bool) -> str:
+    def flag(match: re.Match[str]) -> str:
+        value = match.group(4) if match.group(3) else match.group(5)
+        if not _sensitive_name(match.group(1)) or (placeholders and only_names_fields(value)):
+            return match.group(0)
+        quote = match.group(3) or ""
+        return f"--{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
+
+    return _FLAG.sub(flag, text)
+
+
+def redact_argv(words: list[str], *, placeholders: bool = False) -> list[str]:
+    """A command's words with credentials masked: each word as :func:`redact_text` does, and
+    the word after a credential flag (``--password hunter2``).
+
+    >>> redact_argv(["tool", "--token", "t0k", "--user", "ann", "--secret={s}"], placeholders=True)
+    ['tool', '--token', '[REDACTED]', '--user', 'ann', '--secret={s}']
+    """
+    shown = [redact_text(word, placeholders=placeholders) for word in words]
+    for index in range(1, len(words)):
+        flag, word = words[index - 1], words[index]
+        if (
+            flag.startswith("--")
+            and "=" not in flag
+            and _sensitive_name(flag[2:])
+            and not word.startswith("-")
+            and not (placeholders and only_names_fields(word))
+        ):
+            shown[index] = REDACTED
+    return shown
 
 
 def _line_names_fields(text: str, start: int) -> bool:
@@ -249,7 +286,8 @@ def _redact_pairs(text: str, placeholders: bool) -> str:
 def redact_text(text: str, *, placeholders: bool = False) -> str:
     """``text`` with credentials masked: ``Authorization:``/``Cookie:`` header values, ``Bearer``
     and ``Basic`` credentials, the values of credential-named pairs (:func:`is_sensitive_name`:
-    ``api_key=``, ``X-Auth-Token:``, ``--password=``, ``"secret": "..."``) and passwords in URLs.
+    ``api_key=``, ``X-Auth-Token:``, ``--password=``, ``"secret": "..."``), the value after a
+    credential flag (``--token abc``) and passwords in URLs.
 
     ``placeholders=True`` is for templates: a value that only names where the secret comes from
     (``{"password": "{pw}"}``, ``api_key={key}``) is not one and stays as it is.
@@ -278,4 +316,5 @@ def redact_text(text: str, *, placeholders: bool = False) -> str:
     text = _USERINFO.sub(userinfo, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _BASIC.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _redact_flags(text, placeholders)
     return _redact_pairs(text, placeholders)

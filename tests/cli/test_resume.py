@@ -258,13 +258,16 @@ def test_resume_of_an_exec_batch_with_a_password_argument(tmp_path: Path) -> Non
     assert SECRET.encode() not in written(tmp_path)
 
 
+@pytest.mark.parametrize("password", [[f"--password={SECRET}"], ["--password", SECRET]])
 def test_resume_of_an_exec_batch_with_a_literal_password_asks_for_the_command_again(
-    tmp_path: Path,
+    tmp_path: Path, password: list[str]
 ) -> None:
     (tmp_path / "in.csv").write_text("n\n" + "".join(f"{n}\n" for n in range(6)))
     script = '[ "$2" = 3 ] && [ -e broken ] && exit 1; echo "$1 $2" >> "$0.log"'
+    if len(password) == 2:
+        script = script.replace("$2", "$3").replace('"$1 ', '"$1 $2 ')
     (tmp_path / "broken").write_text("")
-    command = ["sh", "-c", script, str(tmp_path / "seen"), f"--password={SECRET}", "{n}"]
+    command = ["sh", "-c", script, str(tmp_path / "seen"), *password, "{n}"]
     first = paceline(
         "exec", "in.csv", "-j", "1", "--journal", "j.journal", "-q", "--", *command,
         cwd=tmp_path,
@@ -273,12 +276,13 @@ def test_resume_of_an_exec_batch_with_a_literal_password_asks_for_the_command_ag
     (tmp_path / "broken").unlink()
     refused = paceline("resume", "j.journal", "--retry-failed", cwd=tmp_path)
     message = one_line(refused)
-    assert "--password=[REDACTED]" in message
+    assert "[REDACTED]" in message
+    assert "-- COMMAND" in message
     assert SECRET not in message
     resumed = paceline("resume", "j.journal", "--retry-failed", "-q", "--", *command, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     seen = (tmp_path / "seen.log").read_text().splitlines()
-    assert sorted(seen) == sorted(f"--password={SECRET} {n}" for n in range(6))
+    assert sorted(seen) == sorted(f"{' '.join(password)} {n}" for n in range(6))  # each once
     (tmp_path / "seen.log").unlink()
     assert SECRET.encode() not in written(tmp_path)
 

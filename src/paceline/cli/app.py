@@ -11,7 +11,7 @@ import typer
 
 from paceline.cli.run import EXIT_USAGE, SPEC_META, Display, run_spec, write_html
 from paceline.cli.spec import RunSpec, UsageError, input_head, same_size
-from paceline.redact import redact_text
+from paceline.redact import redact_argv, redact_text
 
 app = typer.Typer(
     name="paceline",
@@ -407,7 +407,7 @@ def _give_again(spec: RunSpec, name: str, value: str) -> None:
 def _give_command_again(spec: RunSpec, command: list[str]) -> None:
     if spec.command != "exec":
         fail(f"a command after -- is for exec batches; this one is paceline {spec.command}")
-    shown = [redact_text(word, placeholders=True) for word in command]
+    shown = redact_argv(command, placeholders=True)
     if shown != spec.argv:
         fail(
             f"the command {' '.join(shown)!r} is not this batch's ({' '.join(spec.argv)!r}); "

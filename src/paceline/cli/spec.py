@@ -23,7 +23,13 @@ from typing import Any
 
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import Rate, RateSpecError
-from paceline.redact import REDACTED, is_sensitive_name, only_names_fields, redact_text
+from paceline.redact import (
+    REDACTED,
+    is_sensitive_name,
+    only_names_fields,
+    redact_argv,
+    redact_text,
+)
 
 JOURNAL_DIR = ".paceline"
 NO_JOURNAL = "none"
@@ -200,7 +206,7 @@ class RunSpec:
         copy.headers = [redact_header(h) for h in self.headers]
         copy.rates = list(self.rates)
         copy.halt = list(self.halt)
-        copy.argv = [redact_text(word, placeholders=True) for word in self.argv]
+        copy.argv = redact_argv(self.argv, placeholders=True)
         for name, _ in _MASKABLE:
             value = getattr(self, name)
             if value is not None:
