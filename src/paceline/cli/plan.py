@@ -20,12 +20,14 @@ SHOWN = 5
 
 
 def _shown(payload: Any) -> str:
+    # redact_text over the JSON too: it masks credentials inside values (the URL's api_key=,
+    # user:pass@) and under header names redact_data leaves to data (X-Session: ...).
     if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
         data = {k: v for k, v in dataclasses.asdict(payload).items() if v not in (None, {}, "")}
-        return json.dumps(redact_data(data), default=str)
+        return redact_text(json.dumps(redact_data(data), default=str))
     if isinstance(payload, str):
         return redact_text(payload)
-    return json.dumps(redact_data(payload), default=str)
+    return redact_text(json.dumps(redact_data(payload), default=str))
 
 
 def show_plan(spec: RunSpec, out: TextIO) -> int:
