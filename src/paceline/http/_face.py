@@ -17,7 +17,7 @@ from paceline.faces.batch import (
     run_sync,
     stream,
 )
-from paceline.http._limits import ServerLimits
+from paceline.http._limits import DEFAULT_MAX_HOLD_S, ServerLimits
 from paceline.http._messages import (
     HttpRequest,
     HttpResponse,
@@ -131,6 +131,7 @@ class _Setup:
         max_concurrent: Concurrency,
         rate_limiter: RateLimiter | None,
         adaptive: Adaptive,
+        retry: RetryPolicy | int | None,
         options: dict[str, Any],
     ) -> None:
         self.workers, control = concurrency_plan(
@@ -140,7 +141,9 @@ class _Setup:
             control = AdaptiveController(control)  # built here: the header limits talk to it
         self.control = control
         controller = control if isinstance(control, AdaptiveController) else None
-        self.limits = ServerLimits(rate_limiter, controller=controller)
+        # The server's word holds everyone no longer than the retry policy obeys a Retry-After.
+        hold_s = retry.max_retry_after_s if isinstance(retry, RetryPolicy) else DEFAULT_MAX_HOLD_S
+        self.limits = ServerLimits(rate_limiter, controller=controller, max_hold_s=hold_s)
         self.own = client is None
         self.http = _client_for(client, self.workers)
         options.setdefault("key", _request_key)
@@ -171,7 +174,7 @@ async def fetch_all(
     Other options are those of :func:`paceline.batch_execute` (``journal=``, ``halt=``,
     ``timeout_s=``...); with a journal, requests are keyed by their ``id`` or "METHOD URL".
     """
-    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, options)
+    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, retry, options)
     try:
         return await batch_execute(
             requests,
@@ -200,7 +203,7 @@ async def stream_requests(
     """:func:`fetch_all` for huge or endless inputs: yields each request's
     :class:`~paceline.BatchItemResult` as it settles (see :func:`paceline.stream`)."""
     options.setdefault("item_id", _request_key)
-    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, options)
+    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, retry, options)
     try:
         async for result in stream(
             requests,
