@@ -217,9 +217,11 @@ class HttpOperation(Operation):
     def __init__(self, spec: RunSpec, workers: int | None, limits: Any) -> None:
         super().__init__(spec)
         from paceline.http._face import _client_for, _sender
-        from paceline.http._messages import HttpRequest, HttpResponseCodec
+        from paceline.http._messages import HttpRequest, HttpResponseCodec, validate_request
 
         self._request_type = HttpRequest
+        self._validate = validate_request  # what fails the same way every time: a bad row
+        self._base_url = spec.base_url
         self.codec = HttpResponseCodec()
         self.url = Template.parse(spec.url) if spec.url else None
         self.method = Template.parse(spec.method) if spec.method else None
@@ -240,7 +242,8 @@ class HttpOperation(Operation):
             for name, value in (split_header(h) for h in spec.headers)
         ]
         self.client = _client_for(None, workers)
-        self._send = _sender(self.client, limits, spec.base_url)
+        # --timeout bounds the whole attempt, body included (default: the face's 120 s).
+        self._send = _sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         found: dict[str, Template | JsonTemplate] = super().templates()
@@ -293,6 +296,7 @@ class HttpOperation(Operation):
         payload = self._request_type(
             url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
         )
+        self._validate(payload, self._base_url)
         return Item(row.line, key, payload)
 
     async def run(self, payload: Any) -> Any:

@@ -319,7 +319,8 @@ class Batch:
                 rate_limiter=plan.rate_limiter,
                 retry=plan.retry,
                 halt=spec.halt or None,
-                timeout_s=spec.timeout_s,
+                # http times the whole attempt in its sender, whose error names the URL
+                timeout_s=None if spec.command == "http" else spec.timeout_s,
                 journal=journal,
                 retry_failed=spec.retry_failed,
                 key=_item_key,
