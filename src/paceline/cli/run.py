@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from paceline.cli.inputs import InputError, RowSource, open_rows
-from paceline.cli.metrics import Metrics
+from paceline.cli.metrics import Metrics, hold_from_pacing
 from paceline.cli.ops import (
     BadInputRow,
     CallOperation,
@@ -308,7 +308,7 @@ class Batch:
         writer = ResultWriter.open(spec.out) if spec.out else None
         outcome = "done"
         view.start()
-        ticker = asyncio.ensure_future(self._tick(view, metrics, journal))
+        ticker = asyncio.ensure_future(self._tick(view, metrics, journal, plan))
         try:
             results = stream(
                 self.items(source, operation),
@@ -327,7 +327,10 @@ class Batch:
             )
             async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
                 async for result in settled:
-                    metrics.settled(failed=not result.success, restored=result.restored)
+                    attempted = not isinstance(result.exception, BadInputRow)
+                    metrics.settled(
+                        failed=not result.success, restored=result.restored, attempted=attempted
+                    )
                     if writer is not None:
                         writer.write(result)
         except asyncio.CancelledError:
@@ -371,10 +374,13 @@ class Batch:
             return EXIT_FAILED, "failed"
         return EXIT_OK, "done"
 
-    async def _tick(self, view: Any, metrics: Metrics, journal: Journal | None) -> None:
+    async def _tick(self, view: Any, metrics: Metrics, journal: Journal | None, plan: Plan) -> None:
         next_sample = time.monotonic() + SAMPLE_S
         while True:
             await asyncio.sleep(TICK_S)
+            hold_from_pacing(metrics, plan.controller, plan.server_limits, time.monotonic_ns())
+            stop = "stopping: waiting for the running attempts" if self.stopping else None
+            metrics.hold("stop", stop)
             snapshot = metrics.snapshot()
             view.update(snapshot)
             now = time.monotonic()
