@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -684,6 +685,99 @@ def test_a_real_terminal_updates_in_place_and_ends_on_a_fresh_line(tmp_path):
         subprocess.run(
             ["tmux", "-S", str(tmux.socket), "kill-server"], capture_output=True, timeout=10
         )
+
+
+# --- holds, shown by the real command ----------------------------------------------------------
+
+PACELINE = str(Path(sys.executable).with_name("paceline"))
+
+
+def write_requests(path: Path, base: str, count: int) -> None:
+    path.write_text("".join(f'{{"id": "i{n}", "url": "{base}/items/{n}"}}\n' for n in range(count)))
+
+
+def paused_server():  # 2 requests per 4 s, then 429 with Retry-After (whole seconds)
+    from paceline.testing.api_server import ApiConfig, ApiServer
+
+    return ApiServer(ApiConfig(quota=2, window_s=4.0, retry_after=True, base_latency_s=0.001))
+
+
+@pytest.mark.timeout(90)
+def test_a_pipe_is_told_of_a_server_pause_with_its_reason(tmp_path):
+    with paused_server() as server:
+        write_requests(tmp_path / "in.jsonl", server.url, 4)
+        done = subprocess.run(
+            [PACELINE, "http", "in.jsonl", "--journal", "none", "--no-report"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    held = [line for line in done.stderr.splitlines() if "on hold: " in line]
+    assert held, done.stderr
+    assert re.search(r"on hold: the server asked to wait \(Retry-After\), \ds left", held[0])
+    assert "\x1b" not in done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_graceful_stop_shows_what_it_waits_for(tmp_path):
+    from paceline.testing.api_server import ApiConfig, ApiServer
+
+    with ApiServer(ApiConfig(base_latency_s=5.0)) as server:
+        write_requests(tmp_path / "in.jsonl", server.url, 4)
+        child = subprocess.Popen(
+            [PACELINE, "http", "in.jsonl", "-j", "2", "--journal", "none", "--no-report"],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stderr is not None
+            first = child.stderr.readline()  # the first status line: attempts are running
+            assert "in flight" in first
+            child.send_signal(signal.SIGINT)
+            rest = child.stderr.read()
+            assert child.wait(timeout=60) == 130
+        finally:
+            child.kill()
+            child.wait()
+    assert "on hold: stopping: waiting for the running attempts, for 2s" in rest, rest
+
+
+@pytest.mark.skipif(
+    shutil.which("tmux") is None and "CI" not in os.environ, reason="needs tmux (CI installs it)"
+)
+@pytest.mark.timeout(90)
+def test_a_real_terminal_shows_a_server_pause_on_its_own_line(tmp_path):
+    with paused_server() as server:
+        write_requests(tmp_path / "in.jsonl", server.url, 4)
+        src = Path(__file__).resolve().parents[2] / "src"
+        command = " ".join(
+            [
+                f"cd {shlex.quote(str(tmp_path))};",
+                "env -u COLUMNS -u LINES -u NO_COLOR TERM=screen",
+                f"PYTHONPATH={shlex.quote(str(src))}",
+                shlex.quote(PACELINE),
+                "http in.jsonl --journal none --no-report",
+                "; printf '$ next-prompt\\n'; sleep 60",
+            ]
+        )
+        tmux = Tmux(tmp_path / "tmux.sock")
+        tmux("new-session", "-d", "-x", "150", "-y", "30", "-s", "pv", command)
+        try:
+            held = tmux.wait_for(lambda s: rows_with(s, "on hold: "), "a hold", timeout_s=40)
+            (row,) = rows_with(held, "on hold: ")
+            assert re.fullmatch(
+                r"on hold: the server asked to wait \(Retry-After\), \ds left", held[row].strip()
+            )
+            assert "in flight" in held[row - 1]  # under the rates and tallies
+            final = tmux.wait_for(lambda s: rows_with(s, "$ next-prompt"), "the end", timeout_s=40)
+            assert rows_with(final, "on hold: ") == []  # the final frame has no hold
+        finally:
+            subprocess.run(
+                ["tmux", "-S", str(tmux.socket), "kill-server"], capture_output=True, timeout=10
+            )
 
 
 # --- formatting helpers -----------------------------------------------------------------------
