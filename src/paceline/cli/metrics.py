@@ -119,6 +119,9 @@ class Metrics:
         self.open_items = 0  # items with an attempt this run and no outcome yet
         self.concurrency_limit: Callable[[], int | None] = lambda: None
         self.rate_limit_per_s: Callable[[], float | None] = lambda: None
+        # Called first thing in every snapshot: tells :meth:`hold` what others hold now (the CLI
+        # calls hold_from_pacing there, and says when a graceful stop waits).
+        self.read_holds: Callable[[], None] = lambda: None
         self._settles: deque[float] = deque()  # when items settled (not restored), recent
         self._starts: deque[float] = deque()  # when attempts started, recent
         self._latencies: deque[tuple[float, float]] = deque()  # (ended, seconds), recent
@@ -215,6 +218,7 @@ class Metrics:
 
     def snapshot(self) -> Snapshot:
         """The state now."""
+        self.read_holds()
         now = self.clock()
         horizon = now - RECENT_S
         for recent in (self._settles, self._starts):

@@ -282,6 +282,14 @@ class Batch:
             (lambda: controller.concurrency_limit) if controller is not None else (lambda: fixed)
         )
         metrics.rate_limit_per_s = lambda: rate_limit_now(plan)
+
+        def holds() -> None:  # what holds the batch back, shown on the progress line
+            hold_from_pacing(metrics, plan.controller, plan.server_limits, time.monotonic_ns())
+            metrics.hold(
+                "stop", "stopping: waiting for the running attempts" if self.stopping else None
+            )
+
+        metrics.read_holds = holds
         if journal is not None:
             self.run_number = 1 + sum(1 for s in journal.samples() if s.get("kind") == "start")
             journal.add_sample(
@@ -308,7 +316,7 @@ class Batch:
         writer = ResultWriter.open(spec.out) if spec.out else None
         outcome = "done"
         view.start()
-        ticker = asyncio.ensure_future(self._tick(view, metrics, journal, plan))
+        ticker = asyncio.ensure_future(self._tick(view, metrics, journal))
         try:
             results = stream(
                 self.items(source, operation),
@@ -327,7 +335,10 @@ class Batch:
             )
             async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
                 async for result in settled:
-                    attempted = not isinstance(result.exception, BadInputRow)
+                    # a bad row or a duplicate id fails without an attempt of ours
+                    attempted = result.attempts > 0 and not isinstance(
+                        result.exception, BadInputRow
+                    )
                     metrics.settled(
                         failed=not result.success, restored=result.restored, attempted=attempted
                     )
@@ -374,13 +385,10 @@ class Batch:
             return EXIT_FAILED, "failed"
         return EXIT_OK, "done"
 
-    async def _tick(self, view: Any, metrics: Metrics, journal: Journal | None, plan: Plan) -> None:
+    async def _tick(self, view: Any, metrics: Metrics, journal: Journal | None) -> None:
         next_sample = time.monotonic() + SAMPLE_S
         while True:
             await asyncio.sleep(TICK_S)
-            hold_from_pacing(metrics, plan.controller, plan.server_limits, time.monotonic_ns())
-            stop = "stopping: waiting for the running attempts" if self.stopping else None
-            metrics.hold("stop", stop)
             snapshot = metrics.snapshot()
             view.update(snapshot)
             now = time.monotonic()
