@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from paceline.cli.run import COMMIT_ROWS
 from paceline.stores.view import JournalView
 from paceline.testing.api_server import ApiConfig, ApiServer
 
@@ -362,4 +363,4 @@ def test_a_full_disk_mid_run_is_one_line_and_the_journal_resumes(tmp_path: Path)
     assert 0 < kept["succeeded"] < items
     assert resumed.returncode == 0, resumed.stderr
     assert counts(tmp_path / "j") == {"succeeded": items, "failed": 0}
-    assert stats["accepted"] - items <= 8 + 1000  # in flight + one commit batch ran twice
+    assert stats["accepted"] - items <= 8 + COMMIT_ROWS  # in flight + one commit batch ran twice
