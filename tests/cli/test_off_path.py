@@ -23,6 +23,7 @@ from paceline.testing.api_server import ApiConfig, ApiServer
 
 PACELINE = str(Path(sys.executable).with_name("paceline"))
 TIMEOUT_S = 120
+HTTP = [PACELINE, "http", "in.jsonl"]
 
 
 def paceline(
@@ -364,3 +365,60 @@ def test_a_full_disk_mid_run_is_one_line_and_the_journal_resumes(tmp_path: Path)
     assert resumed.returncode == 0, resumed.stderr
     assert counts(tmp_path / "j") == {"succeeded": items, "failed": 0}
     assert stats["accepted"] - items <= 8 + COMMIT_ROWS  # in flight + one commit batch ran twice
+
+
+def test_a_journal_in_a_missing_directory_elsewhere_is_refused(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    write_requests(work / "in.jsonl", 3, "http://127.0.0.1:9")
+    elsewhere = tmp_path / "typo" / "deeper"
+    done = paceline("http", "in.jsonl", "--journal", str(elsewhere / "j"), cwd=work)
+    assert done.returncode == 2, done.stderr
+    line = one_line(done.stderr)
+    assert f"mkdir -p {elsewhere}" in line
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_journal_in_a_missing_directory_under_the_working_one_is_made(tmp_path: Path) -> None:
+    with ApiServer(ApiConfig(base_latency_s=0.001)) as server:
+        write_requests(tmp_path / "in.jsonl", 3, server.url)
+        done = paceline("http", "in.jsonl", "--journal", "runs/today/j", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert counts(tmp_path / "runs" / "today" / "j") == {"succeeded": 3, "failed": 0}
+
+
+def test_an_out_file_on_a_full_disk_is_one_line_and_the_journal_keeps_every_outcome(
+    tmp_path: Path,
+) -> None:
+    items = 400
+    with ApiServer(ApiConfig(base_latency_s=0.0)) as server:
+        write_requests(tmp_path / "in.jsonl", items, server.url)
+        with small_disk(tmp_path, 64) as (where, preexec):
+            full = subprocess.run(
+                [
+                    PACELINE,
+                    "http",
+                    "in.jsonl",
+                    "-j",
+                    "4",
+                    "--journal",
+                    "j",
+                    "-q",
+                    "--out",
+                    str(where / "out.jsonl"),
+                ],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_S,
+                preexec_fn=preexec,
+            )
+        resumed = paceline("resume", "j", "-q", "--out", "again.jsonl", cwd=tmp_path)
+        stats = server.stats()
+    assert full.returncode == 2, full.stderr
+    line = one_line(full.stderr)
+    assert "--out" in line
+    assert "paceline resume j" in line
+    assert resumed.returncode == 0, resumed.stderr
+    assert len((tmp_path / "again.jsonl").read_text().splitlines()) == items
+    assert stats["items_served_more_than_once"] == 0
