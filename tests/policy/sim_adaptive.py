@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections import deque
@@ -138,7 +139,10 @@ def simulate(
     pacer's, the user's limiter's) fires up to ``wake_jitter_s`` late; ``user_rate_per_s``: a
     strict limiter paces evenly at that rate after the controller's gates (``--rate``)."""
     rng = random.Random(seed)
-    controller = AdaptiveController(settings or AdaptiveSettings(), rng=random.Random(seed))
+    settings = settings or AdaptiveSettings()
+    if user_rate_per_s is not None:
+        settings = dataclasses.replace(settings, user_rate_per_s=user_rate_per_s)
+    controller = AdaptiveController(settings, rng=random.Random(seed))
     end = round(duration_s * NS)
     now = 0
     flights: list[tuple[int, int, object, Outcome, float | None]] = []
