@@ -23,15 +23,19 @@ def test_no_rate_gate_until_the_first_throttle_only_the_concurrency_gate():
     assert c.decide(0, in_flight=3).slot
 
 
-def test_the_first_throttle_sets_the_rate_from_what_the_server_accepted_over_a_second():
+def test_the_first_throttle_paces_evenly_at_what_the_server_accepted_over_a_second():
+    # Issue 11: the initial concurrency goes out at once, with no pacer: a throttle of that
+    # burst says "smooth", not "cut" — pace evenly at what was accepted (40, judged over at
+    # least one second; it was 0.8 of that), learn no ceiling from it, and climb from there.
     c = controller(initial_concurrency=100)
     tickets = [c.started(0, i, False) for i in range(50)]
     for t in tickets[:40]:
         c.finished(20 * MS, t, Outcome.SUCCESS)
     c.finished(20 * MS, tickets[40], Outcome.THROTTLE)
-    # 40 accepted, judged over at least one second: 40/s, cut by 0.8
-    assert c.rate_per_s == pytest.approx(32.0)
+    assert c.rate_per_s == pytest.approx(40.0)
     assert c.cuts == 1
+    assert c._ceilings == []
+    assert (20 * MS, "smooth", 40.0) in c.events
 
 
 def test_one_cut_per_congestion_event():

@@ -545,6 +545,7 @@ class AdaptiveController:
             self._aftershocks += 1
             if self._aftershocks >= settings.probe_after_cuts and not self._probing:
                 self._probing = self._window_seen = True
+                self._slow_start = False  # a window: what it accepted in a second is its rate
                 self._probe_attempt = 0
                 self._schedule_probe(now_ns)
             return
