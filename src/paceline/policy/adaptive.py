@@ -621,8 +621,8 @@ class AdaptiveController:
         user = settings.user_rate_per_s
         near_user_rate = False
         if user is not None and ceiling * settings.rate_cut < user:
-            if not self._keeps_throttling():
-                # The user's rate: held unless the server keeps throttling at it.
+            if not self.below_user_rate and not self._keeps_throttling():
+                # The user's rate: held unless the server keeps (or kept) throttling at it.
                 self.rate_per_s = max(self.rate_per_s or user, user)
                 self.events.append((now_ns, "hold user rate", self.rate_per_s))
                 return
