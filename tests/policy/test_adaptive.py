@@ -480,10 +480,12 @@ def test_the_users_rate_is_held_against_nginx_at_that_rate(jitter_s):
 def test_the_users_rate_is_held_unless_the_server_keeps_throttling_at_it():
     result, c = simulate(LeakyBucketServer(50), 20, latency_s=0.002, user_rate_per_s=50)
     held = [v for _, what, v in c.events if what == "hold user rate"]
-    assert held and min(held) == 50.0
+    assert held
+    assert min(held) == 50.0
     # a server at 25/s with the user's 50/s: it keeps throttling, the controller goes below
     result, c = simulate(LeakyBucketServer(25), 30, latency_s=0.002, user_rate_per_s=50)
     assert c.below_user_rate
     assert any(what == "below user rate" for _, what, _ in c.events)
-    assert c.rate_per_s is not None and c.rate_per_s < 25
+    assert c.rate_per_s is not None
+    assert c.rate_per_s < 25
     assert result.throttled_fraction <= 0.05

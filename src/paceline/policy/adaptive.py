@@ -109,11 +109,12 @@ class AdaptiveSettings:
     handover_margin: float = 0.03
     handover_growth_per_s: float = 0.001
     # Slow start (fast recovery): once no throttle has come for ``slow_start_after_s`` after a
-    # cut or a smoothing (a second: the commonest window has turned over; sooner, a window
-    # still full after a burst looked like quiet), the rate doubles every ``slow_start_doubling_s`` until the next throttle, whose ceiling is
-    # the rate it was paced at. Additive growth alone took minutes to climb back to a rate the
-    # server had taken seconds before (nginx limit_req 50r/s: ~15/s after 5 minutes). Doubling
-    # every 0.5 s climbs from 1/s to 50/s in ~3 s (~2 s of the rate lost); every 1 s lost ~5 s.
+    # cut (a second: the commonest window has turned over; sooner, a window still full looked
+    # like quiet), or at once after smoothing a first burst, the rate doubles every
+    # ``slow_start_doubling_s`` until the next throttle, whose ceiling is the rate it was paced
+    # at (not against a window, which lags: see ``_cut_rate``). Additive growth alone took
+    # minutes to climb back to a rate the server had taken seconds before (nginx limit_req
+    # 50r/s: ~15/s after 5 minutes). Doubling every 0.5 s climbs from 1/s to 50/s in ~3 s (~2 s of the rate lost); every 1 s lost ~5 s.
     slow_start_after_s: float = 1.0
     slow_start_doubling_s: float = 0.5
     # Smoothing (burst intolerance, not over-quota): a throttle of an attempt sent with no pacer
