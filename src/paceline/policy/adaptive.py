@@ -114,12 +114,13 @@ class AdaptiveSettings:
     # ``slow_start_doubling_s`` until the next throttle, whose ceiling is the rate it was paced
     # at (not against a window, which lags: see ``_cut_rate``). Additive growth alone took
     # minutes to climb back to a rate the server had taken seconds before (nginx limit_req
-    # 50r/s: ~15/s after 5 minutes). Doubling every 0.5 s climbs from 1/s to 50/s in ~3 s (~2 s of the rate lost); every 1 s lost ~5 s.
+    # 50r/s: ~15/s after 5 minutes). Doubling every 0.5 s climbs from 1/s to 50/s in ~3 s
+    # (~2 s of the rate lost); every 1 s lost ~5 s.
     slow_start_after_s: float = 1.0
     slow_start_doubling_s: float = 0.5
     # Smoothing (burst intolerance, not over-quota): a throttle of an attempt sent with no pacer
-    # (the initial concurrency goes out at once) or less than half an interval after the one
-    # before it (a late timer's catch-up) says the server refuses bursts, not the rate: pace
+    # (the initial concurrency goes out at once) or less than ``burst_gap`` of an interval
+    # after the one before it (a late timer's catch-up) says the server refuses bursts, not the rate: pace
     # evenly at the rate that was working, and learn no ceiling from it. More than this many
     # smoothings in a second are not bursts any more: the next throttle cuts.
     max_smoothings_per_s: int = 3
