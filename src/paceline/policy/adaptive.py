@@ -120,7 +120,8 @@ class AdaptiveSettings:
     slow_start_doubling_s: float = 0.5
     # Smoothing (burst intolerance, not over-quota): a throttle of an attempt sent with no pacer
     # (the initial concurrency goes out at once) or less than ``burst_gap`` of an interval
-    # after the one before it (a late timer's catch-up) says the server refuses bursts, not the rate: pace
+    # after the one before it (a late timer's catch-up) says the server refuses bursts, not the
+    # rate: pace
     # evenly at the rate that was working, and learn no ceiling from it. More than this many
     # smoothings in a second are not bursts any more: the next throttle cuts.
     max_smoothings_per_s: int = 3
