@@ -121,9 +121,8 @@ class AdaptiveSettings:
     # Smoothing (burst intolerance, not over-quota): a throttle of an attempt sent with no pacer
     # (the initial concurrency goes out at once) or less than ``burst_gap`` of an interval
     # after the one before it (a late timer's catch-up) says the server refuses bursts, not the
-    # rate: pace
-    # evenly at the rate that was working, and learn no ceiling from it. More than this many
-    # smoothings in a second are not bursts any more: the next throttle cuts.
+    # rate: pace evenly at the rate that was working, and learn no ceiling from it. More than
+    # this many smoothings in a second are not bursts any more: the next throttle cuts.
     max_smoothings_per_s: int = 3
     # A gap under this fraction of the pacing interval is a catch-up: the pacer sends sooner
     # after a late timer so the average rate holds (a timer ~1 ms late cost 5 % of 100/s).
