@@ -14,21 +14,7 @@ import pytest
 
 from paceline.stores.view import JournalView
 from paceline.testing.api_server import ApiConfig, ApiServer
-
-PACELINE = str(Path(sys.executable).with_name("paceline"))
-TIMEOUT_S = 120
-
-
-def paceline(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PACELINE, *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+from tests.cli._command import PACELINE, paceline
 
 
 def write_requests(path: Path, count: int, *, relative: bool = True, base: str = "") -> None:

@@ -10,7 +10,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,25 +19,9 @@ import pytest
 from paceline.cli.run import COMMIT_ROWS
 from paceline.stores.view import JournalView
 from paceline.testing.api_server import ApiConfig, ApiServer
+from tests.cli._command import PACELINE, TIMEOUT_S, paceline
 
-PACELINE = str(Path(sys.executable).with_name("paceline"))
-TIMEOUT_S = 120
 HTTP = [PACELINE, "http", "in.jsonl"]
-
-
-def paceline(
-    *args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PACELINE, *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-        env=env,
-    )
 
 
 def write_requests(path: Path, count: int, base: str, *, pad: int = 0) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ from typing import Any
 import pytest
 
 from paceline.stores.view import JournalView
+from tests.cli._command import paceline
 
-PACELINE = str(Path(sys.executable).with_name("paceline"))
-TIMEOUT_S = 120
 SECRET = "K3y-s3cr3t-9f1c"
 
 
@@ -91,18 +89,6 @@ def recorder() -> Iterator[Recorder]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def paceline(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PACELINE, *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
 
 
 INPUTS = ("in.csv", "in.jsonl")
