@@ -544,4 +544,22 @@ def test_the_users_even_rate_is_the_controllers_pace_and_strict_after_a_refusal(
     c.finished(26 * MS, late, Outcome.THROTTLE)  # a bucket refused: hold, and no catch-up
     assert c.rate_per_s == 50.0
     c.finished(47 * MS, c.started(46 * MS, 0, True), Outcome.SUCCESS)
-    assert c.decide(47 * MS, 0).wait_ns == 19 * MS  # a full interval after the last start
+    # an interval after the last start less the least lateness of the wake-ups (5 ms): the
+    # next wake-up is at least that late
+    assert c.decide(47 * MS, 0).wait_ns == 14 * MS
+
+
+def test_strict_pacing_charges_the_least_lateness_of_recent_wake_ups():
+    # Timers always ~2.5 ms late stretched every 20 ms interval: 0.89 of nginx's rate.
+    c = controller(initial_concurrency=8, initial_rate_per_s=50.0)
+    c._strict_pacing = True
+    c.started(0, 0, False)
+    starts = []
+    now = 0
+    for late in (2, 3, 2, 4, 2, 3):  # at least 2 ms late, once that is known
+        now = c._tat_ns + late * MS
+        c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
+        starts.append(now)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 20 * MS  # no two closer than the interval: a bucket takes them
+    assert sum(gaps) / len(gaps) < 21 * MS  # was 20 ms + the lateness, every time
