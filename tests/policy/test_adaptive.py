@@ -551,7 +551,7 @@ def test_the_users_even_rate_is_the_controllers_pace_and_strict_after_a_refusal(
 
 def test_strict_pacing_charges_the_least_lateness_of_recent_wake_ups():
     # Timers always ~2.5 ms late stretched every 20 ms interval: 0.89 of nginx's rate.
-    c = controller(initial_concurrency=8, initial_rate_per_s=50.0)
+    c = controller(initial_concurrency=8, initial_rate_per_s=50.0, pre_throttle_growth_per_s=0.0)
     c._strict_pacing = True
     c.started(0, 0, False)
     starts = []
@@ -560,6 +560,6 @@ def test_strict_pacing_charges_the_least_lateness_of_recent_wake_ups():
         now = c._tat_ns + late * MS
         c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
         starts.append(now)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 20 * MS  # no two closer than the interval: a bucket takes them
     assert sum(gaps) / len(gaps) < 21 * MS  # was 20 ms + the lateness, every time
