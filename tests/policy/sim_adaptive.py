@@ -134,14 +134,20 @@ def simulate(
     seed: int = 1,
     wake_jitter_s: float = 0.0,
     user_rate_per_s: float | None = None,
+    send_jitter_s: float = 0.0,
 ) -> tuple[SimResult, AdaptiveController]:
     """Run the controller against ``server`` for ``duration_s`` of fake time. A timer (the
     pacer's, the user's limiter's) fires up to ``wake_jitter_s`` late; ``user_rate_per_s``: a
-    strict limiter paces evenly at that rate after the controller's gates (``--rate``)."""
+    strict limiter paces evenly at that rate after the controller's gates (``--rate``, which
+    the controller paces at too, as the CLI sets it up); a request reaches the server up to
+    ``send_jitter_s`` after it starts (the client's event loop, the network), beside the
+    latency's own +-10 %."""
     rng = random.Random(seed)
     settings = settings or AdaptiveSettings()
     if user_rate_per_s is not None:
-        settings = dataclasses.replace(settings, user_rate_per_s=user_rate_per_s)
+        settings = dataclasses.replace(
+            settings, user_rate_per_s=user_rate_per_s, user_rate_even=True
+        )
     controller = AdaptiveController(settings, rng=random.Random(seed))
     end = round(duration_s * NS)
     now = 0
@@ -167,6 +173,8 @@ def simulate(
                 user.record(send, 1, waited=wait > 0)
                 ticket.sent_ns = send
             arrival = send + round(latency_s * NS / 2 * rng.uniform(0.8, 1.2))
+            if send_jitter_s:
+                arrival += round(send_jitter_s * NS * rng.random())
             outcome, retry_after = server.admit(arrival)
             sent += 1
             throttled += outcome is Outcome.THROTTLE

@@ -116,7 +116,9 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         fixed = os.cpu_count() or 2  # like GNU parallel: one job per core
     if fixed is None:
         settings = AdaptiveSettings(
-            initial_concurrency=auto_workers(total), user_rate_per_s=user_rate_per_s(limiter)
+            initial_concurrency=auto_workers(total),
+            user_rate_per_s=user_rate_per_s(limiter),
+            user_rate_even=burst == 1,
         )
         controller = AdaptiveController(settings)
         workers: int | None = settings.max_concurrency
