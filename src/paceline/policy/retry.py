@@ -200,7 +200,7 @@ class RetryPolicy:
     # minutes of backoff (full jitter, doubling to cap_s: ~70 s on average at the defaults,
     # ~200 s at the HTTP face's 30 s cap), far beyond what a limit being learned or a bucket
     # refilling takes: against nginx at 50 r/s with 8 fixed workers no item needed more than
-    # 12 (see tests/cli/test_retry_budget.py); yet an item a server never serves still ends.
+    # 7 (300 items, two runs; tests/cli/test_retry_budget.py); yet an item never served ends.
     max_throttles: int = 20
 
     def __post_init__(self) -> None:
