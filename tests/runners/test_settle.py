@@ -1,6 +1,7 @@
 """What both runners do with an item whose journal key an earlier item of the same batch has:
 it fails as a duplicate (never restored from that item's outcome, never run into its entry),
-whatever the concurrency, while keys settled by an earlier run are still skipped."""
+whatever the concurrency, while keys settled by an earlier run are still skipped. And how
+the settler spends the retry budget: throttles spend none of it, a refusal names it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from paceline import Throttled
+from paceline.policy.adaptive import Outcome
+from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.settle import DuplicateKey, RunOptions
 from paceline.runners.thread_runner import ThreadRunner
@@ -126,3 +130,89 @@ def test_a_duplicate_is_a_value_error_with_the_invalid_input_code() -> None:
     error = DuplicateKey("x")
     assert isinstance(error, ValueError)
     assert error_code_for(error) is ErrorCode.INVALID_INPUT
+
+
+# -- the retry budget: throttles spend none of it; a refusal names it ------------------------
+
+
+class Flaky:
+    """The operation: each item fails ``failures`` times with what ``make`` builds, then
+    succeeds; records the attempts."""
+
+    def __init__(self, failures: int, make: Callable[[], BaseException]) -> None:
+        self.failures = failures
+        self.make = make
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _call(self, item: str) -> str:
+        with self._lock:
+            self.calls[item] = self.calls.get(item, 0) + 1
+            if self.calls[item] <= self.failures:
+                raise self.make()
+        return item.upper()
+
+    def sync(self, item: str) -> str:
+        return self._call(item)
+
+    async def coro(self, item: str) -> str:
+        return self._call(item)
+
+
+def _budget_options(**extra: Any) -> RunOptions[str, str, tuple[str, Any]]:
+    return RunOptions(
+        ok=lambda _i, _item, value, _info: ("ok", value),
+        err=lambda _i, _item, exc, info: ("err", exc, info.attempts),
+        retry=RetryPolicy(attempts=3, base_s=0.0001, cap_s=0.001),
+        budget=RetryBudget(ratio=0.0, floor=1),  # one retry for the whole batch
+        **extra,
+    )
+
+
+def run_flaky(kind: str, flaky: Flaky, items: list[str], **extra: Any) -> list[Any]:
+    options = _budget_options(**extra)
+    if kind == "async":
+        runner = AsyncRunner(flaky.coro, concurrency=4, options=options)
+        return asyncio.run(runner.collect(items)).slots
+    return ThreadRunner(flaky.sync, workers=4, options=options).collect(items).slots
+
+
+KINDS = pytest.mark.parametrize("kind", ["async", "threads"])
+
+
+@KINDS
+def test_throttled_attempts_spend_no_budget_and_do_not_count_as_attempts(kind: str) -> None:
+    # 4 throttles each (more than attempts=3) against a budget of 1 retry: all succeed
+    flaky = Flaky(4, lambda: Throttled())
+    slots = run_flaky(kind, flaky, ["a", "b", "c"])
+    assert slots == [("ok", "A"), ("ok", "B"), ("ok", "C")]
+    assert flaky.calls == {"a": 5, "b": 5, "c": 5}
+
+
+@KINDS
+def test_an_item_refused_by_the_spent_budget_fails_naming_it(kind: str) -> None:
+    flaky = Flaky(1, lambda: TimeoutError("read timed out"))
+    slots = run_flaky(kind, flaky, ["a", "b", "c"])
+    failed = [s for s in slots if s[0] == "err"]
+    assert len(failed) == 2  # one retry in the budget: one item got it
+    for _, error, attempts in failed:
+        assert isinstance(error, RetryBudgetExhausted)
+        assert str(error).startswith("retry budget exhausted after 1 attempt (")
+        assert str(error).endswith(": read timed out")
+        assert isinstance(error.__cause__, TimeoutError)
+        assert attempts == 1
+
+
+@KINDS
+def test_the_users_classifier_says_what_a_throttle_is(kind: str) -> None:
+    class Busy(Exception):
+        retryable = True
+
+    def classify(_value: Any, error: BaseException | None) -> Outcome:
+        return Outcome.THROTTLE if isinstance(error, Busy) else Outcome.IGNORE
+
+    flaky = Flaky(4, Busy)
+    assert run_flaky(kind, flaky, ["a", "b"], classify=classify) == [("ok", "A"), ("ok", "B")]
+    # without it, a Busy is an error: 3 attempts at most, the budget's one retry shared
+    unclassified = run_flaky(kind, Flaky(4, Busy), ["a", "b"])
+    assert [s[0] for s in unclassified] == ["err", "err"]

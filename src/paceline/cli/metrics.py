@@ -62,6 +62,8 @@ class Snapshot:
     hold_left_s: float | None = None  # seconds until it ends; None: until something happens
     held_s: float | None = None  # seconds it has lasted so far
     run_succeeded: int = 0  # items that succeeded in this run (restored ones excluded)
+    # Failed items refused a retry because the batch's retry budget was spent (part of failed)
+    budget_exhausted: int = 0
 
     def average_per_s(self) -> tuple[float, float]:
         """Items settled and items succeeded per second over the whole run, restored ones
@@ -110,6 +112,7 @@ class Metrics:
         self.succeeded = 0
         self.run_succeeded = 0
         self.failed = 0
+        self.budget_exhausted = 0
         self.restored = 0
         self.in_flight = 0
         self.attempts = 0
@@ -152,14 +155,23 @@ class Metrics:
             self.errors += 1
         self._latencies.append((now, duration_s))
 
-    def settled(self, *, failed: bool, restored: bool = False, attempted: bool = True) -> None:
+    def settled(
+        self,
+        *,
+        failed: bool,
+        restored: bool = False,
+        attempted: bool = True,
+        budget_exhausted: bool = False,
+    ) -> None:
         """An item got its final outcome (``attempted``: after an attempt of this run; not a
-        restored item, nor a bad input row failed without one)."""
+        restored item, nor a bad input row failed without one; ``budget_exhausted``: it failed
+        because the batch's retry budget was spent, with retries left)."""
         self.settled_count += 1
         if attempted and not restored:
             self.open_items = max(0, self.open_items - 1)
         if failed:
             self.failed += 1
+            self.budget_exhausted += budget_exhausted
         else:
             self.succeeded += 1
             if not restored:
@@ -260,6 +272,7 @@ class Metrics:
             hold_left_s=None if hold is None else hold[1],
             held_s=None if hold is None else hold[2],
             run_succeeded=self.run_succeeded,
+            budget_exhausted=self.budget_exhausted,
         )
 
 

@@ -233,13 +233,18 @@ def _latency(s: Snapshot) -> str | None:
 
 
 def _tallies(s: Snapshot) -> list[tuple[str, str]]:
-    """(text, rich style) of the counters worth watching, in a fixed order."""
-    return [
+    """(text, rich style) of the counters worth watching, in a fixed order; once the retry
+    budget refused an item its retries, how many it failed (they would fail silently else)."""
+    tallies = [
         (f"retries {format_count(s.retries)}", ""),
         (f"throttled {format_count(s.throttled)}", "yellow" if s.throttled else ""),
         (f"errors {format_count(s.errors)}", "red" if s.errors else ""),
         (f"failed {format_count(s.failed)}", "bold red" if s.failed else ""),
     ]
+    if s.budget_exhausted:
+        count = format_count(s.budget_exhausted)
+        tallies.append((f"retry budget spent: {count} failed for it", "bold red"))
+    return tallies
 
 
 def plain_status_line(s: Snapshot, *, title: str = "paceline") -> str:

@@ -48,7 +48,7 @@ from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S
-from paceline.policy.retry import RetryPolicy
+from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy
 from paceline.runners._common import auto_workers
 from paceline.stores import (
     Journal,
@@ -545,7 +545,10 @@ class Batch:
                         result.exception, BadInputRow
                     )
                     metrics.settled(
-                        failed=not result.success, restored=result.restored, attempted=attempted
+                        failed=not result.success,
+                        restored=result.restored,
+                        attempted=attempted,
+                        budget_exhausted=isinstance(result.exception, RetryBudgetExhausted),
                     )
                     if output is not None:
                         output.add(result)
@@ -675,11 +678,30 @@ class Batch:
                 "bad_input": "stopped at a bad input line",
             }[reason]
             err.write(f"paceline: {line} (exit {code})\n")
+            if metrics.budget_exhausted:
+                err.write(budget_line(metrics.budget_exhausted) + "\n")
             if journal is not None and code != EXIT_OK:
                 err.write(
                     f"paceline: journal {display_path(journal.path)} — continue with: "
                     f"{resume_hint(journal.path, retry_failed=reason == 'failed')}\n"
                 )
+
+
+def budget_line(failed: int) -> str:
+    """The summary's line for items the spent retry budget failed (the CLI's default budget).
+
+    >>> budget_line(3).split(" (")[0]
+    'paceline: the retry budget ran out: 3 items failed with retries left'
+    >>> budget_line(3).split(" (")[1]
+    'a batch retries at most 20 % of its first attempts + 10; throttles spend none of it)'
+    """
+    budget = RetryBudget()
+    noun = "item" if failed == 1 else "items"
+    return (
+        f"paceline: the retry budget ran out: {failed:,} {noun} failed with retries left (a "
+        f"batch retries at most {budget.ratio * 100:g} % of its first attempts + {budget.floor}; "
+        "throttles spend none of it)"
+    )
 
 
 def _close_quietly(journal: Journal) -> None:

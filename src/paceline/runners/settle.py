@@ -24,10 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from paceline.policy.adaptive import Outcome
 from paceline.policy.batch import BatchState
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
 from paceline.policy.rate import NS_PER_S
-from paceline.policy.retry import RetryBudget, RetryPolicy
+from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
 from paceline.redact import redact_text
 from paceline.results import Attempt
 from paceline.runners._common import ProgressCallback
@@ -146,13 +147,14 @@ class RunOptions(Generic[K, T, R]):
 class Job(Generic[K]):
     """One item on its way: its position, the item, its journal key and its attempts so far."""
 
-    __slots__ = ("attempt", "history", "index", "item", "key", "last_error")
+    __slots__ = ("attempt", "history", "index", "item", "key", "last_error", "throttles")
 
     def __init__(self, index: int, item: K, key: str | None) -> None:
         self.index = index
         self.item = item
         self.key = key
         self.attempt = 1
+        self.throttles = 0  # of its attempts so far, those throttled (they spend no budget)
         self.history: list[Attempt] | None = None
         self.last_error: BaseException | None = None
 
@@ -230,15 +232,28 @@ class Settler(Generic[K, T, R]):
             if reason is not None:
                 self.state.halt(f"giving up: {reason}", now=False)
         if retry is not None and not self.state.stopped:
-            decision = retry.decide(job.attempt, error, options.budget)
+            throttled = self._throttled(error)
+            decision = retry.decide(
+                job.attempt, error, options.budget, throttled=throttled, throttles=job.throttles
+            )
             if decision.retry:
                 self._remember(job, error, started_ns, elapsed_ns)
                 job.attempt += 1
+                job.throttles += throttled
                 return decision.delay_ns
-            if decision.error is not None:
+            if decision.error is not None:  # e.g. RetryBudgetExhausted, naming the budget
                 error = decision.error
         self.settle_failure(job, error, started_ns, elapsed_ns)
         return None
+
+    def _throttled(self, error: BaseException) -> bool:
+        """Whether ``error`` is a throttle: as the user's classifier (the adaptive
+        controller's) says, else :func:`~paceline.policy.retry.is_throttle` (429, 503,
+        ``Throttled``: what the default classifier calls a throttle or an overload)."""
+        classify = self.options.classify
+        if classify is None:
+            return is_throttle(error)
+        return classify(None, error) in (Outcome.THROTTLE, Outcome.OVERLOAD)
 
     def settle_failure(
         self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
