@@ -49,7 +49,8 @@ Retries = Annotated[
     int | None,
     typer.Option(
         help="Retries of a failed item, any failure (default: http and call retry transient "
-        "failures — 429/503, timeouts, broken connections, Throttled — 4 times; exec never)."
+        "failures — timeouts, broken connections — 4 times; exec never). Throttles (429, 503, "
+        "Throttled) are retried apart from these, up to 20 times an item."
     ),
 ]
 Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds per attempt.")]
