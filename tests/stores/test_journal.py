@@ -906,3 +906,28 @@ def test_copying_a_closed_journal_copies_everything(path, tmp_path):
     shutil.copy(path, copy)
     with open_journal(copy) as journal:
         assert journal.lookup("k").result == [1, 2]
+
+
+@pytest.mark.parametrize("bound", [1, 8, 20])
+def test_recording_waits_while_max_uncommitted_rows_wait_for_their_commit(tmp_path, bound):
+    # Issue 10: what a kill loses beyond the attempts in flight is at most this many outcomes
+    # (a busy writer let 78 rows wait when the CLI's commit batch is 64).
+    with Journal.open(
+        tmp_path / "j.journal",
+        fingerprint="f",
+        flush_interval_s=60.0,  # never by time: only the row count and the bound commit
+        flush_rows=8,
+        max_uncommitted_rows=bound,
+    ) as journal:
+        worst = 0
+        for i in range(200):
+            journal.record(f"i:{i}", success=True, result=i)
+            worst = max(worst, journal.commit_mark() - journal.committed_mark())
+        assert worst <= bound
+    with Journal.open(tmp_path / "j.journal", fingerprint="f") as journal:
+        assert len(list(journal.outcomes())) == 200
+
+
+def test_max_uncommitted_rows_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="max_uncommitted_rows=0"):
+        Journal.open(tmp_path / "j.journal", fingerprint="f", max_uncommitted_rows=0)

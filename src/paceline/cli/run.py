@@ -178,6 +178,9 @@ def open_journal(spec: RunSpec, operation: Operation, fresh: bool) -> Journal | 
             label=spec.label(),
             codec=operation.codec,
             flush_rows=COMMIT_ROWS,
+            # A kill re-runs at most the attempts in flight and one commit batch: recording
+            # waits for the writer when a batch is still uncommitted (issue 10).
+            max_uncommitted_rows=COMMIT_ROWS,
         )
     except JournalMismatch as exc:
         raise UsageError(

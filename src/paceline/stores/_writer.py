@@ -96,16 +96,22 @@ class Writer:
     )
 
     def __init__(
-        self, conn: sqlite3.Connection, path: Path, flush_interval_s: float, flush_rows: int
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        flush_interval_s: float,
+        flush_rows: int,
+        max_rows: int | None = None,
     ) -> None:
         self._conn = conn
         self._path = path
         self._interval_s = flush_interval_s
         self.flush_rows = flush_rows
-        self.max_rows = flush_rows * BACKLOG_BATCHES
+        # record() blocks while this many rows are recorded and not committed.
+        self.max_rows = flush_rows * BACKLOG_BATCHES if max_rows is None else max_rows
         self.queue: deque[tuple[Any, ...]] = deque()
         # record() calls pressure() once the queue is this long.
-        self.check_at = flush_rows
+        self.check_at = min(flush_rows, self.max_rows)
         # Set (to a JournalError) once the journal takes no more records: the writer failed,
         # or the journal was closed. record() checks it first thing.
         self.error: JournalError | None = None
@@ -125,17 +131,26 @@ class Writer:
     # -- called from other threads -------------------------------------------------------
 
     def pressure(self) -> None:
-        """Called by record() when the queue reaches ``check_at``: wake the writer, and block
-        while it is more than ``BACKLOG_BATCHES`` batches behind."""
-        queued = len(self.queue)
-        if queued >= self.flush_rows:
+        """Called by record() when the queue reaches ``check_at``: wake the writer when a batch
+        is due, and block while ``max_rows`` recorded rows wait for their commit (queued or
+        being committed), so a crash never loses more than that."""
+        if len(self.queue) >= self.flush_rows:
             self._wake.set()
-        if queued >= self.max_rows:
-            with self._progress:
-                while len(self.queue) >= self.flush_rows and self._alive():
-                    self._progress.wait(_POLL_S)
-        # Next call once another batch is due (the writer resets this when it takes the queue).
-        self.check_at = len(self.queue) + self.flush_rows
+        with self._progress:
+            while self._alive() and self._uncommitted() >= self.max_rows:
+                self._wake.set()
+                self._progress.wait(_POLL_S)
+            self._next_check()
+
+    def _uncommitted(self) -> int:
+        """Rows recorded and not committed yet (call with ``_progress`` held)."""
+        return len(self.queue) + self._taken - self._committed
+
+    def _next_check(self) -> None:
+        # The next call once another batch is due or the bound could be reached (rows being
+        # committed only ever decrease, so a bound computed now is never late).
+        room = self.max_rows - (self._taken - self._committed)
+        self.check_at = len(self.queue) + max(1, min(self.flush_rows, room - len(self.queue)))
 
     def flush(self) -> None:
         """Block until everything queued before this call is committed (or the writer failed)."""
@@ -198,7 +213,7 @@ class Writer:
                 count = min(len(queue), self.max_rows)
                 rows = list(itertools.starmap(queue.popleft, itertools.repeat((), count)))
                 self._taken += count
-            self.check_at = self.flush_rows
+                self._next_check()
             self._commit(rows)
             with self._progress:
                 self._committed += count

@@ -31,7 +31,7 @@ from paceline.stores._codec import (
     general_row,
 )
 from paceline.stores._errors import JournalCorrupt, JournalError
-from paceline.stores._writer import Writer
+from paceline.stores._writer import BACKLOG_BATCHES, Writer
 
 __all__ = ["Journal", "StoredOutcome"]
 
@@ -135,6 +135,7 @@ class Journal:
         codec: Codec | None = None,
         flush_interval_s: float = 0.05,
         flush_rows: int = 1000,
+        max_uncommitted_rows: int | None = None,
     ) -> Journal:
         """Open the journal at ``path``, creating it (and its directory) if missing.
 
@@ -143,6 +144,9 @@ class Journal:
         ``label`` is shown in that error. ``codec`` turns results that are not JSON-ready
         into JSON-ready data and back (see :class:`Codec`). ``flush_interval_s`` (seconds) and
         ``flush_rows`` (rows) bound how long an outcome waits in memory before its commit.
+        Recording blocks while ``max_uncommitted_rows`` outcomes wait for their commit (default
+        ten batches of ``flush_rows``: a slow disk slows the batch instead of growing memory);
+        what a crash can lose beyond the attempts in flight is at most that many.
 
         Raises :class:`JournalCorrupt` if ``path`` is not an intact journal of a format this
         version reads, and :class:`JournalError` if another open journal holds it.
@@ -151,6 +155,10 @@ class Journal:
             raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be > 0 seconds")
         if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
             raise ValueError(f"flush_rows={flush_rows!r}: must be a whole number of at least 1")
+        if max_uncommitted_rows is None:
+            max_uncommitted_rows = flush_rows * BACKLOG_BATCHES
+        elif max_uncommitted_rows < 1:
+            raise ValueError(f"max_uncommitted_rows={max_uncommitted_rows!r}: must be at least 1")
         path = Path(os.fspath(path)).absolute()
         opened = _schema.open_database(path, fingerprint, label, reuse)
         try:
@@ -176,7 +184,9 @@ class Journal:
         self._lock = threading.Lock()
         self._index = index
         self._next_seq = max((state >> 2 for state in index.values()), default=0) + 1
-        self._writer = Writer(opened.writer, path, flush_interval_s, flush_rows)
+        self._writer = Writer(
+            opened.writer, path, flush_interval_s, flush_rows, max_uncommitted_rows
+        )
         self._queue = self._writer.queue
         self._closed = False
         self._has_timeline = False  # not known yet: made by the first add_sample
