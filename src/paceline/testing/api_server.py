@@ -46,6 +46,8 @@ from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
 from paceline.testing._api.app import Service
 from paceline.testing._api.config import ApiConfig
 from paceline.testing._api.server import ApiServer, SpawnedServer
+from paceline.testing.hostile import MODES
+from paceline.testing.hostile import main as hostile_main
 
 __all__ = ["ApiConfig", "ApiServer", "SpawnedServer", "main"]
 
@@ -71,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--drop-rate", type=float, default=0.0, help="fraction closed without an answer")
     add("--seed", type=int, default=0, help="seed for the failure draws")
     add("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    add(
+        "--hostile",
+        choices=MODES,
+        metavar="MODE",
+        help=f"misbehave instead of serving the API (uses --port, --seed): {', '.join(MODES)}",
+    )
     return parser
 
 
@@ -119,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until terminated (SIGTERM or Ctrl-C); return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.hostile is not None:
+        return hostile_main([args.hostile, "--port", str(args.port), "--seed", str(args.seed)])
     try:
         config = config_from_args(args)
     except (RateSpecError, ValueError) as exc:
