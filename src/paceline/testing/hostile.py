@@ -17,9 +17,9 @@ Each mode is one way a server can make a client hang, freeze, spin or write too 
 ======================  =========================================================================
 
 Any path is a route; a 200 answers ``{"id": "<last path segment>", "n": <times served>}``. The
-server counts, per path, the requests that arrived, the 200 answers written whole (``served``)
-and the other answers written whole (``refused``), so a test can check that every item was
-asked for and nothing was served twice.
+server counts, per path, the requests that arrived, the 200 answers handed whole to the
+connection (``served``) and the other answers handed whole (``refused``), so a test can check
+that every item was asked for and nothing was served twice.
 
 >>> import urllib.request, urllib.error
 >>> with HostileServer("far-retry-after") as server:
@@ -111,8 +111,8 @@ def _huge_policy(size: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class HostileCounts:
-    """What the server saw, per path: requests that arrived, 200s and other answers written
-    whole."""
+    """What the server saw, per path: requests that arrived, 200s and other answers handed whole
+    to the connection."""
 
     requests: Counter[str]
     served: Counter[str]
@@ -205,14 +205,16 @@ class _Service:
             await writer.drain()
             return False
         if self.mode == "trickle":
-            for i in range(len(data)):
+            for i in range(len(data) - 1):
                 writer.write(data[i : i + 1])
                 await writer.drain()
                 await asyncio.sleep(self.trickle_interval_s)
-        else:
-            writer.write(data)
-            await writer.drain()
+            data = data[-1:]
+        # Counted as the last bytes are handed over, so that a client holding the whole answer
+        # always finds it counted.
         self._count(self._served if status == 200 else self._refused, path)
+        writer.write(data)
+        await writer.drain()
         return request.keep_alive
 
     async def _hold(self, reader: asyncio.StreamReader) -> None:
