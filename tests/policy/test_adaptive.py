@@ -76,6 +76,30 @@ def test_retry_after_pauses_every_dispatch():
     assert c.decide(5 * MS + 2 * S, in_flight=0).go or c.decide(5 * MS + 2 * S, 0).rate
 
 
+@pytest.mark.parametrize("retry_after_s", [1_000_000.0, 300.001, float("inf")])
+def test_a_retry_after_beyond_the_cap_is_no_pause_for_everyone(retry_after_s):
+    # Issue 10: one Retry-After of 11.6 days stopped every dispatch for 11.6 days.
+    c = controller(initial_concurrency=10)
+    t = c.started(0, 0, False)
+    c.finished(5 * MS, t, Outcome.THROTTLE, retry_after_s=retry_after_s)
+    assert c.pause_until_ns == 0
+    assert c.server_pause.refused == 1
+    assert (5 * MS, "pause refused", retry_after_s) in c.events
+    # The throttle still counts as one (the rate is cut), but nothing waits for days.
+    assert c.decide(5 * MS, in_flight=0).wait_ns < 2 * S
+
+
+def test_a_retry_after_at_the_cap_is_obeyed_and_the_cap_is_a_setting():
+    c = controller(initial_concurrency=10, max_pause_s=10.0)
+    t = c.started(0, 0, False)
+    c.finished(0, t, Outcome.THROTTLE, retry_after_s=10.0)
+    assert c.pause_until_ns == 10 * S
+    t = c.started(10 * S, 0, False)
+    c.finished(10 * S, t, Outcome.THROTTLE, retry_after_s=10.5)
+    assert c.pause_until_ns == 10 * S
+    assert c.server_pause.refused == 1
+
+
 def test_the_rate_grows_only_when_its_gate_was_binding():
     c = controller(initial_concurrency=100, initial_rate_per_s=10.0)
     t0 = c.started(0, 0, True)

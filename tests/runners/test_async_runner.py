@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from paceline import batch_execute, stream
+from paceline.policy.retry import RetryBudget
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.settle import RunOptions
 from paceline.testing import FakeRateLimiter
@@ -357,3 +358,53 @@ class TestTokens:
         leftover = asyncio.run(main())
         assert started == [0]
         assert leftover == set()
+
+
+class TestRetriesThatFillTheReadAhead:
+    """Issue 10, defect 1: when every item within the read-ahead waits for its retry, the
+    worker waiting for room must also wake when a retry falls due (it used to wait forever)."""
+
+    @pytest.mark.parametrize("kind", ["sync", "async"])
+    @pytest.mark.parametrize("ordered", [True, False])
+    def test_a_stream_whose_every_attempt_fails_ends(self, kind, ordered):
+        attempts: dict[int, int] = {}
+
+        async def always_fails(item: int) -> int:
+            attempts[item] = attempts.get(item, 0) + 1
+            raise ConnectionError("refused")
+
+        async def numbers() -> AsyncIterator[int]:
+            for i in range(20):
+                yield i
+
+        async def main() -> list[Any]:
+            source: Any = range(20) if kind == "sync" else numbers()
+            results = stream(source, always_fails, max_concurrent=2, retry=3, ordered=ordered)
+            return [r async for r in results]
+
+        results = asyncio.run(asyncio.wait_for(main(), 20))
+        assert len(results) == 20
+        assert not any(r.success for r in results)
+        assert sorted(int(r.item_id) for r in results) == list(range(20))
+        # Every item attempted, none more than 3 times; the default retry budget (10 + 0.2 per
+        # first attempt) allows 14 retries in all, and all of them are spent.
+        assert set(attempts) == set(range(20))
+        assert all(1 <= n <= 3 for n in attempts.values())
+        assert sum(attempts.values()) == 20 + 14
+
+    def test_a_stream_whose_retries_then_succeed_ends_in_order(self):
+        attempts: dict[int, int] = {}
+
+        async def fails_twice(item: int) -> int:
+            attempts[item] = attempts.get(item, 0) + 1
+            if attempts[item] < 3:
+                raise ConnectionError("refused")
+            return item * 10
+
+        async def main() -> list[Any]:
+            budget = RetryBudget(ratio=2.0)  # room for two retries of every item
+            results = stream(range(30), fails_twice, max_concurrent=3, retry=3, retry_budget=budget)
+            return [r async for r in results]
+
+        results = asyncio.run(asyncio.wait_for(main(), 20))
+        assert [r.result for r in results] == [i * 10 for i in range(30)]

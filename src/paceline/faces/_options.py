@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from paceline.faces._journal import StoredFailure, error_code_of
-from paceline.policy.halt import HaltRule
+from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
 from paceline.results import BatchItemResult, error_code_for
@@ -57,6 +57,8 @@ def build_options(
     deadline_s: float | None = None,
     adaptive: Any = None,
     classify: Callable[[Any, BaseException | None], Any] | None = None,
+    give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
+    on_halt: Callable[[str], None] | None = None,
     **journal: Any,
 ) -> RunOptions[K, T, R]:
     """One :class:`RunOptions` from a face's arguments (journal pieces passed through)."""
@@ -76,6 +78,8 @@ def build_options(
         deadline_s=deadline_s,
         adaptive=adaptive,
         classify=classify,
+        give_up_after_s=give_up_after_s,
+        on_halt=on_halt,
         **journal,
     )
 

@@ -25,6 +25,7 @@ from paceline.faces._options import (
     restored_item,
 )
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
+from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S
 from paceline.policy.retry import RetryBudget
 from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.runners._common import ProgressCallback, auto_workers, sized_length
@@ -89,6 +90,7 @@ async def batch_execute(
     key: Callable[[K], Any] | None = None,
     adaptive: Adaptive = None,
     classify: Callable[[Any, BaseException | None], Outcome] | None = None,
+    give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
 ) -> list[Result[T]]:
     """Run ``await operation(key)`` for every key; return a ``Result`` per key, in key order.
 
@@ -103,8 +105,10 @@ async def batch_execute(
     failures with jittered backoff, within a ``retry_budget`` for the batch; every retry takes
     a token and a concurrency slot like a first attempt. ``halt`` stops early by a rule
     (``"soon,fail=5%"``; ``now`` also cancels work in flight); ``timeout_s`` cancels an attempt
-    that runs too long; ``deadline_s`` stops the whole batch. Keys never attempted because
-    the batch halted come back as failures with ``error_code`` ``CANCELLED``.
+    that runs too long; ``deadline_s`` stops the whole batch; ``give_up_after_s`` (default
+    10 min, ``None``: never) stops it when attempts keep failing and none has succeeded for
+    that long (a server answering only 429 or 500). Keys never attempted because the batch
+    halted come back as failures with ``error_code`` ``CANCELLED``.
 
     ``journal`` (a file path, or an open :class:`~paceline.stores.Journal`) makes the batch
     resumable: each key's outcome is stored as it settles; a rerun skips the keys already
@@ -147,6 +151,7 @@ async def batch_execute(
             **journal_options(store, _key_of(key), retry_failed, _restore_result),
             adaptive=control,
             classify=classify,
+            give_up_after_s=give_up_after_s,
         )
         runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
             operation, concurrency=workers, options=options
@@ -196,6 +201,8 @@ async def stream(
     key: Callable[[K], Any] | None = None,
     adaptive: Adaptive = None,
     classify: Callable[[Any, BaseException | None], Outcome] | None = None,
+    give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
+    on_halt: Callable[[str], None] | None = None,
 ) -> AsyncIterator[BatchItemResult]:
     """Run ``operation`` over a lazy, possibly endless input and yield each item's
     :class:`~paceline.BatchItemResult` as it settles.
@@ -208,7 +215,8 @@ async def stream(
 
     Stopping the iteration early cancels the work in flight. The reliability and journal
     arguments are those of :func:`batch_execute`; items restored from the journal are yielded
-    with ``restored=True``.
+    with ``restored=True``. When the batch stops early (a ``halt`` rule, the deadline, giving
+    up) the iteration ends and ``on_halt(reason)`` is called once with the reason.
 
     >>> async def main() -> list[str]:
     ...     async def shout(word: str) -> str:
@@ -251,6 +259,8 @@ async def stream(
             **journal_options(store, _key_of(key), retry_failed, restore),
             adaptive=control,
             classify=classify,
+            give_up_after_s=give_up_after_s,
+            on_halt=on_halt,
         )
         runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
             operation, concurrency=workers, options=options, read_ahead=read_ahead

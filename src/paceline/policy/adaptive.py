@@ -42,6 +42,8 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
+
 NS = 1_000_000_000
 
 _MINUTES = (1, 1.5, 2, 5, 10, 15, 30, 60, 120, 1440)
@@ -106,6 +108,9 @@ class AdaptiveSettings:
     handover_after_cuts: int = 2
     handover_margin: float = 0.03
     handover_growth_per_s: float = 0.001
+    # A Retry-After beyond this is not a pause for everyone (one absurd value froze batches
+    # for days); the item that got it fails instead (RetryPolicy.max_retry_after_s, the same).
+    max_pause_s: float = DEFAULT_MAX_PAUSE_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_concurrency <= self.initial_concurrency <= self.max_concurrency:
@@ -217,6 +222,8 @@ class AdaptiveController:
     cuts: int = 0
     throttled: int = 0
     events: list[tuple[int, str, float]] = field(default_factory=list)  # (ns, what, value)
+    # The cap on Retry-After pauses and the count of those refused (set from the settings).
+    server_pause: ServerPause = field(init=False)
     _tat_ns: int | None = None
     _last_growth_ns: int | None = None
     _ceiling: float | None = None  # the rate at the last cut
@@ -247,6 +254,7 @@ class AdaptiveController:
     _fit: LatencyFit = field(default_factory=LatencyFit)
 
     def __post_init__(self) -> None:
+        self.server_pause = ServerPause(self.settings.max_pause_s)
         if not self.concurrency:
             self.concurrency = float(self.settings.initial_concurrency)
         if self.rate_per_s is None:
@@ -348,12 +356,18 @@ class AdaptiveController:
             self._probe_in_flight = False
         if ticket.epoch == self.epoch:
             self._epoch_in_flight = max(0, self._epoch_in_flight - 1)
-        if retry_after_s is not None and retry_after_s > 0:
+        if (
+            retry_after_s is not None
+            and retry_after_s > 0
+            and self.server_pause.obeys(retry_after_s)
+        ):
             until = now_ns + round(retry_after_s * NS)
             if until > self.pause_until_ns:
                 self._paused_ns.append((max(now_ns, self.pause_until_ns), until))
                 self.pause_until_ns = until
                 self.events.append((now_ns, "pause", retry_after_s))
+        elif retry_after_s is not None and retry_after_s > 0:
+            self.events.append((now_ns, "pause refused", retry_after_s))
         if outcome is Outcome.SUCCESS:
             self._on_success(now_ns, ticket)
         elif outcome is Outcome.THROTTLE:

@@ -11,7 +11,7 @@ Two ways to hold results:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from paceline.policy.halt import HaltRule
@@ -37,6 +37,7 @@ class BatchState(Generic[R]):
         "first_failure",
         "halt_now",
         "halt_reason",
+        "on_halt",
         "ordered",
         "ready",
         "restored",
@@ -62,6 +63,7 @@ class BatchState(Generic[R]):
         self.rules = tuple(rules)
         self.halt_reason: str | None = None
         self.halt_now = False
+        self.on_halt: Callable[[str], None] | None = None  # told the first halt's reason
         self.restored = 0
         self.streaming = streaming
         self.ordered = ordered
@@ -124,6 +126,8 @@ class BatchState(Generic[R]):
         reason is kept."""
         if self.halt_reason is None:
             self.halt_reason = reason
+            if self.on_halt is not None:
+                self.on_halt(reason)
         self.halt_now = self.halt_now or now
         self.stopped = True
 

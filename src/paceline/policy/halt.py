@@ -80,3 +80,47 @@ class HaltRule:
     def __str__(self) -> str:
         number = f"{self.threshold:g}" + ("%" if self.percent else "")
         return f"{self.when},{self.kind}={number}"
+
+
+DEFAULT_GIVE_UP_AFTER_S = 600.0
+"""How long attempts may keep failing, with not one success, before the batch stops (10 min).
+Twice the longest server pause obeyed (``DEFAULT_MAX_PAUSE_S``), so one pause followed by a
+failure never stops a batch on its own; short enough that a server answering nothing but 429
+(without Retry-After) or 500 does not hold a batch for hours with nothing to show."""
+
+
+@dataclass(slots=True)
+class GiveUp:
+    """Stop a batch whose attempts keep failing: no success for ``after_ns`` since the first
+    failure after the last success. Checked as each failed attempt ends (a batch waiting in a
+    backoff or a pause meanwhile is not failing: it is told by its display).
+
+    >>> S = 1_000_000_000
+    >>> rule = GiveUp(after_ns=60 * S)
+    >>> rule.failure(5 * S), rule.failure(35 * S), rule.failure(66 * S)
+    (None, None, 'no attempt succeeded for 61 s (3 failed attempts in a row)')
+    >>> rule.success(); rule.failure(200 * S) is None
+    True
+    """
+
+    after_ns: int
+    failing_since_ns: int | None = None
+    failures: int = 0
+
+    def success(self) -> None:
+        """An attempt succeeded: the clock starts again at the next failure."""
+        self.failing_since_ns = None
+        self.failures = 0
+
+    def failure(self, now_ns: int) -> str | None:
+        """An attempt failed at ``now_ns``: the reason to stop, or ``None`` to go on."""
+        self.failures += 1
+        since = self.failing_since_ns
+        if since is None:
+            self.failing_since_ns = since = now_ns
+        if now_ns - since < self.after_ns:
+            return None
+        return (
+            f"no attempt succeeded for {(now_ns - since) / 1e9:.0f} s "
+            f"({self.failures} failed attempts in a row)"
+        )

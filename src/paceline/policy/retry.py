@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from paceline.errors import Throttled
+from paceline.policy.pause import DEFAULT_MAX_PAUSE_S
 from paceline.policy.rate import NS_PER_S
 
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -117,7 +118,7 @@ class RetryPolicy:
     base_s: float = 0.1
     cap_s: float = 10.0
     retry_on: RetryOn = DEFAULT_RETRY_ON
-    max_retry_after_s: float = 300.0
+    max_retry_after_s: float = DEFAULT_MAX_PAUSE_S  # a longer wait fails the item instead
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def __post_init__(self) -> None:

@@ -26,10 +26,12 @@ from typing import Any, Generic, TypeVar, cast
 
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.batch import BatchState
+from paceline.policy.pause import ServerPause
 from paceline.policy.rate import NS_PER_S
+from paceline.policy.retry import retry_after_of
 from paceline.runners._common import sized_length
 from paceline.runners.adaptive_gate import AdaptiveGate
-from paceline.runners.gates import LeaseGate, async_acquirer
+from paceline.runners.gates import LeaseGate, async_acquirer, server_pause_for
 from paceline.runners.settle import Job, RunOptions, Settler
 
 K = TypeVar("K")
@@ -161,6 +163,7 @@ class _Batch(Generic[K, T, R]):
         self._halt_handled = False
         self.lease = LeaseGate.for_limiter(runner.options.limiter)
         self.adaptive = _adaptive_gate(runner.options.adaptive, runner.options.classify)
+        self.pause = server_pause_for(runner.options.adaptive, runner.options.retry)
 
     async def run(self) -> None:
         runner, state, options = self.runner, self.state, self.runner.options
@@ -243,6 +246,7 @@ class _Batch(Generic[K, T, R]):
                 async with self._pull_lock:
                     if bound is not None and self.pulled - state.delivered >= bound:
                         await self._wait_for_space()
+                        continue  # room now, a retry due, or the batch stopped: look again
                     if state.stopped or self.exhausted:
                         continue
                     try:
@@ -253,8 +257,7 @@ class _Batch(Generic[K, T, R]):
             else:
                 if bound is not None and self.pulled - state.delivered >= bound:
                     await self._wait_for_space()
-                    if state.stopped:
-                        return None
+                    continue  # room now, a retry due, or the batch stopped: look again
                 assert pull is not None
                 try:
                     item = pull()
@@ -302,13 +305,31 @@ class _Batch(Generic[K, T, R]):
             waiter.set_result(None)
 
     async def _wait_for_space(self) -> None:
+        """Wait until the read-ahead has room, a parked retry falls due, or the batch stops.
+
+        Parked retries count against the read-ahead (they were read), so when every item in it
+        waits for its backoff only a retry falling due frees the worker: without that wake-up
+        such a batch stopped for good (issue 10).
+        """
         state, bound = self.state, cast(int, self.bound)
+        loop = asyncio.get_running_loop()
         while self.pulled - state.delivered >= bound and not state.stopped:
+            retries = self.retries
+            timer = None
+            if retries:
+                wait_ns = retries[0][0] - _monotonic_ns()
+                if wait_ns <= 0:
+                    return
+                timer = loop.call_later(wait_ns / NS_PER_S, self.space_freed)
             waiter = self._space_waiter
             if waiter is None or waiter.done():
-                waiter = self._space_waiter = asyncio.get_running_loop().create_future()
+                waiter = self._space_waiter = loop.create_future()
             self._wake_results()
-            await waiter
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     # halting ------------------------------------------------------------------------------
 
@@ -347,11 +368,14 @@ class _Batch(Generic[K, T, R]):
         # This worker's own lease, in locals: the per-item check is two comparisons.
         lease_clock = lease.clock_ns if lease is not None else _monotonic_ns
         leased = use_by = stamp = 0
-        adaptive = self.adaptive
+        adaptive, pause = self.adaptive, self.pause
         try:
             while not state.stopped:
                 job = await self._next_job(pull, pull_async)
                 if job is None:
+                    return
+                if pause is not None and pause.until_ns and not await self._paused(pause):
+                    self._unstarted(job)
                     return
                 # Gates in series: the adaptive controller's (pause, rate, concurrency), then the
                 # strict limiter's token, taken last so it comes right before the start.
@@ -396,6 +420,8 @@ class _Batch(Generic[K, T, R]):
                 except Exception as exc:
                     if adaptive is not None and ticket is not None:
                         adaptive.exit(ticket, None, exc)
+                    elif pause is not None and (retry_after := retry_after_of(exc)):
+                        pause.ask(_monotonic_ns(), retry_after)
                     elapsed = _monotonic_ns() - started if timed else 0
                     delay = settler.failure_of(job, exc, started, elapsed)
                     if delay is not None:
@@ -403,6 +429,7 @@ class _Batch(Generic[K, T, R]):
                         heapq.heappush(
                             self.retries, (_monotonic_ns() + delay, self._retry_seq, job)
                         )
+                        self.space_freed()  # a worker waiting for room re-times its wake-up
                         continue
                 else:
                     if adaptive is not None and ticket is not None:
@@ -420,6 +447,12 @@ class _Batch(Generic[K, T, R]):
         finally:
             if lease is not None:
                 lease.release(stamp, leased)
+
+    async def _paused(self, pause: ServerPause) -> bool:
+        """Wait out the server's pause (it may grow meanwhile); ``False``: the batch stopped."""
+        while (wait_ns := pause.wait_ns(_monotonic_ns())) > 0 and not self.state.stopped:
+            await self._sleep_until(_monotonic_ns() + wait_ns)
+        return not self.state.stopped
 
     def _unstarted(self, job: Job[K]) -> None:
         """A job that got no attempt because the batch stopped while it waited for a token."""

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from paceline.limiter import RateLimiter
+from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
+from paceline.policy.retry import RetryPolicy
 
 AsyncAcquire = Callable[[int], Awaitable[Any]]
 
@@ -140,3 +142,12 @@ class LeaseGate:
         """Give back ``unused`` permits of a caller-held lease stamped ``stamp_ns``."""
         if unused:
             self._limiter.give_back(stamp_ns, unused)
+
+
+def server_pause_for(adaptive: object, retry: RetryPolicy | None) -> ServerPause | None:
+    """The Retry-After pause a runner keeps itself: without adaptive control (which has its
+    own), at a fixed concurrency, a server's "retry after" still holds every dispatch — up to
+    the retry policy's ``max_retry_after_s`` (beyond it the item fails, nobody waits)."""
+    if adaptive is not None and adaptive is not False:
+        return None
+    return ServerPause(retry.max_retry_after_s if retry is not None else DEFAULT_MAX_PAUSE_S)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from paceline.policy.batch import BatchState
-from paceline.policy.halt import HaltRule
+from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
 from paceline.results import Attempt
@@ -103,10 +103,18 @@ class RunOptions(Generic[K, T, R]):
     # An AdaptiveController's settings (or the controller) for the async runner's gates.
     adaptive: Any = None
     classify: Callable[[Any, BaseException | None], Any] | None = None
+    # Stop (like a "soon" halt rule) when attempts keep failing with no success this long;
+    # None: never. The default's reason is at DEFAULT_GIVE_UP_AFTER_S.
+    give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S
+    on_halt: Callable[[str], None] | None = None  # told why, when the batch stops early
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ValueError(f"timeout_s={self.timeout_s!r}: must be a number of seconds above 0")
+        if self.give_up_after_s is not None and not self.give_up_after_s > 0:
+            raise ValueError(
+                f"give_up_after_s={self.give_up_after_s!r}: a number of seconds above 0, or None"
+            )
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError(f"deadline_s={self.deadline_s!r}: must be a number of seconds above 0")
         if self.journal is not None and (self.key_of is None or self.restore is None):
@@ -130,12 +138,15 @@ class Job(Generic[K]):
 class Settler(Generic[K, T, R]):
     """Turns attempt outcomes into settled items for one batch."""
 
-    __slots__ = ("failure", "options", "state")
+    __slots__ = ("failure", "give_up", "options", "state")
 
     def __init__(self, options: RunOptions[K, T, R], state: BatchState[R]) -> None:
         self.options = options
         self.state = state
         self.failure: BaseException | None = None  # the first failure, under stop_on_error
+        state.on_halt = options.on_halt
+        after_s = options.give_up_after_s
+        self.give_up = GiveUp(round(after_s * NS_PER_S)) if after_s is not None else None
 
     def new_job(self, index: int, item: K) -> Job[K] | None:
         """A job for a freshly read item, or ``None`` when the journal already settled it
@@ -161,6 +172,8 @@ class Settler(Generic[K, T, R]):
     def success(self, job: Job[K], value: T, started_ns: int, elapsed_ns: int) -> None:
         """The attempt succeeded: settle the item."""
         options = self.options
+        if self.give_up is not None:
+            self.give_up.success()
         info = self._info(job, started_ns, elapsed_ns, None)
         if options.journal is not None:
             self._record(job, elapsed_ns, success=True, result=value)
@@ -173,6 +186,10 @@ class Settler(Generic[K, T, R]):
         item was settled as failed."""
         options = self.options
         retry = options.retry
+        if self.give_up is not None and not self.state.stopped:
+            reason = self.give_up.failure(time.monotonic_ns())
+            if reason is not None:
+                self.state.halt(f"giving up: {reason}", now=False)
         if retry is not None and not self.state.stopped:
             decision = retry.decide(job.attempt, error, options.budget)
             if decision.retry:

@@ -36,7 +36,7 @@ from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 from paceline.runners._common import sized_length
 from paceline.runners.adaptive_gate import default_classify
-from paceline.runners.gates import LeaseGate, sync_acquirer
+from paceline.runners.gates import LeaseGate, server_pause_for, sync_acquirer
 from paceline.runners.settle import Job, RunOptions, Settler
 from paceline.runners.signals import InterruptGate, deferred_interrupts
 
@@ -139,6 +139,7 @@ class _Dispatch(Generic[K, T, R]):
         self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self.signals: InterruptGate | None = None
         self.control = _controller(self.options.adaptive)
+        self.pause = server_pause_for(self.options.adaptive, self.options.retry)
         self.classify = self.options.classify or default_classify
         self.tickets: dict[int, Ticket] = {}  # job id -> the adaptive controller's ticket
         self._rate_waited = False
@@ -229,6 +230,9 @@ class _Dispatch(Generic[K, T, R]):
                 if self.control is not None and not self._adaptive_admits():
                     self._requeue(job)
                     continue
+                if self.pause is not None and self.pause.until_ns and not self._paused():
+                    self._requeue(job)
+                    continue
                 if acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
                     if weight != 1 or lease is None or not lease.take():
@@ -273,6 +277,20 @@ class _Dispatch(Generic[K, T, R]):
             else:
                 self._rate_waited = decision.rate
                 self._wait_for_done(now + decision.wait_ns)
+            self._check_signals()
+        return False
+
+    def _paused(self) -> bool:
+        """Wait out the server's pause (collecting finished work, which may extend it);
+        ``False`` if the batch stopped first."""
+        pause = self.pause
+        assert pause is not None
+        while not self.state.stopped and not self._past_deadline():
+            now = _monotonic_ns()
+            wait_ns = pause.wait_ns(now)
+            if not wait_ns:
+                return True
+            self._wait_for_done(now + wait_ns)
             self._check_signals()
         return False
 
@@ -379,6 +397,8 @@ class _Dispatch(Generic[K, T, R]):
         self.in_flight -= 1
         if self.control is not None:
             self._tell_controller(job_id, None if failed else value, value if failed else None)
+        elif failed and self.pause is not None:
+            self._note_pause(value)
         entry = self.running.pop(job_id, None)
         if entry is None:
             return  # it timed out earlier and was settled (or retried) then
@@ -423,6 +443,30 @@ class _Dispatch(Generic[K, T, R]):
             taken = self.running.pop(entry[0], None)
             if taken is not None and taken[1].attempt > 1:
                 self.settler.abandon(taken[1])
+
+    def _note_pause(self, error: BaseException) -> None:
+        """A failed attempt may carry the server's Retry-After: pause, hold what is queued."""
+        retry_after = retry_after_of(error)
+        pause = self.pause
+        if retry_after and pause is not None and pause.ask(_monotonic_ns(), retry_after):
+            self._hold_unstarted(pause.until_ns)
+
+    def _hold_unstarted(self, until_ns: int) -> None:
+        """Take back jobs queued for a worker but not started, to start after ``until_ns``
+        (the server asked for a pause; they were handed out before it did)."""
+        while True:
+            try:
+                entry = self.work.get_nowait()
+            except queue.Empty:
+                return
+            if entry is None:
+                self.work.put(None)  # a stop marker: leave it for the workers
+                return
+            self.in_flight -= 1
+            taken = self.running.pop(entry[0], None)
+            if taken is not None:
+                job = taken[1]
+                heapq.heappush(self.retries, (until_ns, job.index, job))
 
     # -- one at a time, in the calling thread ------------------------------------------------
 
