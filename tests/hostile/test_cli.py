@@ -26,6 +26,7 @@ from tests.hostile.matrix import (
     SECRET_HEADER,
     SECRET_QUERY,
     SLACK_S,
+    TRICKLE_INTERVAL_S,
     check_no_secret,
     check_outcomes,
     check_settled_once,
@@ -81,7 +82,7 @@ def test_cli_ends_settles_each_item_once_and_keeps_secrets(mode: Mode, tmp_path:
     plan = PLANS[mode]
     write_rows(tmp_path, plan.items)
     options = ("--retries", str(plan.attempts - 1), "--timeout", str(plan.timeout_s), "-q")
-    with HostileServer(mode) as server:
+    with HostileServer(mode, trickle_interval_s=TRICKLE_INTERVAL_S) as server:
         done = run_bounded(http_argv(server.url, *options), tmp_path, plan.bound_s())
         counts = server.counts()
     assert "Traceback" not in done.stderr, done.stderr

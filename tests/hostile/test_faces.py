@@ -12,9 +12,11 @@ The operations given to the generic faces are what a careful user writes: map 42
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+import urllib.parse
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from tests.hostile.matrix import (
     PLANS,
     SECRET_HEADER,
     SECRET_QUERY,
+    TRICKLE_INTERVAL_S,
     Plan,
     check_no_secret,
     check_outcomes,
@@ -55,20 +58,20 @@ def retry(plan: Plan, *retry_on: type[BaseException]) -> RetryPolicy:
     return RetryPolicy(attempts=plan.attempts, base_s=BASE_S, cap_s=CAP_S)
 
 
-def retry_after_s(response: httpx.Response) -> float | None:
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
     try:
-        return float(response.headers.get("retry-after", ""))
+        return float(headers.get("retry-after", ""))
     except ValueError:
         return None
 
 
-def judge(response: httpx.Response) -> dict[str, int]:
+def judge(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, int]:
     """What a careful user's operation makes of an answer."""
-    if response.status_code in (429, 503):
-        raise Throttled(f"HTTP {response.status_code}", retry_after=retry_after_s(response))
-    if response.status_code >= 500:
-        raise ConnectionError(f"HTTP {response.status_code}")
-    return {"status": response.status_code, "bytes": len(response.content)}
+    if status in (429, 503):
+        raise Throttled(f"HTTP {status}", retry_after=retry_after_s(headers))
+    if status >= 500:
+        raise ConnectionError(f"HTTP {status}")
+    return {"status": status, "bytes": len(body)}
 
 
 def target(base: str, n: int) -> tuple[str, dict[str, str], dict[str, str]]:
@@ -83,26 +86,37 @@ async def async_call(client: httpx.AsyncClient, base: str, n: int) -> dict[str, 
         raise TimeoutError(type(exc).__name__) from None
     except httpx.TransportError as exc:
         raise ConnectionError(type(exc).__name__) from None
-    return judge(response)
+    return judge(response.status_code, response.headers, response.content)
 
 
-def sync_call(client: httpx.Client, base: str, n: int, timeout_s: float) -> dict[str, int]:
-    """A thread cannot be cancelled: the call keeps its own whole-attempt deadline."""
-    url, params, headers = target(base, n)
+def sync_call(base: str, n: int, timeout_s: float) -> dict[str, int]:
+    """A thread cannot be cancelled, and no per-read timeout stops a trickle: the call keeps
+    its own deadline for the whole answer, on a plain socket (one request per connection)."""
+    parts = urllib.parse.urlsplit(base)
     deadline = time.monotonic() + timeout_s
-    try:
-        with client.stream("GET", url, params=params, headers=headers) as response:
-            body = bytearray()
-            for chunk in response.iter_raw():
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no whole answer within {timeout_s} s")
-            response._content = bytes(body)  # what read() would have set
-    except httpx.TimeoutException as exc:
-        raise TimeoutError(type(exc).__name__) from None
-    except httpx.TransportError as exc:
-        raise ConnectionError(type(exc).__name__) from None
-    return judge(response)
+    request = (
+        f"GET /items/{n}?api_key={SECRET_QUERY} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"X-Auth-Token: {SECRET_HEADER}\r\nConnection: close\r\n\r\n"
+    )
+    data = bytearray()
+    # A socket timeout raises TimeoutError, a reset ConnectionError: both retryable as they are.
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as sock:
+        sock.sendall(request.encode())
+        while (left_s := deadline - time.monotonic()) > 0:
+            sock.settimeout(left_s)
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        else:
+            raise TimeoutError(f"no whole answer within {timeout_s} s")
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = (line.partition(":") for line in lines[1:])
+    headers = {name.strip().lower(): value.strip() for name, _, value in fields}
+    if not lines[0].startswith("HTTP/1.1 ") or len(body) < int(headers.get("content-length", 0)):
+        raise ConnectionError(f"the server closed the connection mid-answer ({len(data)} bytes)")
+    return judge(int(lines[0].split()[1]), headers, body)
 
 
 def on_progress(calls: Progress) -> Callable[[int, int | None], None]:
@@ -169,13 +183,12 @@ def run_batch_executor(plan: Plan, base: str, journal: Path, calls: Progress) ->
         timeout_s=plan.timeout_s,
         adaptive=ADAPTIVE,
     )
-    with httpx.Client(timeout=plan.timeout_s) as client:
-        result = executor.execute_batch(
-            [partial(sync_call, client, base, n, plan.timeout_s) for n in range(plan.items)],
-            item_ids=[str(n) for n in range(plan.items)],
-            on_progress=on_progress(calls),
-            journal=journal,
-        )
+    result = executor.execute_batch(
+        [partial(sync_call, base, n, plan.timeout_s) for n in range(plan.items)],
+        item_ids=[str(n) for n in range(plan.items)],
+        on_progress=on_progress(calls),
+        journal=journal,
+    )
     return [(int(item.item_id), item.success) for item in result]
 
 
@@ -240,7 +253,7 @@ def test_face_ends_settles_each_item_once_and_keeps_secrets(
 ) -> None:
     plan = PLANS[mode]
     journal = tmp_path / "lib.journal"
-    with HostileServer(mode, trickle_interval_s=0.5) as server:
+    with HostileServer(mode, trickle_interval_s=TRICKLE_INTERVAL_S) as server:
         if face == "BatchExecutor":
             outcomes, calls = within_bound_threads(plan, server.url, journal)
         else:
