@@ -63,7 +63,7 @@ def run_bounded(argv: list[str], cwd: Path, bound_s: float) -> subprocess.Comple
     except subprocess.TimeoutExpired as exc:
         pytest.fail(
             f"paceline http did not end within {bound_s:.0f} s (its policy's bound); "
-            f"stderr so far: {exc.stderr!r}"
+            f"the end of its stderr: {(exc.stderr or b'')[-600:]!r}"
         )
 
 
