@@ -208,3 +208,95 @@ def test_the_rate_limited_executor_resumes_too(tmp_path):
     assert str(again[1]) == "bad b"
     assert again[2] == 3
     assert limiter.acquire_count == 3  # a and b were not run again
+
+
+class SlowCalls(Calls):
+    """Slow enough that at a concurrency of 8 the first of two equal keys is still running
+    when the second is read."""
+
+    async def op(self, key: int) -> dict:
+        result = await super().op(key)
+        await asyncio.sleep(0.02)
+        return result
+
+
+@pytest.mark.parametrize("workers", [1, 8])
+def test_a_repeated_key_fails_as_a_duplicate_and_runs_once(tmp_path, workers):
+    from paceline.results import ErrorCode
+
+    path = tmp_path / "j.db"
+    first = SlowCalls()
+    results = asyncio.run(batch_execute([1, 2, 1, 3], first.op, workers, journal=path))
+    assert sorted(first.seen) == [1, 2, 3]
+    assert [r.is_success for r in results] == [True, True, False, True]
+    assert results[2].error_code is ErrorCode.INVALID_INPUT
+    assert isinstance(results[2].error, ValueError)
+    assert "duplicate key 'i:1' at position 2" in results[2].message
+    # the journal holds the first item's outcome, not the duplicate's failure
+    assert results[0].value == {"key": 1, "double": 2}
+    again = SlowCalls()
+    rerun = asyncio.run(batch_execute([1, 2, 1, 3], again.op, workers, journal=path))
+    assert again.seen == []  # what the first run settled is restored
+    assert [r.is_success for r in rerun] == [True, True, False, True]
+    assert "duplicate key 'i:1' at position 2" in rerun[2].message
+
+
+def test_a_repeated_key_fails_fast_under_fail_fast(tmp_path):
+    with pytest.raises(ValueError, match="duplicate key 's:x' at position 1"):
+        asyncio.run(
+            batch_execute(
+                ["x", "x", "y"], SlowCalls().op, 1, fail_fast=True, journal=tmp_path / "j"
+            )
+        )
+
+
+def test_stream_fails_a_repeated_key_function_value(tmp_path):
+    rows = [{"id": 1, "v": "a"}, {"id": 1, "v": "b"}]
+    seen: list[str] = []
+
+    async def op(row):
+        seen.append(row["v"])
+        return row["v"]
+
+    async def main():
+        return [
+            r async for r in stream(rows, op, 8, key=lambda row: row["id"], journal=tmp_path / "j")
+        ]
+
+    out = asyncio.run(main())
+    assert seen == ["a"]
+    assert [(r.success, r.restored) for r in out] == [(True, False), (False, False)]
+    assert "duplicate key '1' at position 1" in out[1].error
+    assert out[1].attempts == 0  # never attempted
+
+
+@pytest.mark.parametrize("workers", [None, 4])
+def test_the_thread_executor_fails_a_repeated_item_id(tmp_path, workers):
+    ran: list[str] = []
+
+    def task(name):
+        def run():
+            ran.append(name)
+            return name
+
+        return run
+
+    executor = BatchExecutor(stop_on_error=False, max_workers=workers)
+    names = ["a", "b", "a2"]
+    result = executor.execute_batch(
+        [task(n) for n in names], item_ids=["a", "b", "a"], journal=tmp_path / "j"
+    )
+    assert sorted(ran) == ["a", "b"]
+    assert [item.success for item in result] == [True, True, False]
+    assert "duplicate key 'a' at position 2" in result[2].error
+    with pytest.raises(ValueError, match="duplicate key 'a' at position 2"):
+        BatchExecutor(max_workers=workers).execute_batch(
+            [task(n) for n in names], item_ids=["a", "b", "a"], journal=tmp_path / "j2"
+        )
+
+
+def test_without_a_journal_equal_keys_simply_run(tmp_path):
+    calls = Calls()
+    results = asyncio.run(batch_execute([1, 1], calls.op))
+    assert calls.seen == [1, 1]
+    assert all(r.is_success for r in results)

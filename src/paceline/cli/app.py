@@ -52,6 +52,15 @@ Retries = Annotated[
     ),
 ]
 Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds per attempt.")]
+GiveUpAfter = Annotated[
+    str | None,
+    typer.Option(
+        "--give-up-after",
+        metavar="DURATION|off",
+        help="Stop (exit 3, resumable) when attempts keep failing and none has succeeded "
+        "for this long (default 10m).",
+    ),
+]
 Halt = Annotated[
     list[str] | None,
     typer.Option(
@@ -116,6 +125,7 @@ def _common(**values: Any) -> dict[str, Any]:
         "on_bad_input": values["on_bad_input"],
         "format": values["format"],
         "id_template": values["id"],
+        "give_up_after": values["give_up_after"],
     }
 
 
@@ -163,6 +173,7 @@ def http_command(
     retries: Retries = None,
     timeout: Timeout = None,
     halt: Halt = None,
+    give_up_after: GiveUpAfter = None,
     dry_run: DryRun = False,
     keep_order: KeepOrder = False,
     journal: JournalOpt = None,
@@ -206,6 +217,7 @@ def call_command(
     retries: Retries = None,
     timeout: Timeout = None,
     halt: Halt = None,
+    give_up_after: GiveUpAfter = None,
     dry_run: DryRun = False,
     keep_order: KeepOrder = False,
     journal: JournalOpt = None,
@@ -241,6 +253,7 @@ def exec_command(
     retries: Retries = None,
     timeout: Timeout = None,
     halt: Halt = None,
+    give_up_after: GiveUpAfter = None,
     dry_run: DryRun = False,
     keep_order: KeepOrder = False,
     journal: JournalOpt = None,

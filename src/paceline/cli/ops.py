@@ -2,7 +2,8 @@
 
 Each turns an input row into an :class:`Item` (its journal key and what to send, rendered
 once) and runs an item. Rendering problems of one row (a JSONL row without a column the
-template names) make that row a bad input row, like a line that is not JSON.
+template names) make that row a bad input row, like a line that is not JSON; so does a row
+that repeats an earlier row's id.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from paceline.cli.inputs import Row, RowSource
-from paceline.cli.spec import RunSpec, UsageError, split_header
+from paceline.cli.inputs import _message as bad_row_message
+from paceline.cli.spec import NO_JOURNAL, RunSpec, UsageError, split_header
 from paceline.cli.templates import (
     JsonTemplate,
     MissingField,
@@ -60,6 +62,7 @@ class Operation:
         self.spec = spec
         self.id_template = Template.parse(spec.id_template) if spec.id_template else None
         self._used: set[str] | None = None
+        self.ids = None if spec.journal == NO_JOURNAL else SeenIds()
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         """Every template with the option it came from, to check against a CSV header."""
@@ -101,21 +104,65 @@ class Operation:
         """Release what the operation holds (connections, threads)."""
 
 
+class SeenIds:
+    """The first line of each id read so far in this run, to refuse a row that repeats one.
+
+    >>> seen = SeenIds()
+    >>> seen.first_line("alice", 2), seen.first_line("bob", 3), seen.first_line("alice", 4)
+    (None, None, 2)
+
+    Why: with a journal an id is the item's identity. The journal keeps one outcome per id and
+    skips an id it holds, so a second row with the first row's id was restored from the first
+    (reported ``ok``, never sent) or, when both were in flight at once, ran into the same
+    entry. Checked here, where rows are read one at a time in input order, the answer does not
+    depend on the concurrency; ids a journal holds from an earlier run are not in here (each
+    run reads the input from its start), so resuming still skips them.
+
+    Cost: one dict entry per distinct id, ~63 bytes (CPython 3.11, 1M ids measured) beyond
+    the id string, which the journal's index keeps anyway (~150 bytes an id), and the runner's
+    own set of keys (~34 bytes, see :mod:`paceline.runners.settle`): 1M items take ~100 MB
+    more. Without a journal (``--journal none``) nothing is skipped by id, an id only
+    labels the output, so no check is made: both rows run, and memory stays bounded however
+    long the input (an endless stream).
+    """
+
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        self._lines: dict[str, int] = {}
+
+    def first_line(self, key: str, line: int) -> int | None:
+        """The line that had ``key`` first, or ``None`` (then ``line`` has it from now on)."""
+        first = self._lines.setdefault(key, line)
+        return None if first == line else first
+
+
 def bad_item(row: Row, message: str) -> Item:
     """A bad row as an item that fails with ``message`` (journaled under its line number)."""
     return Item(row.line, f"bad-input:line-{row.line}", None, message)
 
 
 def to_item(operation: Operation, row: Row, source_name: str) -> Item:
-    """An item for ``row``, or a bad item with the reason."""
+    """An item for ``row``, or a bad item with the reason (a row that repeats an earlier
+    row's id is one, when there is a journal: see :class:`SeenIds`)."""
     if not row.ok:
         return bad_item(row, row.error or f"{source_name}:{row.line}: unreadable row")
     try:
-        return operation.item(row)
+        item = operation.item(row)
     except MissingField as exc:
         return bad_item(row, f"{source_name}:{row.line}: {exc}")
     except (ValueError, TypeError) as exc:
         return bad_item(row, f"{source_name}:{row.line}: {exc}")
+    first = None if operation.ids is None else operation.ids.first_line(item.key, row.line)
+    if first is None:
+        return item
+    fix = (
+        "make --id unique (add a column to it) or drop the repeated row"
+        if operation.id_template is not None
+        else "drop the repeated row, or give each row its own id with --id"
+    )
+    problem = f"duplicate id of line {first} (the journal keeps one outcome per id)"
+    return bad_item(row, bad_row_message(source_name, row.line, problem, fix))
 
 
 def _digest(value: Any) -> str:

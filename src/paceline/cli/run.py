@@ -147,6 +147,7 @@ class Batch:
         self.display = display
         self.fresh = fresh
         self.bad_input: Item | None = None
+        self.halt_reason: str | None = None  # why the runner stopped early, if it did
         self.input_done = False
         self.metrics: Metrics | None = None
         self.run_number = 1
@@ -324,6 +325,8 @@ class Batch:
                 key=_item_key,
                 item_id=_item_key,
                 adaptive=controller,
+                give_up_after_s=spec.give_up_after_s(),
+                on_halt=self._on_halt,
             )
             async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
                 async for result in settled:
@@ -358,11 +361,18 @@ class Batch:
             raise KeyboardInterrupt
         return code
 
+    def _on_halt(self, reason: str) -> None:
+        self.halt_reason = reason
+        if reason.startswith("giving up"):
+            self._log(f"paceline: {reason}; stopping (in flight: let finish)")
+
     def _verdict(self, outcome: str, metrics: Metrics) -> tuple[int, str]:
         if outcome == "interrupted":
             return EXIT_INTERRUPTED, "interrupted"
         if self.bad_input is not None:
             return EXIT_USAGE, "bad_input"
+        if self.halt_reason is not None and self.halt_reason.startswith("giving up"):
+            return EXIT_HALTED, "gave_up"
         rules = [HaltRule.parse(r) for r in self.spec.halt]
         fired = any(r.triggered(failed=metrics.failed, succeeded=metrics.succeeded) for r in rules)
         if rules and (fired or not self.input_done):
@@ -412,13 +422,15 @@ class Batch:
             write_html(journal.path, self.display.html)
             if not self.display.quiet:
                 err.write(f"paceline: report written to {self.display.html}\n")
-        if not self.display.quiet or reason in ("failed", "halted", "interrupted"):
+        if not self.display.quiet or reason in ("failed", "halted", "gave_up", "interrupted"):
             line = {
                 "done": f"every item succeeded ({metrics.settled_count})",
                 "failed": f"{metrics.failed} of {metrics.settled_count} items failed",
                 "halted": f"halted by --halt {' '.join(self.spec.halt)}; "
                 f"{metrics.failed} failed, {metrics.settled_count} settled",
                 "interrupted": f"interrupted after {metrics.settled_count} items",
+                "gave_up": f"{self.halt_reason} (--give-up-after); "
+                f"{metrics.failed} failed, {metrics.settled_count} settled",
                 "bad_input": "stopped at a bad input line",
             }[reason]
             err.write(f"paceline: {line} (exit {code})\n")

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paceline.policy.halt import HaltRule
+from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import Rate, RateSpecError
 from paceline.redact import REDACTED, is_sensitive_key, redact_text
 
 JOURNAL_DIR = ".paceline"
+_DURATION_RE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|min|h)?\s*$", re.IGNORECASE)
+_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 NO_JOURNAL = "none"
 
 
@@ -52,6 +54,7 @@ class RunSpec:
     out: str | None = None
     on_bad_input: str = "stop"
     id_template: str | None = None
+    give_up_after: str | None = None  # "10m", "600", "off"; None: the library's default
     # http
     url: str | None = None
     method: str | None = None
@@ -82,6 +85,7 @@ class RunSpec:
             raise UsageError(f"--retries {self.retries}: must be 0 or more")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise UsageError(f"--timeout {self.timeout_s}: must be a number of seconds above 0")
+        self.give_up_after_s()
         for rule in self.halt:
             try:
                 HaltRule.parse(rule)
@@ -102,6 +106,21 @@ class RunSpec:
             raise UsageError(
                 f"call target {self.target!r}: give module:function, e.g. mytasks:create_tenant"
             )
+
+    def give_up_after_s(self) -> float | None:
+        """``--give-up-after`` in seconds (``None``: never), the default when not given."""
+        text = self.give_up_after
+        if text is None:
+            return DEFAULT_GIVE_UP_AFTER_S
+        if text.strip().lower() in ("off", "never", "0"):
+            return None
+        match = _DURATION_RE.match(text)
+        if match is None or not float(match["n"]) > 0:
+            raise UsageError(
+                f"--give-up-after {text!r}: a duration above 0 such as 90s, 10m or 2h "
+                "(a plain number is seconds), or off"
+            )
+        return float(match["n"]) * _DURATION_UNITS_S[(match["unit"] or "s").lower()]
 
     def concurrency_limit(self) -> int | None:
         """The fixed concurrency, or None for ``auto``."""

@@ -37,6 +37,7 @@ from paceline.runners.settle import Job, RunOptions, Settler
 K = TypeVar("K")
 T = TypeVar("T")
 R = TypeVar("R")
+W = TypeVar("W")  # what a gate hands back
 
 _monotonic_ns = time.monotonic_ns
 
@@ -272,6 +273,22 @@ class _Batch(Generic[K, T, R]):
             self._after_settle()  # restored from the journal
         return None
 
+    async def _unless_stopped(self, awaitable: Awaitable[W]) -> W | None:
+        """Await a gate (the adaptive controller's, a token) that a stop may interrupt: the
+        task counts as idle meanwhile, so a graceful stop does not wait out a probe's minute or
+        a slow limit. ``None``: the batch stopped first."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._idle.add(task)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if not self.state.stopped:
+                raise  # a real cancellation, not our "the batch stopped" nudge
+            return None
+        finally:
+            self._idle.discard(task)
+
     async def _sleep_until(self, due_ns: int) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -379,7 +396,12 @@ class _Batch(Generic[K, T, R]):
                     return
                 # Gates in series: the adaptive controller's (pause, rate, concurrency), then the
                 # strict limiter's token, taken last so it comes right before the start.
-                ticket = await adaptive.enter() if adaptive is not None else None
+                ticket = None
+                if adaptive is not None:
+                    ticket = await self._unless_stopped(adaptive.enter())
+                    if ticket is None:  # the batch stopped while it waited (a probe: ~1 min)
+                        self._unstarted(job)
+                        return
                 if acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
                     if weight == 1 and leased and lease_clock() <= use_by:
@@ -393,7 +415,7 @@ class _Batch(Generic[K, T, R]):
                         else:
                             if try_now is None or try_now(weight) is None:
                                 try:
-                                    await acquire(weight)
+                                    await self._unless_stopped(acquire(weight))
                                 except asyncio.CancelledError:
                                     if adaptive is not None and ticket is not None:
                                         adaptive.abandon(ticket)

@@ -1,0 +1,219 @@
+"""Debian's nginx on loopback with a generated config: the world's most common rate limiter.
+
+paceline's tests and benchmarks run batches against nginx's ``limit_req`` (a leaky bucket with
+millisecond accounting; its 429 carries no ``Retry-After``) and ``limit_conn`` (503), and read
+what nginx itself logged to judge the client. Content is a static file (``return 200`` runs in
+the rewrite phase, before ``limit_req``, so it would limit nothing); an ``upstream`` URL puts a
+proxy in front of another server instead (for latency).
+
+Needs the ``nginx`` program (Debian: ``apt-get install nginx-light``). It runs in the
+foreground as one process (``master_process off``) as the calling user, everything under a
+temporary directory; nothing is left behind.
+
+>>> limits = NginxLimits(rate_per_s=50)
+>>> "rate=50r/s" in limits.zone_lines() and limits.location_lines() == ["limit_req zone=req;"]
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["NginxLimits", "NginxServer", "nginx_program"]
+
+
+def nginx_program() -> str | None:
+    """The path of ``nginx``, or ``None`` when it is not installed."""
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NginxLimits:
+    """What nginx limits: ``limit_req`` at ``rate_per_s`` (with ``burst``, ``nodelay``) and/or
+    ``limit_conn`` at ``connections``; ``upstream`` (a base URL) proxies to another server."""
+
+    rate_per_s: int | None = None
+    burst: int = 0
+    nodelay: bool = False
+    connections: int | None = None
+    upstream: str | None = None
+
+    def zone_lines(self) -> list[str]:
+        """The ``http``-level zone definitions."""
+        lines = ["limit_req_status 429;", "limit_conn_status 503;"]
+        if self.rate_per_s is not None:
+            lines.append(f"limit_req_zone $server_name zone=req:1m rate={self.rate_per_s}r/s;")
+        if self.connections is not None:
+            lines.append("limit_conn_zone $server_name zone=conn:1m;")
+        return lines
+
+    def location_lines(self) -> list[str]:
+        """The ``location``-level limits."""
+        lines = []
+        if self.rate_per_s is not None:
+            burst = f" burst={self.burst}" if self.burst else ""
+            lines.append(f"limit_req zone=req{burst}{' nodelay' if self.nodelay else ''};")
+        if self.connections is not None:
+            lines.append(f"limit_conn conn {self.connections};")
+        return lines
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NginxServer:
+    """nginx serving ``GET /items/<anything>`` (a small JSON file) within ``limits``.
+
+    ``url`` is its base URL once started; :meth:`log` returns what it answered, from its own
+    access log: ``(time_s, status, uri)`` per request.
+    """
+
+    def __init__(self, limits: NginxLimits, *, start_timeout_s: float = 10.0) -> None:
+        program = nginx_program()
+        if program is None:
+            raise RuntimeError("nginx is not installed: apt-get install nginx-light")
+        self.program = program
+        self.limits = limits
+        self.start_timeout_s = start_timeout_s
+        self.port = 0
+        self._dir: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _config(self, root: Path) -> str:
+        limits = self.limits
+        if limits.upstream is not None:
+            content = f"proxy_pass {limits.upstream}; proxy_http_version 1.1;"
+            content += ' proxy_set_header Connection "";'
+        else:
+            content = "try_files /item.json =404; default_type application/json;"
+        location = " ".join([*limits.location_lines(), content])
+        return "\n".join(
+            [
+                "daemon off;",
+                "master_process off;",
+                "worker_processes 1;",
+                f"pid {root}/nginx.pid;",
+                f"error_log {root}/error.log warn;",
+                "events { worker_connections 4096; }",
+                "http {",
+                *(f"  {name}_temp_path {root}/tmp-{name};" for name in _TEMP_PATHS),
+                "  log_format paced '$msec $status $request_uri';",
+                f"  access_log {root}/access.log paced;",
+                "  keepalive_requests 1000000;",
+                *(f"  {line}" for line in limits.zone_lines()),
+                "  server {",
+                f"    listen 127.0.0.1:{self.port};",
+                "    server_name paceline-test;",
+                f"    root {root}/www;",
+                f"    location / {{ {location} }}",
+                "  }",
+                "}",
+                "",
+            ]
+        )
+
+    def start(self) -> NginxServer:
+        """Write the config, start nginx, and wait until it answers (or raise)."""
+        root = Path(tempfile.mkdtemp(prefix="paceline-nginx-"))
+        self._dir = root
+        (root / "www").mkdir()
+        (root / "www" / "item.json").write_text('{"ok": true}\n')
+        last_error = ""
+        for _ in range(5):  # a free port can be taken between the check and nginx's bind
+            self.port = _free_port()
+            (root / "nginx.conf").write_text(self._config(root))
+            process = subprocess.Popen(
+                [self.program, "-p", str(root), "-c", str(root / "nginx.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            if self._wait_ready(process):
+                self._process = process
+                return self
+            process.kill()
+            _, err = process.communicate(timeout=5)
+            last_error = err.decode(errors="replace").strip()
+        self.stop()
+        raise RuntimeError(f"nginx did not start: {last_error}")
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> bool:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def log(self) -> list[tuple[float, int, str]]:
+        """What nginx answered so far: ``(unix time s, status, uri)`` per request, in order."""
+        assert self._dir is not None
+        path = self._dir / "access.log"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            at, status, uri = line.split(" ", 2)
+            rows.append((float(at), int(status), uri))
+        return rows
+
+    def get(self, path: str) -> int:
+        """One request from here (urllib): its status."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def stop(self) -> None:
+        """Stop nginx and remove its directory."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+            if process.stderr is not None:
+                process.stderr.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> NginxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+_TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
