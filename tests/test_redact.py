@@ -2,7 +2,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paceline.redact import REDACTED, is_sensitive_key, redact_data, redact_text
+from paceline.redact import (
+    REDACTED,
+    is_sensitive_key,
+    is_sensitive_name,
+    only_names_fields,
+    redact_argv,
+    redact_data,
+    redact_text,
+)
 
 SECRET = "s3cr3t-T0ken_value.42"
 
@@ -162,3 +170,141 @@ def test_redacting_twice_is_redacting_once(text):
 def test_redacting_credential_heavy_text_twice_is_redacting_once(text):
     once = redact_text(text)
     assert redact_text(once) == once
+
+
+# -- credential names: headers and query parameters are wider than keys of result data ----------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Auth-Token",
+        "Private-Token",
+        "X-Session-Key",
+        "sessionId",
+        "key",
+        "sig",
+        "X-Amz-Signature",
+        "client_credentials",
+        "auth",
+        "X-Goog-Api-Key",
+        "Ocp-Apim-Subscription-Key",
+        "db.password",
+        "APIKey",
+    ],
+)
+def test_header_and_query_names_that_are_credentials(name):
+    assert is_sensitive_name(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["keyword", "author", "monkey", "hotkey", "tokens_used", "max_tokens", "passage", "Accept"],
+)
+def test_names_that_only_look_like_credentials(name):
+    assert not is_sensitive_name(name)
+    assert not is_sensitive_key(name)
+
+
+def test_result_data_keeps_key_and_session_fields_but_masks_credential_endings():
+    data = {"Key": "PROJ-1", "session": {"n": 2}, "X-Auth-Token": "t", "Private-Token": "p"}
+    assert redact_data(data) == {
+        "Key": "PROJ-1",
+        "session": {"n": 2},
+        "X-Auth-Token": REDACTED,
+        "Private-Token": REDACTED,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"X-Auth-Token: {SECRET}", "X-Auth-Token: [REDACTED]"),
+        (f"Private-Token: {SECRET}", "Private-Token: [REDACTED]"),
+        (f"/x?sv=2&sig={SECRET}&se=1", "/x?sv=2&sig=[REDACTED]&se=1"),
+        (f"/x?key={SECRET}", "/x?key=[REDACTED]"),
+        (f"--password={SECRET}", "--password=[REDACTED]"),
+        (f"'--password={SECRET}' --user ann", "'--password=[REDACTED]' --user ann"),
+        # a credential inside the value of a name that is not one is still found
+        (f"see=https://h/x?api_key={SECRET}", "see=https://h/x?api_key=[REDACTED]"),
+        (f"GET https://h/x?page=2&access_token={SECRET}", None),
+        ("keyword=python&author=ann", "keyword=python&author=ann"),
+    ],
+)
+def test_redact_text_masks_widened_credential_names(text, expected):
+    assert SECRET not in redact_text(text)
+    if expected is not None:
+        assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{"password": "{pw}"}',
+        "https://h/items/{id}?api_key={key}",
+        "https://{user}:{pw}@h/x",
+        "Authorization: Bearer {token}",
+        "--password={pw}",
+        "token={a}{b}",
+    ],
+)
+def test_a_template_that_only_names_a_field_is_not_a_secret(template):
+    assert redact_text(template, placeholders=True) == template
+    assert REDACTED in redact_text(template)  # rendered text never gets that pass
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("https://h/{id}?api_key=k1{id}", "https://h/{id}?api_key=[REDACTED]"),
+        ('{"password": "pre-{pw}"}', '{"password": "[REDACTED]"}'),
+        ("--password=s3cr3t", "--password=[REDACTED]"),
+        ("https://ann:pw{x}@h/", "https://ann:[REDACTED]@h/"),
+    ],
+)
+def test_a_template_with_a_literal_secret_is_masked(template, expected):
+    assert redact_text(template, placeholders=True) == expected
+
+
+def test_only_names_fields():
+    assert only_names_fields("{pw}")
+    assert only_names_fields(" Bearer {token} ")
+    assert only_names_fields("{a}{b}")
+    assert not only_names_fields("")
+    assert not only_names_fields("k{x}")
+    assert not only_names_fields("Bearer abc")
+
+
+@given(text=st.text(max_size=200))
+def test_redacting_a_template_twice_is_redacting_it_once(text):
+    once = redact_text(text, placeholders=True)
+    assert redact_text(once, placeholders=True) == once
+
+
+def test_a_word_before_a_placeholder_is_kept_only_when_it_is_an_auth_scheme():
+    assert only_names_fields("Token {t}")
+    assert not only_names_fields("hunter {x}")
+    assert redact_text('{"password": "hunter {x}"}', placeholders=True) == (
+        '{"password": "[REDACTED]"}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"tool --password {SECRET} --user ann", "tool --password [REDACTED] --user ann"),
+        (f"tool --api-key '{SECRET}' -v", "tool --api-key '[REDACTED]' -v"),
+        ("tool --token --verbose", "tool --token --verbose"),  # a flag after a flag: no value
+        ("tool --keyword python", "tool --keyword python"),
+    ],
+)
+def test_the_value_after_a_credential_flag_is_masked(text, expected):
+    assert redact_text(text) == expected
+
+
+def test_redact_argv_masks_the_word_after_a_credential_flag():
+    words = ["tool", "--password", SECRET, "--name", "ann", "--token", "{tok}"]
+    assert redact_argv(words) == [
+        "tool", "--password", REDACTED, "--name", "ann", "--token", REDACTED,
+    ]  # fmt: skip
+    assert redact_argv(words, placeholders=True)[-1] == "{tok}"

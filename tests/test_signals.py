@@ -580,3 +580,25 @@ def test_the_single_field_parsers_never_raise(value, date):
 def test_written_policies_read_back(policies):
     value = ", ".join(f'"{name}";q={q};w={w}' for q, w, name in policies)
     assert parse_ratelimit_policy(value) == [Policy(n, q, float(w), None) for q, w, n in policies]
+
+
+# --- Bounded work per response ---------------------------------------------------------------
+
+
+def test_an_absurdly_long_pacing_header_is_ignored_quickly():
+    """A 72 KB RateLimit-Policy (valid, thousands of policies) cost ~45-150 ms per response."""
+    huge = ", ".join(f'"p{i}";q={i + 1};w=1' for i in range(4000))
+    assert len(huge) > 72_000
+    started = time.perf_counter()
+    for _ in range(20):
+        signals = parse_signals([("RateLimit-Policy", huge), ("Retry-After", "1" * 72_000)])
+    assert time.perf_counter() - started < 1.0  # ~3 s before the bound; microseconds after
+    assert signals.source == "none"
+    assert signals.quota is None
+    assert signals.retry_after_s is None
+
+
+def test_a_pacing_header_at_the_bound_is_still_read():
+    policies = ", ".join(f'"p{i}";q={i + 1};w=60' for i in range(60))
+    assert len(policies) <= 1024
+    assert parse_signals({"RateLimit-Policy": policies}).quota == 1

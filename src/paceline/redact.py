@@ -22,6 +22,9 @@ __all__ = [
     "REDACTED",
     "SENSITIVE_KEYS",
     "is_sensitive_key",
+    "is_sensitive_name",
+    "only_names_fields",
+    "redact_argv",
     "redact_data",
     "redact_headers",
     "redact_text",
@@ -29,8 +32,8 @@ __all__ = [
 
 REDACTED = "[REDACTED]"
 
-# Compared after lower-casing and dropping "-" and "_", so "API-Key", "api_key", "apiKey" and
-# "X_API_KEY" all match one entry.
+# Compared after lower-casing and dropping "-", "_" and ".", so "API-Key", "api_key", "apiKey"
+# and "X_API_KEY" all match one entry.
 SENSITIVE_KEYS = frozenset(
     {
         "authorization",
@@ -47,20 +50,112 @@ SENSITIVE_KEYS = frozenset(
         "clientsecret",
     }
 )
+# A key whose name ends like this is a credential wherever it turns up: in results, headers,
+# query strings ("X-Auth-Token", "Private-Token", "db_password", "x-amz-signature"). Whole-word
+# endings only, so "tokens_used", "secretary" and "max_tokens" stay readable in stored results.
+_CREDENTIAL_ENDINGS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "apikey",
+    "accesskey",
+    "secretkey",
+    "privatekey",
+    "sessionkey",
+    "sessionid",
+    "signature",
+    "credential",
+    "credentials",
+    "cookie",
+    "authorization",
+)
+# Header and query-parameter names are wider: any *word* of the name (split at "-", "_", ".",
+# and camelCase) among these ("X-Auth-User", "key", "X-Session", "sig" of an Azure SAS URL). Not
+# for keys of result data, where "key" (S3 object names, Jira issue keys) and "session" are
+# ordinary fields. Whole words, so "keyword", "monkey", "author" and "passage" are not secrets.
+_CREDENTIAL_WORDS = frozenset(
+    {
+        "token",
+        "key",
+        "apikey",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "session",
+        "sessionid",
+        "signature",
+        "sig",
+        "credential",
+        "credentials",
+        "cookie",
+        "authorization",
+    }
+)
+_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "").replace(".", "")
 
 
 def is_sensitive_key(name: str) -> bool:
-    """True if a mapping key names a credential (case, ``-`` and ``_`` do not matter).
+    """True if a mapping key names a credential (case, ``-``, ``_`` and ``.`` do not matter):
+    one of :data:`SENSITIVE_KEYS`, or a name ending in a credential word (``X-Auth-Token``,
+    ``db_password``, ``x-amz-signature``).
 
     >>> is_sensitive_key("X-Api-Key"), is_sensitive_key("accessToken"), is_sensitive_key("user")
     (True, True, False)
+    >>> is_sensitive_key("Private-Token"), is_sensitive_key("tokens_used"), is_sensitive_key("key")
+    (True, False, False)
     """
-    return name.lower().replace("-", "").replace("_", "") in SENSITIVE_KEYS
+    normal = _normal(name)
+    return normal in SENSITIVE_KEYS or normal.endswith(_CREDENTIAL_ENDINGS)
+
+
+def is_sensitive_name(name: str) -> bool:
+    """True if a header or query-parameter name is a credential's: :func:`is_sensitive_key`,
+    or any word of the name is one of token, key, secret, password, auth, session, signature,
+    sig, credential(s), cookie (whole words: ``keyword`` and ``author`` are not).
+
+    >>> [is_sensitive_name(n) for n in ("key", "X-Auth-User", "sessionId", "keyword", "author")]
+    [True, True, True, False, False]
+    """
+    if is_sensitive_key(name):
+        return True
+    return any(word.lower() in _CREDENTIAL_WORDS for word in _WORDS.findall(name))
 
 
 @functools.lru_cache(maxsize=1024)
 def _sensitive_name(name: str) -> bool:
+    return is_sensitive_name(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sensitive_key(name: str) -> bool:
     return is_sensitive_key(name)
+
+
+# ``{column}`` placeholders of a CLI template, optionally after an auth scheme ("Bearer {t}";
+# the schemes of the IANA registry and common API ones, not any word: "hunter {x}" is a secret).
+_PLACEHOLDERS = re.compile(
+    r"\s*(?:(?:bearer|basic|token|digest|bot|oauth|apikey|key|negotiate)\s+)?"
+    r"(?:\{[^{}\s]*\}\s*)+",
+    re.IGNORECASE,
+)
+
+
+def only_names_fields(value: str) -> bool:
+    """True if a template value holds nothing but ``{column}`` placeholders (after an optional
+    auth scheme word): it names where the secret comes from, it is not one.
+
+    >>> only_names_fields("{pw}"), only_names_fields("Bearer {token}"), only_names_fields("k{x}")
+    (True, True, False)
+    """
+    return _PLACEHOLDERS.fullmatch(value) is not None
 
 
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -81,14 +176,14 @@ def redact_data(data: Any) -> Any:
     """A copy of ``data`` with the value of every credential-named key replaced, at any depth.
 
     Dicts, lists and tuples are copied (tuples stay tuples); everything else is returned as is.
-    Keys match :data:`SENSITIVE_KEYS` case-insensitively, ignoring ``-`` and ``_``.
+    Keys are credentials by :func:`is_sensitive_key` (``"key"`` or ``"session"`` alone are data).
 
     >>> redact_data([{"token": "t0k", "n": 1}, {"Set-Cookie": ["a=1", "b=2"]}])
     [{'token': '[REDACTED]', 'n': 1}, {'Set-Cookie': '[REDACTED]'}]
     """
     if isinstance(data, dict):
         return {
-            key: REDACTED if isinstance(key, str) and _sensitive_name(key) else redact_data(value)
+            key: REDACTED if isinstance(key, str) and _sensitive_key(key) else redact_data(value)
             for key, value in data.items()
         }
     if isinstance(data, list):
@@ -103,47 +198,123 @@ def redact_data(data: Any) -> Any:
 _HEADER = re.compile(
     r"(?<![A-Za-z0-9-])((?:proxy-)?authorization|(?:set-)?cookie|x-api-key)"
     r"([\"']?\s*[:=]\s*[\"']?)"
-    r"(?!\[REDACTED\])[^\s\"'][^\r\n\"']*",
+    r"(?!\[REDACTED\])([^\s\"'][^\r\n\"']*)",
     re.IGNORECASE,
 )
 # user:password@ in a URL.
-_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.IGNORECASE)
+_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)@", re.IGNORECASE)
 # Auth schemes that turn up without their header, e.g. in a repr or a log line.
 _BEARER = re.compile(r"\b(bearer)\s+[A-Za-z0-9._~+/-]+=*", re.IGNORECASE)
 _BASIC = re.compile(r"\b(basic)\s+[A-Za-z0-9+/]{4,}={0,2}(?![A-Za-z0-9+/=])", re.IGNORECASE)
-# name=value and name: value pairs: query strings, form bodies, JSON and dict reprs. The name may
-# be quoted; a quoted value runs to its closing quote, a bare one to the next separator.
-_PAIR = re.compile(
-    r"([\"']?)(?<![A-Za-z0-9])"
-    r"(access[_-]?token|refresh[_-]?token|client[_-]?secret|(?:x[_-]?)?api[_-]?key"
-    r"|token|password|secret)"
-    r"\1(\s*[:=]\s*)"
-    r"(?!\[REDACTED\])(?:([\"'])[^\"'\r\n]*\4|[^\s&#\"',;}\]]+)",
-    re.IGNORECASE,
+# name=value and name: value pairs: query strings, form bodies, JSON and dict reprs, argv words
+# (--password=x). Any name, kept only if is_sensitive_name says so; the name may be quoted.
+_NAME = re.compile(r"([\"']?)(?<![A-Za-z0-9_.])([A-Za-z][A-Za-z0-9_.-]*)\1(\s*[:=]\s*)")
+# The value after a credential's name: quoted, it runs to its closing quote; bare, to the next
+# separator ({column} placeholders count as part of it: "{a}rest" is one value).
+_VALUE = re.compile(
+    r"(?!\[REDACTED\])(?:([\"'])([^\"'\r\n]*)\1|((?:\{[^{}\s]*\}|[^\s&#\"',;}\]])+))"
 )
 
 
-def _pair(match: re.Match[str]) -> str:
-    quote = match.group(4) or ""
-    return (
-        f"{match.group(1)}{match.group(2)}{match.group(1)}{match.group(3)}{quote}{REDACTED}{quote}"
-    )
+_LINE = re.compile(r"[^\r\n\"']*")
+# A command-line flag and its value as the next word: "--password hunter2", "--api-key 'k'".
+_FLAG = re.compile(
+    r"(?<![\w-])--([A-Za-z][A-Za-z0-9_-]*)(\s+)(?!\[REDACTED\])(?:([\"'])([^\"'\r\n]*)\3|([^\s\"'-]\S*))"
+)
 
 
-def redact_text(text: str) -> str:
+def _redact_flags(text: str, placeholders: bool) -> str:
+    def flag(match: re.Match[str]) -> str:
+        value = match.group(4) if match.group(3) else match.group(5)
+        if not _sensitive_name(match.group(1)) or (placeholders and only_names_fields(value)):
+            return match.group(0)
+        quote = match.group(3) or ""
+        return f"--{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
+
+    return _FLAG.sub(flag, text)
+
+
+def redact_argv(words: list[str], *, placeholders: bool = False) -> list[str]:
+    """A command's words with credentials masked: each word as :func:`redact_text` does, and
+    the word after a credential flag (``--password hunter2``).
+
+    >>> redact_argv(["tool", "--token", "t0k", "--user", "ann", "--secret={s}"], placeholders=True)
+    ['tool', '--token', '[REDACTED]', '--user', 'ann', '--secret={s}']
+    """
+    shown = [redact_text(word, placeholders=placeholders) for word in words]
+    for index in range(1, len(words)):
+        flag, word = words[index - 1], words[index]
+        if (
+            flag.startswith("--")
+            and "=" not in flag
+            and _sensitive_name(flag[2:])
+            and not word.startswith("-")
+            and not (placeholders and only_names_fields(word))
+        ):
+            shown[index] = REDACTED
+    return shown
+
+
+def _line_names_fields(text: str, start: int) -> bool:
+    # A header-like value runs on past a space: "Authorization: Bearer {t}".
+    line = _LINE.match(text, start)
+    return line is not None and only_names_fields(line.group(0))
+
+
+def _redact_pairs(text: str, placeholders: bool) -> str:
+    parts: list[str] = []
+    done = 0  # text[:done] is in parts
+    for name in _NAME.finditer(text):
+        if name.start() < done or not _sensitive_name(name.group(2)):
+            continue
+        value = _VALUE.match(text, name.end())
+        if value is None:
+            continue
+        secret = value.group(2) if value.group(1) else value.group(3)
+        if placeholders and (only_names_fields(secret) or _line_names_fields(text, value.start())):
+            continue
+        quote = value.group(1) or ""
+        parts.append(text[done : name.end()])
+        parts.append(f"{quote}{REDACTED}{quote}")
+        done = value.end()
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def redact_text(text: str, *, placeholders: bool = False) -> str:
     """``text`` with credentials masked: ``Authorization:``/``Cookie:`` header values, ``Bearer``
-    and ``Basic`` credentials, ``api_key=``/``token=``/``password=`` (and similar) values in
-    query strings and key-value text, and passwords in URLs.
+    and ``Basic`` credentials, the values of credential-named pairs (:func:`is_sensitive_name`:
+    ``api_key=``, ``X-Auth-Token:``, ``--password=``, ``"secret": "..."``), the value after a
+    credential flag (``--token abc``) and passwords in URLs.
+
+    ``placeholders=True`` is for templates: a value that only names where the secret comes from
+    (``{"password": "{pw}"}``, ``api_key={key}``) is not one and stays as it is.
 
     >>> redact_text("GET https://bob:hunter2@api.example/x failed: Authorization: Bearer abc.def")
     'GET https://bob:[REDACTED]@api.example/x failed: Authorization: [REDACTED]'
     >>> redact_text("{'password': 'p w', 'user': 'ann'}")
     "{'password': '[REDACTED]', 'user': 'ann'}"
+    >>> redact_text("/x?sig=abc&key={key}&auth_token=t{n}", placeholders=True)
+    '/x?sig=[REDACTED]&key={key}&auth_token=[REDACTED]'
 
     Redacting twice changes nothing more than redacting once.
     """
-    text = _HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+
+    def header(match: re.Match[str]) -> str:
+        if placeholders and only_names_fields(match.group(3)):
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}{REDACTED}"
+
+    def userinfo(match: re.Match[str]) -> str:
+        if placeholders and only_names_fields(match.group(2)):
+            return match.group(0)
+        return f"{match.group(1)}{REDACTED}@"
+
+    text = _HEADER.sub(header, text)
+    text = _USERINFO.sub(userinfo, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _BASIC.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _PAIR.sub(_pair, text)
+    text = _redact_flags(text, placeholders)
+    return _redact_pairs(text, placeholders)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from paceline.cli import exec_op
+from paceline.cli._guardian import GUARDIAN
 from paceline.cli.exec_op import (
     CommandFailed,
     CommandNotFound,
@@ -45,12 +47,12 @@ def run(coro):
 
 
 def children() -> set[int]:
-    """Our child processes (zombies included), from /proc."""
+    """Our child processes (zombies included), from /proc; not the guardian (see below)."""
     found: set[int] = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         with contextlib.suppress(OSError):
             found.update(int(p) for p in (task / "children").read_text().split())
-    return found
+    return found - {GUARDIAN.pid}
 
 
 def state(pid: int) -> str | None:
@@ -494,3 +496,47 @@ def test_works_outside_the_main_thread():
 def test_pidfd_path_is_used_on_linux():
     assert exec_op._pidfd_supported()
     assert exec_op._USE_POSIX_SPAWN
+
+
+# -- children die with paceline ------------------------------------------------------------
+
+
+def test_kill_9_of_paceline_kills_its_children_and_their_children(tmp_path):
+    (tmp_path / "t.csv").write_text("n\n1\n2\n")
+    script = (
+        f"echo $$ > {tmp_path}/child-{{n}}.pid; "
+        f"sleep 60 & echo $! > {tmp_path}/grand-{{n}}.pid; wait"
+    )
+    paceline = subprocess.Popen(
+        [sys.executable, "-m", "paceline", "exec", "t.csv", "-j", "2", "--journal", "none",
+         "--", "sh", "-c", script],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    pids: list[int] = []
+    try:
+        for kind in ("child", "grand"):
+            pids += [read_pid(tmp_path / f"{kind}-{n}.pid", within_s=60) for n in (1, 2)]
+        assert [state(pid) in (None, "Z") for pid in pids] == [False] * 4  # all running
+    finally:
+        paceline.kill()  # SIGKILL: paceline cleans nothing up itself
+        paceline.wait(30)
+    try:
+        assert [wait_dead(pid, within_s=10) in (None, "Z") for pid in pids] == [True] * 4
+    finally:
+        for pid in pids:  # never leave them behind, even when the test fails
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_guardian_forgets_reaped_children_and_ends_with_its_process(tmp_path):
+    code = (
+        "import asyncio; from paceline.cli.exec_op import run_command; "
+        "from paceline.cli._guardian import GUARDIAN; "
+        "asyncio.run(run_command(['true'])); print(GUARDIAN.pid, flush=True)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    guardian = int(done.stdout)
+    assert guardian > 0
+    assert wait_dead(guardian, within_s=10) in (None, "Z")

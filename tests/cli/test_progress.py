@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from paceline.cli.metrics import Snapshot
+from paceline.cli.metrics import Metrics, Snapshot
 from paceline.cli.progress import (
     ProgressView,
     format_count,
@@ -25,6 +26,8 @@ from paceline.cli.progress import (
     format_latency,
     format_percent,
     format_rate,
+    plain_final_line,
+    plain_status_line,
 )
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -54,6 +57,9 @@ BASE = Snapshot(
 
 
 def snap(elapsed_s: float, settled: int, **changes: object) -> Snapshot:
+    restored = changes.get("restored", 0)
+    assert isinstance(restored, int)
+    changes.setdefault("run_succeeded", settled - restored)
     return replace(BASE, elapsed_s=elapsed_s, settled=settled, succeeded=settled, **changes)
 
 
@@ -98,14 +104,15 @@ def test_plain_lines_every_five_seconds_then_a_final_line():
     assert "\x1b" not in text
     assert "\r" not in text
     tallies = "retries 3 · throttled 1 · errors 0 · failed 0"
+    rates = "items 48.9/s · attempts 50.0/s (limit 50/s)"
     assert text.splitlines() == [
-        f"paceline: 0/5,000 (0%) · 48.9/s of 50/s · in flight 8/16 · {tallies}"
+        f"paceline: 0/5,000 (0%) · {rates} · in flight 8/16 · {tallies}"
         " · p50 120ms p99 1.20s · eta 1m18s",
-        f"paceline: 500/5,000 (10%) · 48.9/s of 50/s · in flight 8/16 · {tallies}"
+        f"paceline: 500/5,000 (10%) · {rates} · in flight 8/16 · {tallies}"
         " · p50 120ms p99 1.20s · eta 1m18s",
-        f"paceline: 1,000/5,000 (20%) · 48.9/s of 50/s · in flight 8/16 · {tallies}"
+        f"paceline: 1,000/5,000 (20%) · {rates} · in flight 8/16 · {tallies}"
         " · p50 120ms p99 1.20s · eta 1m18s",
-        f"paceline: done · 5,000/5,000 (100%) in 12s · avg 400.0/s · {tallies}",
+        f"paceline: done · 5,000/5,000 (100%) in 12s · avg 400.0 items/s · {tallies}",
     ]
     assert text.endswith("\n")
 
@@ -132,15 +139,17 @@ def test_plain_unknown_total_has_no_percentage_and_no_eta():
     unknown = {"total": None, "eta_s": None, "concurrency_limit": None, "rate_limit_per_s": None}
     view.update(snap(0, 0, **unknown))
     view.update(snap(1, 1234, restored=1000, **unknown))
-    view.finish(snap(2, 2000, failed=2, restored=1000, **unknown), outcome="interrupted")
+    view.finish(
+        snap(2, 2000, failed=2, restored=1000, run_succeeded=998, **unknown), outcome="interrupted"
+    )
     lines = out.getvalue().splitlines()
     assert lines[1] == (
-        "paceline: 1,234 done · 48.9/s · in flight 8 · retries 3 · throttled 1 · errors 0"
-        " · failed 0 · resumed 1,000 · p50 120ms p99 1.20s"
+        "paceline: 1,234 done · items 48.9/s · attempts 50.0/s · in flight 8 · retries 3"
+        " · throttled 1 · errors 0 · failed 0 · resumed 1,000 · p50 120ms p99 1.20s"
     )
     assert lines[2] == (
-        "paceline: interrupted · 2,000 done in 2s · avg 500.0/s · retries 3 · throttled 1"
-        " · errors 0 · failed 2 · resumed 1,000"
+        "paceline: interrupted · 2,000 done in 2s · avg 500.0 items/s (499.0/s succeeded)"
+        " · retries 3 · throttled 1 · errors 0 · failed 2 · resumed 1,000"
     )
     assert "%" not in out.getvalue()
     assert "eta" not in out.getvalue()
@@ -166,10 +175,10 @@ def test_plain_lines_on_an_ascii_stream_stay_ascii():
     view.log("caf\u00e9")
     view.finish(snap(1, 20), outcome="done")
     assert raw.getvalue().decode("ascii").splitlines() == [
-        "p: 10/5,000 (0%) - 48.9/s of 50/s - in flight 8/16 - retries 3 - throttled 1 - errors 0"
-        " - failed 0 - p50 120ms p99 1.20s - eta 1m18s",
+        "p: 10/5,000 (0%) - items 48.9/s - attempts 50.0/s (limit 50/s) - in flight 8/16"
+        " - retries 3 - throttled 1 - errors 0 - failed 0 - p50 120ms p99 1.20s - eta 1m18s",
         "caf\\xe9",
-        "p: done - 20/5,000 (0%) in 1s - avg 20.0/s - retries 3 - throttled 1 - errors 0"
+        "p: done - 20/5,000 (0%) in 1s - avg 20.0 items/s - retries 3 - throttled 1 - errors 0"
         " - failed 0",
     ]
 
@@ -235,6 +244,164 @@ def test_interval_must_be_positive():
         ProgressView(io.StringIO(), title="p", interval_s=0)
 
 
+def test_the_rates_say_what_they_count_and_the_limit_is_compared_with_attempts():
+    # Seen: "232.8/s of 34.4/s" — items settled per second against a limit on starts.
+    s = snap(10.0, 2000, rate_per_s=232.8, attempt_rate_per_s=34.1, rate_limit_per_s=34.4)
+    line = plain_status_line(s, title="t")
+    assert "items 232.8/s" in line
+    assert "attempts 34.1/s (limit 34.4/s)" in line
+    assert " of " not in line
+    unlimited = plain_status_line(replace(s, rate_limit_per_s=None), title="t")
+    assert "items 232.8/s · attempts 34.1/s · in flight" in unlimited
+
+
+def test_the_final_average_says_what_it_counts():
+    # Seen: "avg 41.3/s" counting the failed items as if they were throughput.
+    s = snap(10.0, 500, failed=100, restored=100, run_succeeded=300)
+    line = plain_final_line(s, outcome="failed", title="t")
+    assert "avg 40.0 items/s (30.0/s succeeded)" in line
+    everything_ok = plain_final_line(snap(10.0, 400, run_succeeded=400), outcome="done")
+    assert "avg 40.0 items/s ·" in everything_ok
+    assert "succeeded" not in everything_ok
+
+
+HOLD = {"hold_reason": "the server asked to wait (Retry-After)", "hold_left_s": 28.2}
+
+
+def test_plain_shows_a_hold_with_its_reason_and_time_left_as_soon_as_it_is_known():
+    out = io.StringIO()
+    view = ProgressView(out, title="t")
+    view.update(snap(1.0, 10))
+    view.update(snap(1.4, 10, **HOLD, held_s=0.0))  # not 5 s later: now
+    view.update(snap(1.6, 10, **{**HOLD, "hold_left_s": 28.0}, held_s=0.2))  # same hold: no line
+    view.update(snap(3.0, 10, hold_reason="waiting to retry 8 items", held_s=2.1))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert "on hold" not in lines[0]
+    assert "on hold: the server asked to wait (Retry-After), 28s left" in lines[1]
+    assert "on hold: waiting to retry 8 items, for 2s" in lines[2]
+    assert lines[1].startswith("t: 10/5,000 (0%) · on hold: ")
+
+
+def test_live_shows_a_hold_on_its_own_line(terminal_env):
+    out = io.StringIO()
+    view = ProgressView(out, title="p", live=True)
+    view.update(snap(5.0, 10, **HOLD, held_s=3.0))
+    frame = last_frame(out.getvalue())
+    assert frame[2] == "on hold: the server asked to wait (Retry-After), 28s left"
+    view.update(snap(6.0, 11))
+    assert all("on hold" not in line for line in last_frame(out.getvalue()))
+
+
+# --- what Metrics calls a hold ----------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_hold_is_shown_once_it_lasts_or_will_last_over_two_seconds():
+    clock = Clock()
+    metrics = Metrics(total=10, clock=clock)
+    metrics.hold("pause", "short", until_s=1.5)
+    assert metrics.snapshot().hold_reason is None  # 1.5 s: the pacer's ordinary waits
+    metrics.hold("pause", "long", until_s=30.0)
+    s = metrics.snapshot()
+    assert (s.hold_reason, s.hold_left_s, s.held_s) == ("long", 30.0, 0.0)
+    clock.now = 10.0
+    metrics.hold("pause", "long", until_s=30.0)  # told again: still held since 0
+    s = metrics.snapshot()
+    assert (s.hold_left_s, s.held_s) == (20.0, 10.0)
+    clock.now = 30.0
+    assert metrics.snapshot().hold_reason is None  # ended by itself
+    metrics.hold("stop", "stopping")  # no end known: shown after 2 s
+    assert metrics.snapshot().hold_reason is None
+    clock.now = 32.5
+    s = metrics.snapshot()
+    assert (s.hold_reason, s.hold_left_s, s.held_s) == ("stopping", None, 2.5)
+    metrics.hold("stop", None)
+    assert metrics.snapshot().hold_reason is None
+
+
+def test_items_waiting_for_their_retries_with_nothing_running_are_a_hold():
+    clock = Clock()
+    metrics = Metrics(total=10, clock=clock)
+    for _ in range(3):
+        metrics.attempt_started(first=True)
+    metrics.settled(failed=True, attempted=False)  # a bad input row: no attempt, not open
+    metrics.settled(failed=False, restored=True)
+    for _ in range(3):
+        metrics.attempt_ended(0.1, throttled=False, failed=True)
+    clock.now = 1.0
+    assert metrics.snapshot().hold_reason is None
+    clock.now = 4.0
+    s = metrics.snapshot()
+    assert (s.hold_reason, s.held_s) == ("waiting to retry 3 items", 4.0)
+    metrics.attempt_started(first=False)  # a retry starts: not held any more
+    assert metrics.snapshot().hold_reason is None
+    metrics.attempt_ended(0.1, throttled=False, failed=False)
+    metrics.settled(failed=False)
+    clock.now = 9.0
+    assert metrics.snapshot().hold_reason == "waiting to retry 2 items"
+
+
+def test_a_hold_that_was_said_is_shown_before_the_retry_wait_it_causes():
+    clock = Clock()
+    metrics = Metrics(total=10, clock=clock)
+    metrics.attempt_started()
+    metrics.attempt_ended(0.1, throttled=True, failed=True)
+    metrics.hold("pause", "the server asked to wait (Retry-After)", until_s=6.0)
+    clock.now = 4.0  # the item has waited 4 s to retry: because of the pause
+    assert metrics.snapshot().hold_reason == "the server asked to wait (Retry-After)"
+    clock.now = 6.5
+    assert metrics.snapshot().hold_reason == "waiting to retry 1 item"
+
+
+def test_rates_in_the_first_second_are_not_extrapolated_from_a_burst():
+    clock = Clock()
+    metrics = Metrics(total=10, clock=clock)
+    for _ in range(7):
+        metrics.attempt_started()
+    clock.now = 0.2
+    assert metrics.snapshot().attempt_rate_per_s == 7.0  # not 35/s
+    clock.now = 2.0
+    assert metrics.snapshot().attempt_rate_per_s == 3.5
+
+
+def test_pacing_holds_come_from_the_controller_and_the_server_budget():
+    from paceline.cli.metrics import hold_from_pacing
+    from paceline.http._limits import ServerLimits
+    from paceline.policy.adaptive import AdaptiveController
+
+    clock = Clock()
+    metrics = Metrics(total=None, clock=clock)
+    controller = AdaptiveController()
+    limits = ServerLimits()
+    second = 1_000_000_000
+    hold_from_pacing(metrics, controller, limits, now_ns=5 * second)
+    assert metrics.snapshot().hold_reason is None
+    limits.budget, limits.budget_until_ns = 0, 65 * second  # "remaining 0", reset in 60 s
+    hold_from_pacing(metrics, controller, limits, now_ns=5 * second)
+    s = metrics.snapshot()
+    assert (s.hold_reason, s.hold_left_s) == (
+        "the server said no requests remain until its reset",
+        60.0,
+    )
+    controller.pause_until_ns = 500 * second
+    controller.events.append((5 * second, "pause", 495.0))
+    hold_from_pacing(metrics, controller, limits, now_ns=5 * second)
+    s = metrics.snapshot()
+    assert (s.hold_reason, s.hold_left_s) == ("the server asked to wait (Retry-After)", 495.0)
+    controller.pause_until_ns = 0
+    limits.budget_until_ns = 0
+    hold_from_pacing(metrics, controller, limits, now_ns=6 * second)
+    assert metrics.snapshot().hold_reason is None
+
+
 # --- live, rendered into a string -------------------------------------------------------------
 
 
@@ -252,8 +419,8 @@ def test_live_shows_the_numbers_and_finish_restores_the_terminal(terminal_env):
     assert "eta 1m18s" in frame[0]
     assert "━" in frame[0]
     assert frame[1] == (
-        "48.9/s of 50/s · in flight 8/16 · retries 3 · throttled 1 · errors 0 · failed 0"
-        " · p50 120ms p99 1.20s"
+        "items 48.9/s · attempts 50.0/s (limit 50/s) · in flight 8/16 · retries 3 · throttled 1"
+        " · errors 0 · failed 0 · p50 120ms p99 1.20s"
     )
     assert frame[2] == "resumed: 1,200 from the journal"
 
@@ -265,7 +432,7 @@ def test_live_shows_the_numbers_and_finish_restores_the_terminal(terminal_env):
     assert "5,000/5,000 100%" in final[0]
     assert "done" in final[0]
     assert "eta" not in final[0]
-    assert final[1].startswith("avg 38.0/s · retries 3")
+    assert final[1].startswith("avg 38.0 items/s · retries 3")
     assert "in flight" not in final[1]
 
     # Finished means finished: nothing more is drawn.
@@ -319,7 +486,7 @@ def test_live_unknown_total_is_a_spinner_and_a_count(terminal_env):
     assert "━" not in frame[0]
     assert "%" not in frame[0]
     assert "eta" not in frame[0]
-    assert frame[1].startswith("48.9/s of 50/s · in flight 8 · ")
+    assert frame[1].startswith("items 48.9/s · attempts 50.0/s (limit 50/s) · in flight 8 · ")
     view.finish(snap(4.0, 1300, total=None, eta_s=None), outcome="interrupted")
     assert "✗ p 1,300 done · 4s · interrupted" in last_frame(out.getvalue())[0]
 
@@ -500,7 +667,7 @@ def test_a_real_terminal_updates_in_place_and_ends_on_a_fresh_line(tmp_path):
         assert len(rows_with(first, "/200 ")) == len(rows_with(second, "/200 ")) == 1
         count_row = rows_with(first, " 50/200 ")[0]
         assert "in flight" in first[count_row + 1]
-        assert "of 50/s" in first[count_row + 1]
+        assert "(limit 50/s)" in first[count_row + 1]
 
         final = tmux.wait_for(lambda s: rows_with(s, "$ next-prompt"), "the next prompt")
         assert len(rows_with(final, "/200 ")) == 1
@@ -508,6 +675,7 @@ def test_a_real_terminal_updates_in_place_and_ends_on_a_fresh_line(tmp_path):
         assert "200/200 100%" in final[count_row]
         assert "done" in final[count_row]
         assert final[count_row + 1].startswith("avg ")
+        assert " items/s" in final[count_row + 1]
         # The next output starts at the beginning of the line right after the display.
         assert final[count_row + 2] == "$ next-prompt"
         # The log line sits above the display, once.
@@ -517,6 +685,99 @@ def test_a_real_terminal_updates_in_place_and_ends_on_a_fresh_line(tmp_path):
         subprocess.run(
             ["tmux", "-S", str(tmux.socket), "kill-server"], capture_output=True, timeout=10
         )
+
+
+# --- holds, shown by the real command ----------------------------------------------------------
+
+PACELINE = str(Path(sys.executable).with_name("paceline"))
+
+
+def write_requests(path: Path, base: str, count: int) -> None:
+    path.write_text("".join(f'{{"id": "i{n}", "url": "{base}/items/{n}"}}\n' for n in range(count)))
+
+
+def paused_server():  # 2 requests per 4 s, then 429 with Retry-After (whole seconds)
+    from paceline.testing.api_server import ApiConfig, ApiServer
+
+    return ApiServer(ApiConfig(quota=2, window_s=4.0, retry_after=True, base_latency_s=0.001))
+
+
+@pytest.mark.timeout(90)
+def test_a_pipe_is_told_of_a_server_pause_with_its_reason(tmp_path):
+    with paused_server() as server:
+        write_requests(tmp_path / "in.jsonl", server.url, 4)
+        done = subprocess.run(
+            [PACELINE, "http", "in.jsonl", "--journal", "none", "--no-report"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    held = [line for line in done.stderr.splitlines() if "on hold: " in line]
+    assert held, done.stderr
+    assert re.search(r"on hold: the server asked to wait \(Retry-After\), \ds left", held[0])
+    assert "\x1b" not in done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_graceful_stop_shows_what_it_waits_for(tmp_path):
+    from paceline.testing.api_server import ApiConfig, ApiServer
+
+    with ApiServer(ApiConfig(base_latency_s=5.0)) as server:
+        write_requests(tmp_path / "in.jsonl", server.url, 4)
+        child = subprocess.Popen(
+            [PACELINE, "http", "in.jsonl", "-j", "2", "--journal", "none", "--no-report"],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stderr is not None
+            first = child.stderr.readline()  # the first status line: attempts are running
+            assert "in flight" in first
+            child.send_signal(signal.SIGINT)
+            rest = child.stderr.read()
+            assert child.wait(timeout=60) == 130
+        finally:
+            child.kill()
+            child.wait()
+    assert "on hold: stopping: waiting for the running attempts, for 2s" in rest, rest
+
+
+@pytest.mark.skipif(
+    shutil.which("tmux") is None and "CI" not in os.environ, reason="needs tmux (CI installs it)"
+)
+@pytest.mark.timeout(90)
+def test_a_real_terminal_shows_a_server_pause_on_its_own_line(tmp_path):
+    with paused_server() as server:
+        write_requests(tmp_path / "in.jsonl", server.url, 4)
+        src = Path(__file__).resolve().parents[2] / "src"
+        command = " ".join(
+            [
+                f"cd {shlex.quote(str(tmp_path))};",
+                "env -u COLUMNS -u LINES -u NO_COLOR TERM=screen",
+                f"PYTHONPATH={shlex.quote(str(src))}",
+                shlex.quote(PACELINE),
+                "http in.jsonl --journal none --no-report",
+                "; printf '$ next-prompt\\n'; sleep 60",
+            ]
+        )
+        tmux = Tmux(tmp_path / "tmux.sock")
+        tmux("new-session", "-d", "-x", "150", "-y", "30", "-s", "pv", command)
+        try:
+            held = tmux.wait_for(lambda s: rows_with(s, "on hold: "), "a hold", timeout_s=40)
+            (row,) = rows_with(held, "on hold: ")
+            assert re.fullmatch(
+                r"on hold: the server asked to wait \(Retry-After\), \ds left", held[row].strip()
+            )
+            assert "in flight" in held[row - 1]  # under the rates and tallies
+            final = tmux.wait_for(lambda s: rows_with(s, "$ next-prompt"), "the end", timeout_s=40)
+            assert rows_with(final, "on hold: ") == []  # the final frame has no hold
+        finally:
+            subprocess.run(
+                ["tmux", "-S", str(tmux.socket), "kill-server"], capture_output=True, timeout=10
+            )
 
 
 # --- formatting helpers -----------------------------------------------------------------------

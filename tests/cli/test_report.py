@@ -75,13 +75,17 @@ def make_http_journal(path, *, label="users", samples=True):
         journal.add_sample({**start, "run": 1, "t": T0, "concurrency": "auto"})
         for k in range(1, 11):
             counters = {"settled": k + 2 if k == 10 else k, "throttled": 3 if k == 10 else 1}
+            counters.update(attempts=25, retries=5, errors=4) if k == 10 else None
             journal.add_sample({"kind": "tick", "run": 1, "t": T0 + k, **snapshot(k, **counters)})
         # Run 2, 500 s later: 5 ticks and an end; the end's snapshot counts.
         journal.add_sample({**start, "run": 2, "t": T0 + 500, "concurrency": "8"})
         for k in range(1, 6):
             tick = snapshot(k, settled=12 + k, restored=12, throttled=1)
             journal.add_sample({"kind": "tick", "run": 2, "t": T0 + 500 + k, **tick})
-        final = snapshot(5.5, settled=30, restored=12, throttled=2, succeeded=20, failed=10)
+        final = snapshot(
+            5.5, settled=30, restored=12, throttled=2, succeeded=20, failed=10, run_succeeded=8
+        )
+        final.update(attempts=30, retries=12, errors=10)
         journal.add_sample(
             {
                 "kind": "end",
@@ -144,11 +148,15 @@ def test_latency_retries_throttles_throughput(http_report):
     assert report.latency_p90_s == pytest.approx(1.8)
     assert report.latency_p99_s == pytest.approx(2.0)
     assert report.latency_max_s == pytest.approx(2.0)
-    assert report.retries == 3 + 4 * 2 + 2 * 1 + 4
-    assert report.attempts == 23 + 12 + 3 + 4 + 5
-    assert report.throttled == 3 + 2  # run 1's last tick + run 2's end
+    # What the runs sent (run 1's last tick + run 2's end), not the items' last counts: the
+    # attempts in flight when run 1 was killed count too (the per-item sum would say 47).
+    assert report.attempts == 25 + 30
+    assert report.retries == 5 + 12
+    assert report.throttled == 3 + 2
+    assert report.errors == 4 + 10
     assert report.elapsed_s == pytest.approx(15.5)
     assert report.throughput_per_s == pytest.approx((12 + 30 - 12) / 15.5)
+    assert report.succeeded_per_s == pytest.approx(20 / 15.5)
 
 
 def test_top_errors_group_messages_by_their_shape(http_report):
@@ -173,15 +181,15 @@ def test_text_summary(http_report):
     assert lines[0] == f"paceline report: {http_report.path}"
     assert "30 of 30 input: 20 succeeded, 10 failed" in text
     assert "p50 1.00 s, p90 1.80 s, p99 2.00 s" in text
-    assert "47: 17 retries, 5 throttled" in text
-    assert "1.94 items/s over 15.5 s" in text
+    assert "attempts     55 sent: 17 retries, 5 throttled, 14 errors" in text
+    assert "1.94 items/s (1.29/s succeeded) over 15.5 s" in text
     assert "200: 18, 201: 2, 404: 3, 429: 1, 503: 4, none: 2" in text
     run_lines = [line for line in lines if line.startswith("run ")]
     assert len(run_lines) == 2
     assert "10.0 s" in run_lines[0]
     assert "no end recorded" in run_lines[0]
     assert "failed (exit 1)" in run_lines[1]
-    assert "30 settled" in run_lines[1]
+    assert "18 settled, 12 resumed" in run_lines[1]
     errors = lines[lines.index("top errors") + 1 :]
     assert errors == [
         "  4  HTTP 503: upstream busy (request <id>)",
@@ -285,7 +293,7 @@ def test_without_a_timeline_throughput_and_throttles_are_omitted(tmp_path):
     text = render_text(report)
     assert "throughput" not in text
     assert "throttled" not in text
-    assert "47: 17 retries" in text
+    assert "attempts     47: 17 retries" in text  # the items' own counts: all there is
 
 
 def test_an_empty_journal(tmp_path):
@@ -359,3 +367,45 @@ def test_normalise_error(message, expected):
 
 def test_normalise_error_caps_the_length():
     assert len(normalise_error("x" * 1000)) == 200
+
+
+# --- the report agrees with what was sent and with the closing line --------------------------
+
+
+def test_after_retry_failed_the_attempts_are_the_requests_sent(tmp_path):
+    # Seen: "attempts 300" for 330 requests sent: each item kept only its last run's count.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from paceline.testing.api_server import ApiConfig, ApiServer
+
+    paceline = str(Path(sys.executable).with_name("paceline"))
+    with ApiServer(ApiConfig(base_latency_s=0.001, error_rate=0.5, seed=3)) as server:
+        rows = "".join(f'{{"id": "i{n}", "url": "{server.url}/items/{n}"}}\n' for n in range(40))
+        (tmp_path / "in.jsonl").write_text(rows)
+        journal = tmp_path / "j.journal"
+        first = [
+            paceline,
+            "http",
+            "in.jsonl",
+            "-j",
+            "4",
+            "--retries",
+            "0",
+            "--journal",
+            "j.journal",
+        ]
+        runs = [first, [paceline, "resume", "j.journal", "--retry-failed"]]
+        for argv in runs:
+            done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert done.returncode in (0, 1), done.stderr
+        stats = server.stats()
+    sent = stats["requests"]
+    report = report_of(journal)
+    assert sent > 40  # some failed and ran again
+    assert report.attempts == sent
+    assert report.errors == stats["errors_500"]
+    assert f"attempts     {sent} sent: 0 retries, 0 throttled" in done.stderr
+    second = report.runs[1]
+    assert f"{second.settled - second.restored} settled, {second.restored} resumed" in done.stderr

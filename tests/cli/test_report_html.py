@@ -171,6 +171,17 @@ def test_the_summary_tables(page_file):
     assert "items settled/s" in text
 
 
+def test_the_cards_and_runs_count_as_the_text_report_does(page_file):
+    # The attempts the runs sent (55, not the items' 47) with their parts, and a run's settled
+    # items apart from those it resumed.
+    text = page_file.read_text(encoding="utf-8")
+    assert "55 / 17 / 5 / 14" in text
+    assert "attempts sent / retries / throttled / errors" in text
+    runs = text[text.index("<th") : text.index("</table>")]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', runs)
+    assert cells[-2:] == ["18", "12"]  # run 2: 18 settled, 12 resumed
+
+
 def test_charts_without_data_say_so(empty_page_file):
     text = empty_page_file.read_text(encoding="utf-8")
     assert text.count('class="chart"') == 4

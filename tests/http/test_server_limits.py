@@ -113,3 +113,70 @@ def test_waiters_are_served_in_arrival_order():
         assert clock.now_ns == 4 * 1_001 * MS  # each one W + margin after the previous answer
 
     asyncio.run(main())
+
+
+def test_a_far_reset_with_zero_remaining_holds_nobody():
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock)  # the retry policy's max_retry_after_s: 300 s
+        limits.observe(ServerSignals(remaining=0, reset_s=900_000_000.0))  # 28 years
+        assert await limits.acquire_async() == 0
+        assert clock.sleeps == []
+        assert limits.hold_until_ns == 0
+        assert limits.hold_reason() == ""
+        assert "900000000 s" in limits.ignored
+        assert "max hold 300 s" in limits.ignored
+
+    asyncio.run(main())
+
+
+def test_a_spent_budget_whose_reset_is_beyond_the_bound_is_not_held():
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock, max_hold_s=60.0)
+        limits.observe(ServerSignals(remaining=2, reset_s=3600.0))  # an hourly window
+        assert await limits.acquire_async() == 0
+        assert await limits.acquire_async() == 0
+        assert await limits.acquire_async() == 0  # spent, and the reset is an hour away
+        assert clock.sleeps == []
+        assert limits.hold_until_ns == 0
+
+    asyncio.run(main())
+
+
+def test_a_hold_within_the_bound_is_applied_and_shown_with_its_reason():
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock, max_hold_s=60.0)
+        limits.observe(ServerSignals(remaining=0, reset_s=42.0, source="x-ratelimit"))
+        assert limits.hold_until_ns == 42_000 * MS
+        assert limits.hold_reason() == "server said remaining=0, reset in 42 s (x-ratelimit)"
+        assert await limits.acquire_async() == 42_000 * MS
+        assert clock.sleeps == [42.0]
+        assert limits.hold_until_ns == 0
+        assert limits.hold_reason() == ""
+
+    asyncio.run(main())
+
+
+def test_a_policy_whose_window_is_beyond_the_bound_is_not_learned():
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock)
+        limits.observe(ServerSignals(quota=1, window_s=900_000_000.0))
+        assert limits.policy is None
+        assert "window 900000000 s" in limits.ignored
+        for _ in range(3):
+            await limits.acquire_async()
+            limits.answered()
+        assert clock.sleeps == []
+        limits.observe(ServerSignals(quota=1, window_s=1.0))  # a sane policy still applies
+        assert limits.policy == (1, 1.0)
+
+    asyncio.run(main())
+
+
+def test_the_bound_comes_from_the_retry_policy_of_the_http_face():
+    from paceline.http._face import DEFAULT_RETRY
+
+    assert ServerLimits().max_hold_s == DEFAULT_RETRY.max_retry_after_s == 300.0

@@ -145,10 +145,19 @@ PACING_HEADERS = KNOWN_HEADERS - {"date"}
 """Lower-cased names of the headers that carry a pacing signal (``date`` only dates them)."""
 
 
+# The longest pacing field read, in characters (repeated lines joined). Real ones are short: an
+# IETF policy with a partition key is ~40 characters, Retry-After or a count under 30; 1024
+# holds twenty policies. A longer one is ignored as malformed: parsing costs ~2 us a character
+# (a 72 KB field took 45-150 ms of CPU per response), and a header that long is noise or an
+# attack, not a pace to keep.
+MAX_FIELD_CHARS = 1024
+
+
 def _fields(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     """Lower-cased names to values; repeated lines joined by ", " (RFC 9110 §5.3).
 
-    Identical repeats are kept once (a proxy that duplicates a line changes nothing).
+    Identical repeats are kept once (a proxy that duplicates a line changes nothing). A field
+    longer than ``MAX_FIELD_CHARS`` is left out: it says nothing the parsers will read.
     """
     lines: dict[str, dict[str, None]] = {}
     pairs: Iterable[object] = headers.items() if isinstance(headers, Mapping) else headers
@@ -161,7 +170,8 @@ def _fields(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str,
         value = value.strip(" \t")
         if value:
             lines.setdefault(name.strip(" \t").lower(), {})[value] = None
-    return {name: ", ".join(values) for name, values in lines.items()}
+    joined = {name: ", ".join(values) for name, values in lines.items()}
+    return {name: value for name, value in joined.items() if len(value) <= MAX_FIELD_CHARS}
 
 
 def _first(

@@ -61,6 +61,7 @@ class RunSummary:
     attempts: int | None
     retries: int | None
     throttled: int | None
+    errors: int | None = None  # failed attempts other than throttles
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ def read_runs(samples: list[dict[str, Any]]) -> tuple[list[RunSummary], list[Tim
                 attempts=_count(final.get("attempts")),
                 retries=_count(final.get("retries")),
                 throttled=_count(final.get("throttled")),
+                errors=_count(final.get("errors")),
             )
         )
         offset += max(elapsed or 0.0, points[-1].x_s - offset if points else 0.0)

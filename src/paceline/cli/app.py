@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from paceline.cli.run import EXIT_USAGE, SPEC_META, Display, run_spec, write_html
-from paceline.cli.spec import RunSpec, UsageError
+from paceline.cli.spec import RunSpec, UsageError, input_head, same_size
+from paceline.redact import redact_argv, redact_text
 
 app = typer.Typer(
     name="paceline",
@@ -137,6 +138,7 @@ def _launch(spec: RunSpec, values: dict[str, Any]) -> None:
 
             code = show_plan(spec, sys.stdout)
         else:
+            spec.input_head = input_head(spec.input)  # kept in the journal: resume checks it
             code = run_spec(spec, display, fresh=values["fresh"])
     except UsageError as exc:
         fail(str(exc))
@@ -303,9 +305,25 @@ def report_command(
 @app.command("resume")
 def resume_command(
     journal: Annotated[str, typer.Argument(help="The journal of the batch to continue.")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="After --: an exec batch's command again, if it held a secret."),
+    ] = None,
     header: Annotated[
         list[str] | None,
         typer.Option("--header", "-H", help="Give credential headers again (not stored)."),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="The batch's --url again, if it held a secret.")
+    ] = None,
+    json_body: Annotated[
+        str | None, typer.Option("--json", help="The batch's --json again, if it held a secret.")
+    ] = None,
+    body: Annotated[
+        str | None, typer.Option(help="The batch's --body again, if it held a secret.")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="The batch's --base-url again, if it held a secret.")
     ] = None,
     retry_failed: RetryFailed = False,
     input: Annotated[
@@ -316,7 +334,8 @@ def resume_command(
     html: Html = None,
     no_report: NoReport = False,
 ) -> None:
-    """Continue a batch from its journal: what finished is skipped, the rest runs."""
+    """Continue a batch from its journal: what finished is skipped, the rest runs. Secrets are
+    not kept: give a masked --url, --json, --body, --header or command again."""
     from paceline.stores import JournalError
     from paceline.stores.view import JournalView
 
@@ -338,21 +357,92 @@ def resume_command(
             "this batch read its input from stdin: pipe the same input again "
             f"(... | paceline resume {journal}), or give it with --input FILE"
         )
+    else:
+        _check_input(spec)
     if out is not None:
         spec.out = out
+    given = {"url": url, "json_template": json_body, "body_template": body, "base_url": base_url}
+    for name, value in given.items():
+        if value is not None:
+            _give_again(spec, name, value)
+    if command:
+        _give_command_again(spec, command)
     if header:
-        given = {h.partition(":")[0].strip().lower(): h for h in header}
-        merged = [given.pop(h.partition(":")[0].strip().lower(), h) for h in spec.headers]
-        spec.headers = merged + list(given.values())
-    missing = [h for h in spec.headers if "[REDACTED]" in h]
+        by_name = {h.partition(":")[0].strip().lower(): h for h in header}
+        merged = [by_name.pop(h.partition(":")[0].strip().lower(), h) for h in spec.headers]
+        spec.headers = merged + list(by_name.values())
+    missing = spec.masked()
     if missing:
-        fail(
-            f"this batch sent {', '.join(repr(h) for h in missing)}, which the journal does not "
-            "keep; give it again: paceline resume " + journal + " --header 'Name: value'"
-        )
+        fail(_masked_message(journal, missing))
     _launch(
         spec,
         {"quiet": quiet, "no_report": no_report, "html": html, "dry_run": False, "fresh": False},
+    )
+
+
+_OPTIONS = {
+    "url": "--url",
+    "json_template": "--json",
+    "body_template": "--body",
+    "base_url": "--base-url",
+}
+
+
+def _check_input(spec: RunSpec) -> None:
+    """Refuse to resume over a file that is not the one the batch read (another directory's
+    ``in.csv``, a rewritten export); ``--input`` takes one on purpose."""
+    if spec.input == "-" or spec.input_head is None:  # stdin, or a journal of an older version
+        return
+    now = input_head(spec.input, same_size(spec.input_head))
+    if now is None:
+        fail(
+            f"the input this batch read, {spec.input}, cannot be read now; "
+            "give it with --input FILE"
+        )
+    if now != spec.input_head:
+        fail(
+            f"{spec.input} is not the file this batch read (it begins differently); to run "
+            f"this file anyway, give it with --input {spec.input}"
+        )
+
+
+def _give_again(spec: RunSpec, name: str, value: str) -> None:
+    """Take a value given again on resume if it is the batch's own (the same once masked)."""
+    option = _OPTIONS[name]
+    stored = getattr(spec, name)
+    shown = redact_text(value, placeholders=True)
+    if shown != stored:
+        was = "none" if stored is None else repr(stored)
+        fail(f"{option} {shown!r} is not this batch's {option} ({was}); give the one it ran with")
+    setattr(spec, name, value)
+
+
+def _give_command_again(spec: RunSpec, command: list[str]) -> None:
+    if spec.command != "exec":
+        fail(f"a command after -- is for exec batches; this one is paceline {spec.command}")
+    shown = redact_argv(command, placeholders=True)
+    if shown != spec.argv:
+        fail(
+            f"the command {' '.join(shown)!r} is not this batch's ({' '.join(spec.argv)!r}); "
+            "give the one it ran with"
+        )
+    spec.argv = list(command)
+
+
+def _masked_message(journal: str, missing: list[tuple[str, str]]) -> str:
+    sent = ", ".join(f"{option} {value!r}" for option, value in missing)
+    fixes: list[str] = []
+    for option, _ in missing:
+        fix = {
+            "--header": "--header 'Name: value'",
+            "command word": "-- COMMAND ...",
+        }.get(option, f"{option} VALUE")
+        if fix not in fixes:
+            fixes.append(fix)
+    return (
+        f"this batch sent {sent}, which the journal does not keep; give it again: "
+        f"paceline resume {journal} {' '.join(fixes)} (or run the batch's command again with "
+        f"--journal {journal})"
     )
 
 

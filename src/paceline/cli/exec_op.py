@@ -14,7 +14,9 @@ results are the same.
 
 Every child starts in a session of its own (``setsid``), so a timeout or a cancellation
 kills its whole process group (a shell's children too) with ``SIGKILL``, and the child is
-always reaped. The child's stdin is ``/dev/null`` unless ``stdin_data`` is given.
+always reaped. Should paceline die without doing so (``kill -9``), a guardian process kills
+the groups of the children still running (see :mod:`paceline.cli._guardian`). The child's
+stdin is ``/dev/null`` unless ``stdin_data`` is given.
 
 POSIX only (it needs ``loop.add_reader``, i.e. a selector event loop).
 
@@ -39,6 +41,8 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from paceline.cli._guardian import GUARDIAN
 
 __all__ = [
     "DEFAULT_CAPTURE_LIMIT",
@@ -252,6 +256,7 @@ def _reap_blocking(pid: int) -> None:
     """Wait for ``pid`` and reap it (on a daemon thread)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+    GUARDIAN.forget(pid)
 
 
 def _close(fd: int) -> None:
@@ -351,6 +356,7 @@ class _Child:
                     start_new_session=True,
                 )
                 self.pid = self._popen.pid
+            GUARDIAN.watch(self.pid)  # its group dies with paceline, however paceline dies
         except BaseException as exc:
             for fd in (out_r, err_r, self.in_fd):
                 if fd >= 0:
@@ -522,9 +528,11 @@ class _Child:
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:  # reaped by someone else (a SIGCHLD handler)
+            GUARDIAN.forget(self.pid)
             return
         if pid:
             self.status = os.waitstatus_to_exitcode(status)
+            GUARDIAN.forget(self.pid)
         else:  # cannot happen once it exited; never leave a zombie anyway
             threading.Thread(target=_reap_blocking, args=(self.pid,), daemon=True).start()
 

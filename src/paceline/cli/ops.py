@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -31,6 +32,7 @@ from paceline.cli.templates import (
     check_fields,
     render_json,
 )
+from paceline.redact import REDACTED, redact_text
 from paceline.stores import Codec
 from paceline.stores._codec import JsonCodec
 
@@ -87,18 +89,19 @@ class Operation:
     def key_from(self, row: Row, default: str, *, whole_row: bool = False) -> str:
         """The item's journal key: ``--id`` rendered, else ``default`` — made unique with a
         digest of the row when the templates leave some of its columns out (two rows that
-        differ only there are two items, not one)."""
+        differ only there are two items, not one). Credentials are masked (see
+        :func:`key_without_secrets`)."""
         data = row.data
         assert data is not None
         if self.id_template is not None:
-            return self.id_template.render(data)
+            return key_without_secrets(self.id_template.render(data), data)
         if whole_row:
-            return default
+            return key_without_secrets(default, data)
         if self._used is None:
             self._used = {name for t in self.templates().values() for name in t.fields}
-        if all(column in self._used for column in data):
-            return default
-        return f"{default} #{_digest(data)[:12]}"
+        if not all(column in self._used for column in data):
+            default = f"{default} #{_digest(data)[:12]}"
+        return key_without_secrets(default, data)
 
     async def close(self) -> None:
         """Release what the operation holds (connections, threads)."""
@@ -137,6 +140,24 @@ class SeenIds:
         return None if first == line else first
 
 
+def key_without_secrets(key: str, data: Any) -> str:
+    """``key`` with its credentials masked (``api_key=``, ``user:pass@``, ``--password=``...:
+    keys are written to the journal, ``--out`` and ``--dry-run``) and, when something was
+    masked, a digest of the row appended, so two rows that differ only in a secret stay two
+    items and a row keeps its key from run to run. A credential written in the template does
+    not enter the key at all, so it can be rotated between a run and its resume.
+
+    >>> key_without_secrets("GET https://h/items/1?api_key=k1", {"id": 1})
+    'GET https://h/items/1?api_key=[REDACTED] #354aaef7a5f6'
+    >>> key_without_secrets("GET https://h/items/1", {"id": 1})
+    'GET https://h/items/1'
+    """
+    shown = redact_text(key)
+    if shown == key:
+        return key
+    return f"{shown} #{_digest(data)[:12]}"
+
+
 def bad_item(row: Row, message: str) -> Item:
     """A bad row as an item that fails with ``message`` (journaled under its line number)."""
     return Item(row.line, f"bad-input:line-{row.line}", None, message)
@@ -153,6 +174,12 @@ def to_item(operation: Operation, row: Row, source_name: str) -> Item:
         return bad_item(row, f"{source_name}:{row.line}: {exc}")
     except (ValueError, TypeError) as exc:
         return bad_item(row, f"{source_name}:{row.line}: {exc}")
+    if _sends_a_mask(item.payload):  # e.g. a row copied from a redacted --out file
+        return bad_item(
+            row,
+            f"{source_name}:{row.line}: holds {REDACTED}, a value paceline masked when it wrote "
+            "it down; it is never sent: put the real value in the input",
+        )
     first = None if operation.ids is None else operation.ids.first_line(item.key, row.line)
     if first is None:
         return item
@@ -163,6 +190,17 @@ def to_item(operation: Operation, row: Row, source_name: str) -> Item:
     )
     problem = f"duplicate id of line {first} (the journal keeps one outcome per id)"
     return bad_item(row, bad_row_message(source_name, row.line, problem, fix))
+
+
+def _sends_a_mask(payload: Any) -> bool:
+    """True if what an item would send holds ``[REDACTED]`` (its id, the masked key, aside)."""
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        return any(
+            REDACTED in repr(getattr(payload, f.name))
+            for f in dataclasses.fields(payload)
+            if f.name != "id"
+        )
+    return REDACTED in repr(payload)
 
 
 def _digest(value: Any) -> str:
@@ -179,9 +217,11 @@ class HttpOperation(Operation):
     def __init__(self, spec: RunSpec, workers: int | None, limits: Any) -> None:
         super().__init__(spec)
         from paceline.http._face import _client_for, _sender
-        from paceline.http._messages import HttpRequest, HttpResponseCodec
+        from paceline.http._messages import HttpRequest, HttpResponseCodec, validate_request
 
         self._request_type = HttpRequest
+        self._validate = validate_request  # what fails the same way every time: a bad row
+        self._base_url = spec.base_url
         self.codec = HttpResponseCodec()
         self.url = Template.parse(spec.url) if spec.url else None
         self.method = Template.parse(spec.method) if spec.method else None
@@ -202,7 +242,8 @@ class HttpOperation(Operation):
             for name, value in (split_header(h) for h in spec.headers)
         ]
         self.client = _client_for(None, workers)
-        self._send = _sender(self.client, limits, spec.base_url)
+        # --timeout bounds the whole attempt, body included (default: the face's 120 s).
+        self._send = _sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         found: dict[str, Template | JsonTemplate] = super().templates()
@@ -255,6 +296,7 @@ class HttpOperation(Operation):
         payload = self._request_type(
             url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
         )
+        self._validate(payload, self._base_url)
         return Item(row.line, key, payload)
 
     async def run(self, payload: Any) -> Any:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from paceline.cli.inputs import InputError, open_rows
 from paceline.cli.ops import to_item
 from paceline.cli.run import display_path, make_operation, plan_for
 from paceline.cli.spec import RunSpec, UsageError
+from paceline.limiter import RateLimiter
+from paceline.policy.rate import NS_PER_S
+from paceline.policy.schedule import min_duration_ns
 from paceline.redact import redact_data, redact_text
 from paceline.stores import JournalError
 from paceline.stores.view import JournalView
@@ -20,12 +24,40 @@ SHOWN = 5
 
 
 def _shown(payload: Any) -> str:
+    # redact_text over the JSON too: it masks credentials inside values (the URL's api_key=,
+    # user:pass@) and under header names redact_data leaves to data (X-Session: ...).
     if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
         data = {k: v for k, v in dataclasses.asdict(payload).items() if v not in (None, {}, "")}
-        return json.dumps(redact_data(data), default=str)
+        return redact_text(json.dumps(redact_data(data), default=str))
     if isinstance(payload, str):
         return redact_text(payload)
-    return json.dumps(redact_data(payload), default=str)
+    return redact_text(json.dumps(redact_data(payload), default=str))
+
+
+def _rates(typed: Sequence[str], limiter: RateLimiter | None) -> str:
+    """The rate limits as typed, with their bursts: ``10/s, burst 5``."""
+    if limiter is None:
+        return "no limit of ours (the server sets it)"
+    limits = limiter.limits
+    names = list(typed) if len(typed) == len(limits) else [str(lim.rate) for lim in limits]
+    shown = [
+        f"{name}, burst {lim.rate.max_requests if lim.burst is None else lim.burst}"
+        for name, lim in zip(names, limits, strict=True)
+    ]
+    default = all(lim.burst is None for lim in limiter.limits)
+    return "; ".join(shown) + (" (the whole window; --burst)" if default else "")
+
+
+def _least_time(limiter: RateLimiter | None, items: int | None) -> str:
+    """What the rate limits alone allow for ``items`` first attempts (as
+    :func:`paceline.dry_run` says it; retries and a slower server only add to it)."""
+    if limiter is None:
+        return "no rate limit of ours: as fast as the server answers"
+    if items is None:
+        return "unknown (a stream: the number of items is not known)"
+    ns, exact = min_duration_ns(limiter.limits, items)
+    approx = "" if exact else "about "
+    return f"the rate limits alone need at least {approx}{ns / NS_PER_S:.1f} s for {items} items"
 
 
 def show_plan(spec: RunSpec, out: TextIO) -> int:
@@ -49,22 +81,27 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             else f"auto (adaptive, starting at {plan.controller.concurrency_limit})"
         )
         write(f"  concurrency: {concurrency}\n")
-        write(
-            f"  rate:        {', '.join(spec.rates) or 'no limit of ours (the server sets it)'}\n"
-        )
+        write(f"  rate:        {_rates(spec.rates, plan.limiter)}\n")
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
         if spec.halt:
             write(f"  halt:        {' '.join(spec.halt)}\n")
         path = spec.journal_path()
-        if path is None:
-            write("  journal:     none (not resumable)\n")
-        elif path.exists():
+        counts = None
+        if path is not None and path.exists():
             try:
                 with JournalView.open(path) as stored:
                     counts = stored.counts()
             except JournalError as exc:
                 raise UsageError(str(exc)) from None
+        skipped = 0
+        if counts is not None:
+            skipped = counts["succeeded"] + (0 if spec.retry_failed else counts["failed"])
+        to_run = None if source.total is None else max(0, source.total - skipped)
+        write(f"  time:        {_least_time(plan.limiter, to_run)}\n")
+        if path is None:
+            write("  journal:     none (not resumable)\n")
+        elif counts is not None:
             write(
                 f"  journal:     {display_path(path)} holds {counts['succeeded']} succeeded and "
                 f"{counts['failed']} failed items: they would be skipped"

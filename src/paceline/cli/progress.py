@@ -3,10 +3,11 @@
 :class:`ProgressView` draws :class:`~paceline.cli.metrics.Snapshot` values to a text stream
 (the CLI passes ``sys.stderr``; stdout may carry results):
 
-* on a terminal, one to three lines that rich redraws in place (no background thread: every
+* on a terminal, two to four lines that rich redraws in place (no background thread: every
   redraw happens inside :meth:`ProgressView.update`, at most ten times a second);
 * anywhere else (a pipe, a CI log), one plain status line every ``interval_s`` seconds of the
-  batch and a final line, with no escape codes and no carriage returns;
+  batch, one more as soon as a hold is shown (:meth:`paceline.cli.metrics.Metrics.hold`), and
+  a final line, with no escape codes and no carriage returns;
 * with ``quiet=True``, nothing.
 
 rich is imported only for the terminal display, so the plain path works without it (a
@@ -175,11 +176,23 @@ def _count_with_percent(s: Snapshot) -> str:
     return f"{_count(s)} ({format_percent(s.settled, s.total)})"
 
 
-def _rate_vs_limit(s: Snapshot) -> str:
-    rate = format_rate(s.rate_per_s)
+def _rates(s: Snapshot) -> str:
+    """Items settled per second, and attempts started per second against the limit (a limit
+    counts starts, retries included, not items)."""
+    rates = f"items {format_rate(s.rate_per_s)}{_SEP}attempts {format_rate(s.attempt_rate_per_s)}"
     if s.rate_limit_per_s is None:
-        return rate
-    return f"{rate} of {format_rate(s.rate_limit_per_s, trim=True)}"
+        return rates
+    return f"{rates} (limit {format_rate(s.rate_limit_per_s, trim=True)})"
+
+
+def _hold(s: Snapshot) -> str | None:
+    """What holds the batch back, with how long it has left (or has lasted, when its end is
+    not known)."""
+    if s.hold_reason is None:
+        return None
+    if s.hold_left_s is not None:
+        return f"on hold: {s.hold_reason}, {format_duration(s.hold_left_s)} left"
+    return f"on hold: {s.hold_reason}, for {format_duration(s.held_s or 0.0)}"
 
 
 def _in_flight(s: Snapshot) -> str:
@@ -188,9 +201,13 @@ def _in_flight(s: Snapshot) -> str:
     return f"in flight {format_count(s.in_flight)}/{format_count(s.concurrency_limit)}"
 
 
-def _average_rate(s: Snapshot) -> float:
-    """Items settled per second over the whole run, restored ones excluded."""
-    return (s.settled - s.restored) / s.elapsed_s if s.elapsed_s > 0 else 0.0
+def _average(s: Snapshot) -> str:
+    """Items settled per second over the run, and those that succeeded when some failed."""
+    settled, succeeded = s.average_per_s()
+    text = f"avg {format_rate(settled).replace('/', ' items/', 1)}"
+    if s.run_succeeded < s.settled - s.restored:
+        text += f" ({format_rate(succeeded)} succeeded)"
+    return text
 
 
 def _latency(s: Snapshot) -> str | None:
@@ -218,7 +235,10 @@ def plain_status_line(s: Snapshot, *, title: str = "paceline") -> str:
     A known total gets a percentage and (once there is a rate) an ETA; an unknown one neither.
     """
     parts = [_count_with_percent(s)]
-    parts += [_rate_vs_limit(s), _in_flight(s)]
+    hold = _hold(s)
+    if hold:
+        parts.append(hold)
+    parts += [_rates(s), _in_flight(s)]
     parts += [text for text, _ in _tallies(s)]
     if s.restored:
         parts.append(f"resumed {format_count(s.restored)}")
@@ -233,7 +253,7 @@ def plain_status_line(s: Snapshot, *, title: str = "paceline") -> str:
 def plain_final_line(s: Snapshot, *, outcome: str, title: str = "paceline") -> str:
     """The last line of the plain display: the outcome, the count, the time and the totals."""
     parts = [outcome, f"{_count_with_percent(s)} in {format_duration(s.elapsed_s)}"]
-    parts.append(f"avg {format_rate(_average_rate(s))}")
+    parts.append(_average(s))
     parts += [text for text, _ in _tallies(s)]
     if s.restored:
         parts.append(f"resumed {format_count(s.restored)}")
@@ -299,6 +319,7 @@ class ProgressView:
         self._finished = False
         self._last: Snapshot | None = None
         self._next_plain_s: float | None = None  # when the next plain line is due
+        self._hold_shown: str | None = None  # the hold the last plain line showed
         self._last_draw_s = -math.inf  # when the live display was last redrawn
 
     # -- public API ------------------------------------------------------------------------
@@ -338,9 +359,11 @@ class ProgressView:
                     self._live.update(self._renderable(snapshot, outcome=None), refresh=True)
                 return
             due = self._next_plain_s
-            if due is None or snapshot.elapsed_s >= due:
+            new_hold = snapshot.hold_reason not in (None, self._hold_shown)
+            if due is None or snapshot.elapsed_s >= due or new_hold:
                 slot = math.floor(snapshot.elapsed_s / self.interval_s) + 1
                 self._next_plain_s = slot * self.interval_s
+                self._hold_shown = snapshot.hold_reason
                 self._write_line(plain_status_line(snapshot, title=self.title))
 
     def finish(self, snapshot: Snapshot, *, outcome: str) -> None:
@@ -448,8 +471,9 @@ class ProgressView:
         return line
 
     def _renderable(self, s: Snapshot, *, outcome: str | None) -> Text:
-        """One to three lines: the count (bar, percentage, times), the rates and tallies, and
-        what was resumed from the journal."""
+        """Two to four lines: the count (bar, percentage, times), the rates and tallies, what
+        holds the batch back (if anything does for a while), and what was resumed from the
+        journal."""
         from rich.text import Text
 
         assert self._console is not None
@@ -483,13 +507,13 @@ class ProgressView:
             line1.append(" ")
         line1.append_text(tail)
 
-        # Line 2: 43.1/s of 50/s · in flight 8/16 · retries 3 · ... · p50 120ms p99 1.2s
+        # Line 2: items 43.1/s · attempts 45.0/s (limit 50/s) · in flight 8/16 · retries 3 · ...
         line2 = Text(no_wrap=True, overflow="ellipsis", end="")
         if outcome is None:
-            line2.append(_rate_vs_limit(s), style="bold")
+            line2.append(_rates(s), style="bold")
             line2.append(_SEP + _in_flight(s))
         else:
-            line2.append(f"avg {format_rate(_average_rate(s))}", style="bold")
+            line2.append(_average(s), style="bold")
         for text, style in _tallies(s):
             line2.append(_SEP)
             line2.append(text, style=style)
@@ -498,7 +522,11 @@ class ProgressView:
             line2.append(_SEP + latency, style="dim")
 
         lines = [line1, line2]
-        # Line 3: resumed: 1,200 from the journal
+        # Line 3: on hold: the server asked to wait (Retry-After), 28s left
+        hold = _hold(s) if outcome is None else None
+        if hold:
+            lines.append(Text(hold, style="yellow", no_wrap=True, overflow="ellipsis", end=""))
+        # Then: resumed: 1,200 from the journal
         if s.restored:
             lines.append(
                 Text(

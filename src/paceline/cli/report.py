@@ -71,11 +71,16 @@ class Report:
     latency_p90_s: float | None
     latency_p99_s: float | None
     latency_max_s: float | None
-    attempts: int
-    retries: int  # attempts beyond each item's first
+    # Attempts are counted as the runs counted them while they sent (their last samples,
+    # summed), so that they agree with the progress lines and with the server; a journal
+    # without a timeline (the library's) has only each item's last count.
+    attempts: int  # attempts started (requests sent) over all runs
+    retries: int  # attempts beyond each item's first in a run
     throttled: int | None  # throttled attempts over all runs; None without a timeline
     elapsed_s: float | None  # the runs' time together; None without a timeline
     throughput_per_s: float | None  # items settled (not restored) per second of elapsed_s
+    errors: int | None  # failed attempts other than throttles; None without a timeline
+    succeeded_per_s: float | None  # items succeeded per second of elapsed_s
     top_errors: list[ErrorGroup]
     error_groups: int  # distinct normalised messages, shown or not
     timeline: list[TimelinePoint] = field(repr=False)
@@ -149,6 +154,10 @@ def build_report(view: JournalView) -> Report:
     finals = [run for run in runs if run.settled is not None]
     elapsed = sum(run.elapsed_s or 0.0 for run in finals) if finals else None
     fresh = sum((run.settled or 0) - (run.restored or 0) for run in finals)
+    counted = bool(runs) and all(run.attempts is not None for run in runs)
+    if counted:
+        attempts = sum(run.attempts or 0 for run in runs)
+        retries = sum(run.retries or 0 for run in runs)
     ordered = sorted(durations)
     ranked = sorted(errors.items(), key=lambda entry: -entry[1][0])
     last_total = next((run.total for run in reversed(runs) if run.total is not None), None)
@@ -176,6 +185,8 @@ def build_report(view: JournalView) -> Report:
         throttled=sum(run.throttled or 0 for run in finals) if finals else None,
         elapsed_s=elapsed,
         throughput_per_s=fresh / elapsed if elapsed else None,
+        errors=sum(run.errors or 0 for run in runs) if counted else None,
+        succeeded_per_s=succeeded / elapsed if elapsed else None,
         top_errors=[
             ErrorGroup(message, count, error_type, example)
             for message, (count, error_type, example) in ranked[:TOP_ERRORS]
@@ -291,7 +302,9 @@ def render_text(report: Report) -> str:
     for run in report.runs:
         ended = run.ended_at if run.ended_at is not None else run.last_seen_at
         same_day = clock_time(run.started_at)[:10] == clock_time(ended)[:10]
-        settled = "" if run.settled is None else f", {run.settled:,} settled"
+        settled = "" if run.settled is None else f", {run.settled - (run.restored or 0):,} settled"
+        if run.restored:
+            settled += f", {run.restored:,} resumed"
         rows.append(
             (
                 f"run {run.run}",
@@ -300,10 +313,14 @@ def render_text(report: Report) -> str:
             )
         )
     if report.throughput_per_s is not None:
+        succeeded = ""
+        if report.failed and report.succeeded_per_s is not None:
+            succeeded = f" ({report.succeeded_per_s:,.2f}/s succeeded)"
         rows.append(
             (
                 "throughput",
-                f"{report.throughput_per_s:,.2f} items/s over {seconds(report.elapsed_s)}",
+                f"{report.throughput_per_s:,.2f} items/s{succeeded} over "
+                f"{seconds(report.elapsed_s)}",
             )
         )
     if report.latency_count:
@@ -316,7 +333,11 @@ def render_text(report: Report) -> str:
             )
         )
     throttled = "" if report.throttled is None else f", {report.throttled:,} throttled"
-    rows.append(("attempts", f"{report.attempts:,}: {report.retries:,} retries{throttled}"))
+    errors = "" if report.errors is None else f", {report.errors:,} errors"
+    sent = "" if report.errors is None else " sent"
+    rows.append(
+        ("attempts", f"{report.attempts:,}{sent}: {report.retries:,} retries{throttled}{errors}")
+    )
     if report.status_kind is not None:
         tallies = [f"{code}: {count:,}" for code, count in report.status_codes.items()]
         if report.no_status:

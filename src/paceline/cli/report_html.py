@@ -184,13 +184,17 @@ def _cards(report: Report) -> str:
             "throughput",
             "-" if report.throughput_per_s is None else f"{report.throughput_per_s:,.2f} items/s",
         ),
+        (
+            "succeeded per second",
+            "-" if report.succeeded_per_s is None else f"{report.succeeded_per_s:,.2f}/s",
+        ),
         ("latency p50", seconds(report.latency_p50_s)),
         ("latency p90", seconds(report.latency_p90_s)),
         ("latency p99", seconds(report.latency_p99_s)),
         (
-            "attempts / retries / throttled",
+            "attempts sent / retries / throttled / errors",
             f"{report.attempts:,} / {report.retries:,} / "
-            + ("-" if report.throttled is None else f"{report.throttled:,}"),
+            + " / ".join("-" if n is None else f"{n:,}" for n in (report.throttled, report.errors)),
         ),
     ]
     body = "".join(
@@ -205,7 +209,7 @@ def _runs(report: Report) -> str:
     if not report.runs:
         return '<p class="muted">No run timeline in this journal.</p>'
     head = [("num", "run"), ("", "command"), ("", "limits"), ("", "started"), ("", "ended")]
-    head += [("num", "elapsed"), ("", "outcome"), ("num", "settled")]
+    head += [("num", "elapsed"), ("", "outcome"), ("num", "settled"), ("num", "resumed")]
     rows = []
     for run in report.runs:
         limits = [f"concurrency {run.concurrency or 'unlimited'}", *run.rates]
@@ -220,7 +224,8 @@ def _runs(report: Report) -> str:
             ("", clock_time(ended)),
             ("num", seconds(run.elapsed_s)),
             ("", run_outcome(run)),
-            ("num", "-" if run.settled is None else f"{run.settled:,}"),
+            ("num", "-" if run.settled is None else f"{run.settled - (run.restored or 0):,}"),
+            ("num", "-" if run.restored is None else f"{run.restored:,}"),
         ]
         rows.append([(css, escape(text)) for css, text in values])
     return _table(head, rows)

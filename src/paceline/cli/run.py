@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from paceline.cli.inputs import InputError, RowSource, open_rows
-from paceline.cli.metrics import Metrics
+from paceline.cli.metrics import Metrics, hold_from_pacing
 from paceline.cli.ops import (
     BadInputRow,
     CallOperation,
@@ -283,6 +283,14 @@ class Batch:
             (lambda: controller.concurrency_limit) if controller is not None else (lambda: fixed)
         )
         metrics.rate_limit_per_s = lambda: rate_limit_now(plan)
+
+        def holds() -> None:  # what holds the batch back, shown on the progress line
+            hold_from_pacing(metrics, plan.controller, plan.server_limits, time.monotonic_ns())
+            metrics.hold(
+                "stop", "stopping: waiting for the running attempts" if self.stopping else None
+            )
+
+        metrics.read_holds = holds
         if journal is not None:
             self.run_number = 1 + sum(1 for s in journal.samples() if s.get("kind") == "start")
             journal.add_sample(
@@ -319,7 +327,8 @@ class Batch:
                 rate_limiter=plan.rate_limiter,
                 retry=plan.retry,
                 halt=spec.halt or None,
-                timeout_s=spec.timeout_s,
+                # http times the whole attempt in its sender, whose error names the URL
+                timeout_s=None if spec.command == "http" else spec.timeout_s,
                 journal=journal,
                 retry_failed=spec.retry_failed,
                 key=_item_key,
@@ -330,7 +339,13 @@ class Batch:
             )
             async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
                 async for result in settled:
-                    metrics.settled(failed=not result.success, restored=result.restored)
+                    # a bad row or a duplicate id fails without an attempt of ours
+                    attempted = result.attempts > 0 and not isinstance(
+                        result.exception, BadInputRow
+                    )
+                    metrics.settled(
+                        failed=not result.success, restored=result.restored, attempted=attempted
+                    )
                     if writer is not None:
                         writer.write(result)
         except asyncio.CancelledError:

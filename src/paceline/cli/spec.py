@@ -23,12 +23,22 @@ from typing import Any
 
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import Rate, RateSpecError
-from paceline.redact import REDACTED, is_sensitive_key, redact_text
+from paceline.redact import (
+    REDACTED,
+    is_sensitive_name,
+    only_names_fields,
+    redact_argv,
+    redact_text,
+)
 
 JOURNAL_DIR = ".paceline"
 _DURATION_RE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|min|h)?\s*$", re.IGNORECASE)
 _DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 NO_JOURNAL = "none"
+# The input's identity is the digest of its first block: enough to tell another file (another
+# directory's in.csv, a rewritten export) from the batch's own, and unchanged when rows are
+# appended (resuming a grown input is a normal thing to do). One read of 64 KiB per run.
+INPUT_HEAD_BYTES = 64 * 1024
 
 
 class UsageError(Exception):
@@ -68,6 +78,8 @@ class RunSpec:
     # exec
     argv: list[str] = field(default_factory=list)
     shell: bool = False
+    # the input's identity when the batch ran (see :func:`input_head`); None: stdin or unknown
+    input_head: str | None = None
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -97,6 +109,13 @@ class RunSpec:
             raise UsageError(f"--format {self.format!r}: use auto, jsonl, csv or tsv")
         for header in self.headers:
             split_header(header)
+        masked = self.masked()
+        if masked:
+            option, value = masked[0]
+            raise UsageError(
+                f"{option} {value!r} holds {REDACTED}, a value paceline masked when it wrote it "
+                "down; it is never sent: give the real value"
+            )
         if self.command == "exec" and not self.argv:
             raise UsageError(
                 "paceline exec needs a command after '--', e.g. paceline exec jobs.csv -- "
@@ -189,17 +208,49 @@ class RunSpec:
     # -- storing ---------------------------------------------------------------------------
 
     def public(self) -> RunSpec:
-        """A copy without secrets: credential header values and credentials in URLs masked."""
+        """The spec as the journal keeps it: credentials masked (credential header values,
+        ``api_key=...`` and ``user:pass@`` in URLs, bodies and command words — a template that
+        only names a column, ``{"password": "{pw}"}``, is not a secret and stays), the input
+        and ``--out`` paths absolute (a resume from another directory reads the same files).
+
+        >>> spec = RunSpec(command="http", input="in.csv", url="https://h/{id}?api_key=k1",
+        ...                json_template='{"password": "{pw}"}', headers=["X-Auth-Token: t"])
+        >>> public = spec.public()
+        >>> public.url, public.json_template, public.headers
+        ('https://h/{id}?api_key=[REDACTED]', '{"password": "{pw}"}', ['X-Auth-Token: [REDACTED]'])
+        >>> os.path.isabs(public.input)
+        True
+        """
         copy = dataclasses.replace(self)
         copy.headers = [redact_header(h) for h in self.headers]
         copy.rates = list(self.rates)
         copy.halt = list(self.halt)
-        copy.argv = [redact_text(word) for word in self.argv]
-        for name in ("url", "base_url", "json_template", "body_template"):
+        copy.argv = redact_argv(self.argv, placeholders=True)
+        for name, _ in _MASKABLE:
             value = getattr(self, name)
             if value is not None:
-                setattr(copy, name, redact_text(value))
+                setattr(copy, name, redact_text(value, placeholders=True))
+        if self.input != "-":
+            copy.input = os.path.abspath(self.input)
+        if self.out is not None and self.out != "-":
+            copy.out = os.path.abspath(self.out)
         return copy
+
+    def masked(self) -> list[tuple[str, str]]:
+        """The options that hold a masked value (``[REDACTED]``), as ``(option, value)``: what a
+        spec read back from a journal lacks until the user gives it again.
+
+        >>> RunSpec(command="http", input="-", url="https://h/?token=[REDACTED]").masked()
+        [('--url', 'https://h/?token=[REDACTED]')]
+        """
+        found = [
+            (option, getattr(self, name))
+            for name, option in _MASKABLE
+            if REDACTED in (getattr(self, name) or "")
+        ]
+        found += [("--header", h) for h in self.headers if REDACTED in h]
+        found += [("command word", word) for word in self.argv if REDACTED in word]
+        return found
 
     def to_json(self) -> str:
         """The spec as stored in the journal (call :meth:`public` first to drop secrets)."""
@@ -211,6 +262,46 @@ class RunSpec:
         data = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# The options whose values public() masks, with their names on the command line.
+_MASKABLE = (
+    ("url", "--url"),
+    ("base_url", "--base-url"),
+    ("json_template", "--json"),
+    ("body_template", "--body"),
+)
+
+
+def input_head(path: str, size: int | None = None) -> str | None:
+    """The identity of an input file: ``"<n>:<digest>"``, the SHA-256 of its first ``n`` bytes
+    (``n`` at most :data:`INPUT_HEAD_BYTES`). None for stdin, or a file that cannot be read (the
+    run itself then says why). ``size`` hashes that many bytes, to compare with a stored head:
+    rows appended since leave the identity as it was.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp(), "in.csv")
+    >>> _ = path.write_text("id\\n1\\n")
+    >>> head = input_head(str(path))
+    >>> _ = path.write_text("id\\n1\\n2\\n")  # a row appended
+    >>> input_head(str(path), same_size(head)) == head, input_head(str(path)) == head
+    (True, False)
+    """
+    if path == "-":
+        return None
+    wanted = INPUT_HEAD_BYTES if size is None else size
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(wanted)
+    except OSError:
+        return None
+    return f"{len(head)}:{hashlib.sha256(head).hexdigest()[:32]}"
+
+
+def same_size(head: str | None) -> int | None:
+    """How many bytes a stored :func:`input_head` covers (None if it is not one)."""
+    size, sep, _ = (head or "").partition(":")
+    return int(size) if sep and size.isdigit() else None
 
 
 def split_header(header: str) -> tuple[str, str]:
@@ -227,12 +318,15 @@ def split_header(header: str) -> tuple[str, str]:
 
 
 def redact_header(header: str) -> str:
-    """A header with its value masked if its name is a credential.
+    """A header with its value masked if its name is a credential (unless the value only names
+    the column it comes from: ``Authorization: Bearer {token}`` is kept).
 
     >>> redact_header("Authorization: Bearer abc"), redact_header("Accept: text/csv")
     ('Authorization: [REDACTED]', 'Accept: text/csv')
+    >>> redact_header("Private-Token: {token}")
+    'Private-Token: {token}'
     """
     name, sep, value = header.partition(":")
-    if sep and is_sensitive_key(name.strip()):
+    if sep and is_sensitive_name(name.strip()) and not only_names_fields(value):
         return f"{name.strip()}: {REDACTED}"
-    return f"{name}{sep}{redact_text(value)}" if sep else header
+    return f"{name}{sep}{redact_text(value, placeholders=True)}" if sep else header

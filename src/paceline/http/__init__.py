@@ -25,8 +25,12 @@ from paceline.http._messages import (
     HttpResponse,
     HttpResponseCodec,
     HttpStatusError,
+    HttpTimeout,
+    HttpTransportError,
+    InvalidRequest,
     ServerUnreachable,
     as_request,
+    validate_request,
 )
 from paceline.http._pool import ShardedTransport
 
@@ -35,6 +39,9 @@ __all__ = [
     "HttpResponse",
     "HttpResponseCodec",
     "HttpStatusError",
+    "HttpTimeout",
+    "HttpTransportError",
+    "InvalidRequest",
     "ServerLimits",
     "ServerUnreachable",
     "ShardedTransport",
@@ -42,4 +49,5 @@ __all__ = [
     "fetch_all",
     "fetch_all_sync",
     "stream_requests",
+    "validate_request",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -17,26 +19,32 @@ from paceline.faces.batch import (
     run_sync,
     stream,
 )
-from paceline.http._limits import ServerLimits
+from paceline.http._limits import DEFAULT_MAX_HOLD_S, ServerLimits
 from paceline.http._messages import (
     HttpRequest,
     HttpResponse,
     HttpResponseCodec,
     HttpStatusError,
+    HttpTimeout,
+    HttpTransportError,
+    InvalidRequest,
     ServerUnreachable,
     as_request,
+    check_method_and_headers,
     decode_body,
+    request_url,
 )
 from paceline.http._pool import ShardedTransport
 from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy
-from paceline.redact import redact_headers
+from paceline.redact import redact_headers, redact_text
 from paceline.results import BatchItemResult, Result
 from paceline.runners._common import sized_length
 from paceline.signals import parse_signals
 
 RequestLike = str | Mapping[str, Any] | HttpRequest
+T = TypeVar("T")
 
 # Transient by default: throttles, server errors, timeouts and broken connections.
 DEFAULT_RETRY = RetryPolicy(
@@ -58,50 +66,164 @@ def _headers_of(response: httpx.Response) -> dict[str, str]:
 
 _PLAIN_GET = HttpRequest(url="")  # what a bare URL string means: GET, no headers, no body
 
+DEFAULT_ATTEMPT_TIMEOUT_S = 120.0
+"""Seconds one attempt may take as a whole: connect, send, the answer and its whole body.
+httpx's timeouts (30 s here) bound each read, so a server that trickles a byte every few
+seconds never trips them and holds the attempt (and a graceful stop) for as long as it likes.
+120 s is past the common proxies' limits for a whole answer (Cloudflare gives up on an origin
+after 100 s, AWS load balancers and nginx after 60 s idle), so an answer that takes longer
+rarely arrives at all; slower APIs (long LLM generations) pass ``timeout_s`` / ``--timeout``."""
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Bytes of a response body kept (after content decoding); past it the body is cut, the
+response marked ``truncated`` and the connection closed without reading the rest. API answers
+are mostly well under 1 MiB (a page of 100 GitHub or Stripe objects is 100-500 KiB); 4 MiB keeps
+those whole with room to spare, while 64 requests in flight hold at most 256 MiB and a journal of
+10 MB answers grows by 4 MiB an item, not 10 (and 1.26 GB of memory at -j 64 becomes ~0.3)."""
+
+_READING_BODY = "reading the body of"
+# What an httpx error says about where the attempt was (else: where the sender was).
+_PHASE_OF: dict[type[Exception], str] = {
+    httpx.ConnectTimeout: "connecting to",
+    httpx.PoolTimeout: "waiting for a free connection to",
+    httpx.WriteTimeout: "sending the request to",
+    httpx.WriteError: "sending the request to",
+}
+
+
+def _within(awaitable: Awaitable[T], timeout_s: float) -> Awaitable[T]:
+    if sys.version_info >= (3, 11):
+
+        async def timed() -> T:
+            async with asyncio.timeout(timeout_s):
+                return await awaitable
+
+        return timed()
+    return asyncio.wait_for(awaitable, timeout_s)  # pragma: no cover - 3.10
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
+    """The body's first ``max_bytes`` and whether there was more (then the rest is not read)."""
+    kept: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        if size + len(chunk) > max_bytes:
+            kept.append(chunk[: max_bytes - size])
+            return b"".join(kept), True
+        kept.append(chunk)
+        size += len(chunk)
+    return b"".join(kept), False
+
+
+class _Attempt:
+    """Where one attempt is, for the error that ends it."""
+
+    __slots__ = ("phase", "started")
+
+    def __init__(self) -> None:
+        self.phase = "waiting for the answer from"
+        self.started = time.monotonic()
+
+    def failure(self, exc: Exception, url: str) -> Exception:
+        """The error to raise instead of an httpx one: it names the phase, time and URL."""
+        elapsed = time.monotonic() - self.started
+        if isinstance(exc, httpx.ConnectError):
+            return ServerUnreachable(url, exc, elapsed)
+        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+            return InvalidRequest(f"{type(exc).__name__} for {redact_text(url)}: {exc}")
+        phase = _PHASE_OF.get(type(exc), self.phase)
+        if isinstance(exc, httpx.TimeoutException):
+            return HttpTimeout(type(exc).__name__, elapsed, phase, url)
+        return HttpTransportError(type(exc).__name__, elapsed, phase, url, str(exc))
+
 
 def _sender(
-    client: httpx.AsyncClient, limits: ServerLimits, base_url: str | None
+    client: httpx.AsyncClient,
+    limits: ServerLimits,
+    base_url: str | None,
+    *,
+    attempt_timeout_s: float | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Callable[[RequestLike], Any]:
-    base = None if base_url is None else httpx.URL(base_url)  # parsed once, not per request
+    """The operation that sends one request. ``attempt_timeout_s`` bounds the whole attempt
+    (``None``: :data:`DEFAULT_ATTEMPT_TIMEOUT_S`); ``max_body_bytes`` what is kept of a body."""
+    base = None if base_url is None else request_url(base_url)  # parsed once, not per request
+    timeout_s = DEFAULT_ATTEMPT_TIMEOUT_S if attempt_timeout_s is None else attempt_timeout_s
+
+    async def exchange(request: HttpRequest, url: httpx.URL, attempt: _Attempt) -> HttpResponse:
+        outgoing = client.build_request(
+            request.method,
+            url,
+            headers=dict(request.headers) if request.headers else None,
+            json=request.json,
+            content=request.body,
+        )
+        response = await client.send(outgoing, stream=True)
+        try:
+            attempt.phase = _READING_BODY
+            content, truncated = await _read_capped(response, max_body_bytes)
+        finally:
+            await response.aclose()
+        return _answer(response, content, truncated, limits, attempt.started)
 
     async def send(item: RequestLike) -> HttpResponse:
+        attempt = _Attempt()
+        target = item if isinstance(item, str) else ""
+        url: httpx.URL | str = target
         try:
             request = _PLAIN_GET if isinstance(item, str) else as_request(item)
             target = item if isinstance(item, str) else request.url
-            url = target if base is None else base.join(target)
-            started = time.monotonic()
-            response = await client.request(
-                request.method,
-                url,
-                headers=dict(request.headers) if request.headers else None,
-                json=request.json,
-                content=request.body,
-            )
-        except httpx.ConnectError as exc:
-            raise ServerUnreachable(str(url), exc) from exc
-        except httpx.TimeoutException as exc:
-            exc.error_code = "timeout"  # type: ignore[attr-defined]
-            raise
+            url = request_url(target, base)
+            if request is not _PLAIN_GET:
+                check_method_and_headers(request.method, request.headers)
+            return await _within(exchange(request, url, attempt), timeout_s)
+        except httpx.TransportError as exc:
+            raise attempt.failure(exc, str(url)) from exc
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, HttpTimeout):
+                raise
+            raise HttpTimeout(
+                "AttemptTimeout",
+                timeout_s,
+                attempt.phase,
+                str(url),
+                hint="the whole-attempt limit: raise --timeout / timeout_s for a slower server",
+            ) from None
+        except UnicodeEncodeError as exc:  # a header value httpx cannot encode
+            raise InvalidRequest(f"request to {redact_text(str(target))}: {exc}") from None
         finally:
             # Answered, failed or cancelled: from now on the server has counted it, if ever.
             limits.answered()
-        headers = _headers_of(response)
-        signals = (
-            NO_SIGNALS
-            if PACING_HEADERS.isdisjoint(headers)  # most answers: nothing to read
-            else parse_signals(response.headers.multi_items())
-        )
-        limits.observe(signals)
-        if response.status_code >= 400:
-            raise HttpStatusError(response.status_code, response.text, signals.retry_after_s)
-        return HttpResponse(
-            status_code=response.status_code,
-            headers=redact_headers(headers),
-            body=decode_body(response.content, response.headers.get("content-type", "")),
-            elapsed_s=time.monotonic() - started,
-        )
 
     return send
+
+
+def _answer(
+    response: httpx.Response,
+    content: bytes,
+    truncated: bool,
+    limits: ServerLimits,
+    started: float,
+) -> HttpResponse:
+    """What the face keeps of an answer; the pacing headers go to ``limits`` first."""
+    headers = _headers_of(response)
+    signals = (
+        NO_SIGNALS
+        if PACING_HEADERS.isdisjoint(headers)  # most answers: nothing to read
+        else parse_signals(response.headers.multi_items())
+    )
+    limits.observe(signals)
+    content_type = response.headers.get("content-type", "")
+    if response.status_code >= 400:
+        text = content.decode("utf-8", errors="replace")
+        raise HttpStatusError(response.status_code, text, signals.retry_after_s)
+    return HttpResponse(
+        status_code=response.status_code,
+        headers=redact_headers(headers),
+        body=decode_body(content, "" if truncated else content_type),
+        elapsed_s=time.monotonic() - started,
+        truncated=truncated,
+    )
 
 
 def _request_key(item: RequestLike) -> str:
@@ -131,6 +253,8 @@ class _Setup:
         max_concurrent: Concurrency,
         rate_limiter: RateLimiter | None,
         adaptive: Adaptive,
+        retry: RetryPolicy | int | None,
+        max_body_bytes: int,
         options: dict[str, Any],
     ) -> None:
         self.workers, control = concurrency_plan(
@@ -140,11 +264,33 @@ class _Setup:
             control = AdaptiveController(control)  # built here: the header limits talk to it
         self.control = control
         controller = control if isinstance(control, AdaptiveController) else None
-        self.limits = ServerLimits(rate_limiter, controller=controller)
+        # The server's word holds everyone no longer than the retry policy obeys a Retry-After.
+        hold_s = retry.max_retry_after_s if isinstance(retry, RetryPolicy) else DEFAULT_MAX_HOLD_S
+        self.limits = ServerLimits(rate_limiter, controller=controller, max_hold_s=hold_s)
         self.own = client is None
         self.http = _client_for(client, self.workers)
+        # The face times each attempt as a whole itself (its error names the URL and phase),
+        # so the runner is not given the same timeout to race it.
+        timeout_s = options.pop("timeout_s", None)
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s={timeout_s!r}: must be a number of seconds above 0")
+        self.timeout_s: float | None = timeout_s
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise ValueError(f"max_body_bytes={max_body_bytes!r}: a whole number of bytes")
+        if max_body_bytes < 0:
+            raise ValueError(f"max_body_bytes={max_body_bytes!r}: must be 0 or more")
+        self.max_body_bytes = max_body_bytes
         options.setdefault("key", _request_key)
         options.setdefault("codec", HttpResponseCodec())
+
+    def sender(self, base_url: str | None) -> Callable[[RequestLike], Any]:
+        return _sender(
+            self.http,
+            self.limits,
+            base_url,
+            attempt_timeout_s=self.timeout_s,
+            max_body_bytes=self.max_body_bytes,
+        )
 
     async def close(self) -> None:
         if self.own:
@@ -160,6 +306,7 @@ async def fetch_all(
     rate_limiter: RateLimiter | None = None,
     adaptive: Adaptive = None,
     retry: RetryPolicy | int | None = DEFAULT_RETRY,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     **options: Any,
 ) -> list[Result[HttpResponse]]:
     """Send every request; a ``Result[HttpResponse]`` per request, in input order.
@@ -168,14 +315,25 @@ async def fetch_all(
     or :class:`HttpRequest`. By default the concurrency and rate adapt to the server's answers
     (429 and 503, ``Retry-After``, latency); a ``RateLimit-Policy`` header turns into a strict
     limit as soon as it is seen. Transient failures are retried (5 attempts, jittered backoff).
-    Other options are those of :func:`paceline.batch_execute` (``journal=``, ``halt=``,
-    ``timeout_s=``...); with a journal, requests are keyed by their ``id`` or "METHOD URL".
+    Other options are those of :func:`paceline.batch_execute` (``journal=``, ``halt=``...);
+    with a journal, requests are keyed by their ``id`` or "METHOD URL".
+
+    Each attempt is bounded as a whole (connect, send, answer and body): ``timeout_s``,
+    default :data:`DEFAULT_ATTEMPT_TIMEOUT_S` (120 s); a timeout or a broken connection fails
+    with an error that names what timed out, after how long, in which phase and the URL
+    (``ReadTimeout after 30 s reading the body of https://...``), and is retried. A request
+    that cannot be sent (an ``ftp://`` URL, no host, a bad method or header) fails at once
+    with :class:`~paceline.http.InvalidRequest` and is never retried. Bodies are kept up to
+    ``max_body_bytes`` (default :data:`DEFAULT_MAX_BODY_BYTES`, 4 MiB); a longer one is cut
+    there and its :class:`HttpResponse` says ``truncated=True``.
     """
-    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, options)
+    setup = _Setup(
+        requests, client, max_concurrent, rate_limiter, adaptive, retry, max_body_bytes, options
+    )
     try:
         return await batch_execute(
             requests,
-            _sender(setup.http, setup.limits, base_url),
+            setup.sender(base_url),
             setup.workers,
             rate_limiter=setup.limits,
             adaptive=setup.control,
@@ -195,16 +353,19 @@ async def stream_requests(
     rate_limiter: RateLimiter | None = None,
     adaptive: Adaptive = None,
     retry: RetryPolicy | int | None = DEFAULT_RETRY,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     **options: Any,
 ) -> AsyncIterator[BatchItemResult]:
     """:func:`fetch_all` for huge or endless inputs: yields each request's
     :class:`~paceline.BatchItemResult` as it settles (see :func:`paceline.stream`)."""
     options.setdefault("item_id", _request_key)
-    setup = _Setup(requests, client, max_concurrent, rate_limiter, adaptive, options)
+    setup = _Setup(
+        requests, client, max_concurrent, rate_limiter, adaptive, retry, max_body_bytes, options
+    )
     try:
         async for result in stream(
             requests,
-            _sender(setup.http, setup.limits, base_url),
+            setup.sender(base_url),
             setup.workers,
             rate_limiter=setup.limits,
             adaptive=setup.control,

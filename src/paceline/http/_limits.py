@@ -12,6 +12,7 @@ from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
 from paceline.policy.rate import NS_PER_S
+from paceline.policy.retry import RetryPolicy
 from paceline.signals import ServerSignals
 
 # The weight of the request this task is sending: acquire sets it, the answer reads it back.
@@ -19,6 +20,16 @@ _WEIGHT: ContextVar[int] = ContextVar("paceline_http_weight", default=1)
 
 # Answers remembered for a policy that may be announced later (its window is not known yet).
 _ANSWERS_KEPT = 100_000
+
+# The longest the server's word may hold every request: the retry policy's bound on one
+# Retry-After (300 s by default), so that "remaining=0, reset in 28 years" (a broken or hostile
+# server, or an epoch read as a delta) holds the batch no longer than one far Retry-After would.
+DEFAULT_MAX_HOLD_S = RetryPolicy().max_retry_after_s
+
+
+def _seconds(value: float) -> str:
+    """``42``, ``0.25``, ``900000000``: whole seconds without a decimal point or exponent."""
+    return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0")
 
 
 class ServerLimits:
@@ -33,6 +44,15 @@ class ServerLimits:
     Used as the ``rate_limiter`` of an HTTP batch, which calls :meth:`answered` when each
     request ends; ``user`` is a limiter of the caller's own, applied first. An adaptive
     ``controller`` is told when the quota is announced: its own rate gate then stands down.
+
+    ``max_hold_s`` bounds what the server's word may impose on everyone (default: the retry
+    policy's ``max_retry_after_s``, 300 s): a spent budget whose reset is further away than that
+    is not a hold — requests go on and the server's own 429s (each bounded by the retry policy)
+    pace them — and a policy whose window is longer is not learned. Holding instead would stop
+    every item for as long as a broken header says (decades); failing the item that carried the
+    header would lose an answer the server gave. What was not obeyed is in :attr:`ignored`.
+    :attr:`hold_until_ns` and :meth:`hold_reason` say whether requests are held now, and why,
+    for a progress line.
 
     >>> import asyncio
     >>> from paceline.signals import ServerSignals
@@ -50,8 +70,15 @@ class ServerLimits:
         *,
         controller: AdaptiveController | None = None,
         clock: Clock | None = None,
+        max_hold_s: float = DEFAULT_MAX_HOLD_S,
     ) -> None:
+        if not isinstance(max_hold_s, (int, float)) or not 0 <= max_hold_s < float("inf"):
+            raise ValueError(f"max_hold_s={max_hold_s!r}: a finite number of seconds >= 0")
         self.user = user
+        self.max_hold_s = float(max_hold_s)
+        self._max_hold_ns = round(max_hold_s * NS_PER_S)
+        self.ignored = ""  # the last server signal not obeyed because it was beyond max_hold_s
+        self._said = ""  # what the server said that set the current budget
         self.controller = controller
         self.learned: ArrivalLimit | None = None
         self.policy: tuple[int, float] | None = None
@@ -89,6 +116,11 @@ class ServerLimits:
                 self.budget_until_ns = 0  # a new window: no known budget until told again
             elif self.budget >= weight:
                 self.budget -= weight
+            elif self.budget_until_ns - now > self._max_hold_ns:
+                self.ignored = f"{self._said}: not held, the reset is beyond max hold " + (
+                    f"{_seconds(self.max_hold_s)} s"
+                )
+                self.budget_until_ns = 0
             else:
                 await self._clock.sleep_async((self.budget_until_ns - now) / NS_PER_S)
                 now = self._now()
@@ -117,6 +149,27 @@ class ServerLimits:
                 else:
                     await self._clock.sleep_async(wait / NS_PER_S)
 
+    @property
+    def hold_until_ns(self) -> int:
+        """Until when (monotonic ns) the server's "remaining 0" holds every request; 0: no hold.
+
+        >>> from paceline.signals import ServerSignals
+        >>> limits = ServerLimits()
+        >>> limits.hold_until_ns
+        0
+        >>> limits.observe(ServerSignals(remaining=0, reset_s=30.0, source="x-ratelimit"))
+        >>> limits.hold_until_ns > 0, limits.hold_reason()
+        (True, 'server said remaining=0, reset in 30 s (x-ratelimit)')
+        """
+        until = self.budget_until_ns
+        if not until or self.budget > 0 or until <= self._now():
+            return 0
+        return until
+
+    def hold_reason(self) -> str:
+        """Why requests are held now (what the server said), or ``""`` when they are not."""
+        return self._said if self.hold_until_ns else ""
+
     def acquire(self, weight: int = 1) -> int:  # pragma: no cover - the async face uses the above
         raise TypeError("ServerLimits is for the async HTTP face; use acquire_async")
 
@@ -138,6 +191,13 @@ class ServerLimits:
     def observe(self, signals: ServerSignals) -> None:
         """Learn from one response's signals."""
         if signals.quota is not None and signals.quota >= 1 and signals.window_s:
+            if signals.window_s > self.max_hold_s:
+                window = _seconds(signals.window_s)
+                self.ignored = (
+                    f"server announced {signals.quota} requests per window {window} s, "
+                    f"beyond max hold {_seconds(self.max_hold_s)} s: not applied"
+                )
+                return
             policy = (signals.quota, float(signals.window_s))
             if policy != self.policy:
                 self.policy = policy
@@ -161,5 +221,14 @@ class ServerLimits:
         less those in flight now (sent, perhaps not yet counted in r)."""
         if signals.remaining is None or not signals.reset_s or signals.reset_s <= 0:
             return
-        self.budget = max(0, signals.remaining - self.in_flight)
+        said = (
+            f"server said remaining={signals.remaining}, reset in {_seconds(signals.reset_s)} s"
+            + ("" if signals.source == "none" else f" ({signals.source})")
+        )
+        budget = max(0, signals.remaining - self.in_flight)
+        if budget == 0 and signals.reset_s > self.max_hold_s:
+            self.ignored = f"{said}: not held, beyond max hold {_seconds(self.max_hold_s)} s"
+            return
+        self._said = said
+        self.budget = budget
         self.budget_until_ns = self._now() + round(signals.reset_s * NS_PER_S)

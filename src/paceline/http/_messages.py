@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from paceline.redact import redact_data, redact_text
 
@@ -52,21 +55,32 @@ def as_request(item: str | Mapping[str, Any] | HttpRequest) -> HttpRequest:
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     """A response as kept in results and journals: status, headers (credentials redacted),
-    the body (decoded JSON when it is JSON, else text) and the time it took."""
+    the body (decoded JSON when it is JSON, else text) and the time it took. ``truncated``:
+    the body was longer than the face keeps (``max_body_bytes``) and ``body`` is its start, as
+    text (a cut JSON document does not parse)."""
 
     status_code: int
     headers: dict[str, str]
     body: Any
     elapsed_s: float
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data (what the journal stores)."""
-        return {
+        """JSON-ready data (what the journal stores); ``truncated`` only when it is true, so
+        whole answers are stored as before.
+
+        >>> HttpResponse(200, {}, "abc", 0.5, truncated=True).to_dict()["truncated"]
+        True
+        """
+        data = {
             "status_code": self.status_code,
             "headers": self.headers,
             "body": self.body,
             "elapsed_s": self.elapsed_s,
         }
+        if self.truncated:
+            data["truncated"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HttpResponse:
@@ -76,6 +90,7 @@ class HttpResponse:
             dict(data["headers"]),
             data["body"],
             float(data["elapsed_s"]),
+            bool(data.get("truncated", False)),
         )
 
 
@@ -110,12 +125,139 @@ class ServerUnreachable(ConnectionError):
 
     error_code = "connection"
 
-    def __init__(self, url: str, cause: BaseException) -> None:
+    def __init__(self, url: str, cause: BaseException, elapsed_s: float | None = None) -> None:
+        after = "" if elapsed_s is None else f" (after {_seconds(elapsed_s)} s)"
         super().__init__(
-            f"cannot connect to {redact_text(url)}: is the server up and the URL right? "
+            f"cannot connect to {redact_text(url)}{after}: is the server up and the URL right? "
             f"({cause or type(cause).__name__})"
         )
         self.url = url
+
+
+def _seconds(value: float) -> str:
+    """Seconds for a message: ``30``, ``1.5``, ``0.012``."""
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value >= 0.01 else f"{value:.2g}"
+
+
+def _describe(kind: str, elapsed_s: float, phase: str, url: str, detail: str = "") -> str:
+    text = f"{kind} after {_seconds(elapsed_s)} s {phase} {redact_text(url)}"
+    return f"{text}: {redact_text(detail)}" if detail and detail != kind else text
+
+
+class HttpTimeout(TimeoutError):
+    """An attempt ran out of time: httpx's per-operation timeouts (``ReadTimeout``...) or the
+    face's whole-attempt timeout (``AttemptTimeout``). The message names the kind, the time,
+    the phase and the URL (credentials redacted); the httpx error, if any, is the ``__cause__``.
+
+    >>> str(HttpTimeout("ReadTimeout", 30.0, "reading the body of", "https://a.example/x?api_key=k"))
+    'ReadTimeout after 30 s reading the body of https://a.example/x?api_key=[REDACTED]'
+    """
+
+    error_code = "timeout"
+
+    def __init__(self, kind: str, elapsed_s: float, phase: str, url: str, hint: str = "") -> None:
+        super().__init__(_describe(kind, elapsed_s, phase, url) + (f" ({hint})" if hint else ""))
+        self.kind, self.elapsed_s, self.phase, self.url = kind, elapsed_s, phase, url
+
+
+class HttpTransportError(ConnectionError):
+    """The connection broke after it was made (reset, closed mid-body, a protocol error from
+    the server): the message names the httpx error, the time, the phase and the URL; the httpx
+    error is the ``__cause__``.
+
+    >>> str(HttpTransportError("RemoteProtocolError", 0.25, "reading the body of", "http://h/x"))
+    'RemoteProtocolError after 0.25 s reading the body of http://h/x'
+    """
+
+    error_code = "connection"
+
+    def __init__(self, kind: str, elapsed_s: float, phase: str, url: str, detail: str = "") -> None:
+        super().__init__(_describe(kind, elapsed_s, phase, url, detail))
+        self.kind, self.elapsed_s, self.phase, self.url = kind, elapsed_s, phase, url
+
+
+class InvalidRequest(ValueError):
+    """A request that cannot be sent as given (unsupported scheme, no host, a bad method or
+    header): it would fail the same way every time, so it is never retried. The message names
+    the value (a header by its name only: its value may be a secret) and the fix."""
+
+    retryable = False
+    error_code = "invalid_input"
+
+
+# RFC 9110 §5.6.2: a method and a header name are tokens.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What httpx sends as a str header value: ASCII, no control characters but tab (RFC 9110 §5.5).
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+def request_url(url: str, base: httpx.URL | None = None) -> httpx.URL:
+    """The absolute URL a request goes to; :class:`InvalidRequest` when it cannot be sent.
+
+    >>> str(request_url("/items/1", httpx.URL("https://api.example/v1/")))
+    'https://api.example/items/1'
+    >>> try:
+    ...     request_url("ftp://files.example/a")
+    ... except InvalidRequest as exc:
+    ...     print(exc)
+    url 'ftp://files.example/a': scheme 'ftp' is not supported: use http:// or https://
+    """
+    try:
+        target = httpx.URL(url) if base is None else base.join(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"url {redact_text(url)!r}: not a valid URL ({exc})") from None
+    if target.scheme not in ("http", "https"):
+        if not target.scheme:
+            raise InvalidRequest(
+                f"url {redact_text(url)!r}: not absolute: give https://host/path, "
+                "or a base URL (--base-url, base_url=) for relative ones"
+            )
+        raise InvalidRequest(
+            f"url {redact_text(url)!r}: scheme {target.scheme!r} is not supported: "
+            "use http:// or https://"
+        )
+    if not target.host:
+        raise InvalidRequest(f"url {redact_text(url)!r}: no host, e.g. https://api.example/path")
+    return target
+
+
+def check_method_and_headers(method: str, headers: Mapping[str, str]) -> None:
+    """:class:`InvalidRequest` for a method or header that httpx would refuse to send."""
+    if not _TOKEN.fullmatch(method):
+        raise InvalidRequest(
+            f"method {method!r}: not an HTTP method (letters, digits and !#$%&'*+-.^_`|~ only), "
+            "e.g. GET or POST"
+        )
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise InvalidRequest(
+                f"header name {redact_text(str(name))!r}: not a valid name (letters, digits and "
+                "!#$%&'*+-.^_`|~, no spaces or colons), e.g. X-Request-Id"
+            )
+        if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+            raise InvalidRequest(
+                f"header {name!r}: its value must be ASCII text without line breaks or control "
+                "characters (percent-encode anything else)"
+            )
+
+
+def validate_request(request: HttpRequest, base_url: str | None = None) -> None:
+    """Check what is the same on every attempt before anything is sent: the URL (http or
+    https, a host), the method and the header names and values. Raises
+    :class:`InvalidRequest` (a ``ValueError``) whose message names the value and the fix.
+
+    >>> validate_request(HttpRequest("https://api.example/items/1"))
+    >>> try:
+    ...     validate_request(HttpRequest("https://api.example/", method="GE T"))
+    ... except InvalidRequest as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    method 'GE T': not an HTTP method (letters, digits and ...), e.g. GET or POST
+    """
+    base = None
+    if base_url is not None:
+        base = request_url(base_url)
+    request_url(request.url, base)
+    check_method_and_headers(request.method, request.headers)
 
 
 def decode_body(content: bytes, content_type: str) -> Any:

@@ -253,8 +253,7 @@ def adopt_or_refuse(
             f"journal {path} belongs to another batch: it holds outcomes of "
             f"{identity(stored, stored_label)}, and this batch is {identity(fingerprint, label)}. "
             f"Use a different journal path, or adopt it with reuse_journal=True (Journal.open: "
-            f"reuse=True; the CLI: --reuse-journal) — its stored outcomes then count as this "
-            f"batch's."
+            f"reuse=True) — its stored outcomes then count as this batch's."
         )
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(

@@ -1,0 +1,130 @@
+"""Children die with paceline, also when paceline is killed with ``kill -9``.
+
+``exec`` starts every child in a session of its own (so a timeout, a cancellation or a graceful
+stop can kill the child's whole process group), and that same session keeps a child running
+when paceline dies without cleaning up: ``kill -9``, the OOM killer, a crash in C. Linux's
+``PR_SET_PDEATHSIG`` does not fit: it must be set in the child between fork and exec, which
+the ``posix_spawn`` path (vfork + exec, no Python in the child) has no hook for, and it reaches
+only the direct child, not the ``sleep`` that ``sh -c`` started.
+
+So one small guardian process per paceline process holds the read end of a pipe and is told,
+a line each, which process groups to kill ("+pgid" on start, "-pgid" once reaped). When
+paceline dies, however it dies, the kernel closes the write end; the guardian reads EOF, kills
+the groups still listed with SIGKILL, and exits. It runs in its own session (Ctrl-C on the
+terminal does not reach it) with nothing open but the pipe. Cost: one interpreter start per
+paceline process (~20 ms, at the first child) and a write of a few bytes per child.
+
+>>> guardian = Guardian()
+>>> guardian.forget(12345)  # not started: nothing to tell (exec_op calls watch, then forget)
+>>> guardian.pid
+0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+__all__ = ["GUARDIAN", "Guardian"]
+
+# The guardian itself: stdlib only, no site (-S), no PYTHON* variables (-I).
+_CODE = """
+import os, signal
+for name in ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+groups, rest = set(), b""
+while True:
+    data = os.read(0, 65536)
+    if not data:
+        break
+    *lines, rest = (rest + data).split(b"\\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class Guardian:
+    """Kills the process groups it was told of if this process dies without forgetting them.
+
+    Started at the first :meth:`watch`; restarted in a forked child. Never raises: where it
+    cannot start (no ``posix_spawn``, no interpreter to run), children are not guarded.
+    """
+
+    __slots__ = ("_fd", "_lock", "_owner", "pid")
+
+    def __init__(self) -> None:
+        self.pid = 0  # the guardian's pid (0: not started)
+        self._fd = -1  # the pipe's write end (-1: not started, -2: cannot guard)
+        self._owner = 0  # the process that started it
+        self._lock = threading.Lock()
+
+    def watch(self, pgid: int) -> None:
+        """Kill process group ``pgid`` should this process die before :meth:`forget`."""
+        if self._ready():
+            self._send(b"+%d\n" % pgid)
+
+    def forget(self, pgid: int) -> None:
+        """``pgid`` is reaped: nothing to kill (its number may soon be another's)."""
+        if self._fd >= 0 and self._owner == os.getpid():
+            self._send(b"-%d\n" % pgid)
+
+    def _ready(self) -> bool:
+        if self._owner == os.getpid():
+            return self._fd >= 0
+        with self._lock:
+            if self._owner != os.getpid():
+                self._start()
+        return self._fd >= 0
+
+    def _start(self) -> None:
+        self._owner = os.getpid()
+        self._fd, self.pid = -2, 0
+        if not sys.executable or not hasattr(os, "posix_spawn"):
+            return
+        try:
+            read_fd, write_fd = os.pipe()  # close-on-exec: no child but the guardian has it
+        except OSError:  # out of file descriptors: the children run unguarded
+            return
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", "-c", _CODE],
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read_fd, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+                ],
+                setsid=True,
+            )
+        except OSError:
+            os.close(write_fd)
+            return
+        finally:
+            os.close(read_fd)
+        os.set_blocking(write_fd, False)  # a stuck guardian must never block the event loop
+        self._fd = write_fd
+
+    def _send(self, line: bytes) -> None:
+        try:
+            os.write(self._fd, line)  # one line, well under PIPE_BUF: atomic across threads
+        except OSError:  # the guardian died, or is stuck with a full pipe: stop guarding
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -2
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+
+
+GUARDIAN = Guardian()
+"""The one guardian of this process's ``exec`` children."""

@@ -1,0 +1,49 @@
+"""``--dry-run``: what the command line shows before running anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+PACELINE = str(Path(sys.executable).with_name("paceline"))
+
+
+def dry_run(tmp_path: Path, *args: str, rows: int = 100) -> str:
+    lines = (f'{{"id": "i{n}", "url": "http://127.0.0.1:9/items/{n}"}}\n' for n in range(rows))
+    (tmp_path / "in.jsonl").write_text("".join(lines))
+    done = subprocess.run(
+        [PACELINE, "http", "in.jsonl", "--journal", "none", "--dry-run", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def line(text: str, name: str) -> str:
+    return next(row for row in text.splitlines() if row.strip().startswith(name))
+
+
+def test_the_burst_and_the_least_time_the_rate_allows_are_shown(tmp_path):
+    # Seen: --burst shown nowhere, and no time estimate (the library's dry_run has one).
+    shown = dry_run(tmp_path, "--rate", "10/s", "--burst", "5")
+    assert line(shown, "rate:").split(None, 1)[1] == "10/s, burst 5"
+    # 5 at once, then 6/s (a burst of 5 never lets 10 start in any second): 95 x 1/6 s.
+    assert line(shown, "time:").split(None, 1)[1] == (
+        "the rate limits alone need at least 15.8 s for 100 items"
+    )
+
+
+def test_without_a_burst_the_whole_window_may_start_at_once(tmp_path):
+    shown = dry_run(tmp_path, "--rate", "10/s")
+    assert line(shown, "rate:").split(None, 1)[1] == "10/s, burst 10 (the whole window; --burst)"
+    assert "at least 9.0 s for 100 items" in line(shown, "time:")
+
+
+def test_without_a_rate_of_ours_the_time_is_the_servers(tmp_path):
+    shown = dry_run(tmp_path)
+    assert "time:" in shown
+    assert "no rate limit of ours" in line(shown, "time:")
