@@ -4,7 +4,8 @@ Each item follows a script: what its first, second, ... attempt does (succeed, f
 retryable error, fail for good, raise :class:`paceline.Throttled` with or without a
 ``retry_after``, near or beyond the policy's ``max_retry_after_s``), each after a small delay;
 attempts past the script succeed. Concurrency, read-ahead, ordering, retry policy, adaptive
-control and a sized or lazy input are drawn too. For the async runner (``batch_execute``,
+control (also with more workers than the controller lets start) and a sized or lazy input are
+drawn too. For the async runner (``batch_execute``,
 ``stream`` ordered and unordered) and the thread runner (``BatchExecutor``):
 
 - the batch ends, within a bound computed from the scenario (a hang fails at that bound);
@@ -64,7 +65,10 @@ class Scenario:
     concurrency: int
     attempts: int
     read_ahead: int | None = None
-    adaptive: bool = False
+    # "off"; "on": the controller's ceiling is the worker count; "above": three times as many
+    # workers as the controller starts with, as max_concurrent="auto" runs (workers wait for
+    # the controller's slots).
+    adaptive: str = "off"
     sized: bool = True
 
     @property
@@ -106,12 +110,16 @@ class Scenario:
             rng=random.Random(0),
         )
 
+    @property
+    def workers(self) -> int:
+        return 3 * self.concurrency if self.adaptive == "above" else self.concurrency
+
     def adaptive_settings(self) -> AdaptiveSettings | None:
-        if not self.adaptive:
+        if self.adaptive == "off":
             return None
         return AdaptiveSettings(
             initial_concurrency=self.concurrency,
-            max_concurrency=self.concurrency,
+            max_concurrency=self.workers,
             min_rate_per_s=ADAPTIVE_RATE_FLOOR_PER_S,
             probe_initial_s=0.005,
             probe_max_s=ADAPTIVE_PROBE_MAX_S,
@@ -199,7 +207,7 @@ async def run_batch_execute(scenario: Scenario, rec: Recorder) -> list[tuple[int
     results = await batch_execute(
         scenario.keys(),
         rec.async_op,
-        scenario.concurrency,
+        scenario.workers,
         rec.on_progress,
         retry=scenario.retry(),
         retry_budget=budget(),
@@ -213,7 +221,7 @@ async def run_stream(scenario: Scenario, rec: Recorder, *, ordered: bool) -> lis
     async for result in stream(
         scenario.keys(),
         rec.async_op,
-        scenario.concurrency,
+        scenario.workers,
         ordered=ordered,
         on_progress=rec.on_progress,
         read_ahead=scenario.read_ahead,
@@ -230,7 +238,7 @@ async def run_stream(scenario: Scenario, rec: Recorder, *, ordered: bool) -> lis
 def run_executor(scenario: Scenario, rec: Recorder) -> list[tuple[int, bool]]:
     executor = BatchExecutor(
         stop_on_error=False,
-        max_workers=scenario.concurrency,
+        max_workers=scenario.workers,
         retry=scenario.retry(),
         retry_budget=budget(),
         adaptive=scenario.adaptive_settings(),
@@ -308,7 +316,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         concurrency=concurrency,
         attempts=draw(st.integers(1, 4)),
         read_ahead=draw(st.one_of(st.none(), st.integers(1, 3 * concurrency))),
-        adaptive=draw(st.booleans()),
+        adaptive=draw(st.sampled_from(["off", "on", "above"])),
         sized=draw(st.booleans()),
     )
 
@@ -323,7 +331,7 @@ ONE_FAR_RETRY_AFTER = Scenario(
     scripts=((Step("throttle", retry_after_s=FAR_RETRY_AFTER_S),), *(((),) * 9)),
     concurrency=3,
     attempts=3,
-    adaptive=True,
+    adaptive="on",
 )
 
 
