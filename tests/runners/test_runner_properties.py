@@ -5,8 +5,8 @@ retryable error, fail for good, raise :class:`paceline.Throttled` with or withou
 ``retry_after``, near or beyond the policy's ``max_retry_after_s``), each after a small delay;
 attempts past the script succeed. Concurrency, read-ahead, ordering, retry policy, adaptive
 control (also with more workers than the controller lets start) and a sized or lazy input are
-drawn too. For the async runner (``batch_execute``,
-``stream`` ordered and unordered) and the thread runner (``BatchExecutor``):
+drawn too. For the async runner (``batch_execute``, ``stream`` ordered and unordered) and the
+thread runner (``BatchExecutor``):
 
 - the batch ends, within a bound computed from the scenario (a hang fails at that bound);
 - every item settles exactly once, as the script and the retry policy say it must, after
