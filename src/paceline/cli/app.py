@@ -449,6 +449,8 @@ def _masked_message(journal: str, missing: list[tuple[str, str]]) -> str:
 @app.command(
     "serve-test",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    # --help goes to the server's own parser, which knows its options (ours knows none).
+    add_help_option=False,
 )
 def serve_test_command(ctx: typer.Context) -> None:
     """Serve the rate-limited test API on 127.0.0.1 (options: --quota 50/1s --retry-after

@@ -132,6 +132,11 @@ def open_rows(
             raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
     else:
         name = _STDIN_NAME
+        if stdin is None and sys.stdin is None:  # started with fd 0 closed (<&-)
+            raise InputError(
+                "the input - is stdin, which is closed: pipe the rows in "
+                "(... | paceline ... -), or give a file instead of -"
+            )
         stream = stdin if stdin is not None else sys.stdin.buffer
     try:
         return RowSource(name, path, stream, owned=owned, fmt=fmt, max_line_bytes=max_line_bytes)

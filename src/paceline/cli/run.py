@@ -1,7 +1,14 @@
 """Running one CLI batch: input -> items -> the async runner -> journal, output, progress.
 
-Exit codes: 0 every item succeeded; 1 some failed; 2 usage or input error; 3 halted by a
-``--halt`` rule; 130 interrupted (the journal keeps what finished; resume picks up the rest).
+Exit codes: 0 every item succeeded; 1 some failed; 2 usage or input error, or the journal or
+``--out`` could not be written (disk full, read-only); 3 halted by a ``--halt`` rule; 130
+interrupted by Ctrl-C, SIGTERM or SIGHUP; 141 the reader of ``--out -`` went away (``| head``:
+128 + SIGPIPE, what a shell reports for a tool killed by it). After 2, 130 and 141 the journal
+keeps what finished, and ``paceline resume`` picks up the rest.
+
+A result reaches ``--out`` only once the journal has committed it, so a crash never shows an item
+done that then runs again on resume. ``PACELINE_STOP_GRACE_S`` overrides how long a graceful stop
+waits for the attempts in flight (``STOP_GRACE_S``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,13 @@ from paceline.cli.ops import (
     is_throttle,
     to_item,
 )
-from paceline.cli.output import ResultWriter
+from paceline.cli.output import (
+    CommittedOutput,
+    OutputClosed,
+    ResultWriter,
+    refuse_same_file,
+    write_private,
+)
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.batch import stream
 from paceline.limiter import RateLimiter
@@ -37,12 +50,32 @@ from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryPolicy
 from paceline.runners._common import auto_workers
-from paceline.stores import Journal, JournalError, JournalMismatch, fingerprint_of
+from paceline.stores import (
+    Journal,
+    JournalCorrupt,
+    JournalError,
+    JournalMismatch,
+    fingerprint_of,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HALTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OUTPUT_CLOSED = 141
 SPEC_META = "cli.spec"
 TICK_S = 0.2  # progress redraws
 SAMPLE_S = 1.0  # timeline samples in the journal
+# A graceful stop waits this long for the attempts in flight, then stops without them (they
+# run again on resume). Longer than an ordinary API call (so a stop does not send it twice),
+# shorter than the grace a supervisor gives before its SIGKILL (Kubernetes: 30 s), so the
+# summary is printed and the journal closed by us; docker stop's 10 s needs --time 30.
+STOP_GRACE_S = 20.0
+# A stop ends the stream once no attempt has run for two polls this far apart: a finished
+# attempt reaches the output within a few event-loop turns, and a poll waits behind them.
+DRAIN_POLL_S = 0.02
+DRAINED_POLLS = 2
+# The CLI's journal commits at least every this many outcomes (and every 50 ms): what a
+# SIGKILL can make run again is the attempts in flight plus at most about this many. A commit
+# in WAL mode costs tens of microseconds, so even thousands of items/s pay under 1 % for it.
+COMMIT_ROWS = 64
 
 
 @dataclass(slots=True)
@@ -71,7 +104,10 @@ class Plan:
 def plan_for(spec: RunSpec, total: int | None) -> Plan:
     """Concurrency, adaptive control, rate limits and retries for ``spec``."""
     fixed = spec.concurrency_limit()
-    limiter = RateLimiter.from_rates(*spec.rates, burst=spec.burst) if spec.rates else None
+    try:
+        limiter = RateLimiter.from_rates(*spec.rates, burst=spec.burst) if spec.rates else None
+    except ValueError as exc:  # a --burst above a --rate's count
+        raise UsageError(f"--{exc}; lower --burst, or raise the --rate count") from None
     controller = None
     if fixed is None and spec.command == "exec":
         fixed = os.cpu_count() or 2  # like GNU parallel: one job per core
@@ -118,16 +154,16 @@ def open_journal(spec: RunSpec, operation: Operation, fresh: bool) -> Journal | 
     path = spec.journal_path()
     if path is None:
         return None
-    if fresh:
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(str(path) + suffix).unlink()
+    check_journal_directory(path)
     try:
+        if fresh:
+            Journal.delete(path)  # refuses a journal another run holds open
         journal = Journal.open(
             path,
             fingerprint=fingerprint_of(spec.fingerprint_text()),
             label=spec.label(),
             codec=operation.codec,
+            flush_rows=COMMIT_ROWS,
         )
     except JournalMismatch as exc:
         raise UsageError(
@@ -137,6 +173,71 @@ def open_journal(spec: RunSpec, operation: Operation, fresh: bool) -> Journal | 
         raise UsageError(str(exc)) from None
     journal.set_meta(SPEC_META, spec.public().to_json())
     return journal
+
+
+def check_journal_directory(path: Path) -> None:
+    """Refuse a --journal whose directory is missing outside the working directory: a typo
+    there would silently make a tree of directories. Under it (``.paceline/``), it is made."""
+    parent = Path(os.path.abspath(path)).parent
+    if parent.is_dir():
+        return
+    cwd = Path.cwd()
+    if parent == cwd or cwd in parent.parents:
+        return
+    raise UsageError(
+        f"--journal {path}: the directory {parent} does not exist; create it first "
+        f"(mkdir -p {parent}), or pass a path under the current directory"
+    )
+
+
+def check_outputs(spec: RunSpec, html: str | None) -> None:
+    """Refuse an --out or --html that would overwrite the input or the journal."""
+    journal = spec.journal_path()
+    protected: dict[str, Path | None] = {
+        "the input": None if spec.input == "-" else Path(spec.input),
+    }
+    if journal is not None:
+        protected["the journal"] = journal
+        for suffix in ("-wal", "-shm"):
+            protected[f"the journal's {suffix} file"] = Path(f"{journal}{suffix}")
+    if spec.out:
+        refuse_same_file("--out", spec.out, protected)
+    if html:
+        refuse_same_file("--html", html, {**protected, "the --out file": _path_or_none(spec.out)})
+
+
+def _path_or_none(target: str | None) -> Path | None:
+    return None if target in (None, "-") else Path(str(target))
+
+
+def resume_hint(path: Path, *, retry_failed: bool = False) -> str:
+    """The command that continues the batch of the journal at ``path``."""
+    return f"paceline resume {display_path(path)}" + (" --retry-failed" if retry_failed else "")
+
+
+def journal_failure(exc: JournalError, path: Path) -> str:
+    """One line for a journal that failed mid-run: what happened, and how to go on."""
+    if isinstance(exc, JournalCorrupt):
+        return (
+            f"{exc}; the other outcomes are intact: restore the journal from a backup, or start "
+            f"this batch over with --fresh"
+        )
+    return (
+        f"{exc}. The outcomes committed before are intact: fix that (free some space, make it "
+        f"writable), then continue with: {resume_hint(path)}"
+    )
+
+
+def stop_grace_s() -> float:
+    """How long a graceful stop waits for attempts in flight (``PACELINE_STOP_GRACE_S``)."""
+    text = os.environ.get("PACELINE_STOP_GRACE_S")
+    try:
+        value = float(text) if text else STOP_GRACE_S
+    except ValueError:
+        raise UsageError(
+            f"PACELINE_STOP_GRACE_S={text!r}: must be a number of seconds, e.g. 20"
+        ) from None
+    return value if value >= 0 else STOP_GRACE_S
 
 
 class Batch:
@@ -151,12 +252,18 @@ class Batch:
         self.input_done = False
         self.metrics: Metrics | None = None
         self.run_number = 1
-        # Ctrl-C (or SIGTERM): stop starting attempts, let those running finish and be
-        # recorded (so nothing done is done again on resume), then stop. A second one abandons
-        # the running attempts at once (they run again on resume).
+        # Ctrl-C, SIGTERM or SIGHUP (or the reader of --out - going away): stop starting
+        # attempts, let those running finish and be recorded (so nothing done is done again on
+        # resume), at most stop_grace_s, then stop. A second signal abandons the running
+        # attempts at once (they run again on resume).
         self.stopping = False
+        self.stop_grace_s = stop_grace_s()
+        self.output_closed = False
+        self.output_error: UsageError | None = None
+        self._streaming = False
         self._main: asyncio.Task[Any] | None = None
         self._held: asyncio.Future[None] | None = None
+        self._stopper: asyncio.Task[None] | None = None
 
     # -- the input ---------------------------------------------------------------------------
 
@@ -195,10 +302,8 @@ class Batch:
                 raise
             except Exception as exc:
                 metrics.attempt_ended(clock() - started, throttled=is_throttle(exc), failed=True)
-                self._maybe_stop()
                 raise
             metrics.attempt_ended(clock() - started, throttled=False, failed=False)
-            self._maybe_stop()
             return value
 
         return attempt
@@ -208,38 +313,73 @@ class Batch:
     def _on_signal(self) -> None:
         if self.stopping:
             self._log("paceline: stopping now; the attempts still running will run again on resume")
-            if self._main is not None:
-                self._main.cancel()
+            self._cancel_stream()
+            return
+        running = self.metrics.in_flight if self.metrics is not None else 0
+        self._begin_stop(
+            f"paceline: stopping — waiting up to {self.stop_grace_s:g} s for {running} running "
+            "to finish (Ctrl-C again to stop at once)"
+        )
+
+    def _begin_stop(self, message: str | None) -> None:
+        if self.stopping:
             return
         self.stopping = True
-        running = self.metrics.in_flight if self.metrics is not None else 0
-        self._log(
-            f"paceline: stopping — waiting for {running} running to finish "
-            "(Ctrl-C again to stop at once)"
-        )
-        self._maybe_stop()
+        if message:
+            self._log(message)
+        self._stopper = asyncio.ensure_future(self._stop_when_drained())
 
-    def _maybe_stop(self) -> None:
-        metrics = self.metrics
+    async def _stop_when_drained(self) -> None:
+        """End the stream once no attempt runs (their results delivered), or after the grace."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.stop_grace_s
+        quiet = 0
+        while quiet < DRAINED_POLLS:
+            await asyncio.sleep(DRAIN_POLL_S)
+            running = self.metrics.in_flight if self.metrics is not None else 0
+            quiet = 0 if running else quiet + 1
+            if running and loop.time() >= give_up:
+                self._log(
+                    f"paceline: {running} attempts still running after {self.stop_grace_s:g} s; "
+                    "stopping without them (they run again on resume)"
+                )
+                break
+        self._cancel_stream()
+
+    def _cancel_stream(self) -> None:
         main = self._main
-        stop = self.stopping and metrics is not None and metrics.in_flight == 0
-        if stop and main is not None and not main.done():
+        if self._streaming and main is not None and not main.done():
             main.cancel()
 
     def _install_signals(self) -> None:
         import signal
 
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # SIGHUP: the terminal closed
+            signum = getattr(signal, name, None)
+            if signum is None:  # Windows has no SIGHUP
+                continue
             # Not on Windows or off the main thread: there, Ctrl-C cancels at once.
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, self._on_signal)
+
+    def _output_failed(self, error: BaseException) -> None:
+        """The output task failed: the reader went away, or the file cannot be written."""
+        if isinstance(error, OutputClosed):
+            self.output_closed = True
+            _silence_stdout()
+        elif isinstance(error, UsageError):
+            self.output_error = error
+        else:
+            self.output_error = UsageError(f"writing --out failed: {type(error).__name__}: {error}")
+        self._begin_stop(None)
 
     # -- the run -----------------------------------------------------------------------------
 
     async def run(self) -> int:
         spec = self.spec
         spec.check()
+        check_outputs(spec, self.display.html)
         self._main = asyncio.current_task()
         self._held = asyncio.get_running_loop().create_future()
         self._install_signals()
@@ -259,21 +399,29 @@ class Batch:
         try:
             operation.prepare(source)
             journal = open_journal(spec, operation, self.fresh)
-            if journal is not None and plan.controller is not None:
-                start_where_we_left(plan.controller, journal)
+            if journal is None:
+                return await self._run_with(source, operation, plan, None)
             try:
-                return await self._run_with(source, operation, plan, journal)
-            finally:
-                if journal is not None:
-                    journal.close()
+                if plan.controller is not None:
+                    start_where_we_left(plan.controller, journal)
+                code = await self._run_with(source, operation, plan, journal)
+            except JournalError as exc:
+                _close_quietly(journal)
+                raise UsageError(journal_failure(exc, journal.path)) from None
+            except BaseException:
+                _close_quietly(journal)
+                raise
+            try:
+                journal.close()
+            except JournalError as exc:
+                raise UsageError(journal_failure(exc, journal.path)) from None
+            return code
         finally:
             await operation.close()
 
     async def _run_with(
         self, source: RowSource, operation: Operation, plan: Plan, journal: Journal | None
     ) -> int:
-        from paceline.cli.progress import ProgressView
-
         spec = self.spec
         metrics = Metrics(source.total)
         self.metrics = metrics
@@ -292,70 +440,34 @@ class Batch:
 
         metrics.read_holds = holds
         if journal is not None:
-            self.run_number = 1 + sum(1 for s in journal.samples() if s.get("kind") == "start")
-            journal.add_sample(
-                {
-                    "kind": "start",
-                    "run": self.run_number,
-                    "t": time.time(),
-                    "command": spec.command,
-                    "concurrency": spec.concurrency,
-                    "rates": list(spec.rates),
-                    "adaptive": controller is not None,
-                }
-            )
-        live = self.display.live
-        if spec.out == "-" and sys.stdout.isatty():
-            live = False  # results on the terminal: a redrawn bar would tear through them
-        view = ProgressView(
-            self.display.err,
-            title=spec.label(),
-            live=live,
-            quiet=self.display.quiet,
-        )
-        self._view = view
+            self._note_start(journal, controller is not None)
+        view = self._open_view()
         writer = ResultWriter.open(spec.out) if spec.out else None
-        outcome = "done"
+        output = CommittedOutput(writer, journal) if writer is not None else None
         view.start()
         ticker = asyncio.ensure_future(self._tick(view, metrics, journal))
+        if output is not None:
+            output.start(self._output_failed)
         try:
-            results = stream(
-                self.items(source, operation),
-                self.attempt_function(operation, metrics),
-                plan.workers,
-                ordered=spec.keep_order,
-                rate_limiter=plan.rate_limiter,
-                retry=plan.retry,
-                halt=spec.halt or None,
-                # http times the whole attempt in its sender, whose error names the URL
-                timeout_s=None if spec.command == "http" else spec.timeout_s,
-                journal=journal,
-                retry_failed=spec.retry_failed,
-                key=_item_key,
-                item_id=_item_key,
-                adaptive=controller,
-                give_up_after_s=spec.give_up_after_s(),
-                on_halt=self._on_halt,
-            )
-            async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
-                async for result in settled:
-                    # a bad row or a duplicate id fails without an attempt of ours
-                    attempted = result.attempts > 0 and not isinstance(
-                        result.exception, BadInputRow
-                    )
-                    metrics.settled(
-                        failed=not result.success, restored=result.restored, attempted=attempted
-                    )
-                    if writer is not None:
-                        writer.write(result)
-        except asyncio.CancelledError:
-            outcome = "interrupted"
+            outcome = await self._stream(source, operation, plan, journal, output)
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            if writer is not None:
-                writer.close()
+            if self._stopper is not None:
+                self._stopper.cancel()
+            if output is not None:
+                output.stop()
+        if journal is not None:
+            journal.flush()  # what settled is committed, so it may be shown
+        if output is not None and not self.output_closed and self.output_error is None:
+            try:
+                output.finish()
+            except OutputClosed:
+                self.output_closed = True
+                _silence_stdout()
+            except UsageError as exc:
+                self.output_error = exc
         code, reason = self._verdict(outcome, metrics)
         final = metrics.snapshot()
         view.finish(final, outcome=reason)
@@ -372,7 +484,7 @@ class Batch:
             )
             journal.flush()
         self._summarise(code, reason, journal)
-        if outcome == "interrupted":
+        if reason == "interrupted":
             raise KeyboardInterrupt
         return code
 
@@ -381,7 +493,92 @@ class Batch:
         if reason.startswith("giving up"):
             self._log(f"paceline: {reason}; stopping (in flight: let finish)")
 
+    async def _stream(
+        self,
+        source: RowSource,
+        operation: Operation,
+        plan: Plan,
+        journal: Journal | None,
+        output: CommittedOutput | None,
+    ) -> str:
+        """Run the items through the runner until the input ends or a stop; the outcome."""
+        spec, metrics = self.spec, self.metrics
+        assert metrics is not None
+        results = stream(
+            self.items(source, operation),
+            self.attempt_function(operation, metrics),
+            plan.workers,
+            ordered=spec.keep_order,
+            rate_limiter=plan.rate_limiter,
+            retry=plan.retry,
+            halt=spec.halt or None,
+            # http times the whole attempt in its sender, whose error names the URL
+            timeout_s=None if spec.command == "http" else spec.timeout_s,
+            journal=journal,
+            retry_failed=spec.retry_failed,
+            key=_item_key,
+            item_id=_item_key,
+            adaptive=plan.controller,
+            give_up_after_s=spec.give_up_after_s(),
+            on_halt=self._on_halt,
+        )
+        self._streaming = True
+        try:
+            async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
+                async for result in settled:
+                    # a bad row or a duplicate id fails without an attempt of ours
+                    attempted = result.attempts > 0 and not isinstance(
+                        result.exception, BadInputRow
+                    )
+                    metrics.settled(
+                        failed=not result.success, restored=result.restored, attempted=attempted
+                    )
+                    if output is not None:
+                        output.add(result)
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise  # not our stop: let it through
+            _uncancel()
+            return "interrupted"
+        finally:
+            self._streaming = False
+        return "interrupted" if self.stopping else "done"
+
+    def _note_start(self, journal: Journal, adaptive: bool) -> None:
+        spec = self.spec
+        self.run_number = 1 + sum(1 for s in journal.samples() if s.get("kind") == "start")
+        journal.add_sample(
+            {
+                "kind": "start",
+                "run": self.run_number,
+                "t": time.time(),
+                "command": spec.command,
+                "concurrency": spec.concurrency,
+                "rates": list(spec.rates),
+                "adaptive": adaptive,
+            }
+        )
+
+    def _open_view(self) -> Any:
+        from paceline.cli.progress import ProgressView
+
+        live = self.display.live
+        if self.spec.out == "-" and sys.stdout.isatty():
+            live = False  # results on the terminal: a redrawn bar would tear through them
+        view = ProgressView(
+            self.display.err,
+            title=self.spec.label(),
+            live=live,
+            quiet=self.display.quiet,
+        )
+        self._view = view
+        return view
+
     def _verdict(self, outcome: str, metrics: Metrics) -> tuple[int, str]:
+        if self.output_error is not None:
+            return EXIT_USAGE, "output_failed"
+        if self.output_closed:
+            return EXIT_OUTPUT_CLOSED, "output_closed"
         if outcome == "interrupted":
             return EXIT_INTERRUPTED, "interrupted"
         if self.bad_input is not None:
@@ -394,6 +591,8 @@ class Batch:
             return EXIT_HALTED, "halted"
         if metrics.failed:
             return EXIT_FAILED, "failed"
+        if metrics.settled_count == 0:
+            return EXIT_OK, "empty"
         return EXIT_OK, "done"
 
     async def _tick(self, view: Any, metrics: Metrics, journal: Journal | None) -> None:
@@ -421,6 +620,18 @@ class Batch:
         err = self.display.err
         metrics = self.metrics
         assert metrics is not None
+        if self.output_error is not None:
+            hint = (
+                f"; the journal has every outcome: {resume_hint(journal.path)}" if journal else ""
+            )
+            raise UsageError(f"{self.output_error}{hint}")
+        if reason == "output_closed":  # like any Unix tool at the end of a pipe: one line at most
+            if journal is not None:
+                err.write(
+                    f"paceline: the reader of the output went away after {metrics.settled_count} "
+                    f"items; continue with: {resume_hint(journal.path)}\n"
+                )
+            return
         if self.bad_input is not None:
             kept = " and kept in the journal" if journal is not None else ""
             err.write(
@@ -440,6 +651,7 @@ class Batch:
         if not self.display.quiet or reason in ("failed", "halted", "gave_up", "interrupted"):
             line = {
                 "done": f"every item succeeded ({metrics.settled_count})",
+                "empty": "the input has no items: nothing to do",
                 "failed": f"{metrics.failed} of {metrics.settled_count} items failed",
                 "halted": f"halted by --halt {' '.join(self.spec.halt)}; "
                 f"{metrics.failed} failed, {metrics.settled_count} settled",
@@ -452,10 +664,31 @@ class Batch:
             if journal is not None and code != EXIT_OK:
                 err.write(
                     f"paceline: journal {display_path(journal.path)} — continue with: "
-                    f"paceline resume {display_path(journal.path)}"
-                    + (" --retry-failed" if reason == "failed" else "")
-                    + "\n"
+                    f"{resume_hint(journal.path, retry_failed=reason == 'failed')}\n"
                 )
+
+
+def _close_quietly(journal: Journal) -> None:
+    """Close a journal while another error is on its way out (that one is reported)."""
+    with contextlib.suppress(JournalError):
+        journal.close()
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away: send what is still buffered (and the interpreter's
+    flush at exit) to /dev/null instead of a BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _uncancel() -> None:
+    """Forget our own stop's cancel (Python 3.11+ counts them; later awaits must not see it)."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 def start_where_we_left(controller: AdaptiveController, journal: Journal) -> None:
@@ -513,10 +746,11 @@ def write_html(journal_path: Path, target: str) -> None:
     from paceline.cli.report_html import render_html
     from paceline.stores.view import JournalView
 
+    refuse_same_file("--html", target, {"the journal": Path(journal_path)})
     with JournalView.open(journal_path) as stored:
         page = render_html(build_report(stored))
     try:
-        Path(target).write_text(page, encoding="utf-8")
+        write_private(target, page)
     except OSError as exc:
         raise UsageError(f"--html {target!r}: cannot write it ({exc.strerror})") from None
 

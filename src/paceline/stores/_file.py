@@ -13,7 +13,15 @@ from pathlib import Path
 
 from paceline.stores._errors import JournalCorrupt, JournalError
 
-__all__ = ["check_file", "connect", "corrupt", "lock", "tighten_side_files"]
+__all__ = [
+    "check_file",
+    "check_writable",
+    "connect",
+    "corrupt",
+    "lock",
+    "remove",
+    "tighten_side_files",
+]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SIDE_FILES = ("-wal", "-shm")
@@ -40,13 +48,30 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def tighten_side_files(path: Path) -> None:
-    """chmod 0o600 the -wal/-shm files. SQLite already creates them with the database file's
-    mode; this covers a filesystem or SQLite build that does not."""
+    """chmod 0o600 the -wal/-shm files. SQLite creates them with the database file's mode: a
+    journal once opened while it was 0400 leaves a 0400 -shm, which breaks every later open
+    (SQLite cannot map it for writing) even after the journal is made writable again; this also
+    covers a filesystem or SQLite build that uses another mode. Files not ours stay as they are.
+    """
     for suffix in _SIDE_FILES:
         side = Path(f"{path}{suffix}")
         with contextlib.suppress(OSError):
-            if side.stat().st_mode & 0o077:
+            if side.stat().st_mode & 0o777 != 0o600:
                 side.chmod(0o600)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a journal this process cannot write (its mode, a read-only or immutable file or
+    filesystem) before SQLite opens it: SQLite would open it read-only, leave -wal/-shm files
+    behind, and fail only at the first write."""
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        raise JournalError(
+            f"journal {path} is read-only ({exc.strerror or exc}); its outcomes are intact. "
+            f"Make it writable (chmod u+w {path}, or remount its disk read-write) to continue "
+            f"the batch, or pass a different --journal path"
+        ) from None
 
 
 def corrupt(path: Path, problem: str, fix: str | None = None) -> JournalCorrupt:
@@ -91,13 +116,37 @@ def check_file(path: Path) -> None:
         )
 
 
+def remove(path: Path) -> None:
+    """Delete the journal at ``path`` and its -wal/-shm files, holding its lock meanwhile:
+    :class:`JournalError` if an open journal (of any process) holds it."""
+    fd = lock(path) if path.exists() else None
+    try:
+        for suffix in ("", *_SIDE_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{path}{suffix}").unlink()
+    except OSError as exc:
+        raise JournalError(
+            f"journal {path} cannot be deleted ({exc.strerror or exc}); delete it yourself, "
+            f"or pass a different --journal path"
+        ) from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 if sys.platform != "win32":
     import fcntl
 
     def lock(path: Path) -> int:
         """An exclusive advisory lock held for as long as the journal is open: two runs writing
         one journal would each run the other's items again. Returns the fd to close."""
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise JournalError(
+                f"journal {path} cannot be opened ({exc.strerror or exc}); check that this user "
+                f"can read it, or pass a different --journal path"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -204,11 +204,19 @@ def open_database(path: Path, fingerprint: str, label: str | None, reuse: bool) 
     refuse it (another fingerprint); lock it and return two connections. Every failure is a
     :class:`JournalError` naming the path and what to do, never a bare ``sqlite3`` error."""
     if not path.exists():
-        create(path, fingerprint, label)
+        try:
+            create(path, fingerprint, label)
+        except OSError as exc:
+            raise JournalError(
+                f"journal {path} cannot be created ({exc.strerror or exc}); pass a --journal "
+                f"path in a directory this user can write"
+            ) from None
     _file.check_file(path)
     lock_fd = _file.lock(path)
     reader = writer = None
     try:
+        _file.check_writable(path)
+        _file.tighten_side_files(path)  # before SQLite maps them (we hold the lock)
         reader = _file.connect(path)
         meta = validate(reader, path)
         adopt_or_refuse(reader, path, meta, fingerprint, label, reuse)

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class Writer:
         "check_at",
         "error",
         "flush_rows",
+        "listener",
         "max_rows",
         "queue",
     )
@@ -114,6 +115,8 @@ class Writer:
         self._taken = 0  # rows popped from the queue, ever
         self._committed = 0  # rows committed, ever
         self._stopping = False
+        # Called (from the writer thread, no argument) after each commit; must not block.
+        self.listener: Callable[[], None] | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"paceline-journal-writer:{path.name}", daemon=True
         )
@@ -143,6 +146,16 @@ class Writer:
             self._wake.set()
             while self._committed < target and self._alive():
                 self._progress.wait(_POLL_S)
+
+    def recorded(self) -> int:
+        """Rows recorded so far, ever: everything until now is committed once
+        :meth:`committed` reaches it."""
+        with self._progress:
+            return self._taken + len(self.queue)
+
+    def committed(self) -> int:
+        """Rows committed so far, ever."""
+        return self._committed
 
     def stop(self) -> None:
         """Commit what is queued, stop the thread and close the connection. Idempotent."""
@@ -190,6 +203,11 @@ class Writer:
             with self._progress:
                 self._committed += count
                 self._progress.notify_all()
+            listener = self.listener
+            if listener is not None:
+                # A listener's failure (its event loop closed) is not the journal's failure.
+                with contextlib.suppress(Exception):
+                    listener()
 
     def _commit(self, rows: list[tuple[Any, ...]]) -> None:
         now = time.time_ns()

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from paceline.stores import _schema
+from paceline.stores import _file, _schema
 from paceline.stores._codec import (
     I64_MAX,
     I64_MIN,
@@ -184,6 +184,26 @@ class Journal:
         # included): the writer commits what was recorded. Holds no reference to self.
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, opened)
         return self
+
+    @staticmethod
+    def delete(path: str | os.PathLike[str]) -> None:
+        """Delete the journal at ``path`` with its -wal and -shm files (nothing to do if there
+        is none). Raises :class:`JournalError` if an open journal, in this or another process,
+        holds it: a batch still writing it would go on, and both would run every item.
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "batch.journal")
+        >>> journal = Journal.open(path, fingerprint="f00d")
+        >>> Journal.delete(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        paceline.stores._errors.JournalError: journal ... is in use by another open Journal ...
+        >>> journal.close()
+        >>> Journal.delete(path)
+        >>> os.path.exists(path)
+        False
+        """
+        _file.remove(Path(os.fspath(path)).absolute())
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -358,6 +378,32 @@ class Journal:
         self._writer.flush()
         if self._writer.error is not None:
             raise self._unusable()
+
+    def commit_mark(self) -> int:
+        """A mark for everything recorded until now: it is all committed to the file once
+        :meth:`committed_mark` reaches this number (never blocks; see :meth:`on_commit`).
+
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "batch.journal")
+        >>> with Journal.open(path, fingerprint="f00d") as journal:
+        ...     journal.record("i:1", success=True, result=1)
+        ...     mark = journal.commit_mark()
+        ...     journal.flush()
+        ...     journal.committed_mark() >= mark
+        True
+        """
+        return self._writer.recorded()
+
+    def committed_mark(self) -> int:
+        """How far commits have got, in the numbers :meth:`commit_mark` hands out."""
+        return self._writer.committed()
+
+    def on_commit(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback()`` after each commit, from the journal's writer thread (so it must
+        be quick and thread-safe, e.g. ``loop.call_soon_threadsafe``); ``None`` stops it.
+        An output that shows an item only once it is committed never shows an item done
+        that a crash then runs again."""
+        self._writer.listener = callback
 
     def close(self) -> None:
         """Commit what was recorded, stop the writer thread and close the file. Idempotent.
