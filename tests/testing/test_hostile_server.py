@@ -172,7 +172,10 @@ def test_every_mode_starts_and_stops_and_an_unknown_one_is_refused() -> None:
 
 def test_serve_test_hostile_runs_a_mode_from_the_command_line() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "paceline.testing.api_server", "--hostile", "error", "--port", "0"],
+        [
+            *(sys.executable, "-m", "paceline.testing.api_server", "--hostile", "huge-body"),
+            *("--body-bytes", "5000", "--port", "0"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -180,8 +183,8 @@ def test_serve_test_hostile_runs_a_mode_from_the_command_line() -> None:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
         assert line.startswith("listening on http://127.0.0.1:"), line
-        status, _, _ = get(line.removeprefix("listening on "), "/items/1")
-        assert status == 500
+        status, _, body = get(line.removeprefix("listening on "), "/items/1")
+        assert (status, len(body)) == (200, 5000)
     finally:
         process.terminate()
         process.wait(TIMEOUT_S)
