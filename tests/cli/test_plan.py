@@ -37,10 +37,14 @@ def test_the_burst_and_the_least_time_the_rate_allows_are_shown(tmp_path):
     )
 
 
-def test_without_a_burst_the_whole_window_may_start_at_once(tmp_path):
+def test_without_a_burst_the_rate_paces_evenly(tmp_path):
+    # Issue 11: --rate paces evenly by default (a leaky bucket refuses back-to-back starts).
     shown = dry_run(tmp_path, "--rate", "10/s")
-    assert line(shown, "rate:").split(None, 1)[1] == "10/s, burst 10 (the whole window; --burst)"
-    assert "at least 9.0 s for 100 items" in line(shown, "time:")
+    assert (
+        line(shown, "rate:").split(None, 1)[1]
+        == "10/s, burst 1 (evenly paced; --burst N allows bursts)"
+    )
+    assert "at least 9.9 s for 100 items" in line(shown, "time:")
 
 
 def test_without_a_rate_of_ours_the_time_is_the_servers(tmp_path):

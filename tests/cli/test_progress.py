@@ -845,3 +845,17 @@ def test_format_percent_rounds_down_and_reaches_100_only_at_the_end():
         "99%",
         "100%",
     ]
+
+
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [("output_closed", "output closed"), ("gave_up", "gave up"), ("empty", "nothing to do")],
+)
+def test_the_final_line_says_the_reason_in_words(reason, shown):
+    out = io.StringIO()
+    view = ProgressView(out, title="paceline", live=False)
+    view.start()
+    view.finish(Metrics(3).snapshot(), outcome=reason)
+    last = out.getvalue().strip().splitlines()[-1]
+    assert shown in last
+    assert reason not in last

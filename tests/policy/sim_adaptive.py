@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, field
 
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
+from paceline.policy.gcra import Gcra
 
 NS = 1_000_000_000
 
@@ -35,6 +37,7 @@ class QuotaServer:
         self.retry_after = retry_after
         self.log: deque[int] = deque()
         self.accepted: list[int] = []
+        self.delay_ns = 0  # how long the server held the last accepted request (nginx's delay)
 
     def admit(self, now: int) -> tuple[Outcome, float | None]:
         while self.log and self.log[0] <= now - self.window_ns:
@@ -68,15 +71,78 @@ class FixedWindowServer(QuotaServer):
         return Outcome.SUCCESS, None
 
 
+class LeakyBucketServer(QuotaServer):
+    """nginx's ``limit_req`` to the letter (ngx_http_limit_req_module.c): time in whole
+    milliseconds, ``excess`` in thousandths of a request; a request arriving ``ms`` after the
+    last accepted one makes ``excess = max(0, excess - rate * ms + 1000)`` and is refused
+    (without moving anything) if that exceeds ``burst * 1000``. Accepted with ``excess > 0``
+    and without ``nodelay``, it is answered ``excess / rate`` ms late. No ``Retry-After``."""
+
+    def __init__(self, rate_per_s: int, burst: int = 0, nodelay: bool = False) -> None:
+        super().__init__(rate_per_s, 1.0, retry_after=False)
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.nodelay = nodelay
+        self.last_ms: int | None = None
+        self.excess = 0
+
+    def admit(self, now: int) -> tuple[Outcome, float | None]:
+        now_ms = now // 1_000_000
+        self.delay_ns = 0
+        if self.last_ms is None:
+            excess = 0
+        else:
+            ms = now_ms - self.last_ms
+            excess = max(0, self.excess - self.rate_per_s * ms + 1000)
+            if excess > self.burst * 1000:
+                return Outcome.THROTTLE, None
+        if not self.nodelay:
+            self.delay_ns = excess * 1_000_000 // self.rate_per_s
+        self.excess = excess
+        if self.last_ms is None or now_ms != self.last_ms:
+            self.last_ms = now_ms
+        self.accepted.append(now)
+        return Outcome.SUCCESS, None
+
+
+class TokenBucketServer(QuotaServer):
+    """A token bucket: ``capacity`` tokens, refilled at ``rate_per_s`` (continuous, in ns);
+    each request takes one or is refused. No ``Retry-After``."""
+
+    def __init__(self, rate_per_s: float, capacity: int) -> None:
+        super().__init__(capacity, 1.0, retry_after=False)
+        self.interval_ns = round(NS / rate_per_s)
+        self.capacity_ns = capacity * self.interval_ns
+        self.level_ns = self.capacity_ns  # tokens, in ns of refill
+        self.at_ns = 0
+
+    def admit(self, now: int) -> tuple[Outcome, float | None]:
+        self.level_ns = min(self.capacity_ns, self.level_ns + now - self.at_ns)
+        self.at_ns = now
+        if self.level_ns < self.interval_ns:
+            return Outcome.THROTTLE, None
+        self.level_ns -= self.interval_ns
+        self.accepted.append(now)
+        return Outcome.SUCCESS, None
+
+
 def simulate(
     server: QuotaServer,
     duration_s: float,
     latency_s: float = 0.02,
     settings: AdaptiveSettings | None = None,
     seed: int = 1,
+    wake_jitter_s: float = 0.0,
+    user_rate_per_s: float | None = None,
 ) -> tuple[SimResult, AdaptiveController]:
+    """Run the controller against ``server`` for ``duration_s`` of fake time. A timer (the
+    pacer's, the user's limiter's) fires up to ``wake_jitter_s`` late; ``user_rate_per_s``: a
+    strict limiter paces evenly at that rate after the controller's gates (``--rate``)."""
     rng = random.Random(seed)
-    controller = AdaptiveController(settings or AdaptiveSettings(), rng=random.Random(seed))
+    settings = settings or AdaptiveSettings()
+    if user_rate_per_s is not None:
+        settings = dataclasses.replace(settings, user_rate_per_s=user_rate_per_s)
+    controller = AdaptiveController(settings, rng=random.Random(seed))
     end = round(duration_s * NS)
     now = 0
     flights: list[tuple[int, int, object, Outcome, float | None]] = []
@@ -84,6 +150,7 @@ def simulate(
     sent = throttled = 0
     throttled_at: list[float] = []
     waited_for_rate = False
+    user = None if user_rate_per_s is None else Gcra(round(NS / user_rate_per_s), 0)
     while now < end:
         while flights and flights[0][0] <= now:
             done_at, _, ticket, outcome, retry_after = heapq.heappop(flights)
@@ -92,14 +159,21 @@ def simulate(
         if decision.go:
             ticket = controller.started(now, len(flights), waited_for_rate)
             waited_for_rate = False
-            arrival = now + round(latency_s * NS / 2 * rng.uniform(0.8, 1.2))
+            send = now
+            if user is not None:
+                wait = user.wait_ns(now, 1)
+                if wait:
+                    send = now + wait + round(wake_jitter_s * NS * rng.random())
+                user.record(send, 1, waited=wait > 0)
+                ticket.sent_ns = send
+            arrival = send + round(latency_s * NS / 2 * rng.uniform(0.8, 1.2))
             outcome, retry_after = server.admit(arrival)
             sent += 1
             throttled += outcome is Outcome.THROTTLE
             if outcome is Outcome.THROTTLE:
                 throttled_at.append(arrival / NS)
             seq += 1
-            done = arrival + round(latency_s * NS / 2)
+            done = arrival + server.delay_ns + round(latency_s * NS / 2)
             heapq.heappush(flights, (done, seq, ticket, outcome, retry_after))
             continue
         next_done = flights[0][0] if flights else end
@@ -107,7 +181,8 @@ def simulate(
             now = next_done
         else:
             waited_for_rate = decision.rate
-            now = min(now + decision.wait_ns, next_done)
+            late = round(wake_jitter_s * NS * rng.random()) if decision.rate else 0
+            now = min(now + decision.wait_ns + late, next_done)
     accepted = [t for t in server.accepted if t < end]
     most = 0
     j = 0

@@ -6,7 +6,14 @@ import random
 import pytest
 
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, describe
-from tests.policy.sim_adaptive import FixedWindowServer, QuotaServer, simulate, simulate_capacity
+from tests.policy.sim_adaptive import (
+    FixedWindowServer,
+    LeakyBucketServer,
+    QuotaServer,
+    TokenBucketServer,
+    simulate,
+    simulate_capacity,
+)
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -23,15 +30,19 @@ def test_no_rate_gate_until_the_first_throttle_only_the_concurrency_gate():
     assert c.decide(0, in_flight=3).slot
 
 
-def test_the_first_throttle_sets_the_rate_from_what_the_server_accepted_over_a_second():
+def test_the_first_throttle_paces_evenly_at_what_the_server_accepted_over_a_second():
+    # Issue 11: the initial concurrency goes out at once, with no pacer: a throttle of that
+    # burst says "smooth", not "cut" — pace evenly at what was accepted (40, judged over at
+    # least one second; it was 0.8 of that), learn no ceiling from it, and climb from there.
     c = controller(initial_concurrency=100)
     tickets = [c.started(0, i, False) for i in range(50)]
     for t in tickets[:40]:
         c.finished(20 * MS, t, Outcome.SUCCESS)
     c.finished(20 * MS, tickets[40], Outcome.THROTTLE)
-    # 40 accepted, judged over at least one second: 40/s, cut by 0.8
-    assert c.rate_per_s == pytest.approx(32.0)
+    assert c.rate_per_s == pytest.approx(40.0)
     assert c.cuts == 1
+    assert c._ceilings == []
+    assert (20 * MS, "smooth", 40.0) in c.events
 
 
 def test_one_cut_per_congestion_event():
@@ -365,3 +376,116 @@ def test_a_capacity_limit_is_found_and_latency_held(base_s, jitter_s):
     assert result.share_of_best >= 0.85
     assert result.overloaded_fraction <= 0.02
     assert result.median_latency_s <= 1.5 * (base_s + jitter_s / 2)
+
+
+# Real rate limiters (issue 11): nginx's leaky bucket, a token bucket (fake time).
+
+
+def test_the_simulated_leaky_bucket_is_nginx_to_the_millisecond():
+    server = LeakyBucketServer(50)  # 20 ms per request, no burst
+    assert server.admit(0)[0] is Outcome.SUCCESS
+    assert server.admit(19_999_999)[0] is Outcome.THROTTLE  # 19 ms: excess 50 > 0
+    assert server.admit(20 * MS)[0] is Outcome.SUCCESS  # refusals did not move "last"
+    assert server.admit(39 * MS + 999_999)[0] is Outcome.THROTTLE
+    burst = LeakyBucketServer(50, burst=2)
+    assert [burst.admit(0)[0] for _ in range(4)].count(Outcome.SUCCESS) == 3
+    assert burst.delay_ns == 0  # the 4th was refused
+    delayed = LeakyBucketServer(50, burst=2)
+    delayed.admit(0), delayed.admit(0)
+    assert delayed.delay_ns == 20 * MS  # one over the rate: answered one interval late
+
+
+def test_a_burst_refused_at_the_start_is_smoothed_not_taken_for_the_rate():
+    # Issue 11: 8 at once against nginx limit_req 50r/s: 1 accepted, 7 refused. The old
+    # controller took 1/s for the ceiling (rate 0.8/s) and crawled for minutes.
+    c = controller(initial_concurrency=8)
+    server = LeakyBucketServer(50)
+    tickets = [c.started(0, i, False) for i in range(8)]
+    outcomes = [server.admit(MS)[0] for _ in tickets]
+    for ticket, outcome in zip(tickets, outcomes, strict=True):
+        c.finished(2 * MS, ticket, outcome)
+    assert outcomes.count(Outcome.SUCCESS) == 1
+    assert c._ceilings == []
+    assert c.rate_per_s == 1.0
+    assert [what for _, what, _ in c.events] == ["smooth"]
+    assert c._slow_start  # climbs from there by doubling
+
+
+def test_after_a_cut_quiet_turns_into_doubling_and_its_throttle_is_the_ceiling():
+    c = controller(initial_concurrency=8, initial_rate_per_s=40.0)
+    now = 0
+    c.finished(now + MS, c.started(now, 0, False), Outcome.THROTTLE)  # a cut: 40 -> 32/s
+    assert c.rate_per_s == pytest.approx(32.0)
+    rates = []
+    waited = False
+    while now < 3 * S:
+        decision = c.decide(now, 0)
+        if not decision.go:
+            now += decision.wait_ns
+            waited = decision.rate
+            continue
+        c.finished(now + MS, c.started(now, 0, waited), Outcome.SUCCESS)
+        rates.append((now, c.rate_per_s))
+    at_1s = max(r for t, r in rates if t < 1 * S)
+    assert at_1s < 35.0  # additive growth (+2.9/s) for the first second without a throttle
+    assert c.rate_per_s > 3 * 32.0  # then doubling every 0.5 s: not minutes at 2 %/s
+    pace = c.rate_per_s
+    c.finished(now + MS, c.started(now, 0, True), Outcome.THROTTLE)
+    assert c._ceilings[-1] == pytest.approx(pace, rel=0.01)  # the pace it was throttled at
+
+
+def test_a_refused_catch_up_makes_the_pacer_strict():
+    c = controller(initial_concurrency=8, initial_rate_per_s=50.0)  # 20 ms
+    c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)
+    late = c.started(25 * MS, 0, True)  # woke 5 ms late
+    early = c.started(40 * MS, 0, True)  # caught up: 15 ms after it
+    c.finished(26 * MS, late, Outcome.SUCCESS)
+    c.finished(41 * MS, early, Outcome.THROTTLE)  # a leaky bucket refuses the short gap
+    assert c.rate_per_s == 50.0  # smoothed, not cut
+    assert c._ceilings == []
+    c.finished(67 * MS, c.started(66 * MS, 0, True), Outcome.SUCCESS)  # 6 ms late ...
+    assert c.decide(80 * MS, 0).wait_ns == 6 * MS  # ... and the next is a full interval on
+
+
+@pytest.mark.parametrize(
+    ("server", "rate_per_s"),
+    [
+        (lambda: LeakyBucketServer(50), 50),
+        (lambda: LeakyBucketServer(50, burst=20, nodelay=True), 50),
+        (lambda: LeakyBucketServer(50, burst=20), 50),
+        (lambda: LeakyBucketServer(10, burst=5), 10),
+        (lambda: TokenBucketServer(50, 10), 50),
+    ],
+    ids=["nginx-50r-s", "nginx-burst-20-nodelay", "nginx-burst-20-delay", "nginx-10r-s-5", "token"],
+)
+@pytest.mark.parametrize("jitter_s", [0.0, 0.002])
+def test_buckets_are_found_and_held(server, rate_per_s, jitter_s):
+    # 30 s (1,500 requests at 50/s) on loopback (2 ms), timers up to 2 ms late.
+    result, _ = simulate(server(), 30, latency_s=0.002, wake_jitter_s=jitter_s)
+    assert result.accepted / (rate_per_s * 30) >= 0.83  # was 0.02-0.59 (issue 11)
+    assert result.throttled_fraction <= 0.02
+
+
+@pytest.mark.parametrize("jitter_s", [0.0, 0.002])
+def test_the_users_rate_is_held_against_nginx_at_that_rate(jitter_s):
+    # --rate 50/s against limit_req 50r/s: was 0.04 of the rate (the controller cut to 2/s)
+    result, c = simulate(
+        LeakyBucketServer(50), 30, latency_s=0.002, wake_jitter_s=jitter_s, user_rate_per_s=50
+    )
+    assert result.accepted / 1500 >= 0.85
+    assert result.throttled_fraction <= 0.02
+    assert c.rate_per_s is not None
+
+
+def test_the_users_rate_is_held_unless_the_server_keeps_throttling_at_it():
+    result, c = simulate(LeakyBucketServer(50), 20, latency_s=0.002, user_rate_per_s=50)
+    held = [v for _, what, v in c.events if what == "hold user rate"]
+    assert held
+    assert min(held) == 50.0
+    # a server at 25/s with the user's 50/s: it keeps throttling, the controller goes below
+    result, c = simulate(LeakyBucketServer(25), 30, latency_s=0.002, user_rate_per_s=50)
+    assert c.below_user_rate
+    assert any(what == "below user rate" for _, what, _ in c.events)
+    assert c.rate_per_s is not None
+    assert c.rate_per_s < 25
+    assert result.throttled_fraction <= 0.05

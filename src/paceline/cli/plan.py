@@ -34,7 +34,7 @@ def _shown(payload: Any) -> str:
     return redact_text(json.dumps(redact_data(payload), default=str))
 
 
-def _rates(typed: Sequence[str], limiter: RateLimiter | None) -> str:
+def _rates(typed: Sequence[str], limiter: RateLimiter | None, burst_given: bool = True) -> str:
     """The rate limits as typed, with their bursts: ``10/s, burst 5``."""
     if limiter is None:
         return "no limit of ours (the server sets it)"
@@ -44,8 +44,10 @@ def _rates(typed: Sequence[str], limiter: RateLimiter | None) -> str:
         f"{name}, burst {lim.rate.max_requests if lim.burst is None else lim.burst}"
         for name, lim in zip(names, limits, strict=True)
     ]
-    default = all(lim.burst is None for lim in limiter.limits)
-    return "; ".join(shown) + (" (the whole window; --burst)" if default else "")
+    if not burst_given:  # the CLI's default: --rate paces evenly (cli/run.py plan_for)
+        return "; ".join(shown) + " (evenly paced; --burst N allows bursts)"
+    whole = all(lim.burst is None for lim in limiter.limits)
+    return "; ".join(shown) + (" (the whole window; --burst)" if whole else "")
 
 
 def _least_time(limiter: RateLimiter | None, items: int | None) -> str:
@@ -81,7 +83,7 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             else f"auto (adaptive, starting at {plan.controller.concurrency_limit})"
         )
         write(f"  concurrency: {concurrency}\n")
-        write(f"  rate:        {_rates(spec.rates, plan.limiter)}\n")
+        write(f"  rate:        {_rates(spec.rates, plan.limiter, spec.burst is not None)}\n")
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
         if spec.halt:

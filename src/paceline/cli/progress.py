@@ -53,7 +53,20 @@ LIVE_MIN_REDRAW_S = 0.1
 _SEP = " · "
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 _SPINNER_ASCII = "-\\|/"
-_OUTCOME_MARKS = {"done": ("✓", "+", "bold green"), "halted": ("■", "#", "bold yellow")}
+_OUTCOME_MARKS = {
+    "done": ("✓", "+", "bold green"),
+    "nothing to do": ("✓", "+", "bold green"),
+    "halted": ("■", "#", "bold yellow"),
+    "gave up": ("■", "#", "bold yellow"),
+}
+# The run's reason words (cli/run.py) as the final line says them.
+_OUTCOME_WORDS = {
+    "gave_up": "gave up",
+    "bad_input": "bad input",
+    "empty": "nothing to do",
+    "output_closed": "output closed",
+    "output_failed": "output failed",
+}
 _OUTCOME_FAILED = ("✗", "x", "bold red")
 
 
@@ -375,6 +388,7 @@ class ProgressView:
             self.start()
         self._finished = True
         self._last = snapshot
+        outcome = _OUTCOME_WORDS.get(outcome, outcome)
         if self.quiet:
             return
         with self._guard():

@@ -104,15 +104,20 @@ class Plan:
 def plan_for(spec: RunSpec, total: int | None) -> Plan:
     """Concurrency, adaptive control, rate limits and retries for ``spec``."""
     fixed = spec.concurrency_limit()
+    # --rate paces evenly unless --burst says otherwise: an unknown server is more often a
+    # bucket (nginx limit_req refuses back-to-back requests) than a window (issue 11).
+    burst = 1 if spec.burst is None else spec.burst
     try:
-        limiter = RateLimiter.from_rates(*spec.rates, burst=spec.burst) if spec.rates else None
+        limiter = RateLimiter.from_rates(*spec.rates, burst=burst) if spec.rates else None
     except ValueError as exc:  # a --burst above a --rate's count
         raise UsageError(f"--{exc}; lower --burst, or raise the --rate count") from None
     controller = None
     if fixed is None and spec.command == "exec":
         fixed = os.cpu_count() or 2  # like GNU parallel: one job per core
     if fixed is None:
-        settings = AdaptiveSettings(initial_concurrency=auto_workers(total))
+        settings = AdaptiveSettings(
+            initial_concurrency=auto_workers(total), user_rate_per_s=user_rate_per_s(limiter)
+        )
         controller = AdaptiveController(settings)
         workers: int | None = settings.max_concurrency
     else:
@@ -138,6 +143,13 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     elif retries:
         retry = RetryPolicy(attempts=retries + 1, base_s=0.2, cap_s=30.0, retry_on=lambda e: True)
     return Plan(workers, controller, limiter, limiter, retry)
+
+
+def user_rate_per_s(limiter: RateLimiter | None) -> float | None:
+    """The user's tightest --rate, per second (the adaptive controller keeps to it)."""
+    if limiter is None:
+        return None
+    return min(lim.rate.max_requests * NS_PER_S / lim.rate.window_ns for lim in limiter.limits)
 
 
 def make_operation(spec: RunSpec, plan: Plan) -> Operation:

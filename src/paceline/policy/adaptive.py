@@ -108,6 +108,35 @@ class AdaptiveSettings:
     handover_after_cuts: int = 2
     handover_margin: float = 0.03
     handover_growth_per_s: float = 0.001
+    # Slow start (fast recovery): once no throttle has come for ``slow_start_after_s`` after a
+    # cut (a second: the commonest window has turned over; sooner, a window still full looked
+    # like quiet), or at once after smoothing a first burst, the rate doubles every
+    # ``slow_start_doubling_s`` until the next throttle, whose ceiling is the rate it was paced
+    # at (not against a window, which lags: see ``_cut_rate``). Additive growth alone took
+    # minutes to climb back to a rate the server had taken seconds before (nginx limit_req
+    # 50r/s: ~15/s after 5 minutes). Doubling every 0.5 s climbs from 1/s to 50/s in ~3 s
+    # (~2 s of the rate lost); every 1 s lost ~5 s.
+    slow_start_after_s: float = 1.0
+    slow_start_doubling_s: float = 0.5
+    # Smoothing (burst intolerance, not over-quota): a throttle of an attempt sent with no pacer
+    # (the initial concurrency goes out at once) or less than ``burst_gap`` of an interval
+    # after the one before it (a late timer's catch-up) says the server refuses bursts, not the
+    # rate: pace evenly at the rate that was working, and learn no ceiling from it. More than
+    # this many smoothings in a second are not bursts any more: the next throttle cuts.
+    max_smoothings_per_s: int = 3
+    # A gap under this fraction of the pacing interval is a catch-up: the pacer sends sooner
+    # after a late timer so the average rate holds (a timer ~1 ms late cost 5 % of 100/s).
+    # nginx limit_req without burst refuses anything closer than 1/rate to the last accepted
+    # request, so after a throttled catch-up the pacer stops catching up (strict pacing).
+    # 0.99: any catch-up at all (a gap within 1 % of the interval is the pacer's rounding);
+    # at 0.9 the catch-ups of 1-2 ms late timers on a 20 ms interval were taken for the rate
+    # and the rate was cut to 0.88 of nginx's in 3 % steps.
+    burst_gap: float = 0.99
+    # The user's strict rate (``--rate``): the controller keeps its rate at or above it unless
+    # the server keeps throttling at it — more than this fraction of the last second's attempts
+    # (2.5x the 2 % a batch may spend on 429s; timer jitter against a leaky bucket costs ~1 %).
+    user_rate_per_s: float | None = None
+    user_rate_max_throttled: float = 0.05
     # A Retry-After beyond this is not a pause for everyone (one absurd value froze batches
     # for days); the item that got it fails instead (RetryPolicy.max_retry_after_s, the same).
     max_pause_s: float = DEFAULT_MAX_PAUSE_S
@@ -134,6 +163,8 @@ class Ticket:
     concurrency_binding: bool
     probe: bool = False
     load: int = 1  # attempts in flight when it started, itself included
+    pace_per_s: float | None = None  # the even pace it was sent at (None: no pacer)
+    gap_ns: int | None = None  # since the attempt started before it (None: the first)
 
 
 @dataclass(slots=True)
@@ -230,6 +261,14 @@ class AdaptiveController:
     _ceilings: list[float] = field(default_factory=list)
     _recent_starts: deque[int] = field(default_factory=deque)
     _recent_successes: deque[int] = field(default_factory=deque)  # send times, last second
+    _recent_throttles: deque[int] = field(default_factory=deque)  # answer times, last second
+    _smoothings: deque[int] = field(default_factory=deque)  # times, last second
+    _slow_start: bool = False  # doubling until the next throttle
+    _retry_after_seen: bool = False
+    _window_seen: bool = False  # the server stayed shut after a cut: a window, not a bucket
+    _strict_pacing: bool = False  # no catch-up after a late timer (see ``burst_gap``)
+    _last_throttle_ns: int | None = None
+    below_user_rate: bool = False  # the server kept throttling at the user's rate: cut below it
     _first_start_ns: int | None = None
     _paused_ns: deque[tuple[int, int]] = field(default_factory=deque)  # (from, to)
     # The current throttle/probe cycle: send time of its first success (a sliding window frees
@@ -315,6 +354,7 @@ class AdaptiveController:
 
     def started(self, now_ns: int, in_flight: int, waited_for_rate: bool) -> Ticket:
         """An attempt starts now (``in_flight`` counts those already running)."""
+        starts = self._recent_starts
         ticket = Ticket(
             sent_ns=now_ns,
             epoch=self.epoch,
@@ -322,6 +362,8 @@ class AdaptiveController:
             concurrency_binding=in_flight + 1 >= self.concurrency_limit,
             probe=self._probing,
             load=in_flight + 1,
+            pace_per_s=self._pace_per_s(),
+            gap_ns=now_ns - starts[-1] if starts else None,
         )
         if self._probing:
             self._probe_in_flight = True
@@ -331,16 +373,13 @@ class AdaptiveController:
             interval = max(1, round(NS / rate))
             tat = self._tat_ns
             # Charged from the intended slot when the attempt waited for it (no lost
-            # wake-ups), never more than one interval back.
-            base = (
-                now_ns
-                if tat is None
-                else max(tat, now_ns - (interval - 1 if waited_for_rate else 0))
-            )
+            # wake-ups), never more than one interval back — unless the server refused a
+            # catch-up (a leaky bucket): then never sooner than one interval after the last.
+            catch_up = interval - 1 if waited_for_rate and not self._strict_pacing else 0
+            base = now_ns if tat is None else max(tat, now_ns - catch_up)
             self._tat_ns = base + interval
         if self._first_start_ns is None:
             self._first_start_ns = now_ns
-        starts = self._recent_starts
         starts.append(now_ns)
         while starts and starts[0] <= now_ns - NS:
             starts.popleft()
@@ -366,18 +405,21 @@ class AdaptiveController:
                 self._paused_ns.append((max(now_ns, self.pause_until_ns), until))
                 self.pause_until_ns = until
                 self.events.append((now_ns, "pause", retry_after_s))
+            self._retry_after_seen = True
         elif retry_after_s is not None and retry_after_s > 0:
             self.events.append((now_ns, "pause refused", retry_after_s))
         if outcome is Outcome.SUCCESS:
             self._on_success(now_ns, ticket)
         elif outcome is Outcome.THROTTLE:
             self.throttled += 1
+            self._note_throttle(now_ns)
             first, last = self._cycle_first_ns, self._cycle_throttled_ns
             if first is not None and ticket.sent_ns > first:
                 self._cycle_throttled_ns = max(ticket.sent_ns, last or ticket.sent_ns)
             self._on_congestion(now_ns, ticket, cut_rate=True)
         elif outcome is Outcome.OVERLOAD:
             self.throttled += 1
+            self._note_throttle(now_ns)
             # 503 is an overloaded server: cut concurrency, unless the pacer was what held
             # this attempt back (then the rate is what the server cannot take).
             self._on_congestion(now_ns, ticket, cut_rate=ticket.rate_binding)
@@ -441,9 +483,46 @@ class AdaptiveController:
             if last is None:
                 return
             elapsed_s = min(1.0, (now_ns - last) / NS)
-            self.rate_per_s = min(
-                settings.max_rate_per_s, self.rate_per_s + self._growth() * elapsed_s
-            )
+            if self._slow_starting(now_ns):
+                doublings = min(1.0, elapsed_s / settings.slow_start_doubling_s)
+                grown = self.rate_per_s * 2.0**doublings
+                user = settings.user_rate_per_s
+                if user is not None and self.rate_per_s < user:
+                    grown = min(grown, user)  # more is the user's limiter's to refuse
+            else:
+                grown = self.rate_per_s + self._growth() * elapsed_s
+            self.rate_per_s = min(settings.max_rate_per_s, grown)
+
+    def _slow_starting(self, now_ns: int) -> bool:
+        """Whether the rate grows by doubling now (see ``slow_start_after_s``)."""
+        if self.learned:
+            self._slow_start = False
+            return False
+        if self._slow_start:
+            return True
+        if self._retry_after_seen:
+            # The server says when it has room: a window, which is empty after the pause and
+            # takes a doubling pace for up to a window before it throttles (1.5x overshoots).
+            return False
+        if self.rate_per_s is None or self._last_throttle_ns is None:
+            return False
+        if now_ns - self._last_throttle_ns >= self.settings.slow_start_after_s * NS:
+            self._slow_start = True
+            self.events.append((now_ns, "slow start", self.rate_per_s or 0.0))
+        return self._slow_start
+
+    def _pace_per_s(self) -> float | None:
+        """The even pace attempts go out at now: the controller's or the user's, the slower."""
+        rates = [r for r in (self.rate_per_s, self.settings.user_rate_per_s) if r is not None]
+        return min(rates) if rates else None
+
+    def _note_throttle(self, now_ns: int) -> None:
+        # a Retry-After pause is no quiet time: the quota's window empties during it
+        self._last_throttle_ns = max(now_ns, self.pause_until_ns)
+        throttles = self._recent_throttles
+        throttles.append(now_ns)
+        while throttles and throttles[0] <= now_ns - NS:
+            throttles.popleft()
 
     def _growth(self) -> float:
         """Rate growth, in (starts/s) per second."""
@@ -467,7 +546,8 @@ class AdaptiveController:
             # A few of these and we stop and probe instead.
             self._aftershocks += 1
             if self._aftershocks >= settings.probe_after_cuts and not self._probing:
-                self._probing = True
+                self._probing = self._window_seen = True
+                self._slow_start = False  # a window: what it accepted in a second is its rate
                 self._probe_attempt = 0
                 self._schedule_probe(now_ns)
             return
@@ -478,30 +558,107 @@ class AdaptiveController:
         self._one_at_a_time = cut_rate
         self.cuts += 1
         self._last_growth_ns = None
-        if cut_rate:
+        if not cut_rate:
+            self.concurrency = max(
+                float(settings.min_concurrency), self.concurrency * settings.concurrency_cut
+            )
+            self.events.append((now_ns, "concurrency", float(self.concurrency_limit)))
+        elif self._in_a_burst(now_ns, ticket):
+            self._smooth(now_ns, ticket)
+        else:
+            self._cut_rate(now_ns, ticket)
+
+    def _in_a_burst(self, now_ns: int, ticket: Ticket) -> bool:
+        """Whether a throttle says "burst" rather than "rate": the attempt went out with no
+        pacer, or less than half an interval after the one before it under the controller's
+        own pacer (a late timer's catch-up) — and such throttles are not coming all the time."""
+        smoothings = self._smoothings
+        while smoothings and smoothings[0] <= now_ns - NS:
+            smoothings.popleft()
+        if self._retry_after_seen or len(smoothings) >= self.settings.max_smoothings_per_s:
+            return False  # a server that says when it has room is a window, not a bucket
+        pace = ticket.pace_per_s
+        if pace is None:
+            return True
+        user = self.settings.user_rate_per_s
+        if user is not None and pace >= user:
+            return False  # the user's limiter paced it (its start here is not its send)
+        return ticket.gap_ns is not None and ticket.gap_ns * pace < self.settings.burst_gap * NS
+
+    def _smooth(self, now_ns: int, ticket: Ticket) -> None:
+        """Burst intolerance: pace evenly at the rate that was working, learn no ceiling. With
+        no pacer yet that rate is what the server accepted, judged over at least a second (a
+        lower bound of its rate), and slow start climbs from it."""
+        settings = self.settings
+        self._smoothings.append(now_ns)
+        if ticket.pace_per_s is not None:
+            self._strict_pacing = True
+        if self.rate_per_s is None:
+            rate = max(self._accepted_rate(now_ns), settings.min_rate_per_s)
+            if settings.user_rate_per_s is not None:
+                rate = max(rate, settings.user_rate_per_s)
+            self.rate_per_s = rate
+            # a lower bound of the server's rate (a burst's worth per second): climb from it
+            self._slow_start = not self.learned
+            self._last_growth_ns = now_ns  # its first success doubles it already
+        self.events.append((now_ns, "smooth", self.rate_per_s))
+
+    def _cut_rate(self, now_ns: int, ticket: Ticket) -> None:
+        """Over the quota: cut the rate from the ceiling it was throttled at."""
+        settings = self.settings
+        if self._slow_start and ticket.pace_per_s is not None and not self._window_seen:
+            # Doubling found the quota: it is below the pace this attempt was sent at (the
+            # accepted rate lags a doubling pace by half). Not so for a window, which takes a
+            # doubling pace for up to a window before it throttles: its accepted rate is right.
+            ceiling = ticket.pace_per_s
+        else:
             ceiling = self._accepted_rate(now_ns)
             if self.rate_per_s is not None:
                 # Right after a pause the server's window is empty and everything we send is
                 # accepted for a while: the accepted rate then overstates the quota. We were
                 # throttled at the rate we sent, so the quota is below it.
                 ceiling = min(ceiling, self.rate_per_s)
-            ceiling = max(ceiling, settings.min_rate_per_s)
-            self._ceiling = ceiling
-            self._ceilings.append(ceiling)
-            if self.learned:
-                mean = sum(self._ceilings[-4:]) / len(self._ceilings[-4:])
-                new_rate = mean * (1 - settings.handover_margin)
-                if self.rate_per_s is not None and new_rate >= self.rate_per_s:
-                    new_rate = self.rate_per_s * (1 - settings.handover_margin)
-            else:
-                new_rate = ceiling * settings.rate_cut
-            self.rate_per_s = max(settings.min_rate_per_s, new_rate)
-            self.events.append((now_ns, "rate", self.rate_per_s))
+        self._slow_start = False
+        ceiling = max(ceiling, settings.min_rate_per_s)
+        user = settings.user_rate_per_s
+        near_user_rate = False
+        if user is not None and ceiling * settings.rate_cut < user:
+            if not self.below_user_rate and not self._keeps_throttling():
+                # The user's rate: held unless the server keeps (or kept) throttling at it.
+                self.rate_per_s = max(self.rate_per_s or user, user)
+                self.events.append((now_ns, "hold user rate", self.rate_per_s))
+                return
+            if self._throttled_fraction() < 0.5:
+                # Most of what went at (about) the user's rate was taken: the quota is close
+                # to it (a leaky bucket refusing a timer's jitter), not at the accepted rate
+                # (which such refusals drag down): step down from the pace, strictly paced.
+                ceiling = min(ticket.pace_per_s or user, user)
+                near_user_rate = self._strict_pacing = True
+        self._ceiling = ceiling
+        self._ceilings.append(ceiling)
+        if near_user_rate:
+            new_rate = ceiling * (1 - settings.handover_margin)
+        elif self.learned:
+            mean = sum(self._ceilings[-4:]) / len(self._ceilings[-4:])
+            new_rate = mean * (1 - settings.handover_margin)
+            if self.rate_per_s is not None and new_rate >= self.rate_per_s:
+                new_rate = self.rate_per_s * (1 - settings.handover_margin)
         else:
-            self.concurrency = max(
-                float(settings.min_concurrency), self.concurrency * settings.concurrency_cut
-            )
-            self.events.append((now_ns, "concurrency", float(self.concurrency_limit)))
+            new_rate = ceiling * settings.rate_cut
+        self.rate_per_s = max(settings.min_rate_per_s, new_rate)
+        if user is not None and self.rate_per_s < user and not self.below_user_rate:
+            self.below_user_rate = True
+            self.events.append((now_ns, "below user rate", self.rate_per_s))
+        self.events.append((now_ns, "rate", self.rate_per_s))
+
+    def _keeps_throttling(self) -> bool:
+        """More than ``user_rate_max_throttled`` of the last second's attempts throttled."""
+        fraction = self._throttled_fraction()
+        return len(self._recent_throttles) >= 2 and fraction > self.settings.user_rate_max_throttled
+
+    def _throttled_fraction(self) -> float:
+        """Throttles answered in the last second, per attempt started in it."""
+        return len(self._recent_throttles) / max(1, len(self._recent_starts))
 
     def _learn_cycle(self, probe_sent_ns: int) -> None:
         """A probe sent at ``probe_sent_ns`` got through after a long-window quota made us

@@ -10,9 +10,9 @@ Needs the ``nginx`` program (Debian: ``apt-get install nginx-light``). It runs i
 foreground as one process (``master_process off``) as the calling user, everything under a
 temporary directory; nothing is left behind.
 
->>> limits = NginxLimits(rate_per_s=50)
->>> "rate=50r/s" in limits.zone_lines() and limits.location_lines() == ["limit_req zone=req;"]
-True
+>>> limits = NginxLimits(rate_per_s=50, burst=20, nodelay=True)
+>>> limits.zone_lines()[-1], limits.location_lines()
+('limit_req_zone $server_name zone=req:1m rate=50r/s;', ['limit_req zone=req burst=20 nodelay;'])
 """
 
 from __future__ import annotations
