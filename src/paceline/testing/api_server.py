@@ -46,6 +46,8 @@ from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
 from paceline.testing._api.app import Service
 from paceline.testing._api.config import ApiConfig
 from paceline.testing._api.server import ApiServer, SpawnedServer
+from paceline.testing.hostile import MODES
+from paceline.testing.hostile import main as hostile_main
 
 __all__ = ["ApiConfig", "ApiServer", "SpawnedServer", "main"]
 
@@ -71,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--drop-rate", type=float, default=0.0, help="fraction closed without an answer")
     add("--seed", type=int, default=0, help="seed for the failure draws")
     add("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    add(
+        "--hostile",
+        choices=MODES,
+        metavar="MODE",
+        help=f"misbehave instead of serving the API (uses --port, --seed): {', '.join(MODES)}",
+    )
+    add("--trickle-interval-s", type=float, help="--hostile trickle: seconds between bytes")
+    add("--body-bytes", type=int, help="--hostile huge-body: bytes in each body")
     return parser
 
 
@@ -115,10 +125,21 @@ async def _serve(config: ApiConfig, port: int) -> None:
     await Service(config).run(port, ready, stop)
 
 
+def _hostile_argv(args: argparse.Namespace) -> list[str]:
+    argv = [args.hostile, "--port", str(args.port), "--seed", str(args.seed)]
+    if args.trickle_interval_s is not None:
+        argv += ["--trickle-interval-s", str(args.trickle_interval_s)]
+    if args.body_bytes is not None:
+        argv += ["--body-bytes", str(args.body_bytes)]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until terminated (SIGTERM or Ctrl-C); return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.hostile is not None:
+        return hostile_main(_hostile_argv(args))
     try:
         config = config_from_args(args)
     except (RateSpecError, ValueError) as exc:
