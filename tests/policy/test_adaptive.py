@@ -563,3 +563,20 @@ def test_strict_pacing_charges_the_least_lateness_of_recent_wake_ups():
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 20 * MS  # no two closer than the interval: a bucket takes them
     assert sum(gaps) / len(gaps) < 21 * MS  # was 20 ms + the lateness, every time
+
+
+def test_a_server_breaking_every_attempt_is_not_probed_at_long_intervals():
+    # Issue 10's hostile matrix: a server that cut every body put the controller into
+    # pause-and-probe (waits doubling to 64 s): 7 of 10 items in a minute. Capacity failures
+    # cut the concurrency once per event and never start a probe; retries bound the load.
+    c = controller(initial_concurrency=8)
+    now = 0
+    for _ in range(50):
+        tickets = [c.started(now, n, False) for n in range(c.concurrency_limit)]
+        now += 10 * MS
+        for t in tickets:
+            c.finished(now, t, Outcome.CAPACITY)
+        decision = c.decide(now, in_flight=0)
+        assert decision.go
+    assert c.concurrency_limit == 5  # one cut (8 x 0.7), the rest sent before recovery
+    assert not any(what == "probe" for _, what, _ in c.events)

@@ -596,7 +596,12 @@ class AdaptiveController:
         if not self._recovered:
             # Nothing sent since the cut has got through yet: the server's window is still
             # full (a long-window quota), so cutting again would only misjudge the ceiling.
-            # A few of these and we stop and probe instead.
+            # A few of these and we stop and probe instead. Only throttles say "quota": a
+            # server that breaks or times out every attempt is not probed at minute-long
+            # intervals (a batch against one that cut every body crawled at 0.1 items/s);
+            # the items' own retries and the retry budget bound what it is sent.
+            if not cut_rate:
+                return
             self._aftershocks += 1
             if self._aftershocks >= settings.probe_after_cuts and not self._probing:
                 self._probing = self._window_seen = True
