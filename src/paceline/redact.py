@@ -15,6 +15,8 @@ problem than a token in a journal that gets attached to a bug report.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -318,3 +320,28 @@ def redact_text(text: str, *, placeholders: bool = False) -> str:
     text = _BASIC.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _redact_flags(text, placeholders)
     return _redact_pairs(text, placeholders)
+
+
+def key_without_secrets(key: str, data: Any = None) -> str:
+    """``key`` with its credentials masked (``api_key=``, ``user:pass@``, ``--password=``...:
+    item keys are written to the journal, ``--out`` and ``--dry-run``) and, when something was
+    masked, a digest of ``data`` (default: the key itself) appended, so two items that differ
+    only in a secret stay two items and an item keeps its key from run to run. A caller whose
+    ``data`` leaves out a credential written in a template lets it be rotated between a run
+    and its resume.
+
+    >>> key_without_secrets("GET https://h/items/1?api_key=k1", {"id": 1})
+    'GET https://h/items/1?api_key=[REDACTED] #354aaef7a5f6'
+    >>> key_without_secrets("GET https://h/items/1")
+    'GET https://h/items/1'
+    """
+    shown = redact_text(key)
+    if shown == key:
+        return key
+    return f"{shown} #{digest(key if data is None else data)[:12]}"
+
+
+def digest(value: Any) -> str:
+    """A short stable digest of a string or JSON-ready value (16 hex digits of SHA-256)."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import hashlib
 import importlib
 import inspect
 import json
@@ -32,7 +31,7 @@ from paceline.cli.templates import (
     check_fields,
     render_json,
 )
-from paceline.redact import REDACTED, redact_text
+from paceline.redact import REDACTED, digest, key_without_secrets
 from paceline.stores import Codec
 from paceline.stores._codec import JsonCodec
 
@@ -90,7 +89,7 @@ class Operation:
         """The item's journal key: ``--id`` rendered, else ``default`` — made unique with a
         digest of the row when the templates leave some of its columns out (two rows that
         differ only there are two items, not one). Credentials are masked (see
-        :func:`key_without_secrets`)."""
+        :func:`~paceline.redact.key_without_secrets`)."""
         data = row.data
         assert data is not None
         if self.id_template is not None:
@@ -100,7 +99,7 @@ class Operation:
         if self._used is None:
             self._used = {name for t in self.templates().values() for name in t.fields}
         if not all(column in self._used for column in data):
-            default = f"{default} #{_digest(data)[:12]}"
+            default = f"{default} #{digest(data)[:12]}"
         return key_without_secrets(default, data)
 
     async def close(self) -> None:
@@ -138,24 +137,6 @@ class SeenIds:
         """The line that had ``key`` first, or ``None`` (then ``line`` has it from now on)."""
         first = self._lines.setdefault(key, line)
         return None if first == line else first
-
-
-def key_without_secrets(key: str, data: Any) -> str:
-    """``key`` with its credentials masked (``api_key=``, ``user:pass@``, ``--password=``...:
-    keys are written to the journal, ``--out`` and ``--dry-run``) and, when something was
-    masked, a digest of the row appended, so two rows that differ only in a secret stay two
-    items and a row keeps its key from run to run. A credential written in the template does
-    not enter the key at all, so it can be rotated between a run and its resume.
-
-    >>> key_without_secrets("GET https://h/items/1?api_key=k1", {"id": 1})
-    'GET https://h/items/1?api_key=[REDACTED] #354aaef7a5f6'
-    >>> key_without_secrets("GET https://h/items/1", {"id": 1})
-    'GET https://h/items/1'
-    """
-    shown = redact_text(key)
-    if shown == key:
-        return key
-    return f"{shown} #{_digest(data)[:12]}"
 
 
 def bad_item(row: Row, message: str) -> Item:
@@ -201,11 +182,6 @@ def _sends_a_mask(payload: Any) -> bool:
             if f.name != "id"
         )
     return REDACTED in repr(payload)
-
-
-def _digest(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 # -- http ---------------------------------------------------------------------------------
@@ -291,7 +267,7 @@ class HttpOperation(Operation):
         body = self.body.render(data) if self.body else request.body
         default_key = request.id or f"{method} {request.url}"
         if request.id is None and (json_body is not None or body is not None):
-            default_key += " #" + _digest(json_body if json_body is not None else body)
+            default_key += " #" + digest(json_body if json_body is not None else body)
         key = self.key_from(row, default_key, whole_row=self.url is None)
         payload = self._request_type(
             url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
@@ -367,7 +343,7 @@ class CallOperation(Operation):
     def item(self, row: Row) -> Item:
         assert row.data is not None
         return Item(
-            row.line, self.key_from(row, "row:" + _digest(row.data), whole_row=True), row.data
+            row.line, self.key_from(row, "row:" + digest(row.data), whole_row=True), row.data
         )
 
     async def run(self, payload: Any) -> Any:

@@ -38,7 +38,7 @@ from paceline.http._pool import ShardedTransport
 from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy
-from paceline.redact import redact_headers, redact_text
+from paceline.redact import key_without_secrets, redact_headers, redact_text
 from paceline.results import BatchItemResult, Result
 from paceline.runners._common import sized_length
 from paceline.signals import parse_signals
@@ -230,7 +230,8 @@ def _request_key(item: RequestLike) -> str:
     request = as_request(item)
     if request.id is not None:
         return request.id
-    return f"{request.method} {request.url}"
+    # The key is written down (journal, results): a credential in the URL is masked there.
+    return key_without_secrets(f"{request.method} {request.url}")
 
 
 def _client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.AsyncClient:
