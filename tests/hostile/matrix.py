@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paceline.policy.adaptive import AdaptiveSettings
+from paceline.policy.retry import RetryPolicy
 from paceline.testing.hostile import HostileCounts, Mode
 
 # Secrets a user puts in the URL and the headers; they must never reach a journal or --out.
 SECRET_QUERY = "hq-s3cr3t-7f3a0c"
 SECRET_HEADER = "hh-s3cr3t-91bd4e"
 SECRETS = (SECRET_QUERY, SECRET_HEADER)
+# Throttles are retried apart from the attempts, up to this many an item (RetryPolicy).
+MAX_THROTTLES = RetryPolicy().max_throttles
 
 # Room for a busy 2-core machine shared with other jobs: interpreter start-up (~1 s for the
 # CLI), thread and event-loop scheduling, loopback I/O of 10 MiB bodies.
@@ -56,8 +59,14 @@ class Plan:
     concurrency: int = 4
 
     @property
+    def requests_per_item(self) -> int:
+        # A throttle spends no attempt (issue 11): an item the server answers only with 429 is
+        # sent up to max_throttles times; any other failure counts against ``attempts``.
+        return MAX_THROTTLES if self.mode == "throttle" else self.attempts
+
+    @property
     def requests_at_most(self) -> int:
-        return self.items * self.attempts
+        return self.items * self.requests_per_item
 
     def bound_s(self) -> float:
         """How long the batch may take, from its policy, at the worst the policy allows.
@@ -119,8 +128,8 @@ def check_outcomes(plan: Plan, ok: dict[int, bool], counts: HostileCounts) -> No
     refused = {item_of(path): n for path, n in counts.refused.items()}
     never = sorted(set(range(plan.items)) - set(requests))
     assert not never, f"items never requested: {never}"
-    over = {item: n for item, n in requests.items() if n > plan.attempts}
-    assert not over, f"more requests than {plan.attempts} attempts: {over}"
+    over = {item: n for item, n in requests.items() if n > plan.requests_per_item}
+    assert not over, f"more requests than {plan.requests_per_item} an item: {over}"
     for item, succeeded in ok.items():
         if succeeded:
             # A 10 MiB answer may be cut short on purpose by a client's size cap.

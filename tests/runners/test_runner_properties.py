@@ -37,6 +37,7 @@ from paceline.policy.adaptive import AdaptiveSettings
 pytestmark = pytest.mark.timeout(300)
 
 MAX_RETRY_AFTER_S = 0.05
+MAX_THROTTLES = RetryPolicy().max_throttles  # throttles are retried apart from attempts
 NEAR_RETRY_AFTER_S = (0.0, 0.005, 0.02)  # obeyed: under MAX_RETRY_AFTER_S
 FAR_RETRY_AFTER_S = 1000.0  # beyond it: the item fails, nobody waits
 DELAYS_S = (0.0, 0.0, 0.001, 0.003)
@@ -80,15 +81,25 @@ class Scenario:
         return script[attempt] if attempt < len(script) else OK
 
     def expected(self, item: int) -> tuple[bool, int]:
-        """(succeeds, attempts made) for ``item``, from its script and the retry policy."""
-        for attempt in range(1, self.attempts + 1):
-            step = self.step(item, attempt - 1)
+        """(succeeds, attempts made) for ``item``, from its script and the retry policy: a
+        throttle spends no attempt (up to ``max_throttles`` of them), any other failure does."""
+        errors = throttles = calls = 0
+        while True:
+            step = self.step(item, calls)
+            calls += 1
             if step.kind == "ok":
-                return True, attempt
+                return True, calls
             far = step.retry_after_s is not None and step.retry_after_s > MAX_RETRY_AFTER_S
-            if step.kind == "perm" or (step.kind == "throttle" and far):
-                return False, attempt
-        return False, self.attempts
+            if step.kind == "perm" or (step.kind == "throttle" and far) or self.attempts == 1:
+                return False, calls
+            if step.kind == "throttle":
+                throttles += 1
+                if throttles >= MAX_THROTTLES:
+                    return False, calls
+            else:
+                errors += 1
+                if errors >= self.attempts:
+                    return False, calls
 
     def bound_s(self) -> float:
         """Every attempt sequential, at its longest delay, backoff, obeyed wait and spacing."""
@@ -99,7 +110,8 @@ class Scenario:
             + 1 / ADAPTIVE_RATE_FLOOR_PER_S
             + ADAPTIVE_PROBE_MAX_S
         )
-        return self.items * self.attempts * per_attempt_s + SLACK_S
+        calls = sum(self.expected(item)[1] for item in range(self.items))
+        return calls * per_attempt_s + SLACK_S
 
     def retry(self) -> RetryPolicy:
         return RetryPolicy(
