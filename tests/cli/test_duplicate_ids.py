@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from paceline.testing.api_server import ApiConfig, ApiServer
-from tests.cli.test_e2e import PACELINE, TIMEOUT_S, counts, paceline
+from tests.cli._command import PACELINE, TIMEOUT_S, paceline
+from tests.cli.test_e2e import counts
 
 # name,n: line 4 repeats line 2's name with another n (another URL): a distinct request that
 # --id '{name}' gives the same id.
