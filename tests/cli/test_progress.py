@@ -19,15 +19,13 @@ from pathlib import Path
 import pytest
 
 from paceline.cli.metrics import Metrics, Snapshot
-from paceline.cli.progress import (
-    ProgressView,
+from paceline.cli.progress import ProgressView, plain_final_line, plain_status_line
+from paceline.figures import (
     format_count,
     format_duration,
     format_latency,
     format_percent,
     format_rate,
-    plain_final_line,
-    plain_status_line,
 )
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

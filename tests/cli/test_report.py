@@ -180,13 +180,13 @@ def test_text_summary(http_report):
     assert "\x1b" not in text
     assert lines[0] == f"paceline report: {http_report.path}"
     assert "30 of 30 input: 20 succeeded, 10 failed" in text
-    assert "p50 1.00 s, p90 1.80 s, p99 2.00 s" in text
+    assert "p50 1.00s, p90 1.80s, p99 2.00s" in text
     assert "attempts     55 sent: 17 retries, 5 throttled, 14 errors" in text
-    assert "1.94 items/s (1.29/s succeeded) over 15.5 s" in text
+    assert "1.94 items/s (1.29/s succeeded) over 15.5s" in text
     assert "200: 18, 201: 2, 404: 3, 429: 1, 503: 4, none: 2" in text
     run_lines = [line for line in lines if line.startswith("run ")]
     assert len(run_lines) == 2
-    assert "10.0 s" in run_lines[0]
+    assert "10.0s" in run_lines[0]
     assert "no end recorded" in run_lines[0]
     assert "failed (exit 1)" in run_lines[1]
     assert "18 settled, 12 resumed" in run_lines[1]

@@ -13,6 +13,7 @@ from paceline.cli.inputs import InputError, open_rows
 from paceline.cli.ops import to_item
 from paceline.cli.run import display_path, make_operation, plan_for
 from paceline.cli.spec import RunSpec, UsageError
+from paceline.faces.plan import least_time_text
 from paceline.limiter import RateLimiter
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.schedule import min_duration_ns
@@ -58,8 +59,7 @@ def _least_time(limiter: RateLimiter | None, items: int | None) -> str:
     if items is None:
         return "unknown (a stream: the number of items is not known)"
     ns, exact = min_duration_ns(limiter.limits, items)
-    approx = "" if exact else "about "
-    return f"the rate limits alone need at least {approx}{ns / NS_PER_S:.1f} s for {items} items"
+    return f"{least_time_text(ns / NS_PER_S, exact)} for {items} items"
 
 
 def show_plan(spec: RunSpec, out: TextIO) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 from paceline.cli._timeline import RunSummary, TimelinePoint, read_runs
 from paceline.cli.metrics import percentile
+from paceline.figures import format_latency
 from paceline.stores.view import JournalView
 
 __all__ = [
@@ -246,23 +247,13 @@ def _message_code(pattern: re.Pattern[str], message: str) -> int | None:
 
 
 def seconds(value: float | None) -> str:
-    """A duration for people: ``0.123`` -> ``123 ms``, ``75`` -> ``1m 15s``.
+    """A duration as the whole CLI writes it (:func:`paceline.figures.format_latency`), or
+    ``-`` when there is none.
 
-    >>> seconds(0.0123), seconds(2.5), seconds(75), seconds(3725), seconds(None)
-    ('12.3 ms', '2.50 s', '1m 15s', '1h 02m', '-')
+    >>> seconds(0.0123), seconds(2.5), seconds(75), seconds(None)
+    ('12ms', '2.50s', '1m15s', '-')
     """
-    if value is None:
-        return "-"
-    if value < 0.1:
-        return f"{value * 1000:.3g} ms"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 60:
-        return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
-    whole = round(value)
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return "-" if value is None else format_latency(value)
 
 
 def clock_time(epoch: float | None, date: bool = True) -> str:

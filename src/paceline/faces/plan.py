@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from paceline.figures import format_latency
 from paceline.limiter import RateLimiter
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.schedule import min_duration_ns
@@ -38,9 +39,19 @@ class DryRun:
         lines.append("limits: " + (", ".join(self.limits) if self.limits else "none"))
         lines.append(f"concurrency: {self.concurrency if self.concurrency else 'one at a time'}")
         if self.min_duration_s is not None:
-            approx = "" if self.exact else "about "
-            lines.append(f"the rate limits alone need at least {approx}{self.min_duration_s:.1f} s")
+            lines.append(least_time_text(self.min_duration_s, self.exact))
         return "\n".join(lines)
+
+
+def least_time_text(seconds: float, exact: bool = True) -> str:
+    """The least time the rate limits allow, as both dry runs say it.
+
+    >>> least_time_text(4.004), least_time_text(90, exact=False)
+    ('the rate limits alone need at least 4.00s', 'the rate limits alone need at least about 1m30s')
+    """
+    return (
+        f"the rate limits alone need at least {'' if exact else 'about '}{format_latency(seconds)}"
+    )
 
 
 def dry_run(
