@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from paceline.policy.rate import NS_PER_S
+
 # The "recent" rates and latencies cover this many seconds.
 RECENT_S = 5.0
 # A hold is shown once it lasts (or is known to last) longer than this: long enough that the
@@ -30,7 +32,6 @@ RECENT_S = 5.0
 HOLD_SHOWN_AFTER_S = 2.0
 # The shortest time a rate per second is taken over (see Metrics.snapshot).
 RATE_WINDOW_MIN_S = 1.0
-NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,8 +43,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
+from paceline.policy.rate import NS_PER_S
 
-NS = 1_000_000_000
+NS = NS_PER_S
 
 _MINUTES = (1, 1.5, 2, 5, 10, 15, 30, 60, 120, 1440)
 ROUND_WINDOWS_S: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, *(60.0 * m for m in _MINUTES))

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from paceline.policy.rate import NS_PER_S
+
 _RULE_RE = re.compile(
     r"^\s*(?:(?P<when>now|soon)\s*,\s*)?(?P<kind>fail|success|done)\s*=\s*"
     r"(?P<num>\d+(?:\.\d+)?)\s*(?P<pct>%)?\s*$",
@@ -121,6 +123,6 @@ class GiveUp:
         if now_ns - since < self.after_ns:
             return None
         return (
-            f"no attempt succeeded for {(now_ns - since) / 1e9:.0f} s "
+            f"no attempt succeeded for {(now_ns - since) / NS_PER_S:.0f} s "
             f"({self.failures} failed attempts in a row)"
         )

@@ -11,6 +11,8 @@ import math
 import re
 from dataclasses import dataclass
 
+# Nanoseconds in a second: policy keeps time in integer ns (exact window arithmetic); the one
+# spelling every layer converts seconds with.
 NS_PER_S = 1_000_000_000
 
 _UNIT_SECONDS = {

@@ -17,6 +17,7 @@ from typing import Any
 
 from paceline.errors import Throttled
 from paceline.policy.adaptive import AdaptiveController, Outcome, Ticket
+from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 
 Classifier = Callable[[Any, BaseException | None], Outcome]
@@ -100,7 +101,7 @@ class AdaptiveGate:
                         waiter.cancel()
                 continue
             waited_for_rate = decision.rate
-            await asyncio.sleep(decision.wait_ns / 1e9)
+            await asyncio.sleep(decision.wait_ns / NS_PER_S)
 
     def sent(self, ticket: Ticket) -> None:
         """The attempt really starts now (after any strict limiter's token): its RTT counts

@@ -9,6 +9,7 @@ from typing import Any
 
 from paceline.limiter import RateLimiter
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
+from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryPolicy
 
 AsyncAcquire = Callable[[int], Awaitable[Any]]
@@ -79,7 +80,7 @@ class LeaseGate:
         self._limiter = limiter
         self._now = limiter.clock.monotonic_ns
         self.size = size
-        window_s = min(lim.rate.window_ns for lim in limiter.limits) / 1e9
+        window_s = min(lim.rate.window_ns for lim in limiter.limits) / NS_PER_S
         self._hold_s = min(_LEASE_HOLD_S, window_s / _LEASE_HOLD_FRACTION)
         self._left = 0
         self._stamp = 0  # where the lease's permits sit in the limiter's log
