@@ -9,6 +9,7 @@ import pytest
 from paceline import ErrorCode, Result
 from paceline.http import HttpResponse, HttpStatusError, fetch_all, fetch_all_sync, stream_requests
 from paceline.testing.api_server import ApiConfig, ApiServer
+from paceline.testing.hostile import HostileServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,6 +115,17 @@ def test_server_errors_are_retried_and_classified():
     for r in results:
         if r.is_failure:
             assert r.error_code in (ErrorCode.UNKNOWN, ErrorCode.SERVER_ERROR)
+
+
+def test_retry_as_a_number_retries_what_the_default_retries():
+    # retry=3 is 3 attempts of the face's own policy (http_retry: its backoff and its
+    # retryable errors), not the library's in-process RetryPolicy(attempts=3).
+    with HostileServer("error") as server:
+        urls = [f"{server.url}/items/{i}" for i in range(4)]
+        results = asyncio.run(fetch_all(urls, max_concurrent=2, retry=3))
+        counts = server.counts()
+    assert all(r.is_failure for r in results)
+    assert [counts.refused[f"/items/{i}"] for i in range(4)] == [3, 3, 3, 3]
 
 
 def test_a_journaled_http_batch_resumes_with_responses_restored(tmp_path):

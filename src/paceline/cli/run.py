@@ -48,7 +48,7 @@ from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S
-from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy
+from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy, remote_retry
 from paceline.runners._common import auto_workers
 from paceline.stores import (
     Journal,
@@ -126,24 +126,18 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         workers = fixed
     retries = spec.retries
     if spec.command == "http":
-        from paceline.http._face import DEFAULT_RETRY
+        from paceline.http._face import DEFAULT_RETRY, http_retry
         from paceline.http._limits import ServerLimits
 
         server_limits = ServerLimits(limiter, controller=controller)
-        attempts = DEFAULT_RETRY.attempts if retries is None else retries + 1
-        http_retry = RetryPolicy(
-            attempts=attempts,
-            base_s=DEFAULT_RETRY.base_s,
-            cap_s=DEFAULT_RETRY.cap_s,
-            retry_on=DEFAULT_RETRY.retry_on,
-        )
-        return Plan(workers, controller, limiter, server_limits, http_retry, server_limits)
+        policy = DEFAULT_RETRY if retries is None else http_retry(retries + 1)
+        return Plan(workers, controller, limiter, server_limits, policy, server_limits)
     retry: RetryPolicy | None = None
     if retries is None and spec.command == "call":
         # Transient failures only (Throttled, TimeoutError, ConnectionError), like http.
-        retry = RetryPolicy(attempts=5, base_s=0.2, cap_s=30.0)
+        retry = remote_retry()
     elif retries:
-        retry = RetryPolicy(attempts=retries + 1, base_s=0.2, cap_s=30.0, retry_on=lambda e: True)
+        retry = remote_retry(attempts=retries + 1, retry_on=lambda e: True)
     return Plan(workers, controller, limiter, limiter, retry)
 
 

@@ -37,7 +37,7 @@ from paceline.http._messages import (
 from paceline.http._pool import ShardedTransport
 from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
-from paceline.policy.retry import RetryPolicy
+from paceline.policy.retry import RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
 from paceline.results import BatchItemResult, Result
 from paceline.runners._common import sized_length
@@ -47,12 +47,24 @@ RequestLike = str | Mapping[str, Any] | HttpRequest
 T = TypeVar("T")
 
 # Transient by default: throttles, server errors, timeouts and broken connections.
-DEFAULT_RETRY = RetryPolicy(
-    attempts=5,
-    base_s=0.2,
-    cap_s=30.0,
-    retry_on=(HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError),
-)
+HTTP_RETRY_ON = (HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError)
+DEFAULT_RETRY = remote_retry(retry_on=HTTP_RETRY_ON)
+
+
+def http_retry(retry: RetryPolicy | int | None) -> RetryPolicy | None:
+    """``retry=N`` for requests: N attempts of :data:`DEFAULT_RETRY` (its backoff, and its
+    retryable errors: 429, 5xx, timeouts, broken connections); a policy is used as is.
+
+    >>> http_retry(3).attempts, http_retry(3).retry_on == DEFAULT_RETRY.retry_on
+    (3, True)
+    """
+    if retry is None or isinstance(retry, RetryPolicy):
+        return retry
+    if isinstance(retry, bool) or not isinstance(retry, int):
+        raise TypeError(
+            f"retry={retry!r}: pass a number of attempts (e.g. 3) or a paceline.RetryPolicy"
+        )
+    return remote_retry(attempts=retry, retry_on=HTTP_RETRY_ON)
 
 
 def _headers_of(response: httpx.Response) -> dict[str, str]:
@@ -258,6 +270,7 @@ class _Setup:
         max_body_bytes: int,
         options: dict[str, Any],
     ) -> None:
+        self.retry = http_retry(retry)
         self.workers, control = concurrency_plan(
             max_concurrent, None, sized_length(requests), adaptive
         )
@@ -266,7 +279,7 @@ class _Setup:
         self.control = control
         controller = control if isinstance(control, AdaptiveController) else None
         # The server's word holds everyone no longer than the retry policy obeys a Retry-After.
-        hold_s = retry.max_retry_after_s if isinstance(retry, RetryPolicy) else DEFAULT_MAX_HOLD_S
+        hold_s = self.retry.max_retry_after_s if self.retry is not None else DEFAULT_MAX_HOLD_S
         self.limits = ServerLimits(rate_limiter, controller=controller, max_hold_s=hold_s)
         self.own = client is None
         self.http = _client_for(client, self.workers)
@@ -338,7 +351,7 @@ async def fetch_all(
             setup.workers,
             rate_limiter=setup.limits,
             adaptive=setup.control,
-            retry=retry,
+            retry=setup.retry,
             **options,
         )
     finally:
@@ -370,7 +383,7 @@ async def stream_requests(
             setup.workers,
             rate_limiter=setup.limits,
             adaptive=setup.control,
-            retry=retry,
+            retry=setup.retry,
             **options,
         ):
             yield result
