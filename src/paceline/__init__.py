@@ -1,5 +1,18 @@
 """paceline: run large batches against rate-limited APIs as fast as the other side allows.
 
+Which call do I want (the README has the table with each face's concurrency defaults):
+
+* an async function over a list: ``await batch_execute(keys, op)`` -> ``list[Result]``, in
+  key order; from sync code ``batch_execute_sync(keys, op)``;
+* over a huge or endless input: ``async for r in stream(keys, op)`` -> ``BatchItemResult``;
+* sync functions on threads: ``BatchExecutor(...).execute_batch(tasks)`` -> ``BatchResult``
+  (``RateLimitedExecutor``: the seed's plain list of values and exceptions);
+* a bulk endpoint: ``await fetch_many(keys, fetch_chunk)`` -> ``list[Result]``;
+* HTTP requests: ``await paceline.http.fetch_all(requests)`` -> ``list[Result[HttpResponse]]``
+  (``fetch_all_sync``, ``stream_requests``);
+* a limit alone, in any code: ``RateLimiter("100/s")``; a plan without running:
+  ``dry_run(items, ...)``.
+
 >>> import asyncio, paceline
 >>> async def fetch(n: int) -> int:
 ...     return n * n
