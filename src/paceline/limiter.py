@@ -237,9 +237,7 @@ class RateLimiter:
         """Count starts that happened before this limiter existed (monotonic ns), so a limit
         learned mid-batch also covers what was already sent in the current window."""
         with self._lock:
-            for stamp in sorted(granted_ns):
-                for log in self._policy._logs:
-                    log.record(stamp, 1)
+            self._policy.note_past_grants(granted_ns)
 
     def give_back(self, granted_ns: int, weight: int = 1) -> None:
         """Return ``weight`` permits granted at ``granted_ns`` that were never used (the attempt
