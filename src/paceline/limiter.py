@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from paceline.clock import SYSTEM_CLOCK, Clock
-from paceline.policy.limits import Limit, LimitPolicy
+from paceline.policy.cost import Cost
+from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
 
-__all__ = ["AsyncRateLimiterProtocol", "RateLimiter", "RateLimiterProtocol"]
+__all__ = ["AsyncRateLimiterProtocol", "Grant", "RateLimiter", "RateLimiterProtocol"]
 
 
 @runtime_checkable
@@ -203,6 +204,68 @@ class RateLimiter:
                 waited = True
                 await self._clock.sleep_async(wait_ns / NS_PER_S)
 
+    # -- costs per unit: reserve an estimate, settle the actual usage (docs/units.md) ------
+
+    def _try_reserve(self, cost: int | Cost, waited: bool) -> Grant | int:
+        with self._lock:
+            now = self._clock.monotonic_ns()
+            result = self._policy.try_reserve(now, cost, waited)
+        return result if isinstance(result, int) else Grant(self, result)
+
+    def try_reserve(self, cost: int | Cost = 1) -> Grant | None:
+        """Reserve ``cost`` now if every limit has room; return a :class:`Grant` or ``None``
+        without waiting.
+
+        >>> limiter = RateLimiter.from_rates("tokens:1000/min")
+        >>> limiter.try_reserve({"tokens": 800}) is not None, limiter.try_reserve({"tokens": 800})
+        (True, None)
+        """
+        result = self._try_reserve(cost, False)
+        return None if isinstance(result, int) else result
+
+    def reserve(self, cost: int | Cost = 1) -> Grant:
+        """Block until every limit has room for ``cost`` (an estimate per unit, e.g.
+        ``{"tokens": 1200}``: one request and 1200 tokens), then return a :class:`Grant` to
+        :meth:`~Grant.settle` with the actual cost.
+
+        A cost larger than a limit's N can never be granted and raises :class:`ValueError`;
+        a unit no limit counts is ignored.
+
+        >>> limiter = RateLimiter.from_rates("500/min", "tokens:90000/min")
+        >>> grant = limiter.reserve({"tokens": 1200})
+        >>> grant.settle({"tokens": 1350})   # an overrun is charged too
+        """
+        result = self._try_reserve(cost, False)
+        if not isinstance(result, int):
+            return result
+        with self._thread_gate:
+            while True:
+                result = self._try_reserve(cost, True)
+                if not isinstance(result, int):
+                    return result
+                self._clock.sleep(result / NS_PER_S)
+
+    async def reserve_async(self, cost: int | Cost = 1) -> Grant:
+        """Suspend until every limit has room for ``cost``, then return a :class:`Grant`
+        (see :meth:`reserve`). Cancelling the wait takes nothing from the limit.
+
+        >>> import asyncio
+        >>> limiter = RateLimiter.from_rates("tokens:90000/min")
+        >>> async def call() -> None:
+        ...     grant = await limiter.reserve_async({"tokens": 1200})
+        ...     grant.settle({"tokens": 700})   # e.g. from the response's usage
+        >>> asyncio.run(call())
+        """
+        result = self._try_reserve(cost, False)
+        if not isinstance(result, int):
+            return result
+        async with self._async_gate():
+            while True:
+                result = self._try_reserve(cost, True)
+                if not isinstance(result, int):
+                    return result
+                await self._clock.sleep_async(result / NS_PER_S)
+
     @property
     def clock(self) -> Clock:
         """The clock this limiter reads (the real one unless a fake was given)."""
@@ -244,3 +307,62 @@ class RateLimiter:
         was cancelled before it started). The even-pacing schedule is not rewound."""
         with self._lock:
             self._policy.give_back(granted_ns, weight)
+
+
+# --- costs per unit: reserve an estimate, settle the actual usage (docs/units.md) -------------
+
+
+class Grant:
+    """Permits taken for an estimated cost, to be settled once the actual cost is known.
+
+    Returned by :meth:`RateLimiter.reserve`, :meth:`RateLimiter.reserve_async` and
+    :meth:`RateLimiter.try_reserve`. The estimate counts against every limit from the grant
+    on; :meth:`settle` corrects it: the unused part is given back at once (a waiting grant may
+    go), an overrun is charged from the first moment its limit has room for it (it delays
+    later grants, never rewrites a past window). Not settling keeps the estimate.
+
+    >>> limiter = RateLimiter.from_rates("500/min", "tokens:90000/min")
+    >>> grant = limiter.reserve({"tokens": 1200})   # one request, 1200 tokens (the estimate)
+    >>> grant.settle({"tokens": 900})               # the answer said 900: 300 come back
+    >>> grant.cost
+    {'tokens': 900, 'requests': 1}
+    """
+
+    __slots__ = ("_limiter", "_reservation")
+
+    def __init__(self, limiter: RateLimiter, reservation: Reservation) -> None:
+        self._limiter = limiter
+        self._reservation = reservation
+
+    @property
+    def granted_ns(self) -> int:
+        """When the permits were granted (monotonic ns on the limiter's clock)."""
+        return self._reservation.granted_ns
+
+    @property
+    def cost(self) -> dict[str, int]:
+        """What this grant is charged per unit: the estimate, or the actual cost once settled."""
+        return dict(self._reservation.cost)
+
+    @property
+    def settled(self) -> bool:
+        """Whether :meth:`settle` (or :meth:`give_back`) ran."""
+        return self._reservation.settled
+
+    def settle(self, actual: int | Cost) -> None:
+        """Correct the charge to ``actual`` (a cost per unit; units left out stay as reserved).
+
+        Call it once, when the answer is known (e.g. from the response's usage). Raises
+        :class:`RuntimeError` if the grant was already settled.
+        """
+        limiter = self._limiter
+        with limiter._lock:
+            limiter._policy.settle(limiter._clock.monotonic_ns(), self._reservation, actual)
+
+    def give_back(self) -> None:
+        """Return the whole grant: the attempt never started (cancelled before it began)."""
+        self.settle({unit: 0 for unit in self._reservation.cost})
+
+    def __repr__(self) -> str:
+        state = "settled" if self.settled else "reserved"
+        return f"<Grant {state} {self.cost} at {self.granted_ns} ns>"
