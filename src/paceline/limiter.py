@@ -8,12 +8,13 @@ safe to use from many threads and many event loops at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from paceline.clock import SYSTEM_CLOCK, Clock
+from paceline.clock import SYSTEM_CLOCK, Clock, SystemClock
 from paceline.policy.cost import Cost
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
@@ -80,7 +81,15 @@ class RateLimiter:
     :meth:`give_back` takes to return permits that were never used.
     """
 
-    __slots__ = ("__weakref__", "_async_gates", "_clock", "_lock", "_policy", "_thread_gate")
+    __slots__ = (
+        "__weakref__",
+        "_async_gates",
+        "_clock",
+        "_lock",
+        "_policy",
+        "_thread_gate",
+        "_wakers",
+    )
 
     def __init__(
         self,
@@ -108,6 +117,8 @@ class RateLimiter:
         self._async_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        # Reservers sleeping on the real clock, woken when a settlement may have made room.
+        self._wakers: set[Callable[[], object]] = set()
 
     @classmethod
     def from_rates(
@@ -206,10 +217,20 @@ class RateLimiter:
 
     # -- costs per unit: reserve an estimate, settle the actual usage (docs/units.md) ------
 
-    def _try_reserve(self, cost: int | Cost, waited: bool) -> Grant | int:
+    def _try_reserve(
+        self, cost: int | Cost, waited: bool, waker: Callable[[], object] | None = None
+    ) -> Grant | int:
+        """A grant, or the ns to wait; ``waker`` (while waiting) is called when a settlement
+        may have made room earlier. Registered under the same lock as the decision, so no
+        settlement can fall between the two unseen."""
         with self._lock:
             now = self._clock.monotonic_ns()
             result = self._policy.try_reserve(now, cost, waited)
+            if waker is not None:
+                if isinstance(result, int):
+                    self._wakers.add(waker)
+                else:
+                    self._wakers.discard(waker)
         return result if isinstance(result, int) else Grant(self, result)
 
     def try_reserve(self, cost: int | Cost = 1) -> Grant | None:
@@ -239,11 +260,21 @@ class RateLimiter:
         if not isinstance(result, int):
             return result
         with self._thread_gate:
-            while True:
-                result = self._try_reserve(cost, True)
-                if not isinstance(result, int):
-                    return result
-                self._clock.sleep(result / NS_PER_S)
+            woken = threading.Event()
+            waker = woken.set
+            try:
+                while True:
+                    result = self._try_reserve(cost, True, waker)
+                    if not isinstance(result, int):
+                        return result
+                    if isinstance(self._clock, SystemClock):
+                        woken.wait(result / NS_PER_S)  # a settlement that frees room wakes it
+                        woken.clear()
+                    else:
+                        self._clock.sleep(result / NS_PER_S)
+            finally:
+                with self._lock:
+                    self._wakers.discard(waker)
 
     async def reserve_async(self, cost: int | Cost = 1) -> Grant:
         """Suspend until every limit has room for ``cost``, then return a :class:`Grant`
@@ -260,11 +291,27 @@ class RateLimiter:
         if not isinstance(result, int):
             return result
         async with self._async_gate():
-            while True:
-                result = self._try_reserve(cost, True)
-                if not isinstance(result, int):
-                    return result
-                await self._clock.sleep_async(result / NS_PER_S)
+            loop = asyncio.get_running_loop()
+            woken = asyncio.Event()
+
+            def waker() -> None:  # settlements may come from any thread
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(woken.set)
+
+            try:
+                while True:
+                    result = self._try_reserve(cost, True, waker)
+                    if not isinstance(result, int):
+                        return result
+                    if isinstance(self._clock, SystemClock):
+                        with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError on 3.11+
+                            await asyncio.wait_for(woken.wait(), result / NS_PER_S)
+                        woken.clear()
+                    else:
+                        await self._clock.sleep_async(result / NS_PER_S)
+            finally:
+                with self._lock:
+                    self._wakers.discard(waker)
 
     @property
     def clock(self) -> Clock:
@@ -317,9 +364,9 @@ class Grant:
 
     Returned by :meth:`RateLimiter.reserve`, :meth:`RateLimiter.reserve_async` and
     :meth:`RateLimiter.try_reserve`. The estimate counts against every limit from the grant
-    on; :meth:`settle` corrects it: the unused part is given back at once (a waiting grant may
-    go), an overrun is charged from the first moment its limit has room for it (it delays
-    later grants, never rewrites a past window). Not settling keeps the estimate.
+    on; :meth:`settle` corrects it: the unused part is given back at once (a reserver waiting
+    for room looks again), an overrun is charged from the first moment its limit has room for
+    it (it delays later grants, never rewrites a past window). Not settling keeps the estimate.
 
     >>> limiter = RateLimiter.from_rates("500/min", "tokens:90000/min")
     >>> grant = limiter.reserve({"tokens": 1200})   # one request, 1200 tokens (the estimate)
@@ -358,6 +405,9 @@ class Grant:
         limiter = self._limiter
         with limiter._lock:
             limiter._policy.settle(limiter._clock.monotonic_ns(), self._reservation, actual)
+            wakers = list(limiter._wakers)
+        for wake in wakers:  # waiting reservers look again: the unused part may be enough
+            wake()
 
     def give_back(self) -> None:
         """Return the whole grant: the attempt never started (cancelled before it began)."""
