@@ -95,7 +95,15 @@ class LimitPolicy:
     0
     """
 
-    __slots__ = ("_logs", "_requests_only", "_shapers", "_units", "limits")
+    __slots__ = (
+        "_any_shapers",
+        "_logs",
+        "_requests_only",
+        "_shapers",
+        "_smallest",
+        "_units",
+        "limits",
+    )
 
     def __init__(self, limits: Sequence[Limit]) -> None:
         if not limits:
@@ -111,14 +119,15 @@ class LimitPolicy:
             else Gcra.for_limit(lim.rate.max_requests, lim.window_ns, lim.burst)
             for lim in limits
         )
+        # For the hot path (a plain weight, every limit in requests): the pacers alone, and
+        # the smallest N (a weight above it goes the slow way to its error).
+        self._any_shapers = tuple(shaper for shaper in self._shapers if shaper is not None)
+        self._smallest = min(lim.rate.max_requests for lim in limits)
 
     def _amounts(self, cost: int | Cost) -> tuple[int, ...]:
         """What ``cost`` charges each limit, in the order of :attr:`limits`; checks each fits."""
-        if self._requests_only and type(cost) is int and cost >= 1:
-            amounts: tuple[int, ...] = (cost,) * len(self._units)  # the hot path: a weight
-        else:
-            units = as_cost(cost)
-            amounts = tuple(units.get(unit, 0) for unit in self._units)
+        units = as_cost(cost)
+        amounts = tuple(units.get(unit, 0) for unit in self._units)
         for lim, amount in zip(self.limits, amounts, strict=True):
             if amount > lim.rate.max_requests:
                 raise ValueError(
@@ -158,6 +167,24 @@ class LimitPolicy:
         """Grant ``weight`` (requests, or a cost per unit) at ``now_ns`` if every limit agrees
         and return 0; otherwise change nothing and return the nanoseconds to wait before asking
         again."""
+        if self._requests_only and type(weight) is int and 1 <= weight <= self._smallest:
+            # The hot path (every acquire): the same decision without building a cost.
+            wait = 0
+            for shaper in self._any_shapers:
+                w = shaper.wait_ns(now_ns, weight)
+                if w > wait:
+                    wait = w
+            for log in self._logs:
+                w = log.wait_ns(now_ns, weight)
+                if w > wait:
+                    wait = w
+            if wait:
+                return wait
+            for shaper in self._any_shapers:
+                shaper.record(now_ns, weight, waited)
+            for log in self._logs:
+                log.record(now_ns, weight)
+            return 0
         amounts = self._amounts(weight)
         wait = self._wait(now_ns, amounts)
         if wait:
