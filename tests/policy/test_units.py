@@ -9,6 +9,7 @@ import pytest
 from paceline import Limit, Rate, RateLimiter, RateSpecError
 from paceline.policy.cost import as_cost
 from paceline.policy.limits import LimitPolicy, Reservation
+from paceline.policy.schedule import EXACT_UP_TO, min_duration_ns
 from paceline.testing import FakeClock
 
 S = 1_000_000_000
@@ -334,3 +335,9 @@ def test_a_settlement_from_another_thread_wakes_a_task_waiting_to_reserve():
         return grant.granted_ns
 
     assert asyncio.run(main()) - first.granted_ns < 10 * S
+
+
+def test_a_dry_run_schedule_of_requests_is_not_slowed_by_token_limits():
+    limits = [Limit(Rate(2, S), margin_ns=0), tokens_per_min(1)]
+    assert min_duration_ns(limits, 5) == (2 * S, True)
+    assert min_duration_ns([tokens_per_min(1)], EXACT_UP_TO + 10) == (0, False)
