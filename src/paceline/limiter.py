@@ -8,16 +8,18 @@ safe to use from many threads and many event loops at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from paceline.clock import SYSTEM_CLOCK, Clock
-from paceline.policy.limits import Limit, LimitPolicy
+from paceline.clock import SYSTEM_CLOCK, Clock, SystemClock
+from paceline.policy.cost import Cost
+from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
 
-__all__ = ["AsyncRateLimiterProtocol", "RateLimiter", "RateLimiterProtocol"]
+__all__ = ["AsyncRateLimiterProtocol", "Grant", "RateLimiter", "RateLimiterProtocol"]
 
 
 @runtime_checkable
@@ -79,7 +81,15 @@ class RateLimiter:
     :meth:`give_back` takes to return permits that were never used.
     """
 
-    __slots__ = ("__weakref__", "_async_gates", "_clock", "_lock", "_policy", "_thread_gate")
+    __slots__ = (
+        "__weakref__",
+        "_async_gates",
+        "_clock",
+        "_lock",
+        "_policy",
+        "_thread_gate",
+        "_wakers",
+    )
 
     def __init__(
         self,
@@ -107,6 +117,8 @@ class RateLimiter:
         self._async_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        # Reservers sleeping on the real clock, woken when a settlement may have made room.
+        self._wakers: set[Callable[[], object]] = set()
 
     @classmethod
     def from_rates(
@@ -203,6 +215,104 @@ class RateLimiter:
                 waited = True
                 await self._clock.sleep_async(wait_ns / NS_PER_S)
 
+    # -- costs per unit: reserve an estimate, settle the actual usage (docs/units.md) ------
+
+    def _try_reserve(
+        self, cost: int | Cost, waited: bool, waker: Callable[[], object] | None = None
+    ) -> Grant | int:
+        """A grant, or the ns to wait; ``waker`` (while waiting) is called when a settlement
+        may have made room earlier. Registered under the same lock as the decision, so no
+        settlement can fall between the two unseen."""
+        with self._lock:
+            now = self._clock.monotonic_ns()
+            result = self._policy.try_reserve(now, cost, waited)
+            if waker is not None:
+                if isinstance(result, int):
+                    self._wakers.add(waker)
+                else:
+                    self._wakers.discard(waker)
+        return result if isinstance(result, int) else Grant(self, result)
+
+    def try_reserve(self, cost: int | Cost = 1) -> Grant | None:
+        """Reserve ``cost`` now if every limit has room; return a :class:`Grant` or ``None``
+        without waiting.
+
+        >>> limiter = RateLimiter.from_rates("tokens:1000/min")
+        >>> limiter.try_reserve({"tokens": 800}) is not None, limiter.try_reserve({"tokens": 800})
+        (True, None)
+        """
+        result = self._try_reserve(cost, False)
+        return None if isinstance(result, int) else result
+
+    def reserve(self, cost: int | Cost = 1) -> Grant:
+        """Block until every limit has room for ``cost`` (an estimate per unit, e.g.
+        ``{"tokens": 1200}``: one request and 1200 tokens), then return a :class:`Grant` to
+        :meth:`~Grant.settle` with the actual cost.
+
+        A cost larger than a limit's N can never be granted and raises :class:`ValueError`;
+        a unit no limit counts is ignored.
+
+        >>> limiter = RateLimiter.from_rates("500/min", "tokens:90000/min")
+        >>> grant = limiter.reserve({"tokens": 1200})
+        >>> grant.settle({"tokens": 1350})   # an overrun is charged too
+        """
+        result = self._try_reserve(cost, False)
+        if not isinstance(result, int):
+            return result
+        with self._thread_gate:
+            woken = threading.Event()
+            waker = woken.set
+            try:
+                while True:
+                    result = self._try_reserve(cost, True, waker)
+                    if not isinstance(result, int):
+                        return result
+                    if isinstance(self._clock, SystemClock):
+                        woken.wait(result / NS_PER_S)  # a settlement that frees room wakes it
+                        woken.clear()
+                    else:
+                        self._clock.sleep(result / NS_PER_S)
+            finally:
+                with self._lock:
+                    self._wakers.discard(waker)
+
+    async def reserve_async(self, cost: int | Cost = 1) -> Grant:
+        """Suspend until every limit has room for ``cost``, then return a :class:`Grant`
+        (see :meth:`reserve`). Cancelling the wait takes nothing from the limit.
+
+        >>> import asyncio
+        >>> limiter = RateLimiter.from_rates("tokens:90000/min")
+        >>> async def call() -> None:
+        ...     grant = await limiter.reserve_async({"tokens": 1200})
+        ...     grant.settle({"tokens": 700})   # e.g. from the response's usage
+        >>> asyncio.run(call())
+        """
+        result = self._try_reserve(cost, False)
+        if not isinstance(result, int):
+            return result
+        async with self._async_gate():
+            loop = asyncio.get_running_loop()
+            woken = asyncio.Event()
+
+            def waker() -> None:  # settlements may come from any thread
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(woken.set)
+
+            try:
+                while True:
+                    result = self._try_reserve(cost, True, waker)
+                    if not isinstance(result, int):
+                        return result
+                    if isinstance(self._clock, SystemClock):
+                        with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError on 3.11+
+                            await asyncio.wait_for(woken.wait(), result / NS_PER_S)
+                        woken.clear()
+                    else:
+                        await self._clock.sleep_async(result / NS_PER_S)
+            finally:
+                with self._lock:
+                    self._wakers.discard(waker)
+
     @property
     def clock(self) -> Clock:
         """The clock this limiter reads (the real one unless a fake was given)."""
@@ -237,12 +347,72 @@ class RateLimiter:
         """Count starts that happened before this limiter existed (monotonic ns), so a limit
         learned mid-batch also covers what was already sent in the current window."""
         with self._lock:
-            for stamp in sorted(granted_ns):
-                for log in self._policy._logs:
-                    log.record(stamp, 1)
+            self._policy.note_past_grants(granted_ns)
 
     def give_back(self, granted_ns: int, weight: int = 1) -> None:
         """Return ``weight`` permits granted at ``granted_ns`` that were never used (the attempt
         was cancelled before it started). The even-pacing schedule is not rewound."""
         with self._lock:
             self._policy.give_back(granted_ns, weight)
+
+
+# --- costs per unit: reserve an estimate, settle the actual usage (docs/units.md) -------------
+
+
+class Grant:
+    """Permits taken for an estimated cost, to be settled once the actual cost is known.
+
+    Returned by :meth:`RateLimiter.reserve`, :meth:`RateLimiter.reserve_async` and
+    :meth:`RateLimiter.try_reserve`. The estimate counts against every limit from the grant
+    on; :meth:`settle` corrects it: the unused part is given back at once (a reserver waiting
+    for room looks again), an overrun is charged from the first moment its limit has room for
+    it (it delays later grants, never rewrites a past window). Not settling keeps the estimate.
+
+    >>> limiter = RateLimiter.from_rates("500/min", "tokens:90000/min")
+    >>> grant = limiter.reserve({"tokens": 1200})   # one request, 1200 tokens (the estimate)
+    >>> grant.settle({"tokens": 900})               # the answer said 900: 300 come back
+    >>> grant.cost
+    {'tokens': 900, 'requests': 1}
+    """
+
+    __slots__ = ("_limiter", "_reservation")
+
+    def __init__(self, limiter: RateLimiter, reservation: Reservation) -> None:
+        self._limiter = limiter
+        self._reservation = reservation
+
+    @property
+    def granted_ns(self) -> int:
+        """When the permits were granted (monotonic ns on the limiter's clock)."""
+        return self._reservation.granted_ns
+
+    @property
+    def cost(self) -> dict[str, int]:
+        """What this grant is charged per unit: the estimate, or the actual cost once settled."""
+        return dict(self._reservation.cost)
+
+    @property
+    def settled(self) -> bool:
+        """Whether :meth:`settle` (or :meth:`give_back`) ran."""
+        return self._reservation.settled
+
+    def settle(self, actual: int | Cost) -> None:
+        """Correct the charge to ``actual`` (a cost per unit; units left out stay as reserved).
+
+        Call it once, when the answer is known (e.g. from the response's usage). Raises
+        :class:`RuntimeError` if the grant was already settled.
+        """
+        limiter = self._limiter
+        with limiter._lock:
+            limiter._policy.settle(limiter._clock.monotonic_ns(), self._reservation, actual)
+            wakers = list(limiter._wakers)
+        for wake in wakers:  # waiting reservers look again: the unused part may be enough
+            wake()
+
+    def give_back(self) -> None:
+        """Return the whole grant: the attempt never started (cancelled before it began)."""
+        self.settle({unit: 0 for unit in self._reservation.cost})
+
+    def __repr__(self) -> str:
+        state = "settled" if self.settled else "reserved"
+        return f"<Grant {state} {self.cost} at {self.granted_ns} ns>"

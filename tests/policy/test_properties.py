@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from paceline import Limit, Rate
 from paceline.policy.batch import BatchState
 from paceline.policy.gcra import Gcra
-from paceline.policy.limits import LimitPolicy
+from paceline.policy.limits import LimitPolicy, Reservation
 
 
 def max_in_any_window(starts: list[tuple[int, int]], window_ns: int) -> int:
@@ -143,3 +143,104 @@ def test_stop_on_error_stops_at_the_first_failure_and_keeps_collected_slots(orde
     assert [s for s in state.slots if s is not None] == [
         f"r{i}" for i in sorted(order[: fail_at + 1])
     ]
+
+
+# --- limits in units: random costs, reservations and settlements (issue 13) -----------------
+
+unit_limits_st = st.lists(
+    st.builds(
+        lambda unit, n, w, paced, b: Limit(
+            Rate(n, w, unit), burst=(max(1, min(b, n)) if paced else None)
+        ),
+        st.sampled_from(["requests", "tokens"]),
+        st.integers(1, 40),
+        st.integers(1, 5_000),
+        st.booleans(),
+        st.integers(1, 40),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+unit_step_st = st.tuples(
+    st.integers(0, 3_000),  # time that passes before the step
+    st.sampled_from(["reserve", "give_up", "settle", "cancel"]),
+    st.integers(0, 3),  # requests reserved
+    st.integers(0, 40),  # tokens reserved
+    st.integers(0, 3),  # requests actually used
+    st.integers(0, 100),  # tokens actually used (often more than any N: chunked overruns)
+    st.integers(0, 1_000),  # lateness of a sleeper, choice of the grant to settle
+)
+
+
+def log_entries_fit(policy: LimitPolicy) -> None:
+    """What is charged right now fits every limit in every window (entries are charges)."""
+    for lim, log in zip(policy.limits, policy._logs, strict=True):
+        entries = list(zip(log._times, log._counts, strict=True))
+        assert max_in_any_window(entries, log.window_ns) <= lim.rate.max_requests
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits=unit_limits_st, steps=st.lists(unit_step_st, max_size=60))
+def test_no_window_of_any_limit_ever_holds_more_than_n_of_its_unit(limits, steps):
+    """For random costs and settlements, what was charged never exceeds N in any window.
+
+    Checked two ways: black box, the grants at their grant times with what they still hold
+    (the estimate, less what a settlement gave back); and white box, after every step, every
+    window over the log's entries (overruns included, wherever the policy stamped them). And
+    no overrun is lost: a settlement raises what the limit holds by exactly the overrun.
+    """
+    policy = LimitPolicy(limits)
+    most = {
+        unit: min((lim.rate.max_requests for lim in limits if lim.rate.unit == unit), default=99)
+        for unit in ("requests", "tokens")
+    }
+    now = 0
+    grants: list[tuple[int, dict[str, int]]] = []  # (granted_ns, what it still holds at it)
+    open_: list[tuple[Reservation, int]] = []  # unsettled reservations and their grant index
+    for advance, action, req, tok, used_req, used_tok, extra in steps:
+        now += advance
+        if action in ("settle", "cancel") and open_:
+            reservation, index = open_.pop(extra % len(open_))
+            actual = (
+                {"requests": used_req, "tokens": used_tok}
+                if action == "settle"
+                else {"requests": 0, "tokens": 0}
+            )
+            before = [log.held(now) for log in policy._logs]
+            policy.settle(now, reservation, actual)
+            for lim, log, held in zip(limits, policy._logs, before, strict=True):
+                unit = lim.rate.unit
+                delta = actual[unit] - grants[index][1][unit]
+                change = log.held(now) - held
+                if delta >= 0:
+                    assert change == delta  # an overrun is charged in full
+                else:
+                    assert change in (0, delta)  # given back, unless already out of the window
+                    if reservation.granted_ns > now - log.window_ns:
+                        assert change == delta
+            grants[index] = (
+                grants[index][0],
+                {u: min(grants[index][1][u], actual[u]) for u in ("requests", "tokens")},
+            )
+            log_entries_fit(policy)
+            continue
+        cost = {"requests": min(req, most["requests"]), "tokens": min(tok, most["tokens"])}
+        waited = False
+        for _ in range(10_000):
+            result = policy.try_reserve(now, cost, waited)
+            if isinstance(result, Reservation):
+                open_.append((result, len(grants)))
+                grants.append((now, dict(cost)))
+                break
+            assert result > 0
+            if action == "give_up":
+                break
+            now += result + (extra % 7)  # wake up on time or a little late
+            waited = True
+        else:
+            raise AssertionError("a reservation that fits every limit never got its turn")
+        log_entries_fit(policy)
+    for lim in limits:
+        held_at_grant = [(t, cost[lim.rate.unit]) for t, cost in grants]
+        assert max_in_any_window(held_at_grant, lim.rate.window_ns) <= lim.rate.max_requests

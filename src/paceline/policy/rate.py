@@ -1,8 +1,11 @@
-"""Parse and represent one rate limit: ``max_requests`` per ``window``.
+"""Parse and represent one rate limit: ``max_requests`` of a unit per ``window``.
 
-A rate string reads ``"<count>/<window>"`` where the window is a unit (``s``, ``m``, ``h``,
-``d``, or the long forms) optionally preceded by a number: ``"100/s"``, ``"5000/h"``,
-``"10/1.5s"``, ``"500/min"``.
+A rate string reads ``"[<unit>:]<count>/<window>"`` where the window is a unit of time (``s``,
+``m``, ``h``, ``d``, or the long forms) optionally preceded by a number: ``"100/s"``,
+``"5000/h"``, ``"10/1.5s"``, ``"500/min"``. The optional prefix names what the limit counts:
+``requests`` (the default), or any other name such as ``tokens``, ``input_tokens``, ``bytes``
+or ``cost``: ``"tokens:90000/min"``. A grant's cost says how much of each unit it takes
+(docs/units.md).
 """
 
 from __future__ import annotations
@@ -33,15 +36,32 @@ _UNIT_SECONDS = {
     "day": 86400.0,
     "days": 86400.0,
 }
+# What a limit counts when its rate string names nothing: one per request started, as before units.
+REQUESTS = "requests"
+_UNIT_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+# A limit whose unit nothing is charged in never binds, so the spellings of "requests" that
+# people type all mean it rather than a silent no-op limit.
+_REQUEST_ALIASES = frozenset({"request", "requests", "req", "reqs"})
 _RATE_RE = re.compile(
-    r"^\s*(?P<count>\d+)\s*(?:/|per)\s*(?P<num>\d+(?:\.\d+)?|\.\d+)?\s*(?P<unit>[a-z]+)\s*$",
+    r"^\s*(?:(?P<what>[A-Za-z_][A-Za-z0-9_]*)\s*:\s*)?"
+    r"(?P<count>\d+)\s*(?:/|per)\s*(?P<num>\d+(?:\.\d+)?|\.\d+)?\s*(?P<unit>[a-z]+)\s*$",
     re.IGNORECASE,
 )
-_EXAMPLE = "e.g. '100/s', '5000/h' or '10/1.5s'"
+_EXAMPLE = "e.g. '100/s', '5000/h', '10/1.5s' or 'tokens:90000/min'"
 
 
 class RateSpecError(ValueError):
     """A rate limit was given in a form paceline cannot read. The message says how to fix it."""
+
+
+def unit_name(text: str) -> str:
+    """The canonical name of a unit: lower case, and ``requests`` for its usual spellings.
+
+    >>> unit_name("Tokens"), unit_name("req")
+    ('tokens', 'requests')
+    """
+    name = text.strip().lower()
+    return REQUESTS if name in _REQUEST_ALIASES else name
 
 
 def seconds_to_ns(seconds: float) -> int:
@@ -51,19 +71,32 @@ def seconds_to_ns(seconds: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """At most ``max_requests`` starts in any window of ``window_ns`` nanoseconds.
+    """At most ``max_requests`` of ``unit`` in any window of ``window_ns`` nanoseconds.
+
+    ``unit`` is ``"requests"`` (one per start) unless the rate counts something else, in which
+    case ``max_requests`` is the most of that unit per window (the name is kept from the days
+    when every limit counted requests).
 
     >>> Rate.parse("10/1.5s")
-    Rate(max_requests=10, window_ns=1500000000)
+    Rate(max_requests=10, window_ns=1500000000, unit='requests')
+    >>> Rate.parse("tokens:90000/min")
+    Rate(max_requests=90000, window_ns=60000000000, unit='tokens')
     """
 
     max_requests: int
     window_ns: int
+    unit: str = REQUESTS
 
     def __post_init__(self) -> None:
+        if not isinstance(self.unit, str) or not _UNIT_NAME_RE.match(self.unit):
+            raise RateSpecError(
+                f"unit {self.unit!r}: must be a lower-case name such as 'requests' or 'tokens' "
+                "(letters, digits and '_', not starting with a digit)"
+            )
         if isinstance(self.max_requests, bool) or not isinstance(self.max_requests, int):
             raise RateSpecError(
-                f"max_requests {self.max_requests!r}: must be a whole number of requests such as 10"
+                f"max_requests {self.max_requests!r}: must be a whole number of {self.unit} "
+                "such as 10"
             )
         if self.max_requests < 1:
             raise RateSpecError(
@@ -112,12 +145,14 @@ class Rate:
         num = float(match["num"]) if match["num"] else 1.0
         if num <= 0:
             raise RateSpecError(f"rate {text!r}: the window must be longer than zero, {_EXAMPLE}")
-        return cls(count, seconds_to_ns(num * _UNIT_SECONDS[unit]))
+        what = unit_name(match["what"]) if match["what"] else REQUESTS
+        return cls(count, seconds_to_ns(num * _UNIT_SECONDS[unit]), what)
 
     @property
     def per_second(self) -> float:
-        """The long-run rate in starts per second."""
+        """The long-run rate in units per second (starts per second for requests)."""
         return self.max_requests * NS_PER_S / self.window_ns
 
     def __str__(self) -> str:
-        return f"{self.max_requests}/{self.window_ns / NS_PER_S:g}s"
+        prefix = "" if self.unit == REQUESTS else f"{self.unit}:"
+        return f"{prefix}{self.max_requests}/{self.window_ns / NS_PER_S:g}s"
