@@ -416,3 +416,26 @@ class Grant:
     def __repr__(self) -> str:
         state = "settled" if self.settled else "reserved"
         return f"<Grant {state} {self.cost} at {self.granted_ns} ns>"
+
+
+def charged_per_attempt(limiter: object, name: str = "rate_limiter") -> None:
+    """Refuse a limiter the batch faces cannot charge in full: they take one request per
+    attempt, so a limit in another unit (``tokens:90000/min``) would never bind. Reserve and
+    settle such costs inside the operation (:meth:`RateLimiter.reserve`) until the faces take
+    costs.
+
+    >>> charged_per_attempt(RateLimiter("10/s"))
+    >>> charged_per_attempt(RateLimiter.from_rates("10/s", "tokens:900/min"))
+    Traceback (most recent call last):
+    ...
+    ValueError: rate_limiter has a limit in tokens (tokens:900/60s): a batch charges ...
+    """
+    if not isinstance(limiter, RateLimiter):
+        return
+    for lim in limiter.limits:
+        if lim.rate.unit != "requests":
+            raise ValueError(
+                f"{name} has a limit in {lim.rate.unit} ({lim.rate}): a batch charges each "
+                "attempt one request and nothing in other units yet; reserve and settle those "
+                "costs inside the operation (RateLimiter.reserve), or give request limits only"
+            )

@@ -711,3 +711,14 @@ class TestSyncWrappers:
         limiter = FakeRateLimiter()
         batch_execute_sync([1, 2], double, rate_limiter=limiter)
         assert limiter.acquire_count == 2
+
+
+def test_a_limit_in_another_unit_is_refused_not_silently_ignored():
+    # The faces charge one request per attempt: a tokens limit would never bind.
+    limiter = RateLimiter.from_rates("10/s", "tokens:900/min")
+
+    async def op(n: int) -> int:
+        return n
+
+    with pytest.raises(ValueError, match=r"limit in tokens \(tokens:900/60s\)"):
+        asyncio.run(batch_execute(range(3), op, rate_limiter=limiter))

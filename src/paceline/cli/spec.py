@@ -87,9 +87,16 @@ class RunSpec:
         """Raise :class:`UsageError` for anything that cannot run."""
         for text in self.rates:
             try:
-                Rate.parse(text)
+                rate = Rate.parse(text)
             except RateSpecError as exc:
                 raise UsageError(f"--rate {text!r}: {exc}") from None
+            if rate.unit != "requests":
+                # Refused rather than accepted and ignored: nothing charges tokens per item yet.
+                raise UsageError(
+                    f"--rate {text!r}: limits in {rate.unit} are not charged by the command "
+                    "line yet (costs per item are coming); give request limits only, e.g. "
+                    "--rate 500/min"
+                )
         if self.burst is not None and self.burst < 1:
             raise UsageError(f"--burst {self.burst}: must be a whole number of at least 1")
         self.concurrency_limit()

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from paceline.faces._journal import StoredFailure, error_code_of
+from paceline.limiter import charged_per_attempt
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
@@ -62,6 +63,7 @@ def build_options(
     **journal: Any,
 ) -> RunOptions[K, T, R]:
     """One :class:`RunOptions` from a face's arguments (journal pieces passed through)."""
+    charged_per_attempt(limiter)
     policy = retry_policy(retry)
     return RunOptions(
         ok=ok,

@@ -35,7 +35,7 @@ from paceline.http._messages import (
     request_url,
 )
 from paceline.http._pool import ShardedTransport
-from paceline.limiter import RateLimiter
+from paceline.limiter import RateLimiter, charged_per_attempt
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
@@ -271,6 +271,7 @@ class _Setup:
         options: dict[str, Any],
     ) -> None:
         self.retry = http_retry(retry)
+        charged_per_attempt(rate_limiter)
         self.workers, control = concurrency_plan(
             max_concurrent, None, sized_length(requests), adaptive
         )
