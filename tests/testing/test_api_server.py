@@ -134,6 +134,61 @@ def test_retry_after_counts_whole_seconds_until_the_oldest_slot_frees():
     assert 29 <= int(headers["Retry-After"]) <= 30
 
 
+def test_bucket_admits_its_burst_at_once_then_one_per_refill_interval():
+    # 10 per second: a token every 100 ms; a burst of 3 is served, the rest refused until then.
+    config = ApiConfig(
+        quota=10, limiter="bucket", burst=3, retry_after=True, headers="x", base_latency_s=0
+    )
+    with ApiServer(config) as server:
+        conn = connect(server.url)
+        started = time.monotonic()
+        answers = [call(conn, f"/items/{i}") for i in range(6)]
+        burst_s = time.monotonic() - started
+        statuses = [status for status, _, _ in answers]
+        assert statuses[:3] == [200] * 3
+        if burst_s < 0.1:  # always, unless the machine stalled for 100 ms
+            assert statuses[3:] == [429] * 3
+            assert all(headers["Retry-After"] == "1" for _, headers, _ in answers[3:])
+            assert [h["X-RateLimit-Remaining"] for _, h, _ in answers] == ["2", "1", "0", "0"] + [
+                "0"
+            ] * 2
+        assert all(headers["X-RateLimit-Limit"] == "3" for _, headers, _ in answers)
+        time.sleep(0.25)  # two tokens back, not three
+        later = [call(conn, f"/items/later-{i}")[0] for i in range(3)]
+        conn.close()
+        stats = server.stats()
+    assert later[:2] == [200, 200]
+    assert stats["accepted"] + stats["throttled_429"] == stats["requests"] == 9
+    assert (stats["limiter"], stats["burst"]) == ("bucket", 3)
+
+
+def test_bucket_describes_itself_as_burst_per_fill_time_in_ietf_headers():
+    config = ApiConfig(quota=20, window_s=2.0, limiter="bucket", burst=5, headers="ietf")
+    with ApiServer(config) as server:
+        _, headers, _ = fetch(server.url, "/items/a")
+    # 10 per second: 5 tokens fill in 0.5 s; one taken, full again 0.1 s later (rounded up)
+    assert sf_params(headers["RateLimit-Policy"]) == {"q": "5", "w": "0.5"}
+    assert sf_params(headers["RateLimit"]) == {"r": "4", "t": "1"}
+
+
+def test_bucket_retry_after_counts_whole_seconds_until_a_token_is_back():
+    config = ApiConfig(
+        quota=1, window_s=30, limiter="bucket", burst=1, retry_after=True, base_latency_s=0
+    )
+    with ApiServer(config) as server:
+        fetch(server.url, "/items/a")
+        status, headers, _ = fetch(server.url, "/items/b")
+    assert status == 429
+    assert 29 <= int(headers["Retry-After"]) <= 30
+
+
+def test_bucket_without_burst_holds_the_quota():
+    config = ApiConfig(quota=4, window_s=60, limiter="bucket", base_latency_s=0)
+    with ApiServer(config) as server:
+        statuses = [fetch(server.url, f"/items/{i}")[0] for i in range(5)]
+    assert statuses == [200] * 4 + [429]
+
+
 # -- quota headers -------------------------------------------------------------------------------
 
 SF_ITEM = re.compile(r'"default";(?P<params>.*)')
@@ -458,6 +513,10 @@ def test_closing_the_server_ends_idle_and_busy_connections_promptly():
         ({"headers": "draft"}, "headers 'draft'"),
         ({"capacity": -1}, "capacity -1"),
         ({"network_delay_s": -0.1}, "network_delay_s -0.1"),
+        ({"limiter": "leaky"}, "limiter 'leaky': must be one of window, bucket"),
+        ({"limiter": "bucket"}, "limiter 'bucket' needs a quota"),
+        ({"quota": 5, "burst": 3}, "burst 3: only a token bucket has one; add limiter='bucket'"),
+        ({"quota": 5, "limiter": "bucket", "burst": 0}, "burst 0"),
     ],
 )
 def test_config_errors_name_the_value_and_the_fix(kwargs, message):
@@ -473,6 +532,8 @@ def test_config_errors_name_the_value_and_the_fix(kwargs, message):
         ApiConfig(quota=5, headers="ietf", network_delay_s=0.05),
         ApiConfig(capacity=16, knee=3, load_factor=2.5, base_latency_s=0.001, seed=9),
         ApiConfig(error_rate=0.1, slow_rate=0.2, slow_s=0.3, drop_rate=0.05, headers="ietf"),
+        ApiConfig(quota=50, limiter="bucket", burst=10, retry_after=True),
+        ApiConfig(quota=7, window_s=2.0, limiter="bucket", headers="x"),
     ],
 )
 def test_command_line_arguments_round_trip_the_config(config):

@@ -31,6 +31,9 @@ As a process (``--port 0`` picks a free port; the first stdout line gives the UR
     python -m paceline.testing.api_server --quota 100/1s --retry-after --headers ietf \\
         --capacity 16 --port 0
     listening on http://127.0.0.1:40123
+
+``--bucket [BURST]`` keeps the quota as a token bucket instead (``paceline serve-test --quota
+50/1s --bucket 10``: 10 at once, then 50 per second).
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ from paceline.testing.hostile import main as hostile_main
 __all__ = ["ApiConfig", "ApiServer", "SpawnedServer", "main"]
 
 
+# `--bucket` alone: a bucket that holds the quota (ApiConfig's burst=None). Not a string:
+# argparse would pass a string const through `type=int`.
+_BUCKET_OF_QUOTA = object()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m paceline.testing.api_server",
@@ -59,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--quota", metavar="N/W", help="hidden quota, e.g. 100/1s or 10/0.5s (default: none)")
+    add(
+        "--bucket",
+        nargs="?",
+        const=_BUCKET_OF_QUOTA,
+        type=int,
+        metavar="BURST",
+        help="keep the quota as a token bucket of BURST (default: the quota), refilled at "
+        "the quota's rate, instead of a sliding window",
+    )
     add("--retry-after", action="store_true", help="send Retry-After with each 429")
     add("--headers", choices=["none", "ietf", "x"], default="none", help="quota headers to send")
     add("--reset-format", choices=["epoch", "delta", "delta_ms"], default="delta")
@@ -91,9 +108,12 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
     if args.quota is not None:
         rate = Rate.parse(args.quota)
         quota, window_s = rate.max_requests, rate.window_ns / NS_PER_S
+    bucket = args.bucket
     return ApiConfig(
         quota=quota,
         window_s=window_s,
+        limiter="window" if bucket is None else "bucket",
+        burst=None if bucket is None or bucket is _BUCKET_OF_QUOTA else bucket,
         retry_after=args.retry_after,
         headers=args.headers,
         reset_format=args.reset_format,

@@ -4,7 +4,9 @@ paceline's tests and benchmarks run batches against nginx's ``limit_req`` (a lea
 millisecond accounting; its 429 carries no ``Retry-After``) and ``limit_conn`` (503), and read
 what nginx itself logged to judge the client. Content is a static file (``return 200`` runs in
 the rewrite phase, before ``limit_req``, so it would limit nothing); an ``upstream`` URL puts a
-proxy in front of another server instead (for latency).
+proxy in front of another server instead, and ``upstream_latency_s`` in front of the test API
+answering after that long (Debian's ``nginx-light`` has no module that sleeps, and a
+``limit_conn`` needs requests that last for it to limit anything).
 
 Needs the ``nginx`` program (Debian: ``apt-get install nginx-light``). It runs in the
 foreground as one process (``master_process off``) as the calling user, everything under a
@@ -13,6 +15,13 @@ temporary directory; nothing is left behind.
 >>> limits = NginxLimits(rate_per_s=50, burst=20, nodelay=True)
 >>> limits.zone_lines()[-1], limits.location_lines()
 ('limit_req_zone $server_name zone=req:1m rate=50r/s;', ['limit_req zone=req burst=20 nodelay;'])
+>>> NginxLimits(connections=8, upstream_latency_s=0.05).location_lines()
+['limit_conn conn 8;']
+
+A server that holds each request 50 ms and serves 8 at once, answering 503 beyond::
+
+    with NginxServer(NginxLimits(connections=8, upstream_latency_s=0.05)) as server:
+        ...  # GET server.url + "/items/1"; server.log() afterwards
 """
 
 from __future__ import annotations
@@ -24,10 +33,15 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from paceline.testing._api.config import ApiConfig
+from paceline.testing._api.server import ApiServer, SpawnedServer
 
 __all__ = ["NginxLimits", "NginxServer", "nginx_program"]
 
@@ -41,14 +55,27 @@ def nginx_program() -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class NginxLimits:
-    """What nginx limits: ``limit_req`` at ``rate_per_s`` (with ``burst``, ``nodelay``) and/or
-    ``limit_conn`` at ``connections``; ``upstream`` (a base URL) proxies to another server."""
+    """What nginx limits: ``limit_req`` at ``rate_per_s`` (with ``burst``; without ``nodelay``
+    nginx delays requests beyond the rate, up to ``burst`` of them, to keep the rate) and/or
+    ``limit_conn`` at ``connections`` (requests being served at once).
+
+    Content: ``upstream`` (a base URL such as ``http://127.0.0.1:8080``) proxies to another
+    server; ``upstream_latency_s`` proxies to the test API (``paceline.testing``) started for
+    it in its own process, answering every request after that many seconds.
+    """
 
     rate_per_s: int | None = None
     burst: int = 0
     nodelay: bool = False
     connections: int | None = None
     upstream: str | None = None
+    upstream_latency_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.upstream is not None and self.upstream_latency_s is not None:
+            raise ValueError(
+                "give upstream (another server) or upstream_latency_s (the test API), not both"
+            )
 
     def zone_lines(self) -> list[str]:
         """The ``http``-level zone definitions."""
@@ -93,6 +120,8 @@ class NginxServer:
         self.port = 0
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._upstream: SpawnedServer | None = None
+        self._upstream_url = limits.upstream
 
     @property
     def url(self) -> str:
@@ -100,8 +129,13 @@ class NginxServer:
 
     def _config(self, root: Path) -> str:
         limits = self.limits
-        if limits.upstream is not None:
-            content = f"proxy_pass {limits.upstream}; proxy_http_version 1.1;"
+        upstream_lines = []
+        if self._upstream_url is not None:
+            address = urllib.parse.urlsplit(self._upstream_url).netloc
+            # Kept-alive connections to the upstream: without them each proxied request opens
+            # one, and a busy loopback runs out of ports in TIME_WAIT within a benchmark.
+            upstream_lines = [f"  upstream backend {{ server {address}; keepalive {_KEEPALIVE}; }}"]
+            content = "proxy_pass http://backend; proxy_http_version 1.1;"
             content += ' proxy_set_header Connection "";'
         else:
             content = "try_files /item.json =404; default_type application/json;"
@@ -120,6 +154,7 @@ class NginxServer:
                 f"  access_log {root}/access.log paced;",
                 "  keepalive_requests 1000000;",
                 *(f"  {line}" for line in limits.zone_lines()),
+                *upstream_lines,
                 "  server {",
                 f"    listen 127.0.0.1:{self.port};",
                 "    server_name paceline-test;",
@@ -133,6 +168,10 @@ class NginxServer:
 
     def start(self) -> NginxServer:
         """Write the config, start nginx, and wait until it answers (or raise)."""
+        if self.limits.upstream_latency_s is not None:
+            config = ApiConfig(base_latency_s=self.limits.upstream_latency_s)
+            self._upstream = ApiServer.spawn(config).start()
+            self._upstream_url = self._upstream.url
         root = Path(tempfile.mkdtemp(prefix="paceline-nginx-"))
         self._dir = root
         (root / "www").mkdir()
@@ -188,8 +227,14 @@ class NginxServer:
         except urllib.error.HTTPError as exc:
             return int(exc.code)
 
+    def upstream_stats(self) -> dict[str, Any]:
+        """What the test API behind nginx saw (``GET /stats``), with ``upstream_latency_s``."""
+        if self._upstream is None:
+            raise RuntimeError("no test API behind this nginx: give upstream_latency_s")
+        return self._upstream.stats()
+
     def stop(self) -> None:
-        """Stop nginx and remove its directory."""
+        """Stop nginx (and the test API behind it) and remove its directory."""
         process, self._process = self._process, None
         if process is not None:
             process.terminate()
@@ -203,6 +248,9 @@ class NginxServer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()
 
     def __enter__(self) -> NginxServer:
         return self.start()
@@ -217,3 +265,6 @@ class NginxServer:
 
 
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+# Idle connections nginx keeps to the upstream: more than any client's concurrency in our tests
+# and benchmarks (8-64), so none is opened per request.
+_KEEPALIVE = 128

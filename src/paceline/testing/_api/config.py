@@ -8,9 +8,11 @@ from typing import Literal
 
 HeaderStyle = Literal["none", "ietf", "x"]
 ResetFormat = Literal["epoch", "delta", "delta_ms"]
+Limiter = Literal["window", "bucket"]
 
 _HEADER_STYLES = ("none", "ietf", "x")
 _RESET_FORMATS = ("epoch", "delta", "delta_ms")
+_LIMITERS = ("window", "bucket")
 
 
 def _check_rate(name: str, value: float) -> None:
@@ -43,16 +45,24 @@ class ApiConfig:
     >>> config.effective_knee, config.latency_s(in_flight=16)
     (8, 0.01)
 
-    Quota (a strict sliding-window log, counted when a request arrives):
+    Quota (counted when a request arrives):
 
     - ``quota``: requests admitted in any window of ``window_s`` seconds; ``None`` for no quota.
       Beyond it the answer is 429. A request admitted by the quota uses its slot even if it then
       ends in 503, 500 or a drop, as behind a real API gateway.
-    - ``retry_after``: send ``Retry-After`` (whole seconds until a slot frees, rounded up,
-      at least 1) with each 429.
+    - ``limiter``: how the quota is kept. ``"window"``, a strict sliding-window log: never more
+      than ``quota`` in any ``window_s``. ``"bucket"``, a token bucket: ``burst`` tokens at
+      most, refilled continuously at ``quota / window_s`` per second, one taken per request
+      (``ApiConfig(quota=50, limiter="bucket", burst=10)``: 10 at once, then one every 20 ms).
+    - ``burst``: the bucket's capacity; ``None`` means ``quota`` (one window's worth, the
+      same largest burst as the sliding window allows). Only with ``limiter="bucket"``.
+    - ``retry_after``: send ``Retry-After`` (whole seconds until a slot or token frees,
+      rounded up, at least 1) with each 429.
     - ``headers``: ``"none"``; ``"ietf"`` for the draft-10 ``RateLimit-Policy`` and ``RateLimit``
       fields; ``"x"`` for ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``, the reset written
       as ``reset_format``: ``"epoch"`` (Unix seconds), ``"delta"`` (seconds) or ``"delta_ms"``.
+      A bucket describes itself as ``burst`` requests per the time it takes to fill, with the
+      whole tokens left, and resets when it is full again.
 
     - ``network_delay_s``: each quota-counted request reaches the counter after a delay drawn
       uniformly from ``[0, network_delay_s]`` (a network or gateway queue in between, from its
@@ -78,6 +88,8 @@ class ApiConfig:
 
     quota: int | None = None
     window_s: float = 1.0
+    limiter: Limiter = "window"
+    burst: int | None = None
     retry_after: bool = False
     headers: HeaderStyle = "none"
     reset_format: ResetFormat = "delta"
@@ -95,6 +107,17 @@ class ApiConfig:
     def __post_init__(self) -> None:
         _check_count("quota", self.quota)
         _check_count("capacity", self.capacity)
+        _check_count("burst", self.burst)
+        if self.limiter not in _LIMITERS:
+            raise ValueError(f"limiter {self.limiter!r}: must be one of {', '.join(_LIMITERS)}")
+        if self.limiter == "bucket" and self.quota is None:
+            raise ValueError(
+                "limiter 'bucket' needs a quota for its rate, e.g. quota=50, window_s=1.0"
+            )
+        if self.burst is not None and self.limiter != "bucket":
+            raise ValueError(
+                f"burst {self.burst!r}: only a token bucket has one; add limiter='bucket'"
+            )
         _check_count("knee", self.knee)
         _check_seconds("window_s", self.window_s)
         if self.window_s == 0:
@@ -120,6 +143,14 @@ class ApiConfig:
     def window_ns(self) -> int:
         """The quota window in integer nanoseconds, rounded up."""
         return math.ceil(self.window_s * 1e9)
+
+    @property
+    def bucket_capacity(self) -> int | None:
+        """The token bucket's capacity (``burst``, or ``quota`` without one); ``None`` for the
+        sliding window."""
+        if self.limiter != "bucket":
+            return None
+        return self.burst if self.burst is not None else self.quota
 
     @property
     def effective_knee(self) -> int | None:
@@ -149,6 +180,8 @@ class ApiConfig:
 
         >>> ApiConfig(quota=10, window_s=0.5, retry_after=True).to_argv()[:3]
         ['--quota', '10/0.5s', '--retry-after']
+        >>> ApiConfig(quota=10, limiter="bucket", burst=4).to_argv()
+        ['--quota', '10/1.0s', '--bucket', '4']
         """
         argv: list[str] = []
         defaults = ApiConfig()
@@ -156,9 +189,11 @@ class ApiConfig:
             argv += ["--quota", f"{self.quota}/{self.window_s!r}s"]
         if self.retry_after:
             argv.append("--retry-after")
+        if self.limiter == "bucket":
+            argv += ["--bucket"] if self.burst is None else ["--bucket", str(self.burst)]
         for field in fields(self):
             name = field.name
-            if name in ("quota", "window_s", "retry_after"):
+            if name in ("quota", "window_s", "retry_after", "limiter", "burst"):
                 continue
             value = getattr(self, name)
             if value != getattr(defaults, name) and value is not None:

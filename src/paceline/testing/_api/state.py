@@ -14,6 +14,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+from paceline.testing._api.bucket import TokenBucket
 from paceline.testing._api.config import ApiConfig
 
 NS_PER_S = 1_000_000_000
@@ -39,6 +40,12 @@ class ServerState:
     [True, True, False]
     >>> state.retry_after_s(now_ns=2), state.admit(now_ns=1_000_000_000)
     (1, True)
+
+    With ``limiter="bucket"`` the quota is a :class:`TokenBucket` instead of the log:
+
+    >>> state = ServerState(ApiConfig(quota=10, limiter="bucket", burst=2))
+    >>> [state.admit(now_ns=state.start_ns) for _ in range(3)]
+    [True, True, False]
     """
 
     def __init__(self, config: ApiConfig) -> None:
@@ -51,6 +58,12 @@ class ServerState:
         """Forget the quota log, the counters and the served ids; reseed the failures."""
         self.start_ns = now_ns
         self._log: deque[int] = deque()
+        capacity, quota = self.config.bucket_capacity, self.config.quota
+        self._bucket = (
+            TokenBucket(quota, self._window_ns, capacity, now_ns)
+            if capacity is not None and quota is not None
+            else None
+        )
         self._rng = random.Random(self.config.seed)
         self._delay_rng = random.Random(self.config.seed + 1)
         self.requests = 0
@@ -79,6 +92,11 @@ class ServerState:
         quota = self.config.quota
         if quota is None:
             return True
+        if self._bucket is not None:
+            if self._bucket.admit(now_ns):
+                return True
+            self.throttled_429 += 1
+            return False
         self._expire(now_ns)
         if len(self._log) >= quota:
             self.throttled_429 += 1
@@ -88,6 +106,8 @@ class ServerState:
 
     def retry_after_s(self, now_ns: int) -> int:
         """Whole seconds until the quota frees a slot, rounded up, at least 1."""
+        if self._bucket is not None:
+            return max(1, _ceil_s(self._bucket.wait_ns(now_ns)))
         self._expire(now_ns)
         if not self._log:
             return 1
@@ -98,16 +118,24 @@ class ServerState:
         config = self.config
         if config.quota is None or config.headers == "none":
             return []
-        self._expire(now_ns)
-        remaining = max(0, config.quota - len(self._log))
-        reset_ns = self._log[0] + self._window_ns - now_ns if self._log else 0
+        limit, window = config.quota, config.window_s
+        if self._bucket is not None:
+            # A bucket as a policy: `burst` requests per the time it takes to fill; the quota
+            # resets when it is full again.
+            limit = config.bucket_capacity or config.quota
+            window = limit * config.window_s / config.quota
+            remaining = self._bucket.remaining(now_ns)
+            reset_ns = self._bucket.full_in_ns(now_ns)
+        else:
+            self._expire(now_ns)
+            remaining = max(0, config.quota - len(self._log))
+            reset_ns = self._log[0] + self._window_ns - now_ns if self._log else 0
         if config.headers == "ietf":
-            window = config.window_s
             # The draft wants whole seconds; a sub-second test window is written as a decimal
             # (still a valid structured-field number) rather than rounded into a wrong one.
             w = str(int(window)) if float(window).is_integer() else f"{window:.3f}".rstrip("0")
             return [
-                ("RateLimit-Policy", f'"default";q={config.quota};w={w}'),
+                ("RateLimit-Policy", f'"default";q={limit};w={w}'),
                 ("RateLimit", f'"default";r={remaining};t={_ceil_s(reset_ns)}'),
             ]
         if config.reset_format == "epoch":
@@ -117,7 +145,7 @@ class ServerState:
         else:
             reset = str(-(-reset_ns // 1_000_000))
         return [
-            ("X-RateLimit-Limit", str(config.quota)),
+            ("X-RateLimit-Limit", str(limit)),
             ("X-RateLimit-Remaining", str(remaining)),
             ("X-RateLimit-Reset", reset),
         ]
@@ -195,6 +223,8 @@ class ServerState:
             ),
             "quota": config.quota,
             "window_s": config.window_s,
+            "limiter": config.limiter,
+            "burst": config.bucket_capacity,
             "capacity": config.capacity,
         }
         if times:
