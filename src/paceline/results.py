@@ -169,8 +169,8 @@ class Attempt:
 class BatchItemResult:
     """The outcome of one item of a batch.
 
-    ``error`` is the failure's message (as in the seed API); ``exception`` keeps the original
-    exception object, ``attempts`` how many times the operation ran, and ``started_ns`` /
+    ``error`` is the failure's message, a plain string to log or show; ``exception`` keeps the
+    original exception object, ``attempts`` how many times the operation ran, and ``started_ns`` /
     ``duration_s`` when the last attempt started (monotonic clock) and how long it took.
     ``history`` lists every attempt when there was more than one; ``restored`` is true for an
     item whose outcome came from a journal instead of running again.

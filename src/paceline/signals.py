@@ -1,4 +1,4 @@
-"""Server signals: what a response's headers say about pacing (ALGORITHMS §3). Sans-I/O.
+"""Server signals: what a response's headers say about pacing. Sans-I/O.
 
 Header values in, seconds and counts out; nothing here sends, sleeps or (unless you leave
 ``now_epoch_s`` out) reads a clock. Malformed values never raise: they are ignored.
@@ -9,10 +9,10 @@ Header values in, seconds and counts out; nothing here sends, sleeps or (unless 
 >>> s.retry_after_s, s.quota, s.window_s, s.remaining, s.reset_s, s.source
 (120.0, 50, 60.0, 0, 30.0, 'retry-after+ietf')
 
-What the caller does with them (precedence, ALGORITHMS §3): ``retry_after_s`` pauses the whole
-limiter key and wins over ``reset_s``; ``quota`` per ``window_s`` configures the strict limiter;
-``remaining`` / ``reset_s`` mean never more than ``remaining`` before ``reset_s``; nothing at all
-(``source == "none"``) leaves the pace to adaptive control.
+What the caller does with them (docs/design.md, 'What each signal does'): ``retry_after_s``
+pauses the whole limiter key and wins over ``reset_s``; ``quota`` per ``window_s`` configures
+the strict limiter; ``remaining`` / ``reset_s`` mean never more than ``remaining`` before
+``reset_s``; nothing at all (``source == "none"``) leaves the pace to adaptive control.
 
 The rules decided here, each with its reason, are in the docstrings of ``parse_signals`` (which
 header family wins), ``parse_reset`` (how a bare number is read) and ``parse_retry_after``.

@@ -1,6 +1,6 @@
 """From a response's headers to one ``ServerSignals``: which header wins, and why.
 
-Families of headers, in the order they are trusted (ALGORITHMS §3):
+Families of headers, in the order they are trusted (docs/design.md, 'Header precedence'):
 
 1. ``retry-after``: ``retry-after-ms`` / ``x-ms-retry-after-ms`` (milliseconds, as OpenAI's and
    Azure's clients read them) before ``Retry-After``: when a server sends both, the finer one is

@@ -1,5 +1,5 @@
-"""Bulk endpoints: many keys per call, where the server offers it (the seeds' "use server-side
-batch APIs where available")."""
+"""Bulk endpoints: many keys per call, where the server offers one — a hundred keys then cost one
+request of the quota instead of a hundred."""
 
 from __future__ import annotations
 

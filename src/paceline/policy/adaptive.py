@@ -1,6 +1,6 @@
 """Adaptive throttling: find an unknown server limit from its answers and run just under it.
 
-Gates in series, each attempt passes all three (ALGORITHMS §4):
+Gates in series, each attempt passes all three (docs/design.md, 'Adaptive gates'):
 
 1. **pause** — a ``Retry-After`` stops every dispatch until it passes; during a *probe*
    (throttles kept coming right after cuts: a long-window quota) only one attempt at a time
@@ -73,7 +73,7 @@ class AdaptiveSettings:
     initial_rate_per_s: float | None = None
     min_rate_per_s: float = 0.05
     max_rate_per_s: float = 1e6
-    # AIMD factors from ALGORITHMS §4: rate x0.8 (quota), concurrency x0.7 (capacity).
+    # AIMD factors (docs/design.md, 'AIMD cuts'): rate x0.8 (quota), concurrency x0.7 (capacity).
     rate_cut: float = 0.8
     concurrency_cut: float = 0.7
     target_throttle_fraction: float = 0.01

@@ -1,4 +1,4 @@
-"""GCRA shaper: evenly paced grants in front of the window log (ALGORITHMS §1).
+"""GCRA shaper: evenly paced grants in front of the window log (docs/design.md, 'Even pacing').
 
 Emission interval ``T = W / (N - B + 1)`` and tolerance ``tau = (B - 1) * T`` for a limit of
 ``N`` per ``W`` with burst ``B``. State is the theoretical arrival time (TAT): a grant may happen

@@ -23,7 +23,7 @@ from paceline.policy.window import WindowLog
 # A grant and the start it allows are a few microseconds apart (a thread handoff: up to a GIL
 # switch). Two grants exactly W apart can then be two starts slightly *less* than W apart, and a
 # window of W measured on starts holds N + 1. Each window is therefore lengthened by this much
-# (W' = W + J, ALGORITHMS §1): 0.1 % of W, at most 1 ms — 0.1 % of the rate.
+# (W' = W + J, docs/design.md, 'Window margin'): 0.1 % of W, at most 1 ms — 0.1 % of the rate.
 DEFAULT_MARGIN_FRACTION = 1000
 DEFAULT_MARGIN_MAX_NS = 1_000_000
 

@@ -2,8 +2,8 @@
 
 Backoff is *full jitter* (``uniform(0, min(cap, base * 2**(n-1)))`` before retry ``n``): the
 AWS architecture blog's comparison found it spreads a thundering herd best, and un-jittered
-exponential backoff worst (ALGORITHMS §2). A server's ``Retry-After`` sets a floor on the wait;
-one beyond ``max_retry_after_s`` is not obeyed but surfaced as the item's failure.
+exponential backoff worst (docs/design.md, 'Backoff'). A server's ``Retry-After`` sets a floor
+on the wait; one beyond ``max_retry_after_s`` is not obeyed but surfaced as the item's failure.
 
 The budget caps retries at ``ratio`` of first attempts plus a small ``floor`` (gRPC and
 Finagle use 10-20 %; SRE book 10 %), so a server that fails everything gets at most ~20 %

@@ -3,7 +3,7 @@
 Grant iff the permits granted in the last ``W`` nanoseconds plus the new weight fit in ``N``;
 otherwise the wait is until enough old grants leave the window. Integer nanoseconds throughout:
 with floats, ``t + W - now`` and ``t <= now - W`` can disagree at the boundary and admit an
-(N+1)-th grant (ALGORITHMS §1).
+(N+1)-th grant (docs/design.md, 'Window log').
 
 Windows are half-open: a grant at ``t`` occupies ``[t, t + W)``, so a new grant at exactly
 ``t + W`` is allowed.

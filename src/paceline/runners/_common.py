@@ -18,7 +18,7 @@ Workers = int | Literal["auto"] | None
 
 # "auto" starts from the machine and the batch size; the adaptive controller (a later issue)
 # moves it from there. I/O-bound work wants several workers per core (the stdlib's
-# ThreadPoolExecutor uses cpu+4, the seeds 2x cpu); 32 is where a thread pool's own overhead
+# ThreadPoolExecutor uses cpu+4, other pools 2x cpu); 32 is where a thread pool's own overhead
 # and the risk of stampeding an API we know nothing about start to dominate.
 AUTO_WORKERS_PER_CPU = 4
 AUTO_WORKERS_MIN = 8
