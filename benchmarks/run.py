@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     targets = render_targets(rows)
     if targets:
-        print("paceline targets (BENCHMARKS.md):")
+        print("paceline targets (docs/benchmarks.md):")
         print(targets)
     print(f"total time {elapsed:.0f} s")
 

@@ -1,4 +1,4 @@
-"""The workloads W1-W7 of BENCHMARKS.md: what each measures, with which tools, and its target.
+"""The workloads W1-W7 (docs/benchmarks.md): what each measures, with which tools, and its target.
 
 Each workload module defines one :class:`Workload`. Peer packages are imported inside the
 tool functions, so this registry can be read without any of them installed.

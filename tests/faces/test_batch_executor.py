@@ -1,5 +1,5 @@
 """BatchExecutor: seeds 000 (results, stop or collect), 001 (parallel, limiter at submission)
-and 002 (threads, max_workers, "auto", progress), plus the semantics ARCHITECTURE.md pins.
+and 002 (threads, max_workers, "auto", progress), plus the semantics docs/design.md pins.
 
 No wall-clock assertions: concurrency is proven with barriers and counted under a lock,
 ordering with lists, "started or not" with flags.
