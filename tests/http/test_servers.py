@@ -73,12 +73,13 @@ def test_a_quota_learned_from_one_servers_headers_limits_only_that_server() -> N
 
 @pytest.mark.timeout(90)
 def test_a_paused_server_does_not_hold_up_another_in_one_batch() -> None:
-    """Issue 11: A (50 per 5 s, each 429 asks for a pause of up to 5 s) and B (50/s),
-    interleaved in one batch. With one pause and one controller per batch, B ran at 0.21-0.26
-    of its quota; with a lane per server it runs near its own pace (0.85 measured; 0.6 here
-    leaves room for a busy 2-core machine). Every request ends ok or with its server's answer."""
-    b_items, a_items = 300, 80
-    a_config = ApiConfig(quota=50, window_s=5.0, retry_after=True, base_latency_s=0.005)
+    """Issue 11: A (20 per 5 s, each 429 asks for a pause of up to 5 s) and B (50/s),
+    interleaved in one batch. With one pause and one controller per batch, B ran at 0.37 of
+    its quota here (0.21 over 500 of B's requests, benchmarks/two_servers.py); with a lane per
+    server at 0.77 (0.6 leaves room for a busy 2-core machine). Every request ends ok or with
+    its server's answer."""
+    b_items, a_items = 300, 60
+    a_config = ApiConfig(quota=20, window_s=5.0, retry_after=True, base_latency_s=0.005)
     b_config = ApiConfig(quota=50, window_s=1.0, retry_after=True, base_latency_s=0.005)
     with ApiServer.spawn(a_config) as a, ApiServer.spawn(b_config) as b:
         requests = [
