@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from paceline.http._limits import DEFAULT_MAX_HOLD_S, ServerLimits
-from paceline.http._messages import as_request, request_url
+from paceline.http._messages import InvalidRequest, as_request, request_url
 from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController
 from paceline.runners.lanes import LaneGates
@@ -79,7 +79,12 @@ class ServerLanes:
         self.user = user
         self.controller = controller
         self.max_hold_s = max_hold_s
-        self._base = None if base_url is None else request_url(base_url)
+        self._base: httpx.URL | None = None
+        if base_url is not None:
+            try:
+                self._base = request_url(base_url)
+            except InvalidRequest:  # said by the sender, which refuses it the same way
+                self._base = None
         self._request_of = request_of
         self._limits: dict[str, ServerLimits] = {}
         self._controllers: dict[str, AdaptiveController] = {}
