@@ -6,10 +6,10 @@ one pause and one controller per batch, A's pauses and 429s held B back: B's 1,0
 were served at 0.26 of its quota. With a lane per server, B's requests run at B's pace while
 A's queue up. Target: B >= 0.9 of its quota.
 
-The figure is B's requests over the time from the batch's start until B's last answer, as a
-fraction of B's quota (50/s); B alone (no A in the input) is measured in the same run, as the
-ceiling this client reaches against B (the adaptive controller learns B's limit from its 429s
-either way). Both servers run in their own processes on loopback.
+The figure is B's requests over the time from B's first to its last accepted request (B's own
+clock), as a fraction of B's quota (50/s); B alone (no A in the input) is measured in the
+same run, as the ceiling this client reaches against B (the adaptive controller learns B's
+limit from its 429s either way). Both servers run in their own processes on loopback.
 
     .venv/bin/python benchmarks/two_servers.py [--b-items 1000] [--reps 3] [--ordered]
 """
@@ -19,36 +19,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 
 from paceline.http import stream_requests
-from paceline.testing.api_server import ApiConfig, ApiServer
+from paceline.testing.api_server import ApiConfig, ApiServer, SpawnedServer
 
 B_RATE_PER_S = 50.0
 A_CONFIG = ApiConfig(quota=50, window_s=5.0, retry_after=True, base_latency_s=0.005)
 B_CONFIG = ApiConfig(quota=50, window_s=1.0, retry_after=True, base_latency_s=0.005)
 
 
-async def b_fraction(a_url: str | None, b_url: str, b_items: int, ordered: bool) -> float:
-    """B's requests per second until its last answer, over B's quota; the rest is cancelled."""
+async def b_fraction(a_url: str | None, b: SpawnedServer, b_items: int, ordered: bool) -> float:
+    """B's requests per second as B saw them arrive (its first to its last accepted), over
+    its quota; the batch is cancelled once B has served them all (with ``ordered`` B's last
+    results wait for A's before them, so only B's own clock measures B's pace)."""
     requests: list[str] = []
     for n in range(b_items):
         if a_url is not None:
             requests.append(f"{a_url}/items/a{n}")
-        requests.append(f"{b_url}/items/b{n}")
-    started = time.monotonic()
-    seen = failed = 0
-    last = started
-    async for result in stream_requests(requests, ordered=ordered):
-        if result.item_id.startswith(f"GET {b_url}"):
-            seen += 1
-            failed += not result.success
-            last = time.monotonic()
-            if seen == b_items:
-                break
-    assert seen == b_items, f"only {seen} of B's {b_items} results"
+        requests.append(f"{b.url}/items/b{n}")
+    failed = 0
+
+    async def consume() -> None:
+        nonlocal failed
+        async for result in stream_requests(requests, ordered=ordered):
+            if result.item_id.startswith(f"GET {b.url}"):
+                failed += not result.success
+
+    batch = asyncio.ensure_future(consume())
+    while not batch.done():
+        stats = await asyncio.to_thread(b.stats, True)
+        if stats["accepted"] >= b_items:
+            break
+        await asyncio.sleep(0.2)
+    batch.cancel()
+    await asyncio.gather(batch, return_exceptions=True)
     assert failed == 0, f"{failed} of B's requests failed"
-    return b_items / (last - started) / B_RATE_PER_S
+    times: list[float] = stats["accepted_times_s"]
+    assert len(times) == b_items, f"B served {len(times)} of {b_items}"
+    return b_items / (times[-1] - times[0] + 1 / B_RATE_PER_S) / B_RATE_PER_S
 
 
 def main() -> None:
@@ -61,9 +69,9 @@ def main() -> None:
     mixed: list[float] = []
     for _ in range(args.reps):
         with ApiServer.spawn(A_CONFIG) as a, ApiServer.spawn(B_CONFIG) as b:
-            alone.append(asyncio.run(b_fraction(None, b.url, args.b_items, args.ordered)))
+            alone.append(asyncio.run(b_fraction(None, b, args.b_items, args.ordered)))
         with ApiServer.spawn(A_CONFIG) as a, ApiServer.spawn(B_CONFIG) as b:
-            mixed.append(asyncio.run(b_fraction(a.url, b.url, args.b_items, args.ordered)))
+            mixed.append(asyncio.run(b_fraction(a.url, b, args.b_items, args.ordered)))
     order = "ordered" if args.ordered else "completion order"
     print(f"two servers, {args.b_items} requests to B interleaved with A's ({order}), medians:")
     print(f"  B alone:           {statistics.median(alone):.2f} of its quota  {alone}")
