@@ -47,10 +47,12 @@ async def b_fraction(a_url: str | None, b: SpawnedServer, b_items: int, ordered:
 
     batch = asyncio.ensure_future(consume())
     while not batch.done():
-        stats = await asyncio.to_thread(b.stats, True)
-        if stats["accepted"] >= b_items:
+        if (await asyncio.to_thread(b.stats))["accepted"] >= b_items:
             break
         await asyncio.sleep(0.2)
+    stats = await asyncio.to_thread(b.stats, True)
+    if batch.done():
+        batch.result()  # the batch's own error, if it failed
     batch.cancel()
     await asyncio.gather(batch, return_exceptions=True)
     assert failed == 0, f"{failed} of B's requests failed"
