@@ -96,9 +96,11 @@ class Plan:
     workers: int | None
     controller: AdaptiveController | None
     limiter: RateLimiter | None
-    rate_limiter: Any  # what the runner takes tokens from (the limiter, or the HTTP wrapper)
+    rate_limiter: Any  # what the runner takes tokens from (None for http: see ``lanes``)
     retry: RetryPolicy | None
-    server_limits: Any = None
+    # http: a lane per server (paceline.http._servers.ServerLanes), each with its own header
+    # limits and controller; ``controller`` is the first server's (and the others' template).
+    lanes: Any = None
 
 
 def plan_for(spec: RunSpec, total: int | None) -> Plan:
@@ -127,11 +129,13 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     retries = spec.retries
     if spec.command == "http":
         from paceline.http._face import DEFAULT_RETRY, http_retry
-        from paceline.http._limits import ServerLimits
+        from paceline.http._servers import ServerLanes
 
-        server_limits = ServerLimits(limiter, controller=controller)
+        lanes = ServerLanes(
+            limiter, controller=controller, base_url=spec.base_url, request_of=_payload
+        )
         policy = DEFAULT_RETRY if retries is None else http_retry(retries + 1)
-        return Plan(workers, controller, limiter, server_limits, policy, server_limits)
+        return Plan(workers, controller, limiter, None, policy, lanes)
     retry: RetryPolicy | None = None
     if retries is None and spec.command == "call":
         # Transient failures only (Throttled, TimeoutError, ConnectionError), like http.
@@ -139,6 +143,10 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     elif retries:
         retry = remote_retry(attempts=retries + 1, retry_on=lambda e: True)
     return Plan(workers, controller, limiter, limiter, retry)
+
+
+def _payload(item: Item) -> Any:
+    return item.payload
 
 
 def user_rate_per_s(limiter: RateLimiter | None) -> float | None:
@@ -151,7 +159,7 @@ def user_rate_per_s(limiter: RateLimiter | None) -> float | None:
 def make_operation(spec: RunSpec, plan: Plan) -> Operation:
     """The operation object for ``spec.command``."""
     if spec.command == "http":
-        return HttpOperation(spec, plan.workers, plan.server_limits)
+        return HttpOperation(spec, plan.workers, plan.lanes)
     if spec.command == "call":
         return CallOperation(spec, plan.workers or 32)
     return ExecOperation(spec)
@@ -439,12 +447,13 @@ class Batch:
         controller = plan.controller
         fixed = plan.workers if controller is None else None
         metrics.concurrency_limit = (
-            (lambda: controller.concurrency_limit) if controller is not None else (lambda: fixed)
+            (lambda: concurrency_now(plan)) if controller is not None else (lambda: fixed)
         )
         metrics.rate_limit_per_s = lambda: rate_limit_now(plan)
 
         def holds() -> None:  # what holds the batch back, shown on the progress line
-            hold_from_pacing(metrics, plan.controller, plan.server_limits, time.monotonic_ns())
+            now_ns = time.monotonic_ns()
+            hold_from_pacing(metrics, *pacing_hold(plan, now_ns), now_ns)
             metrics.hold(
                 "stop", "stopping: waiting for the running attempts" if self.stopping else None
             )
@@ -529,9 +538,10 @@ class Batch:
             retry_failed=spec.retry_failed,
             key=_item_key,
             item_id=_item_key,
-            adaptive=plan.controller,
+            adaptive=plan.controller if plan.lanes is None else None,
             give_up_after_s=spec.give_up_after_s(),
             on_halt=self._on_halt,
+            lanes=plan.lanes,
         )
         self._streaming = True
         try:
@@ -748,21 +758,61 @@ def _item_key(item: Item) -> str:
 
 
 def rate_limit_now(plan: Plan) -> float | None:
-    """The tightest rate in force now (strict, learned from headers, or adaptive), per s."""
+    """The tightest rate in force now (strict, learned from headers, or adaptive), per s.
+    With several servers, each is paced on its own: their rates add up (``None`` while one of
+    them has none)."""
     rates: list[float] = []
     if plan.limiter is not None:
         rates.extend(
             limit.rate.max_requests * NS_PER_S / limit.rate.window_ns
             for limit in plan.limiter.limits
         )
-    server = plan.server_limits
-    if server is not None and server.policy is not None:
-        quota, window_s = server.policy
-        rates.append(quota / window_s)
-    controller = plan.controller
-    if controller is not None and controller.rate_per_s is not None:
-        rates.append(controller.rate_per_s)
+    servers = list(plan.lanes.servers()) if plan.lanes is not None else []
+    if not servers:
+        servers = [(None, None, plan.controller)]
+    total = 0.0
+    for _, limits, controller in servers:
+        own: list[float] = []
+        if limits is not None and limits.policy is not None:
+            quota, window_s = limits.policy
+            own.append(quota / window_s)
+        if controller is not None and controller.rate_per_s is not None:
+            own.append(controller.rate_per_s)
+        if not own:
+            break
+        total += min(own)
+    else:
+        rates.append(total)
     return min(rates) if rates else None
+
+
+def concurrency_now(plan: Plan) -> int | None:
+    """The adaptive concurrency limit now: with several servers, the sum of theirs (within
+    the workers)."""
+    assert plan.controller is not None
+    servers = list(plan.lanes.servers()) if plan.lanes is not None else []
+    limits: list[int] = [c.concurrency_limit for _, _, c in servers if c is not None]
+    if not limits:
+        return plan.controller.concurrency_limit
+    total = sum(limits)
+    return total if plan.workers is None else min(total, plan.workers)
+
+
+def pacing_hold(plan: Plan, now_ns: int) -> tuple[Any, Any]:
+    """The controller and header limits whose hold holds the whole batch back now: with
+    several servers, the one held the shortest when every server is held, else none (one
+    server's pause holds only its own requests)."""
+    if plan.lanes is None:
+        return plan.controller, None
+    held: tuple[int, Any, Any] | None = None
+    for _, limits, controller in plan.lanes.servers():
+        pause_ns = controller.pause_until_ns if controller is not None else 0
+        until_ns = max(pause_ns, limits.hold_until_ns)
+        if until_ns <= now_ns:
+            return None, None
+        if held is None or until_ns < held[0]:
+            held = (until_ns, controller, limits)
+    return (None, None) if held is None else (held[1], held[2])
 
 
 def display_path(path: Path) -> str:

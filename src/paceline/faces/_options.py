@@ -60,6 +60,7 @@ def build_options(
     classify: Callable[[Any, BaseException | None], Any] | None = None,
     give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
     on_halt: Callable[[str], None] | None = None,
+    lanes: Any = None,
     **journal: Any,
 ) -> RunOptions[K, T, R]:
     """One :class:`RunOptions` from a face's arguments (journal pieces passed through)."""
@@ -82,6 +83,7 @@ def build_options(
         classify=classify,
         give_up_after_s=give_up_after_s,
         on_halt=on_halt,
+        lanes=lanes,
         **journal,
     )
 

@@ -30,6 +30,7 @@ from paceline.policy.retry import RetryBudget
 from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.runners._common import ProgressCallback, auto_workers, sized_length
 from paceline.runners.async_runner import AsyncRunner
+from paceline.runners.lanes import Lanes
 from paceline.runners.settle import AttemptInfo, RunOptions
 from paceline.stores import Codec, StoredOutcome, item_key
 
@@ -91,6 +92,7 @@ async def batch_execute(
     adaptive: Adaptive = None,
     classify: Callable[[Any, BaseException | None], Outcome] | None = None,
     give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
+    lanes: Lanes | None = None,
 ) -> list[Result[T]]:
     """Run ``await operation(key)`` for every key; return a ``Result`` per key, in key order.
 
@@ -125,6 +127,12 @@ async def batch_execute(
     (``classify(value, error)`` maps outcomes yourself). ``max_concurrent="auto"`` turns it
     on, starting from a concurrency chosen from the batch size.
 
+    ``lanes`` (a :class:`~paceline.runners.lanes.Lanes`) gives each group of keys its own
+    gates — pause, adaptive controller, limiter — in place of ``rate_limiter`` and
+    ``adaptive``, so one server's pause holds up only its keys (the HTTP face passes one lane
+    per server); keys then queue per lane inside a read-ahead of
+    :data:`~paceline.runners.lanes.DEFAULT_LANE_READ_AHEAD`.
+
     >>> async def double(x: int) -> int:
     ...     return 2 * x
     >>> results = asyncio.run(batch_execute([1, 2, 3], double))
@@ -152,6 +160,7 @@ async def batch_execute(
             adaptive=control,
             classify=classify,
             give_up_after_s=give_up_after_s,
+            lanes=lanes,
         )
         runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
             operation, concurrency=workers, options=options
@@ -203,6 +212,7 @@ async def stream(
     classify: Callable[[Any, BaseException | None], Outcome] | None = None,
     give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
     on_halt: Callable[[str], None] | None = None,
+    lanes: Lanes | None = None,
 ) -> AsyncIterator[BatchItemResult]:
     """Run ``operation`` over a lazy, possibly endless input and yield each item's
     :class:`~paceline.BatchItemResult` as it settles.
@@ -261,6 +271,7 @@ async def stream(
             classify=classify,
             give_up_after_s=give_up_after_s,
             on_halt=on_halt,
+            lanes=lanes,
         )
         runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
             operation, concurrency=workers, options=options, read_ahead=read_ahead

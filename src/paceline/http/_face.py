@@ -1,4 +1,7 @@
-"""``fetch_all`` and ``stream_requests``: the HTTP face over the async runner."""
+"""``fetch_all`` and ``stream_requests``: the HTTP face over the async runner.
+
+Each server (scheme + host + port) is a lane of its own: its pause, adaptive controller and
+header limits are kept apart from the others' (see ``http/_servers.py``)."""
 
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from paceline.http._messages import (
     request_url,
 )
 from paceline.http._pool import ShardedTransport
+from paceline.http._servers import UNPLACED, ServerLanes, server_key
 from paceline.limiter import RateLimiter, charged_per_attempt
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy, remote_retry
@@ -151,18 +155,27 @@ class _Attempt:
 
 def _sender(
     client: httpx.AsyncClient,
-    limits: ServerLimits,
+    limits: ServerLimits | ServerLanes,
     base_url: str | None,
     *,
     attempt_timeout_s: float | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Callable[[RequestLike], Any]:
     """The operation that sends one request. ``attempt_timeout_s`` bounds the whole attempt
-    (``None``: :data:`DEFAULT_ATTEMPT_TIMEOUT_S`); ``max_body_bytes`` what is kept of a body."""
+    (``None``: :data:`DEFAULT_ATTEMPT_TIMEOUT_S`); ``max_body_bytes`` what is kept of a body.
+    With :class:`ServerLanes`, an answer's headers teach the limits of the server it came from
+    (the lane the runner took the request's token from: the same key)."""
     base = None if base_url is None else request_url(base_url)  # parsed once, not per request
     timeout_s = DEFAULT_ATTEMPT_TIMEOUT_S if attempt_timeout_s is None else attempt_timeout_s
+    single = limits if isinstance(limits, ServerLimits) else None
+    lanes = limits if isinstance(limits, ServerLanes) else ServerLanes()
 
-    async def exchange(request: HttpRequest, url: httpx.URL, attempt: _Attempt) -> HttpResponse:
+    def limits_of(server: str) -> ServerLimits:
+        return single if single is not None else lanes.limits_for(server)
+
+    async def exchange(
+        request: HttpRequest, url: httpx.URL, attempt: _Attempt, limits: ServerLimits
+    ) -> HttpResponse:
         outgoing = client.build_request(
             request.method,
             url,
@@ -182,13 +195,15 @@ def _sender(
         attempt = _Attempt()
         target = item if isinstance(item, str) else ""
         url: httpx.URL | str = target
+        server = UNPLACED
         try:
             request = _PLAIN_GET if isinstance(item, str) else as_request(item)
             target = item if isinstance(item, str) else request.url
             url = request_url(target, base)
+            server = server_key(url)
             if request is not _PLAIN_GET:
                 check_method_and_headers(request.method, request.headers)
-            return await _within(exchange(request, url, attempt), timeout_s)
+            return await _within(exchange(request, url, attempt, limits_of(server)), timeout_s)
         except httpx.TransportError as exc:
             raise attempt.failure(exc, str(url)) from exc
         except (TimeoutError, asyncio.TimeoutError) as exc:
@@ -205,7 +220,7 @@ def _sender(
             raise InvalidRequest(f"request to {redact_text(str(target))}: {exc}") from None
         finally:
             # Answered, failed or cancelled: from now on the server has counted it, if ever.
-            limits.answered()
+            limits_of(server).answered()
 
     return send
 
@@ -257,11 +272,13 @@ def _client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.
 
 
 class _Setup:
-    """What both HTTP faces prepare: workers, adaptive control, header limits, the client."""
+    """What both HTTP faces prepare: workers, a lane per server (adaptive control, header
+    limits), the client."""
 
     def __init__(
         self,
         requests: object,
+        base_url: str | None,
         client: httpx.AsyncClient | None,
         max_concurrent: Concurrency,
         rate_limiter: RateLimiter | None,
@@ -277,11 +294,13 @@ class _Setup:
         )
         if isinstance(control, AdaptiveSettings):
             control = AdaptiveController(control)  # built here: the header limits talk to it
-        self.control = control
         controller = control if isinstance(control, AdaptiveController) else None
         # The server's word holds everyone no longer than the retry policy obeys a Retry-After.
         hold_s = self.retry.max_retry_after_s if self.retry is not None else DEFAULT_MAX_HOLD_S
-        self.limits = ServerLimits(rate_limiter, controller=controller, max_hold_s=hold_s)
+        self.base_url = base_url
+        self.lanes = ServerLanes(
+            rate_limiter, controller=controller, max_hold_s=hold_s, base_url=base_url
+        )
         self.own = client is None
         self.http = _client_for(client, self.workers)
         # The face times each attempt as a whole itself (its error names the URL and phase),
@@ -298,11 +317,11 @@ class _Setup:
         options.setdefault("key", _request_key)
         options.setdefault("codec", HttpResponseCodec())
 
-    def sender(self, base_url: str | None) -> Callable[[RequestLike], Any]:
+    def sender(self) -> Callable[[RequestLike], Any]:
         return _sender(
             self.http,
-            self.limits,
-            base_url,
+            self.lanes,
+            self.base_url,
             attempt_timeout_s=self.timeout_s,
             max_body_bytes=self.max_body_bytes,
         )
@@ -329,7 +348,10 @@ async def fetch_all(
     Requests are URLs, mappings (``url``, ``method``, ``headers``, ``json``, ``body``, ``id``)
     or :class:`HttpRequest`. By default the concurrency and rate adapt to the server's answers
     (429 and 503, ``Retry-After``, latency); a ``RateLimit-Policy`` header turns into a strict
-    limit as soon as it is seen. Transient failures are retried (5 attempts, jittered backoff).
+    limit as soon as it is seen. Each server (scheme, host and port) is paced on its own: a
+    ``Retry-After`` from one pauses only the requests to it, and the others' go on meanwhile
+    (queued per server within a read-ahead of 4,096 requests). ``rate_limiter`` is one limit
+    for all of them. Transient failures are retried (5 attempts, jittered backoff).
     Other options are those of :func:`paceline.batch_execute` (``journal=``, ``halt=``...);
     with a journal, requests are keyed by their ``id`` or "METHOD URL".
 
@@ -343,15 +365,22 @@ async def fetch_all(
     there and its :class:`HttpResponse` says ``truncated=True``.
     """
     setup = _Setup(
-        requests, client, max_concurrent, rate_limiter, adaptive, retry, max_body_bytes, options
+        requests,
+        base_url,
+        client,
+        max_concurrent,
+        rate_limiter,
+        adaptive,
+        retry,
+        max_body_bytes,
+        options,
     )
     try:
         return await batch_execute(
             requests,
-            setup.sender(base_url),
+            setup.sender(),
             setup.workers,
-            rate_limiter=setup.limits,
-            adaptive=setup.control,
+            lanes=setup.lanes,
             retry=setup.retry,
             **options,
         )
@@ -375,15 +404,22 @@ async def stream_requests(
     :class:`~paceline.BatchItemResult` as it settles (see :func:`paceline.stream`)."""
     options.setdefault("item_id", _request_key)
     setup = _Setup(
-        requests, client, max_concurrent, rate_limiter, adaptive, retry, max_body_bytes, options
+        requests,
+        base_url,
+        client,
+        max_concurrent,
+        rate_limiter,
+        adaptive,
+        retry,
+        max_body_bytes,
+        options,
     )
     try:
         async for result in stream(
             requests,
-            setup.sender(base_url),
+            setup.sender(),
             setup.workers,
-            rate_limiter=setup.limits,
-            adaptive=setup.control,
+            lanes=setup.lanes,
             retry=setup.retry,
             **options,
         ):

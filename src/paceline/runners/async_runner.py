@@ -5,6 +5,11 @@ token → await the operation → settle or schedule a retry", so memory holds o
 flight, and lazy or endless inputs (sync or async iterables) are read as work frees up. A
 token is taken immediately before each attempt starts — retries included — by the worker that
 starts it. An item waiting for its retry holds no concurrency slot.
+
+With :class:`~paceline.runners.lanes.Lanes` (the HTTP face: one lane per server) each lane has
+its own gates and a queue of ready items inside a bounded read-ahead, and a worker takes an
+item from any lane no other worker is waiting at, so a paused or throttling server holds up
+only its own items (the decisions and what they cost are in ``runners/lanes.py``).
 """
 
 from __future__ import annotations
@@ -13,18 +18,20 @@ import asyncio
 import heapq
 import sys
 import time
+from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
+    Hashable,
     Iterable,
     Iterator,
 )
 from typing import Any, Generic, TypeVar, cast
 
-from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Ticket
 from paceline.policy.batch import BatchState
 from paceline.policy.pause import ServerPause
 from paceline.policy.rate import NS_PER_S
@@ -32,6 +39,7 @@ from paceline.policy.retry import retry_after_of
 from paceline.runners._common import sized_length
 from paceline.runners.adaptive_gate import AdaptiveGate
 from paceline.runners.gates import LeaseGate, async_acquirer, server_pause_for
+from paceline.runners.lanes import DEFAULT_LANE_READ_AHEAD, Lane, Lanes
 from paceline.runners.settle import Job, RunOptions, Settler
 
 K = TypeVar("K")
@@ -95,17 +103,25 @@ class AsyncRunner(Generic[K, T, R]):
         """Run every item; results land in ``state.slots`` in input order (``None`` for items
         never attempted because the batch halted)."""
         state = self._new_state(items, streaming=False)
-        await _Batch(self, state, items, bound=None).run()
+        # Without lanes an item is read when a worker is free to start it: no read-ahead.
+        bound = None
+        if self.options.lanes is not None:
+            bound = self._lane_bound(self._workers_for(state.total))
+        await _Batch(self, state, items, bound=bound).run()
         return state
 
     async def stream(
         self, items: Iterable[K] | AsyncIterable[K], *, ordered: bool = True
     ) -> AsyncGenerator[R, None]:
         """Yield results as they settle (``ordered``: in input order), reading the input at most
-        ``read_ahead`` items (default 2x concurrency) ahead of what was handed out."""
+        ``read_ahead`` items (default 2x concurrency; with lanes, at least
+        :data:`~paceline.runners.lanes.DEFAULT_LANE_READ_AHEAD`) ahead of what was handed out."""
         state = self._new_state(items, streaming=True, ordered=ordered)
         workers = self._workers_for(state.total)
-        bound = self.read_ahead if self.read_ahead is not None else 2 * workers
+        if self.options.lanes is not None:
+            bound = self._lane_bound(workers)
+        else:
+            bound = self.read_ahead if self.read_ahead is not None else 2 * workers
         batch = _Batch(self, state, items, bound=max(bound, 1))
         runner = asyncio.ensure_future(batch.run())
         try:
@@ -124,6 +140,11 @@ class AsyncRunner(Generic[K, T, R]):
             if not runner.done():
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
+
+    def _lane_bound(self, workers: int) -> int:
+        if self.read_ahead is not None:
+            return self.read_ahead
+        return max(2 * workers, DEFAULT_LANE_READ_AHEAD)
 
     def _workers_for(self, total: int | None) -> int:
         if self.concurrency is None:
@@ -162,19 +183,33 @@ class _Batch(Generic[K, T, R]):
         self._space_waiter: asyncio.Future[None] | None = None
         self._pull_lock = asyncio.Lock()
         self._halt_handled = False
-        self.lease = LeaseGate.for_limiter(runner.options.limiter)
-        self.adaptive = _adaptive_gate(runner.options.adaptive, runner.options.classify)
-        self.pause = server_pause_for(runner.options.adaptive, runner.options.retry)
+        # Lanes (one per server) or the one lane the options describe.
+        self.lane_spec: Lanes | None = runner.options.lanes
+        self.lanes: dict[Hashable, Lane[Job[K]]] = {}
+        self.ready_lanes: deque[Lane[Job[K]]] = deque()  # free lanes with queued jobs
+        self.queued = 0  # jobs in lane queues
+        self._lane_waiters: deque[asyncio.Future[None]] = deque()
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._retry_timer_ns = 0
+        if self.lane_spec is not None:
+            self.lease: LeaseGate | None = None
+            self.adaptive: AdaptiveGate | None = None
+            self.pause: ServerPause | None = None
+        else:
+            self.lease = LeaseGate.for_limiter(runner.options.limiter)
+            self.adaptive = _adaptive_gate(runner.options.adaptive, runner.options.classify)
+            self.pause = server_pause_for(runner.options.adaptive, runner.options.retry)
 
     async def run(self) -> None:
         runner, state, options = self.runner, self.state, self.runner.options
         count = runner._workers_for(state.total)
+        worker = self._worker if self.lane_spec is None else self._lane_worker
         if isinstance(self.items, AsyncIterable):
             aiter_ = self.items.__aiter__()
-            workers = [self._worker(None, self._async_puller(aiter_)) for _ in range(count)]
+            workers = [worker(None, self._async_puller(aiter_)) for _ in range(count)]
         else:
             it = iter(self.items)
-            workers = [self._worker(self._sync_puller(it), None) for _ in range(count)]
+            workers = [worker(self._sync_puller(it), None) for _ in range(count)]
         deadline = None
         if options.deadline_s is not None:
             deadline = asyncio.get_running_loop().call_later(options.deadline_s, self._on_deadline)
@@ -196,10 +231,15 @@ class _Batch(Generic[K, T, R]):
                 deadline.cancel()
             if self.lease is not None:
                 self.lease.close()
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
             self._wake_results()
         # Items waiting for a retry when the batch stopped were attempted: they settle failed.
         while self.retries:
             self.settler.abandon(heapq.heappop(self.retries)[2])
+        for lane in self.lanes.values():
+            for job in lane.queue:
+                self._unstarted(job)
         if self.fatal is not None:
             raise self.fatal
         if self.settler.failure is not None:
@@ -320,6 +360,8 @@ class _Batch(Generic[K, T, R]):
         waiter = self._space_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._lane_waiters:
+            self._nudge()
 
     async def _wait_for_space(self) -> None:
         """Wait until the read-ahead has room, a parked retry falls due, or the batch stops.
@@ -354,6 +396,8 @@ class _Batch(Generic[K, T, R]):
         state = self.state
         if state.streaming:
             self._wake_results()
+        elif self._lane_waiters:
+            self._nudge()  # collect mode: a settled item is room in the read-ahead
         if state.stopped and not self._halt_handled:
             self._halt_handled = True
             self._stop_workers(cancel_running=state.halt_now)
@@ -440,18 +484,7 @@ class _Batch(Generic[K, T, R]):
                         ticket = None
                     raise
                 except Exception as exc:
-                    if adaptive is not None and ticket is not None:
-                        adaptive.exit(ticket, None, exc)
-                    elif pause is not None and (retry_after := retry_after_of(exc)):
-                        pause.ask(_monotonic_ns(), retry_after)
-                    elapsed = _monotonic_ns() - started if timed else 0
-                    delay = settler.failure_of(job, exc, started, elapsed)
-                    if delay is not None:
-                        self._retry_seq += 1
-                        heapq.heappush(
-                            self.retries, (_monotonic_ns() + delay, self._retry_seq, job)
-                        )
-                        self.space_freed()  # a worker waiting for room re-times its wake-up
+                    if self._attempt_failed(job, exc, started, timed, adaptive, ticket, pause):
                         continue
                 else:
                     if adaptive is not None and ticket is not None:
@@ -470,11 +503,289 @@ class _Batch(Generic[K, T, R]):
             if lease is not None:
                 lease.release(stamp, leased)
 
+    def _attempt_failed(
+        self,
+        job: Job[K],
+        exc: Exception,
+        started: int,
+        timed: bool,
+        adaptive: AdaptiveGate | None,
+        ticket: Ticket | None,
+        pause: ServerPause | None,
+    ) -> bool:
+        """An attempt raised: tell its gates, then settle the item or park its retry (``True``)."""
+        if adaptive is not None and ticket is not None:
+            adaptive.exit(ticket, None, exc)
+        elif pause is not None and (retry_after := retry_after_of(exc)):
+            pause.ask(_monotonic_ns(), retry_after)
+        elapsed = _monotonic_ns() - started if timed else 0
+        delay = self.settler.failure_of(job, exc, started, elapsed)
+        if delay is None:
+            return False
+        self._retry_seq += 1
+        heapq.heappush(self.retries, (_monotonic_ns() + delay, self._retry_seq, job))
+        if self.lane_spec is None:
+            self.space_freed()  # a worker waiting for room re-times its wake-up
+        else:
+            self._arm_retry_timer()
+        return True
+
     async def _paused(self, pause: ServerPause) -> bool:
         """Wait out the server's pause (it may grow meanwhile); ``False``: the batch stopped."""
         while (wait_ns := pause.wait_ns(_monotonic_ns())) > 0 and not self.state.stopped:
             await self._sleep_until(_monotonic_ns() + wait_ns)
         return not self.state.stopped
+
+    # lanes (one per server) -------------------------------------------------------------
+
+    async def _lane_worker(
+        self, pull: Callable[[], K] | None, pull_async: Callable[[], Awaitable[K]] | None
+    ) -> None:
+        """The worker of a batch with lanes: take a job from a lane nobody waits at, wait at
+        that lane's gates alone, then let the lane go and run the attempt."""
+        runner, state, settler = self.runner, self.state, self.settler
+        options = runner.options
+        operation = runner.operation
+        timeout_s = options.timeout_s
+        timed = options.timed or options.retry is not None
+        try:
+            while not state.stopped:
+                got = await self._next_lane_job(pull, pull_async)
+                if got is None:
+                    return
+                lane, job = got
+                try:
+                    passed, ticket = await self._through_gates(lane, job)
+                finally:
+                    self._lane_freed(lane)
+                if not passed:
+                    self._unstarted(job)
+                    return
+                adaptive = lane.adaptive
+                settler.first_attempt(job)
+                started = _monotonic_ns() if timed else 0
+                try:
+                    if timeout_s is None:
+                        value = await operation(job.item)
+                    else:
+                        value = await _with_timeout(operation(job.item), timeout_s)
+                except asyncio.CancelledError:
+                    if adaptive is not None and ticket is not None:
+                        adaptive.abandon(ticket)
+                    raise
+                except Exception as exc:
+                    if self._attempt_failed(job, exc, started, timed, adaptive, ticket, lane.pause):
+                        continue
+                else:
+                    if adaptive is not None and ticket is not None:
+                        adaptive.exit(ticket, value, None)
+                    elapsed = _monotonic_ns() - started if timed else 0
+                    settler.success(job, value, started, elapsed)
+                self._after_settle()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the journal, the input or a progress callback failed
+            if self.fatal is None:
+                self.fatal = exc
+            state.halt(f"stopped by an error: {type(exc).__name__}: {exc}", now=True)
+            self._after_settle()
+
+    async def _through_gates(self, lane: Lane[Job[K]], job: Job[K]) -> tuple[bool, Ticket | None]:
+        """Wait at ``lane``'s gates (its pause, its controller, its limiter's token) for
+        ``job``'s attempt; ``(False, None)``: the batch stopped first."""
+        pause, adaptive, acquire = lane.pause, lane.adaptive, lane.acquire
+        if pause is not None and pause.until_ns and not await self._paused(pause):
+            return False, None
+        ticket = None
+        if adaptive is not None:
+            ticket = await self._unless_stopped(adaptive.enter())
+            if ticket is None:
+                return False, None
+        if acquire is not None:
+            weigh = self.runner.options.weight
+            weight = weigh(job.item) if weigh is not None else 1
+            try_now = lane.try_now
+            if try_now is None or try_now(weight) is None:
+                try:
+                    await self._unless_stopped(acquire(weight))
+                except asyncio.CancelledError:
+                    if adaptive is not None and ticket is not None:
+                        adaptive.abandon(ticket)
+                    raise
+            if self.state.stopped:
+                if adaptive is not None and ticket is not None:
+                    adaptive.abandon(ticket)
+                return False, None
+        if adaptive is not None and ticket is not None:
+            adaptive.sent(ticket)
+        return True, ticket
+
+    async def _next_lane_job(
+        self, pull: Callable[[], K] | None, pull_async: Callable[[], Awaitable[K]] | None
+    ) -> tuple[Lane[Job[K]], Job[K]] | None:
+        """A job from a lane nobody waits at (the lane is then this worker's until
+        :meth:`_lane_freed`), reading input into the lanes' queues while none is ready and the
+        read-ahead has room; ``None``: nothing left."""
+        state = self.state
+        while not state.stopped:
+            retries = self.retries
+            if retries and retries[0][0] <= _monotonic_ns():
+                self._promote_due()
+            ready = self.ready_lanes
+            if ready:
+                lane = ready.popleft()
+                lane.listed = False
+                lane.busy = True
+                job = lane.queue.popleft()
+                self.queued -= 1
+                self._nudge()  # another lane may be ready, or input waiting to be read
+                return lane, job
+            if not self.exhausted and self._room():
+                if pull_async is not None:
+                    async with self._pull_lock:  # one __anext__ at a time (see _next_job)
+                        if state.stopped or self.exhausted or not self._room():
+                            continue
+                        try:
+                            item = await pull_async()
+                        except _Stop:
+                            self.exhausted = True
+                            self._nudge()
+                            continue
+                else:
+                    assert pull is not None
+                    try:
+                        item = pull()
+                    except _Stop:
+                        self.exhausted = True
+                        self._nudge()
+                        continue
+                index = self.pulled
+                self.pulled = index + 1
+                fresh = self.settler.new_job(index, item)
+                if fresh is None:
+                    self._after_settle()  # restored from the journal
+                else:
+                    self._enqueue(fresh)
+                continue
+            if self.exhausted and not self.queued and not retries:
+                return None
+            await self._wait_for_lane()
+        return None
+
+    def _room(self) -> bool:
+        """Whether the read-ahead lets another item be read: items read and not yet handed out
+        (stream) or settled (collect) — queued, waiting for a retry, in flight — are fewer
+        than the bound."""
+        state = self.state
+        out = state.delivered if state.streaming else state.completed
+        return self.pulled - out < cast(int, self.bound)
+
+    def _enqueue(self, job: Job[K]) -> None:
+        spec = cast(Lanes, self.lane_spec)
+        key = spec.key_of(job.item)
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = self._open_lane(spec, key)
+        job.lane = lane
+        lane.queue.append(job)
+        self.queued += 1
+        if not lane.busy and not lane.listed:
+            lane.listed = True
+            self.ready_lanes.append(lane)
+
+    def _open_lane(self, spec: Lanes, key: Hashable) -> Lane[Job[K]]:
+        options = self.runner.options
+        gates = spec.open(key)
+        try_now, acquire = async_acquirer(gates.limiter)
+        return Lane(
+            key,
+            _adaptive_gate(gates.controller, options.classify),
+            server_pause_for(gates.controller, options.retry),
+            try_now,
+            acquire,
+        )
+
+    def _lane_freed(self, lane: Lane[Job[K]]) -> None:
+        """The worker at ``lane``'s gates has passed them (or given up): the lane's next job
+        is for another worker."""
+        lane.busy = False
+        if lane.queue and not lane.listed:
+            lane.listed = True
+            self.ready_lanes.append(lane)
+        self._nudge()
+
+    def _promote_due(self) -> None:
+        """Retries whose backoff has passed go to the front of their lane's queue."""
+        retries, now = self.retries, _monotonic_ns()
+        while retries and retries[0][0] <= now:
+            job = heapq.heappop(retries)[2]
+            lane = cast(Lane[Job[K]], job.lane)
+            lane.queue.appendleft(job)
+            self.queued += 1
+            if not lane.busy and not lane.listed:
+                lane.listed = True
+                self.ready_lanes.append(lane)
+        self._arm_retry_timer()
+
+    def _arm_retry_timer(self) -> None:
+        """One timer for the earliest parked retry: it wakes a worker when the retry is due."""
+        retries = self.retries
+        if not retries:
+            return
+        due = retries[0][0]
+        if self._retry_timer is not None:
+            if self._retry_timer_ns <= due:
+                return
+            self._retry_timer.cancel()
+        self._retry_timer_ns = due
+        delay_s = max(0, due - _monotonic_ns()) / NS_PER_S
+        self._retry_timer = asyncio.get_running_loop().call_later(delay_s, self._on_retry_due)
+
+    def _on_retry_due(self) -> None:
+        self._retry_timer = None
+        self._promote_due()
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake one idle worker when there is work for it (a ready lane, input to read), or
+        every one when nothing is left (so they end)."""
+        waiters = self._lane_waiters
+        if not waiters:
+            return
+        if self.exhausted and not self.queued and not self.retries:
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        if not self.ready_lanes and (self.exhausted or not self._room()):
+            return
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _wait_for_lane(self) -> None:
+        """Wait until a lane is free with a job, the read-ahead has room, a retry falls due,
+        or the batch stops (an idle worker: a stop cancels the wait)."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._lane_waiters.append(waiter)
+        task = asyncio.current_task()
+        assert task is not None
+        self._idle.add(task)
+        if self.state.streaming:
+            self._wake_results()  # the consumer may be what frees the read-ahead
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not self.state.stopped:
+                raise  # a real cancellation, not our "the batch stopped" nudge
+        finally:
+            self._idle.discard(task)
+            if not waiter.done():
+                waiter.cancel()
 
     def _unstarted(self, job: Job[K]) -> None:
         """A job that got no attempt because the batch stopped while it waited for a token."""

@@ -130,6 +130,9 @@ class RunOptions(Generic[K, T, R]):
     # None: never. The default's reason is at DEFAULT_GIVE_UP_AFTER_S.
     give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S
     on_halt: Callable[[str], None] | None = None  # told why, when the batch stops early
+    # One set of gates per server (see runners/lanes.py): a Lanes, or None for one lane built
+    # from ``limiter`` and ``adaptive`` above (which a batch with lanes does not use).
+    lanes: Any = None
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and not self.timeout_s > 0:
@@ -147,12 +150,13 @@ class RunOptions(Generic[K, T, R]):
 class Job(Generic[K]):
     """One item on its way: its position, the item, its journal key and its attempts so far."""
 
-    __slots__ = ("attempt", "history", "index", "item", "key", "last_error", "throttles")
+    __slots__ = ("attempt", "history", "index", "item", "key", "lane", "last_error", "throttles")
 
     def __init__(self, index: int, item: K, key: str | None) -> None:
         self.index = index
         self.item = item
         self.key = key
+        self.lane: Any = None  # the runner's lane for it, when the batch has lanes
         self.attempt = 1
         self.throttles = 0  # of its attempts so far, those throttled (they spend no budget)
         self.history: list[Attempt] | None = None
