@@ -28,7 +28,7 @@ from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outco
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S
 from paceline.policy.retry import RetryBudget
 from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
-from paceline.runners._common import ProgressCallback, auto_workers, sized_length
+from paceline.runners._common import ProgressCallback, auto_workers, controller_for, sized_length
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.lanes import Lanes
 from paceline.runners.settle import AttemptInfo, RunOptions
@@ -45,19 +45,18 @@ Adaptive = AdaptiveSettings | AdaptiveController | bool | None
 
 def concurrency_plan(
     max_concurrent: Concurrency, max_workers: Concurrency, total: int | None, adaptive: Adaptive
-) -> tuple[int | None, Adaptive]:
-    """Workers to start, and the adaptive control to use: ``"auto"`` means adaptive control
+) -> tuple[int | None, AdaptiveController | None]:
+    """Workers to start, and the adaptive controller — the one reading of the async faces'
+    ``max_concurrent``/``adaptive`` (``fetch_all`` too): ``"auto"`` means adaptive control
     starting from :func:`auto_workers`; with adaptive control the workers are its ceiling."""
     chosen = max_workers if max_workers is not None else max_concurrent
     if chosen == "auto" and adaptive is None:
         adaptive = AdaptiveSettings(initial_concurrency=auto_workers(total))
     fixed = None if chosen == "auto" else chosen
-    if adaptive is None or adaptive is False:
-        return fixed, adaptive
-    if adaptive is True:
-        adaptive = AdaptiveSettings()
-    settings = adaptive.settings if isinstance(adaptive, AdaptiveController) else adaptive
-    return (settings.max_concurrency if fixed is None else fixed), adaptive
+    controller = controller_for(adaptive)
+    if controller is None:
+        return fixed, None
+    return (controller.settings.max_concurrency if fixed is None else fixed), controller
 
 
 def _ok(_index: int, _key: object, value: Any, _info: AttemptInfo) -> Success[Any]:

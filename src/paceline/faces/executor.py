@@ -23,6 +23,7 @@ from paceline.runners._common import (
     ProgressCallback,
     Workers,
     auto_workers,
+    controller_for,
     resolve_workers,
     sized_length,
 )
@@ -253,13 +254,11 @@ class BatchExecutor:
             start = auto_workers(total)
             ceiling = max(start, min(AUTO_THREADS_MAX, total if total is not None else 64))
             adaptive = AdaptiveSettings(initial_concurrency=start, max_concurrency=ceiling)
-        if adaptive is None or adaptive is False:
+        controller = controller_for(adaptive, AdaptiveSettings(max_concurrency=AUTO_THREADS_MAX))
+        if controller is None:
             return resolve_workers(self._max_workers, total), None
-        if adaptive is True:
-            adaptive = AdaptiveSettings(max_concurrency=AUTO_THREADS_MAX)
-        settings = adaptive.settings if isinstance(adaptive, AdaptiveController) else adaptive
         workers = self._max_workers if isinstance(self._max_workers, int) else None
-        return (workers or settings.max_concurrency), adaptive
+        return (workers or controller.settings.max_concurrency), controller
 
     def _rollback(self, succeeded: list[BatchItemResult]) -> BatchResult:
         """Undo the items that succeeded, newest first, through the same limits."""

@@ -40,7 +40,6 @@ from paceline.http._messages import (
 from paceline.http._pool import ShardedTransport
 from paceline.http._servers import UNPLACED, ServerLanes, server_key
 from paceline.limiter import RateLimiter, charged_per_attempt
-from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
 from paceline.results import BatchItemResult, Result
@@ -289,12 +288,10 @@ class _Setup:
     ) -> None:
         self.retry = http_retry(retry)
         charged_per_attempt(rate_limiter)
-        self.workers, control = concurrency_plan(
+        # The controller is built here: the servers' header limits talk to it.
+        self.workers, controller = concurrency_plan(
             max_concurrent, None, sized_length(requests), adaptive
         )
-        if isinstance(control, AdaptiveSettings):
-            control = AdaptiveController(control)  # built here: the header limits talk to it
-        controller = control if isinstance(control, AdaptiveController) else None
         # The server's word holds everyone no longer than the retry policy obeys a Retry-After.
         hold_s = self.retry.max_retry_after_s if self.retry is not None else DEFAULT_MAX_HOLD_S
         self.base_url = base_url

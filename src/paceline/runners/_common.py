@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
+
 K = TypeVar("K")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,3 +61,26 @@ def sized_length(items: Any) -> int | None:
         return len(items)
     except TypeError:
         return None
+
+
+def controller_for(
+    adaptive: object, default: AdaptiveSettings | None = None
+) -> AdaptiveController | None:
+    """The adaptive controller ``adaptive=`` asks for — the one reading of it for every runner
+    and face: ``None``/``False`` none, ``True`` one with ``default`` settings (the
+    controller's own when not given), settings a new one, a controller itself.
+
+    >>> controller_for(None), controller_for(True).settings.initial_concurrency > 0
+    (None, True)
+    """
+    if adaptive is None or adaptive is False:
+        return None
+    if adaptive is True:
+        adaptive = default if default is not None else AdaptiveSettings()
+    if isinstance(adaptive, AdaptiveSettings):
+        return AdaptiveController(adaptive)
+    if isinstance(adaptive, AdaptiveController):
+        return adaptive
+    raise TypeError(
+        f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an AdaptiveController"
+    )

@@ -31,13 +31,13 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar, cast
 
-from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Ticket
+from paceline.policy.adaptive import Ticket
 from paceline.policy.batch import BatchState
 from paceline.policy.pause import ServerPause
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
-from paceline.runners._common import sized_length
-from paceline.runners.adaptive_gate import AdaptiveGate
+from paceline.runners._common import controller_for, sized_length
+from paceline.runners.adaptive_gate import AdaptiveGate, Classifier
 from paceline.runners.gates import LeaseGate, async_acquirer, server_pause_for
 from paceline.runners.lanes import DEFAULT_LANE_READ_AHEAD, Lane, Lanes
 from paceline.runners.settle import Job, RunOptions, Settler
@@ -793,17 +793,7 @@ class _Batch(Generic[K, T, R]):
             self.settler.abandon(job)
 
 
-def _adaptive_gate(adaptive: object, classify: object) -> AdaptiveGate | None:
-    """The gate for ``options.adaptive``: settings, a controller, ``True`` or ``None``."""
-    if adaptive is None or adaptive is False:
-        return None
-    if adaptive is True:
-        adaptive = AdaptiveSettings()
-    if isinstance(adaptive, AdaptiveSettings):
-        adaptive = AdaptiveController(adaptive)
-    if not isinstance(adaptive, AdaptiveController):
-        raise TypeError(
-            f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an "
-            "AdaptiveController"
-        )
-    return AdaptiveGate(adaptive, classify)  # type: ignore[arg-type]
+def _adaptive_gate(adaptive: object, classify: Classifier | None) -> AdaptiveGate | None:
+    """The gate for ``options.adaptive`` (read by :func:`controller_for`)."""
+    controller = controller_for(adaptive)
+    return None if controller is None else AdaptiveGate(controller, classify)

@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, Ticket
+from paceline.policy.adaptive import Outcome, Ticket
 from paceline.policy.batch import BatchState
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
-from paceline.runners._common import sized_length
+from paceline.runners._common import controller_for, sized_length
 from paceline.runners.adaptive_gate import default_classify
 from paceline.runners.gates import LeaseGate, server_pause_for, sync_acquirer
 from paceline.runners.settle import Job, RunOptions, Settler
@@ -138,7 +138,7 @@ class _Dispatch(Generic[K, T, R]):
         self.work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
         self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self.signals: InterruptGate | None = None
-        self.control = _controller(self.options.adaptive)
+        self.control = controller_for(self.options.adaptive)
         self.pause = server_pause_for(self.options.adaptive, self.options.retry)
         self.classify = self.options.classify or default_classify
         self.tickets: dict[int, Ticket] = {}  # job id -> the adaptive controller's ticket
@@ -532,17 +532,3 @@ class _Dispatch(Generic[K, T, R]):
                 return
             else:
                 put((job_id, value, False, started, _monotonic_ns() - started if timed else 0))
-
-
-def _controller(adaptive: object) -> AdaptiveController | None:
-    if adaptive is None or adaptive is False:
-        return None
-    if adaptive is True:
-        return AdaptiveController(AdaptiveSettings())
-    if isinstance(adaptive, AdaptiveSettings):
-        return AdaptiveController(adaptive)
-    if isinstance(adaptive, AdaptiveController):
-        return adaptive
-    raise TypeError(
-        f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an AdaptiveController"
-    )
