@@ -10,7 +10,8 @@ Header values in, seconds and counts out; nothing here sends, sleeps or (unless 
 (120.0, 50, 60.0, 0, 30.0, 'retry-after+ietf')
 
 What the caller does with them (docs/design.md, 'What each signal does'): ``retry_after_s``
-pauses the whole limiter key and wins over ``reset_s``; ``quota`` per ``window_s`` configures
+pauses the whole limiter key; it and ``remaining``/``reset_s`` are applied apart, so whichever
+ends later holds the requests (nothing ranks one above the other); ``quota`` per ``window_s`` configures
 the strict limiter; ``remaining`` / ``reset_s`` mean never more than ``remaining`` before
 ``reset_s``; nothing at all (``source == "none"``) leaves the pace to adaptive control.
 

@@ -1,10 +1,11 @@
 """Running one CLI batch: input -> items -> the async runner -> journal, output, progress.
 
 Exit codes: 0 every item succeeded; 1 some failed; 2 usage or input error, or the journal or
-``--out`` could not be written (disk full, read-only); 3 halted by a ``--halt`` rule; 130
-interrupted by Ctrl-C, SIGTERM or SIGHUP; 141 the reader of ``--out -`` went away (``| head``:
-128 + SIGPIPE, what a shell reports for a tool killed by it). After 2, 130 and 141 the journal
-keeps what finished, and ``paceline resume`` picks up the rest.
+``--out`` could not be written (disk full, read-only); 3 halted by a ``--halt`` rule or given
+up (``--give-up-after``: no attempt succeeded for that long); 130 interrupted by Ctrl-C, SIGTERM
+or SIGHUP; 141 the reader of ``--out -`` went away (``| head``: 128 + SIGPIPE, what a shell
+reports for a tool killed by it). After 2, 3, 130 and 141 the journal keeps what finished, and
+``paceline resume`` picks up the rest.
 
 A result reaches ``--out`` only once the journal has committed it, so a crash never shows an item
 done that then runs again on resume. ``PACELINE_STOP_GRACE_S`` overrides how long a graceful stop

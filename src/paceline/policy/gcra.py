@@ -39,7 +39,10 @@ class Gcra:
 
     @classmethod
     def for_limit(cls, limit: int, window_ns: int, burst: int) -> Gcra:
-        """A shaper that alone never exceeds ``limit`` per ``window_ns``, allowing ``burst``."""
+        """A shaper pacing ``limit`` per ``window_ns``, allowing ``burst``. Alone it may grant
+        ``limit + 1`` in one window (it forgives late wake-ups: with 4 per 1000 ns, grants at
+        499, 500, 750, 1000, 1250); :class:`~paceline.policy.limits.LimitPolicy` keeps the
+        window log behind it, which is what makes the whole strict."""
         if not 1 <= burst <= limit:
             raise ValueError(
                 f"burst {burst!r}: must be between 1 (even pacing) and the limit {limit} "

@@ -18,7 +18,7 @@ ProgressCallback = Callable[[int, "int | None"], None]
 
 Workers = int | Literal["auto"] | None
 
-# "auto" starts from the machine and the batch size; the adaptive controller (a later issue)
+# "auto" starts from the machine and the batch size; the adaptive controller
 # moves it from there. I/O-bound work wants several workers per core (the stdlib's
 # ThreadPoolExecutor uses cpu+4, other pools 2x cpu); 32 is where a thread pool's own overhead
 # and the risk of stampeding an API we know nothing about start to dominate.
