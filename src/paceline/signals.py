@@ -11,9 +11,10 @@ Header values in, seconds and counts out; nothing here sends, sleeps or (unless 
 
 What the caller does with them (docs/design.md, 'What each signal does'): ``retry_after_s``
 pauses the whole limiter key; it and ``remaining``/``reset_s`` are applied apart, so whichever
-ends later holds the requests (nothing ranks one above the other); ``quota`` per ``window_s`` configures
-the strict limiter; ``remaining`` / ``reset_s`` mean never more than ``remaining`` before
-``reset_s``; nothing at all (``source == "none"``) leaves the pace to adaptive control.
+ends later holds the requests (nothing ranks one above the other); ``quota`` per
+``window_s`` configures the strict limiter; ``remaining`` / ``reset_s`` mean never more than
+``remaining`` before ``reset_s``; nothing at all (``source == "none"``) leaves the pace to
+adaptive control.
 
 The rules decided here, each with its reason, are in the docstrings of ``parse_signals`` (which
 header family wins), ``parse_reset`` (how a bare number is read) and ``parse_retry_after``.
