@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from paceline.clock import SYSTEM_CLOCK, Clock, SystemClock
+from paceline.errors import InvalidArgument
 from paceline.policy.cost import Cost
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
@@ -400,7 +401,8 @@ class Grant:
         """Correct the charge to ``actual`` (a cost per unit; units left out stay as reserved).
 
         Call it once, when the answer is known (e.g. from the response's usage). Raises
-        :class:`RuntimeError` if the grant was already settled.
+        :class:`~paceline.errors.AlreadySettled` (a ``RuntimeError``) if the grant was already
+        settled.
         """
         limiter = self._limiter
         with limiter._lock:
@@ -428,13 +430,13 @@ def charged_per_attempt(limiter: object, name: str = "rate_limiter") -> None:
     >>> charged_per_attempt(RateLimiter.from_rates("10/s", "tokens:900/min"))
     Traceback (most recent call last):
     ...
-    ValueError: rate_limiter has a limit in tokens (tokens:900/60s): a batch charges ...
+    paceline.errors.InvalidArgument: rate_limiter has a limit in tokens (tokens:900/60s): ...
     """
     if not isinstance(limiter, RateLimiter):
         return
     for lim in limiter.limits:
         if lim.rate.unit != "requests":
-            raise ValueError(
+            raise InvalidArgument(
                 f"{name} has a limit in {lim.rate.unit} ({lim.rate}): a batch charges each "
                 "attempt one request and nothing in other units yet; reserve and settle those "
                 "costs inside the operation (RateLimiter.reserve), or give request limits only"

@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from paceline.errors import InvalidArgument, InvalidState, PacelineError
+
 __all__ = [
     "CSV_COUNT_MAX_BYTES",
     "MAX_LINE_BYTES",
@@ -75,7 +77,7 @@ class Row:
         return self.data is not None
 
 
-class InputError(Exception):
+class InputError(PacelineError):
     """The input as a whole is unusable: missing or unreadable file, no CSV header, unknown
     format. The message names the value and the fix."""
 
@@ -110,7 +112,7 @@ def open_rows(
     if fmt not in ("auto", "jsonl", "csv", "tsv"):
         raise InputError(f"--format {fmt!r}: unknown format — use auto, jsonl or csv")
     if max_line_bytes < 16:
-        raise ValueError("max_line_bytes must be at least 16")
+        raise InvalidArgument("max_line_bytes must be at least 16")
     owned = path != "-"
     if owned:
         name = path
@@ -146,7 +148,7 @@ def open_rows(
         raise
 
 
-class _LineTooLong(Exception):
+class _LineTooLong(PacelineError):
     """A line longer than the limit; its bytes were read and dropped."""
 
     def __init__(self, number: int, blank: bool) -> None:
@@ -440,9 +442,9 @@ class RowSource:
 
     def _start(self) -> None:
         if self._closed:
-            raise RuntimeError(f"{self.name}: the input is closed")
+            raise InvalidState(f"{self.name}: the input is closed")
         if self._started:
-            raise RuntimeError(f"{self.name}: the rows can be read only once")
+            raise InvalidState(f"{self.name}: the rows can be read only once")
         self._started = True
 
     def _rows(self) -> Iterator[Row]:
@@ -567,7 +569,7 @@ class RowSource:
         memory.
         """
         if max_buffered < 1:
-            raise ValueError("max_buffered must be at least 1")
+            raise InvalidArgument("max_buffered must be at least 1")
         self._start()
         rows = self._rows()
         if self._regular:

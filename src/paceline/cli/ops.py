@@ -31,12 +31,13 @@ from paceline.cli.templates import (
     check_fields,
     render_json,
 )
+from paceline.errors import InvalidArgument, PacelineError, Throttled
 from paceline.redact import REDACTED, digest, key_without_secrets
 from paceline.stores import Codec
 from paceline.stores._codec import JsonCodec
 
 
-class BadInputRow(Exception):
+class BadInputRow(PacelineError):
     """An input row that cannot become an item (recorded as that item's failure)."""
 
     retryable = False
@@ -249,7 +250,7 @@ class HttpOperation(Operation):
         assert data is not None
         if self.url is None:
             if "url" not in data:
-                raise ValueError(
+                raise InvalidArgument(
                     "no 'url' in this row: a JSON Lines request needs url (and may have method, "
                     "headers, json, body, id), or pass --url TEMPLATE"
                 )
@@ -411,6 +412,4 @@ def is_throttle(error: BaseException | None) -> bool:
     """429/503 answers and raised ``Throttled`` count as throttles in the progress."""
     if error is None:
         return False
-    from paceline.errors import Throttled
-
     return isinstance(error, Throttled) or getattr(error, "status_code", None) in (429, 503)

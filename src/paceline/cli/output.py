@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from paceline.cli.spec import UsageError
+from paceline.errors import PacelineError
 from paceline.redact import redact_data
 from paceline.results import BatchItemResult
 from paceline.stores import Journal
@@ -74,7 +75,7 @@ def record_of(result: BatchItemResult) -> dict[str, Any]:
 PRIVATE_MODE = 0o600
 
 
-class OutputClosed(Exception):
+class OutputClosed(PacelineError):
     """The reader of ``--out -`` went away (``| head``): a normal way to stop reading."""
 
 

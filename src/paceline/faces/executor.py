@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.faces._journal import JournalSpec, journal_options, opened
 from paceline.faces._options import (
     HaltSpec,
@@ -48,7 +49,7 @@ def _check_ids(tasks: Iterable[Any], item_ids: Sequence[str] | None) -> Sequence
     if item_ids is None:
         return None
     if isinstance(item_ids, str):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"item_ids={item_ids!r}: give one id per task (a list of strings), not one string"
         )
     ids = item_ids if isinstance(item_ids, Sequence) else list(item_ids)
@@ -57,7 +58,7 @@ def _check_ids(tasks: Iterable[Any], item_ids: Sequence[str] | None) -> Sequence
     except TypeError:
         return ids
     if n_tasks != len(ids):
-        raise ValueError(
+        raise InvalidArgument(
             f"tasks and item_ids must have the same length: got {n_tasks} tasks and "
             f"{len(ids)} item_ids; pass one id per task, or item_ids=None to number them"
         )
@@ -160,7 +161,7 @@ class BatchExecutor:
         """
         ids = _check_ids(tasks, item_ids)
         if journal is not None and ids is None:
-            raise ValueError(
+            raise InvalidArgument(
                 "journal= needs item_ids: tasks are callables and have no stable identity "
                 "to resume by; pass item_ids=[...] naming each task"
             )
@@ -171,7 +172,7 @@ class BatchExecutor:
             try:
                 return ids[index]
             except IndexError:
-                raise ValueError(
+                raise InvalidArgument(
                     f"tasks and item_ids must have the same length: task {index} has no id "
                     f"(only {len(ids)} item_ids)"
                 ) from None
@@ -236,7 +237,7 @@ class BatchExecutor:
                     exc.rollback = self._rollback(succeeded)  # type: ignore[attr-defined]
                 raise
         if ids is not None and state.halt_reason is None and state.completed != len(ids):
-            raise ValueError(
+            raise InvalidArgument(
                 f"tasks and item_ids must have the same length: got {state.completed} tasks "
                 f"and {len(ids)} item_ids"
             )

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from paceline._signals.headers import NO_SIGNALS, PACING_HEADERS
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.faces.batch import (
     Adaptive,
     Concurrency,
@@ -61,7 +62,7 @@ def http_retry(retry: RetryPolicy | int | None) -> RetryPolicy | None:
     if retry is None or isinstance(retry, RetryPolicy):
         return retry
     if isinstance(retry, bool) or not isinstance(retry, int):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"retry={retry!r}: pass a number of attempts (e.g. 3) or a paceline.RetryPolicy"
         )
     return remote_retry(attempts=retry, retry_on=HTTP_RETRY_ON)
@@ -288,12 +289,12 @@ class _Setup:
         # so the runner is not given the same timeout to race it.
         timeout_s = options.pop("timeout_s", None)
         if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s={timeout_s!r}: must be a number of seconds above 0")
+            raise InvalidArgument(f"timeout_s={timeout_s!r}: must be a number of seconds above 0")
         self.timeout_s: float | None = timeout_s
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
-            raise ValueError(f"max_body_bytes={max_body_bytes!r}: a whole number of bytes")
+            raise InvalidArgument(f"max_body_bytes={max_body_bytes!r}: a whole number of bytes")
         if max_body_bytes < 0:
-            raise ValueError(f"max_body_bytes={max_body_bytes!r}: must be 0 or more")
+            raise InvalidArgument(f"max_body_bytes={max_body_bytes!r}: must be 0 or more")
         self.max_body_bytes = max_body_bytes
         options.setdefault("key", _request_key)
         options.setdefault("codec", HttpResponseCodec())

@@ -42,6 +42,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from paceline.errors import InvalidArgument
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
 
@@ -156,14 +157,14 @@ class AdaptiveSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_concurrency <= self.initial_concurrency <= self.max_concurrency:
-            raise ValueError(
+            raise InvalidArgument(
                 "concurrency bounds must satisfy 1 <= min <= initial <= max, got "
                 f"{self.min_concurrency}, {self.initial_concurrency}, {self.max_concurrency}"
             )
         for name in ("rate_cut", "concurrency_cut"):
             value = getattr(self, name)
             if not 0 < value < 1:
-                raise ValueError(f"{name}={value!r}: must be between 0 and 1, e.g. 0.8")
+                raise InvalidArgument(f"{name}={value!r}: must be between 0 and 1, e.g. 0.8")
 
 
 @dataclass(slots=True)

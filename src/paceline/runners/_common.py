@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from paceline.errors import InvalidArgument
+
 K = TypeVar("K")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,7 +49,7 @@ def resolve_workers(
     if workers == "auto":
         return auto_workers(batch_size)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(
+        raise InvalidArgument(
             f"{name}={workers!r}: use None (one at a time), a whole number of at least 1, or 'auto'"
         )
     return workers

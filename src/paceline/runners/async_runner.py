@@ -24,6 +24,7 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar, cast
 
+from paceline.errors import InvalidArgument, InvalidArgumentType, PacelineError
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.batch import BatchState
 from paceline.policy.pause import ServerPause
@@ -42,7 +43,7 @@ W = TypeVar("W")  # what a gate hands back
 _monotonic_ns = time.monotonic_ns
 
 
-class _Stop(Exception):
+class _Stop(PacelineError):
     """Internal: the input ran out."""
 
 
@@ -71,11 +72,11 @@ class AsyncRunner(Generic[K, T, R]):
         if concurrency is not None and (
             isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"max_concurrent={concurrency!r}: use a whole number of at least 1 (or 'auto')"
             )
         if read_ahead is not None and read_ahead < 1:
-            raise ValueError(f"read_ahead={read_ahead!r}: must be at least 1")
+            raise InvalidArgument(f"read_ahead={read_ahead!r}: must be at least 1")
         self.operation = operation
         self.concurrency = concurrency
         self.options = options
@@ -128,7 +129,7 @@ class AsyncRunner(Generic[K, T, R]):
     def _workers_for(self, total: int | None) -> int:
         if self.concurrency is None:
             if total is None:
-                raise ValueError(
+                raise InvalidArgument(
                     "max_concurrent=None (no limit) needs an input with a length; "
                     "give a number for lazy or endless inputs"
                 )
@@ -491,7 +492,7 @@ def _adaptive_gate(adaptive: object, classify: object) -> AdaptiveGate | None:
     if isinstance(adaptive, AdaptiveSettings):
         adaptive = AdaptiveController(adaptive)
     if not isinstance(adaptive, AdaptiveController):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an "
             "AdaptiveController"
         )

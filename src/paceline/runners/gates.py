@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from paceline.errors import InvalidArgumentType
 from paceline.limiter import RateLimiter
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
@@ -33,7 +34,7 @@ def async_acquirer(
         return try_now, acquire_async
     acquire = getattr(limiter, "acquire", None)
     if acquire is None or not callable(acquire):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"rate_limiter {limiter!r} has no acquire(weight) method; pass a "
             "paceline.RateLimiter or any object with acquire(weight=1)"
         )
@@ -50,7 +51,7 @@ def sync_acquirer(limiter: object | None) -> Callable[[int], Any] | None:
         return None
     acquire = getattr(limiter, "acquire", None)
     if acquire is None or not callable(acquire):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"rate_limiter {limiter!r} has no acquire(weight) method; pass a "
             "paceline.RateLimiter or any object with acquire(weight=1)"
         )

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+from paceline.errors import InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, Ticket
 from paceline.policy.batch import BatchState
 from paceline.policy.rate import NS_PER_S
@@ -543,6 +544,6 @@ def _controller(adaptive: object) -> AdaptiveController | None:
         return AdaptiveController(adaptive)
     if isinstance(adaptive, AdaptiveController):
         return adaptive
-    raise TypeError(
+    raise InvalidArgumentType(
         f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an AdaptiveController"
     )
