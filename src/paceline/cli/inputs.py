@@ -249,12 +249,12 @@ def _describe_bad_utf8(raw: bytes, exc: UnicodeDecodeError, line: int | None = N
     return f"byte 0x{raw[exc.start]:02x} at {where}"
 
 
-def _message(name: str, line: int, problem: str, fix: str) -> str:
+def bad_row_message(name: str, line: int, problem: str, fix: str) -> str:
     return f"{name}:{line}: {problem} — {fix}, {_SKIP}"
 
 
 def _bad(name: str, line: int, problem: str, fix: str) -> Row:
-    return Row(line, None, _message(name, line, problem, fix))
+    return Row(line, None, bad_row_message(name, line, problem, fix))
 
 
 def _column_list(columns: list[str]) -> str:
@@ -278,7 +278,7 @@ def _csv_error(name: str, start: int, end: int, exc: csv.Error) -> str:
     else:
         problem = f"not valid CSV ({detail})"
         fix = "fix the line"
-    return _message(name, start, problem, fix)
+    return bad_row_message(name, start, problem, fix)
 
 
 def _bad_utf8_fix() -> str:
@@ -536,7 +536,7 @@ class RowSource:
             except _LineTooLong as exc:
                 problem = f"line {exc.number} is longer than {self._limit} bytes"
                 fix = "split it, or check for an unclosed quote"
-                yield start, None, _message(name, start, problem, fix)
+                yield start, None, bad_row_message(name, start, problem, fix)
                 continue
             except csv.Error as exc:
                 yield start, None, _csv_error(name, start, lines.number, exc)
@@ -545,7 +545,7 @@ class RowSource:
                 continue
             if text.bad is not None:
                 problem = f"not valid UTF-8 ({text.bad})"
-                yield start, None, _message(name, start, problem, _bad_utf8_fix())
+                yield start, None, bad_row_message(name, start, problem, _bad_utf8_fix())
             elif len(fields) != width:
                 end = lines.number
                 problem = (
@@ -555,7 +555,7 @@ class RowSource:
                 if end > start:
                     problem += f"; this record runs from line {start} to {end}: unclosed quote?"
                 fix = f"fix the line (put quotes around a field that contains {sep})"
-                yield start, None, _message(name, start, problem, fix)
+                yield start, None, bad_row_message(name, start, problem, fix)
             else:
                 yield start, fields, None
 

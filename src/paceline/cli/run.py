@@ -49,7 +49,7 @@ from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy, remote_retry
-from paceline.runners._common import auto_workers
+from paceline.runners import auto_workers
 from paceline.stores import (
     Journal,
     JournalCorrupt,
@@ -126,8 +126,7 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         workers = fixed
     retries = spec.retries
     if spec.command == "http":
-        from paceline.http._face import DEFAULT_RETRY, http_retry
-        from paceline.http._limits import ServerLimits
+        from paceline.http import DEFAULT_RETRY, ServerLimits, http_retry
 
         server_limits = ServerLimits(limiter, controller=controller)
         policy = DEFAULT_RETRY if retries is None else http_retry(retries + 1)

@@ -12,7 +12,7 @@ from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
 from paceline.results import BatchItemResult, error_code_for
-from paceline.runners._common import ProgressCallback
+from paceline.runners import ProgressCallback
 from paceline.runners.settle import AttemptInfo, RunOptions, Wrap
 from paceline.stores import StoredOutcome
 

@@ -28,7 +28,7 @@ from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outco
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S
 from paceline.policy.retry import RetryBudget
 from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
-from paceline.runners._common import ProgressCallback, auto_workers, sized_length
+from paceline.runners import ProgressCallback, auto_workers, sized_length
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.settle import AttemptInfo, RunOptions
 from paceline.stores import Codec, StoredOutcome, item_key

@@ -20,7 +20,7 @@ from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outco
 from paceline.policy.batch import BatchState
 from paceline.policy.retry import RetryBudget
 from paceline.results import BatchInterrupted, BatchItemResult, BatchResult
-from paceline.runners._common import (
+from paceline.runners import (
     ProgressCallback,
     Workers,
     auto_workers,

@@ -41,7 +41,7 @@ from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
 from paceline.results import BatchItemResult, Result
-from paceline.runners._common import sized_length
+from paceline.runners import sized_length
 from paceline.signals import parse_signals
 
 RequestLike = str | Mapping[str, Any] | HttpRequest
@@ -150,7 +150,7 @@ class _Attempt:
         return HttpTransportError(type(exc).__name__, elapsed, phase, url, str(exc))
 
 
-def _sender(
+def sender(
     client: httpx.AsyncClient,
     limits: ServerLimits,
     base_url: str | None,
@@ -247,7 +247,7 @@ def _request_key(item: RequestLike) -> str:
     return key_without_secrets(f"{request.method} {request.url}")
 
 
-def _client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.AsyncClient:
+def client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.AsyncClient:
     if client is not None:
         return client
     # The pool must hold at least as many connections as may be in flight, or requests queue
@@ -284,7 +284,7 @@ class _Setup:
         hold_s = self.retry.max_retry_after_s if self.retry is not None else DEFAULT_MAX_HOLD_S
         self.limits = ServerLimits(rate_limiter, controller=controller, max_hold_s=hold_s)
         self.own = client is None
-        self.http = _client_for(client, self.workers)
+        self.http = client_for(client, self.workers)
         # The face times each attempt as a whole itself (its error names the URL and phase),
         # so the runner is not given the same timeout to race it.
         timeout_s = options.pop("timeout_s", None)
@@ -300,7 +300,7 @@ class _Setup:
         options.setdefault("codec", HttpResponseCodec())
 
     def sender(self, base_url: str | None) -> Callable[[RequestLike], Any]:
-        return _sender(
+        return sender(
             self.http,
             self.limits,
             base_url,
