@@ -55,11 +55,7 @@ def _exception_classes() -> dict[str, type[BaseException]]:
     for name in _all_modules():
         module = importlib.import_module(name)
         for obj in vars(module).values():
-            if (
-                inspect.isclass(obj)
-                and issubclass(obj, BaseException)
-                and obj.__module__ == name
-            ):
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == name:
                 found[f"{name}.{obj.__qualname__}"] = obj
     return found
 

@@ -135,8 +135,7 @@ def test_policy_does_no_io():
             for imp in _imports()
             if imp.importer.startswith("paceline.policy")
             and any(
-                imp.target == name or imp.target.startswith(name + ".")
-                for name in POLICY_FORBIDDEN
+                imp.target == name or imp.target.startswith(name + ".") for name in POLICY_FORBIDDEN
             )
         }
     )

@@ -28,9 +28,9 @@ from paceline.faces.bulk import fetch_many
 from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
 from paceline.faces.plan import DryRun, dry_run
 from paceline.limiter import AsyncRateLimiterProtocol, RateLimiter, RateLimiterProtocol
+from paceline.policy.adaptive import AdaptiveSettings, Outcome
 from paceline.policy.halt import HaltRule
-from paceline.policy.limits import Limit
-from paceline.policy.rate import Rate, RateSpecError
+from paceline.policy.rate import RateSpecError
 from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
 from paceline.results import (
     Attempt,
@@ -47,6 +47,7 @@ from paceline.results import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveSettings",
     "AsyncRateLimiterProtocol",
     "Attempt",
     "BatchExecutor",
@@ -57,10 +58,9 @@ __all__ = [
     "ErrorCode",
     "Failure",
     "HaltRule",
-    "Limit",
     "NotAttempted",
+    "Outcome",
     "PacelineError",
-    "Rate",
     "RateLimitedExecutor",
     "RateLimiter",
     "RateLimiterProtocol",

@@ -118,12 +118,13 @@ async def batch_execute(
     this operation and ``journal_label``; another batch's journal is refused unless
     ``reuse_journal=True``. Results are stored as JSON (``codec`` for other types).
 
-    ``adaptive`` (``True``, :class:`~paceline.policy.adaptive.AdaptiveSettings` or a
-    controller) finds an unknown server limit from its answers: a raised
-    :class:`~paceline.Throttled` or an exception with ``status_code`` 429 cuts the rate, 503
-    or rising latency the concurrency, and a ``retry_after`` pauses every dispatch
-    (``classify(value, error)`` maps outcomes yourself). ``max_concurrent="auto"`` turns it
-    on, starting from a concurrency chosen from the batch size.
+    ``adaptive`` (``True``, :class:`paceline.AdaptiveSettings` or a controller) finds an
+    unknown server limit from its answers: a raised :class:`~paceline.Throttled` or an
+    exception with ``status_code`` 429 cuts the rate, 503 or rising latency the concurrency,
+    and a ``retry_after`` pauses every dispatch (to map outcomes yourself, pass
+    ``classify(value, error)`` returning a :class:`paceline.Outcome`).
+    ``max_concurrent="auto"`` turns it on, starting from a concurrency chosen from the batch
+    size.
 
     >>> async def double(x: int) -> int:
     ...     return 2 * x

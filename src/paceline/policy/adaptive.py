@@ -54,7 +54,23 @@ ROUND_WINDOWS_S: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, *(60.0 * m for m 
 
 
 class Outcome(enum.Enum):
-    """How an attempt ended, as far as the controller cares."""
+    """How an attempt ended, as far as adaptive control cares: what a ``classify(value,
+    error)`` callable returns to the batch faces (``classify=``).
+
+    ``THROTTLE``: a quota said no (like a 429): cut the rate. ``OVERLOAD``: the server is
+    overloaded (like a 503): cut the concurrency. ``CAPACITY``: a timeout, a dropped
+    connection, a 502 or 504: the server is at capacity, cut the concurrency. ``SUCCESS``,
+    and ``IGNORE`` for a failure that says nothing about the server's limits (the
+    operation's own error).
+
+    >>> import paceline
+    >>> def classify(value, error):
+    ...     if error is not None and "quota" in str(error):
+    ...         return paceline.Outcome.THROTTLE
+    ...     return paceline.Outcome.SUCCESS if error is None else paceline.Outcome.IGNORE
+    >>> classify(None, RuntimeError("quota exceeded"))
+    <Outcome.THROTTLE: 'throttle'>
+    """
 
     SUCCESS = "success"
     THROTTLE = "throttle"
@@ -65,7 +81,17 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveSettings:
-    """The controller's knobs; every default says where it came from."""
+    """The knobs of adaptive control (``adaptive=`` of the batch faces and the HTTP face);
+    every default says where it came from. Rates are starts per second.
+
+    >>> import paceline
+    >>> async def double(n: int) -> int:
+    ...     return 2 * n
+    >>> settings = paceline.AdaptiveSettings(initial_concurrency=4, max_concurrency=32)
+    >>> results = paceline.batch_execute_sync([1, 2], double, adaptive=settings)
+    >>> [r.value for r in results]
+    [2, 4]
+    """
 
     initial_concurrency: int = 8
     min_concurrency: int = 1

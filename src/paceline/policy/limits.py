@@ -279,11 +279,3 @@ class LimitPolicy:
         for amount, log in zip(self._amounts(weight), self._logs, strict=True):
             if amount:
                 log.give_back(granted_ns, amount)
-
-    def note_past_grants(self, granted_ns: Sequence[int]) -> None:
-        """Count request starts that happened before this policy existed (ns, any order), so a
-        limit learned mid-batch also covers what was already sent in the current window."""
-        for stamp in sorted(granted_ns):
-            for unit, log in zip(self._units, self._logs, strict=True):
-                if unit == REQUESTS:
-                    log.record(stamp, 1)

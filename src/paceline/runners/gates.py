@@ -93,7 +93,7 @@ class LeaseGate:
         """A gate for paceline's own limiter when its limits allow leasing, else ``None``."""
         if not isinstance(limiter, RateLimiter):
             return None
-        size = limiter.lease_size()
+        size = limiter._lease_size()
         return cls(limiter, size) if size else None
 
     def take(self) -> bool:
@@ -106,7 +106,7 @@ class LeaseGate:
         if self._skip:
             self._skip -= 1
             return False
-        granted, stamp = self._limiter.lease(self.size, self._hold_s)
+        granted, stamp = self._limiter._lease(self.size, self._hold_s)
         if not granted:
             self._skip = self.size
             return False
@@ -134,7 +134,7 @@ class LeaseGate:
         if self._skip:
             self._skip -= 1
             return 0, 0, 0
-        granted, stamp = self._limiter.lease(self.size, self._hold_s)
+        granted, stamp = self._limiter._lease(self.size, self._hold_s)
         if not granted:
             self._skip = self.size
             return 0, 0, 0
