@@ -19,7 +19,7 @@ SRC = Path(paceline.__file__).resolve().parent
 NOT_PACELINE_ERRORS = {
     # Ctrl-C / SIGTERM during a sync batch: it must pass through `except Exception` (and
     # `except PacelineError`) handlers the way a KeyboardInterrupt always does.
-    "paceline.results.BatchInterrupted",
+    "paceline._results.BatchInterrupted",
 }
 
 # Classes that were a built-in kind before they became PacelineErrors: code that catches the

@@ -19,13 +19,13 @@ SRC = Path(paceline.__file__).resolve().parent
 # its own layer or above. The groups are paceline's top-level modules and packages.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # Leaves: no import of paceline at all.
-    ("errors", "redact", "figures", "clock"),
+    ("errors", "redact", "figures", "_clock"),
     # Sans-I/O: the decisions (policy) and the reading of server headers (signals).
     ("policy", "_signals"),
     # The outcome types the stores keep and the faces return.
-    ("results",),
+    ("_results",),
     # The waiting for a limit (threads and event loops) and the journal.
-    ("limiter", "stores"),
+    ("_limiter", "stores"),
     # The waiting for everything else: workers, dispatchers, settling.
     ("runners",),
     # The public ways in.
@@ -65,8 +65,8 @@ POLICY_FORBIDDEN = {
     "http",
     "urllib",
     "httpx",
-    "paceline.clock",
-    "paceline.limiter",
+    "paceline._clock",
+    "paceline._limiter",
 }
 
 
@@ -84,6 +84,11 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _is_module(dotted: str) -> bool:
+    path = SRC.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def _imports() -> list[Import]:
     found = []
     for path in sorted(SRC.rglob("*.py")):
@@ -98,7 +103,12 @@ def _imports() -> list[Import]:
                 else:
                     module = node.module
                 found.append(Import(me, module, node.lineno))
-                found += [Import(me, f"{module}.{a.name}", node.lineno) for a in node.names]
+                # `from pkg import mod` imports a module; `from pkg import Name` only `pkg`.
+                found += [
+                    Import(me, f"{module}.{a.name}", node.lineno)
+                    for a in node.names
+                    if _is_module(f"{module}.{a.name}") or a.name.startswith("_")
+                ]
     return found
 
 

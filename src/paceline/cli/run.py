@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from paceline import RateLimiter
 from paceline.cli.inputs import InputError, RowSource, open_rows
 from paceline.cli.metrics import Metrics, hold_from_pacing
 from paceline.cli.ops import (
@@ -44,7 +45,6 @@ from paceline.cli.output import (
 )
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.batch import stream
-from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S

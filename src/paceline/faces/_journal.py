@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from paceline._results import ErrorCode, Failure, Success
 from paceline.errors import PacelineError
-from paceline.results import ErrorCode, Failure, Success
 from paceline.stores import Codec, Journal, StoredOutcome, fingerprint_of
 
 JournalSpec = str | os.PathLike[str] | Journal | None

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from paceline._limiter import charged_per_attempt
+from paceline._results import BatchItemResult, error_code_for
 from paceline.errors import InvalidArgumentType
 from paceline.faces._journal import StoredFailure, error_code_of
-from paceline.limiter import charged_per_attempt
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
-from paceline.results import BatchItemResult, error_code_for
 from paceline.runners import ProgressCallback
 from paceline.runners.settle import AttemptInfo, RunOptions, Wrap
 from paceline.stores import StoredOutcome

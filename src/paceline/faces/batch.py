@@ -16,6 +16,7 @@ from collections.abc import (
 )
 from typing import Any, Literal, TypeVar
 
+from paceline._results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.faces._journal import JournalSpec, journal_options, opened, restored_result
 from paceline.faces._options import (
     HaltSpec,
@@ -27,7 +28,6 @@ from paceline.faces._options import (
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S
 from paceline.policy.retry import RetryBudget
-from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.runners import ProgressCallback, auto_workers, sized_length
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.settle import AttemptInfo, RunOptions

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from paceline._results import ErrorCode, Failure, Result, Success
 from paceline.errors import InvalidArgument, PacelineError
 from paceline.faces.batch import batch_execute
-from paceline.results import ErrorCode, Failure, Result, Success
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

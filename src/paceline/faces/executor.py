@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from paceline._results import BatchInterrupted, BatchItemResult, BatchResult
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.faces._journal import JournalSpec, journal_options, opened
 from paceline.faces._options import (
@@ -19,7 +20,6 @@ from paceline.faces._options import (
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
 from paceline.policy.batch import BatchState
 from paceline.policy.retry import RetryBudget
-from paceline.results import BatchInterrupted, BatchItemResult, BatchResult
 from paceline.runners import (
     ProgressCallback,
     Workers,
@@ -150,7 +150,7 @@ class BatchExecutor:
         newest first, through the same limiter and workers; its outcomes are in
         ``BatchResult.rollback`` (or, under ``stop_on_error``, on the raised exception's
         ``rollback`` attribute). Ctrl-C or SIGTERM stops dispatch, lets running calls finish
-        and raises :class:`~paceline.results.BatchInterrupted` carrying the partial result.
+        and raises :class:`~paceline._results.BatchInterrupted` carrying the partial result.
 
         ``journal`` (a path or an open :class:`~paceline.stores.Journal`) makes the batch
         resumable, keyed by ``item_ids`` (required then: a callable has no stable identity):

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from paceline._limiter import RateLimiter, charged_per_attempt
+from paceline._results import BatchItemResult, Result
 from paceline._signals.headers import NO_SIGNALS, PACING_HEADERS
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.faces.batch import (
@@ -36,11 +38,9 @@ from paceline.http._messages import (
     request_url,
 )
 from paceline.http._pool import ShardedTransport
-from paceline.limiter import RateLimiter, charged_per_attempt
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.retry import RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
-from paceline.results import BatchItemResult, Result
 from paceline.runners import sized_length
 from paceline.signals import parse_signals
 

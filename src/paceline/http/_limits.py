@@ -7,9 +7,9 @@ from collections import deque
 from contextvars import ContextVar
 from itertools import takewhile
 
-from paceline.clock import SYSTEM_CLOCK, Clock
+from paceline._clock import SYSTEM_CLOCK, Clock
+from paceline._limiter import RateLimiter
 from paceline.errors import InvalidArgument, InvalidArgumentType
-from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
 from paceline.policy.rate import NS_PER_S

@@ -96,7 +96,7 @@ class RetryBudgetExhausted(PacelineError):
 
     @property
     def error_code(self) -> str:
-        """The last error's code (see :func:`paceline.results.error_code_for`)."""
+        """The last error's code (see :func:`paceline.errors.error_code_for`)."""
         if is_throttle(self.cause):
             return "rate_limited"
         return error_code_for(self.cause).value

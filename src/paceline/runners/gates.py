@@ -7,8 +7,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from paceline._limiter import RateLimiter
 from paceline.errors import InvalidArgumentType
-from paceline.limiter import RateLimiter
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryPolicy

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from paceline._results import Attempt
 from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.adaptive import Outcome
 from paceline.policy.batch import BatchState
@@ -31,7 +32,6 @@ from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
 from paceline.redact import redact_text
-from paceline.results import Attempt
 from paceline.runners._common import ProgressCallback
 
 K = TypeVar("K")

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from paceline._results import error_code_for
 from paceline.errors import InvalidArgumentType
 from paceline.redact import redact_data, redact_text
-from paceline.results import error_code_for
 from paceline.stores._errors import JournalCorrupt, JournalEncodeError
 
 __all__ = [

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from paceline.clock import SYSTEM_CLOCK, Clock, SystemClock
+from paceline._clock import SYSTEM_CLOCK, Clock, SystemClock
 from paceline.errors import InvalidArgument
 from paceline.policy.cost import Cost
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
