@@ -23,6 +23,16 @@ from __future__ import annotations
 import asyncio
 import enum
 
+__all__ = [
+    "AlreadySettled",
+    "ErrorCode",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "InvalidState",
+    "PacelineError",
+    "Throttled",
+]
+
 
 class PacelineError(Exception):
     """Base class of the errors paceline itself raises.

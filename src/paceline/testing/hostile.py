@@ -57,6 +57,8 @@ from typing import Any, Literal, get_args
 from paceline.errors import InvalidArgument, InvalidState
 from paceline.testing._api.http import HttpError, Request, encode_response, read_request
 
+__all__ = ["MODES", "HostileCounts", "HostileServer", "Mode", "main"]
+
 Mode = Literal[
     "error",
     "flaky",
