@@ -46,6 +46,13 @@ class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a sync batch: ``partial`` holds what settled before it.
 
     It is a ``KeyboardInterrupt``, so code that does not look for it still stops as usual.
+    That is also why it is the one error of paceline's that is not a
+    :class:`~paceline.PacelineError`: an ``except Exception`` (or ``except PacelineError``)
+    around a batch must not swallow Ctrl-C.
+
+    >>> import paceline
+    >>> issubclass(paceline.BatchInterrupted, KeyboardInterrupt)
+    True
     """
 
     def __init__(self, partial: BatchResult) -> None:
