@@ -22,17 +22,8 @@ Which call do I want (the README has the table with each face's concurrency defa
 [0, 1, 4, 9, 16]
 """
 
-from paceline.errors import PacelineError, Throttled
-from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
-from paceline.faces.bulk import fetch_many
-from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
-from paceline.faces.plan import DryRun, dry_run
-from paceline.limiter import AsyncRateLimiterProtocol, RateLimiter, RateLimiterProtocol
-from paceline.policy.halt import HaltRule
-from paceline.policy.limits import Limit
-from paceline.policy.rate import Rate, RateSpecError
-from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
-from paceline.results import (
+from paceline._limiter import AsyncRateLimiterProtocol, RateLimiter, RateLimiterProtocol
+from paceline._results import (
     Attempt,
     BatchInterrupted,
     BatchItemResult,
@@ -43,10 +34,20 @@ from paceline.results import (
     Result,
     Success,
 )
+from paceline.errors import PacelineError, Throttled
+from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
+from paceline.faces.bulk import fetch_many
+from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
+from paceline.faces.plan import DryRun, dry_run
+from paceline.policy.adaptive import AdaptiveSettings, Outcome
+from paceline.policy.halt import HaltRule
+from paceline.policy.rate import RateSpecError
+from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveSettings",
     "AsyncRateLimiterProtocol",
     "Attempt",
     "BatchExecutor",
@@ -57,10 +58,9 @@ __all__ = [
     "ErrorCode",
     "Failure",
     "HaltRule",
-    "Limit",
     "NotAttempted",
+    "Outcome",
     "PacelineError",
-    "Rate",
     "RateLimitedExecutor",
     "RateLimiter",
     "RateLimiterProtocol",

@@ -6,8 +6,8 @@ import csv
 import io
 import json
 
+from paceline._results import BatchItemResult, ErrorCode
 from paceline.cli.output import ResultWriter, record_of
-from paceline.results import BatchItemResult, ErrorCode
 
 
 class Failed(Exception):

@@ -21,7 +21,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys, threading, time
     from paceline import BatchExecutor
-    from paceline.results import BatchInterrupted
+    from paceline._results import BatchInterrupted
 
     def task(i):
         def run():

@@ -222,7 +222,7 @@ class SlowCalls(Calls):
 
 @pytest.mark.parametrize("workers", [1, 8])
 def test_a_repeated_key_fails_as_a_duplicate_and_runs_once(tmp_path, workers):
-    from paceline.results import ErrorCode
+    from paceline._results import ErrorCode
 
     path = tmp_path / "j.db"
     first = SlowCalls()

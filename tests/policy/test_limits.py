@@ -2,8 +2,9 @@ import asyncio
 
 import pytest
 
-from paceline import Limit, Rate, RateLimiter
-from paceline.policy.limits import LimitPolicy
+from paceline import RateLimiter
+from paceline.policy.limits import Limit, LimitPolicy
+from paceline.policy.rate import Rate
 from paceline.testing import FakeClock
 
 S = 1_000_000_000
@@ -116,10 +117,10 @@ def test_give_back_on_the_limiter_lets_the_next_start_at_once():
 
 
 def test_lease_size_is_zero_for_small_or_paced_limits():
-    assert RateLimiter(10, 1.0).lease_size() == 0
-    assert RateLimiter(10_000, 1.0, burst=1).lease_size() == 0
-    assert RateLimiter(10_000, 1.0).lease_size() == 64
-    assert RateLimiter.from_rates("10000/s", "100/s").lease_size() == 6
+    assert RateLimiter(10, 1.0)._lease_size() == 0
+    assert RateLimiter(10_000, 1.0, burst=1)._lease_size() == 0
+    assert RateLimiter(10_000, 1.0)._lease_size() == 64
+    assert RateLimiter.from_rates("10000/s", "100/s")._lease_size() == 6
 
 
 def test_by_default_each_window_is_a_thousandth_longer_so_starts_never_exceed_the_limit():

@@ -5,10 +5,10 @@ import bisect
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paceline import Limit, Rate
 from paceline.policy.batch import BatchState
 from paceline.policy.gcra import Gcra
-from paceline.policy.limits import LimitPolicy, Reservation
+from paceline.policy.limits import Limit, LimitPolicy, Reservation
+from paceline.policy.rate import Rate
 
 
 def max_in_any_window(starts: list[tuple[int, int]], window_ns: int) -> int:

@@ -1,6 +1,8 @@
 import pytest
 
-from paceline import Limit, Rate, RateLimiter, RateSpecError
+from paceline import RateLimiter, RateSpecError
+from paceline.policy.limits import Limit
+from paceline.policy.rate import Rate
 
 S = 1_000_000_000
 

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from paceline import Limit, Rate, RateLimiter, RateSpecError
+from paceline import RateLimiter, RateSpecError
 from paceline.policy.cost import as_cost
-from paceline.policy.limits import LimitPolicy, Reservation
+from paceline.policy.limits import Limit, LimitPolicy, Reservation
+from paceline.policy.rate import Rate
 from paceline.policy.schedule import EXACT_UP_TO, min_duration_ns
 from paceline.testing import FakeClock
 
@@ -222,13 +223,12 @@ def test_a_paced_limit_in_tokens_is_pushed_back_by_an_overrun_and_never_rewound(
     assert policy.wait_ns(200_000_000, {"tokens": 1}) == 100_000_000  # the pacer keeps its slot
 
 
-def test_leases_and_past_grants_count_requests_only():
+def test_leases_count_requests_only():
     policy = LimitPolicy(
         [Limit(Rate(100, S), margin_ns=0), Limit(Rate(10, S, "tokens"), margin_ns=0)]
     )
     assert policy.try_lease(0, 20, hold_ns=1000) == 20
-    policy.note_past_grants([5, 3])
-    assert [log.held(1000) for log in policy._logs] == [22, 0]
+    assert [log.held(1000) for log in policy._logs] == [20, 0]
 
 
 def test_a_requests_only_policy_is_unchanged_by_units():

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from paceline import Throttled, batch_execute, stream
-from paceline.results import ErrorCode
+from paceline._results import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,7 @@ def most_in_any_window(starts: list[int], window_ns: int) -> int:
 @pytest.mark.timeout(60)
 def test_async_workers_with_leases_never_exceed_the_limit_on_starts():
     limiter = RateLimiter(1000, 0.2)  # lease size 62: leases are in play
-    assert limiter.lease_size() > 0
+    assert limiter._lease_size() > 0
     starts: list[int] = []
 
     async def op(i):
@@ -35,7 +35,7 @@ def test_async_workers_with_leases_never_exceed_the_limit_on_starts():
 def test_the_thread_dispatcher_with_a_switch_interval_margin_never_exceeds_the_limit():
     # Calls begin up to a GIL switch interval after their grant: the documented margin.
     limiter = RateLimiter(1000, 0.2, margin_s=0.005)
-    assert limiter.lease_size() > 0
+    assert limiter._lease_size() > 0
     result = BatchExecutor(stop_on_error=False, rate_limiter=limiter, max_workers=4).execute_batch(
         [lambda i=i: i for i in range(2500)]
     )

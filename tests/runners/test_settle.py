@@ -125,7 +125,7 @@ def test_under_stop_on_error_a_duplicate_raises(
 
 
 def test_a_duplicate_is_a_value_error_with_the_invalid_input_code() -> None:
-    from paceline.results import ErrorCode, error_code_for
+    from paceline._results import ErrorCode, error_code_for
 
     error = DuplicateKey("x")
     assert isinstance(error, ValueError)

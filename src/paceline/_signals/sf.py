@@ -20,6 +20,8 @@ import binascii
 import string
 from dataclasses import dataclass
 
+from paceline.errors import PacelineError
+
 __all__ = ["BareItem", "InnerList", "Item", "Member", "Token", "parse_dictionary", "parse_list"]
 
 
@@ -66,7 +68,7 @@ _MAX_DECIMAL_INT_DIGITS = 12
 _MAX_DECIMAL_FRACTION_DIGITS = 3
 
 
-class _Invalid(Exception):
+class _Invalid(PacelineError):
     """Internal: the field is not valid; the public functions turn it into ``None``."""
 
 

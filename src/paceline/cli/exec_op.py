@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from paceline.cli._guardian import GUARDIAN
+from paceline.errors import InvalidArgument, PacelineError
 
 __all__ = [
     "DEFAULT_CAPTURE_LIMIT",
@@ -106,7 +107,7 @@ def _last_line(text: str) -> str:
     return ""
 
 
-class CommandFailed(Exception):
+class CommandFailed(PacelineError):
     """The command exited with a non-zero code, or was killed by a signal.
 
     ``exit_code`` is negative (-N) for a child killed by signal N, as in :mod:`subprocess`.
@@ -133,7 +134,7 @@ class CommandFailed(Exception):
         return (type(self), (self.exit_code, self.stdout, self.stderr, self.detail))
 
 
-class CommandTimedOut(TimeoutError):
+class CommandTimedOut(PacelineError, TimeoutError):
     """The command outlived ``timeout_s`` and was killed (its process group, with SIGKILL).
 
     A :class:`TimeoutError`, so timeouts are classified and retried as timeouts. ``stdout``
@@ -150,7 +151,7 @@ class CommandTimedOut(TimeoutError):
         return (type(self), (self.timeout_s, self.stdout, self.stderr))
 
 
-class CommandNotFound(Exception):
+class CommandNotFound(PacelineError):
     """The program does not exist, or cannot be executed. The message names it and the fix.
 
     >>> str(CommandNotFound("nosuchprog"))  # doctest: +ELLIPSIS
@@ -663,7 +664,7 @@ def _command(argv: Sequence[str] | str, shell: bool) -> list[str]:
         return [SHELL, "-c", *argv]
     args = [argv] if isinstance(argv, str) else list(argv)
     if not args or not args[0]:
-        raise ValueError("empty command: give at least the program to run")
+        raise InvalidArgument("empty command: give at least the program to run")
     return args
 
 
@@ -694,9 +695,9 @@ async def run_command(
     child reaped before the exception propagates.
     """
     if capture_limit_bytes < 0:
-        raise ValueError(f"capture_limit_bytes={capture_limit_bytes!r}: must be >= 0")
+        raise InvalidArgument(f"capture_limit_bytes={capture_limit_bytes!r}: must be >= 0")
     if timeout_s is not None and not timeout_s > 0:
-        raise ValueError(f"timeout_s={timeout_s!r}: must be a number of seconds > 0")
+        raise InvalidArgument(f"timeout_s={timeout_s!r}: must be a number of seconds > 0")
     args = _command(argv, shell)
     loop = asyncio.get_running_loop()
     child = _Child(loop, capture_limit_bytes)

@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from paceline.errors import InvalidArgument, InvalidState, PacelineError
+
 __all__ = [
     "CSV_COUNT_MAX_BYTES",
     "MAX_LINE_BYTES",
@@ -75,7 +77,7 @@ class Row:
         return self.data is not None
 
 
-class InputError(Exception):
+class InputError(PacelineError):
     """The input as a whole is unusable: missing or unreadable file, no CSV header, unknown
     format. The message names the value and the fix."""
 
@@ -110,7 +112,7 @@ def open_rows(
     if fmt not in ("auto", "jsonl", "csv", "tsv"):
         raise InputError(f"--format {fmt!r}: unknown format — use auto, jsonl or csv")
     if max_line_bytes < 16:
-        raise ValueError("max_line_bytes must be at least 16")
+        raise InvalidArgument("max_line_bytes must be at least 16")
     owned = path != "-"
     if owned:
         name = path
@@ -146,7 +148,7 @@ def open_rows(
         raise
 
 
-class _LineTooLong(Exception):
+class _LineTooLong(PacelineError):
     """A line longer than the limit; its bytes were read and dropped."""
 
     def __init__(self, number: int, blank: bool) -> None:
@@ -247,12 +249,12 @@ def _describe_bad_utf8(raw: bytes, exc: UnicodeDecodeError, line: int | None = N
     return f"byte 0x{raw[exc.start]:02x} at {where}"
 
 
-def _message(name: str, line: int, problem: str, fix: str) -> str:
+def bad_row_message(name: str, line: int, problem: str, fix: str) -> str:
     return f"{name}:{line}: {problem} — {fix}, {_SKIP}"
 
 
 def _bad(name: str, line: int, problem: str, fix: str) -> Row:
-    return Row(line, None, _message(name, line, problem, fix))
+    return Row(line, None, bad_row_message(name, line, problem, fix))
 
 
 def _column_list(columns: list[str]) -> str:
@@ -276,7 +278,7 @@ def _csv_error(name: str, start: int, end: int, exc: csv.Error) -> str:
     else:
         problem = f"not valid CSV ({detail})"
         fix = "fix the line"
-    return _message(name, start, problem, fix)
+    return bad_row_message(name, start, problem, fix)
 
 
 def _bad_utf8_fix() -> str:
@@ -440,9 +442,9 @@ class RowSource:
 
     def _start(self) -> None:
         if self._closed:
-            raise RuntimeError(f"{self.name}: the input is closed")
+            raise InvalidState(f"{self.name}: the input is closed")
         if self._started:
-            raise RuntimeError(f"{self.name}: the rows can be read only once")
+            raise InvalidState(f"{self.name}: the rows can be read only once")
         self._started = True
 
     def _rows(self) -> Iterator[Row]:
@@ -534,7 +536,7 @@ class RowSource:
             except _LineTooLong as exc:
                 problem = f"line {exc.number} is longer than {self._limit} bytes"
                 fix = "split it, or check for an unclosed quote"
-                yield start, None, _message(name, start, problem, fix)
+                yield start, None, bad_row_message(name, start, problem, fix)
                 continue
             except csv.Error as exc:
                 yield start, None, _csv_error(name, start, lines.number, exc)
@@ -543,7 +545,7 @@ class RowSource:
                 continue
             if text.bad is not None:
                 problem = f"not valid UTF-8 ({text.bad})"
-                yield start, None, _message(name, start, problem, _bad_utf8_fix())
+                yield start, None, bad_row_message(name, start, problem, _bad_utf8_fix())
             elif len(fields) != width:
                 end = lines.number
                 problem = (
@@ -553,7 +555,7 @@ class RowSource:
                 if end > start:
                     problem += f"; this record runs from line {start} to {end}: unclosed quote?"
                 fix = f"fix the line (put quotes around a field that contains {sep})"
-                yield start, None, _message(name, start, problem, fix)
+                yield start, None, bad_row_message(name, start, problem, fix)
             else:
                 yield start, fields, None
 
@@ -567,7 +569,7 @@ class RowSource:
         memory.
         """
         if max_buffered < 1:
-            raise ValueError("max_buffered must be at least 1")
+            raise InvalidArgument("max_buffered must be at least 1")
         self._start()
         rows = self._rows()
         if self._regular:

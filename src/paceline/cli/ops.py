@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from paceline.cli.inputs import Row, RowSource
-from paceline.cli.inputs import _message as bad_row_message
+from paceline.cli.inputs import Row, RowSource, bad_row_message
 from paceline.cli.spec import NO_JOURNAL, RunSpec, UsageError, split_header
 from paceline.cli.templates import (
     JsonTemplate,
@@ -31,12 +30,12 @@ from paceline.cli.templates import (
     check_fields,
     render_json,
 )
+from paceline.errors import InvalidArgument, PacelineError, Throttled
 from paceline.redact import REDACTED, digest, key_without_secrets
-from paceline.stores import Codec
-from paceline.stores._codec import JsonCodec
+from paceline.stores import Codec, JsonCodec
 
 
-class BadInputRow(Exception):
+class BadInputRow(PacelineError):
     """An input row that cannot become an item (recorded as that item's failure)."""
 
     retryable = False
@@ -192,8 +191,13 @@ class HttpOperation(Operation):
 
     def __init__(self, spec: RunSpec, workers: int | None, limits: Any) -> None:
         super().__init__(spec)
-        from paceline.http._face import _client_for, _sender
-        from paceline.http._messages import HttpRequest, HttpResponseCodec, validate_request
+        from paceline.http import (
+            HttpRequest,
+            HttpResponseCodec,
+            client_for,
+            sender,
+            validate_request,
+        )
 
         self._request_type = HttpRequest
         self._validate = validate_request  # what fails the same way every time: a bad row
@@ -217,9 +221,9 @@ class HttpOperation(Operation):
             (Template.parse(name), Template.parse(value))
             for name, value in (split_header(h) for h in spec.headers)
         ]
-        self.client = _client_for(None, workers)
+        self.client = client_for(None, workers)
         # --timeout bounds the whole attempt, body included (default: the face's 120 s).
-        self._send = _sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
+        self._send = sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         found: dict[str, Template | JsonTemplate] = super().templates()
@@ -249,11 +253,11 @@ class HttpOperation(Operation):
         assert data is not None
         if self.url is None:
             if "url" not in data:
-                raise ValueError(
+                raise InvalidArgument(
                     "no 'url' in this row: a JSON Lines request needs url (and may have method, "
                     "headers, json, body, id), or pass --url TEMPLATE"
                 )
-            from paceline.http._messages import as_request
+            from paceline.http import as_request
 
             request = as_request(data)
             headers = dict(request.headers)
@@ -411,6 +415,4 @@ def is_throttle(error: BaseException | None) -> bool:
     """429/503 answers and raised ``Throttled`` count as throttles in the progress."""
     if error is None:
         return False
-    from paceline.errors import Throttled
-
     return isinstance(error, Throttled) or getattr(error, "status_code", None) in (429, 503)

@@ -1,7 +1,7 @@
 """``--out``: each item's outcome as a JSON line or a CSV row, as it settles.
 
 >>> import io
->>> from paceline.results import BatchItemResult
+>>> from paceline import BatchItemResult
 >>> buffer = io.StringIO()
 >>> writer = ResultWriter(buffer, "jsonl")
 >>> writer.write(BatchItemResult("row-1", True, {"status_code": 200, "body": "ok"}))
@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from paceline import BatchItemResult
 from paceline.cli.spec import UsageError
+from paceline.errors import PacelineError
 from paceline.redact import redact_data
-from paceline.results import BatchItemResult
 from paceline.stores import Journal
 
 CSV_COLUMNS = ["id", "ok", "status", "error", "error_code", "attempts", "duration_s", "result"]
@@ -74,7 +75,7 @@ def record_of(result: BatchItemResult) -> dict[str, Any]:
 PRIVATE_MODE = 0o600
 
 
-class OutputClosed(Exception):
+class OutputClosed(PacelineError):
     """The reader of ``--out -`` went away (``| head``): a normal way to stop reading."""
 
 
@@ -204,7 +205,7 @@ class CommittedOutput:
     its own, woken by the journal's commits; :meth:`finish` writes the rest after the batch.
 
     >>> import asyncio, io
-    >>> from paceline.results import BatchItemResult
+    >>> from paceline import BatchItemResult
     >>> buffer = io.StringIO()
     >>> output = CommittedOutput(ResultWriter(buffer, "jsonl"), None)
     >>> output.add(BatchItemResult("row-1", True, 42))

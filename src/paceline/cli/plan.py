@@ -9,12 +9,12 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from paceline import RateLimiter
 from paceline.cli.inputs import InputError, open_rows
 from paceline.cli.ops import to_item
 from paceline.cli.run import display_path, make_operation, plan_for
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.plan import least_time_text
-from paceline.limiter import RateLimiter
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.schedule import min_duration_ns
 from paceline.redact import redact_data, redact_text

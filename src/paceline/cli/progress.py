@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
+from paceline.errors import InvalidArgument
 from paceline.figures import (
     format_count,
     format_duration,
@@ -220,7 +221,7 @@ class ProgressView:
         quiet: bool = False,
     ) -> None:
         if not interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, not {interval_s!r}")
+            raise InvalidArgument(f"interval_s must be > 0, not {interval_s!r}")
         self.out = out
         self.title = title
         self.interval_s = interval_s

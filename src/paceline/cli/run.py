@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from paceline import RateLimiter
 from paceline.cli.inputs import InputError, RowSource, open_rows
 from paceline.cli.metrics import Metrics, hold_from_pacing
 from paceline.cli.ops import (
@@ -45,12 +46,11 @@ from paceline.cli.output import (
 )
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.batch import stream
-from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy, remote_retry
-from paceline.runners._common import auto_workers
+from paceline.runners import auto_workers
 from paceline.stores import (
     Journal,
     JournalCorrupt,
@@ -129,8 +129,7 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         workers = fixed
     retries = spec.retries
     if spec.command == "http":
-        from paceline.http._face import DEFAULT_RETRY, http_retry
-        from paceline.http._servers import ServerLanes
+        from paceline.http import DEFAULT_RETRY, ServerLanes, http_retry
 
         lanes = ServerLanes(
             limiter, controller=controller, base_url=spec.base_url, request_of=_payload

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paceline.errors import PacelineError
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import Rate, RateSpecError
 from paceline.redact import (
@@ -41,7 +42,7 @@ NO_JOURNAL = "none"
 INPUT_HEAD_BYTES = 64 * 1024
 
 
-class UsageError(Exception):
+class UsageError(PacelineError):
     """A bad command line or input: one line for the user, exit code 2."""
 
 

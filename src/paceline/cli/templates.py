@@ -26,6 +26,8 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from paceline.errors import PacelineError
+
 __all__ = [
     "JsonTemplate",
     "MissingField",
@@ -48,12 +50,12 @@ _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _SHOWN_COLUMNS = 20  # a message lists at most this many of a row's keys
 
 
-class TemplateError(ValueError):
+class TemplateError(PacelineError, ValueError):
     """A template's syntax is wrong (an unclosed ``{``, a lone ``}``, an empty ``{}``, a
     ``--json`` template that is not JSON). The message names the template and the fix."""
 
 
-class MissingField(LookupError):
+class MissingField(PacelineError, LookupError):
     """A row has no value for a template's placeholder.
 
     ``field`` is the missing name; ``available`` the row's keys; ``template`` the template's
@@ -77,7 +79,7 @@ class MissingField(LookupError):
         )
 
 
-class UnknownColumn(ValueError):
+class UnknownColumn(PacelineError, ValueError):
     """A template names a column that the input's header lacks (found before the batch
     starts, by :func:`check_fields`)."""
 

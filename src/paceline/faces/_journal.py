@@ -7,13 +7,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from paceline.results import ErrorCode, Failure, Success
+from paceline._results import ErrorCode, Failure, Success
+from paceline.errors import PacelineError
 from paceline.stores import Codec, Journal, StoredOutcome, fingerprint_of
 
 JournalSpec = str | os.PathLike[str] | Journal | None
 
 
-class StoredFailure(Exception):
+class StoredFailure(PacelineError):
     """A failure recorded by an earlier run, restored from the journal (the original exception
     object is gone; its type name and message are kept)."""
 

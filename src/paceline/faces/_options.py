@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from paceline._limiter import charged_per_attempt
+from paceline._results import BatchItemResult, error_code_for
+from paceline.errors import InvalidArgumentType
 from paceline.faces._journal import StoredFailure, error_code_of
-from paceline.limiter import charged_per_attempt
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
-from paceline.results import BatchItemResult, error_code_for
-from paceline.runners._common import ProgressCallback
+from paceline.runners import ProgressCallback
 from paceline.runners.settle import AttemptInfo, RunOptions, Wrap
 from paceline.stores import StoredOutcome
 
@@ -28,7 +29,7 @@ def retry_policy(retry: RetrySpec) -> RetryPolicy | None:
     if retry is None or isinstance(retry, RetryPolicy):
         return retry
     if isinstance(retry, bool) or not isinstance(retry, int):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"retry={retry!r}: pass a number of attempts (e.g. 3) or a paceline.RetryPolicy"
         )
     return RetryPolicy(attempts=retry)

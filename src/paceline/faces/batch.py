@@ -16,6 +16,7 @@ from collections.abc import (
 )
 from typing import Any, Literal, TypeVar
 
+from paceline._results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.faces._journal import JournalSpec, journal_options, opened, restored_result
 from paceline.faces._options import (
     HaltSpec,
@@ -27,8 +28,7 @@ from paceline.faces._options import (
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S
 from paceline.policy.retry import RetryBudget
-from paceline.results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
-from paceline.runners._common import ProgressCallback, auto_workers, controller_for, sized_length
+from paceline.runners import ProgressCallback, auto_workers, controller_for, sized_length
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.lanes import Lanes
 from paceline.runners.settle import AttemptInfo, RunOptions
@@ -119,12 +119,13 @@ async def batch_execute(
     this operation and ``journal_label``; another batch's journal is refused unless
     ``reuse_journal=True``. Results are stored as JSON (``codec`` for other types).
 
-    ``adaptive`` (``True``, :class:`~paceline.policy.adaptive.AdaptiveSettings` or a
-    controller) finds an unknown server limit from its answers: a raised
-    :class:`~paceline.Throttled` or an exception with ``status_code`` 429 cuts the rate, 503
-    or rising latency the concurrency, and a ``retry_after`` pauses every dispatch
-    (``classify(value, error)`` maps outcomes yourself). ``max_concurrent="auto"`` turns it
-    on, starting from a concurrency chosen from the batch size.
+    ``adaptive`` (``True``, :class:`paceline.AdaptiveSettings` or a controller) finds an
+    unknown server limit from its answers: a raised :class:`~paceline.Throttled` or an
+    exception with ``status_code`` 429 cuts the rate, 503 or rising latency the concurrency,
+    and a ``retry_after`` pauses every dispatch (to map outcomes yourself, pass
+    ``classify(value, error)`` returning a :class:`paceline.Outcome`).
+    ``max_concurrent="auto"`` turns it on, starting from a concurrency chosen from the batch
+    size.
 
     ``lanes`` (a :class:`~paceline.runners.lanes.Lanes`) gives each group of keys its own
     gates — pause, adaptive controller, limiter — in place of ``rate_limiter`` and

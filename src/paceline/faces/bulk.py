@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from paceline._results import ErrorCode, Failure, Result, Success
+from paceline.errors import InvalidArgument, PacelineError
 from paceline.faces.batch import batch_execute
-from paceline.results import ErrorCode, Failure, Result, Success
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class MissingFromBulkAnswer(LookupError):
+class MissingFromBulkAnswer(PacelineError, LookupError):
     """The bulk call succeeded but its answer had nothing for this key."""
 
     error_code = ErrorCode.NOT_FOUND
@@ -53,7 +54,7 @@ async def fetch_many(
     ['item 0', 'item 1', 'item 2', 'not_found', 'item 4']
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}: must be a whole number of at least 1")
+        raise InvalidArgument(f"chunk_size={chunk_size!r}: must be a whole number of at least 1")
     chunks = list(_chunks(keys, chunk_size))
     answers = await batch_execute(chunks, fetch_chunk, **options)
     results: list[Result[V]] = []

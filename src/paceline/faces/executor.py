@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from paceline._results import BatchInterrupted, BatchItemResult, BatchResult
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.faces._journal import JournalSpec, journal_options, opened
 from paceline.faces._options import (
     HaltSpec,
@@ -18,8 +20,7 @@ from paceline.faces._options import (
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
 from paceline.policy.batch import BatchState
 from paceline.policy.retry import RetryBudget
-from paceline.results import BatchInterrupted, BatchItemResult, BatchResult
-from paceline.runners._common import (
+from paceline.runners import (
     ProgressCallback,
     Workers,
     auto_workers,
@@ -49,7 +50,7 @@ def _check_ids(tasks: Iterable[Any], item_ids: Sequence[str] | None) -> Sequence
     if item_ids is None:
         return None
     if isinstance(item_ids, str):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"item_ids={item_ids!r}: give one id per task (a list of strings), not one string"
         )
     ids = item_ids if isinstance(item_ids, Sequence) else list(item_ids)
@@ -58,7 +59,7 @@ def _check_ids(tasks: Iterable[Any], item_ids: Sequence[str] | None) -> Sequence
     except TypeError:
         return ids
     if n_tasks != len(ids):
-        raise ValueError(
+        raise InvalidArgument(
             f"tasks and item_ids must have the same length: got {n_tasks} tasks and "
             f"{len(ids)} item_ids; pass one id per task, or item_ids=None to number them"
         )
@@ -150,7 +151,7 @@ class BatchExecutor:
         newest first, through the same limiter and workers; its outcomes are in
         ``BatchResult.rollback`` (or, under ``stop_on_error``, on the raised exception's
         ``rollback`` attribute). Ctrl-C or SIGTERM stops dispatch, lets running calls finish
-        and raises :class:`~paceline.results.BatchInterrupted` carrying the partial result.
+        and raises :class:`~paceline._results.BatchInterrupted` carrying the partial result.
 
         ``journal`` (a path or an open :class:`~paceline.stores.Journal`) makes the batch
         resumable, keyed by ``item_ids`` (required then: a callable has no stable identity):
@@ -161,7 +162,7 @@ class BatchExecutor:
         """
         ids = _check_ids(tasks, item_ids)
         if journal is not None and ids is None:
-            raise ValueError(
+            raise InvalidArgument(
                 "journal= needs item_ids: tasks are callables and have no stable identity "
                 "to resume by; pass item_ids=[...] naming each task"
             )
@@ -172,7 +173,7 @@ class BatchExecutor:
             try:
                 return ids[index]
             except IndexError:
-                raise ValueError(
+                raise InvalidArgument(
                     f"tasks and item_ids must have the same length: task {index} has no id "
                     f"(only {len(ids)} item_ids)"
                 ) from None
@@ -237,7 +238,7 @@ class BatchExecutor:
                     exc.rollback = self._rollback(succeeded)  # type: ignore[attr-defined]
                 raise
         if ids is not None and state.halt_reason is None and state.completed != len(ids):
-            raise ValueError(
+            raise InvalidArgument(
                 f"tasks and item_ids must have the same length: got {state.completed} tasks "
                 f"and {len(ids)} item_ids"
             )

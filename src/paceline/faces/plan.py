@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from paceline._limiter import RateLimiter
 from paceline.figures import format_latency
-from paceline.limiter import RateLimiter
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.schedule import min_duration_ns
 from paceline.stores import Journal, fingerprint_of, item_key

@@ -51,3 +51,11 @@ __all__ = [
     "stream_requests",
     "validate_request",
 ]
+
+# For paceline's command line, which sends its rows with the face's own sender and retries:
+# reachable by name, but not part of the public API (not in __all__), so they may change.
+from paceline.http._face import DEFAULT_RETRY as DEFAULT_RETRY
+from paceline.http._face import client_for as client_for
+from paceline.http._face import http_retry as http_retry
+from paceline.http._face import sender as sender
+from paceline.http._servers import ServerLanes as ServerLanes

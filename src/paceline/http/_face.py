@@ -13,7 +13,10 @@ from typing import Any, TypeVar
 
 import httpx
 
+from paceline._limiter import RateLimiter, charged_per_attempt
+from paceline._results import BatchItemResult, Result
 from paceline._signals.headers import NO_SIGNALS, PACING_HEADERS
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.faces.batch import (
     Adaptive,
     Concurrency,
@@ -39,11 +42,9 @@ from paceline.http._messages import (
 )
 from paceline.http._pool import ShardedTransport
 from paceline.http._servers import UNPLACED, ServerLanes, server_key
-from paceline.limiter import RateLimiter, charged_per_attempt
 from paceline.policy.retry import RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
-from paceline.results import BatchItemResult, Result
-from paceline.runners._common import sized_length
+from paceline.runners import sized_length
 from paceline.signals import parse_signals
 
 RequestLike = str | Mapping[str, Any] | HttpRequest
@@ -64,7 +65,7 @@ def http_retry(retry: RetryPolicy | int | None) -> RetryPolicy | None:
     if retry is None or isinstance(retry, RetryPolicy):
         return retry
     if isinstance(retry, bool) or not isinstance(retry, int):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"retry={retry!r}: pass a number of attempts (e.g. 3) or a paceline.RetryPolicy"
         )
     return remote_retry(attempts=retry, retry_on=HTTP_RETRY_ON)
@@ -152,7 +153,7 @@ class _Attempt:
         return HttpTransportError(type(exc).__name__, elapsed, phase, url, str(exc))
 
 
-def _sender(
+def sender(
     client: httpx.AsyncClient,
     limits: ServerLimits | ServerLanes,
     base_url: str | None,
@@ -260,7 +261,7 @@ def _request_key(item: RequestLike) -> str:
     return key_without_secrets(f"{request.method} {request.url}")
 
 
-def _client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.AsyncClient:
+def client_for(client: httpx.AsyncClient | None, workers: int | None) -> httpx.AsyncClient:
     if client is not None:
         return client
     # The pool must hold at least as many connections as may be in flight, or requests queue
@@ -299,23 +300,23 @@ class _Setup:
             rate_limiter, controller=controller, max_hold_s=hold_s, base_url=base_url
         )
         self.own = client is None
-        self.http = _client_for(client, self.workers)
+        self.http = client_for(client, self.workers)
         # The face times each attempt as a whole itself (its error names the URL and phase),
         # so the runner is not given the same timeout to race it.
         timeout_s = options.pop("timeout_s", None)
         if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s={timeout_s!r}: must be a number of seconds above 0")
+            raise InvalidArgument(f"timeout_s={timeout_s!r}: must be a number of seconds above 0")
         self.timeout_s: float | None = timeout_s
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
-            raise ValueError(f"max_body_bytes={max_body_bytes!r}: a whole number of bytes")
+            raise InvalidArgument(f"max_body_bytes={max_body_bytes!r}: a whole number of bytes")
         if max_body_bytes < 0:
-            raise ValueError(f"max_body_bytes={max_body_bytes!r}: must be 0 or more")
+            raise InvalidArgument(f"max_body_bytes={max_body_bytes!r}: must be 0 or more")
         self.max_body_bytes = max_body_bytes
         options.setdefault("key", _request_key)
         options.setdefault("codec", HttpResponseCodec())
 
     def sender(self) -> Callable[[RequestLike], Any]:
-        return _sender(
+        return sender(
             self.http,
             self.lanes,
             self.base_url,

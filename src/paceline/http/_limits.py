@@ -7,8 +7,9 @@ from collections import deque
 from contextvars import ContextVar
 from itertools import takewhile
 
-from paceline.clock import SYSTEM_CLOCK, Clock
-from paceline.limiter import RateLimiter
+from paceline._clock import SYSTEM_CLOCK, Clock
+from paceline._limiter import RateLimiter
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
 from paceline.policy.rate import NS_PER_S
@@ -73,7 +74,7 @@ class ServerLimits:
         max_hold_s: float = DEFAULT_MAX_HOLD_S,
     ) -> None:
         if not isinstance(max_hold_s, (int, float)) or not 0 <= max_hold_s < float("inf"):
-            raise ValueError(f"max_hold_s={max_hold_s!r}: a finite number of seconds >= 0")
+            raise InvalidArgument(f"max_hold_s={max_hold_s!r}: a finite number of seconds >= 0")
         self.user = user
         self.max_hold_s = float(max_hold_s)
         self._max_hold_ns = round(max_hold_s * NS_PER_S)
@@ -171,7 +172,7 @@ class ServerLimits:
         return self._said if self.hold_until_ns else ""
 
     def acquire(self, weight: int = 1) -> int:  # pragma: no cover - the async face uses the above
-        raise TypeError("ServerLimits is for the async HTTP face; use acquire_async")
+        raise InvalidArgumentType("ServerLimits is for the async HTTP face; use acquire_async")
 
     def answered(self) -> None:
         """The request this task sent has ended: answered, failed or cancelled."""

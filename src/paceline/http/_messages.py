@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from paceline.errors import InvalidArgument, InvalidArgumentType, PacelineError
 from paceline.redact import redact_data, redact_text
 
 
@@ -37,7 +38,7 @@ def as_request(item: str | Mapping[str, Any] | HttpRequest) -> HttpRequest:
     if isinstance(item, Mapping):
         unknown = set(item) - {"url", "method", "headers", "json", "body", "id"}
         if "url" not in item or unknown:
-            raise ValueError(
+            raise InvalidArgument(
                 f"request {redact_data(dict(item))!r}: needs 'url' and may have method, "
                 f"headers, json, body, id" + (f" (unknown: {sorted(unknown)})" if unknown else "")
             )
@@ -49,7 +50,9 @@ def as_request(item: str | Mapping[str, Any] | HttpRequest) -> HttpRequest:
             body=item.get("body"),
             id=None if item.get("id") is None else str(item["id"]),
         )
-    raise TypeError(f"request {item!r}: give a URL, a mapping with 'url', or an HttpRequest")
+    raise InvalidArgumentType(
+        f"request {item!r}: give a URL, a mapping with 'url', or an HttpRequest"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ class HttpResponseCodec:
         return data
 
 
-class HttpStatusError(Exception):
+class HttpStatusError(PacelineError):
     """The server answered with an error status. ``retry_after`` carries its Retry-After (in
     seconds) for the retry policy and the adaptive controller; 4xx other than 408 and 429
     are not retryable (they would fail the same way again)."""
@@ -119,7 +122,7 @@ class HttpStatusError(Exception):
         self.retryable = status_code in (408, 429) or status_code >= 500
 
 
-class ServerUnreachable(ConnectionError):
+class ServerUnreachable(PacelineError, ConnectionError):
     """No connection to the server (refused, unknown host, unreachable): the message names
     the URL and what to check; the httpx error is the ``__cause__``."""
 
@@ -144,7 +147,7 @@ def _describe(kind: str, elapsed_s: float, phase: str, url: str, detail: str = "
     return f"{text}: {redact_text(detail)}" if detail and detail != kind else text
 
 
-class HttpTimeout(TimeoutError):
+class HttpTimeout(PacelineError, TimeoutError):
     """An attempt ran out of time: httpx's per-operation timeouts (``ReadTimeout``...) or the
     face's whole-attempt timeout (``AttemptTimeout``). The message names the kind, the time,
     the phase and the URL (credentials redacted); the httpx error, if any, is the ``__cause__``.
@@ -160,7 +163,7 @@ class HttpTimeout(TimeoutError):
         self.kind, self.elapsed_s, self.phase, self.url = kind, elapsed_s, phase, url
 
 
-class HttpTransportError(ConnectionError):
+class HttpTransportError(PacelineError, ConnectionError):
     """The connection broke after it was made (reset, closed mid-body, a protocol error from
     the server): the message names the httpx error, the time, the phase and the URL; the httpx
     error is the ``__cause__``.
@@ -176,7 +179,7 @@ class HttpTransportError(ConnectionError):
         self.kind, self.elapsed_s, self.phase, self.url = kind, elapsed_s, phase, url
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(PacelineError, ValueError):
     """A request that cannot be sent as given (unsupported scheme, no host, a bad method or
     header): it would fail the same way every time, so it is never retried. The message names
     the value (a header by its name only: its value may be a secret) and the fix."""

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
+from paceline._limiter import RateLimiter
 from paceline.http._limits import DEFAULT_MAX_HOLD_S, ServerLimits
 from paceline.http._messages import InvalidRequest, as_request, request_url
-from paceline.limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController
 from paceline.runners.lanes import LaneGates
 

@@ -42,6 +42,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from paceline.errors import InvalidArgument
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
 
@@ -53,7 +54,23 @@ ROUND_WINDOWS_S: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, *(60.0 * m for m 
 
 
 class Outcome(enum.Enum):
-    """How an attempt ended, as far as the controller cares."""
+    """How an attempt ended, as far as adaptive control cares: what a ``classify(value,
+    error)`` callable returns to the batch faces (``classify=``).
+
+    ``THROTTLE``: a quota said no (like a 429): cut the rate. ``OVERLOAD``: the server is
+    overloaded (like a 503): cut the concurrency. ``CAPACITY``: a timeout, a dropped
+    connection, a 502 or 504: the server is at capacity, cut the concurrency. ``SUCCESS``,
+    and ``IGNORE`` for a failure that says nothing about the server's limits (the
+    operation's own error).
+
+    >>> import paceline
+    >>> def classify(value, error):
+    ...     if error is not None and "quota" in str(error):
+    ...         return paceline.Outcome.THROTTLE
+    ...     return paceline.Outcome.SUCCESS if error is None else paceline.Outcome.IGNORE
+    >>> classify(None, RuntimeError("quota exceeded"))
+    <Outcome.THROTTLE: 'throttle'>
+    """
 
     SUCCESS = "success"
     THROTTLE = "throttle"
@@ -64,7 +81,17 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveSettings:
-    """The controller's knobs; every default says where it came from."""
+    """The knobs of adaptive control (``adaptive=`` of the batch faces and the HTTP face);
+    every default says where it came from. Rates are starts per second.
+
+    >>> import paceline
+    >>> async def double(n: int) -> int:
+    ...     return 2 * n
+    >>> settings = paceline.AdaptiveSettings(initial_concurrency=4, max_concurrency=32)
+    >>> results = paceline.batch_execute_sync([1, 2], double, adaptive=settings)
+    >>> [r.value for r in results]
+    [2, 4]
+    """
 
     initial_concurrency: int = 8
     min_concurrency: int = 1
@@ -156,14 +183,14 @@ class AdaptiveSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_concurrency <= self.initial_concurrency <= self.max_concurrency:
-            raise ValueError(
+            raise InvalidArgument(
                 "concurrency bounds must satisfy 1 <= min <= initial <= max, got "
                 f"{self.min_concurrency}, {self.initial_concurrency}, {self.max_concurrency}"
             )
         for name in ("rate_cut", "concurrency_cut"):
             value = getattr(self, name)
             if not 0 < value < 1:
-                raise ValueError(f"{name}={value!r}: must be between 0 and 1, e.g. 0.8")
+                raise InvalidArgument(f"{name}={value!r}: must be between 0 and 1, e.g. 0.8")
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from paceline.errors import InvalidArgument
 from paceline.policy.limits import Limit
 from paceline.policy.rate import Rate
 from paceline.policy.window import WindowLog
@@ -51,9 +52,9 @@ class ArrivalLimit:
         sent and not yet answered; ``None`` when only an answer can make room (too many are in
         flight for any amount of waiting alone to free enough)."""
         if weight < 1:
-            raise ValueError(f"weight {weight!r}: must be at least 1")
+            raise InvalidArgument(f"weight {weight!r}: must be at least 1")
         if weight > self.max_requests:
-            raise ValueError(
+            raise InvalidArgument(
                 f"weight {weight} exceeds the limit of {self.max_requests} per window: it "
                 "could never be granted; lower the weight or raise the limit"
             )

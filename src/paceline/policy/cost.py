@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.rate import REQUESTS, unit_name
 
 Cost = Mapping[str, int]
@@ -37,21 +38,23 @@ def as_cost(cost: int | Cost, *, fill_requests: bool = True) -> dict[str, int]:
     """
     if isinstance(cost, int) and not isinstance(cost, bool):
         if cost < 1:
-            raise ValueError(
+            raise InvalidArgument(
                 f"weight {cost!r}: must be at least 1 (a cost such as {{'requests': 0, "
                 "'tokens': 5}} charges no request)"
             )
         return {REQUESTS: cost}
     if not isinstance(cost, Mapping):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"cost {cost!r}: must be a whole number of requests or a mapping, {_EXAMPLE}"
         )
     checked: dict[str, int] = {}
     for key, amount in cost.items():
         if not isinstance(key, str):
-            raise TypeError(f"cost {dict(cost)!r}: unit {key!r} must be a name, {_EXAMPLE}")
+            raise InvalidArgumentType(
+                f"cost {dict(cost)!r}: unit {key!r} must be a name, {_EXAMPLE}"
+            )
         if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
-            raise ValueError(
+            raise InvalidArgument(
                 f"cost {dict(cost)!r}: {key} {amount!r} must be a whole number of 0 or more, "
                 f"{_EXAMPLE}"
             )

@@ -16,6 +16,8 @@ fraction of T apart, so with ``B = 1`` a window of ``k * T`` never holds more th
 
 from __future__ import annotations
 
+from paceline.errors import InvalidArgument
+
 
 class Gcra:
     """Generic cell rate algorithm on integer nanoseconds (sans-I/O).
@@ -30,9 +32,9 @@ class Gcra:
 
     def __init__(self, interval_ns: int, tolerance_ns: int) -> None:
         if interval_ns < 1:
-            raise ValueError(f"interval_ns {interval_ns!r}: must be at least 1")
+            raise InvalidArgument(f"interval_ns {interval_ns!r}: must be at least 1")
         if tolerance_ns < 0:
-            raise ValueError(f"tolerance_ns {tolerance_ns!r}: must not be negative")
+            raise InvalidArgument(f"tolerance_ns {tolerance_ns!r}: must not be negative")
         self.interval_ns = interval_ns
         self.tolerance_ns = tolerance_ns
         self._tat: int | None = None
@@ -44,7 +46,7 @@ class Gcra:
         499, 500, 750, 1000, 1250); :class:`~paceline.policy.limits.LimitPolicy` keeps the
         window log behind it, which is what makes the whole strict."""
         if not 1 <= burst <= limit:
-            raise ValueError(
+            raise InvalidArgument(
                 f"burst {burst!r}: must be between 1 (even pacing) and the limit {limit} "
                 "(all at once)"
             )

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from paceline.errors import InvalidArgument
 from paceline.policy.rate import NS_PER_S
 
 _RULE_RE = re.compile(
@@ -43,16 +44,16 @@ class HaltRule:
 
     def __post_init__(self) -> None:
         if self.percent and not 0 < self.threshold <= 100:
-            raise ValueError(f"halt {self}: a percentage must be above 0 and at most 100")
+            raise InvalidArgument(f"halt {self}: a percentage must be above 0 and at most 100")
         if not self.percent and (self.threshold < 1 or self.threshold != int(self.threshold)):
-            raise ValueError(f"halt {self}: a count must be a whole number of at least 1")
+            raise InvalidArgument(f"halt {self}: a count must be a whole number of at least 1")
 
     @classmethod
     def parse(cls, text: str) -> HaltRule:
         """Read ``"soon,fail=5%"`` and the like; the error names the value and the fix."""
         match = _RULE_RE.match(text) if isinstance(text, str) else None
         if match is None:
-            raise ValueError(
+            raise InvalidArgument(
                 f"halt rule {text!r}: expected '[now|soon,](fail|success|done)=N[%]', {_EXAMPLE}"
             )
         when = (match["when"] or "soon").lower()

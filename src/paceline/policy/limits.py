@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from paceline.errors import AlreadySettled, InvalidArgument
 from paceline.policy.cost import Cost, as_cost
 from paceline.policy.gcra import Gcra
 from paceline.policy.rate import REQUESTS, Rate
@@ -49,13 +50,13 @@ class Limit:
 
     def __post_init__(self) -> None:
         if self.margin_ns is not None and self.margin_ns < 0:
-            raise ValueError(f"margin {self.margin_ns!r} ns: must not be negative")
+            raise InvalidArgument(f"margin {self.margin_ns!r} ns: must not be negative")
         if self.burst is not None and (
             isinstance(self.burst, bool)
             or not isinstance(self.burst, int)
             or not 1 <= self.burst <= self.rate.max_requests
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"burst {self.burst!r}: must be a whole number from 1 (evenly paced) to "
                 f"{self.rate.max_requests} (the whole limit at once) for the limit {self.rate}"
             )
@@ -107,7 +108,7 @@ class LimitPolicy:
 
     def __init__(self, limits: Sequence[Limit]) -> None:
         if not limits:
-            raise ValueError("at least one limit is needed, e.g. Rate.parse('10/s')")
+            raise InvalidArgument("at least one limit is needed, e.g. Rate.parse('10/s')")
         self.limits = tuple(limits)
         self._units = tuple(lim.rate.unit for lim in limits)
         self._requests_only = all(unit == REQUESTS for unit in self._units)
@@ -130,7 +131,7 @@ class LimitPolicy:
         amounts = tuple(units.get(unit, 0) for unit in self._units)
         for lim, amount in zip(self.limits, amounts, strict=True):
             if amount > lim.rate.max_requests:
-                raise ValueError(
+                raise InvalidArgument(
                     f"a cost of {amount} {lim.rate.unit} exceeds the limit {lim.rate} "
                     f"({lim.rate.max_requests} {lim.rate.unit} per window): it could never be "
                     "granted; lower the cost (split the work into smaller parts) or raise the limit"
@@ -222,10 +223,11 @@ class LimitPolicy:
           for it. An overrun larger than N is charged N per window, one window after another.
           A pacer (``burst``) is pushed back by the extra as by a grant of that size.
 
-        A reservation is settled once; a second settle raises :class:`RuntimeError`.
+        A reservation is settled once; a second settle raises
+        :class:`~paceline.errors.AlreadySettled` (a ``RuntimeError``).
         """
         if reservation.settled:
-            raise RuntimeError(
+            raise AlreadySettled(
                 f"the reservation granted at {reservation.granted_ns} ns was already settled "
                 f"to {reservation.cost}; settle each grant once"
             )
@@ -277,11 +279,3 @@ class LimitPolicy:
         for amount, log in zip(self._amounts(weight), self._logs, strict=True):
             if amount:
                 log.give_back(granted_ns, amount)
-
-    def note_past_grants(self, granted_ns: Sequence[int]) -> None:
-        """Count request starts that happened before this policy existed (ns, any order), so a
-        limit learned mid-batch also covers what was already sent in the current window."""
-        for stamp in sorted(granted_ns):
-            for unit, log in zip(self._units, self._logs, strict=True):
-                if unit == REQUESTS:
-                    log.record(stamp, 1)

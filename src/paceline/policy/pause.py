@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from paceline.errors import InvalidArgument
 from paceline.policy.rate import NS_PER_S
 
 DEFAULT_MAX_PAUSE_S = 300.0
@@ -37,7 +38,7 @@ class ServerPause:
         if not (isinstance(max_pause_s, (int, float)) and math.isfinite(max_pause_s)) or (
             max_pause_s < 0
         ):
-            raise ValueError(f"max_pause_s={max_pause_s!r}: a finite number of seconds >= 0")
+            raise InvalidArgument(f"max_pause_s={max_pause_s!r}: a finite number of seconds >= 0")
         self.max_pause_ns = round(max_pause_s * NS_PER_S)
         self.until_ns = 0
         self.refused = 0  # pauses asked for beyond the cap, not obeyed

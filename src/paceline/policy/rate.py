@@ -14,6 +14,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from paceline.errors import PacelineError
+
 # Nanoseconds in a second: policy keeps time in integer ns (exact window arithmetic); the one
 # spelling every layer converts seconds with.
 NS_PER_S = 1_000_000_000
@@ -50,7 +52,7 @@ _RATE_RE = re.compile(
 _EXAMPLE = "e.g. '100/s', '5000/h', '10/1.5s' or 'tokens:90000/min'"
 
 
-class RateSpecError(ValueError):
+class RateSpecError(PacelineError, ValueError):
     """A rate limit was given in a form paceline cannot read. The message says how to fix it."""
 
 

@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from paceline.errors import Throttled
+from paceline.errors import InvalidArgument, PacelineError, Throttled, error_code_for
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S
 from paceline.policy.rate import NS_PER_S
 
@@ -52,7 +52,7 @@ def retry_after_of(error: BaseException) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
-class RetryAfterTooLong(Exception):
+class RetryAfterTooLong(PacelineError):
     """The server asked for a wait beyond the configured cap; the item fails instead."""
 
     def __init__(self, retry_after_s: float, cap_s: float, cause: BaseException) -> None:
@@ -64,7 +64,7 @@ class RetryAfterTooLong(Exception):
         self.cause = cause
 
 
-class RetryBudgetExhausted(Exception):
+class RetryBudgetExhausted(PacelineError):
     """An item failed with retries left, because the batch's retry budget was spent.
 
     The message names the budget, then the last error's text; that error is ``cause`` and
@@ -96,9 +96,7 @@ class RetryBudgetExhausted(Exception):
 
     @property
     def error_code(self) -> str:
-        """The last error's code (see :func:`paceline.results.error_code_for`)."""
-        from paceline.results import error_code_for  # results sits above policy
-
+        """The last error's code (see :func:`paceline.errors.error_code_for`)."""
         if is_throttle(self.cause):
             return "rate_limited"
         return error_code_for(self.cause).value
@@ -147,9 +145,9 @@ class RetryBudget:
 
     def __post_init__(self) -> None:
         if not self.ratio >= 0 or not math.isfinite(self.ratio):
-            raise ValueError(f"retry budget ratio={self.ratio!r}: must be 0 or more, e.g. 0.2")
+            raise InvalidArgument(f"retry budget ratio={self.ratio!r}: must be 0 or more, e.g. 0.2")
         if self.floor < 0:
-            raise ValueError(f"retry budget floor={self.floor!r}: must be 0 or more, e.g. 10")
+            raise InvalidArgument(f"retry budget floor={self.floor!r}: must be 0 or more, e.g. 10")
 
     @property
     def allowed(self) -> int:
@@ -206,17 +204,21 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise ValueError(f"attempts={self.attempts!r}: a whole number of at least 1")
+            raise InvalidArgument(f"attempts={self.attempts!r}: a whole number of at least 1")
         if self.attempts < 1:
-            raise ValueError(f"attempts={self.attempts!r}: must be at least 1 (1: no retries)")
+            raise InvalidArgument(f"attempts={self.attempts!r}: must be at least 1 (1: no retries)")
         if isinstance(self.max_throttles, bool) or not isinstance(self.max_throttles, int):
-            raise ValueError(f"max_throttles={self.max_throttles!r}: a whole number of at least 1")
+            raise InvalidArgument(
+                f"max_throttles={self.max_throttles!r}: a whole number of at least 1"
+            )
         if self.max_throttles < 1:
-            raise ValueError(f"max_throttles={self.max_throttles!r}: must be at least 1, e.g. 20")
+            raise InvalidArgument(
+                f"max_throttles={self.max_throttles!r}: must be at least 1, e.g. 20"
+            )
         for name in ("base_s", "cap_s", "max_retry_after_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name}={value!r}: must be a finite number of seconds >= 0")
+                raise InvalidArgument(f"{name}={value!r}: must be a finite number of seconds >= 0")
 
     def is_retryable(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from paceline.errors import InvalidArgument
+
 # Above this many permits per window, grants that land within ``window / _MAX_ENTRIES`` of the
 # previous entry share it and move its timestamp *forward* to the newest grant. Moving a
 # timestamp later only makes it leave the window later, so the limit stays strict; the cost is
@@ -35,9 +37,9 @@ class WindowLog:
 
     def __init__(self, limit: int, window_ns: int) -> None:
         if limit < 1:
-            raise ValueError(f"limit {limit!r}: must be at least 1")
+            raise InvalidArgument(f"limit {limit!r}: must be at least 1")
         if window_ns < 1:
-            raise ValueError(f"window_ns {window_ns!r}: must be at least 1")
+            raise InvalidArgument(f"window_ns {window_ns!r}: must be at least 1")
         self.limit = limit
         self.window_ns = window_ns
         self._coalesce_ns = window_ns // _MAX_ENTRIES if limit > _MAX_ENTRIES else 0
@@ -69,7 +71,7 @@ class WindowLog:
         if excess <= 0:
             return 0
         if weight > self.limit:
-            raise ValueError(
+            raise InvalidArgument(
                 f"weight {weight} exceeds the limit of {self.limit} per window: it could never "
                 "be granted; lower the weight or raise the limit"
             )

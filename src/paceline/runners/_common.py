@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 
 K = TypeVar("K")
@@ -49,7 +50,7 @@ def resolve_workers(
     if workers == "auto":
         return auto_workers(batch_size)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(
+        raise InvalidArgument(
             f"{name}={workers!r}: use None (one at a time), a whole number of at least 1, or 'auto'"
         )
     return workers
@@ -81,6 +82,6 @@ def controller_for(
         return AdaptiveController(adaptive)
     if isinstance(adaptive, AdaptiveController):
         return adaptive
-    raise TypeError(
+    raise InvalidArgumentType(
         f"adaptive={adaptive!r}: pass True, paceline.AdaptiveSettings(...) or an AdaptiveController"
     )

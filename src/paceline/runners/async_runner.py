@@ -31,6 +31,7 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar, cast
 
+from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.adaptive import Ticket
 from paceline.policy.batch import BatchState
 from paceline.policy.pause import ServerPause
@@ -50,7 +51,7 @@ W = TypeVar("W")  # what a gate hands back
 _monotonic_ns = time.monotonic_ns
 
 
-class _Stop(Exception):
+class _Stop(PacelineError):
     """Internal: the input ran out."""
 
 
@@ -79,11 +80,11 @@ class AsyncRunner(Generic[K, T, R]):
         if concurrency is not None and (
             isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"max_concurrent={concurrency!r}: use a whole number of at least 1 (or 'auto')"
             )
         if read_ahead is not None and read_ahead < 1:
-            raise ValueError(f"read_ahead={read_ahead!r}: must be at least 1")
+            raise InvalidArgument(f"read_ahead={read_ahead!r}: must be at least 1")
         self.operation = operation
         self.concurrency = concurrency
         self.options = options
@@ -149,7 +150,7 @@ class AsyncRunner(Generic[K, T, R]):
     def _workers_for(self, total: int | None) -> int:
         if self.concurrency is None:
             if total is None:
-                raise ValueError(
+                raise InvalidArgument(
                     "max_concurrent=None (no limit) needs an input with a length; "
                     "give a number for lazy or endless inputs"
                 )

@@ -7,7 +7,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from paceline.limiter import RateLimiter
+from paceline._limiter import RateLimiter
+from paceline.errors import InvalidArgumentType
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryPolicy
@@ -33,7 +34,7 @@ def async_acquirer(
         return try_now, acquire_async
     acquire = getattr(limiter, "acquire", None)
     if acquire is None or not callable(acquire):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"rate_limiter {limiter!r} has no acquire(weight) method; pass a "
             "paceline.RateLimiter or any object with acquire(weight=1)"
         )
@@ -50,7 +51,7 @@ def sync_acquirer(limiter: object | None) -> Callable[[int], Any] | None:
         return None
     acquire = getattr(limiter, "acquire", None)
     if acquire is None or not callable(acquire):
-        raise TypeError(
+        raise InvalidArgumentType(
             f"rate_limiter {limiter!r} has no acquire(weight) method; pass a "
             "paceline.RateLimiter or any object with acquire(weight=1)"
         )
@@ -92,7 +93,7 @@ class LeaseGate:
         """A gate for paceline's own limiter when its limits allow leasing, else ``None``."""
         if not isinstance(limiter, RateLimiter):
             return None
-        size = limiter.lease_size()
+        size = limiter._lease_size()
         return cls(limiter, size) if size else None
 
     def take(self) -> bool:
@@ -105,7 +106,7 @@ class LeaseGate:
         if self._skip:
             self._skip -= 1
             return False
-        granted, stamp = self._limiter.lease(self.size, self._hold_s)
+        granted, stamp = self._limiter._lease(self.size, self._hold_s)
         if not granted:
             self._skip = self.size
             return False
@@ -133,7 +134,7 @@ class LeaseGate:
         if self._skip:
             self._skip -= 1
             return 0, 0, 0
-        granted, stamp = self._limiter.lease(self.size, self._hold_s)
+        granted, stamp = self._limiter._lease(self.size, self._hold_s)
         if not granted:
             self._skip = self.size
             return 0, 0, 0

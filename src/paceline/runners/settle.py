@@ -24,13 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from paceline._results import Attempt
+from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.adaptive import Outcome
 from paceline.policy.batch import BatchState
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
 from paceline.redact import redact_text
-from paceline.results import Attempt
 from paceline.runners._common import ProgressCallback
 
 K = TypeVar("K")
@@ -61,7 +62,7 @@ UNTIMED = AttemptInfo(1, 0, 0)
 NOT_ATTEMPTED = AttemptInfo(0, 0, 0)
 
 
-class DuplicateKey(ValueError):
+class DuplicateKey(PacelineError, ValueError):
     """An item whose journal key an earlier item of the same batch has: it fails with this,
     unattempted and unjournaled (the journal keeps one outcome per key)."""
 
@@ -136,15 +137,19 @@ class RunOptions(Generic[K, T, R]):
 
     def __post_init__(self) -> None:
         if self.timeout_s is not None and not self.timeout_s > 0:
-            raise ValueError(f"timeout_s={self.timeout_s!r}: must be a number of seconds above 0")
+            raise InvalidArgument(
+                f"timeout_s={self.timeout_s!r}: must be a number of seconds above 0"
+            )
         if self.give_up_after_s is not None and not self.give_up_after_s > 0:
-            raise ValueError(
+            raise InvalidArgument(
                 f"give_up_after_s={self.give_up_after_s!r}: a number of seconds above 0, or None"
             )
         if self.deadline_s is not None and not self.deadline_s > 0:
-            raise ValueError(f"deadline_s={self.deadline_s!r}: must be a number of seconds above 0")
+            raise InvalidArgument(
+                f"deadline_s={self.deadline_s!r}: must be a number of seconds above 0"
+            )
         if self.journal is not None and (self.key_of is None or self.restore is None):
-            raise ValueError("a journal needs key_of and restore")
+            raise InvalidArgument("a journal needs key_of and restore")
 
 
 class Job(Generic[K]):

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from paceline._results import error_code_for
+from paceline.errors import InvalidArgumentType
 from paceline.redact import redact_data, redact_text
-from paceline.results import error_code_for
 from paceline.stores._errors import JournalCorrupt, JournalEncodeError
 
 __all__ = [
@@ -235,7 +236,7 @@ def decode_result(kind: int, value: Any, codec: Codec | None) -> Any:
 def checked_key(key: object) -> str:
     """``key`` as a plain ``str`` that SQLite can store, or a clear error."""
     if not isinstance(key, str):
-        raise TypeError(f"journal key {key!r} is a {type(key).__name__}; keys are str")
+        raise InvalidArgumentType(f"journal key {key!r} is a {type(key).__name__}; keys are str")
     if not _valid_utf8(key):
         raise JournalEncodeError(
             f"journal key {key!r} is not valid Unicode (it has a lone surrogate); pass "

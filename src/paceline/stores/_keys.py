@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from paceline.errors import InvalidArgumentType
+
 __all__ = ["fingerprint_of", "item_key"]
 
 _FIX = "pass item_ids=... or key=... to name each item"
@@ -44,7 +46,7 @@ def item_key(item: Any, item_id: str | None = None, key: Callable[[Any], Any] | 
     try:
         canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise TypeError(
+        raise InvalidArgumentType(
             f"item of type {type(item).__qualname__!r} has no stable identity: its key is the "
             f"hash of its JSON, and it is not JSON-encodable ({exc}); {_FIX}"
         ) from None

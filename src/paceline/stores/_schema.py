@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from paceline.errors import InvalidArgumentType
 from paceline.stores import _file
 from paceline.stores._errors import JournalError, JournalMismatch
 
@@ -94,11 +95,11 @@ def encode_sample(sample: Mapping[str, Any]) -> str:
     '{"kind":"tick","run":1,"t":1.5}'
     """
     if not isinstance(sample, Mapping):
-        raise TypeError(f"a timeline sample is a mapping, not {type(sample).__name__}")
+        raise InvalidArgumentType(f"a timeline sample is a mapping, not {type(sample).__name__}")
     try:
         return json.dumps(dict(sample), separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"timeline sample {sample!r} is not JSON-ready ({exc})") from exc
+        raise InvalidArgumentType(f"timeline sample {sample!r} is not JSON-ready ({exc})") from exc
 
 
 def decode_samples(rows: Iterable[tuple[int, str]], path: Path) -> list[dict[str, Any]]:

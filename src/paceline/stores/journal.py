@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.stores import _file, _schema
 from paceline.stores._codec import (
     I64_MAX,
@@ -122,7 +123,7 @@ class Journal:
     _writer: Writer
 
     def __init__(self) -> None:
-        raise TypeError("use Journal.open(path, fingerprint=...)")
+        raise InvalidArgumentType("use Journal.open(path, fingerprint=...)")
 
     @classmethod
     def open(
@@ -152,13 +153,17 @@ class Journal:
         version reads, and :class:`JournalError` if another open journal holds it.
         """
         if not flush_interval_s > 0:
-            raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be > 0 seconds")
+            raise InvalidArgument(f"flush_interval_s={flush_interval_s!r}: must be > 0 seconds")
         if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
-            raise ValueError(f"flush_rows={flush_rows!r}: must be a whole number of at least 1")
+            raise InvalidArgument(
+                f"flush_rows={flush_rows!r}: must be a whole number of at least 1"
+            )
         if max_uncommitted_rows is None:
             max_uncommitted_rows = flush_rows * BACKLOG_BATCHES
         elif max_uncommitted_rows < 1:
-            raise ValueError(f"max_uncommitted_rows={max_uncommitted_rows!r}: must be at least 1")
+            raise InvalidArgument(
+                f"max_uncommitted_rows={max_uncommitted_rows!r}: must be at least 1"
+            )
         path = Path(os.fspath(path)).absolute()
         opened = _schema.open_database(path, fingerprint, label, reuse)
         try:
@@ -323,7 +328,7 @@ class Journal:
     def set_meta(self, key: str, value: str) -> None:
         """Store a small string for the runner (total, operation name ...), committed now."""
         if key.startswith(_schema.META_PREFIX):
-            raise ValueError(f"meta key {key!r}: keys starting with 'journal.' are reserved")
+            raise InvalidArgument(f"meta key {key!r}: keys starting with 'journal.' are reserved")
         self._query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
     def get_meta(self, key: str) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from paceline.errors import InvalidArgumentType
 from paceline.stores import _file, _schema
 from paceline.stores._codec import decode_result
 from paceline.stores._errors import JournalCorrupt, JournalError
@@ -45,7 +46,7 @@ class JournalView:
     _conn: sqlite3.Connection
 
     def __init__(self) -> None:
-        raise TypeError("use JournalView.open(path)")
+        raise InvalidArgumentType("use JournalView.open(path)")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> JournalView:

@@ -54,7 +54,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, get_args
 
+from paceline.errors import InvalidArgument, InvalidState
 from paceline.testing._api.http import HttpError, Request, encode_response, read_request
+
+__all__ = ["MODES", "HostileCounts", "HostileServer", "Mode", "main"]
 
 Mode = Literal[
     "error",
@@ -130,7 +133,7 @@ class _Service:
         self, mode: Mode, *, seed: int, trickle_interval_s: float, body_bytes: int
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"hostile mode {mode!r}: choose one of {', '.join(MODES)}")
+            raise InvalidArgument(f"hostile mode {mode!r}: choose one of {', '.join(MODES)}")
         self.mode = mode
         self.trickle_interval_s = trickle_interval_s
         self.body_bytes = body_bytes
@@ -301,7 +304,7 @@ class HostileServer:
     def url(self) -> str:
         """The base URL, e.g. ``http://127.0.0.1:40123``."""
         if self._port is None:
-            raise RuntimeError("the hostile server is not running; use `with HostileServer(...)`")
+            raise InvalidState("the hostile server is not running; use `with HostileServer(...)`")
         return f"http://127.0.0.1:{self._port}"
 
     def counts(self) -> HostileCounts:
@@ -311,11 +314,11 @@ class HostileServer:
     def start(self) -> HostileServer:
         """Start listening; return once the port is open."""
         if self._thread is not None:
-            raise RuntimeError("this HostileServer was already started; make a new one")
+            raise InvalidState("this HostileServer was already started; make a new one")
         self._thread = threading.Thread(target=self._run, name="paceline-hostile", daemon=True)
         self._thread.start()
         if not self._ready.wait(STOP_TIMEOUT_S) or self._port is None:
-            raise RuntimeError(f"the hostile server did not start: {self._failure!r}")
+            raise InvalidState(f"the hostile server did not start: {self._failure!r}")
         return self
 
     def _run(self) -> None:
@@ -346,7 +349,7 @@ class HostileServer:
         thread.join(STOP_TIMEOUT_S)
         self._port = None
         if thread.is_alive():
-            raise RuntimeError(f"the hostile server did not stop within {STOP_TIMEOUT_S} s")
+            raise InvalidState(f"the hostile server did not stop within {STOP_TIMEOUT_S} s")
 
     def __enter__(self) -> HostileServer:
         return self.start()

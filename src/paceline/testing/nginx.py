@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from paceline.errors import InvalidArgument, InvalidState
 from paceline.testing._api.config import ApiConfig
 from paceline.testing._api.server import ApiServer, SpawnedServer
 
@@ -73,7 +74,7 @@ class NginxLimits:
 
     def __post_init__(self) -> None:
         if self.upstream is not None and self.upstream_latency_s is not None:
-            raise ValueError(
+            raise InvalidArgument(
                 "give upstream (another server) or upstream_latency_s (the test API), not both"
             )
 
@@ -113,7 +114,7 @@ class NginxServer:
     def __init__(self, limits: NginxLimits, *, start_timeout_s: float = 10.0) -> None:
         program = nginx_program()
         if program is None:
-            raise RuntimeError("nginx is not installed: apt-get install nginx-light")
+            raise InvalidState("nginx is not installed: apt-get install nginx-light")
         self.program = program
         self.limits = limits
         self.start_timeout_s = start_timeout_s
@@ -192,7 +193,7 @@ class NginxServer:
             _, err = process.communicate(timeout=5)
             last_error = err.decode(errors="replace").strip()
         self.stop()
-        raise RuntimeError(f"nginx did not start: {last_error}")
+        raise InvalidState(f"nginx did not start: {last_error}")
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + self.start_timeout_s
@@ -230,7 +231,7 @@ class NginxServer:
     def upstream_stats(self) -> dict[str, Any]:
         """What the test API behind nginx saw (``GET /stats``), with ``upstream_latency_s``."""
         if self._upstream is None:
-            raise RuntimeError("no test API behind this nginx: give upstream_latency_s")
+            raise InvalidState("no test API behind this nginx: give upstream_latency_s")
         return self._upstream.stats()
 
     def stop(self) -> None:

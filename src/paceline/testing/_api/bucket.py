@@ -19,6 +19,8 @@ boundary is rounded (a float boundary admits an extra request exactly at the edg
 
 from __future__ import annotations
 
+from paceline.errors import InvalidArgument
+
 __all__ = ["TokenBucket"]
 
 
@@ -35,9 +37,9 @@ class TokenBucket:
 
     def __init__(self, quota: int, window_ns: int, burst: int, now_ns: int) -> None:
         if quota < 1 or window_ns < 1:
-            raise ValueError(f"token bucket {quota}/{window_ns} ns: both must be at least 1")
+            raise InvalidArgument(f"token bucket {quota}/{window_ns} ns: both must be at least 1")
         if burst < 1:
-            raise ValueError(f"token bucket burst {burst!r}: must be at least 1, e.g. 10")
+            raise InvalidArgument(f"token bucket burst {burst!r}: must be at least 1, e.g. 10")
         self._quota = quota
         self._burst = burst
         self._interval = window_ns  # one token's refill time, in ns scaled by quota

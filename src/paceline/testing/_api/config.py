@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from paceline.errors import InvalidArgument
+
 HeaderStyle = Literal["none", "ietf", "x"]
 ResetFormat = Literal["epoch", "delta", "delta_ms"]
 Limiter = Literal["window", "bucket"]
@@ -17,21 +19,23 @@ _LIMITERS = ("window", "bucket")
 
 def _check_rate(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} {value!r}: must be a fraction from 0 to 1, such as 0.05")
+        raise InvalidArgument(f"{name} {value!r}: must be a fraction from 0 to 1, such as 0.05")
 
 
 def _check_seconds(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} {value!r}: must be a number of seconds such as 0.01")
+        raise InvalidArgument(f"{name} {value!r}: must be a number of seconds such as 0.01")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} {value!r}: must be a finite number of seconds, 0 or more")
+        raise InvalidArgument(f"{name} {value!r}: must be a finite number of seconds, 0 or more")
 
 
 def _check_count(name: str, value: int | None, *, minimum: int = 1) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} {value!r}: must be a whole number, at least {minimum}, or None")
+        raise InvalidArgument(
+            f"{name} {value!r}: must be a whole number, at least {minimum}, or None"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +113,21 @@ class ApiConfig:
         _check_count("capacity", self.capacity)
         _check_count("burst", self.burst)
         if self.limiter not in _LIMITERS:
-            raise ValueError(f"limiter {self.limiter!r}: must be one of {', '.join(_LIMITERS)}")
+            raise InvalidArgument(
+                f"limiter {self.limiter!r}: must be one of {', '.join(_LIMITERS)}"
+            )
         if self.limiter == "bucket" and self.quota is None:
-            raise ValueError(
+            raise InvalidArgument(
                 "limiter 'bucket' needs a quota for its rate, e.g. quota=50, window_s=1.0"
             )
         if self.burst is not None and self.limiter != "bucket":
-            raise ValueError(
+            raise InvalidArgument(
                 f"burst {self.burst!r}: only a token bucket has one; add limiter='bucket'"
             )
         _check_count("knee", self.knee)
         _check_seconds("window_s", self.window_s)
         if self.window_s == 0:
-            raise ValueError("window_s 0: the quota window must be longer than zero, e.g. 1.0")
+            raise InvalidArgument("window_s 0: the quota window must be longer than zero, e.g. 1.0")
         _check_seconds("base_latency_s", self.base_latency_s)
         _check_seconds("network_delay_s", self.network_delay_s)
         _check_seconds("slow_s", self.slow_s)
@@ -129,15 +135,15 @@ class ApiConfig:
         for name in ("error_rate", "slow_rate", "drop_rate"):
             _check_rate(name, getattr(self, name))
         if self.headers not in _HEADER_STYLES:
-            raise ValueError(
+            raise InvalidArgument(
                 f"headers {self.headers!r}: must be one of {', '.join(_HEADER_STYLES)}"
             )
         if self.reset_format not in _RESET_FORMATS:
-            raise ValueError(
+            raise InvalidArgument(
                 f"reset_format {self.reset_format!r}: must be one of {', '.join(_RESET_FORMATS)}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed {self.seed!r}: must be a whole number such as 0")
+            raise InvalidArgument(f"seed {self.seed!r}: must be a whole number such as 0")
 
     @property
     def window_ns(self) -> int:

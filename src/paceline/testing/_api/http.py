@@ -13,6 +13,8 @@ import email.utils
 import time
 from dataclasses import dataclass
 
+from paceline.errors import PacelineError
+
 # Header block limit: h11 and nginx default to 8-16 KiB per line; a whole block of 64 KiB is
 # far beyond what any test client sends and small enough that a bad client cannot hurt.
 MAX_HEADER_BYTES = 64 * 1024
@@ -31,7 +33,7 @@ REASONS = {
 }
 
 
-class HttpError(Exception):
+class HttpError(PacelineError):
     """The bytes on the wire are not a request we can read; answer ``status`` and close."""
 
     def __init__(self, status: int, message: str) -> None:

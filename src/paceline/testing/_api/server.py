@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from paceline.errors import InvalidState
 from paceline.testing._api.app import Service
 from paceline.testing._api.config import ApiConfig
 
@@ -63,7 +64,7 @@ class ApiServer:
     def port(self) -> int:
         """The port the server listens on (after :meth:`start`)."""
         if self._port is None:
-            raise RuntimeError("the API server is not running; use it as `with ApiServer(...)`")
+            raise InvalidState("the API server is not running; use it as `with ApiServer(...)`")
         return self._port
 
     @property
@@ -74,15 +75,15 @@ class ApiServer:
     def start(self) -> ApiServer:
         """Start listening; return once the port is open."""
         if self._thread is not None:
-            raise RuntimeError("this ApiServer was already started; make a new one")
+            raise InvalidState("this ApiServer was already started; make a new one")
         self._thread = threading.Thread(target=self._run, name="paceline-api-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT_S):
-            raise RuntimeError(f"the API server did not start within {START_TIMEOUT_S} s")
+            raise InvalidState(f"the API server did not start within {START_TIMEOUT_S} s")
         failure, self._failure = self._failure, None
         if failure is not None:
             self._thread.join()
-            raise RuntimeError(f"the API server could not start: {failure}") from failure
+            raise InvalidState(f"the API server could not start: {failure}") from failure
         return self
 
     def _run(self) -> None:
@@ -105,7 +106,7 @@ class ApiServer:
     def _in_loop(self, fn: Callable[[], T]) -> T:
         loop = self._loop
         if loop is None or self._port is None or loop.is_closed():
-            raise RuntimeError("the API server is not running; use it as `with ApiServer(...)`")
+            raise InvalidState("the API server is not running; use it as `with ApiServer(...)`")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def call() -> None:
@@ -137,10 +138,10 @@ class ApiServer:
         thread.join(STOP_TIMEOUT_S)
         self._port = None
         if thread.is_alive():
-            raise RuntimeError(f"the API server thread did not stop within {STOP_TIMEOUT_S} s")
+            raise InvalidState(f"the API server thread did not stop within {STOP_TIMEOUT_S} s")
         failure, self._failure = self._failure, None
         if failure is not None and self._ready.is_set():
-            raise RuntimeError(f"the API server failed while serving: {failure}") from failure
+            raise InvalidState(f"the API server failed while serving: {failure}") from failure
 
     def __enter__(self) -> ApiServer:
         return self.start()
@@ -191,13 +192,13 @@ class SpawnedServer:
     def url(self) -> str:
         """The base URL the child printed, e.g. ``http://127.0.0.1:40123``."""
         if self._url is None:
-            raise RuntimeError("the API server process is not running; use `with ...spawn(...)`")
+            raise InvalidState("the API server process is not running; use `with ...spawn(...)`")
         return self._url
 
     def start(self) -> SpawnedServer:
         """Start the child and read its URL line."""
         if self.process is not None:
-            raise RuntimeError("this SpawnedServer was already started; spawn a new one")
+            raise InvalidState("this SpawnedServer was already started; spawn a new one")
         self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, env=_child_env())
         stdout = self.process.stdout
         assert stdout is not None
@@ -212,7 +213,7 @@ class SpawnedServer:
         if not line.startswith(prefix):
             self.close()  # also ends the reader: the pipe closes with the process
             reader.join(STOP_TIMEOUT_S)
-            raise RuntimeError(
+            raise InvalidState(
                 f"the API server process ({' '.join(self.argv[2:])}) did not say "
                 f"{prefix!r} within {START_TIMEOUT_S} s; got {line!r}. Its stderr is above."
             )

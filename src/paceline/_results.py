@@ -6,57 +6,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeAlias, TypeVar, overload
 
-from paceline.errors import Throttled
+from paceline.errors import ErrorCode as ErrorCode
+from paceline.errors import PacelineError
+from paceline.errors import error_code_for as error_code_for
 
 T = TypeVar("T")
-
-
-class ErrorCode(str, enum.Enum):
-    """What kind of failure an item had, for sorting failures without parsing messages."""
-
-    UNKNOWN = "unknown"
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
-    RATE_LIMITED = "rate_limited"
-    NOT_FOUND = "not_found"
-    INVALID_INPUT = "invalid_input"
-    PERMISSION_DENIED = "permission_denied"
-    SERVER_ERROR = "server_error"
-    CANCELLED = "cancelled"
-
-
-def error_code_for(error: BaseException) -> ErrorCode:
-    """Classify an exception. An ``error_code`` attribute on the exception wins."""
-    declared = getattr(error, "error_code", None)
-    if isinstance(declared, ErrorCode):
-        return declared
-    if isinstance(declared, str):
-        try:
-            return ErrorCode(declared)
-        except ValueError:
-            pass
-    if isinstance(error, Throttled):
-        return ErrorCode.RATE_LIMITED
-    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
-        return ErrorCode.TIMEOUT
-    if isinstance(error, asyncio.CancelledError):
-        return ErrorCode.CANCELLED
-    if isinstance(error, PermissionError):
-        return ErrorCode.PERMISSION_DENIED
-    if isinstance(error, ConnectionError):
-        return ErrorCode.CONNECTION
-    if isinstance(error, (LookupError, FileNotFoundError)):
-        return ErrorCode.NOT_FOUND
-    if isinstance(error, (ValueError, TypeError)):
-        return ErrorCode.INVALID_INPUT
-    return ErrorCode.UNKNOWN
 
 
 class Success(Generic[T]):
@@ -87,6 +46,13 @@ class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a sync batch: ``partial`` holds what settled before it.
 
     It is a ``KeyboardInterrupt``, so code that does not look for it still stops as usual.
+    That is also why it is the one error of paceline's that is not a
+    :class:`~paceline.PacelineError`: an ``except Exception`` (or ``except PacelineError``)
+    around a batch must not swallow Ctrl-C.
+
+    >>> import paceline
+    >>> issubclass(paceline.BatchInterrupted, KeyboardInterrupt)
+    True
     """
 
     def __init__(self, partial: BatchResult) -> None:
@@ -97,7 +63,7 @@ class BatchInterrupted(KeyboardInterrupt):
         self.partial = partial
 
 
-class NotAttempted(Exception):
+class NotAttempted(PacelineError):
     """The item never ran: the batch halted first (the message says why)."""
 
     error_code = "cancelled"

@@ -14,7 +14,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from paceline.clock import SYSTEM_CLOCK, Clock, SystemClock
+from paceline._clock import SYSTEM_CLOCK, Clock, SystemClock
+from paceline.errors import InvalidArgument
 from paceline.policy.cost import Cost
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
@@ -318,7 +319,7 @@ class RateLimiter:
         """The clock this limiter reads (the real one unless a fake was given)."""
         return self._clock
 
-    def lease(self, count: int, hold_seconds: float) -> tuple[int, int]:
+    def _lease(self, count: int, hold_seconds: float) -> tuple[int, int]:
         """Take ``count`` unit permits at once, for starts within ``hold_seconds`` from now.
 
         Returns ``(granted, deadline_ns)``: ``granted`` is ``count`` or 0 (the limit has no room
@@ -326,6 +327,8 @@ class RateLimiter:
         ``deadline_ns`` on :attr:`clock`; return the unused ones with
         ``give_back(deadline_ns, unused)``. Runners use this to skip the lock per item while a
         limit is far from binding; limits with even pacing (``burst``) never lease.
+
+        Runner plumbing (``runners/gates.py``), not part of the public API.
         """
         hold_ns = round(hold_seconds * NS_PER_S)
         with self._lock:
@@ -333,21 +336,16 @@ class RateLimiter:
             granted = self._policy.try_lease(now, count, hold_ns)
         return granted, now + hold_ns
 
-    def lease_size(self) -> int:
+    def _lease_size(self) -> int:
         """How many permits a runner should lease at once: 0 (never) for small or paced limits;
-        otherwise a small fraction of the tightest limit, so a lease never crowds it."""
+        otherwise a small fraction of the tightest limit, so a lease never crowds it. Runner
+        plumbing, like :meth:`_lease`."""
         sizes = [
             0 if lim.burst is not None else lim.rate.max_requests // 16
             for lim in self._policy.limits
         ]
         size = min(min(sizes), 64)
         return size if size >= 4 else 0
-
-    def note_past_grants(self, granted_ns: list[int]) -> None:
-        """Count starts that happened before this limiter existed (monotonic ns), so a limit
-        learned mid-batch also covers what was already sent in the current window."""
-        with self._lock:
-            self._policy.note_past_grants(granted_ns)
 
     def give_back(self, granted_ns: int, weight: int = 1) -> None:
         """Return ``weight`` permits granted at ``granted_ns`` that were never used (the attempt
@@ -400,7 +398,8 @@ class Grant:
         """Correct the charge to ``actual`` (a cost per unit; units left out stay as reserved).
 
         Call it once, when the answer is known (e.g. from the response's usage). Raises
-        :class:`RuntimeError` if the grant was already settled.
+        :class:`~paceline.errors.AlreadySettled` (a ``RuntimeError``) if the grant was already
+        settled.
         """
         limiter = self._limiter
         with limiter._lock:
@@ -428,13 +427,13 @@ def charged_per_attempt(limiter: object, name: str = "rate_limiter") -> None:
     >>> charged_per_attempt(RateLimiter.from_rates("10/s", "tokens:900/min"))
     Traceback (most recent call last):
     ...
-    ValueError: rate_limiter has a limit in tokens (tokens:900/60s): a batch charges ...
+    paceline.errors.InvalidArgument: rate_limiter has a limit in tokens (tokens:900/60s): ...
     """
     if not isinstance(limiter, RateLimiter):
         return
     for lim in limiter.limits:
         if lim.rate.unit != "requests":
-            raise ValueError(
+            raise InvalidArgument(
                 f"{name} has a limit in {lim.rate.unit} ({lim.rate}): a batch charges each "
                 "attempt one request and nothing in other units yet; reserve and settle those "
                 "costs inside the operation (RateLimiter.reserve), or give request limits only"
