@@ -48,12 +48,16 @@ from collections.abc import Sequence
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
 from paceline.testing._api.app import Service
 from paceline.testing._api.config import ApiConfig
+from paceline.testing._api.llm_config import LlmConfig
 from paceline.testing._api.server import ApiServer, SpawnedServer
 from paceline.testing.hostile import MODES
 from paceline.testing.hostile import main as hostile_main
 
-__all__ = ["ApiConfig", "ApiServer", "SpawnedServer", "main"]
+__all__ = ["ApiConfig", "ApiServer", "LlmConfig", "SpawnedServer", "main"]
 
+
+# An --llm-* option left out (LlmConfig's default applies); not None, which means "no limit".
+_NOT_GIVEN = object()
 
 # `--bucket` alone: a bucket that holds the quota (ApiConfig's burst=None). Not a string:
 # argparse would pass a string const through `type=int`.
@@ -90,6 +94,25 @@ def _parser() -> argparse.ArgumentParser:
     add("--drop-rate", type=float, default=0.0, help="fraction closed without an answer")
     add("--seed", type=int, default=0, help="seed for the failure draws")
     add("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    llm = parser.add_argument_group(
+        "LLM mode",
+        "--llm adds POST /v1/chat/completions (OpenAI) or /v1/messages (anthropic) with "
+        "requests and tokens buckets; see LlmConfig",
+    )
+    llm.add_argument("--llm", action="store_true", help="serve the LLM route")
+    llm.set_defaults(**{"llm_" + name: _NOT_GIVEN for name in _LLM_OPTIONS})
+    llm.add_argument(
+        "--llm-requests-per-min", type=_limit, metavar="N|none", help="default 500 (OpenAI tier 1)"
+    )
+    llm.add_argument(
+        "--llm-tokens-per-min", type=_limit, metavar="N|none", help="default 200000 (tier 1)"
+    )
+    llm.add_argument("--llm-requests-burst", type=int, help="default: a minute's worth")
+    llm.add_argument("--llm-tokens-burst", type=int, help="default: a minute's worth")
+    llm.add_argument("--llm-completion-ratio", type=float, help="mean of max_tokens used (0.3)")
+    llm.add_argument("--llm-output-token-s", type=float, help="latency per output token (0)")
+    llm.add_argument("--llm-quiet", action="store_true", help="send no rate-limit headers")
+    llm.add_argument("--llm-flavour", choices=["openai", "anthropic"], help="default openai")
     add(
         "--hostile",
         choices=MODES,
@@ -99,6 +122,34 @@ def _parser() -> argparse.ArgumentParser:
     add("--trickle-interval-s", type=float, help="--hostile trickle: seconds between bytes")
     add("--body-bytes", type=int, help="--hostile huge-body: bytes in each body")
     return parser
+
+
+def _limit(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+_LLM_OPTIONS = (
+    "requests_per_min",
+    "tokens_per_min",
+    "requests_burst",
+    "tokens_burst",
+    "completion_ratio",
+    "output_token_s",
+    "flavour",
+)
+
+
+def _llm_from_args(args: argparse.Namespace) -> LlmConfig | None:
+    given = {
+        name: getattr(args, "llm_" + name)
+        for name in _LLM_OPTIONS
+        if getattr(args, "llm_" + name) is not _NOT_GIVEN
+    }
+    if not args.llm:
+        if given or args.llm_quiet:
+            raise ValueError("--llm-* options need --llm, e.g. --llm --llm-tokens-per-min 60000")
+        return None
+    return LlmConfig(announce=not args.llm_quiet, **given)
 
 
 def config_from_args(args: argparse.Namespace) -> ApiConfig:
@@ -127,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         slow_s=args.slow_s,
         drop_rate=args.drop_rate,
         seed=args.seed,
+        llm=_llm_from_args(args),
     )
 
 
