@@ -45,7 +45,8 @@ def test_prompt_tokens_are_a_quarter_of_the_characters_plus_three_per_message_an
 def test_admission_takes_one_request_and_prompt_plus_max_tokens_times_n():
     state = _state(requests_per_min=60, tokens_per_min=6000, tokens_burst=1000)
     call = state.admit(0, prompt_tokens=40, max_tokens=100, n=3)
-    assert call.admitted and call.reserved_tokens == 340
+    assert call.admitted
+    assert call.reserved_tokens == 340
     assert _remaining(state) == {"remaining-requests": "59", "remaining-tokens": "660"}
     assert len(call.completions) == 3
 
@@ -88,7 +89,8 @@ def test_a_call_larger_than_the_tokens_bucket_never_fits_and_says_so():
     state = _state(tokens_per_min=6000, tokens_burst=1000)
     refused = state.admit(0, 10, 500, n=2)
     assert (refused.limit, refused.retry_after_ns) == ("tokens", None)
-    assert state.too_large_429 == 1 and state.throttled_429_tokens == 0
+    assert state.too_large_429 == 1
+    assert state.throttled_429_tokens == 0
     assert LlmState.retry_headers(refused, "openai") == []
     assert "Request too large" in state.refusal(refused)
     assert "requested 1010" in state.refusal(refused)
