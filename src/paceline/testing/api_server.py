@@ -34,6 +34,30 @@ As a process (``--port 0`` picks a free port; the first stdout line gives the UR
 
 ``--bucket [BURST]`` keeps the quota as a token bucket instead (``paceline serve-test --quota
 50/1s --bucket 10``: 10 at once, then 50 per second).
+
+LLM mode (:class:`LlmConfig`) adds ``POST /v1/chat/completions``, limited in requests and
+tokens per minute as OpenAI's API is: the prompt's estimate plus ``max_tokens`` are reserved
+at admission and the unused part refunded with the answer, whose ``usage`` says what was
+spent; ``x-ratelimit-*-requests`` / ``-tokens`` headers on every answer, ``retry-after-ms`` on
+a 429. ``GET /stats`` gains an ``"llm"`` part with the server's own counts:
+
+>>> import json
+>>> config = ApiConfig(base_latency_s=0, llm=LlmConfig(tokens_per_min=60_000, tokens_burst=500))
+>>> call = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 100}
+>>> with ApiServer(config) as server:
+...     request = urllib.request.Request(server.url + "/v1/chat/completions",
+...                                      data=json.dumps(call).encode(), method="POST")
+...     with urllib.request.urlopen(request) as answer:
+...         usage = json.load(answer)["usage"]
+...         remaining = int(answer.headers["x-ratelimit-remaining-tokens"])
+...     llm = server.stats()["llm"]
+>>> usage["prompt_tokens"], remaining >= 500 - usage["total_tokens"]
+(9, True)
+>>> llm["tokens_reserved"], llm["tokens_used"] == usage["total_tokens"]
+(109, True)
+
+As a process: ``paceline serve-test --llm --llm-tokens-per-min 60000 --llm-tokens-burst 500``
+(``--help`` lists the ``--llm-*`` options).
 """
 
 from __future__ import annotations
@@ -107,10 +131,16 @@ def _parser() -> argparse.ArgumentParser:
     llm.add_argument(
         "--llm-tokens-per-min", type=_limit, metavar="N|none", help="default 200000 (tier 1)"
     )
-    llm.add_argument("--llm-requests-burst", type=int, help="default: a minute's worth")
-    llm.add_argument("--llm-tokens-burst", type=int, help="default: a minute's worth")
-    llm.add_argument("--llm-completion-ratio", type=float, help="mean of max_tokens used (0.3)")
-    llm.add_argument("--llm-output-token-s", type=float, help="latency per output token (0)")
+    llm.add_argument(
+        "--llm-requests-burst", type=int, metavar="N", help="default: a minute's worth"
+    )
+    llm.add_argument("--llm-tokens-burst", type=int, metavar="N", help="default: a minute's worth")
+    llm.add_argument(
+        "--llm-completion-ratio", type=float, metavar="R", help="mean of max_tokens used (0.3)"
+    )
+    llm.add_argument(
+        "--llm-output-token-s", type=float, metavar="S", help="latency per output token (0)"
+    )
     llm.add_argument("--llm-quiet", action="store_true", help="send no rate-limit headers")
     llm.add_argument("--llm-flavour", choices=["openai", "anthropic"], help="default openai")
     add(
