@@ -4,6 +4,7 @@ with retry-after-ms, the headers, the server's own counts."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -238,3 +239,55 @@ def test_a_spawned_server_serves_the_llm_mode_too():
         assert client.post(CHAT, json=_body()).status_code == 200
         llm = server.stats()["llm"]
     assert (llm["requests_admitted"], llm["tokens_per_min"], llm["tokens_burst"]) == (1, 1, 1000)
+
+
+def test_concurrent_calls_add_up_the_same_on_both_sides(serve):
+    # Eight clients at once, with answers that take time to generate: every token the answers
+    # report is a token the server counted, and every reservation is either used or refunded.
+    server, _client = serve(
+        LlmConfig(requests_per_min=60_000, tokens_per_min=600_000, output_token_s=0.0001),
+        capacity=4,
+    )
+    totals: list[int] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as own:
+            for _ in range(15):
+                answer = own.post(CHAT, json=_body(max_tokens=50, n=2))
+                with lock:
+                    statuses.append(answer.status_code)
+                    if answer.status_code == 200:
+                        totals.append(answer.json()["usage"]["total_tokens"])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    stats = server.stats()
+    llm = stats["llm"]
+    assert len(statuses) == 120
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) == stats["overloaded_503"]
+    assert llm["requests_admitted"] == 120
+    assert llm["requests_answered"] == len(totals) == stats["accepted"]
+    assert llm["tokens_reserved"] == 120 * (9 + 100)
+    assert llm["tokens_reserved"] - llm["tokens_refunded"] == llm["tokens_used"]
+    # a 503 keeps its prompt charged and nothing else
+    assert llm["tokens_used"] == sum(totals) + 9 * statuses.count(503)
+    assert stats["max_in_flight"] <= 4
+
+
+def test_reset_forgets_the_llm_counts_and_fills_the_buckets(serve):
+    server, client = serve(LlmConfig(**SLOW))
+    client.post(CHAT, json=_body())
+    assert server.stats()["llm"]["requests_admitted"] == 1
+    server.reset()
+    assert server.stats()["llm"]["requests_admitted"] == 0
+    answer = client.post(CHAT, json=_body())
+    assert answer.headers["x-ratelimit-remaining-requests"] == "99"
+    assert answer.headers["x-ratelimit-remaining-tokens"] == str(
+        1000 - answer.json()["usage"]["total_tokens"]
+    )
