@@ -303,5 +303,5 @@ def test_the_command_line_gives_back_the_same_llm_config(llm):
 
 
 def test_llm_options_without_llm_are_refused():
-    with pytest.raises(ValueError, match="need --llm"):
+    with pytest.raises(ValueError, match="the LLM options need --llm"):
         config_from_args(_parser().parse_args(["--llm-tokens-per-min", "600"]))

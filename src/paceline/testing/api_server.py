@@ -177,7 +177,7 @@ def _llm_from_args(args: argparse.Namespace) -> LlmConfig | None:
     }
     if not args.llm:
         if given or args.llm_quiet:
-            raise ValueError("--llm-* options need --llm, e.g. --llm --llm-tokens-per-min 60000")
+            raise ValueError("the LLM options need --llm, e.g. --llm --llm-tokens-per-min 60000")
         return None
     return LlmConfig(announce=not args.llm_quiet, **given)
 

@@ -62,6 +62,11 @@ def go_duration(ns: int) -> str:
     return f"{seconds}s"
 
 
+def _option(name: str) -> str:
+    """``tokens_per_min`` -> ``--llm-tokens-per-min``."""
+    return "--" + ("llm_" + name).replace("_", "-")
+
+
 def _check_limit(name: str, value: int | None) -> None:
     if value is None:
         return
@@ -192,11 +197,11 @@ class LlmConfig:
         for name in ("requests_per_min", "tokens_per_min"):
             value = getattr(self, name)
             if value != getattr(defaults, name):
-                argv += ["--llm-" + name.replace("_", "-"), "none" if value is None else str(value)]
+                argv += [_option(name), "none" if value is None else str(value)]
         for name in ("requests_burst", "tokens_burst", "completion_ratio", "output_token_s"):
             value = getattr(self, name)
             if value != getattr(defaults, name):
-                argv += ["--llm-" + name.replace("_", "-"), str(value)]
+                argv += [_option(name), str(value)]
         if not self.announce:
             argv.append("--llm-quiet")
         if self.flavour != defaults.flavour:
