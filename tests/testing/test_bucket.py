@@ -121,3 +121,67 @@ def test_wait_ns_is_exactly_when_the_next_admission_becomes_possible(quota, burs
             probe._tat = bucket._tat
             assert not probe.admit(now + wait - 1)
             assert probe.admit(now + wait)
+
+
+def test_a_request_of_several_tokens_is_admitted_whole_or_not_at_all():
+    # 600 tokens a minute: one every 100 ms.
+    bucket = TokenBucket(quota=600, window_ns=60 * S, burst=100, now_ns=0)
+    assert bucket.admit(0, tokens=80)
+    assert bucket.remaining(0) == 20
+    assert not bucket.admit(0, tokens=21)
+    assert bucket.remaining(0) == 20
+    assert bucket.wait_ns(0, tokens=21) == 100 * MS
+    assert bucket.wait_ns(0, tokens=30) == 1 * S
+    assert not bucket.admit(1 * S - 1, tokens=30)
+    assert bucket.admit(1 * S, tokens=30)
+    assert (bucket.remaining(1 * S), bucket.full_in_ns(1 * S)) == (0, 10 * S)
+
+
+def test_more_tokens_than_the_burst_are_never_admitted_and_wait_for_a_full_bucket():
+    bucket = TokenBucket(quota=600, window_ns=60 * S, burst=100, now_ns=0)
+    assert bucket.admit(0, tokens=50)
+    assert bucket.wait_ns(0, tokens=101) == 5 * S
+    assert not bucket.admit(60 * S, tokens=101)
+    assert bucket.admit(60 * S, tokens=100)
+
+
+def test_a_refund_gives_back_unused_tokens_but_never_beyond_the_burst():
+    bucket = TokenBucket(quota=600, window_ns=60 * S, burst=100, now_ns=0)
+    assert bucket.admit(0, tokens=90)
+    bucket.refund(0, tokens=60)
+    assert (bucket.remaining(0), bucket.full_in_ns(0)) == (70, 3 * S)
+    assert bucket.admit(0, tokens=70)
+    assert not bucket.admit(0, tokens=1)
+    # refunding more than was ever taken fills the bucket, no more
+    bucket.refund(0, tokens=500)
+    assert (bucket.remaining(0), bucket.full_in_ns(0)) == (100, 0)
+    assert bucket.admit(0, tokens=100)
+    assert not bucket.admit(0, tokens=1)
+
+
+def test_a_refund_after_a_refill_counts_from_now():
+    bucket = TokenBucket(quota=600, window_ns=60 * S, burst=100, now_ns=0)
+    assert bucket.admit(0, tokens=100)
+    # 2 s later 20 tokens are back; 30 refunded make 50
+    bucket.refund(2 * S, tokens=30)
+    assert bucket.remaining(2 * S) == 50
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300 * MS), st.integers(1, 120), st.integers(0, 120)),
+        max_size=60,
+    )
+)
+def test_admitted_minus_refunded_never_exceeds_burst_plus_refill(steps):
+    # Over any run from a full bucket: tokens kept (taken - refunded) <= burst + rate * elapsed.
+    rate_per_ms, burst = 0.01, 100  # 600 a minute
+    bucket = TokenBucket(quota=600, window_ns=60 * S, burst=burst, now_ns=0)
+    now = kept = 0
+    for gap, cost, refund in steps:
+        now += gap
+        if bucket.admit(now, tokens=cost):
+            back = min(refund, cost)
+            bucket.refund(now, tokens=back)
+            kept += cost - back
+        assert kept <= burst + rate_per_ms * now / MS

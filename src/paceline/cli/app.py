@@ -455,8 +455,8 @@ def _masked_message(journal: str, missing: list[tuple[str, str]]) -> str:
 )
 def serve_test_command(ctx: typer.Context) -> None:
     """Serve the rate-limited test API on 127.0.0.1 (options: --quota 50/1s --bucket 10
-    --retry-after --headers ietf --capacity 16 --error-rate 0.01 --port 8080 ...; --help for
-    all)."""
+    --retry-after --headers ietf --capacity 16 --error-rate 0.01 --port 8080 ...; --llm
+    --llm-tokens-per-min 60000 for an OpenAI-style chat API; --help for all)."""
     from paceline.testing.api_server import main as serve
 
     raise typer.Exit(serve(list(ctx.args)))

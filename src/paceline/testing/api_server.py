@@ -34,6 +34,30 @@ As a process (``--port 0`` picks a free port; the first stdout line gives the UR
 
 ``--bucket [BURST]`` keeps the quota as a token bucket instead (``paceline serve-test --quota
 50/1s --bucket 10``: 10 at once, then 50 per second).
+
+LLM mode (:class:`LlmConfig`) adds ``POST /v1/chat/completions``, limited in requests and
+tokens per minute as OpenAI's API is: the prompt's estimate plus ``max_tokens`` are reserved
+at admission and the unused part refunded with the answer, whose ``usage`` says what was
+spent; ``x-ratelimit-*-requests`` / ``-tokens`` headers on every answer, ``retry-after-ms`` on
+a 429. ``GET /stats`` gains an ``"llm"`` part with the server's own counts:
+
+>>> import json
+>>> config = ApiConfig(base_latency_s=0, llm=LlmConfig(tokens_per_min=60_000, tokens_burst=500))
+>>> call = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 100}
+>>> with ApiServer(config) as server:
+...     request = urllib.request.Request(server.url + "/v1/chat/completions",
+...                                      data=json.dumps(call).encode(), method="POST")
+...     with urllib.request.urlopen(request) as answer:
+...         usage = json.load(answer)["usage"]
+...         remaining = int(answer.headers["x-ratelimit-remaining-tokens"])
+...     llm = server.stats()["llm"]
+>>> usage["prompt_tokens"], remaining >= 500 - usage["total_tokens"]
+(9, True)
+>>> llm["tokens_reserved"], llm["tokens_used"] == usage["total_tokens"]
+(109, True)
+
+As a process: ``paceline serve-test --llm --llm-tokens-per-min 60000 --llm-tokens-burst 500``
+(``--help`` lists the ``--llm-*`` options).
 """
 
 from __future__ import annotations
@@ -45,15 +69,20 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from paceline.errors import InvalidArgument
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
 from paceline.testing._api.app import Service
 from paceline.testing._api.config import ApiConfig
+from paceline.testing._api.llm_config import LlmConfig
 from paceline.testing._api.server import ApiServer, SpawnedServer
 from paceline.testing.hostile import MODES
 from paceline.testing.hostile import main as hostile_main
 
-__all__ = ["ApiConfig", "ApiServer", "SpawnedServer", "main"]
+__all__ = ["ApiConfig", "ApiServer", "LlmConfig", "SpawnedServer", "main"]
 
+
+# An --llm-* option left out (LlmConfig's default applies); not None, which means "no limit".
+_NOT_GIVEN = object()
 
 # `--bucket` alone: a bucket that holds the quota (ApiConfig's burst=None). Not a string:
 # argparse would pass a string const through `type=int`.
@@ -90,6 +119,31 @@ def _parser() -> argparse.ArgumentParser:
     add("--drop-rate", type=float, default=0.0, help="fraction closed without an answer")
     add("--seed", type=int, default=0, help="seed for the failure draws")
     add("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    llm = parser.add_argument_group(
+        "LLM mode",
+        "--llm adds POST /v1/chat/completions (OpenAI) or /v1/messages (anthropic) with "
+        "requests and tokens buckets; see LlmConfig",
+    )
+    llm.add_argument("--llm", action="store_true", help="serve the LLM route")
+    llm.set_defaults(**{"llm_" + name: _NOT_GIVEN for name in _LLM_OPTIONS})
+    llm.add_argument(
+        "--llm-requests-per-min", type=_limit, metavar="N|none", help="default 500 (OpenAI tier 1)"
+    )
+    llm.add_argument(
+        "--llm-tokens-per-min", type=_limit, metavar="N|none", help="default 200000 (tier 1)"
+    )
+    llm.add_argument(
+        "--llm-requests-burst", type=int, metavar="N", help="default: a minute's worth"
+    )
+    llm.add_argument("--llm-tokens-burst", type=int, metavar="N", help="default: a minute's worth")
+    llm.add_argument(
+        "--llm-completion-ratio", type=float, metavar="R", help="mean of max_tokens used (0.3)"
+    )
+    llm.add_argument(
+        "--llm-output-token-s", type=float, metavar="S", help="latency per output token (0)"
+    )
+    llm.add_argument("--llm-quiet", action="store_true", help="send no rate-limit headers")
+    llm.add_argument("--llm-flavour", choices=["openai", "anthropic"], help="default openai")
     add(
         "--hostile",
         choices=MODES,
@@ -99,6 +153,36 @@ def _parser() -> argparse.ArgumentParser:
     add("--trickle-interval-s", type=float, help="--hostile trickle: seconds between bytes")
     add("--body-bytes", type=int, help="--hostile huge-body: bytes in each body")
     return parser
+
+
+def _limit(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+_LLM_OPTIONS = (
+    "requests_per_min",
+    "tokens_per_min",
+    "requests_burst",
+    "tokens_burst",
+    "completion_ratio",
+    "output_token_s",
+    "flavour",
+)
+
+
+def _llm_from_args(args: argparse.Namespace) -> LlmConfig | None:
+    given = {
+        name: getattr(args, "llm_" + name)
+        for name in _LLM_OPTIONS
+        if getattr(args, "llm_" + name) is not _NOT_GIVEN
+    }
+    if not args.llm:
+        if given or args.llm_quiet:
+            raise InvalidArgument(
+                "the LLM options need --llm, e.g. --llm --llm-tokens-per-min 60000"
+            )
+        return None
+    return LlmConfig(announce=not args.llm_quiet, **given)
 
 
 def config_from_args(args: argparse.Namespace) -> ApiConfig:
@@ -127,6 +211,7 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         slow_s=args.slow_s,
         drop_rate=args.drop_rate,
         seed=args.seed,
+        llm=_llm_from_args(args),
     )
 
 

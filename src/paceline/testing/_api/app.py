@@ -16,6 +16,8 @@ from paceline.testing._api.http import (
     encode_response,
     read_request,
 )
+from paceline.testing._api.llm_bodies import BadCall, Call, answer, error, read_call
+from paceline.testing._api.llm_state import Admission
 from paceline.testing._api.state import Fate, ServerState
 
 Response = tuple[int, bytes, list[tuple[str, str]]]
@@ -54,6 +56,11 @@ class Service:
             if method != "POST":
                 return _error(405, f"{method} /bulk: use POST", [("Allow", "POST")])
             return await self._api(request, None)
+        llm = self.config.llm
+        if llm is not None and path == llm.path:
+            if method != "POST":
+                return _error(405, f"{method} {path}: use POST", [("Allow", "POST")])
+            return await self._chat(request)
         if path == "/stats" and method == "GET":
             times = "times=1" in request.query.split("&")
             return 200, _json(self.state.stats(times=times)), []
@@ -119,6 +126,68 @@ class Service:
         if request.method == "POST":
             payload["echo"] = echo
         return 200, _json(payload), headers
+
+    async def _chat(self, request: Request) -> Response | None:
+        """One LLM call: charged to the requests and tokens buckets, answered with its usage,
+        its unused completion tokens refunded (see :class:`LlmConfig`)."""
+        state, config = self.state, self.config
+        llm = state.llm
+        assert llm is not None  # the route exists only in LLM mode
+        flavour = llm.config.flavour
+        try:
+            call = read_call(request.body, flavour)
+        except BadCall as exc:
+            state.bad_requests += 1
+            return 400, error(flavour, "invalid_request_error", exc.message, exc.param), []
+        if config.network_delay_s:
+            await asyncio.sleep(state.network_delay_s())
+        arrived_ns = time.monotonic_ns()
+        state.requests += 1
+        admission = llm.admit(arrived_ns, call.prompt_tokens, call.max_tokens, call.n)
+        if admission.limit is not None:
+            state.throttled_429 += 1
+            headers = llm.headers(arrived_ns, time.time())
+            headers += llm.retry_headers(admission, flavour)
+            return 429, error(flavour, admission.limit, llm.refusal(admission)), headers
+        failed = "server_error" if flavour == "openai" else "api_error"
+        if not state.enter():
+            llm.finish(arrived_ns, admission, served=False)
+            body = error(flavour, failed, "over capacity")
+            return 503, body, llm.headers(arrived_ns, time.time())
+        response: Response | None = None
+        try:
+            response = await self._generate(call, admission, failed, arrived_ns)
+        finally:
+            llm.finish(
+                time.monotonic_ns(), admission, served=response is not None and response[0] == 200
+            )
+            state.leave()
+        if response is None:
+            return None
+        # The answer tells the buckets as they are once the refund is made.
+        status, body, headers = response
+        return status, body, llm.headers(time.monotonic_ns(), time.time()) + headers
+
+    async def _generate(
+        self, call: Call, admission: Admission, failed: str, arrived_ns: int
+    ) -> Response | None:
+        state = self.state
+        llm = state.llm
+        assert llm is not None
+        flavour = llm.config.flavour
+        fate, extra_s = state.draw()
+        latency_s = self.config.latency_s(state.in_flight) + extra_s
+        latency_s += llm.config.output_token_s * max(admission.completions)
+        if latency_s > 0:
+            await asyncio.sleep(latency_s)
+        if fate is Fate.DROP:
+            return None
+        timing = ("Server-Timing", f"app;dur={latency_s * 1000:.3f}")
+        if fate is Fate.ERROR:
+            return 500, error(flavour, failed, "injected failure"), [timing]
+        state.record_accepted(arrived_ns, time.monotonic_ns(), [])
+        body = answer(call, admission.completions, flavour, admission.index + 1, time.time())
+        return 200, body, [timing]
 
     # -- connections -------------------------------------------------------------------------
 

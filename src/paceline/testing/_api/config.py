@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 from paceline.errors import InvalidArgument
+from paceline.testing._api.llm_config import LlmConfig
 
 HeaderStyle = Literal["none", "ietf", "x"]
 ResetFormat = Literal["epoch", "delta", "delta_ms"]
@@ -88,6 +89,12 @@ class ApiConfig:
     - ``error_rate``: fraction answered 500.
     - ``drop_rate``: fraction whose connection is closed without an answer (after the latency).
     - ``slow_rate``, ``slow_s``: fraction that take ``slow_s`` seconds longer.
+
+    LLM mode:
+
+    - ``llm``: an :class:`LlmConfig` adds an OpenAI-style ``POST /v1/chat/completions`` (or
+      Anthropic's ``/v1/messages``) with its own requests and tokens buckets;
+      ``ApiConfig(llm=LlmConfig(tokens_per_min=60_000))``. ``None``: no such route.
     """
 
     quota: int | None = None
@@ -107,6 +114,7 @@ class ApiConfig:
     slow_s: float = 1.0
     drop_rate: float = 0.0
     seed: int = 0
+    llm: LlmConfig | None = None
 
     def __post_init__(self) -> None:
         _check_count("quota", self.quota)
@@ -144,6 +152,8 @@ class ApiConfig:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidArgument(f"seed {self.seed!r}: must be a whole number such as 0")
+        if self.llm is not None and not isinstance(self.llm, LlmConfig):
+            raise InvalidArgument(f"llm {self.llm!r}: must be an LlmConfig or None")
 
     @property
     def window_ns(self) -> int:
@@ -199,9 +209,11 @@ class ApiConfig:
             argv += ["--bucket"] if self.burst is None else ["--bucket", str(self.burst)]
         for field in fields(self):
             name = field.name
-            if name in ("quota", "window_s", "retry_after", "limiter", "burst"):
+            if name in ("quota", "window_s", "retry_after", "limiter", "burst", "llm"):
                 continue
             value = getattr(self, name)
             if value != getattr(defaults, name) and value is not None:
                 argv += ["--" + name.replace("_", "-"), str(value)]
+        if self.llm is not None:
+            argv += self.llm.to_argv()
         return argv

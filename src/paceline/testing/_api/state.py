@@ -16,6 +16,7 @@ from typing import Any
 
 from paceline.testing._api.bucket import TokenBucket
 from paceline.testing._api.config import ApiConfig
+from paceline.testing._api.llm_state import LlmState
 
 NS_PER_S = 1_000_000_000
 
@@ -65,6 +66,8 @@ class ServerState:
             else None
         )
         self._rng = random.Random(self.config.seed)
+        llm = self.config.llm
+        self.llm = LlmState(llm, self.config.seed, now_ns) if llm is not None else None
         self._delay_rng = random.Random(self.config.seed + 1)
         self.requests = 0
         self.throttled_429 = 0
@@ -227,6 +230,8 @@ class ServerState:
             "burst": config.bucket_capacity,
             "capacity": config.capacity,
         }
+        if self.llm is not None:
+            result["llm"] = self.llm.stats(times=times)
         if times:
             result["accepted_times_s"] = [(t - self.start_ns) / NS_PER_S for t in accepted]
         return result
