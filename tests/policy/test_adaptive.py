@@ -601,7 +601,7 @@ def test_a_late_arrival_moves_the_next_strict_start_back_by_the_extra_round_trip
     # nginx counts the next 20 ms from when the last accepted request reached it: one that
     # reached it 4 ms late (a busy loop or server) got the next one, sent 20-24 ms after it,
     # refused. The round trip beyond the fastest one is that lateness, at most.
-    c = controller(initial_concurrency=8, initial_rate_per_s=50.0, pre_throttle_growth_per_s=0.0)
+    c = controller(initial_concurrency=8, user_rate_per_s=50.0, user_rate_even=True)
     c._strict_pacing = True
     c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)  # 1 ms: the fastest round trip
     assert c.decide(MS, 0).wait_ns == 19 * MS
@@ -617,7 +617,17 @@ def test_a_late_arrival_moves_the_next_strict_start_back_by_the_extra_round_trip
 
 def test_a_late_arrival_moves_nothing_until_the_pacer_is_strict():
     # a window or a bucket with a burst never refused an early start: no margin is paid
+    c = controller(initial_concurrency=8, user_rate_per_s=50.0, user_rate_even=True)
+    c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)
+    late = c.started(20 * MS, 0, True)
+    c.finished(25 * MS, late, Outcome.SUCCESS)
+    assert c.decide(25 * MS, 0).wait_ns == 15 * MS
+
+
+def test_a_late_arrival_moves_nothing_at_the_controllers_own_rate():
+    # its rate keeps a margin under the ceiling it found; the extra round trips cost more
     c = controller(initial_concurrency=8, initial_rate_per_s=50.0, pre_throttle_growth_per_s=0.0)
+    c._strict_pacing = True
     c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)
     late = c.started(20 * MS, 0, True)
     c.finished(25 * MS, late, Outcome.SUCCESS)
