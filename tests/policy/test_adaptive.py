@@ -491,25 +491,40 @@ def test_the_users_rate_is_held_unless_the_server_keeps_throttling_at_it():
     assert result.throttled_fraction <= 0.05
 
 
-def test_a_bucket_refusing_jitter_under_one_percent_costs_no_cut():
+def test_a_bucket_refusing_jitter_under_two_percent_costs_no_cut():
     # nginx refuses a request that arrives a millisecond early; cutting 3 % for each such
-    # refusal held 0.7 of the rate (issue 11, measured). Under 1 % of the successes: no cut.
+    # refusal held 0.7 of the rate (issue 11, measured). Up to 2 of the last 100 answers: no
+    # cut; of fewer answers, that share (one throttle per 50 answers).
     c = controller(initial_concurrency=8, initial_rate_per_s=45.0)
     now = 0
-    for _ in range(100):
+    for _ in range(98):
         now += 23 * MS
         c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
     before = c.rate_per_s
-    c.finished(now + 24 * MS, c.started(now + 23 * MS, 0, True), Outcome.THROTTLE)
+    for _ in range(2):
+        now += 23 * MS
+        c.finished(now + MS, c.started(now, 0, True), Outcome.THROTTLE)
     assert c.rate_per_s == before
     assert c.cuts == 0
-    assert [what for _, what, _ in c.events] == ["absorbed"]
+    assert [what for _, what, _ in c.events] == ["absorbed", "absorbed"]
     assert c._strict_pacing
-    # the allowance is spent: the next throttle soon after is a cut
-    now += 50 * MS
+    # the allowance is spent: the next throttle soon after is a cut, and the count starts over
+    now += 23 * MS
     c.finished(now + MS, c.started(now, 0, True), Outcome.THROTTLE)
     assert c.cuts == 1
     assert c.rate_per_s < before
+    assert c._answers_throttled == 0
+
+
+def test_a_throttle_early_in_a_run_cuts_until_answers_earn_an_allowance():
+    c = controller(initial_concurrency=8, initial_rate_per_s=45.0)
+    now = 0
+    for _ in range(48):  # 49 answers with the throttle: 0.98 of one throttle earned
+        now += 23 * MS
+        c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
+    now += 23 * MS
+    c.finished(now + MS, c.started(now, 0, True), Outcome.THROTTLE)
+    assert c.cuts == 1
 
 
 def test_a_window_that_says_retry_after_gets_no_jitter_allowance():
@@ -580,3 +595,93 @@ def test_a_server_breaking_every_attempt_is_not_probed_at_long_intervals():
         assert decision.go
     assert c.concurrency_limit == 5  # one cut (8 x 0.7), the rest sent before recovery
     assert not any(what == "probe" for _, what, _ in c.events)
+
+
+def test_a_late_arrival_moves_the_next_strict_start_back_by_the_extra_round_trip():
+    # nginx counts the next 20 ms from when the last accepted request reached it: one that
+    # reached it 4 ms late (a busy loop or server) got the next one, sent 20-24 ms after it,
+    # refused. The round trip beyond the fastest one is that lateness, at most.
+    c = controller(initial_concurrency=8, user_rate_per_s=50.0, user_rate_even=True)
+    c._strict_pacing = True
+    c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)  # 1 ms: the fastest round trip
+    assert c.decide(MS, 0).wait_ns == 19 * MS
+    late = c.started(20 * MS, 0, True)
+    c.finished(25 * MS, late, Outcome.SUCCESS)  # 5 ms: up to 4 ms late at the server
+    assert c.decide(25 * MS, 0).wait_ns == 19 * MS  # 20 + 20 + 4 = 44 ms
+    # an answer of an attempt that is not the latest to start moves nothing
+    older = c.started(44 * MS, 0, True)
+    c.started(64 * MS, 0, True)
+    c.finished(70 * MS, older, Outcome.SUCCESS)
+    assert c.decide(70 * MS, 0).wait_ns == 14 * MS  # 64 + 20
+
+
+def test_a_late_arrival_moves_nothing_until_the_pacer_is_strict():
+    # a window or a bucket with a burst never refused an early start: no margin is paid
+    c = controller(initial_concurrency=8, user_rate_per_s=50.0, user_rate_even=True)
+    c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)
+    late = c.started(20 * MS, 0, True)
+    c.finished(25 * MS, late, Outcome.SUCCESS)
+    assert c.decide(25 * MS, 0).wait_ns == 15 * MS
+
+
+def test_a_late_arrival_moves_nothing_at_the_controllers_own_rate():
+    # its rate keeps a margin under the ceiling it found; the extra round trips cost more
+    c = controller(initial_concurrency=8, initial_rate_per_s=50.0, pre_throttle_growth_per_s=0.0)
+    c._strict_pacing = True
+    c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)
+    late = c.started(20 * MS, 0, True)
+    c.finished(25 * MS, late, Outcome.SUCCESS)
+    assert c.decide(25 * MS, 0).wait_ns == 15 * MS
+
+
+def test_the_users_even_rate_caps_growth_and_slow_start():
+    # Doubling past the user's even rate changed nothing (the gate paces at the slower of the
+    # two) until a jitter refusal was taken for the ceiling doubling found: cut to 0.8 of it.
+    c = controller(initial_concurrency=8, user_rate_per_s=50.0, user_rate_even=True)
+    c.rate_per_s = 40.0
+    c._slow_start = True
+    c._last_growth_ns = 0
+    c.finished(S // 2 + MS, c.started(S // 2, 0, True), Outcome.SUCCESS)
+    assert c.rate_per_s == 50.0
+    assert not c._slow_start
+    c._last_throttle_ns = 0
+    c.finished(3 * S + MS, c.started(3 * S, 0, True), Outcome.SUCCESS)
+    assert c.rate_per_s == 50.0  # neither additive growth nor slow start past it
+    assert "slow start" not in [what for _, what, _ in c.events]
+
+
+def test_a_few_early_throttles_at_the_users_rate_hold_it_and_more_go_below():
+    # The first requests reach nginx bunched (connection set-up: the first 40 ms late, the next
+    # two refused); "3 of the first 8" took the batch below the user's rate for good.
+    c = controller(initial_concurrency=8, user_rate_per_s=50.0, user_rate_even=True)
+    now = 0
+    for _ in range(5):
+        c.finished(now + MS, c.started(now, 0, False), Outcome.THROTTLE)
+        now += 20 * MS
+        c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
+        now += 20 * MS
+    assert not c.below_user_rate
+    assert c.rate_per_s == 50.0
+    assert [what for _, what, _ in c.events] == ["hold user rate"] * 5
+    c.finished(now + MS, c.started(now, 0, True), Outcome.THROTTLE)  # a 6th in 100 answers
+    assert c.below_user_rate
+    # half of them refused: 0.8 of what it took (5 in the 201 ms so far), not the user's rate
+    assert c.rate_per_s == pytest.approx(5 / 0.201 * 0.8)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_users_rate_against_nginx_with_a_late_arrival_now_and_then(seed):
+    # Starts sent to within 0.5 ms, arrivals up to 1 ms late (loopback, measured: 0.2-1.1 ms):
+    # was 0.94-0.95 of the rate with 3-4 cuts; late arrivals move the next start back instead.
+    result, c = simulate(
+        LeakyBucketServer(50),
+        30,
+        latency_s=0.002,
+        wake_jitter_s=0.0005,
+        send_jitter_s=0.001,
+        user_rate_per_s=50,
+        seed=seed,
+    )
+    assert result.accepted / 1500 >= 0.95
+    assert result.throttled_fraction <= 0.002
+    assert c.cuts <= 1

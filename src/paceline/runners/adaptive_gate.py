@@ -20,6 +20,12 @@ from paceline.policy.adaptive import AdaptiveController, Outcome, Ticket
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 
+PRECISE_NS = 1_500_000
+"""A strictly paced start (a leaky bucket refuses one that comes early) sleeps until this long
+before its slot, then yields to the event loop until the slot: epoll's whole milliseconds cost
+0-1 ms per wake-up, and the rest of the loop's work ~0.5 ms more on this machine (measured
+against nginx ``limit_req`` 50r/s: wake-ups 0.8 / 1.6 / 2.3 ms late at p10 / p50 / p90)."""
+
 Classifier = Callable[[Any, BaseException | None], Outcome]
 """``classify(value, error)``: how an attempt ended (``error`` is ``None`` on success)."""
 
@@ -66,7 +72,7 @@ class AdaptiveGate:
     0
     """
 
-    __slots__ = ("_now", "_slot_waiters", "classify", "controller", "in_flight")
+    __slots__ = ("_now", "_rate_turn", "_slot_waiters", "classify", "controller", "in_flight")
 
     def __init__(
         self,
@@ -79,29 +85,51 @@ class AdaptiveGate:
         self.in_flight = 0
         self._now = clock_ns
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        # One worker at a time waits for the pacer's next slot (the rest queue here, in
+        # order): all of them sleeping until the same instant woke together, and the one that
+        # went was whichever the event loop ran first, after the others' wake-ups.
+        self._rate_turn = asyncio.Lock()
 
     async def enter(self) -> Ticket:
         """Wait until the controller lets an attempt start; the attempt starts now."""
         waited_for_rate = False
         controller = self.controller
-        while True:
-            now = self._now()
-            decision = controller.decide(now, self.in_flight)
-            if decision.go:
-                ticket = controller.started(now, self.in_flight, waited_for_rate)
-                self.in_flight += 1
-                return ticket
-            if decision.slot:
-                waiter = asyncio.get_running_loop().create_future()
-                self._slot_waiters.append(waiter)
-                try:
-                    await waiter
-                finally:
-                    if not waiter.done():
-                        waiter.cancel()
-                continue
-            waited_for_rate = decision.rate
-            await asyncio.sleep(decision.wait_ns / NS_PER_S)
+        turn = self._rate_turn
+        holding = False
+        try:
+            while True:
+                now = self._now()
+                decision = controller.decide(now, self.in_flight)
+                if decision.go:
+                    ticket = controller.started(now, self.in_flight, waited_for_rate)
+                    self.in_flight += 1
+                    return ticket
+                if decision.slot:
+                    if holding:
+                        holding = False
+                        turn.release()
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._slot_waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if not waiter.done():
+                            waiter.cancel()
+                    continue
+                waited_for_rate = decision.rate
+                if decision.rate and not holding:
+                    await turn.acquire()
+                    holding = True
+                    continue  # the slot moved on while this worker queued
+                wait_ns = decision.wait_ns
+                if decision.rate and controller.paces_precisely:
+                    # The last stretch in steps of the event loop (epoll sleeps whole
+                    # milliseconds, rounded up: 0-1 ms late, more when the loop is busy).
+                    wait_ns = wait_ns - PRECISE_NS if wait_ns > PRECISE_NS else 0
+                await asyncio.sleep(wait_ns / NS_PER_S)
+        finally:
+            if holding:
+                turn.release()
 
     def sent(self, ticket: Ticket) -> None:
         """The attempt really starts now (after any strict limiter's token): its RTT counts
