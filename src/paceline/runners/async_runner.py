@@ -421,7 +421,7 @@ class _Batch(Generic[K, T, R]):
     async def _worker(
         self, pull: Callable[[], K] | None, pull_async: Callable[[], Awaitable[K]] | None
     ) -> None:
-        runner, state, settler = self.runner, self.state, self.settler
+        runner, state = self.runner, self.state
         options = runner.options
         operation = runner.operation
         try_now, acquire, lease = runner._try_now, runner._acquire, self.lease
@@ -472,27 +472,7 @@ class _Batch(Generic[K, T, R]):
                                 return
                 if adaptive is not None and ticket is not None:
                     adaptive.sent(ticket)
-                settler.first_attempt(job)
-                started = _monotonic_ns() if timed else 0
-                try:
-                    if timeout_s is None:
-                        value = await operation(job.item)
-                    else:
-                        value = await _with_timeout(operation(job.item), timeout_s)
-                except asyncio.CancelledError:
-                    if adaptive is not None and ticket is not None:
-                        adaptive.abandon(ticket)
-                        ticket = None
-                    raise
-                except Exception as exc:
-                    if self._attempt_failed(job, exc, started, timed, adaptive, ticket, pause):
-                        continue
-                else:
-                    if adaptive is not None and ticket is not None:
-                        adaptive.exit(ticket, value, None)
-                    elapsed = _monotonic_ns() - started if timed else 0
-                    settler.success(job, value, started, elapsed)
-                self._after_settle()
+                await self._attempt(job, operation, timeout_s, timed, adaptive, ticket, pause)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the journal, the input or a progress callback failed
@@ -537,6 +517,39 @@ class _Batch(Generic[K, T, R]):
             await self._sleep_until(_monotonic_ns() + wait_ns)
         return not self.state.stopped
 
+    async def _attempt(
+        self,
+        job: Job[K],
+        operation: Callable[[K], Awaitable[T]],
+        timeout_s: float | None,
+        timed: bool,
+        adaptive: AdaptiveGate | None,
+        ticket: Ticket | None,
+        pause: ServerPause | None,
+    ) -> None:
+        """Start the attempt ``job`` passed its gates for, then settle it, or park its retry
+        (both workers, with and without lanes)."""
+        self.settler.first_attempt(job)
+        started = _monotonic_ns() if timed else 0
+        try:
+            if timeout_s is None:
+                value = await operation(job.item)
+            else:
+                value = await _with_timeout(operation(job.item), timeout_s)
+        except asyncio.CancelledError:
+            if adaptive is not None and ticket is not None:
+                adaptive.abandon(ticket)
+            raise
+        except Exception as exc:
+            if self._attempt_failed(job, exc, started, timed, adaptive, ticket, pause):
+                return
+        else:
+            if adaptive is not None and ticket is not None:
+                adaptive.exit(ticket, value, None)
+            elapsed = _monotonic_ns() - started if timed else 0
+            self.settler.success(job, value, started, elapsed)
+        self._after_settle()
+
     # lanes (one per server) -------------------------------------------------------------
 
     async def _lane_worker(
@@ -544,7 +557,7 @@ class _Batch(Generic[K, T, R]):
     ) -> None:
         """The worker of a batch with lanes: take a job from a lane nobody waits at, wait at
         that lane's gates alone, then let the lane go and run the attempt."""
-        runner, state, settler = self.runner, self.state, self.settler
+        runner, state = self.runner, self.state
         options = runner.options
         operation = runner.operation
         timeout_s = options.timeout_s
@@ -562,27 +575,9 @@ class _Batch(Generic[K, T, R]):
                 if not passed:
                     self._unstarted(job)
                     return
-                adaptive = lane.adaptive
-                settler.first_attempt(job)
-                started = _monotonic_ns() if timed else 0
-                try:
-                    if timeout_s is None:
-                        value = await operation(job.item)
-                    else:
-                        value = await _with_timeout(operation(job.item), timeout_s)
-                except asyncio.CancelledError:
-                    if adaptive is not None and ticket is not None:
-                        adaptive.abandon(ticket)
-                    raise
-                except Exception as exc:
-                    if self._attempt_failed(job, exc, started, timed, adaptive, ticket, lane.pause):
-                        continue
-                else:
-                    if adaptive is not None and ticket is not None:
-                        adaptive.exit(ticket, value, None)
-                    elapsed = _monotonic_ns() - started if timed else 0
-                    settler.success(job, value, started, elapsed)
-                self._after_settle()
+                await self._attempt(
+                    job, operation, timeout_s, timed, lane.adaptive, ticket, lane.pause
+                )
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the journal, the input or a progress callback failed
