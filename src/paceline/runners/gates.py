@@ -45,6 +45,20 @@ def async_acquirer(
     return try_now, acquire_in_thread
 
 
+def cost_reserver(limiter: object | None, cost: object | None) -> RateLimiter | None:
+    """The limiter to reserve per-item costs from (``RunOptions.cost``), or ``None`` when the
+    batch has no costs. Costs need paceline's own limiter: only it reserves and settles."""
+    if cost is None:
+        return None
+    if not isinstance(limiter, RateLimiter):
+        raise InvalidArgumentType(
+            f"cost= needs a paceline.RateLimiter as the rate limiter (got {limiter!r}): only it "
+            "reserves an estimate and settles the actual cost, e.g. "
+            "RateLimiter.from_rates('500/min', 'tokens:90000/min')"
+        )
+    return limiter
+
+
 def sync_acquirer(limiter: object | None) -> Callable[[int], Any] | None:
     """Return the blocking ``acquire(weight)`` of ``limiter`` (``None``: no limit)."""
     if limiter is None:

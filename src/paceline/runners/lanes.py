@@ -42,6 +42,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from paceline._limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.pause import ServerPause
 from paceline.runners.adaptive_gate import AdaptiveGate
@@ -88,7 +89,17 @@ class Lanes(Protocol):
 class Lane(Generic[K]):
     """The runner's side of one lane: its gates and the queue of its ready jobs."""
 
-    __slots__ = ("acquire", "adaptive", "busy", "key", "listed", "pause", "queue", "try_now")
+    __slots__ = (
+        "acquire",
+        "adaptive",
+        "busy",
+        "key",
+        "listed",
+        "pause",
+        "queue",
+        "reserver",
+        "try_now",
+    )
 
     def __init__(
         self,
@@ -97,8 +108,10 @@ class Lane(Generic[K]):
         pause: ServerPause | None,
         try_now: Callable[[int], Any] | None,
         acquire: Callable[[int], Any] | None,
+        reserver: RateLimiter | None = None,
     ) -> None:
         self.key = key
+        self.reserver = reserver  # the limiter to reserve per-item costs from, with costs
         self.adaptive = adaptive
         self.pause = pause
         self.try_now = try_now
