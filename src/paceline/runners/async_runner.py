@@ -31,7 +31,6 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar, cast
 
-from paceline._limiter import RateLimiter
 from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.adaptive import Ticket
 from paceline.policy.batch import BatchState
@@ -40,7 +39,13 @@ from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 from paceline.runners._common import controller_for, sized_length
 from paceline.runners.adaptive_gate import AdaptiveGate, Classifier
-from paceline.runners.gates import LeaseGate, async_acquirer, cost_reserver, server_pause_for
+from paceline.runners.gates import (
+    CostReserver,
+    LeaseGate,
+    async_acquirer,
+    cost_reserver,
+    server_pause_for,
+)
 from paceline.runners.lanes import DEFAULT_LANE_READ_AHEAD, Lane, Lanes
 from paceline.runners.settle import Job, RunOptions, Settler
 
@@ -518,7 +523,7 @@ class _Batch(Generic[K, T, R]):
 
     async def _reserved(
         self,
-        reserver: RateLimiter,
+        reserver: CostReserver,
         cost_of: Callable[[K], Any],
         job: Job[K],
         adaptive: AdaptiveGate | None,

@@ -42,10 +42,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from paceline._limiter import RateLimiter
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.pause import ServerPause
 from paceline.runners.adaptive_gate import AdaptiveGate
+from paceline.runners.gates import CostReserver
 
 K = TypeVar("K")
 
@@ -108,7 +108,7 @@ class Lane(Generic[K]):
         pause: ServerPause | None,
         try_now: Callable[[int], Any] | None,
         acquire: Callable[[int], Any] | None,
-        reserver: RateLimiter | None = None,
+        reserver: CostReserver | None = None,
     ) -> None:
         self.key = key
         self.reserver = reserver  # the limiter to reserve per-item costs from, with costs
