@@ -182,3 +182,41 @@ def test_the_thread_runner_reserves_and_settles_costs(workers: int | None) -> No
     assert sorted(starts) == [0, 0, 60 * S, 60 * S]
     assert limiter.try_reserve({"tokens": 800}) is not None
     assert limiter.try_reserve({"tokens": 1}) is None
+
+
+def test_a_reservation_still_waiting_when_the_batch_stops_takes_nothing() -> None:
+    # Real loop, real clock: the second item waits a minute for room; the deadline stops the
+    # batch first, and only the first item's 60 tokens stay charged.
+    limiter = RateLimiter.from_rates("tokens:100/min")
+
+    async def op(n: int) -> int:
+        return n
+
+    results = batch_execute_sync(
+        range(2), op, 2, rate_limiter=limiter, cost={"tokens": 60}, deadline_s=0.3
+    )
+    assert isinstance(results[0], Success)
+    assert isinstance(results[1], Failure)
+    assert limiter.try_reserve({"tokens": 41}) is None
+    assert limiter.try_reserve({"tokens": 40}) is not None
+
+
+def test_actual_costs_settle_on_a_real_loop_with_concurrency() -> None:
+    limiter = RateLimiter.from_rates("tokens:1000/min")
+
+    async def op(n: int) -> int:
+        await asyncio.sleep(0.001)
+        return n
+
+    results = batch_execute_sync(
+        range(40),
+        op,
+        8,
+        rate_limiter=limiter,
+        cost={"tokens": 100},
+        actual_cost=lambda _n: {"tokens": 20},
+    )
+    # 40 x 100 would need four minutes; settled to 20 each, the 800 used leave room for 200.
+    assert all(isinstance(r, Success) for r in results)
+    assert limiter.try_reserve({"tokens": 200}) is not None
+    assert limiter.try_reserve({"tokens": 1}) is None
