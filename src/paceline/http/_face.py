@@ -161,7 +161,7 @@ def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:
     requests and no ``cost=`` is given, each request's own ``"cost"``; with costs, the answer's
     usage settles them unless ``actual_cost=`` says otherwise (a function, or a dotted path
     into the JSON such as ``"usage.total_tokens"``)."""
-    other_units = rate_limiter is not None and any(
+    other_units = isinstance(rate_limiter, RateLimiter) and any(
         lim.rate.unit != "requests" for lim in rate_limiter.limits
     )
     if options.get("cost") is None and other_units:

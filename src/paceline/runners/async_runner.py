@@ -648,7 +648,12 @@ class _Batch(Generic[K, T, R]):
         reserver, cost_of = lane.reserver, self.runner.options.cost
         if reserver is not None:
             assert cost_of is not None
-            grant = await self._unless_stopped(reserver.reserve_async(cost_of(job.item)))
+            try:
+                grant = await self._unless_stopped(reserver.reserve_async(cost_of(job.item)))
+            except asyncio.CancelledError:
+                if adaptive is not None and ticket is not None:
+                    adaptive.abandon(ticket)
+                raise
             if grant is None or self.state.stopped:
                 if grant is not None:
                     grant.give_back()
