@@ -178,8 +178,11 @@ def test_the_thread_runner_reserves_and_settles_costs(workers: int | None) -> No
     )
     slots = runner.collect(range(4)).slots
     assert [s[0] for s in slots] == ["ok"] * 4
-    # Items 0 and 1 fill 800 of the minute; 2 and 3 wait for it, each then settled to 100.
-    assert sorted(starts) == [0, 0, 60 * S, 60 * S]
+    # Items 0 and 1 fill 800 of the minute; 2 waits one minute for it (a worker thread may
+    # start item 1 after that wait on the fake clock, so the grants are what is exact), and
+    # 2 and 3 are then settled to 100 each.
+    assert clock.sleeps == [60.0]
+    assert len(starts) == 4
     assert limiter.try_reserve({"tokens": 800}) is not None
     assert limiter.try_reserve({"tokens": 1}) is None
 
