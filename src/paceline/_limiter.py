@@ -417,24 +417,28 @@ class Grant:
         return f"<Grant {state} {self.cost} at {self.granted_ns} ns>"
 
 
-def charged_per_attempt(limiter: object, name: str = "rate_limiter") -> None:
-    """Refuse a limiter the batch faces cannot charge in full: they take one request per
-    attempt, so a limit in another unit (``tokens:90000/min``) would never bind. Reserve and
-    settle such costs inside the operation (:meth:`RateLimiter.reserve`) until the faces take
-    costs.
+def charged_per_attempt(
+    limiter: object, name: str = "rate_limiter", *, costs: bool = False
+) -> None:
+    """Refuse a limiter a batch cannot charge in full: without costs (``costs=False``) it takes
+    one request per attempt, so a limit in another unit (``tokens:90000/min``) would never
+    bind. Give the batch ``cost=`` (an estimate per item, settled by ``actual_cost=``), or
+    reserve and settle inside the operation (:meth:`RateLimiter.reserve`).
 
     >>> charged_per_attempt(RateLimiter("10/s"))
+    >>> charged_per_attempt(RateLimiter.from_rates("10/s", "tokens:900/min"), costs=True)
     >>> charged_per_attempt(RateLimiter.from_rates("10/s", "tokens:900/min"))
     Traceback (most recent call last):
     ...
     paceline.errors.InvalidArgument: rate_limiter has a limit in tokens (tokens:900/60s): ...
     """
-    if not isinstance(limiter, RateLimiter):
+    if costs or not isinstance(limiter, RateLimiter):
         return
     for lim in limiter.limits:
         if lim.rate.unit != "requests":
             raise InvalidArgument(
-                f"{name} has a limit in {lim.rate.unit} ({lim.rate}): a batch charges each "
-                "attempt one request and nothing in other units yet; reserve and settle those "
-                "costs inside the operation (RateLimiter.reserve), or give request limits only"
+                f"{name} has a limit in {lim.rate.unit} ({lim.rate}): without costs a batch "
+                f"charges each attempt one request and no {lim.rate.unit}; give cost= (e.g. "
+                f"cost=lambda item: {{'{lim.rate.unit}': 1000}}, settled by actual_cost=), or "
+                "give request limits only"
             )

@@ -136,8 +136,10 @@ def test_malformed_jsonl_line_stops_with_exit_2_keeping_what_ran(tmp_path: Path)
     [
         (["http", "in.csv", "--url", "http://127.0.0.1:9/items/{nmae}"], "nmae"),
         (["http", "in.csv", "--url", "http://127.0.0.1:9/{id}", "--rate", "ten/s"], "ten/s"),
-        # accepted and never charged would be worse: refused until items carry costs
+        # accepted and never charged would be worse: a tokens limit needs --cost (CSV rows)
         (["http", "in.csv", "--url", "http://127.0.0.1:9/{id}", "--rate", "tokens:9/s"], "tokens"),
+        (["http", "in.csv", "--url", "http://127.0.0.1:9/{id}", "--cost", "tokens={id}"], "--cost"),
+        (["exec", "in.csv", "--rate", "tokens:9/s", "--", "true"], "tokens"),
         (["http", "in.csv", "--url", "http://127.0.0.1:9/{id}", "--halt", "sometime"], "sometime"),
         (["http", "missing.jsonl"], "missing.jsonl"),
         (["resume", "nope.journal"], "nope.journal"),

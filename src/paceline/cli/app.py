@@ -172,6 +172,15 @@ def http_command(
     ] = None,
     rate: Rates = None,
     burst: Burst = None,
+    cost: Annotated[
+        str | None,
+        typer.Option(
+            "--cost",
+            metavar="UNIT={FIELD}",
+            help="Each row's estimate for a --rate in another unit, e.g. 'tokens={est_tokens}' "
+            '(JSON Lines rows may carry "cost" instead); settled from the answer\'s usage.',
+        ),
+    ] = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,
@@ -202,6 +211,7 @@ def http_command(
         body_template=body,
         base_url=base_url,
         headers=list(header or []),
+        cost_template=cost,
         **_common(**values),
     )
     _launch(spec, values)

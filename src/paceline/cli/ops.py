@@ -31,6 +31,7 @@ from paceline.cli.templates import (
     render_json,
 )
 from paceline.errors import InvalidArgument, PacelineError, Throttled
+from paceline.policy.cost import as_cost
 from paceline.redact import REDACTED, digest, key_without_secrets
 from paceline.stores import Codec, JsonCodec
 
@@ -51,6 +52,7 @@ class Item:
     payload: Any
     bad: str | None = None  # a bad input row's message (the item fails with it)
     tries: int = 0  # attempts started so far
+    cost: dict[str, int] | None = None  # its estimate per unit, when a --rate counts costs
 
 
 class Operation:
@@ -222,6 +224,11 @@ class HttpOperation(Operation):
             for name, value in (split_header(h) for h in spec.headers)
         ]
         self.client = client_for(None, workers)
+        # Costs per row (docs/units.md): from --cost, else each JSON Lines row's "cost".
+        self.costs = spec.counts_costs()
+        self.cost_parts = [
+            (unit, Template.parse(text, label="--cost")) for unit, text in spec.cost_templates()
+        ]
         # --timeout bounds the whole attempt, body included (default: the face's 120 s).
         self._send = sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
 
@@ -234,6 +241,8 @@ class HttpOperation(Operation):
             found["--body"] = self.body
         if self.json_text is not None:
             found["--json"] = JsonTemplate.parse(self.json_text, label="--json")
+        for unit, template in self.cost_parts:
+            found[f"--cost {unit}"] = template
         for index, (name, value) in enumerate(self.headers):
             found[f"--header #{index + 1}"] = Template.parse(
                 "".join(["{" + f + "}" for f in (*name.fields, *value.fields)])
@@ -246,11 +255,40 @@ class HttpOperation(Operation):
                 f"{source.name}: CSV rows need --url TEMPLATE (e.g. --url "
                 "'https://api.example.com/items/{id}'); JSON Lines rows may carry their own url"
             )
+        if self.costs and not self.cost_parts and source.format != "jsonl":
+            raise UsageError(
+                f"{source.name}: a --rate limits more than requests, so each row needs a cost: "
+                "give --cost TEMPLATE (e.g. --cost 'tokens={est_tokens}')"
+            )
         super().prepare(source)
+
+    def cost_of(self, data: dict[str, Any]) -> dict[str, int] | None:
+        """A row's estimate per unit: --cost rendered, else the row's own ``"cost"``
+        (``None`` when no --rate counts costs)."""
+        if not self.costs:
+            return None
+        if not self.cost_parts:
+            given = data.get("cost")
+            if given is None:
+                raise InvalidArgument(
+                    'no "cost" in this row, and a --rate limits more than requests: give each '
+                    'row one (e.g. "cost": {"tokens": 1200}), or --cost \'tokens={est_tokens}\''
+                )
+            return as_cost(given)
+        cost: dict[str, int] = {}
+        for unit, template in self.cost_parts:
+            text = template.render(data).strip()
+            if not text.isdigit():
+                raise InvalidArgument(
+                    f"--cost {unit}={template.text}: {text!r} is not a whole number of {unit}"
+                )
+            cost[unit] = int(text)
+        return as_cost(cost)
 
     def item(self, row: Row) -> Item:
         data = row.data
         assert data is not None
+        cost = self.cost_of(data)
         if self.url is None:
             if "url" not in data:
                 raise InvalidArgument(
@@ -277,7 +315,7 @@ class HttpOperation(Operation):
             url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
         )
         self._validate(payload, self._base_url)
-        return Item(row.line, key, payload)
+        return Item(row.line, key, payload, cost=cost)
 
     async def run(self, payload: Any) -> Any:
         return await self._send(payload)

@@ -149,11 +149,27 @@ def _payload(item: Item) -> Any:
     return item.payload
 
 
+def _item_cost(item: Item) -> dict[str, int]:
+    # A bad row has no cost and never runs: it reserves nothing.
+    return item.cost if item.cost is not None else {"requests": 0}
+
+
+def _usage_cost(response: Any) -> Any:
+    from paceline.http import usage_cost
+
+    return usage_cost(response)
+
+
 def user_rate_per_s(limiter: RateLimiter | None) -> float | None:
     """The user's tightest --rate, per second (the adaptive controller keeps to it)."""
     if limiter is None:
         return None
-    return min(lim.rate.max_requests * NS_PER_S / lim.rate.window_ns for lim in limiter.limits)
+    rates = [
+        lim.rate.max_requests * NS_PER_S / lim.rate.window_ns
+        for lim in limiter.limits
+        if lim.rate.unit == "requests"  # a tokens limit is no pace for starts
+    ]
+    return min(rates) if rates else None
 
 
 def make_operation(spec: RunSpec, plan: Plan) -> Operation:
@@ -542,6 +558,9 @@ class Batch:
             give_up_after_s=spec.give_up_after_s(),
             on_halt=self._on_halt,
             lanes=plan.lanes,
+            # Costs (a --rate in tokens): each item's estimate, settled from the answer's usage.
+            cost=_item_cost if spec.counts_costs() else None,
+            actual_cost=_usage_cost if spec.counts_costs() else None,
         )
         self._streaming = True
         try:

@@ -23,7 +23,7 @@ from typing import Any
 
 from paceline.errors import PacelineError
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
-from paceline.policy.rate import Rate, RateSpecError
+from paceline.policy.rate import Rate, RateSpecError, unit_name
 from paceline.redact import (
     REDACTED,
     is_sensitive_name,
@@ -73,6 +73,8 @@ class RunSpec:
     body_template: str | None = None
     base_url: str | None = None
     headers: list[str] = field(default_factory=list)
+    # --cost 'tokens={est_tokens}': each item's estimate per unit, from its row (http)
+    cost_template: str | None = None
     # call
     target: str | None = None
     unpack: bool = False
@@ -86,17 +88,25 @@ class RunSpec:
 
     def check(self) -> None:
         """Raise :class:`UsageError` for anything that cannot run."""
+        units = set()
         for text in self.rates:
             try:
                 rate = Rate.parse(text)
             except RateSpecError as exc:
                 raise UsageError(f"--rate {text!r}: {exc}") from None
-            if rate.unit != "requests":
-                # Refused rather than accepted and ignored: nothing charges tokens per item yet.
+            units.add(rate.unit)
+            if rate.unit != "requests" and self.command != "http":
+                # Refused rather than accepted and ignored: only http charges costs per item.
                 raise UsageError(
-                    f"--rate {text!r}: limits in {rate.unit} are not charged by the command "
-                    "line yet (costs per item are coming); give request limits only, e.g. "
+                    f"--rate {text!r}: limits in {rate.unit} are charged by paceline http "
+                    'only (from --cost or a row\'s "cost"); give request limits, e.g. '
                     "--rate 500/min"
+                )
+        for unit, _template in self.cost_templates():
+            if unit not in units:
+                raise UsageError(
+                    f"--cost {self.cost_template!r}: no --rate limits {unit}, so the cost would "
+                    f"count for nothing; add one, e.g. --rate {unit}:90000/min"
                 )
         if self.burst is not None and self.burst < 1:
             raise UsageError(f"--burst {self.burst}: must be a whole number of at least 1")
@@ -148,6 +158,29 @@ class RunSpec:
                 "(a plain number is seconds), or off"
             )
         return float(match["n"]) * _DURATION_UNITS_S[(match["unit"] or "s").lower()]
+
+    def counts_costs(self) -> bool:
+        """Whether a --rate limits a unit other than requests: items then carry costs."""
+        return any(Rate.parse(text).unit != "requests" for text in self.rates)
+
+    def cost_templates(self) -> list[tuple[str, str]]:
+        """``--cost 'tokens={est_tokens},requests=1'`` as ``[(unit, template), ...]``.
+
+        >>> RunSpec(command="http", input="-", cost_template="tokens={est}").cost_templates()
+        [('tokens', '{est}')]
+        """
+        if self.cost_template is None:
+            return []
+        pairs = []
+        for part in self.cost_template.split(","):
+            unit, equals, template = part.partition("=")
+            if not equals or not unit.strip() or not template.strip():
+                raise UsageError(
+                    f"--cost {self.cost_template!r}: give UNIT=TEMPLATE pairs, comma-separated, "
+                    "e.g. --cost 'tokens={est_tokens}'"
+                )
+            pairs.append((unit_name(unit.strip()), template.strip()))
+        return pairs
 
     def concurrency_limit(self) -> int | None:
         """The fixed concurrency, or None for ``auto``."""

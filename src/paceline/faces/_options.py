@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from paceline._limiter import charged_per_attempt
 from paceline._results import BatchItemResult, error_code_for
 from paceline.errors import InvalidArgumentType
 from paceline.faces._journal import StoredFailure, error_code_of
+from paceline.policy.cost import Cost, as_cost
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy
@@ -22,6 +23,27 @@ R = TypeVar("R")
 
 HaltSpec = str | HaltRule | Sequence[str | HaltRule] | None
 RetrySpec = RetryPolicy | int | None
+CostSpec = Cost | Callable[[K], int | Cost] | None
+"""``cost=``: one cost for every item (``{"tokens": 1000}``), or a function of the item."""
+ActualCost = Callable[[Any], int | Cost | None] | None
+"""``actual_cost=``: the actual cost from an attempt's result (``None``: keep the estimate)."""
+
+
+def cost_of(cost: CostSpec[K]) -> Callable[[K], int | Cost] | None:
+    """``cost=`` as a function of the item (a mapping is checked once, the same for all).
+
+    >>> cost_of({"tokens": 5})("any item")
+    {'tokens': 5, 'requests': 1}
+    """
+    if cost is None or callable(cost):
+        return cost
+    if not isinstance(cost, Mapping):
+        raise InvalidArgumentType(
+            f"cost={cost!r}: pass a mapping such as {{'tokens': 1000}} or a function of the "
+            "item returning one"
+        )
+    fixed = as_cost(cost)
+    return lambda _item: fixed
 
 
 def retry_policy(retry: RetrySpec) -> RetryPolicy | None:
@@ -62,10 +84,12 @@ def build_options(
     give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
     on_halt: Callable[[str], None] | None = None,
     lanes: Any = None,
+    cost: CostSpec[K] = None,
+    actual_cost: ActualCost = None,
     **journal: Any,
 ) -> RunOptions[K, T, R]:
     """One :class:`RunOptions` from a face's arguments (journal pieces passed through)."""
-    charged_per_attempt(limiter)
+    charged_per_attempt(limiter, costs=cost is not None)
     policy = retry_policy(retry)
     return RunOptions(
         ok=ok,
@@ -85,6 +109,8 @@ def build_options(
         give_up_after_s=give_up_after_s,
         on_halt=on_halt,
         lanes=lanes,
+        cost=cost_of(cost),
+        actual_cost=actual_cost,
         **journal,
     )
 

@@ -19,6 +19,8 @@ from typing import Any, Literal, TypeVar
 from paceline._results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.faces._journal import JournalSpec, journal_options, opened, restored_result
 from paceline.faces._options import (
+    ActualCost,
+    CostSpec,
     HaltSpec,
     RetrySpec,
     build_options,
@@ -76,6 +78,8 @@ async def batch_execute(
     *,
     rate_limiter: object | None = None,
     weight: Callable[[K], int] | None = None,
+    cost: CostSpec[K] = None,
+    actual_cost: ActualCost = None,
     max_workers: Concurrency = None,
     retry: RetrySpec = None,
     retry_budget: RetryBudget | None = None,
@@ -98,7 +102,13 @@ async def batch_execute(
     At most ``max_concurrent`` operations run at once (``"auto"``: chosen from the batch size;
     ``None``: no limit). ``max_workers`` is accepted as another name for it. With a
     ``rate_limiter``, each operation takes a token (of ``weight(key)`` permits, default 1)
-    immediately before it starts. ``fail_fast=True`` cancels the operations in flight at the
+    immediately before it starts. With ``cost`` (a mapping such as ``{"tokens": 1200}``, or
+    a function of the key returning one) each attempt reserves that estimate from the
+    limiter (a :class:`~paceline.RateLimiter`, e.g. ``from_rates("500/min",
+    "tokens:90000/min")``) instead; after a success ``actual_cost(value)`` settles it to the
+    actual usage (the unused part is given back, an overrun charged; ``None`` keeps the
+    estimate, as does a failed attempt). A limit in a unit other than requests needs
+    ``cost``. ``fail_fast=True`` cancels the operations in flight at the
     first failure and raises that original exception; by default every key is attempted and
     failures come back as :class:`~paceline.Failure` values.
 
@@ -151,6 +161,8 @@ async def batch_execute(
             stop_on_error=fail_fast,
             on_progress=on_progress,
             weight=weight,
+            cost=cost,
+            actual_cost=actual_cost,
             retry=retry,
             retry_budget=retry_budget,
             halt=halt,
@@ -193,6 +205,8 @@ async def stream(
     fail_fast: bool = False,
     rate_limiter: object | None = None,
     weight: Callable[[K], int] | None = None,
+    cost: CostSpec[K] = None,
+    actual_cost: ActualCost = None,
     on_progress: ProgressCallback | None = None,
     item_id: Callable[[K], str] | None = None,
     read_ahead: int | None = None,
@@ -260,6 +274,8 @@ async def stream(
             stop_on_error=fail_fast,
             on_progress=on_progress,
             weight=weight,
+            cost=cost,
+            actual_cost=actual_cost,
             timed=True,
             retry=retry,
             retry_budget=retry_budget,

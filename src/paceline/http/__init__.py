@@ -30,6 +30,8 @@ from paceline.http._messages import (
     InvalidRequest,
     ServerUnreachable,
     as_request,
+    usage_at,
+    usage_cost,
     validate_request,
 )
 from paceline.http._pool import ShardedTransport
@@ -49,6 +51,8 @@ __all__ = [
     "fetch_all",
     "fetch_all_sync",
     "stream_requests",
+    "usage_at",
+    "usage_cost",
     "validate_request",
 ]
 

@@ -38,7 +38,10 @@ from paceline.http._messages import (
     as_request,
     check_method_and_headers,
     decode_body,
+    request_cost,
     request_url,
+    usage_at,
+    usage_cost,
 )
 from paceline.http._pool import ShardedTransport
 from paceline.http._servers import UNPLACED, ServerLanes, server_key
@@ -151,6 +154,30 @@ class _Attempt:
         if isinstance(exc, httpx.TimeoutException):
             return HttpTimeout(type(exc).__name__, elapsed, phase, url)
         return HttpTransportError(type(exc).__name__, elapsed, phase, url, str(exc))
+
+
+def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:
+    """Fill in the cost options of an HTTP batch: when the rate limiter counts more than
+    requests and no ``cost=`` is given, each request's own ``"cost"``; with costs, the answer's
+    usage settles them unless ``actual_cost=`` says otherwise (a function, or a dotted path
+    into the JSON such as ``"usage.total_tokens"``)."""
+    other_units = isinstance(rate_limiter, RateLimiter) and any(
+        lim.rate.unit != "requests" for lim in rate_limiter.limits
+    )
+    if options.get("cost") is None and other_units:
+        options["cost"] = request_cost
+    actual = options.get("actual_cost")
+    if isinstance(actual, str):
+        options["actual_cost"] = usage_at(actual)
+    costs = options.get("cost") is not None
+    if costs and rate_limiter is None:
+        raise InvalidArgument(
+            "cost= needs a rate_limiter to reserve from, e.g. "
+            "rate_limiter=RateLimiter.from_rates('500/min', 'tokens:90000/min')"
+        )
+    if costs and actual is None:
+        options["actual_cost"] = usage_cost
+    charged_per_attempt(rate_limiter, costs=costs)
 
 
 def sender(
@@ -288,7 +315,7 @@ class _Setup:
         options: dict[str, Any],
     ) -> None:
         self.retry = http_retry(retry)
-        charged_per_attempt(rate_limiter)
+        _costs(rate_limiter, options)
         # The controller is built here: the servers' header limits talk to it.
         self.workers, controller = concurrency_plan(
             max_concurrent, None, sized_length(requests), adaptive
@@ -352,6 +379,14 @@ async def fetch_all(
     for all of them. Transient failures are retried (5 attempts, jittered backoff).
     Other options are those of :func:`paceline.batch_execute` (``journal=``, ``halt=``...);
     with a journal, requests are keyed by their ``id`` or "METHOD URL".
+
+    Costs in units (docs/units.md): with a ``rate_limiter`` that counts tokens
+    (``RateLimiter.from_rates("500/min", "tokens:90000/min")``) each request reserves its
+    estimate before it is sent — ``cost=`` (a mapping, or a function of the request), else the
+    request's own ``"cost"`` field — and the answer settles it: by default from its JSON's
+    ``usage.total_tokens`` (or ``usage.input_tokens + usage.output_tokens``), else
+    ``actual_cost=`` (a function of the :class:`HttpResponse`, or a dotted path such as
+    ``"meta.billed_tokens"``). A failed attempt keeps its estimate.
 
     Each attempt is bounded as a whole (connect, send, answer and body): ``timeout_s``,
     default :data:`DEFAULT_ATTEMPT_TIMEOUT_S` (120 s); a timeout or a broken connection fails

@@ -8,10 +8,11 @@ from contextvars import ContextVar
 from itertools import takewhile
 
 from paceline._clock import SYSTEM_CLOCK, Clock
-from paceline._limiter import RateLimiter
+from paceline._limiter import Grant, RateLimiter
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
+from paceline.policy.cost import Cost
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryPolicy
 from paceline.signals import ServerSignals
@@ -96,6 +97,30 @@ class ServerLimits:
         """Wait until ``weight`` more requests may be sent; return the grant's time (ns)."""
         if self.user is not None:
             await self.user.acquire_async(weight)
+        return await self._server_admits(weight)
+
+    async def reserve_async(self, cost: int | Cost) -> Grant:
+        """Reserve ``cost`` from the caller's limiter (tokens and all), then wait until the
+        server's own limits (in requests) admit one more request; return the caller's
+        :class:`~paceline.Grant`, to settle with the actual cost. Cancelling the wait for the
+        server gives the reservation back."""
+        if self.user is None:
+            raise InvalidArgument(
+                "costs need a rate_limiter to reserve from, e.g. "
+                "rate_limiter=RateLimiter.from_rates('500/min', 'tokens:90000/min')"
+            )
+        grant = await self.user.reserve_async(cost)
+        try:
+            await self._server_admits(1)
+        except BaseException:
+            grant.give_back()
+            raise
+        return grant
+
+    def reserve(self, cost: int | Cost) -> Grant:  # pragma: no cover - async face only
+        raise InvalidArgumentType("ServerLimits is for the async HTTP face; use reserve_async")
+
+    async def _server_admits(self, weight: int) -> int:
         now = self._now()
         if self.budget_until_ns:
             now = await self._spend_budget(now, weight)

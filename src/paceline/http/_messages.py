@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 
 from paceline.errors import InvalidArgument, InvalidArgumentType, PacelineError
+from paceline.policy.cost import Cost
 from paceline.redact import redact_data, redact_text
 
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """One request: ``method``, ``url`` (absolute, or relative to a base URL), ``headers``,
-    a ``json`` body or a raw ``body``, and an optional ``id`` that names it in results and in
-    the journal."""
+    a ``json`` body or a raw ``body``, an optional ``id`` that names it in results and in
+    the journal, and an optional ``cost`` (an estimate per unit, e.g. ``{"tokens": 1200}``,
+    reserved before it is sent when the rate limiter counts more than requests)."""
 
     url: str
     method: str = "GET"
@@ -26,21 +28,23 @@ class HttpRequest:
     json: Any = None
     body: str | bytes | None = None
     id: str | None = None
+    cost: Mapping[str, int] | None = None
 
 
 def as_request(item: str | Mapping[str, Any] | HttpRequest) -> HttpRequest:
     """A URL string, a mapping with ``url`` (and ``method``, ``headers``, ``json``, ``body``,
-    ``id``), or an :class:`HttpRequest`."""
+    ``id``, ``cost``), or an :class:`HttpRequest`."""
     if isinstance(item, HttpRequest):
         return item
     if isinstance(item, str):
         return HttpRequest(url=item)
     if isinstance(item, Mapping):
-        unknown = set(item) - {"url", "method", "headers", "json", "body", "id"}
+        unknown = set(item) - {"url", "method", "headers", "json", "body", "id", "cost"}
         if "url" not in item or unknown:
             raise InvalidArgument(
                 f"request {redact_data(dict(item))!r}: needs 'url' and may have method, "
-                f"headers, json, body, id" + (f" (unknown: {sorted(unknown)})" if unknown else "")
+                f"headers, json, body, id, cost"
+                + (f" (unknown: {sorted(unknown)})" if unknown else "")
             )
         return HttpRequest(
             url=str(item["url"]),
@@ -49,10 +53,80 @@ def as_request(item: str | Mapping[str, Any] | HttpRequest) -> HttpRequest:
             json=item.get("json"),
             body=item.get("body"),
             id=None if item.get("id") is None else str(item["id"]),
+            cost=item.get("cost"),
         )
     raise InvalidArgumentType(
         f"request {item!r}: give a URL, a mapping with 'url', or an HttpRequest"
     )
+
+
+def request_cost(item: str | Mapping[str, Any] | HttpRequest) -> Cost:
+    """The cost a request carries (``"cost": {"tokens": 1200}``): the face's default
+    ``cost=`` when the rate limiter counts more than requests.
+
+    >>> request_cost({"url": "/v1/chat/completions", "cost": {"tokens": 1200}})
+    {'tokens': 1200}
+    """
+    cost = item.cost if isinstance(item, HttpRequest) else None
+    if isinstance(item, Mapping):
+        cost = item.get("cost")
+    if cost is None:
+        shown = (
+            item
+            if isinstance(item, str)
+            else redact_data(dict(item) if isinstance(item, Mapping) else {"url": item.url})
+        )
+        raise InvalidArgument(
+            f"request {shown!r} has no cost, and the rate limiter counts more than requests: "
+            'give each request a "cost" (e.g. {"tokens": 1200}) or pass cost= '
+            "(a mapping, or a function of the request)"
+        )
+    return cost
+
+
+def usage_cost(response: Any) -> Cost | None:
+    """The tokens an answer says it used: ``usage.total_tokens`` (OpenAI), else
+    ``usage.input_tokens + usage.output_tokens`` (Anthropic); ``None`` when it says neither
+    (the estimate then stands). The face's default ``actual_cost=``.
+
+    >>> usage_cost(HttpResponse(200, {}, {"usage": {"input_tokens": 7, "output_tokens": 5}}, 0.1))
+    {'tokens': 12}
+    """
+    body = getattr(response, "body", None)
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return None
+    total = usage.get("total_tokens")
+    if _whole(total):
+        return {"tokens": total}
+    parts = usage.get("input_tokens"), usage.get("output_tokens")
+    if _whole(parts[0]) and _whole(parts[1]):
+        return {"tokens": parts[0] + parts[1]}
+    return None
+
+
+def usage_at(path: str, unit: str = "tokens") -> Callable[[Any], Cost | None]:
+    """``actual_cost=`` from a dotted path into the answer's JSON, e.g.
+    ``"usage.total_tokens"``: that many ``unit`` (``None`` when the answer lacks it).
+
+    >>> usage_at("meta.billed")(HttpResponse(200, {}, {"meta": {"billed": 30}}, 0.1))
+    {'tokens': 30}
+    """
+    keys = path.split(".")
+
+    def actual(response: Any) -> Cost | None:
+        value = getattr(response, "body", None)
+        for key in keys:
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(key)
+        return {unit: value} if _whole(value) else None
+
+    return actual
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,13 @@ from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 from paceline.runners._common import controller_for, sized_length
 from paceline.runners.adaptive_gate import AdaptiveGate, Classifier
-from paceline.runners.gates import LeaseGate, async_acquirer, server_pause_for
+from paceline.runners.gates import (
+    CostReserver,
+    LeaseGate,
+    async_acquirer,
+    cost_reserver,
+    server_pause_for,
+)
 from paceline.runners.lanes import DEFAULT_LANE_READ_AHEAD, Lane, Lanes
 from paceline.runners.settle import Job, RunOptions, Settler
 
@@ -90,6 +96,9 @@ class AsyncRunner(Generic[K, T, R]):
         self.options = options
         self.read_ahead = read_ahead
         self._try_now, self._acquire = async_acquirer(options.limiter)
+        self._reserver = (
+            None if options.lanes is not None else cost_reserver(options.limiter, options.cost)
+        )
 
     def _new_state(self, items: object, streaming: bool, ordered: bool = True) -> BatchState[R]:
         return BatchState(
@@ -197,7 +206,10 @@ class _Batch(Generic[K, T, R]):
             self.adaptive: AdaptiveGate | None = None
             self.pause: ServerPause | None = None
         else:
-            self.lease = LeaseGate.for_limiter(runner.options.limiter)
+            # With costs every attempt reserves its own cost: no lease of plain permits.
+            self.lease = (
+                LeaseGate.for_limiter(runner.options.limiter) if runner._reserver is None else None
+            )
             self.adaptive = _adaptive_gate(runner.options.adaptive, runner.options.classify)
             self.pause = server_pause_for(runner.options.adaptive, runner.options.retry)
 
@@ -426,6 +438,7 @@ class _Batch(Generic[K, T, R]):
         operation = runner.operation
         try_now, acquire, lease = runner._try_now, runner._acquire, self.lease
         weigh, timeout_s = options.weight, options.timeout_s
+        reserver, cost_of = runner._reserver, options.cost
         timed = options.timed or options.retry is not None
         # This worker's own lease, in locals: the per-item check is two comparisons.
         lease_clock = lease.clock_ns if lease is not None else _monotonic_ns
@@ -447,7 +460,11 @@ class _Batch(Generic[K, T, R]):
                     if ticket is None:  # the batch stopped while it waited (a probe: ~1 min)
                         self._unstarted(job)
                         return
-                if acquire is not None:
+                if reserver is not None:
+                    assert cost_of is not None
+                    if not await self._reserved(reserver, cost_of, job, adaptive, ticket):
+                        return
+                elif acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
                     if weight == 1 and leased and lease_clock() <= use_by:
                         leased -= 1
@@ -483,6 +500,32 @@ class _Batch(Generic[K, T, R]):
         finally:
             if lease is not None:
                 lease.release(stamp, leased)
+
+    async def _reserved(
+        self,
+        reserver: CostReserver,
+        cost_of: Callable[[K], Any],
+        job: Job[K],
+        adaptive: AdaptiveGate | None,
+        ticket: Ticket | None,
+    ) -> bool:
+        """Reserve ``job``'s cost before its attempt (kept on ``job.grant``); ``False``: the
+        batch stopped first (nothing stays reserved, the job is unstarted)."""
+        try:
+            grant = await self._unless_stopped(reserver.reserve_async(cost_of(job.item)))
+        except asyncio.CancelledError:
+            if adaptive is not None and ticket is not None:
+                adaptive.abandon(ticket)
+            raise
+        if grant is None or self.state.stopped:
+            if grant is not None:
+                grant.give_back()
+            if adaptive is not None and ticket is not None:
+                adaptive.abandon(ticket)
+            self._unstarted(job)
+            return False
+        job.grant = grant
+        return True
 
     def _attempt_failed(
         self,
@@ -597,7 +640,23 @@ class _Batch(Generic[K, T, R]):
             ticket = await self._unless_stopped(adaptive.enter())
             if ticket is None:
                 return False, None
-        if acquire is not None:
+        reserver, cost_of = lane.reserver, self.runner.options.cost
+        if reserver is not None:
+            assert cost_of is not None
+            try:
+                grant = await self._unless_stopped(reserver.reserve_async(cost_of(job.item)))
+            except asyncio.CancelledError:
+                if adaptive is not None and ticket is not None:
+                    adaptive.abandon(ticket)
+                raise
+            if grant is None or self.state.stopped:
+                if grant is not None:
+                    grant.give_back()
+                if adaptive is not None and ticket is not None:
+                    adaptive.abandon(ticket)
+                return False, None
+            job.grant = grant
+        elif acquire is not None:
             weigh = self.runner.options.weight
             weight = weigh(job.item) if weigh is not None else 1
             try_now = lane.try_now
@@ -699,6 +758,7 @@ class _Batch(Generic[K, T, R]):
             server_pause_for(gates.controller, options.retry),
             try_now,
             acquire,
+            cost_reserver(gates.limiter, options.cost) if gates.limiter is not None else None,
         )
 
     def _lane_freed(self, lane: Lane[Job[K]]) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
-from paceline._limiter import RateLimiter
+from paceline._limiter import Grant, RateLimiter
 from paceline.errors import InvalidArgumentType
+from paceline.policy.cost import Cost
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryPolicy
@@ -43,6 +44,35 @@ def async_acquirer(
         return await asyncio.to_thread(acquire, weight)
 
     return try_now, acquire_in_thread
+
+
+class CostReserver(Protocol):
+    """A limiter that reserves per-item costs: paceline's :class:`RateLimiter`, or a face's
+    limiter in front of one (the HTTP face's per-server limits)."""
+
+    def reserve(self, cost: int | Cost) -> Grant:
+        """Block until ``cost`` fits; a :class:`Grant` to settle."""
+        ...
+
+    async def reserve_async(self, cost: int | Cost) -> Grant:
+        """Suspend until ``cost`` fits; a :class:`Grant` to settle."""
+        ...
+
+
+def cost_reserver(limiter: object | None, cost: object | None) -> CostReserver | None:
+    """The limiter to reserve per-item costs from (``RunOptions.cost``), or ``None`` when the
+    batch has no costs. Costs need paceline's own limiter: only it reserves and settles."""
+    if cost is None:
+        return None
+    if not isinstance(limiter, RateLimiter) and not inspect.iscoroutinefunction(
+        getattr(limiter, "reserve_async", None)
+    ):
+        raise InvalidArgumentType(
+            f"cost= needs a paceline.RateLimiter as the rate limiter (got {limiter!r}): only it "
+            "reserves an estimate and settles the actual cost, e.g. "
+            "RateLimiter.from_rates('500/min', 'tokens:90000/min')"
+        )
+    return cast(CostReserver, limiter)
 
 
 def sync_acquirer(limiter: object | None) -> Callable[[int], Any] | None:

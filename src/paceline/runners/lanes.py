@@ -45,6 +45,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.pause import ServerPause
 from paceline.runners.adaptive_gate import AdaptiveGate
+from paceline.runners.gates import CostReserver
 
 K = TypeVar("K")
 
@@ -88,7 +89,17 @@ class Lanes(Protocol):
 class Lane(Generic[K]):
     """The runner's side of one lane: its gates and the queue of its ready jobs."""
 
-    __slots__ = ("acquire", "adaptive", "busy", "key", "listed", "pause", "queue", "try_now")
+    __slots__ = (
+        "acquire",
+        "adaptive",
+        "busy",
+        "key",
+        "listed",
+        "pause",
+        "queue",
+        "reserver",
+        "try_now",
+    )
 
     def __init__(
         self,
@@ -97,8 +108,10 @@ class Lane(Generic[K]):
         pause: ServerPause | None,
         try_now: Callable[[int], Any] | None,
         acquire: Callable[[int], Any] | None,
+        reserver: CostReserver | None = None,
     ) -> None:
         self.key = key
+        self.reserver = reserver  # the limiter to reserve per-item costs from, with costs
         self.adaptive = adaptive
         self.pause = pause
         self.try_now = try_now

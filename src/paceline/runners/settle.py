@@ -28,6 +28,7 @@ from paceline._results import Attempt
 from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.adaptive import Outcome
 from paceline.policy.batch import BatchState
+from paceline.policy.cost import Cost
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
@@ -134,8 +135,24 @@ class RunOptions(Generic[K, T, R]):
     # One set of gates per server (see runners/lanes.py): a Lanes, or None for one lane built
     # from ``limiter`` and ``adaptive`` above (which a batch with lanes does not use).
     lanes: Any = None
+    # Costs per unit (docs/units.md): ``cost(item)`` is reserved from the limiter (a
+    # paceline RateLimiter) right before each attempt, in place of ``weight``; after a success
+    # the grant is settled to ``actual_cost(value)`` (``None``: keep the estimate). A failed
+    # attempt keeps its estimate: the server may well have counted it.
+    cost: Callable[[K], int | Cost] | None = None
+    actual_cost: Callable[[Any], int | Cost | None] | None = None
 
     def __post_init__(self) -> None:
+        if self.cost is not None and self.weight is not None:
+            raise InvalidArgument(
+                "weight= and cost= both given: a cost includes the requests, e.g. "
+                "cost=lambda item: {'requests': 2, 'tokens': 1200} — pass cost= alone"
+            )
+        if self.actual_cost is not None and self.cost is None:
+            raise InvalidArgument(
+                "actual_cost= without cost=: the actual cost settles a reservation made "
+                "from the estimate — give cost= too (e.g. cost=lambda item: {'tokens': 1000})"
+            )
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise InvalidArgument(
                 f"timeout_s={self.timeout_s!r}: must be a number of seconds above 0"
@@ -155,13 +172,24 @@ class RunOptions(Generic[K, T, R]):
 class Job(Generic[K]):
     """One item on its way: its position, the item, its journal key and its attempts so far."""
 
-    __slots__ = ("attempt", "history", "index", "item", "key", "lane", "last_error", "throttles")
+    __slots__ = (
+        "attempt",
+        "grant",
+        "history",
+        "index",
+        "item",
+        "key",
+        "lane",
+        "last_error",
+        "throttles",
+    )
 
     def __init__(self, index: int, item: K, key: str | None) -> None:
         self.index = index
         self.item = item
         self.key = key
         self.lane: Any = None  # the runner's lane for it, when the batch has lanes
+        self.grant: Any = None  # the Grant of its attempt in flight, with costs (RunOptions)
         self.attempt = 1
         self.throttles = 0  # of its attempts so far, those throttled (they spend no budget)
         self.history: list[Attempt] | None = None
@@ -222,12 +250,21 @@ class Settler(Generic[K, T, R]):
     def success(self, job: Job[K], value: T, started_ns: int, elapsed_ns: int) -> None:
         """The attempt succeeded: settle the item."""
         options = self.options
+        if job.grant is not None:
+            self._settle_cost(job, value)
         if self.give_up is not None:
             self.give_up.success()
         info = self._info(job, started_ns, elapsed_ns, None)
         if options.journal is not None:
             self._record(job, elapsed_ns, success=True, result=value)
         self._settle(job.index, options.ok(job.index, job.item, value, info), False)
+
+    def _settle_cost(self, job: Job[K], value: Any) -> None:
+        grant, job.grant = job.grant, None
+        actual_cost = self.options.actual_cost
+        actual = actual_cost(value) if actual_cost is not None else None
+        if actual is not None:
+            grant.settle(actual)
 
     def failure_of(
         self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
@@ -236,6 +273,7 @@ class Settler(Generic[K, T, R]):
         item was settled as failed."""
         options = self.options
         retry = options.retry
+        job.grant = None  # a failed attempt keeps its estimate (see RunOptions.cost)
         if self.give_up is not None and not self.state.stopped:
             reason = self.give_up.failure(time.monotonic_ns())
             if reason is not None:
@@ -269,6 +307,7 @@ class Settler(Generic[K, T, R]):
     ) -> None:
         """Settle the item as failed with ``error``."""
         options = self.options
+        job.grant = None  # a failed attempt keeps its estimate (see RunOptions.cost)
         info = self._info(job, started_ns, elapsed_ns, error)
         if options.journal is not None:
             self._record(job, elapsed_ns, success=False, error=error)

@@ -36,7 +36,7 @@ from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 from paceline.runners._common import controller_for, sized_length
 from paceline.runners.adaptive_gate import default_classify
-from paceline.runners.gates import LeaseGate, server_pause_for, sync_acquirer
+from paceline.runners.gates import LeaseGate, cost_reserver, server_pause_for, sync_acquirer
 from paceline.runners.settle import Job, RunOptions, Settler
 from paceline.runners.signals import InterruptGate, deferred_interrupts
 
@@ -78,6 +78,13 @@ class _Skipped:
 _Done = tuple[int, Any, bool, int, int] | _Fatal | _Skipped | _Wake
 
 
+def _give_back(job: Job[Any]) -> None:
+    """Return the cost reserved for ``job``'s attempt, which never started."""
+    grant, job.grant = job.grant, None
+    if grant is not None:
+        grant.give_back()
+
+
 class ThreadRunner(Generic[K, T, R]):
     """Run ``operation(item)`` for every item on ``workers`` threads (``None`` or 1: in the
     calling thread, one at a time)."""
@@ -93,6 +100,7 @@ class ThreadRunner(Generic[K, T, R]):
         self.workers = workers
         self.options = options
         self._acquire = sync_acquirer(options.limiter)
+        self._reserver = cost_reserver(options.limiter, options.cost)
         self.state: BatchState[R] | None = None
 
     def collect(self, items: Iterable[K], total: int | None = None) -> BatchState[R]:
@@ -193,7 +201,9 @@ class _Dispatch(Generic[K, T, R]):
     def _dispatch(self, source: Iterator[K], count: int) -> None:
         options, state = self.options, self.state
         acquire, weigh = self.runner._acquire, options.weight
-        lease = LeaseGate.for_limiter(options.limiter)
+        reserver, cost_of = self.runner._reserver, options.cost
+        # With costs every attempt reserves its own cost: no lease of plain permits.
+        lease = LeaseGate.for_limiter(options.limiter) if reserver is None else None
         plain = acquire is None and not options.stop_on_error and not options.halt
         # With nothing to stop for and no limiter, a second job per worker waits in the
         # queue so a worker that finishes picks up work without a round trip through the
@@ -234,16 +244,26 @@ class _Dispatch(Generic[K, T, R]):
                     self._requeue(job)
                     continue
                 if acquire is not None:
-                    weight = weigh(job.item) if weigh is not None else 1
-                    if weight != 1 or lease is None or not lease.take():
+                    if reserver is not None:
+                        assert cost_of is not None
+                        cost = cost_of(job.item)
                         if self.signals is None:
-                            acquire(weight)
+                            job.grant = reserver.reserve(cost)
                         else:
                             with self.signals.waiting():
+                                job.grant = reserver.reserve(cost)
+                    else:
+                        weight = weigh(job.item) if weigh is not None else 1
+                        if weight != 1 or lease is None or not lease.take():
+                            if self.signals is None:
                                 acquire(weight)
+                            else:
+                                with self.signals.waiting():
+                                    acquire(weight)
                     self._collect_ready()
                     self._check_signals()
                     if state.stopped or self._past_deadline():
+                        _give_back(job)
                         if job.attempt > 1:
                             self.settler.abandon(job)
                         break
@@ -390,8 +410,10 @@ class _Dispatch(Generic[K, T, R]):
             self.in_flight -= 1
             self._tell_controller(outcome.job_id, None, None, skipped=True)
             entry = self.running.pop(outcome.job_id, None)
-            if entry is not None and entry[1].attempt > 1:
-                self.settler.abandon(entry[1])
+            if entry is not None:
+                _give_back(entry[1])
+                if entry[1].attempt > 1:
+                    self.settler.abandon(entry[1])
             return
         job_id, value, failed, started, elapsed = outcome
         self.in_flight -= 1
@@ -441,8 +463,10 @@ class _Dispatch(Generic[K, T, R]):
                 continue
             self.in_flight -= 1
             taken = self.running.pop(entry[0], None)
-            if taken is not None and taken[1].attempt > 1:
-                self.settler.abandon(taken[1])
+            if taken is not None:
+                _give_back(taken[1])
+                if taken[1].attempt > 1:
+                    self.settler.abandon(taken[1])
 
     def _note_pause(self, error: BaseException) -> None:
         """A failed attempt may carry the server's Retry-After: pause, hold what is queued."""
@@ -473,6 +497,7 @@ class _Dispatch(Generic[K, T, R]):
     def _run_sequential(self, source: Iterator[K]) -> None:
         options, state, settler = self.options, self.state, self.settler
         operation, acquire, weigh = self.runner.operation, self.runner._acquire, options.weight
+        reserver, cost_of = self.runner._reserver, options.cost
         timed = self.timed
         index = 0
         while not state.stopped and not self._past_deadline():
@@ -496,7 +521,10 @@ class _Dispatch(Generic[K, T, R]):
                 # One at a time, the calling thread runs the call itself: a signal may
                 # interrupt the wait and the call, never the settling that follows.
                 with self.signals.waiting() if self.signals else contextlib.nullcontext():
-                    if acquire is not None:
+                    if reserver is not None:
+                        assert cost_of is not None
+                        job.grant = reserver.reserve(cost_of(job.item))
+                    elif acquire is not None:
                         acquire(weigh(job.item) if weigh is not None else 1)
                     started = _monotonic_ns() if timed else 0
                     value = operation(job.item)

@@ -1,0 +1,79 @@
+"""``paceline http`` with a --rate in tokens against the test API's LLM mode: each row's cost
+(a JSON Lines "cost", or --cost from CSV columns) is reserved, the answer's usage settles it,
+and the server never says 429."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from paceline.testing.api_server import ApiConfig, ApiServer, LlmConfig
+from tests.cli._command import paceline
+
+CHAT = "/v1/chat/completions"
+HELLO = [{"role": "user", "content": "Say hello."}]
+ESTIMATE = 9 + 100  # the prompt's 9 tokens and max_tokens: what the server reserves
+# 3,000 requests (bucket of 100) and 30,000 tokens (bucket of 1,000) a minute; no limit
+# headers, so only --rate keeps the calls inside the buckets (as sliding windows of 2 s).
+LLM = LlmConfig(
+    requests_per_min=3_000,
+    requests_burst=100,
+    tokens_per_min=30_000,
+    tokens_burst=1_000,
+    announce=False,
+)
+RATES = ("--rate", "100/2s", "--rate", "tokens:1000/2s")  # evenly paced: the default
+
+
+def _body() -> dict[str, object]:
+    return {"model": "test", "messages": HELLO, "max_tokens": 100}
+
+
+def test_jsonl_rows_carry_their_cost(tmp_path: Path) -> None:
+    with (tmp_path / "in.jsonl").open("w") as handle:
+        for n in range(40):
+            row = {"id": f"chat-{n}", "url": CHAT, "method": "POST", "json": _body()}
+            handle.write(json.dumps({**row, "cost": {"tokens": ESTIMATE}}) + "\n")
+    with ApiServer(ApiConfig(base_latency_s=0, llm=LLM, seed=13)) as server:
+        done = paceline(
+            "http", "in.jsonl", "--base-url", server.url, *RATES, "-j", "8",
+            "--journal", "none", "--out", "out.jsonl", "-q", cwd=tmp_path,
+        )  # fmt: skip
+        stats = server.stats()["llm"]
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 40
+    assert all(r["ok"] and r["status"] == 200 for r in lines)
+    assert stats["throttled_429_tokens"] == 0
+    assert stats["throttled_429_requests"] == 0
+    assert stats["requests_answered"] == 40
+
+
+def test_csv_rows_with_a_cost_template(tmp_path: Path) -> None:
+    rows = ["id,est"] + [f"{n},{ESTIMATE}" for n in range(30)]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+    body = json.dumps({"model": "test", "messages": HELLO, "max_tokens": 100, "user": "{id}"})
+    with ApiServer(ApiConfig(base_latency_s=0, llm=LLM, seed=13)) as server:
+        done = paceline(
+            "http", "in.csv", "--url", server.url + CHAT, "--method", "POST", "--json", body,
+            "--cost", "tokens={est}", *RATES, "-j", "8", "--journal", "none", "-q",
+            cwd=tmp_path,
+        )  # fmt: skip
+        stats = server.stats()["llm"]
+    assert done.returncode == 0, done.stderr
+    assert stats["requests_answered"] == 30
+    assert stats["throttled_429_tokens"] == 0
+
+
+def test_a_jsonl_row_without_a_cost_is_a_bad_row_naming_the_fix(tmp_path: Path) -> None:
+    row = {"id": "chat-0", "url": CHAT, "method": "POST", "json": _body()}
+    (tmp_path / "in.jsonl").write_text(json.dumps(row) + "\n")
+    with ApiServer(ApiConfig(base_latency_s=0, llm=LLM)) as server:
+        done = paceline(
+            "http", "in.jsonl", "--base-url", server.url, *RATES, "--journal", "none", "-q",
+            cwd=tmp_path,
+        )  # fmt: skip
+        answered = server.stats()["llm"]["requests_answered"]
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert 'no "cost" in this row' in done.stderr
+    assert answered == 0
