@@ -24,6 +24,7 @@ from paceline import (
     Success,
     batch_execute,
     batch_execute_sync,
+    fetch_many,
     run_sync,
     stream,
 )
@@ -722,3 +723,29 @@ def test_a_limit_in_another_unit_is_refused_not_silently_ignored():
 
     with pytest.raises(ValueError, match=r"limit in tokens \(tokens:900/60s\)"):
         asyncio.run(batch_execute(range(3), op, rate_limiter=limiter))
+
+
+def test_the_typed_options_are_exactly_batch_executes_keyword_options():
+    # batch_execute_sync and fetch_many take **options: Unpack[BatchOptions]; an option added
+    # to batch_execute and not to BatchOptions would be refused by them.
+    import inspect
+
+    from paceline.faces.batch import BatchOptions
+
+    keyword_only = {
+        name
+        for name, p in inspect.signature(batch_execute).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert set(BatchOptions.__annotations__) == keyword_only
+
+
+def test_a_misspelt_option_names_the_function_called_and_the_nearest_option():
+    async def op(x):
+        return x
+
+    said = "got an unexpected keyword argument 'retires' \\(did you mean 'retry'\\?\\)"
+    with pytest.raises(TypeError, match=rf"^batch_execute_sync\(\) {said}"):
+        batch_execute_sync([1], op, retires=3)
+    with pytest.raises(TypeError, match=rf"^fetch_many\(\) {said}"):
+        asyncio.run(fetch_many([1], op, retires=3))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import difflib
 import threading
 from collections.abc import (
     AsyncIterable,
@@ -14,9 +15,10 @@ from collections.abc import (
     Coroutine,
     Iterable,
 )
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 from paceline._results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
+from paceline.errors import InvalidArgumentType
 from paceline.faces._journal import JournalSpec, journal_options, opened, restored_result
 from paceline.faces._options import (
     ActualCost,
@@ -35,6 +37,9 @@ from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.lanes import Lanes
 from paceline.runners.settle import AttemptInfo, RunOptions
 from paceline.stores import Codec, StoredOutcome, item_key
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; only for mypy
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -67,6 +72,64 @@ def _ok(_index: int, _key: object, value: Any, _info: AttemptInfo) -> Success[An
 
 def _err(_index: int, _key: object, exc: BaseException, _info: AttemptInfo) -> Failure:
     return Failure.from_exception(exc)
+
+
+class BatchOptions(TypedDict, total=False):
+    """The keyword options of :func:`batch_execute`, typed, for the faces that pass them on
+    (:func:`batch_execute_sync`, :func:`~paceline.fetch_many`): a misspelt option fails
+    ``mypy --strict`` there, and at run time the error names the function that was called."""
+
+    rate_limiter: object | None
+    weight: Callable[[Any], int] | None
+    cost: CostSpec[Any]
+    actual_cost: ActualCost
+    max_workers: Concurrency
+    retry: RetrySpec
+    retry_budget: RetryBudget | None
+    halt: HaltSpec
+    timeout_s: float | None
+    deadline_s: float | None
+    journal: JournalSpec
+    journal_label: str | None
+    retry_failed: bool
+    reuse_journal: bool
+    codec: Codec | None
+    key: Callable[[Any], Any] | None
+    adaptive: Adaptive
+    classify: Callable[[Any, BaseException | None], Outcome] | None
+    give_up_after_s: float | None
+    lanes: Lanes | None
+
+
+class AllBatchOptions(BatchOptions, total=False):
+    """:class:`BatchOptions` and :func:`batch_execute`'s first three, for a face that takes
+    none of them itself (:func:`~paceline.fetch_many`)."""
+
+    max_concurrent: Concurrency
+    on_progress: ProgressCallback | None
+    fail_fast: bool
+
+
+def checked_options(
+    function: str, options: dict[str, Any], known: type[BatchOptions] = BatchOptions
+) -> None:
+    """Refuse an option :func:`batch_execute` does not take, naming ``function`` (the one the
+    user called) and the nearest option, as Python would for its own parameters.
+
+    >>> try:
+    ...     checked_options("batch_execute_sync", {"retires": 3})
+    ... except TypeError as exc:
+    ...     print(exc)
+    batch_execute_sync() got an unexpected keyword argument 'retires' (did you mean 'retry'?)
+    """
+    names = known.__annotations__.keys() | BatchOptions.__annotations__.keys()
+    for name in options:
+        if name not in names:
+            near = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InvalidArgumentType(
+                f"{function}() got an unexpected keyword argument {name!r}{hint}"
+            )
 
 
 async def batch_execute(
@@ -338,15 +401,17 @@ def batch_execute_sync(
     max_concurrent: Concurrency = 10,
     on_progress: ProgressCallback | None = None,
     fail_fast: bool = False,
-    **options: Any,
+    **options: Unpack[BatchOptions],
 ) -> list[Result[T]]:
-    """:func:`batch_execute` for sync callers (works inside a running event loop too).
+    """:func:`batch_execute` for sync callers (works inside a running event loop too); the
+    options are :func:`batch_execute`'s (:class:`BatchOptions`).
 
     >>> async def double(x: int) -> int:
     ...     return 2 * x
     >>> [r.value for r in batch_execute_sync([1, 2], double)]
     [2, 4]
     """
+    checked_options("batch_execute_sync", dict(options))
     return run_sync(
         batch_execute(keys, operation, max_concurrent, on_progress, fail_fast, **options)
     )

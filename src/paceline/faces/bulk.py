@@ -4,11 +4,14 @@ request of the quota instead of a hundred."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from paceline._results import ErrorCode, Failure, Result, Success
 from paceline.errors import InvalidArgument, PacelineError
-from paceline.faces.batch import batch_execute
+from paceline.faces.batch import AllBatchOptions, batch_execute, checked_options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; only for mypy
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -35,7 +38,7 @@ async def fetch_many(
     keys: Iterable[K],
     fetch_chunk: Callable[[list[K]], Awaitable[Mapping[K, V]]],
     chunk_size: int = 100,
-    **options: Any,
+    **options: Unpack[AllBatchOptions],
 ) -> list[Result[V]]:
     """Fetch ``keys`` through a bulk endpoint: ``await fetch_chunk(chunk)`` returns a mapping
     from key to value for up to ``chunk_size`` keys at a time. Returns a ``Result`` per key,
@@ -55,6 +58,7 @@ async def fetch_many(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidArgument(f"chunk_size={chunk_size!r}: must be a whole number of at least 1")
+    checked_options("fetch_many", dict(options), AllBatchOptions)
     chunks = list(_chunks(keys, chunk_size))
     answers = await batch_execute(chunks, fetch_chunk, **options)
     results: list[Result[V]] = []
