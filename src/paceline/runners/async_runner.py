@@ -463,6 +463,7 @@ class _Batch(Generic[K, T, R]):
                 if reserver is not None:
                     assert cost_of is not None
                     if not await self._reserved(reserver, cost_of, job, adaptive, ticket):
+                        self._unstarted(job)
                         return
                 elif acquire is not None:
                     weight = weigh(job.item) if weigh is not None else 1
@@ -510,7 +511,7 @@ class _Batch(Generic[K, T, R]):
         ticket: Ticket | None,
     ) -> bool:
         """Reserve ``job``'s cost before its attempt (kept on ``job.grant``); ``False``: the
-        batch stopped first (nothing stays reserved, the job is unstarted)."""
+        batch stopped first (nothing stays reserved; the caller leaves the job unstarted)."""
         try:
             grant = await self._unless_stopped(reserver.reserve_async(cost_of(job.item)))
         except asyncio.CancelledError:
@@ -522,7 +523,6 @@ class _Batch(Generic[K, T, R]):
                 grant.give_back()
             if adaptive is not None and ticket is not None:
                 adaptive.abandon(ticket)
-            self._unstarted(job)
             return False
         job.grant = grant
         return True
@@ -643,19 +643,8 @@ class _Batch(Generic[K, T, R]):
         reserver, cost_of = lane.reserver, self.runner.options.cost
         if reserver is not None:
             assert cost_of is not None
-            try:
-                grant = await self._unless_stopped(reserver.reserve_async(cost_of(job.item)))
-            except asyncio.CancelledError:
-                if adaptive is not None and ticket is not None:
-                    adaptive.abandon(ticket)
-                raise
-            if grant is None or self.state.stopped:
-                if grant is not None:
-                    grant.give_back()
-                if adaptive is not None and ticket is not None:
-                    adaptive.abandon(ticket)
+            if not await self._reserved(reserver, cost_of, job, adaptive, ticket):
                 return False, None
-            job.grant = grant
         elif acquire is not None:
             weigh = self.runner.options.weight
             weight = weigh(job.item) if weigh is not None else 1
