@@ -43,6 +43,7 @@ from paceline.policy.adaptive import AdaptiveSettings, Outcome
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import RateSpecError
 from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
+from paceline.runners.identity import current_item_key
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "__version__",
     "batch_execute",
     "batch_execute_sync",
+    "current_item_key",
     "dry_run",
     "fetch_many",
     "run_sync",

@@ -105,6 +105,9 @@ class ErrorCode(str, enum.Enum):
     PERMISSION_DENIED = "permission_denied"
     SERVER_ERROR = "server_error"
     CANCELLED = "cancelled"
+    # A request that is not idempotent failed after it may have been processed, and was not
+    # sent again (no idempotency key): check on the server whether it was done.
+    MAYBE_PROCESSED = "maybe_processed"
 
 
 def error_code_for(error: BaseException) -> ErrorCode:

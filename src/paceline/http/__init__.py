@@ -19,6 +19,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from paceline.http._face import fetch_all, fetch_all_sync, stream_requests
+from paceline.http._idempotency import MaybeProcessed
 from paceline.http._limits import ServerLimits
 from paceline.http._messages import (
     HttpRequest,
@@ -44,6 +45,7 @@ __all__ = [
     "HttpTimeout",
     "HttpTransportError",
     "InvalidRequest",
+    "MaybeProcessed",
     "ServerLimits",
     "ServerUnreachable",
     "ShardedTransport",
@@ -62,4 +64,5 @@ from paceline.http._face import DEFAULT_RETRY as DEFAULT_RETRY
 from paceline.http._face import client_for as client_for
 from paceline.http._face import http_retry as http_retry
 from paceline.http._face import sender as sender
+from paceline.http._idempotency import Idempotency as Idempotency
 from paceline.http._servers import ServerLanes as ServerLanes

@@ -25,6 +25,7 @@ from paceline.faces.batch import (
     run_sync,
     stream,
 )
+from paceline.http._idempotency import Idempotency
 from paceline.http._limits import DEFAULT_MAX_HOLD_S, ServerLimits
 from paceline.http._messages import (
     HttpRequest,
@@ -56,6 +57,9 @@ T = TypeVar("T")
 # Transient by default: throttles, server errors, timeouts and broken connections.
 HTTP_RETRY_ON = (HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError)
 DEFAULT_RETRY = remote_retry(retry_on=HTTP_RETRY_ON)
+# POST and PATCH carry Idempotency-Key; one that may have been processed and has no key is not
+# retried (the reasons are in http/_idempotency.py).
+DEFAULT_IDEMPOTENCY = Idempotency()
 
 
 def http_retry(retry: RetryPolicy | int | None) -> RetryPolicy | None:
@@ -187,11 +191,14 @@ def sender(
     *,
     attempt_timeout_s: float | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    idempotency: Idempotency = DEFAULT_IDEMPOTENCY,
 ) -> Callable[[RequestLike], Any]:
     """The operation that sends one request. ``attempt_timeout_s`` bounds the whole attempt
     (``None``: :data:`DEFAULT_ATTEMPT_TIMEOUT_S`); ``max_body_bytes`` what is kept of a body.
     With :class:`ServerLanes`, an answer's headers teach the limits of the server it came from
-    (the lane the runner took the request's token from: the same key)."""
+    (the lane the runner took the request's token from: the same key). ``idempotency``: which
+    requests carry the item's stable key, and whether one that may have been processed is
+    sent again (see ``http/_idempotency.py``)."""
     base = None if base_url is None else request_url(base_url)  # parsed once, not per request
     timeout_s = DEFAULT_ATTEMPT_TIMEOUT_S if attempt_timeout_s is None else attempt_timeout_s
     single = limits if isinstance(limits, ServerLimits) else None
@@ -223,8 +230,9 @@ def sender(
         target = item if isinstance(item, str) else ""
         url: httpx.URL | str = target
         server = UNPLACED
+        request: HttpRequest | None = None
         try:
-            request = _PLAIN_GET if isinstance(item, str) else as_request(item)
+            request = _PLAIN_GET if isinstance(item, str) else idempotency.keyed(as_request(item))
             target = item if isinstance(item, str) else request.url
             url = request_url(target, base)
             server = server_key(url)
@@ -232,17 +240,26 @@ def sender(
                 check_method_and_headers(request.method, request.headers)
             return await _within(exchange(request, url, attempt, limits_of(server)), timeout_s)
         except httpx.TransportError as exc:
-            raise attempt.failure(exc, str(url)) from exc
+            failure = attempt.failure(exc, str(url))
+            failure.__cause__ = exc
+            # A POST that may have been processed and has no key is not sent again.
+            final = idempotency.checked(failure, request, str(url))
+            raise final from final.__cause__
         except (TimeoutError, asyncio.TimeoutError) as exc:
             if isinstance(exc, HttpTimeout):
                 raise
-            raise HttpTimeout(
-                "AttemptTimeout",
-                timeout_s,
-                attempt.phase,
+            final = idempotency.checked(
+                HttpTimeout(
+                    "AttemptTimeout",
+                    timeout_s,
+                    attempt.phase,
+                    str(url),
+                    hint="the whole-attempt limit: raise --timeout / timeout_s for a slower server",
+                ),
+                request,
                 str(url),
-                hint="the whole-attempt limit: raise --timeout / timeout_s for a slower server",
-            ) from None
+            )
+            raise final from final.__cause__
         except UnicodeEncodeError as exc:  # a header value httpx cannot encode
             raise InvalidRequest(f"request to {redact_text(str(target))}: {exc}") from None
         finally:
@@ -339,6 +356,11 @@ class _Setup:
         if max_body_bytes < 0:
             raise InvalidArgument(f"max_body_bytes={max_body_bytes!r}: must be 0 or more")
         self.max_body_bytes = max_body_bytes
+        self.idempotency = Idempotency.of(
+            options.pop("idempotency_header", DEFAULT_IDEMPOTENCY.header),
+            options.pop("idempotency_methods", None),
+            options.pop("retry_unsafe", False),
+        )
         options.setdefault("key", _request_key)
         options.setdefault("codec", HttpResponseCodec())
 
@@ -349,6 +371,7 @@ class _Setup:
             self.base_url,
             attempt_timeout_s=self.timeout_s,
             max_body_bytes=self.max_body_bytes,
+            idempotency=self.idempotency,
         )
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ simply run, and memory stays bounded for endless inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
 from paceline.redact import redact_text
 from paceline.runners._common import ProgressCallback
+from paceline.runners.identity import new_batch_id
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -141,6 +143,9 @@ class RunOptions(Generic[K, T, R]):
     # attempt keeps its estimate: the server may well have counted it.
     cost: Callable[[K], int | Cost] | None = None
     actual_cost: Callable[[Any], int | Cost | None] | None = None
+    # The batch's identity, for the items' stable keys (runners/identity.py): the journal's,
+    # kept across runs; without one, a fresh one per run.
+    batch_id: str = dataclasses.field(default_factory=new_batch_id)
 
     def __post_init__(self) -> None:
         if self.cost is not None and self.weight is not None:

@@ -61,6 +61,12 @@ class Service:
             if method != "POST":
                 return _error(405, f"{method} {path}: use POST", [("Allow", "POST")])
             return await self._chat(request)
+        if path == "/objects":
+            if method == "GET":
+                return 200, _json(self.state.objects.listing()), []
+            if method != "POST":
+                return _error(405, f"{method} /objects: use POST or GET", [("Allow", "GET, POST")])
+            return await self._create(request)
         if path == "/stats" and method == "GET":
             times = "times=1" in request.query.split("&")
             return 200, _json(self.state.stats(times=times)), []
@@ -126,6 +132,33 @@ class Service:
         if request.method == "POST":
             payload["echo"] = echo
         return 200, _json(payload), headers
+
+    async def _create(self, request: Request) -> Response | None:
+        """``POST /objects``: create an object, or replay the answer stored for its
+        ``Idempotency-Key``; a share is dropped after processing (``post_drop_rate``)."""
+        state = self.state
+        arrived_ns = time.monotonic_ns()
+        if not state.admit(arrived_ns):
+            return _error(429, "rate limited", state.rate_headers(arrived_ns))
+        try:
+            body = json.loads(request.body) if request.body else None
+        except (ValueError, UnicodeDecodeError):
+            state.bad_requests += 1
+            return _error(400, "the body is not JSON")
+        if not state.enter():
+            return _error(503, "over capacity")
+        try:
+            latency_s = self.config.latency_s(state.in_flight)
+            if latency_s > 0:
+                await asyncio.sleep(latency_s)
+            created, what = state.objects.create(request.headers.get("idempotency-key"), body)
+            if state.objects.drop_now():
+                return None  # processed, and the answer lost
+            state.record_accepted(arrived_ns, time.monotonic_ns(), [])
+            status = 201 if what == "created" else 200
+            return status, _json(created), [("Idempotent-Replayed", str(what == "replay").lower())]
+        finally:
+            state.leave()
 
     async def _chat(self, request: Request) -> Response | None:
         """One LLM call: charged to the requests and tokens buckets, answered with its usage,

@@ -89,6 +89,9 @@ class ApiConfig:
     - ``error_rate``: fraction answered 500.
     - ``drop_rate``: fraction whose connection is closed without an answer (after the latency).
     - ``slow_rate``, ``slow_s``: fraction that take ``slow_s`` seconds longer.
+    - ``post_drop_rate``: fraction of ``POST /objects`` that create their object (and store
+      their ``Idempotency-Key``) and then close the connection without an answer, from a
+      generator of their own (see ``testing/_api/objects.py``).
 
     LLM mode:
 
@@ -113,6 +116,7 @@ class ApiConfig:
     slow_rate: float = 0.0
     slow_s: float = 1.0
     drop_rate: float = 0.0
+    post_drop_rate: float = 0.0
     seed: int = 0
     llm: LlmConfig | None = None
 
@@ -140,7 +144,7 @@ class ApiConfig:
         _check_seconds("network_delay_s", self.network_delay_s)
         _check_seconds("slow_s", self.slow_s)
         _check_seconds("load_factor", self.load_factor)
-        for name in ("error_rate", "slow_rate", "drop_rate"):
+        for name in ("error_rate", "slow_rate", "drop_rate", "post_drop_rate"):
             _check_rate(name, getattr(self, name))
         if self.headers not in _HEADER_STYLES:
             raise InvalidArgument(

@@ -22,6 +22,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 REASONS = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",

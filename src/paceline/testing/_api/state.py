@@ -17,6 +17,7 @@ from typing import Any
 from paceline.testing._api.bucket import TokenBucket
 from paceline.testing._api.config import ApiConfig
 from paceline.testing._api.llm_state import LlmState
+from paceline.testing._api.objects import ObjectStore
 
 NS_PER_S = 1_000_000_000
 
@@ -69,6 +70,7 @@ class ServerState:
         llm = self.config.llm
         self.llm = LlmState(llm, self.config.seed, now_ns) if llm is not None else None
         self._delay_rng = random.Random(self.config.seed + 1)
+        self.objects = ObjectStore(self.config.post_drop_rate, self.config.seed)
         self.requests = 0
         self.throttled_429 = 0
         self.overloaded_503 = 0
@@ -230,6 +232,8 @@ class ServerState:
             "burst": config.bucket_capacity,
             "capacity": config.capacity,
         }
+        if self.objects.requests:
+            result["objects"] = self.objects.stats()
         if self.llm is not None:
             result["llm"] = self.llm.stats(times=times)
         if times:
