@@ -164,6 +164,37 @@ def http_command(
     ] = None,
     body: Annotated[str | None, typer.Option(help="Raw body template.")] = None,
     base_url: Annotated[str | None, typer.Option(help="Base for relative URLs.")] = None,
+    idempotency_header: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-header",
+            metavar="NAME",
+            help="Header carrying each POST/PATCH's stable key (default Idempotency-Key; "
+            "'' sends none). A row's own header of that name wins.",
+        ),
+    ] = None,
+    no_idempotency_key: Annotated[
+        bool,
+        typer.Option(
+            "--no-idempotency-key", help="Send no idempotency key (as --idempotency-header '')."
+        ),
+    ] = False,
+    idempotency_methods: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-methods",
+            metavar="M,M",
+            help="Methods that get a key and are not retried blind (default POST,PATCH).",
+        ),
+    ] = None,
+    retry_unsafe: Annotated[
+        bool,
+        typer.Option(
+            "--retry-unsafe",
+            help="Retry a POST/PATCH that may have been processed even without a key "
+            "(a timeout or dropped connection after sending): it may be done twice.",
+        ),
+    ] = False,
     header: Annotated[
         list[str] | None,
         typer.Option(
@@ -212,6 +243,9 @@ def http_command(
         base_url=base_url,
         headers=list(header or []),
         cost_template=cost,
+        idempotency_header="" if no_idempotency_key else idempotency_header,
+        idempotency_methods=idempotency_methods,
+        retry_unsafe=retry_unsafe,
         **_common(**values),
     )
     _launch(spec, values)

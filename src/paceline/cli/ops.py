@@ -196,6 +196,7 @@ class HttpOperation(Operation):
         from paceline.http import (
             HttpRequest,
             HttpResponseCodec,
+            Idempotency,
             client_for,
             sender,
             validate_request,
@@ -230,7 +231,23 @@ class HttpOperation(Operation):
             (unit, Template.parse(text, label="--cost")) for unit, text in spec.cost_templates()
         ]
         # --timeout bounds the whole attempt, body included (default: the face's 120 s).
-        self._send = sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
+        # POST/PATCH carry the row's stable key; one that may have been processed without a
+        # key is not sent again (http/_idempotency.py).
+        try:
+            self.idempotency = Idempotency.of(
+                "Idempotency-Key" if spec.idempotency_header is None else spec.idempotency_header,
+                spec.idempotency_methods,
+                spec.retry_unsafe,
+            )
+        except InvalidArgument as exc:
+            raise UsageError(str(exc).replace("idempotency ", "--idempotency-", 1)) from None
+        self._send = sender(
+            self.client,
+            limits,
+            spec.base_url,
+            attempt_timeout_s=spec.timeout_s,
+            idempotency=self.idempotency,
+        )
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         found: dict[str, Template | JsonTemplate] = super().templates()

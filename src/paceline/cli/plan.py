@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from paceline import RateLimiter
 from paceline.cli.inputs import InputError, open_rows
-from paceline.cli.ops import to_item
+from paceline.cli.ops import HttpOperation, to_item
 from paceline.cli.run import display_path, make_operation, plan_for
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.plan import least_time_text
@@ -86,6 +86,8 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
         write(f"  rate:        {_rates(spec.rates, plan.limiter, spec.burst is not None)}\n")
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
+        if isinstance(operation, HttpOperation):
+            write(f"  idempotency: {operation.idempotency.describe()}\n")
         if spec.halt:
             write(f"  halt:        {' '.join(spec.halt)}\n")
         path = spec.journal_path()

@@ -75,6 +75,11 @@ class RunSpec:
     headers: list[str] = field(default_factory=list)
     # --cost 'tokens={est_tokens}': each item's estimate per unit, from its row (http)
     cost_template: str | None = None
+    # idempotency keys (http): the header (None: Idempotency-Key, "": none), the methods that
+    # get one (None: POST,PATCH), and whether an ambiguous failure without one is retried
+    idempotency_header: str | None = None
+    idempotency_methods: str | None = None
+    retry_unsafe: bool = False
     # call
     target: str | None = None
     unpack: bool = False

@@ -23,6 +23,7 @@ is harmless or caught some other way.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 
 from paceline.errors import InvalidArgument, PacelineError
@@ -44,6 +45,8 @@ DEFAULT_UNSAFE_METHODS = frozenset({"POST", "PATCH"})
 """The methods that get a key: RFC 9110 §9.2.2 calls GET, HEAD, OPTIONS, TRACE, PUT and
 DELETE idempotent, so a repeat of those does no more than the first; POST and PATCH it does
 not (the IETF draft names the same two)."""
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2, a header name
 
 # httpx errors whose request never left: nothing to repeat (their names, as the face keeps them).
 _NEVER_SENT = frozenset({"ConnectTimeout", "PoolTimeout"})
@@ -112,16 +115,37 @@ class Idempotency:
     ) -> Idempotency:
         """From the faces' options: ``header`` ``None`` or ``""`` sends no key; ``methods``
         (default POST and PATCH) are the ones that get one and are guarded."""
-        if header is not None and not isinstance(header, str):
+        if header and (not isinstance(header, str) or not _TOKEN.fullmatch(header)):
             raise InvalidArgument(
-                f"idempotency_header={header!r}: a header name such as 'Idempotency-Key', "
-                "or None to send none"
+                f"idempotency header {header!r}: a header name such as 'Idempotency-Key' "
+                "(letters, digits and !#$%&'*+-.^_`|~), or None / '' to send none"
             )
         chosen = DEFAULT_UNSAFE_METHODS if methods is None else methods
         if isinstance(chosen, str):
             chosen = chosen.replace(",", " ").split()
         names = frozenset(m.strip().upper() for m in chosen if m.strip())
+        for name in names:
+            if not _TOKEN.fullmatch(name):
+                raise InvalidArgument(
+                    f"idempotency methods: {name!r} is not an HTTP method; give e.g. POST,PATCH"
+                )
         return cls(header or None, names, bool(retry_unsafe))
+
+    def describe(self) -> str:
+        """One line for a dry run.
+
+        >>> Idempotency().describe()
+        'Idempotency-Key on PATCH, POST; unanswered ones retried only with a key'
+        >>> Idempotency.of(header="", retry_unsafe=True).describe()
+        'no key sent; unanswered PATCH, POST retried anyway (--retry-unsafe)'
+        """
+        methods = ", ".join(sorted(self.methods)) or "no method"
+        if self.retry_unsafe:
+            sent = f"{self.header} on {methods}" if self.header else "no key sent"
+            return f"{sent}; unanswered {methods} retried anyway (--retry-unsafe)"
+        if self.header is None:
+            return f"no key sent; unanswered {methods} not retried (they may have been done)"
+        return f"{self.header} on {methods}; unanswered ones retried only with a key"
 
     def keyed(self, request: HttpRequest) -> HttpRequest:
         """``request`` with its stable key in the header, when its method wants one, a batch
