@@ -240,7 +240,8 @@ class HttpOperation(Operation):
                 spec.retry_unsafe,
             )
         except InvalidArgument as exc:
-            raise UsageError(str(exc).replace("idempotency ", "--idempotency-", 1)) from None
+            # "idempotency header 'a b': ..." names the option: "--idempotency-header 'a b'"
+            raise UsageError("--" + str(exc).replace(" ", "-", 1)) from None
         self._send = sender(
             self.client,
             limits,

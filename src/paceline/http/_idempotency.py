@@ -122,7 +122,7 @@ class Idempotency:
             )
         chosen = DEFAULT_UNSAFE_METHODS if methods is None else methods
         if isinstance(chosen, str):
-            chosen = chosen.replace(",", " ").split()
+            chosen = chosen.split(",")
         names = frozenset(m.strip().upper() for m in chosen if m.strip())
         for name in names:
             if not _TOKEN.fullmatch(name):
