@@ -62,9 +62,8 @@ def main() -> None:
         ),
     ]
     print(f"{args.n} POSTs, {args.drop:.0%} of answers dropped after processing (seed {args.seed})")
-    print(
-        f"{'run':44} {'exit':>4} {'failed':>6} {'sent':>5} {'created':>7} {'twice':>5} {'replayed':>8}"
-    )
+    head = ("run", "exit", "failed", "sent", "created", "twice", "replayed")
+    print("{:44} {:>4} {:>6} {:>5} {:>7} {:>5} {:>8}".format(*head))
     with tempfile.TemporaryDirectory() as tmp, SpawnedServer(config) as server:
         rows = Path(tmp) / "tenants.jsonl"
         rows.write_text("".join(json.dumps({"name": f"t{i}"}) + "\n" for i in range(args.n)))
