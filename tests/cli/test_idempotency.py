@@ -106,3 +106,57 @@ def test_a_killed_batch_resumes_with_the_same_keys(tmp_path: Path) -> None:
     assert all(len(seen) == 1 and None not in seen for seen in keys.values())
     assert stats["created"] == n
     assert stats["duplicates"] == 0
+
+
+# -- call and exec get the item's key -------------------------------------------------------
+
+
+def _log_keys(log: Path) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = defaultdict(list)
+    for line in log.read_text().splitlines():
+        name, key = line.split()
+        keys[name].append(key)
+    return keys
+
+
+def test_exec_gets_the_same_key_in_its_argv_and_environment_after_a_resume(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in.csv").write_text("name\na\nb\n")
+    # Logs {name} {_key} and $PACELINE_ITEM_KEY; b fails until the file "ok" exists.
+    script = 'echo "$0 $1" >> keys.log; echo "$0 $PACELINE_ITEM_KEY" >> env.log; '
+    script += '[ "$0" != b ] || [ -e ok ]'
+    command = ["--", "sh", "-c", script, "{name}", "{_key}"]
+    first = paceline("exec", "in.csv", "--journal", "j.journal", "-q", *command, cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    (tmp_path / "ok").touch()
+    resumed = paceline("resume", "j.journal", "--retry-failed", "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    keys = _log_keys(tmp_path / "keys.log")
+    assert keys == _log_keys(tmp_path / "env.log")
+    assert len(keys["a"]) == 1
+    assert len(keys["b"]) == 2
+    assert keys["b"][0] == keys["b"][1] != keys["a"][0]
+    assert len(keys["a"][0]) == 36  # a UUID
+
+
+def test_call_reads_the_same_key_from_current_item_key_after_a_resume(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("name\na\nb\n")
+    (tmp_path / "keyed.py").write_text(
+        "import os, paceline\n"
+        "def create(row):\n"
+        "    with open('keys.log', 'a') as log:\n"
+        "        log.write(f\"{row['name']} {paceline.current_item_key()}\\n\")\n"
+        "    if row['name'] == 'b' and not os.path.exists('ok'):\n"
+        "        raise ValueError('not yet')\n"
+        "    return row['name']\n"
+    )
+    args = ("call", "keyed:create", "in.csv", "--journal", "j.journal", "--retries", "0", "-q")
+    first = paceline(*args, cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    (tmp_path / "ok").touch()
+    resumed = paceline("resume", "j.journal", "--retry-failed", "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    keys = _log_keys(tmp_path / "keys.log")
+    assert len(keys["b"]) == 2
+    assert keys["b"][0] == keys["b"][1] != keys["a"][0]
