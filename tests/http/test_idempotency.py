@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from paceline import ErrorCode, RetryPolicy, current_item_key
+from paceline import ErrorCode, Failure, RetryPolicy, current_item_key
 from paceline.http import (
     HttpRequest,
     HttpTimeout,
@@ -23,7 +23,8 @@ from paceline.http import (
 )
 from paceline.http._face import HTTP_RETRY_ON
 from paceline.http._idempotency import Idempotency, reached_server
-from paceline.runners.identity import enter_item, leave_item, stable_key
+from paceline.runners.identity import CURRENT, stable_key
+from paceline.runners.settle import Job
 from paceline.testing.api_server import ApiConfig, ApiServer
 
 N = 100
@@ -90,7 +91,7 @@ def test_a_keyed_post_a_get_and_retry_unsafe_keep_the_original_error() -> None:
 
 
 def test_the_key_goes_on_the_named_methods_only_and_a_rows_own_key_wins() -> None:
-    entered = enter_item("batch-1", "t1")
+    entered = CURRENT.set(Job(0, None, "t1", "batch-1"))  # as a runner does
     try:
         expected = stable_key("batch-1", "t1")
         guard = Idempotency.of(header="X-Request-Key", methods="post,delete")
@@ -103,7 +104,7 @@ def test_the_key_goes_on_the_named_methods_only_and_a_rows_own_key_wins() -> Non
         assert guard.keyed(own).headers == {"x-request-key": "mine"}
         assert Idempotency.of(header="").keyed(POST).headers == {}
     finally:
-        leave_item(entered)
+        CURRENT.reset(entered)
     assert current_item_key() is None
     assert Idempotency().keyed(POST).headers == {}  # outside a batch: no key to give
 
@@ -139,7 +140,7 @@ def test_without_a_key_the_unanswered_posts_fail_unretried_with_a_clear_message(
             posts(server.url), max_concurrent=8, retry=FAST, idempotency_header=None
         )
         stats = server.stats()["objects"]
-    failed = [r for r in results if r.is_failure]
+    failed = [r for r in results if isinstance(r, Failure)]
     assert len(failed) == stats["dropped_after_processing"] > 0
     assert {r.error_code for r in failed} == {ErrorCode.MAYBE_PROCESSED}
     assert all("not retried without an idempotency key" in r.message for r in failed)

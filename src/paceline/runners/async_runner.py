@@ -46,7 +46,7 @@ from paceline.runners.gates import (
     cost_reserver,
     server_pause_for,
 )
-from paceline.runners.identity import enter_item, item_identity, leave_item
+from paceline.runners.identity import CURRENT
 from paceline.runners.lanes import DEFAULT_LANE_READ_AHEAD, Lane, Lanes
 from paceline.runners.settle import Job, RunOptions, Settler
 
@@ -183,7 +183,6 @@ class _Batch(Generic[K, T, R]):
         self.items = items
         self.bound = bound
         self.settler: Settler[K, T, R] = Settler(runner.options, state)
-        self.batch_id = runner.options.batch_id
         self.pulled = 0
         self.exhausted = False
         self.fatal: BaseException | None = None  # an error of the machinery (journal, input)
@@ -576,24 +575,23 @@ class _Batch(Generic[K, T, R]):
         (both workers, with and without lanes)."""
         self.settler.first_attempt(job)
         started = _monotonic_ns() if timed else 0
-        # The item's stable key, for the operation to read (runners/identity.py).
-        entered = enter_item(self.batch_id, item_identity(job.key, job.index))
+        # The item's stable key, for the operation to read (runners/identity.py). Not reset
+        # after: a worker is a task of its own, whose context no one else sees (a task the
+        # operation starts copies it, this job included), and a set alone costs half as much.
+        CURRENT.set(job)
         try:
             if timeout_s is None:
                 value = await operation(job.item)
             else:
                 value = await _with_timeout(operation(job.item), timeout_s)
         except asyncio.CancelledError:
-            leave_item(entered)
             if adaptive is not None and ticket is not None:
                 adaptive.abandon(ticket)
             raise
         except Exception as exc:
-            leave_item(entered)
             if self._attempt_failed(job, exc, started, timed, adaptive, ticket, pause):
                 return
         else:
-            leave_item(entered)
             if adaptive is not None and ticket is not None:
                 adaptive.exit(ticket, value, None)
             elapsed = _monotonic_ns() - started if timed else 0

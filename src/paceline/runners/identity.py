@@ -29,15 +29,27 @@ from __future__ import annotations
 
 import uuid
 from contextvars import ContextVar
+from typing import Protocol
 
-__all__ = ["BATCH_ID_META", "current_item_key", "new_batch_id", "stable_key"]
+__all__ = ["BATCH_ID_META", "CURRENT", "current_item_key", "new_batch_id", "stable_key"]
 
 BATCH_ID_META = "batch_id"
 """The journal meta entry that keeps a batch's random identity across runs."""
 
-# (batch id, item identity) of the attempt running in this context; the UUID is made only
-# when someone asks for it (most operations never do).
-_CURRENT: ContextVar[tuple[str, str] | None] = ContextVar("paceline_item", default=None)
+
+class Attempting(Protocol):
+    """What the runners put in :data:`CURRENT` for an attempt (their ``Job``)."""
+
+    batch_id: str
+    key: str | None
+    index: int
+
+
+CURRENT: ContextVar[Attempting | None] = ContextVar("paceline_item", default=None)
+"""The item whose attempt runs in this context. A runner sets it right before it calls the
+operation (~0.1 us an attempt: a worker task or thread has a context of its own, so it is
+not reset after, except where the caller's own context runs the attempt); the UUID is made
+only when someone asks for it (most operations never do)."""
 
 
 def new_batch_id() -> str:
@@ -72,22 +84,12 @@ def current_item_key() -> str | None:
     Works in async operations, in sync ones on the executors' threads, and in ``paceline
     call`` (``paceline exec`` gets it as ``{_key}`` and ``$PACELINE_ITEM_KEY``).
     """
-    current = _CURRENT.get()
+    current = CURRENT.get()
     if current is None:
         return None
-    return stable_key(*current)
+    return stable_key(current.batch_id, item_identity(current.key, current.index))
 
 
 def item_identity(key: str | None, index: int) -> str:
     """An item's identity within its batch: its journal key, else its position."""
     return key if key is not None else f"#{index}"
-
-
-def enter_item(batch_id: str, identity: str) -> object:
-    """Make ``identity`` the current item in this context; pass the token to :func:`leave_item`."""
-    return _CURRENT.set((batch_id, identity))
-
-
-def leave_item(token: object) -> None:
-    """Undo :func:`enter_item`."""
-    _CURRENT.reset(token)  # type: ignore[arg-type]

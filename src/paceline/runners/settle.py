@@ -179,6 +179,7 @@ class Job(Generic[K]):
 
     __slots__ = (
         "attempt",
+        "batch_id",
         "grant",
         "history",
         "index",
@@ -189,10 +190,11 @@ class Job(Generic[K]):
         "throttles",
     )
 
-    def __init__(self, index: int, item: K, key: str | None) -> None:
+    def __init__(self, index: int, item: K, key: str | None, batch_id: str = "") -> None:
         self.index = index
         self.item = item
         self.key = key
+        self.batch_id = batch_id  # with key (or index): its stable key (runners/identity.py)
         self.lane: Any = None  # the runner's lane for it, when the batch has lanes
         self.grant: Any = None  # the Grant of its attempt in flight, with costs (RunOptions)
         self.attempt = 1
@@ -221,7 +223,7 @@ class Settler(Generic[K, T, R]):
         journal's outcome (an earlier run settled it), or as a :class:`DuplicateKey`."""
         options = self.options
         if options.journal is None:
-            return Job(index, item, None)
+            return Job(index, item, None, options.batch_id)
         assert options.key_of is not None
         assert options.restore is not None
         key = options.key_of(index, item)
@@ -235,7 +237,7 @@ class Settler(Generic[K, T, R]):
             self.state.restored += 1
             self._settle(index, options.restore(index, item, stored), not stored.success)
             return None
-        return Job(index, item, key)
+        return Job(index, item, key, options.batch_id)
 
     def _settle_duplicate(self, index: int, item: K, key: str) -> None:
         error = DuplicateKey(

@@ -37,7 +37,7 @@ from paceline.policy.retry import retry_after_of
 from paceline.runners._common import controller_for, sized_length
 from paceline.runners.adaptive_gate import default_classify
 from paceline.runners.gates import LeaseGate, cost_reserver, server_pause_for, sync_acquirer
-from paceline.runners.identity import enter_item, item_identity, leave_item
+from paceline.runners.identity import CURRENT
 from paceline.runners.settle import Job, RunOptions, Settler
 from paceline.runners.signals import InterruptGate, deferred_interrupts
 
@@ -144,8 +144,8 @@ class _Dispatch(Generic[K, T, R]):
         # Set when the batch stops, or by a worker whose item failed under stop_on_error:
         # workers skip queued jobs once it is set, so nothing new starts.
         self.halting = False
-        # (attempt id, item, the item's identity for its stable key: runners/identity.py)
-        self.work: queue.SimpleQueue[tuple[int, K, str] | None] = queue.SimpleQueue()
+        # (attempt id, item, its job: for its stable key, runners/identity.py)
+        self.work: queue.SimpleQueue[tuple[int, K, Job[K]] | None] = queue.SimpleQueue()
         self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self.signals: InterruptGate | None = None
         self.control = controller_for(self.options.adaptive)
@@ -335,7 +335,7 @@ class _Dispatch(Generic[K, T, R]):
             else 0
         )
         self.running[job_id] = (timeout_at, job)
-        self.work.put((job_id, job.item, item_identity(job.key, job.index)))
+        self.work.put((job_id, job.item, job))
         self.in_flight += 1
 
     def _due_retry(self) -> Job[K] | None:
@@ -500,7 +500,7 @@ class _Dispatch(Generic[K, T, R]):
         options, state, settler = self.options, self.state, self.settler
         operation, acquire, weigh = self.runner.operation, self.runner._acquire, options.weight
         reserver, cost_of = self.runner._reserver, options.cost
-        timed, batch_id = self.timed, options.batch_id
+        timed = self.timed
         index = 0
         while not state.stopped and not self._past_deadline():
             self._check_signals()
@@ -529,11 +529,11 @@ class _Dispatch(Generic[K, T, R]):
                     elif acquire is not None:
                         acquire(weigh(job.item) if weigh is not None else 1)
                     started = _monotonic_ns() if timed else 0
-                    entered = enter_item(batch_id, item_identity(job.key, job.index))
+                    entered = CURRENT.set(job)
                     try:
                         value = operation(job.item)
                     finally:
-                        leave_item(entered)
+                        CURRENT.reset(entered)
             except Exception as exc:
                 self._failed(job, exc, started, _monotonic_ns() - started if timed else 0)
             else:
@@ -546,28 +546,26 @@ class _Dispatch(Generic[K, T, R]):
     def _work(self) -> None:
         get, put, operation = self.work.get, self.done.put, self.runner.operation
         timed, stop_on_error = self.timed, self.options.stop_on_error
-        batch_id = self.options.batch_id
         while True:
             entry = get()
             if entry is None:
                 return
-            job_id, item, identity = entry
+            job_id, item, job = entry
             if self.halting:
                 put(_Skipped(job_id))
                 continue
             started = _monotonic_ns() if timed else 0
-            entered = enter_item(batch_id, identity)
+            # The item's stable key (runners/identity.py): this thread's own context, so no
+            # reset is needed after.
+            CURRENT.set(job)
             try:
                 value = operation(item)
             except Exception as exc:
-                leave_item(entered)
                 if stop_on_error:
                     self.halting = True
                 put((job_id, exc, True, started, _monotonic_ns() - started if timed else 0))
             except BaseException as exc:  # SystemExit and the like: not an item's failure
-                leave_item(entered)
                 put(_Fatal(exc))
                 return
             else:
-                leave_item(entered)
                 put((job_id, value, False, started, _monotonic_ns() - started if timed else 0))
