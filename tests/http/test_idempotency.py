@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from paceline import ErrorCode, Failure, RetryPolicy, current_item_key
+from paceline import BatchItemResult, ErrorCode, Failure, RetryPolicy, current_item_key
 from paceline.http import (
     HttpRequest,
     HttpTimeout,
@@ -200,3 +200,23 @@ def test_a_users_own_idempotency_key_is_sent_as_given() -> None:
     assert keys == ["my-key-1", "my-key-1"]
     assert stats["created"] == 1
     assert stats["replays"] == 1
+
+
+def test_an_unkeyed_post_to_a_refused_connection_is_retried() -> None:
+    import asyncio
+    import socket
+
+    from paceline.http import stream_requests
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def run() -> list[BatchItemResult]:
+        request = {"url": f"http://127.0.0.1:{port}/objects", "method": "POST", "json": {}}
+        items = stream_requests([request], retry=FAST, idempotency_header=None)
+        return [item async for item in items]
+
+    (result,) = asyncio.run(run())
+    assert result.attempts == 5
+    assert isinstance(result.exception, ServerUnreachable)

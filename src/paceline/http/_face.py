@@ -419,6 +419,15 @@ async def fetch_all(
     with :class:`~paceline.http.InvalidRequest` and is never retried. Bodies are kept up to
     ``max_body_bytes`` (default :data:`DEFAULT_MAX_BODY_BYTES`, 4 MiB); a longer one is cut
     there and its :class:`HttpResponse` says ``truncated=True``.
+
+    Requests that create things: every POST and PATCH carries ``Idempotency-Key`` (the
+    item's stable key, :func:`paceline.current_item_key`: the same on every retry and after
+    a resume from the journal), unless it has that header itself; ``idempotency_header=``
+    names another header, ``None`` sends none, ``idempotency_methods=`` lists the methods.
+    Without a key, one that may have been processed (a timeout or a connection dropped after
+    it was sent) is not retried: it fails with :class:`~paceline.http.MaybeProcessed`
+    (``error_code`` ``maybe_processed``), unless ``retry_unsafe=True``. A connection never
+    made is always retried.
     """
     setup = _Setup(
         requests,
