@@ -47,7 +47,7 @@ class Attempting(Protocol):
 
 CURRENT: ContextVar[Attempting | None] = ContextVar("paceline_item", default=None)
 """The item whose attempt runs in this context. A runner sets it right before it calls the
-operation (~0.1 us an attempt: a worker task or thread has a context of its own, so it is
+operation (0.1-0.2 us an attempt: a worker task or thread has a context of its own, so it is
 not reset after, except where the caller's own context runs the attempt); the UUID is made
 only when someone asks for it (most operations never do)."""
 
