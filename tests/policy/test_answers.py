@@ -112,9 +112,7 @@ ANTHROPIC_CREDIT = json.dumps(
 GRAPHQL_RATE_LIMITED = json.dumps(
     {
         "data": None,
-        "errors": [
-            {"type": "RATE_LIMITED", "message": "API rate limit exceeded for user ID 1."}
-        ],
+        "errors": [{"type": "RATE_LIMITED", "message": "API rate limit exceeded for user ID 1."}],
     }
 )
 SHOPIFY_THROTTLED = json.dumps(

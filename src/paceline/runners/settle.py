@@ -319,10 +319,10 @@ class Settler(Generic[K, T, R]):
         """Fail ``job`` unsent because ``where`` (its lane's key) said its quota is exhausted:
         a :class:`~paceline.QuotaExhausted` naming the cause, not journaled (``resume`` runs
         it once the quota is back)."""
-        error = QuotaExhausted(
-            f"not sent: {where} said its quota is exhausted; resume when the quota is back "
-            f"({cause})"
-        )
+        said = str(cause)
+        if not said.startswith("quota exhausted"):
+            said = f"quota exhausted (resume when the quota is back): {said}"
+        error = QuotaExhausted(f"not sent: {where} answered {said}")
         error.__cause__ = cause
         info = NOT_ATTEMPTED if job.history is None else self._info(job, 0, 0, None)
         if self.options.stop_on_error and self.failure is None:
