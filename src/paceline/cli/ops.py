@@ -30,7 +30,8 @@ from paceline.cli.templates import (
     check_fields,
     render_json,
 )
-from paceline.errors import InvalidArgument, PacelineError, Throttled
+from paceline.errors import InvalidArgument, PacelineError
+from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.cost import as_cost
 from paceline.redact import REDACTED, digest, key_without_secrets
 from paceline.stores import Codec, JsonCodec
@@ -197,6 +198,7 @@ class HttpOperation(Operation):
             HttpRequest,
             HttpResponseCodec,
             client_for,
+            rules_classifier,
             sender,
             validate_request,
         )
@@ -230,7 +232,15 @@ class HttpOperation(Operation):
             (unit, Template.parse(text, label="--cost")) for unit, text in spec.cost_templates()
         ]
         # --timeout bounds the whole attempt, body included (default: the face's 120 s).
-        self._send = sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
+        # --throttle-on and kin: the user's rules first, then the defaults.
+        rules = spec.answer_rules()
+        self._send = sender(
+            self.client,
+            limits,
+            spec.base_url,
+            attempt_timeout_s=spec.timeout_s,
+            classify=rules_classifier(rules) if rules else None,
+        )
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         found: dict[str, Template | JsonTemplate] = super().templates()
@@ -450,7 +460,11 @@ class ExecOperation(Operation):
 
 
 def is_throttle(error: BaseException | None) -> bool:
-    """429/503 answers and raised ``Throttled`` count as throttles in the progress."""
+    """Throttled answers (429, 503, a 403 secondary limit...: their verdict) and raised
+    ``Throttled`` count as throttles in the progress."""
     if error is None:
         return False
-    return isinstance(error, Throttled) or getattr(error, "status_code", None) in (429, 503)
+    verdict = verdict_of(error)
+    if verdict is not None:
+        return verdict is Verdict.THROTTLED
+    return getattr(error, "status_code", None) in (429, 503)
