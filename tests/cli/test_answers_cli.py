@@ -86,3 +86,25 @@ def test_a_bad_rule_is_one_line_and_exit_2(tmp_path: Path) -> None:
         "paceline: error: --throttle-on rule 'status=4x3': status '4x3' is not a status "
         "such as 403, 4xx or 403|429\n"
     )
+
+
+def test_a_function_raising_quota_exhausted_stops_call_with_exit_3(tmp_path: Path) -> None:
+    (tmp_path / "credit.py").write_text(
+        "import paceline\n"
+        "left = {'n': 5}\n"
+        "def spend(row):\n"
+        "    if left['n'] == 0:\n"
+        "        raise paceline.QuotaExhausted('out of credit: top up at billing')\n"
+        "    left['n'] -= 1\n"
+        "    return row\n"
+    )
+    (tmp_path / "ids.csv").write_text("id\n" + "".join(f"{n}\n" for n in range(30)))
+    done = paceline(
+        *("call", "credit:spend", "ids.csv", "-j", "1", "--journal", "j.journal", "--no-report"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "out of credit: top up at billing" in done.stderr
+    assert "resume when the quota is back" in done.stderr
+    with JournalView.open(tmp_path / "j.journal") as view:
+        assert view.counts() == {"succeeded": 5, "failed": 0}

@@ -539,8 +539,7 @@ class Batch:
         if self.exhausted_by is None:
             self.exhausted_by = message
             self._log(
-                f"paceline: {redact_text(message or 'quota exhausted')}; nothing more is sent "
-                "to that server"
+                f"paceline: {redact_text(message or 'quota exhausted')}; nothing more is sent there"
             )
 
     def _on_halt(self, reason: str) -> None:
@@ -728,9 +727,8 @@ class Batch:
                 "gave_up": f"{self.halt_reason} (--give-up-after); "
                 f"{metrics.failed} failed, {metrics.settled_count} settled",
                 "bad_input": "stopped at a bad input line",
-                "exhausted": f"a server's quota is exhausted: {self.exhausted} items not "
-                f"done ({metrics.failed} failed, {metrics.settled_count} settled); resume "
-                "when the quota is back",
+                "exhausted": f"stopped: a quota is exhausted; {metrics.failed} failed, "
+                f"{metrics.settled_count} settled; resume when the quota is back",
             }[reason]
             err.write(f"paceline: {line} (exit {code})\n")
             if metrics.budget_exhausted:
