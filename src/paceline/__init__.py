@@ -34,7 +34,7 @@ from paceline._results import (
     Result,
     Success,
 )
-from paceline.errors import PacelineError, Throttled
+from paceline.errors import PacelineError, QuotaExhausted, Throttled
 from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
 from paceline.faces.bulk import fetch_many
 from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
@@ -62,6 +62,7 @@ __all__ = [
     "NotAttempted",
     "Outcome",
     "PacelineError",
+    "QuotaExhausted",
     "RateLimitedExecutor",
     "RateLimiter",
     "RateLimiterProtocol",

@@ -31,7 +31,8 @@ from paceline.cli.templates import (
     check_fields,
     render_json,
 )
-from paceline.errors import InvalidArgument, PacelineError, Throttled
+from paceline.errors import InvalidArgument, PacelineError
+from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.cost import as_cost
 from paceline.redact import REDACTED, digest, key_without_secrets
 from paceline.runners.identity import current_item_key
@@ -200,6 +201,7 @@ class HttpOperation(Operation):
             HttpResponseCodec,
             Idempotency,
             client_for,
+            rules_classifier,
             sender,
             validate_request,
         )
@@ -244,12 +246,15 @@ class HttpOperation(Operation):
         except InvalidArgument as exc:
             # "idempotency header 'a b': ..." names the option: "--idempotency-header 'a b'"
             raise UsageError("--" + str(exc).replace(" ", "-", 1)) from None
+        # --throttle-on and kin: the user's rules first, then the defaults.
+        rules = spec.answer_rules()
         self._send = sender(
             self.client,
             limits,
             spec.base_url,
             attempt_timeout_s=spec.timeout_s,
             idempotency=self.idempotency,
+            classify=rules_classifier(rules) if rules else None,
         )
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
@@ -503,7 +508,11 @@ def _shown(text: str) -> str:
 
 
 def is_throttle(error: BaseException | None) -> bool:
-    """429/503 answers and raised ``Throttled`` count as throttles in the progress."""
+    """Throttled answers (429, 503, a 403 secondary limit...: their verdict) and raised
+    ``Throttled`` count as throttles in the progress."""
     if error is None:
         return False
-    return isinstance(error, Throttled) or getattr(error, "status_code", None) in (429, 503)
+    verdict = verdict_of(error)
+    if verdict is not None:
+        return verdict is Verdict.THROTTLED
+    return getattr(error, "status_code", None) in (429, 503)

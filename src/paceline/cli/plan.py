@@ -62,6 +62,13 @@ def _least_time(limiter: RateLimiter | None, items: int | None) -> str:
     return f"{least_time_text(ns / NS_PER_S, exact)} for {items} items"
 
 
+DEFAULT_ANSWERS = (
+    "then the defaults: 429, 503, 529 and a 400/403 saying rate limit -> throttled; "
+    "insufficient_quota, billing or daily limit -> exhausted; 408, 5xx -> retried; "
+    "other 4xx -> failed"
+)
+
+
 def show_plan(spec: RunSpec, out: TextIO) -> int:
     """Print the plan for ``spec``; 0, or a :class:`UsageError` for what would not run."""
     spec.check()
@@ -90,6 +97,10 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             write(f"  idempotency: {operation.idempotency.describe()}\n")
         if spec.halt:
             write(f"  halt:        {' '.join(spec.halt)}\n")
+        if spec.command == "http":
+            for rule in spec.answer_rules():
+                write(f"  answers:     {rule.text!r} -> {rule.verdict.value}\n")
+            write(f"  answers:     {DEFAULT_ANSWERS}\n")
         path = spec.journal_path()
         counts = None
         if path is not None and path.exists():

@@ -36,6 +36,7 @@ from paceline.http._messages import (
     validate_request,
 )
 from paceline.http._pool import ShardedTransport
+from paceline.policy.answers import Verdict, classify_answer
 
 __all__ = [
     "HttpRequest",
@@ -49,7 +50,9 @@ __all__ = [
     "ServerLimits",
     "ServerUnreachable",
     "ShardedTransport",
+    "Verdict",
     "as_request",
+    "classify_answer",
     "fetch_all",
     "fetch_all_sync",
     "stream_requests",
@@ -63,6 +66,7 @@ __all__ = [
 from paceline.http._face import DEFAULT_RETRY as DEFAULT_RETRY
 from paceline.http._face import client_for as client_for
 from paceline.http._face import http_retry as http_retry
+from paceline.http._face import rules_classifier as rules_classifier
 from paceline.http._face import sender as sender
 from paceline.http._idempotency import Idempotency as Idempotency
 from paceline.http._servers import ServerLanes as ServerLanes

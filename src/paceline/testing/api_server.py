@@ -111,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
         "the quota's rate, instead of a sliding window",
     )
     add("--retry-after", action="store_true", help="send Retry-After with each 429")
+    add(
+        "--secondary-limit",
+        action="store_true",
+        help="refuse beyond the quota as GitHub's secondary limit: 403 + Retry-After",
+    )
+    add(
+        "--credit",
+        type=int,
+        metavar="K",
+        help="out of credit after K admitted requests: 429 insufficient_quota (POST /reset "
+        "restores it)",
+    )
     add("--headers", choices=["none", "ietf", "x"], default="none", help="quota headers to send")
     add("--reset-format", choices=["epoch", "delta", "delta_ms"], default="delta")
     add("--network-delay-s", type=float, default=0.0, help="up to this delay before counting")
@@ -222,6 +234,8 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         slow_s=args.slow_s,
         drop_rate=args.drop_rate,
         post_drop_rate=args.post_drop_rate,
+        secondary_limit=args.secondary_limit,
+        credit=args.credit,
         seed=args.seed,
         llm=_llm_from_args(args),
     )

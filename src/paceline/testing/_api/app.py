@@ -35,6 +35,24 @@ def _error(status: int, message: str, headers: list[tuple[str, str]] | None = No
     return status, _json({"error": message}), headers or []
 
 
+# GitHub's answer to a secondary rate limit (with 403 and Retry-After), and OpenAI's to an
+# account out of credit (429): the shapes docs/design.md, 'Answers told apart' is about.
+SECONDARY_LIMIT = {
+    "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you "
+    "try again.",
+    "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+    "#about-secondary-rate-limits",
+}
+OUT_OF_CREDIT = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+
+
 class Service:
     """The test API's behaviour on one event loop: routes, quota, capacity, failures, stats."""
 
@@ -81,8 +99,14 @@ class Service:
         if config.network_delay_s:
             await asyncio.sleep(state.network_delay_s())
         arrived_ns = time.monotonic_ns()
+        if config.credit is not None and not state.spend_credit():
+            state.requests += 1
+            return 429, _json(OUT_OF_CREDIT), [("x-should-retry", "false")]
         if not state.admit(arrived_ns):
             headers = state.rate_headers(arrived_ns)
+            if config.secondary_limit:
+                headers.append(("Retry-After", str(state.retry_after_s(arrived_ns))))
+                return 403, _json(SECONDARY_LIMIT), headers
             if config.retry_after:
                 headers.append(("Retry-After", str(state.retry_after_s(arrived_ns))))
             return _error(429, "rate limited", headers)

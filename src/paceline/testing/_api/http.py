@@ -24,6 +24,7 @@ REASONS = {
     200: "OK",
     201: "Created",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Content Too Large",

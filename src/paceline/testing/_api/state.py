@@ -78,6 +78,8 @@ class ServerState:
         self.dropped = 0
         self.bad_requests = 0
         self.malformed = 0
+        self.credit_used = 0  # requests admitted against ApiConfig.credit
+        self.credit_refused = 0  # answered insufficient_quota once it was spent
         self.max_in_flight = self.in_flight
         self._accepted_ns: list[int] = []
         self._latencies_ns: list[int] = []
@@ -107,6 +109,15 @@ class ServerState:
             self.throttled_429 += 1
             return False
         self._log.append(now_ns)
+        return True
+
+    def spend_credit(self) -> bool:
+        """Take one request's credit (``ApiConfig.credit``); ``False``: it is spent."""
+        credit = self.config.credit
+        if credit is not None and self.credit_used >= credit:
+            self.credit_refused += 1
+            return False
+        self.credit_used += 1
         return True
 
     def retry_after_s(self, now_ns: int) -> int:
@@ -219,6 +230,8 @@ class ServerState:
             "dropped": self.dropped,
             "bad_requests": self.bad_requests,
             "malformed": self.malformed,
+            "credit_used": self.credit_used,
+            "credit_refused": self.credit_refused,
             "max_accepted_in_any_window": most,
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
