@@ -108,3 +108,29 @@ def test_a_function_raising_quota_exhausted_stops_call_with_exit_3(tmp_path: Pat
     assert "resume when the quota is back" in done.stderr
     with JournalView.open(tmp_path / "j.journal") as view:
         assert view.counts() == {"succeeded": 5, "failed": 0}
+
+
+def test_call_retries_n_do_not_repeat_an_error_that_says_it_is_not_worth_retrying(
+    tmp_path: Path,
+) -> None:
+    # --retries 2 is a count: an error whose own retryable is False fails at its first attempt,
+    # one without that attribute gets its retries.
+    (tmp_path / "flaky.py").write_text(
+        "calls = {}\n"
+        "class Final(Exception):\n"
+        "    retryable = False\n"
+        "def run(row):\n"
+        "    calls[row['id']] = calls.get(row['id'], 0) + 1\n"
+        "    with open('calls.txt', 'a') as f:\n"
+        "        f.write(row['id'] + '\\n')\n"
+        "    raise Final('no') if row['id'] == 'final' else OSError('again')\n"
+    )
+    (tmp_path / "ids.csv").write_text("id\nfinal\nflaky\n")
+    done = paceline(
+        *("call", "flaky:run", "ids.csv", "-j", "1", "--retries", "2", "--no-report"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    calls = (tmp_path / "calls.txt").read_text().split()
+    assert calls.count("final") == 1
+    assert calls.count("flaky") == 3

@@ -143,12 +143,15 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         # Transient failures only (Throttled, TimeoutError, ConnectionError), like http.
         retry = remote_retry()
     elif retries:
-        # Everything but a bad row (the user's retry_on wins over an error's retryable=False,
-        # and a row that cannot become an item never will).
-        retry = remote_retry(
-            attempts=retries + 1, retry_on=lambda e: not isinstance(e, BadInputRow)
-        )
+        # Everything but a bad row (a row that cannot become an item never will) and an error
+        # that says it will fail again (``retryable = False``: --retries N is a count, not the
+        # user's word that such an error is worth another attempt).
+        retry = remote_retry(attempts=retries + 1, retry_on=_worth_retrying)
     return Plan(workers, controller, limiter, limiter, retry)
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    return not isinstance(error, BadInputRow) and getattr(error, "retryable", None) is not False
 
 
 def _payload(item: Item) -> Any:
