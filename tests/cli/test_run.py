@@ -49,3 +49,15 @@ def test_plans() -> None:
     assert retried.controller is None  # exec -j auto: one per core, like GNU parallel
     with pytest.raises(UsageError, match="'zero'"):
         plan_for(RunSpec(command="call", input="x.csv", concurrency="zero"), None)
+
+
+def test_an_http_label_does_not_claim_a_method_the_rows_choose() -> None:
+    assert RunSpec(command="http", input="r.jsonl").label() == (
+        "paceline http (requests from the input)"
+    )
+    assert RunSpec(command="http", input="r.jsonl", method="POST").label() == (
+        "paceline http POST (urls from the input)"
+    )
+    assert RunSpec(command="http", input="r.csv", url="https://a.test/{id}").label() == (
+        "paceline http GET https://a.test/{id}"
+    )

@@ -269,7 +269,10 @@ class RunSpec:
         """A short human name for the batch, shown in errors and reports."""
         public = self.public()
         if self.command == "http":
-            what = f"{public.method or 'GET'} {public.url or '(urls from the input)'}"
+            if public.url is None and public.method is None:
+                what = "(requests from the input)"  # each row names its method (GET if not)
+            else:
+                what = f"{public.method or 'GET'} {public.url or '(urls from the input)'}"
         elif self.command == "call":
             what = str(self.target)
         else:
