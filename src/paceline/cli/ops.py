@@ -226,6 +226,7 @@ class HttpOperation(Operation):
         self.client = client_for(None, workers)
         # Costs per row (docs/units.md): from --cost, else each JSON Lines row's "cost".
         self.costs = spec.counts_costs()
+        self.row_costs = False  # set by prepare() for JSON Lines without a --rate in tokens
         self.cost_parts = [
             (unit, Template.parse(text, label="--cost")) for unit, text in spec.cost_templates()
         ]
@@ -260,11 +261,17 @@ class HttpOperation(Operation):
                 f"{source.name}: a --rate limits more than requests, so each row needs a cost: "
                 "give --cost TEMPLATE (e.g. --cost 'tokens={est_tokens}')"
             )
+        # JSON Lines rows may carry a "cost" with no --rate in its unit: the server's token
+        # headers then limit it (docs/units.md, 'Token headers'); a row without one is a request.
+        self.row_costs = not self.costs and source.format == "jsonl"
         super().prepare(source)
 
     def cost_of(self, data: dict[str, Any]) -> dict[str, int] | None:
         """A row's estimate per unit: --cost rendered, else the row's own ``"cost"``
         (``None`` when no --rate counts costs)."""
+        if self.row_costs:
+            given = data.get("cost")
+            return as_cost(given if given is not None else 1)
         if not self.costs:
             return None
         if not self.cost_parts:

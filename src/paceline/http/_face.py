@@ -169,12 +169,9 @@ def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:
     actual = options.get("actual_cost")
     if isinstance(actual, str):
         options["actual_cost"] = usage_at(actual)
+    # Costs without a rate_limiter are for the server's own token headers to limit
+    # (ServerLimits.reserve_async): x-ratelimit-*-tokens, anthropic-ratelimit-*-tokens-*.
     costs = options.get("cost") is not None
-    if costs and rate_limiter is None:
-        raise InvalidArgument(
-            "cost= needs a rate_limiter to reserve from, e.g. "
-            "rate_limiter=RateLimiter.from_rates('500/min', 'tokens:90000/min')"
-        )
     if costs and actual is None:
         options["actual_cost"] = usage_cost
     charged_per_attempt(rate_limiter, costs=costs)
