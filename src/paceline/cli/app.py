@@ -68,7 +68,8 @@ Halt = Annotated[
     typer.Option(
         "--halt",
         metavar="RULE",
-        help="Stop early, GNU parallel style: soon,fail=5%  now,fail=1 ...",
+        help="Stop early, GNU parallel style: soon,fail=5%  now,fail=1 ...; a budget cap on a "
+        "unit's total (http): soon,tokens=2000000",
     ),
 ]
 DryRun = Annotated[

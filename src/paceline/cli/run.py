@@ -150,8 +150,11 @@ def _payload(item: Item) -> Any:
 
 
 def _item_cost(item: Item) -> dict[str, int]:
-    # A bad row has no cost and never runs: it reserves nothing.
-    return item.cost if item.cost is not None else {"requests": 0}
+    # A bad row has no cost and never runs: it reserves nothing. A row without a cost is one
+    # request (its usage still settles it, for a budget cap).
+    if item.cost is not None:
+        return item.cost
+    return {"requests": 0} if item.bad is not None else {"requests": 1}
 
 
 def _usage_cost(response: Any) -> Any:
@@ -540,6 +543,7 @@ class Batch:
         """Run the items through the runner until the input ends or a stop; the outcome."""
         spec, metrics = self.spec, self.metrics
         assert metrics is not None
+        costs = spec.counts_costs() or getattr(operation, "row_costs", False) or spec.budget_caps()
         results = stream(
             self.items(source, operation),
             self.attempt_function(operation, metrics),
@@ -558,9 +562,10 @@ class Batch:
             give_up_after_s=spec.give_up_after_s(),
             on_halt=self._on_halt,
             lanes=plan.lanes,
-            # Costs (a --rate in tokens): each item's estimate, settled from the answer's usage.
-            cost=_item_cost if spec.counts_costs() else None,
-            actual_cost=_usage_cost if spec.counts_costs() else None,
+            # Costs (a --rate in tokens, or JSON Lines rows that carry "cost"): each item's
+            # estimate, settled from the answer's usage.
+            cost=_item_cost if costs else None,
+            actual_cost=_usage_cost if costs else None,
         )
         self._streaming = True
         try:
@@ -629,7 +634,9 @@ class Batch:
         if self.halt_reason is not None and self.halt_reason.startswith("giving up"):
             return EXIT_HALTED, "gave_up"
         rules = [HaltRule.parse(r) for r in self.spec.halt]
-        fired = any(r.triggered(failed=metrics.failed, succeeded=metrics.succeeded) for r in rules)
+        fired = any(
+            r.triggered(failed=metrics.failed, succeeded=metrics.succeeded) for r in rules
+        ) or (self.halt_reason or "").startswith("halt rule")
         if rules and (fired or not self.input_done):
             return EXIT_HALTED, "halted"
         if metrics.failed:

@@ -118,9 +118,14 @@ class RunSpec:
         self.give_up_after_s()
         for rule in self.halt:
             try:
-                HaltRule.parse(rule)
+                parsed = HaltRule.parse(rule)
             except ValueError as exc:
                 raise UsageError(f"--halt {rule!r}: {exc}") from None
+            if parsed.budget and self.command != "http":
+                raise UsageError(
+                    f"--halt {rule!r}: a budget cap counts the {parsed.kind} the answers "
+                    "report, which paceline http reads (usage); give fail=, success= or done="
+                )
         if self.on_bad_input not in ("stop", "skip"):
             raise UsageError(f"--on-bad-input {self.on_bad_input!r}: use 'stop' or 'skip'")
         if self.format not in ("auto", "jsonl", "csv", "tsv"):
@@ -162,6 +167,10 @@ class RunSpec:
     def counts_costs(self) -> bool:
         """Whether a --rate limits a unit other than requests: items then carry costs."""
         return any(Rate.parse(text).unit != "requests" for text in self.rates)
+
+    def budget_caps(self) -> bool:
+        """Whether a --halt rule caps a unit's total (``soon,tokens=2000000``)."""
+        return any(HaltRule.parse(rule).budget for rule in self.halt)
 
     def cost_templates(self) -> list[tuple[str, str]]:
         """``--cost 'tokens={est_tokens},requests=1'`` as ``[(unit, template), ...]``.

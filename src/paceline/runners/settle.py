@@ -28,7 +28,7 @@ from paceline._results import Attempt
 from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.adaptive import Outcome
 from paceline.policy.batch import BatchState
-from paceline.policy.cost import Cost
+from paceline.policy.cost import Cost, as_cost
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
@@ -228,6 +228,8 @@ class Settler(Generic[K, T, R]):
         if options.journal.is_settled(key, retry_failed=options.retry_failed):
             stored = options.journal.lookup(key)
             self.state.restored += 1
+            if stored.success and options.cost is not None:
+                self.state.add_cost(self._restored_cost(item, stored.result))
             self._settle(index, options.restore(index, item, stored), not stored.success)
             return None
         return Job(index, item, key)
@@ -265,6 +267,21 @@ class Settler(Generic[K, T, R]):
         actual = actual_cost(value) if actual_cost is not None else None
         if actual is not None:
             grant.settle(actual)
+        self.state.add_cost(grant.cost)  # budget caps count what succeeded (policy/halt.py)
+
+    def _restored_cost(self, item: K, value: Any) -> dict[str, int]:
+        """What an item an earlier run settled used: its estimate, corrected by the actual
+        cost of its stored result (so a budget cap's total survives a resume)."""
+        options = self.options
+        assert options.cost is not None
+        cost = as_cost(options.cost(item))
+        try:
+            actual = options.actual_cost(value) if options.actual_cost is not None else None
+        except Exception:  # a stored result the settle function cannot read: the estimate
+            actual = None
+        if actual is not None:
+            cost.update(as_cost(actual, fill_requests=False))
+        return cost
 
     def failure_of(
         self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
