@@ -53,6 +53,9 @@ class Item:
     bad: str | None = None  # a bad input row's message (the item fails with it)
     tries: int = 0  # attempts started so far
     cost: dict[str, int] | None = None  # its estimate per unit, when a --rate counts costs
+    # input fields written with its result in --out: a JSON Lines request's fields paceline
+    # does not use (OpenAI cookbook rows carry "metadata"), and --include-input's
+    extra: dict[str, Any] | None = None
 
 
 class Operation:
@@ -145,6 +148,18 @@ def bad_item(row: Row, message: str) -> Item:
     return Item(row.line, f"bad-input:line-{row.line}", None, message)
 
 
+# What a JSON Lines request row's fields may name (paceline.http's request mapping).
+_REQUEST_FIELDS = frozenset({"url", "method", "headers", "json", "body", "id", "cost"})
+
+
+def _with_inputs(operation: Operation, row: Row, item: Item) -> Item:
+    """``item`` with the fields ``--include-input`` names taken from its row."""
+    chosen = operation.spec.include_input
+    if chosen and row.data is not None:
+        item.extra = {**{name: row.data.get(name) for name in chosen}, **(item.extra or {})}
+    return item
+
+
 def to_item(operation: Operation, row: Row, source_name: str) -> Item:
     """An item for ``row``, or a bad item with the reason (a row that repeats an earlier
     row's id is one, when there is a journal: see :class:`SeenIds`)."""
@@ -164,7 +179,7 @@ def to_item(operation: Operation, row: Row, source_name: str) -> Item:
         )
     first = None if operation.ids is None else operation.ids.first_line(item.key, row.line)
     if first is None:
-        return item
+        return _with_inputs(operation, row, item)
     fix = (
         "make --id unique (add a column to it) or drop the repeated row"
         if operation.id_template is not None
@@ -296,7 +311,16 @@ class HttpOperation(Operation):
         data = row.data
         assert data is not None
         cost = self.cost_of(data)
-        if self.url is None:
+        extra = None
+        if self.spec.body_per_line:
+            # The row is the body (the OpenAI cookbook's format); its "metadata" and "cost"
+            # are not sent: the first is written with the result, the second reserved.
+            body_json = {k: v for k, v in data.items() if k not in ("metadata", "cost")}
+            extra = {"metadata": data["metadata"]} if "metadata" in data else None
+            assert self.url is not None
+            request = self._request_type(url=self.url.render(data), method="POST", json=body_json)
+            headers = {}
+        elif self.url is None:
             if "url" not in data:
                 raise InvalidArgument(
                     "no 'url' in this row: a JSON Lines request needs url (and may have method, "
@@ -304,7 +328,11 @@ class HttpOperation(Operation):
                 )
             from paceline.http import as_request
 
-            request = as_request(data)
+            # Fields a request does not use (e.g. "metadata") go with the result to --out.
+            extra = {k: v for k, v in data.items() if k not in _REQUEST_FIELDS} or None
+            request = as_request(
+                data if extra is None else {k: v for k, v in data.items() if k not in extra}
+            )
             headers = dict(request.headers)
         else:
             request = self._request_type(url=self.url.render(data))
@@ -316,13 +344,16 @@ class HttpOperation(Operation):
         body = self.body.render(data) if self.body else request.body
         default_key = request.id or f"{method} {request.url}"
         if request.id is None and (json_body is not None or body is not None):
-            default_key += " #" + digest(json_body if json_body is not None else body)
-        key = self.key_from(row, default_key, whole_row=self.url is None)
+            # --body-per-line: the whole row (two rows that differ only in metadata are two)
+            hashed = data if self.spec.body_per_line else json_body
+            default_key += " #" + digest(hashed if hashed is not None else body)
+        whole_row = self.url is None or self.spec.body_per_line
+        key = self.key_from(row, default_key, whole_row=whole_row)
         payload = self._request_type(
             url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
         )
         self._validate(payload, self._base_url)
-        return Item(row.line, key, payload, cost=cost)
+        return Item(row.line, key, payload, cost=cost, extra=extra)
 
     async def run(self, payload: Any) -> Any:
         return await self._send(payload)

@@ -75,6 +75,10 @@ class RunSpec:
     headers: list[str] = field(default_factory=list)
     # --cost 'tokens={est_tokens}': each item's estimate per unit, from its row (http)
     cost_template: str | None = None
+    # --body-per-line: each JSON Lines row is the request's JSON body, sent to --url (http)
+    body_per_line: bool = False
+    # --include-input a,b: these input fields are written with each result in --out
+    include_input: list[str] = field(default_factory=list)
     # call
     target: str | None = None
     unpack: bool = False
@@ -108,6 +112,13 @@ class RunSpec:
                     f"--cost {self.cost_template!r}: no --rate limits {unit}, so the cost would "
                     f"count for nothing; add one, e.g. --rate {unit}:90000/min"
                 )
+        if self.body_per_line and (self.command != "http" or not self.url):
+            raise UsageError(
+                "--body-per-line sends each JSON Lines row as the body of a POST to --url: "
+                "give --url, e.g. --url https://api.openai.com/v1/chat/completions"
+            )
+        if self.body_per_line and (self.json_template or self.body_template):
+            raise UsageError("--body-per-line: the row is the body; leave out --json and --body")
         if self.burst is not None and self.burst < 1:
             raise UsageError(f"--burst {self.burst}: must be a whole number of at least 1")
         self.concurrency_limit()
@@ -224,6 +235,8 @@ class RunSpec:
             "unpack": public.unpack,
             "argv": public.argv,
             "shell": public.shell,
+            # Only when set: the journals of batches without it keep their identity.
+            **({"body_per_line": True} if public.body_per_line else {}),
         }
 
     def fingerprint_text(self) -> str:
