@@ -287,6 +287,7 @@ class Batch:
         self.fresh = fresh
         self.bad_input: Item | None = None
         self.halt_reason: str | None = None  # why the runner stopped early, if it did
+        self._inputs: dict[str, dict[str, Any]] | None = None  # see _run_with
         self.input_done = False
         self.metrics: Metrics | None = None
         self.run_number = 1
@@ -311,6 +312,8 @@ class Batch:
             if self.stopping:
                 return
             item = to_item(operation, row, source.name)
+            if item.extra is not None and self._inputs is not None and self.spec.out:
+                self._inputs[item.key] = item.extra
             if item.bad is not None:
                 if stop_on_bad:
                     self.bad_input = item
@@ -481,7 +484,13 @@ class Batch:
         if journal is not None:
             self._note_start(journal, controller is not None)
         view = self._open_view()
-        writer = ResultWriter.open(spec.out) if spec.out else None
+        # Input fields to write with the results: JSON Lines request rows' own extra fields
+        # (http), and --include-input's (filled as items are read, taken as written).
+        keeps_inputs = bool(spec.include_input) or (
+            spec.command == "http" and source.format == "jsonl"
+        )
+        self._inputs = {} if keeps_inputs else None
+        writer = ResultWriter.open(spec.out, self._inputs) if spec.out else None
         output = CommittedOutput(writer, journal) if writer is not None else None
         view.start()
         ticker = asyncio.ensure_future(self._tick(view, metrics, journal))
@@ -544,6 +553,8 @@ class Batch:
         spec, metrics = self.spec, self.metrics
         assert metrics is not None
         costs = spec.counts_costs() or getattr(operation, "row_costs", False) or spec.budget_caps()
+        if costs:  # tokens per second beside the requests, against the limit in force
+            metrics.unit_limits_per_s = lambda: unit_limits_now(plan)
         results = stream(
             self.items(source, operation),
             self.attempt_function(operation, metrics),
@@ -581,6 +592,10 @@ class Batch:
                         attempted=attempted,
                         budget_exhausted=isinstance(result.exception, RetryBudgetExhausted),
                     )
+                    if costs and result.success and not result.restored:
+                        used = _usage_cost(result.result)
+                        if used is not None:
+                            metrics.used(dict(used))
                     if output is not None:
                         output.add(result)
         except asyncio.CancelledError:
@@ -714,10 +729,30 @@ class Batch:
             if metrics.budget_exhausted:
                 err.write(budget_line(metrics.budget_exhausted) + "\n")
             if journal is not None and code != EXIT_OK:
+                hint = resume_hint(journal.path, retry_failed=reason == "failed")
+                raised = _raised_cap(self.halt_reason)
+                if raised:  # a budget cap: resuming needs it raised (--halt replaces it)
+                    hint += f" --halt {raised}"
                 err.write(
-                    f"paceline: journal {display_path(journal.path)} — continue with: "
-                    f"{resume_hint(journal.path, retry_failed=reason == 'failed')}\n"
+                    f"paceline: journal {display_path(journal.path)} — continue with: {hint}\n"
                 )
+
+
+def _raised_cap(reason: str | None) -> str | None:
+    """For a batch a budget cap stopped (``halt rule soon,tokens=3000: 3012 tokens used``),
+    the rule with its cap doubled, to resume with; else ``None``.
+
+    >>> _raised_cap("halt rule soon,tokens=3000: 3012 tokens used")
+    'soon,tokens=6000'
+    >>> _raised_cap("halt rule soon,fail=5: 5 failed, 1 succeeded") is None
+    True
+    """
+    if not reason or not reason.startswith("halt rule "):
+        return None
+    rule = HaltRule.parse(reason[len("halt rule ") :].partition(":")[0])
+    if not rule.budget:
+        return None
+    return f"{rule.when},{rule.kind}={int(2 * rule.threshold)}"
 
 
 def budget_line(failed: int) -> str:
@@ -783,6 +818,29 @@ def _item_key(item: Item) -> str:
     return item.key
 
 
+def unit_limits_now(plan: Plan) -> dict[str, float]:
+    """The tightest limit per second of each unit other than requests: a --rate in tokens,
+    else what the servers' token headers said (per minute; several servers add up).
+
+    >>> from paceline import RateLimiter
+    >>> plan = Plan(1, None, RateLimiter.from_rates("10/s", "tokens:90000/min"), None, None)
+    >>> unit_limits_now(plan)
+    {'tokens': 1500.0}
+    """
+    limits: dict[str, float] = {}
+    if plan.limiter is not None:
+        for limit in plan.limiter.limits:
+            unit = limit.rate.unit
+            if unit != "requests":
+                per_s = limit.rate.max_requests * NS_PER_S / limit.rate.window_ns
+                limits[unit] = min(per_s, limits.get(unit, per_s))
+    learned: dict[str, float] = {}
+    for _, server, _ in plan.lanes.servers() if plan.lanes is not None else ():
+        for unit, per_min in server.unit_limits.items():
+            learned[unit] = learned.get(unit, 0.0) + per_min / 60
+    return {**learned, **limits}
+
+
 def rate_limit_now(plan: Plan) -> float | None:
     """The tightest rate in force now (strict, learned from headers, or adaptive), per s.
     With several servers, each is paced on its own: their rates add up (``None`` while one of
@@ -792,6 +850,7 @@ def rate_limit_now(plan: Plan) -> float | None:
         rates.extend(
             limit.rate.max_requests * NS_PER_S / limit.rate.window_ns
             for limit in plan.limiter.limits
+            if limit.rate.unit == "requests"  # a tokens limit is shown beside (unit_limits_now)
         )
     servers = list(plan.lanes.servers()) if plan.lanes is not None else []
     if not servers:

@@ -383,7 +383,12 @@ async def fetch_all(
     request's own ``"cost"`` field — and the answer settles it: by default from its JSON's
     ``usage.total_tokens`` (or ``usage.input_tokens + usage.output_tokens``), else
     ``actual_cost=`` (a function of the :class:`HttpResponse`, or a dotted path such as
-    ``"meta.billed_tokens"``). A failed attempt keeps its estimate.
+    ``"meta.billed_tokens"``). A failed attempt keeps its estimate. Requests that carry a
+    cost are also held by the token limits the server's headers state (OpenAI's
+    ``x-ratelimit-*-tokens``, Anthropic's ``anthropic-ratelimit-*-tokens-*``), with or without
+    a ``rate_limiter``: ``fetch_all(requests, cost=request_cost)`` lets the headers alone keep
+    a batch within the server's tokens per minute. ``halt=["soon,tokens=2000000"]`` caps the
+    total used (docs/units.md, 'Budget caps').
 
     Each attempt is bounded as a whole (connect, send, answer and body): ``timeout_s``,
     default :data:`DEFAULT_ATTEMPT_TIMEOUT_S` (120 s); a timeout or a broken connection fails
