@@ -128,7 +128,10 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
         if counts is not None:
             skipped = counts["succeeded"] + (0 if spec.retry_failed else counts["failed"])
         to_run = None if source.total is None else max(0, source.total - skipped)
-        costs = _costs_of(spec, operation, skipped) if plan.limiter is not None else None
+        in_units = plan.limiter is not None and any(
+            lim.rate.unit != "requests" for lim in plan.limiter.limits
+        )
+        costs = _costs_of(spec, operation, skipped) if in_units else None
         if costs is not None and plan.limiter is not None and to_run is not None:
             write(f"  time:        {_least_time_for_costs(plan.limiter, costs, to_run)}\n")
         else:
