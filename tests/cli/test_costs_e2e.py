@@ -66,7 +66,9 @@ def test_csv_rows_with_a_cost_template(tmp_path: Path) -> None:
 
 
 def test_a_jsonl_row_without_a_cost_is_a_bad_row_naming_the_fix(tmp_path: Path) -> None:
-    row = {"id": "chat-0", "url": CHAT, "method": "POST", "json": _body()}
+    # No "cost", and no max_tokens to estimate one from: the answer's size is unbounded.
+    body = {"model": "test", "messages": HELLO}
+    row = {"id": "chat-0", "url": CHAT, "method": "POST", "json": body}
     (tmp_path / "in.jsonl").write_text(json.dumps(row) + "\n")
     with ApiServer(ApiConfig(base_latency_s=0, llm=LLM)) as server:
         done = paceline(
@@ -127,3 +129,20 @@ def test_a_budget_cap_stops_with_exit_3_and_raising_it_resumes_the_count(tmp_pat
     assert answered == 60  # every row exactly once over the three runs
     lines = (tmp_path / "c.jsonl").read_text().splitlines()
     assert len(lines) == 60
+
+
+def test_rows_without_a_cost_are_estimated_from_their_openai_style_body(tmp_path: Path) -> None:
+    with (tmp_path / "in.jsonl").open("w") as handle:
+        for n in range(30):
+            row = {"id": f"chat-{n}", "url": CHAT, "method": "POST", "json": _body()}
+            handle.write(json.dumps(row) + "\n")  # no "cost": prompt / 4 + max_tokens
+    with ApiServer(ApiConfig(base_latency_s=0, llm=LLM, seed=13)) as server:
+        done = paceline(
+            "http", "in.jsonl", "--base-url", server.url, *RATES, "-j", "8",
+            "--journal", "none", "-q", cwd=tmp_path,
+        )  # fmt: skip
+        stats = server.stats()["llm"]
+    assert done.returncode == 0, done.stderr
+    assert stats["requests_answered"] == 30
+    assert stats["throttled_429_tokens"] == 0
+    assert stats["tokens_reserved"] == 30 * ESTIMATE  # the estimate is the server's charge

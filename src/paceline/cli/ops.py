@@ -242,9 +242,13 @@ class HttpOperation(Operation):
         # Costs per row (docs/units.md): from --cost, else each JSON Lines row's "cost".
         self.costs = spec.counts_costs()
         self.row_costs = False  # set by prepare() for JSON Lines without a --rate in tokens
+        # Rows without a cost are estimated from their OpenAI-style body: always with --cost
+        # auto; by default under a --rate in tokens (the row would be refused otherwise).
         self.cost_parts = [
             (unit, Template.parse(text, label="--cost")) for unit, text in spec.cost_templates()
         ]
+        auto = spec.cost_template is not None and spec.cost_template.strip() == "auto"
+        self.estimate = auto or (self.costs and not self.cost_parts)
         # --timeout bounds the whole attempt, body included (default: the face's 120 s).
         self._send = sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
 
@@ -271,7 +275,7 @@ class HttpOperation(Operation):
                 f"{source.name}: CSV rows need --url TEMPLATE (e.g. --url "
                 "'https://api.example.com/items/{id}'); JSON Lines rows may carry their own url"
             )
-        if self.costs and not self.cost_parts and source.format != "jsonl":
+        if self.costs and not self.cost_parts and source.format != "jsonl" and not self.json_text:
             raise UsageError(
                 f"{source.name}: a --rate limits more than requests, so each row needs a cost: "
                 "give --cost TEMPLATE (e.g. --cost 'tokens={est_tokens}')"
@@ -281,21 +285,33 @@ class HttpOperation(Operation):
         self.row_costs = not self.costs and source.format == "jsonl"
         super().prepare(source)
 
-    def cost_of(self, data: dict[str, Any]) -> dict[str, int] | None:
-        """A row's estimate per unit: --cost rendered, else the row's own ``"cost"``
-        (``None`` when no --rate counts costs)."""
+    def cost_of(self, data: dict[str, Any], body: Any = None) -> dict[str, int] | None:
+        """A row's estimate per unit: --cost rendered, else the row's own ``"cost"``, else
+        (with --cost auto, or a --rate in tokens) the tokens its OpenAI-style JSON ``body``
+        reserves (``None`` when nothing counts costs)."""
+        from paceline.http import estimate_tokens
+
         if self.row_costs:
             given = data.get("cost")
+            if given is None and self.estimate:
+                tokens = estimate_tokens(body)
+                if tokens is not None:
+                    return as_cost({"tokens": tokens})
             return as_cost(given if given is not None else 1)
         if not self.costs:
             return None
         if not self.cost_parts:
             given = data.get("cost")
             if given is None:
-                raise InvalidArgument(
-                    'no "cost" in this row, and a --rate limits more than requests: give each '
-                    'row one (e.g. "cost": {"tokens": 1200}), or --cost \'tokens={est_tokens}\''
-                )
+                tokens = estimate_tokens(body) if self.estimate else None
+                if tokens is None:
+                    raise InvalidArgument(
+                        'no "cost" in this row, and a --rate limits more than requests: give '
+                        'each row one (e.g. "cost": {"tokens": 1200}), or --cost '
+                        "'tokens={est_tokens}', or an OpenAI-style body with max_tokens "
+                        "(estimated: prompt characters / 4 + max_tokens x n)"
+                    )
+                return as_cost({"tokens": tokens})
             return as_cost(given)
         cost: dict[str, int] = {}
         for unit, template in self.cost_parts:
@@ -310,7 +326,6 @@ class HttpOperation(Operation):
     def item(self, row: Row) -> Item:
         data = row.data
         assert data is not None
-        cost = self.cost_of(data)
         extra = None
         if self.spec.body_per_line:
             # The row is the body (the OpenAI cookbook's format); its "metadata" and "cost"
@@ -342,6 +357,7 @@ class HttpOperation(Operation):
         method = self.method.render(data).upper() if self.method else request.method
         json_body = render_json(self.json_text, data) if self.json_text else request.json
         body = self.body.render(data) if self.body else request.body
+        cost = self.cost_of(data, json_body)
         default_key = request.id or f"{method} {request.url}"
         if request.id is None and (json_body is not None or body is not None):
             # --body-per-line: the whole row (two rows that differ only in metadata are two)

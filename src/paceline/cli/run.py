@@ -48,7 +48,8 @@ from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.batch import stream
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
-from paceline.policy.rate import NS_PER_S
+from paceline.policy.limits import Limit
+from paceline.policy.rate import NS_PER_S, Rate
 from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy, remote_retry
 from paceline.runners import auto_workers
 from paceline.stores import (
@@ -104,6 +105,20 @@ class Plan:
     lanes: Any = None
 
 
+def _limiter(rates: list[str], burst: int | None) -> RateLimiter:
+    """The --rate limits: requests paced evenly unless --burst says otherwise; a limit in
+    another unit (tokens) is a window without even pacing unless --burst is given: an even
+    schedule is never rewound when a settlement gives back the unused estimate, so it would
+    hold the batch to its estimates (docs/units.md), and a token limit is a provider's bucket
+    of a minute's worth, which a strict window never overdraws."""
+    limits = []
+    for text in rates:
+        rate = Rate.parse(text)
+        even = 1 if burst is None and rate.unit == "requests" else burst
+        limits.append(Limit(rate, even))
+    return RateLimiter.from_rates(*limits)
+
+
 def plan_for(spec: RunSpec, total: int | None) -> Plan:
     """Concurrency, adaptive control, rate limits and retries for ``spec``."""
     fixed = spec.concurrency_limit()
@@ -111,7 +126,7 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     # bucket (nginx limit_req refuses back-to-back requests) than a window (issue 11).
     burst = 1 if spec.burst is None else spec.burst
     try:
-        limiter = RateLimiter.from_rates(*spec.rates, burst=burst) if spec.rates else None
+        limiter = _limiter(spec.rates, spec.burst) if spec.rates else None
     except ValueError as exc:  # a --burst above a --rate's count
         raise UsageError(f"--{exc}; lower --burst, or raise the --rate count") from None
     controller = None

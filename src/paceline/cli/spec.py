@@ -189,8 +189,8 @@ class RunSpec:
         >>> RunSpec(command="http", input="-", cost_template="tokens={est}").cost_templates()
         [('tokens', '{est}')]
         """
-        if self.cost_template is None:
-            return []
+        if self.cost_template is None or self.cost_template.strip() == "auto":
+            return []  # auto: estimated from each row's body (cli/ops.py)
         pairs = []
         for part in self.cost_template.split(","):
             unit, equals, template = part.partition("=")

@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "paceline.http needs httpx: install it with pip install 'paceline[http]'"
     ) from exc
 
+from paceline.http._estimate import estimate_tokens
 from paceline.http._face import fetch_all, fetch_all_sync, stream_requests
 from paceline.http._limits import ServerLimits
 from paceline.http._messages import (
@@ -49,6 +50,7 @@ __all__ = [
     "ServerUnreachable",
     "ShardedTransport",
     "as_request",
+    "estimate_tokens",
     "fetch_all",
     "fetch_all_sync",
     "request_cost",
