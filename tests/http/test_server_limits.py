@@ -277,3 +277,24 @@ def test_anthropic_input_and_output_token_limits_apply_to_their_own_units():
         assert clock.sleeps == [0.5]
 
     asyncio.run(main())
+
+
+def test_a_token_limit_that_would_hold_beyond_max_hold_is_not_obeyed():
+    from paceline.signals import parse_signals
+
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock, max_hold_s=10.0)
+        broken = {
+            "x-ratelimit-limit-tokens": "1",  # one token a minute: 300 take five hours
+            "x-ratelimit-remaining-tokens": "5",
+            "x-ratelimit-reset-tokens": "1m",
+        }
+        limits.observe(parse_signals(broken))
+        await limits.reserve_async({"tokens": 300})  # above the bucket: it waits for a full one
+        assert limits.ignored == ""
+        await limits.reserve_async({"tokens": 300})  # 300 owed: five hours of refill
+        assert clock.sleeps == []
+        assert "beyond max hold 10 s" in limits.ignored
+
+    asyncio.run(main())

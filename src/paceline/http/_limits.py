@@ -152,6 +152,12 @@ class ServerLimits:
                     ),
                     default=0,
                 )
+                if wait_ns > self._max_hold_ns:  # a broken header (limit=1): not obeyed
+                    self.ignored = (
+                        f"server's token headers would hold a request {wait_ns / NS_PER_S:.0f} s"
+                        f", beyond max hold {_seconds(self.max_hold_s)} s: not held"
+                    )
+                    wait_ns = 0
                 if wait_ns == 0:
                     for unit, amount in units.items():
                         if unit in self._buckets:
