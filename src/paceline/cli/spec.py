@@ -247,7 +247,8 @@ class RunSpec:
         """A short human name for the batch, shown in errors and reports."""
         public = self.public()
         if self.command == "http":
-            what = f"{public.method or 'GET'} {public.url or '(urls from the input)'}"
+            method = public.method or ("POST" if public.body_per_line else "GET")
+            what = f"{method} {public.url or '(urls from the input)'}"
         elif self.command == "call":
             what = str(self.target)
         else:
