@@ -129,3 +129,25 @@ def test_costs_without_a_rate_limiter_are_limited_by_the_token_headers():
     assert throttled <= 1, stats
     # The batch is held to the bucket: what it used fits 2,000 at once plus 1,000 a second.
     assert stats["tokens_used"] <= 2_000 + 1_000 * stats["admitted_span_s"] + 200
+
+
+def test_a_budget_cap_stops_fetch_all_at_the_answers_usage(llm):
+    results = fetch_all_sync(
+        [_chat(i) for i in range(40)],
+        base_url=llm.url,
+        max_concurrent=2,
+        halt="soon,tokens=300",
+        retry=None,
+    )
+    answered = [r for r in results if isinstance(r, Success)]
+    used = sum(r.value.body["usage"]["total_tokens"] for r in answered)
+    assert 300 <= used < 300 + 2 * (PROMPT_TOKENS + MAX_TOKENS)  # soon: the two in flight end
+    assert len(answered) < 40
+    assert llm.stats()["llm"]["requests_answered"] == len(answered)
+
+
+def test_a_budget_cap_without_costs_is_refused_in_a_plain_batch():
+    from paceline import batch_execute_sync
+
+    with pytest.raises(InvalidArgument, match=r"budget cap counts the tokens.*give cost="):
+        batch_execute_sync([1, 2], lambda x: x, halt="soon,tokens=10")

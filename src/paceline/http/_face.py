@@ -45,6 +45,7 @@ from paceline.http._messages import (
 )
 from paceline.http._pool import ShardedTransport
 from paceline.http._servers import UNPLACED, ServerLanes, server_key
+from paceline.policy.halt import HaltRule
 from paceline.policy.retry import RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
 from paceline.runners import sized_length
@@ -156,6 +157,16 @@ class _Attempt:
         return HttpTransportError(type(exc).__name__, elapsed, phase, url, str(exc))
 
 
+def _one_request(_request: object) -> int:
+    return 1
+
+
+def _capped(halt: object) -> bool:
+    """Whether ``halt=`` (a rule, its text, or a list of them) has a budget cap."""
+    specs = [halt] if isinstance(halt, (str, HaltRule)) else list(halt or [])  # type: ignore[call-overload]
+    return any((HaltRule.parse(s) if isinstance(s, str) else s).budget for s in specs)
+
+
 def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:
     """Fill in the cost options of an HTTP batch: when the rate limiter counts more than
     requests and no ``cost=`` is given, each request's own ``"cost"``; with costs, the answer's
@@ -166,6 +177,8 @@ def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:
     )
     if options.get("cost") is None and other_units:
         options["cost"] = request_cost
+    if options.get("cost") is None and _capped(options.get("halt")):
+        options["cost"] = _one_request  # a budget cap counts the answers' usage (settled)
     actual = options.get("actual_cost")
     if isinstance(actual, str):
         options["actual_cost"] = usage_at(actual)

@@ -143,6 +143,13 @@ class RunOptions(Generic[K, T, R]):
     actual_cost: Callable[[Any], int | Cost | None] | None = None
 
     def __post_init__(self) -> None:
+        capped = next((rule for rule in self.halt if rule.budget), None)
+        if capped is not None and self.cost is None:
+            raise InvalidArgument(
+                f"halt rule {capped}: a budget cap counts the {capped.kind} the items use, "
+                "which needs costs — give cost= (e.g. cost=lambda item: {'tokens': 1000}) and "
+                "actual_cost= to settle it from each result"
+            )
         if self.cost is not None and self.weight is not None:
             raise InvalidArgument(
                 "weight= and cost= both given: a cost includes the requests, e.g. "
