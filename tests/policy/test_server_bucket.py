@@ -1,6 +1,10 @@
 """ServerBucket: the client's mirror of a server's token bucket, exact on integer nanoseconds."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from paceline.policy.server_bucket import ServerBucket
+from paceline.testing._api.bucket import TokenBucket
 
 S = 1_000_000_000
 
@@ -55,3 +59,29 @@ def test_giving_back_a_take_restores_the_level():
     bucket.take(0, 700)
     bucket.give_back(0, 700)
     assert bucket.level(0) == 1000
+
+
+# The mirror against a server's own bucket (the test API's): taught by the server's remaining
+# count after each call, it never sends a call the server then refuses.
+MIN = 60 * S
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(60, 100_000),
+    burst=st.integers(50, 5_000),
+    calls=st.lists(st.tuples(st.integers(0, 5 * S), st.integers(1, 400)), max_size=60),
+)
+def test_a_call_the_mirror_lets_through_is_one_the_server_admits(limit, burst, calls):
+    server = TokenBucket(limit, MIN, burst, now_ns=0)
+    mirror = ServerBucket()
+    now = 0
+    mirror.learn(now, limit=limit, remaining=server.remaining(now), in_flight=0)
+    for gap_ns, cost in calls:
+        now += gap_ns
+        if cost > burst:
+            continue  # the server refuses those whatever the client does
+        now += mirror.wait_ns(now, cost)
+        assert server.admit(now, cost), (now, cost, mirror.level(now), server.remaining(now))
+        mirror.take(now, cost)
+        mirror.learn(now, limit=limit, remaining=server.remaining(now), in_flight=0)
