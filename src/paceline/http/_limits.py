@@ -117,6 +117,11 @@ class ServerLimits:
         the actual cost; cancelling the wait gives the reservation back."""
         estimate = as_cost(cost)
         units = {unit: amount for unit, amount in estimate.items() if unit != REQUESTS and amount}
+        if not units and estimate.get(REQUESTS) == 1:
+            # One plain request (a JSON Lines row without a cost): exactly the acquire path,
+            # nothing to settle.
+            await self.acquire_async(1)
+            return _ServerGrant(self, None, units, estimate)
         grant = await self.user.reserve_async(cost) if self.user is not None else None
         taken = False
         try:
