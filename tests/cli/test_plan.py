@@ -51,3 +51,22 @@ def test_without_a_rate_of_ours_the_time_is_the_servers(tmp_path):
     shown = dry_run(tmp_path)
     assert "time:" in shown
     assert "no rate limit of ours" in line(shown, "time:")
+
+
+def test_with_a_tokens_rate_the_least_time_is_for_the_rows_estimated_costs(tmp_path):
+    rows = (
+        f'{{"id": "i{n}", "url": "http://127.0.0.1:9/v1", "cost": {{"tokens": 400}}}}\n'
+        for n in range(5)
+    )
+    (tmp_path / "in.jsonl").write_text("".join(rows))
+    done = subprocess.run(
+        [PACELINE, "http", "in.jsonl", "--journal", "none", "--dry-run",
+         "--rate", "tokens:1000/s"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # Any window of 1 s (+1 ms margin) holds at most two grants of 400: the 1st and 2nd at
+    # 0 and 0.4 s, the 3rd when the 1st leaves (1.001 s), the 4th at 1.401, the 5th at 2.002.
+    assert line(done.stdout, "time:").split(None, 1)[1] == (
+        "the rate limits alone need at least 2.00s for 5 items at their estimated costs"
+    )

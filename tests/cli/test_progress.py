@@ -857,3 +857,30 @@ def test_the_final_line_says_the_reason_in_words(reason, shown):
     last = out.getvalue().strip().splitlines()[-1]
     assert shown in last
     assert reason not in last
+
+
+def test_tokens_per_second_are_shown_beside_requests_when_a_token_limit_is_in_force():
+    line = plain_status_line(
+        snap(
+            10.0,
+            500,
+            units_per_s={"tokens": 1234.0},
+            unit_limits_per_s={"tokens": 1500.0},
+            units_used={"tokens": 12340},
+        )
+    )
+    assert "attempts 50.0/s (limit 50/s) · tokens 1.2k/s (limit 1.5k/s) · in flight" in line
+    assert "tokens" not in plain_status_line(snap(10.0, 500))
+
+
+def test_metrics_count_the_units_used_over_the_recent_window():
+    now = [0.0]
+    metrics = Metrics(10, clock=lambda: now[0])
+    metrics.used({"requests": 1, "tokens": 300})
+    now[0] = 2.0
+    metrics.used({"tokens": 100})
+    metrics.unit_limits_per_s = lambda: {"tokens": 500.0}
+    shot = metrics.snapshot()
+    assert shot.units_used == {"tokens": 400}
+    assert shot.units_per_s == {"tokens": 200.0}  # 400 over 2 s
+    assert shot.unit_limits_per_s == {"tokens": 500.0}

@@ -11,7 +11,7 @@ import pytest
 
 from paceline import RateLimiter, Success
 from paceline.errors import InvalidArgument
-from paceline.http import HttpResponse, fetch_all_sync
+from paceline.http import HttpResponse, fetch_all_sync, request_cost
 from paceline.testing.api_server import ApiConfig, ApiServer, LlmConfig
 
 CHAT = "/v1/chat/completions"
@@ -106,6 +106,48 @@ def test_a_request_without_a_cost_under_a_tokens_limit_stops_the_batch_naming_th
         fetch_all_sync([_chat(0)], base_url=llm.url, rate_limiter=_limiter(), retry=None)
 
 
-def test_cost_without_a_rate_limiter_is_refused(llm):
-    with pytest.raises(InvalidArgument, match=r"cost= needs a rate_limiter"):
-        fetch_all_sync([_chat(0)], base_url=llm.url, cost={"tokens": 10})
+# Limits only in headers: 6,000 requests and 60,000 tokens a minute, the tokens in a bucket
+# of 2,000 (the headers say limit 60000, remaining <= 2000); the tokens bind.
+HEADERS_ONLY = LlmConfig(requests_per_min=6_000, tokens_per_min=60_000, tokens_burst=2_000)
+
+
+def test_costs_without_a_rate_limiter_are_limited_by_the_token_headers():
+    server = ApiServer(ApiConfig(base_latency_s=0.01, llm=HEADERS_ONLY, seed=13)).start()
+    try:
+        estimate = {"tokens": PROMPT_TOKENS + MAX_TOKENS}
+        results = fetch_all_sync(
+            [_chat(i, cost=estimate) for i in range(120)],
+            base_url=server.url,
+            cost=request_cost,
+        )
+        stats = server.stats()["llm"]
+    finally:
+        server.close()
+    assert all(isinstance(r, Success) and r.value.status_code == 200 for r in results)
+    throttled = stats["throttled_429_tokens"] + stats["throttled_429_requests"]
+    # Before the first answer nothing is known (a few may be refused); after it, none should.
+    assert throttled <= 1, stats
+    # The batch is held to the bucket: what it used fits 2,000 at once plus 1,000 a second.
+    assert stats["tokens_used"] <= 2_000 + 1_000 * stats["admitted_span_s"] + 200
+
+
+def test_a_budget_cap_stops_fetch_all_at_the_answers_usage(llm):
+    results = fetch_all_sync(
+        [_chat(i) for i in range(40)],
+        base_url=llm.url,
+        max_concurrent=2,
+        halt="soon,tokens=300",
+        retry=None,
+    )
+    answered = [r for r in results if isinstance(r, Success)]
+    used = sum(r.value.body["usage"]["total_tokens"] for r in answered)
+    assert 300 <= used < 300 + 2 * (PROMPT_TOKENS + MAX_TOKENS)  # soon: the two in flight end
+    assert len(answered) < 40
+    assert llm.stats()["llm"]["requests_answered"] == len(answered)
+
+
+def test_a_budget_cap_without_costs_is_refused_in_a_plain_batch():
+    from paceline import batch_execute_sync
+
+    with pytest.raises(InvalidArgument, match=r"budget cap counts the tokens.*give cost="):
+        batch_execute_sync([1, 2], lambda x: x, halt="soon,tokens=10")

@@ -1,6 +1,7 @@
 """ServerLimits on a fake clock: a policy from the headers, requests held until answered."""
 
 import asyncio
+import contextlib
 
 from paceline.http import ServerLimits
 from paceline.signals import ServerSignals
@@ -180,3 +181,120 @@ def test_the_bound_comes_from_the_retry_policy_of_the_http_face():
     from paceline.http._face import DEFAULT_RETRY
 
     assert ServerLimits().max_hold_s == DEFAULT_RETRY.max_retry_after_s == 300.0
+
+
+# -- token headers teach a limit in tokens (issue 13, item 4) ---------------------------------
+
+OPENAI_TOKENS = {
+    "x-ratelimit-limit-tokens": "6000",
+    "x-ratelimit-remaining-tokens": "500",
+    "x-ratelimit-reset-tokens": "5s",
+    "x-ratelimit-limit-requests": "100",
+    "x-ratelimit-remaining-requests": "99",
+    "x-ratelimit-reset-requests": "600ms",
+}
+
+
+def test_token_headers_hold_a_costed_request_until_the_refill_covers_it():
+    from paceline.signals import parse_signals
+
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock)
+        limits.observe(parse_signals(OPENAI_TOKENS))
+        assert limits.unit_limits == {"tokens": 6000}
+        first = await limits.reserve_async({"tokens": 300})
+        assert clock.sleeps == []
+        # 200 left at 100 a second (6,000 a minute): 400 more need 2 s.
+        await limits.reserve_async({"tokens": 400})
+        assert clock.now_ns == 2 * 1_000_000_000
+        assert limits.in_flight == 2
+        limits.answered()  # the second one's answer: its 400 are no longer in flight
+        assert limits._units_in_flight == {"tokens": 300}
+        first.give_back()  # never sent after all: its 300 come back to the bucket
+        assert limits._units_in_flight == {"tokens": 0}
+        await limits.reserve_async({"tokens": 300})
+        assert clock.now_ns == 2 * 1_000_000_000  # at once
+
+    asyncio.run(main())
+
+
+def test_a_tokens_limit_never_holds_plain_requests_and_requests_never_learn_tokens():
+    from paceline.signals import parse_signals
+
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock)
+        drained = dict(OPENAI_TOKENS, **{"x-ratelimit-remaining-tokens": "0"})
+        limits.observe(parse_signals(drained))
+        for _ in range(50):  # no cost: requests only, as before
+            await limits.acquire_async()
+        await limits.reserve_async({"requests": 1})  # a cost with no tokens: not held either
+        assert clock.sleeps == []
+        assert limits.policy is None  # 6,000 tokens never became a request quota
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_wait_for_tokens_gives_the_tokens_back():
+    from paceline.signals import parse_signals
+
+    async def main() -> None:
+        limits = ServerLimits()  # the real clock: the wait is 10 s, cancelled at once
+        limits.observe(parse_signals(OPENAI_TOKENS))
+        await limits.reserve_async({"tokens": 500})
+        waiting = asyncio.create_task(limits.reserve_async({"tokens": 1000}))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert limits.in_flight == 1
+        assert limits._units_in_flight == {"tokens": 500}
+
+    asyncio.run(main())
+
+
+def test_anthropic_input_and_output_token_limits_apply_to_their_own_units():
+    from paceline.signals import parse_signals
+
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock)
+        limits.observe(
+            parse_signals(
+                {
+                    "anthropic-ratelimit-input-tokens-limit": "6000",
+                    "anthropic-ratelimit-input-tokens-remaining": "100",
+                    "anthropic-ratelimit-input-tokens-reset": "2026-01-01T00:00:00Z",
+                },
+                now_epoch_s=1767225590.0,
+            )
+        )
+        assert limits.unit_limits == {"input_tokens": 6000}
+        await limits.reserve_async({"tokens": 5000})  # no tokens limit learned: not held
+        await limits.reserve_async({"input_tokens": 80})
+        await limits.reserve_async({"input_tokens": 70})  # 50 short at 100 a second
+        assert clock.sleeps == [0.5]
+
+    asyncio.run(main())
+
+
+def test_a_token_limit_that_would_hold_beyond_max_hold_is_not_obeyed():
+    from paceline.signals import parse_signals
+
+    async def main() -> None:
+        clock = FakeClock()
+        limits = ServerLimits(clock=clock, max_hold_s=10.0)
+        broken = {
+            "x-ratelimit-limit-tokens": "1",  # one token a minute: 300 take five hours
+            "x-ratelimit-remaining-tokens": "5",
+            "x-ratelimit-reset-tokens": "1m",
+        }
+        limits.observe(parse_signals(broken))
+        await limits.reserve_async({"tokens": 300})  # above the bucket: it waits for a full one
+        assert limits.ignored == ""
+        await limits.reserve_async({"tokens": 300})  # 300 owed: five hours of refill
+        assert clock.sleeps == []
+        assert "beyond max hold 10 s" in limits.ignored
+
+    asyncio.run(main())

@@ -77,3 +77,51 @@ def test_percent_rules_fire_exactly_when_the_share_reaches_the_threshold(percent
         done = failed + succeeded
         expected = done >= 3 and failed > 0 and failed * 100 >= percent * done
         assert rule.triggered(failed, succeeded) == expected
+
+
+# -- budget caps on a unit's total (issue 13, item 5) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("soon,tokens=2000000", HaltRule("soon", "tokens", 2_000_000)),
+        ("now,cost=20", HaltRule("now", "cost", 20)),
+        ("Input_Tokens=5", HaltRule("soon", "input_tokens", 5)),
+    ],
+)
+def test_budget_caps_name_a_unit_and_a_total(text, rule):
+    parsed = HaltRule.parse(text)
+    assert parsed == rule
+    assert parsed.budget
+
+
+@pytest.mark.parametrize("text", ["soon,tokens=5%", "soon,requests=10", "soon,tokens=0"])
+def test_bad_budget_caps_name_the_fix(text):
+    with pytest.raises(ValueError, match="halt"):
+        HaltRule.parse(text)
+
+
+def test_a_budget_cap_fires_when_the_total_reaches_it_and_never_on_counts():
+    cap = HaltRule.parse("soon,tokens=1000")
+    assert not cap.triggered(failed=500, succeeded=500)  # counts alone never fire it
+    assert not cap.triggered(0, 1, {"tokens": 999, "requests": 5000})
+    assert cap.triggered(0, 1, {"tokens": 1000})
+
+
+def test_the_batch_state_halts_soon_or_now_at_the_cap():
+    from paceline.policy.batch import BatchState
+
+    state: BatchState[int] = BatchState(10, rules=[HaltRule.parse("soon,tokens=100")])
+    state.add_cost({"requests": 1, "tokens": 60})
+    state.settle(0, 0, False)
+    assert not state.stopped
+    state.add_cost({"requests": 1, "tokens": 40})
+    assert state.stopped
+    assert not state.halt_now
+    assert state.halt_reason == "halt rule soon,tokens=100: 100 tokens used"
+    assert state.totals == {"requests": 2, "tokens": 100}
+    now: BatchState[int] = BatchState(10, rules=[HaltRule.parse("now,cost=20")])
+    now.add_cost({"cost": 25})
+    assert now.stopped
+    assert now.halt_now

@@ -106,7 +106,8 @@ Halt = Annotated[
     typer.Option(
         "--halt",
         metavar="RULE",
-        help="Stop early, GNU parallel style: soon,fail=5%  now,fail=1 ...",
+        help="Stop early, GNU parallel style: soon,fail=5%  now,fail=1 ...; a budget cap on a "
+        "unit's total (http): soon,tokens=2000000",
     ),
 ]
 DryRun = Annotated[
@@ -148,6 +149,14 @@ Html = Annotated[
     str | None, typer.Option("--html", help="Also write the report as a self-contained page.")
 ]
 NoReport = Annotated[bool, typer.Option("--no-report", help="No summary at the end.")]
+IncludeInput = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--include-input",
+        metavar="FIELD,...",
+        help="Write these input columns with each result in --out (repeatable).",
+    ),
+]
 
 
 def _common(**values: Any) -> dict[str, Any]:
@@ -166,6 +175,12 @@ def _common(**values: Any) -> dict[str, Any]:
         "format": values["format"],
         "id_template": values["id"],
         "give_up_after": values["give_up_after"],
+        "include_input": [
+            name.strip()
+            for text in values.get("include_input") or []
+            for name in text.split(",")
+            if name.strip()
+        ],
     }
 
 
@@ -250,6 +265,15 @@ def http_command(
             '(JSON Lines rows may carry "cost" instead); settled from the answer\'s usage.',
         ),
     ] = None,
+    body_per_line: Annotated[
+        bool,
+        typer.Option(
+            "--body-per-line",
+            help="Each JSON Lines row is the JSON body of a POST to --url (OpenAI's batch "
+            'format); its "metadata" goes to --out, its "cost" is reserved.',
+        ),
+    ] = False,
+    include_input: IncludeInput = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,
@@ -273,7 +297,8 @@ def http_command(
     no_report: NoReport = False,
 ) -> None:
     """An HTTP request per input row: JSON Lines requests (url, method, headers, json, body,
-    id) or rows filled into --url/--method/--json templates."""
+    id; other fields are written with the result in --out), rows filled into
+    --url/--method/--json templates, or each row as the body (--body-per-line)."""
     values = locals()
     spec = RunSpec(
         command="http",
@@ -292,6 +317,7 @@ def http_command(
         exhausted_on=list(exhausted_on or []),
         fail_on=list(fail_on or []),
         retry_on=list(retry_on or []),
+        body_per_line=body_per_line,
         **_common(**values),
     )
     _launch(spec, values)
@@ -306,6 +332,7 @@ def call_command(
     ] = False,
     rate: Rates = None,
     burst: Burst = None,
+    include_input: IncludeInput = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,
@@ -342,6 +369,7 @@ def exec_command(
     ] = False,
     rate: Rates = None,
     burst: Burst = None,
+    include_input: IncludeInput = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,
@@ -421,6 +449,14 @@ def resume_command(
         str | None, typer.Option("--input", help="Read the input from here instead.")
     ] = None,
     out: Out = None,
+    halt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--halt",
+            metavar="RULE",
+            help="Replace the batch's halt rules, e.g. a raised budget cap: soon,tokens=4000000",
+        ),
+    ] = None,
     quiet: Quiet = False,
     html: Html = None,
     no_report: NoReport = False,
@@ -452,6 +488,8 @@ def resume_command(
         _check_input(spec)
     if out is not None:
         spec.out = out
+    if halt:
+        spec.halt = list(halt)
     given = {"url": url, "json_template": json_body, "body_template": body, "base_url": base_url}
     for name, value in given.items():
         if value is not None:

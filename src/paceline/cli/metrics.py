@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from paceline.policy.rate import NS_PER_S
@@ -65,6 +65,12 @@ class Snapshot:
     run_succeeded: int = 0  # items that succeeded in this run (restored ones excluded)
     # Failed items refused a retry because the batch's retry budget was spent (part of failed)
     budget_exhausted: int = 0
+    # Units other than requests (tokens...), when a limit counts them: used per second over
+    # the last RECENT_S (by the items that succeeded, from their answers' usage), the limit in
+    # force per second (from --rate, or learned from the server's headers), and the run's total.
+    units_per_s: dict[str, float] = field(default_factory=dict)
+    unit_limits_per_s: dict[str, float] = field(default_factory=dict)
+    units_used: dict[str, int] = field(default_factory=dict)
 
     def average_per_s(self) -> tuple[float, float]:
         """Items settled and items succeeded per second over the whole run, restored ones
@@ -127,6 +133,11 @@ class Metrics:
         # calls hold_from_pacing there, and says when a graceful stop waits).
         self.read_holds: Callable[[], None] = lambda: None
         self._settles: deque[float] = deque()  # when items settled (not restored), recent
+        # Units used by items that succeeded this run (tokens...): totals, and recent events.
+        self.units_used: dict[str, int] = {}
+        self._units: deque[tuple[float, str, int]] = deque()
+        # The limits per second in force for units other than requests (see Snapshot).
+        self.unit_limits_per_s: Callable[[], dict[str, float]] = dict
         self._starts: deque[float] = deque()  # when attempts started, recent
         self._latencies: deque[tuple[float, float]] = deque()  # (ended, seconds), recent
         self._holds: dict[str, _Hold] = {}
@@ -181,6 +192,14 @@ class Metrics:
             self.restored += 1
         else:
             self._settles.append(self.clock())
+
+    def used(self, cost: dict[str, int]) -> None:
+        """An item of this run succeeded using ``cost`` (units other than requests are kept)."""
+        now = self.clock()
+        for unit, amount in cost.items():
+            if unit != "requests" and amount:
+                self.units_used[unit] = self.units_used.get(unit, 0) + amount
+                self._units.append((now, unit, amount))
 
     def hold(self, source: str, reason: str | None, *, until_s: float | None = None) -> None:
         """Say that ``source`` holds the whole batch back for ``reason`` until ``until_s``
@@ -237,6 +256,9 @@ class Metrics:
         for recent in (self._settles, self._starts):
             while recent and recent[0] < horizon:
                 recent.popleft()
+        units = self._units
+        while units and units[0][0] < horizon:
+            units.popleft()
         latencies = self._latencies
         while latencies and latencies[0][0] < horizon:
             latencies.popleft()
@@ -274,7 +296,16 @@ class Metrics:
             held_s=None if hold is None else hold[2],
             run_succeeded=self.run_succeeded,
             budget_exhausted=self.budget_exhausted,
+            units_per_s=self._unit_rates(window),
+            unit_limits_per_s=self.unit_limits_per_s(),
+            units_used=dict(self.units_used),
         )
+
+    def _unit_rates(self, window: float) -> dict[str, float]:
+        rates: dict[str, float] = dict.fromkeys(self.units_used, 0.0)
+        for _, unit, amount in self._units:
+            rates[unit] += amount / window
+        return rates
 
 
 def _longest(holds: Iterable[_Hold], now: float) -> _Hold | None:

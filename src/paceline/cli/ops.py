@@ -56,6 +56,9 @@ class Item:
     bad: str | None = None  # a bad input row's message (the item fails with it)
     tries: int = 0  # attempts started so far
     cost: dict[str, int] | None = None  # its estimate per unit, when a --rate counts costs
+    # input fields written with its result in --out: a JSON Lines request's fields paceline
+    # does not use (OpenAI cookbook rows carry "metadata"), and --include-input's
+    extra: dict[str, Any] | None = None
 
 
 class Operation:
@@ -148,6 +151,18 @@ def bad_item(row: Row, message: str) -> Item:
     return Item(row.line, f"bad-input:line-{row.line}", None, message)
 
 
+# What a JSON Lines request row's fields may name (paceline.http's request mapping).
+_REQUEST_FIELDS = frozenset({"url", "method", "headers", "json", "body", "id", "cost"})
+
+
+def _with_inputs(operation: Operation, row: Row, item: Item) -> Item:
+    """``item`` with the fields ``--include-input`` names taken from its row."""
+    chosen = operation.spec.include_input
+    if chosen and row.data is not None:
+        item.extra = {**{name: row.data.get(name) for name in chosen}, **(item.extra or {})}
+    return item
+
+
 def to_item(operation: Operation, row: Row, source_name: str) -> Item:
     """An item for ``row``, or a bad item with the reason (a row that repeats an earlier
     row's id is one, when there is a journal: see :class:`SeenIds`)."""
@@ -167,7 +182,7 @@ def to_item(operation: Operation, row: Row, source_name: str) -> Item:
         )
     first = None if operation.ids is None else operation.ids.first_line(item.key, row.line)
     if first is None:
-        return item
+        return _with_inputs(operation, row, item)
     fix = (
         "make --id unique (add a column to it) or drop the repeated row"
         if operation.id_template is not None
@@ -231,9 +246,14 @@ class HttpOperation(Operation):
         self.client = client_for(None, workers)
         # Costs per row (docs/units.md): from --cost, else each JSON Lines row's "cost".
         self.costs = spec.counts_costs()
+        self.row_costs = False  # set by prepare() for JSON Lines without a --rate in tokens
+        # Rows without a cost are estimated from their OpenAI-style body: always with --cost
+        # auto; by default under a --rate in tokens (the row would be refused otherwise).
         self.cost_parts = [
             (unit, Template.parse(text, label="--cost")) for unit, text in spec.cost_templates()
         ]
+        auto = spec.cost_template is not None and spec.cost_template.strip() == "auto"
+        self.estimate = auto or (self.costs and not self.cost_parts)
         # --timeout bounds the whole attempt, body included (default: the face's 120 s).
         # POST/PATCH carry the row's stable key; one that may have been processed without a
         # key is not sent again (http/_idempotency.py).
@@ -280,25 +300,43 @@ class HttpOperation(Operation):
                 f"{source.name}: CSV rows need --url TEMPLATE (e.g. --url "
                 "'https://api.example.com/items/{id}'); JSON Lines rows may carry their own url"
             )
-        if self.costs and not self.cost_parts and source.format != "jsonl":
+        if self.costs and not self.cost_parts and source.format != "jsonl" and not self.json_text:
             raise UsageError(
                 f"{source.name}: a --rate limits more than requests, so each row needs a cost: "
                 "give --cost TEMPLATE (e.g. --cost 'tokens={est_tokens}')"
             )
+        # JSON Lines rows may carry a "cost" with no --rate in its unit: the server's token
+        # headers then limit it (docs/units.md, 'Token headers'); a row without one is a request.
+        self.row_costs = not self.costs and source.format == "jsonl"
         super().prepare(source)
 
-    def cost_of(self, data: dict[str, Any]) -> dict[str, int] | None:
-        """A row's estimate per unit: --cost rendered, else the row's own ``"cost"``
-        (``None`` when no --rate counts costs)."""
+    def cost_of(self, data: dict[str, Any], body: Any = None) -> dict[str, int] | None:
+        """A row's estimate per unit: --cost rendered, else the row's own ``"cost"``, else
+        (with --cost auto, or a --rate in tokens) the tokens its OpenAI-style JSON ``body``
+        reserves (``None`` when nothing counts costs)."""
+        from paceline.http import estimate_tokens
+
+        if self.row_costs:
+            given = data.get("cost")
+            if given is None and self.estimate:
+                tokens = estimate_tokens(body)
+                if tokens is not None:
+                    return as_cost({"tokens": tokens})
+            return as_cost(given if given is not None else 1)
         if not self.costs:
             return None
         if not self.cost_parts:
             given = data.get("cost")
             if given is None:
-                raise InvalidArgument(
-                    'no "cost" in this row, and a --rate limits more than requests: give each '
-                    'row one (e.g. "cost": {"tokens": 1200}), or --cost \'tokens={est_tokens}\''
-                )
+                tokens = estimate_tokens(body) if self.estimate else None
+                if tokens is None:
+                    raise InvalidArgument(
+                        'no "cost" in this row, and a --rate limits more than requests: give '
+                        'each row one (e.g. "cost": {"tokens": 1200}), or --cost '
+                        "'tokens={est_tokens}', or an OpenAI-style body with max_tokens "
+                        "(estimated: prompt characters / 4 + max_tokens x n)"
+                    )
+                return as_cost({"tokens": tokens})
             return as_cost(given)
         cost: dict[str, int] = {}
         for unit, template in self.cost_parts:
@@ -313,8 +351,16 @@ class HttpOperation(Operation):
     def item(self, row: Row) -> Item:
         data = row.data
         assert data is not None
-        cost = self.cost_of(data)
-        if self.url is None:
+        extra = None
+        if self.spec.body_per_line:
+            # The row is the body (the OpenAI cookbook's format); its "metadata" and "cost"
+            # are not sent: the first is written with the result, the second reserved.
+            body_json = {k: v for k, v in data.items() if k not in ("metadata", "cost")}
+            extra = {"metadata": data["metadata"]} if "metadata" in data else None
+            assert self.url is not None
+            request = self._request_type(url=self.url.render(data), method="POST", json=body_json)
+            headers = {}
+        elif self.url is None:
             if "url" not in data:
                 raise InvalidArgument(
                     "no 'url' in this row: a JSON Lines request needs url (and may have method, "
@@ -322,7 +368,11 @@ class HttpOperation(Operation):
                 )
             from paceline.http import as_request
 
-            request = as_request(data)
+            # Fields a request does not use (e.g. "metadata") go with the result to --out.
+            extra = {k: v for k, v in data.items() if k not in _REQUEST_FIELDS} or None
+            request = as_request(
+                data if extra is None else {k: v for k, v in data.items() if k not in extra}
+            )
             headers = dict(request.headers)
         else:
             request = self._request_type(url=self.url.render(data))
@@ -332,15 +382,19 @@ class HttpOperation(Operation):
         method = self.method.render(data).upper() if self.method else request.method
         json_body = render_json(self.json_text, data) if self.json_text else request.json
         body = self.body.render(data) if self.body else request.body
+        cost = self.cost_of(data, json_body)
         default_key = request.id or f"{method} {request.url}"
         if request.id is None and (json_body is not None or body is not None):
-            default_key += " #" + digest(json_body if json_body is not None else body)
-        key = self.key_from(row, default_key, whole_row=self.url is None)
+            # --body-per-line: the whole row (two rows that differ only in metadata are two)
+            hashed = data if self.spec.body_per_line else json_body
+            default_key += " #" + digest(hashed if hashed is not None else body)
+        whole_row = self.url is None or self.spec.body_per_line
+        key = self.key_from(row, default_key, whole_row=whole_row)
         payload = self._request_type(
             url=request.url, method=method, headers=headers, json=json_body, body=body, id=key
         )
         self._validate(payload, self._base_url)
-        return Item(row.line, key, payload, cost=cost)
+        return Item(row.line, key, payload, cost=cost, extra=extra)
 
     async def run(self, payload: Any) -> Any:
         return await self._send(payload)

@@ -136,23 +136,34 @@ def write_private(target: str, text: str) -> None:
 class ResultWriter:
     """Writes outcomes to a file or stdout (``-``) as JSON Lines or CSV."""
 
-    def __init__(self, out: TextIO, fmt: str, *, owned: bool = False, name: str = "-") -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        fmt: str,
+        *,
+        owned: bool = False,
+        name: str = "-",
+        inputs: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.out = out
         self.fmt = fmt
         self.owned = owned
         self.name = name
         self.flush_each = False
-        self._csv = (
-            csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore") if fmt == "csv" else None
-        )
+        # Input fields to write with each result, by item id (taken once written): an
+        # "input" object (JSON Lines) or column (CSV).
+        self.inputs = inputs
+        columns = [*CSV_COLUMNS, "input"] if inputs is not None else CSV_COLUMNS
+        self._csv = csv.DictWriter(out, columns, extrasaction="ignore") if fmt == "csv" else None
         if self._csv is not None:
             self._csv.writeheader()
 
     @classmethod
-    def open(cls, target: str) -> ResultWriter:
-        """``results.jsonl`` / ``results.csv`` / ``-`` (JSON Lines on stdout)."""
+    def open(cls, target: str, inputs: dict[str, dict[str, Any]] | None = None) -> ResultWriter:
+        """``results.jsonl`` / ``results.csv`` / ``-`` (JSON Lines on stdout); ``inputs``: see
+        :attr:`inputs`."""
         if target == "-":  # a line per item as it settles, for a pipe that reads as we go
-            writer = cls(sys.stdout, "jsonl")
+            writer = cls(sys.stdout, "jsonl", inputs=inputs)
             writer.flush_each = True
             return writer
         fmt = "csv" if target.lower().endswith((".csv", ".tsv")) else "jsonl"
@@ -160,12 +171,16 @@ class ResultWriter:
             handle = open_private(target, newline="" if fmt == "csv" else None)
         except OSError as exc:
             raise UsageError(f"--out {target!r}: cannot write it ({exc.strerror})") from None
-        return cls(handle, fmt, owned=True, name=target)
+        return cls(handle, fmt, owned=True, name=target, inputs=inputs)
 
     def write(self, result: BatchItemResult) -> None:
         """Write one item's outcome. Raises :class:`OutputClosed` when the reader of stdout
         went away, and :class:`UsageError` when the file cannot be written (disk full)."""
         data = record_of(result)
+        if self.inputs:
+            given = self.inputs.pop(result.item_id, None)
+            if given is not None:
+                data["input"] = redact_data(given)
         with self._guard():
             if self._csv is None:
                 self.out.write(json.dumps(data, default=repr, ensure_ascii=False) + "\n")
@@ -173,8 +188,9 @@ class ResultWriter:
                     self.out.flush()
                 return
             row = dict(data)
-            if "result" in row:
-                row["result"] = json.dumps(row["result"], default=repr, ensure_ascii=False)
+            for column in ("result", "input"):
+                if column in row:
+                    row[column] = json.dumps(row[column], default=repr, ensure_ascii=False)
             self._csv.writerow(row)
 
     def close(self) -> None:

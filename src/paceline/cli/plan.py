@@ -4,7 +4,9 @@ without running anything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import json
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -16,7 +18,7 @@ from paceline.cli.run import display_path, make_operation, plan_for
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.plan import least_time_text
 from paceline.policy.rate import NS_PER_S
-from paceline.policy.schedule import min_duration_ns
+from paceline.policy.schedule import min_duration_for_costs_ns, min_duration_ns
 from paceline.redact import redact_data, redact_text
 from paceline.stores import JournalError
 from paceline.stores.view import JournalView
@@ -69,6 +71,32 @@ DEFAULT_ANSWERS = (
 )
 
 
+def _least_time_for_costs(limiter: RateLimiter, costs: list[dict[str, int]], items: int) -> str:
+    """What the rate limits allow for these items' estimates (never settled: a batch that
+    settles to less can go faster, by up to estimate/actual)."""
+    ns, exact = min_duration_for_costs_ns(limiter.limits, costs)
+    return f"{least_time_text(ns / NS_PER_S, exact)} for {items} items at their estimated costs"
+
+
+def _costs_of(spec: RunSpec, operation: Any, skip: int) -> list[dict[str, int]] | None:
+    """Every good row's estimated cost (after the first ``skip``, which a journal holds), or
+    ``None`` when the rows carry none or the input cannot be read twice (stdin)."""
+    if spec.input == "-" or not (spec.counts_costs() or getattr(operation, "row_costs", False)):
+        return None
+    costs = []
+    with contextlib.closing(open_rows(spec.input, spec.format)) as again:
+        for row in itertools.islice(again, skip, None):
+            if not row.ok:
+                continue
+            try:
+                cost = operation.item(row).cost
+            except (ValueError, TypeError):
+                continue  # a bad row never runs
+            if cost is not None:
+                costs.append(cost)
+    return costs
+
+
 def show_plan(spec: RunSpec, out: TextIO) -> int:
     """Print the plan for ``spec``; 0, or a :class:`UsageError` for what would not run."""
     spec.check()
@@ -113,7 +141,14 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
         if counts is not None:
             skipped = counts["succeeded"] + (0 if spec.retry_failed else counts["failed"])
         to_run = None if source.total is None else max(0, source.total - skipped)
-        write(f"  time:        {_least_time(plan.limiter, to_run)}\n")
+        in_units = plan.limiter is not None and any(
+            lim.rate.unit != "requests" for lim in plan.limiter.limits
+        )
+        costs = _costs_of(spec, operation, skipped) if in_units else None
+        if costs is not None and plan.limiter is not None and to_run is not None:
+            write(f"  time:        {_least_time_for_costs(plan.limiter, costs, to_run)}\n")
+        else:
+            write(f"  time:        {_least_time(plan.limiter, to_run)}\n")
         if path is None:
             write("  journal:     none (not resumable)\n")
         elif counts is not None:

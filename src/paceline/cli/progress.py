@@ -94,9 +94,19 @@ def _rates(s: Snapshot) -> str:
     """Items settled per second, and attempts started per second against the limit (a limit
     counts starts, retries included, not items)."""
     rates = f"items {format_rate(s.rate_per_s)}{_SEP}attempts {format_rate(s.attempt_rate_per_s)}"
-    if s.rate_limit_per_s is None:
-        return rates
-    return f"{rates} (limit {format_rate(s.rate_limit_per_s, trim=True)})"
+    if s.rate_limit_per_s is not None:
+        rates += f" (limit {format_rate(s.rate_limit_per_s, trim=True)})"
+    return rates + _units(s)
+
+
+def _units(s: Snapshot) -> str:
+    """Tokens (or another unit) used per second beside the requests, when a limit counts them:
+    `` · tokens 1,480/s (limit 1,500/s)``."""
+    text = ""
+    for unit, limit in s.unit_limits_per_s.items():
+        used = s.units_per_s.get(unit, 0.0)
+        text += f"{_SEP}{unit} {format_rate(used)} (limit {format_rate(limit, trim=True)})"
+    return text
 
 
 def _hold(s: Snapshot) -> str | None:

@@ -85,6 +85,8 @@ class Report:
     top_errors: list[ErrorGroup]
     error_groups: int  # distinct normalised messages, shown or not
     timeline: list[TimelinePoint] = field(repr=False)
+    # Tokens the answers of the items that succeeded say they used (usage), over all runs
+    tokens_used: int = 0
 
     def to_dict(self, *, timeline: bool = False) -> dict[str, Any]:
         """The report as JSON-ready data; the timeline's points only if ``timeline``."""
@@ -116,7 +118,7 @@ def build_report(view: JournalView) -> Report:
     samples = view.samples()
     command = _command_of(meta, samples)
     durations: list[float] = []
-    attempts = retries = succeeded = failed = 0
+    attempts = retries = succeeded = failed = tokens_used = 0
     http: Counter[int] = Counter()
     exits: Counter[int] = Counter()
     http_none = exit_none = 0
@@ -128,6 +130,7 @@ def build_report(view: JournalView) -> Report:
             durations.append(outcome.duration_s)
         if outcome.success:
             succeeded += 1
+            tokens_used += _usage_tokens(outcome.result)
             status = _result_code(outcome.result, "status_code")
             code = _result_code(outcome.result, "exit_code")
         else:
@@ -194,6 +197,7 @@ def build_report(view: JournalView) -> Report:
         ],
         error_groups=len(errors),
         timeline=timeline,
+        tokens_used=tokens_used,
     )
 
 
@@ -226,6 +230,25 @@ def _command_of(meta: Mapping[str, str], samples: list[dict[str, Any]]) -> str |
         return str(spec["command"])
     starts = [s for s in samples if s.get("kind") == "start" and s.get("command")]
     return str(starts[-1]["command"]) if starts else None
+
+
+def _usage_tokens(result: Any) -> int:
+    """The tokens an HTTP answer's JSON says it used: ``usage.total_tokens`` (OpenAI), else
+    ``usage.input_tokens + usage.output_tokens`` (Anthropic); 0 when it says neither.
+
+    >>> _usage_tokens({"body": {"usage": {"input_tokens": 7, "output_tokens": 5}}})
+    12
+    """
+    body = result.get("body") if isinstance(result, Mapping) else None
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return 0
+    counts = [usage.get("total_tokens")]
+    if not isinstance(counts[0], int):
+        counts = [usage.get("input_tokens"), usage.get("output_tokens")]
+    if all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+        return sum(counts)  # type: ignore[arg-type]
+    return 0
 
 
 def _result_code(result: Any, name: str) -> int | None:
@@ -314,6 +337,9 @@ def render_text(report: Report) -> str:
                 f"{seconds(report.elapsed_s)}",
             )
         )
+    if report.tokens_used:
+        per_s = f", {report.tokens_used / report.elapsed_s:,.1f}/s" if report.elapsed_s else ""
+        rows.append(("tokens", f"{report.tokens_used:,} used (answers' usage){per_s}"))
     if report.latency_count:
         rows.append(
             (

@@ -188,6 +188,7 @@ def _cards(report: Report) -> str:
             "succeeded per second",
             "-" if report.succeeded_per_s is None else f"{report.succeeded_per_s:,.2f}/s",
         ),
+        *([("tokens used", f"{report.tokens_used:,}")] if report.tokens_used else []),
         ("latency p50", seconds(report.latency_p50_s)),
         ("latency p90", seconds(report.latency_p90_s)),
         ("latency p99", seconds(report.latency_p99_s)),

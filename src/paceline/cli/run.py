@@ -49,7 +49,8 @@ from paceline.errors import ErrorCode
 from paceline.faces.batch import stream
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
-from paceline.policy.rate import NS_PER_S
+from paceline.policy.limits import Limit
+from paceline.policy.rate import NS_PER_S, Rate
 from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy, remote_retry
 from paceline.redact import redact_text
 from paceline.runners import auto_workers
@@ -106,6 +107,20 @@ class Plan:
     lanes: Any = None
 
 
+def _limiter(rates: list[str], burst: int | None) -> RateLimiter:
+    """The --rate limits: requests paced evenly unless --burst says otherwise; a limit in
+    another unit (tokens) is a window without even pacing unless --burst is given: an even
+    schedule is never rewound when a settlement gives back the unused estimate, so it would
+    hold the batch to its estimates (docs/units.md), and a token limit is a provider's bucket
+    of a minute's worth, which a strict window never overdraws."""
+    limits = []
+    for text in rates:
+        rate = Rate.parse(text)
+        even = 1 if burst is None and rate.unit == "requests" else burst
+        limits.append(Limit(rate, even))
+    return RateLimiter.from_rates(*limits)
+
+
 def plan_for(spec: RunSpec, total: int | None) -> Plan:
     """Concurrency, adaptive control, rate limits and retries for ``spec``."""
     fixed = spec.concurrency_limit()
@@ -113,7 +128,7 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     # bucket (nginx limit_req refuses back-to-back requests) than a window (issue 11).
     burst = 1 if spec.burst is None else spec.burst
     try:
-        limiter = RateLimiter.from_rates(*spec.rates, burst=burst) if spec.rates else None
+        limiter = _limiter(spec.rates, spec.burst) if spec.rates else None
     except ValueError as exc:  # a --burst above a --rate's count
         raise UsageError(f"--{exc}; lower --burst, or raise the --rate count") from None
     controller = None
@@ -159,8 +174,11 @@ def _payload(item: Item) -> Any:
 
 
 def _item_cost(item: Item) -> dict[str, int]:
-    # A bad row has no cost and never runs: it reserves nothing.
-    return item.cost if item.cost is not None else {"requests": 0}
+    # A bad row has no cost and never runs: it reserves nothing. A row without a cost is one
+    # request (its usage still settles it, for a budget cap).
+    if item.cost is not None:
+        return item.cost
+    return {"requests": 0} if item.bad is not None else {"requests": 1}
 
 
 def _usage_cost(response: Any) -> Any:
@@ -297,6 +315,7 @@ class Batch:
         # (docs/design.md, 'Answers told apart'): exit 3, resumable.
         self.exhausted = 0
         self.exhausted_by: str | None = None
+        self._inputs: dict[str, dict[str, Any]] | None = None  # see _run_with
         self.input_done = False
         self.metrics: Metrics | None = None
         self.run_number = 1
@@ -321,6 +340,8 @@ class Batch:
             if self.stopping:
                 return
             item = to_item(operation, row, source.name)
+            if item.extra is not None and self._inputs is not None and self.spec.out:
+                self._inputs[item.key] = item.extra
             if item.bad is not None:
                 if stop_on_bad:
                     self.bad_input = item
@@ -491,7 +512,13 @@ class Batch:
         if journal is not None:
             self._note_start(journal, controller is not None)
         view = self._open_view()
-        writer = ResultWriter.open(spec.out) if spec.out else None
+        # Input fields to write with the results: JSON Lines request rows' own extra fields
+        # (http), and --include-input's (filled as items are read, taken as written).
+        keeps_inputs = bool(spec.include_input) or (
+            spec.command == "http" and source.format == "jsonl"
+        )
+        self._inputs = {} if keeps_inputs else None
+        writer = ResultWriter.open(spec.out, self._inputs) if spec.out else None
         output = CommittedOutput(writer, journal) if writer is not None else None
         view.start()
         ticker = asyncio.ensure_future(self._tick(view, metrics, journal))
@@ -561,6 +588,9 @@ class Batch:
         """Run the items through the runner until the input ends or a stop; the outcome."""
         spec, metrics = self.spec, self.metrics
         assert metrics is not None
+        costs = spec.counts_costs() or getattr(operation, "row_costs", False) or spec.budget_caps()
+        if costs:  # tokens per second beside the requests, against the limit in force
+            metrics.unit_limits_per_s = lambda: unit_limits_now(plan)
         results = stream(
             self.items(source, operation),
             self.attempt_function(operation, metrics),
@@ -579,9 +609,10 @@ class Batch:
             give_up_after_s=spec.give_up_after_s(),
             on_halt=self._on_halt,
             lanes=plan.lanes,
-            # Costs (a --rate in tokens): each item's estimate, settled from the answer's usage.
-            cost=_item_cost if spec.counts_costs() else None,
-            actual_cost=_usage_cost if spec.counts_costs() else None,
+            # Costs (a --rate in tokens, or JSON Lines rows that carry "cost"): each item's
+            # estimate, settled from the answer's usage.
+            cost=_item_cost if costs else None,
+            actual_cost=_usage_cost if costs else None,
         )
         self._streaming = True
         try:
@@ -599,6 +630,10 @@ class Batch:
                         attempted=attempted,
                         budget_exhausted=isinstance(result.exception, RetryBudgetExhausted),
                     )
+                    if costs and result.success and not result.restored:
+                        used = _usage_cost(result.result)
+                        if used is not None:
+                            metrics.used(dict(used))
                     if output is not None:
                         output.add(result)
         except asyncio.CancelledError:
@@ -656,7 +691,9 @@ class Batch:
         if self.halt_reason is not None and self.halt_reason.startswith("giving up"):
             return EXIT_HALTED, "gave_up"
         rules = [HaltRule.parse(r) for r in self.spec.halt]
-        fired = any(r.triggered(failed=metrics.failed, succeeded=metrics.succeeded) for r in rules)
+        fired = any(
+            r.triggered(failed=metrics.failed, succeeded=metrics.succeeded) for r in rules
+        ) or (self.halt_reason or "").startswith("halt rule")
         if rules and (fired or not self.input_done):
             return EXIT_HALTED, "halted"
         if metrics.failed:
@@ -737,10 +774,30 @@ class Batch:
             if metrics.budget_exhausted:
                 err.write(budget_line(metrics.budget_exhausted) + "\n")
             if journal is not None and code != EXIT_OK:
+                hint = resume_hint(journal.path, retry_failed=reason == "failed")
+                raised = _raised_cap(self.halt_reason)
+                if raised:  # a budget cap: resuming needs it raised (--halt replaces it)
+                    hint += f" --halt {raised}"
                 err.write(
-                    f"paceline: journal {display_path(journal.path)} — continue with: "
-                    f"{resume_hint(journal.path, retry_failed=reason == 'failed')}\n"
+                    f"paceline: journal {display_path(journal.path)} — continue with: {hint}\n"
                 )
+
+
+def _raised_cap(reason: str | None) -> str | None:
+    """For a batch a budget cap stopped (``halt rule soon,tokens=3000: 3012 tokens used``),
+    the rule with its cap doubled, to resume with; else ``None``.
+
+    >>> _raised_cap("halt rule soon,tokens=3000: 3012 tokens used")
+    'soon,tokens=6000'
+    >>> _raised_cap("halt rule soon,fail=5: 5 failed, 1 succeeded") is None
+    True
+    """
+    if not reason or not reason.startswith("halt rule "):
+        return None
+    rule = HaltRule.parse(reason[len("halt rule ") :].partition(":")[0])
+    if not rule.budget:
+        return None
+    return f"{rule.when},{rule.kind}={int(2 * rule.threshold)}"
 
 
 def budget_line(failed: int) -> str:
@@ -806,6 +863,29 @@ def _item_key(item: Item) -> str:
     return item.key
 
 
+def unit_limits_now(plan: Plan) -> dict[str, float]:
+    """The tightest limit per second of each unit other than requests: a --rate in tokens,
+    else what the servers' token headers said (per minute; several servers add up).
+
+    >>> from paceline import RateLimiter
+    >>> plan = Plan(1, None, RateLimiter.from_rates("10/s", "tokens:90000/min"), None, None)
+    >>> unit_limits_now(plan)
+    {'tokens': 1500.0}
+    """
+    limits: dict[str, float] = {}
+    if plan.limiter is not None:
+        for limit in plan.limiter.limits:
+            unit = limit.rate.unit
+            if unit != "requests":
+                per_s = limit.rate.max_requests * NS_PER_S / limit.rate.window_ns
+                limits[unit] = min(per_s, limits.get(unit, per_s))
+    learned: dict[str, float] = {}
+    for _, server, _ in plan.lanes.servers() if plan.lanes is not None else ():
+        for unit, per_min in server.unit_limits.items():
+            learned[unit] = learned.get(unit, 0.0) + per_min / 60
+    return {**learned, **limits}
+
+
 def rate_limit_now(plan: Plan) -> float | None:
     """The tightest rate in force now (strict, learned from headers, or adaptive), per s.
     With several servers, each is paced on its own: their rates add up (``None`` while one of
@@ -815,6 +895,7 @@ def rate_limit_now(plan: Plan) -> float | None:
         rates.extend(
             limit.rate.max_requests * NS_PER_S / limit.rate.window_ns
             for limit in plan.limiter.limits
+            if limit.rate.unit == "requests"  # a tokens limit is shown beside (unit_limits_now)
         )
     servers = list(plan.lanes.servers()) if plan.lanes is not None else []
     if not servers:

@@ -87,6 +87,10 @@ class RunSpec:
     exhausted_on: list[str] = field(default_factory=list)
     throttle_on: list[str] = field(default_factory=list)
     retry_on: list[str] = field(default_factory=list)
+    # --body-per-line: each JSON Lines row is the request's JSON body, sent to --url (http)
+    body_per_line: bool = False
+    # --include-input a,b: these input fields are written with each result in --out
+    include_input: list[str] = field(default_factory=list)
     # call
     target: str | None = None
     unpack: bool = False
@@ -120,6 +124,13 @@ class RunSpec:
                     f"--cost {self.cost_template!r}: no --rate limits {unit}, so the cost would "
                     f"count for nothing; add one, e.g. --rate {unit}:90000/min"
                 )
+        if self.body_per_line and (self.command != "http" or not self.url):
+            raise UsageError(
+                "--body-per-line sends each JSON Lines row as the body of a POST to --url: "
+                "give --url, e.g. --url https://api.openai.com/v1/chat/completions"
+            )
+        if self.body_per_line and (self.json_template or self.body_template):
+            raise UsageError("--body-per-line: the row is the body; leave out --json and --body")
         if self.burst is not None and self.burst < 1:
             raise UsageError(f"--burst {self.burst}: must be a whole number of at least 1")
         self.concurrency_limit()
@@ -130,9 +141,14 @@ class RunSpec:
         self.give_up_after_s()
         for rule in self.halt:
             try:
-                HaltRule.parse(rule)
+                parsed = HaltRule.parse(rule)
             except ValueError as exc:
                 raise UsageError(f"--halt {rule!r}: {exc}") from None
+            if parsed.budget and self.command != "http":
+                raise UsageError(
+                    f"--halt {rule!r}: a budget cap counts the {parsed.kind} the answers "
+                    "report, which paceline http reads (usage); give fail=, success= or done="
+                )
         if self.on_bad_input not in ("stop", "skip"):
             raise UsageError(f"--on-bad-input {self.on_bad_input!r}: use 'stop' or 'skip'")
         if self.format not in ("auto", "jsonl", "csv", "tsv"):
@@ -207,14 +223,18 @@ class RunSpec:
         """Whether a --rate limits a unit other than requests: items then carry costs."""
         return any(Rate.parse(text).unit != "requests" for text in self.rates)
 
+    def budget_caps(self) -> bool:
+        """Whether a --halt rule caps a unit's total (``soon,tokens=2000000``)."""
+        return any(HaltRule.parse(rule).budget for rule in self.halt)
+
     def cost_templates(self) -> list[tuple[str, str]]:
         """``--cost 'tokens={est_tokens},requests=1'`` as ``[(unit, template), ...]``.
 
         >>> RunSpec(command="http", input="-", cost_template="tokens={est}").cost_templates()
         [('tokens', '{est}')]
         """
-        if self.cost_template is None:
-            return []
+        if self.cost_template is None or self.cost_template.strip() == "auto":
+            return []  # auto: estimated from each row's body (cli/ops.py)
         pairs = []
         for part in self.cost_template.split(","):
             unit, equals, template = part.partition("=")
@@ -259,6 +279,8 @@ class RunSpec:
             "unpack": public.unpack,
             "argv": public.argv,
             "shell": public.shell,
+            # Only when set: the journals of batches without it keep their identity.
+            **({"body_per_line": True} if public.body_per_line else {}),
         }
 
     def fingerprint_text(self) -> str:
@@ -269,10 +291,11 @@ class RunSpec:
         """A short human name for the batch, shown in errors and reports."""
         public = self.public()
         if self.command == "http":
-            if public.url is None and public.method is None:
+            method = public.method or ("POST" if public.body_per_line else None)
+            if public.url is None and method is None:
                 what = "(requests from the input)"  # each row names its method (GET if not)
             else:
-                what = f"{public.method or 'GET'} {public.url or '(urls from the input)'}"
+                what = f"{method or 'GET'} {public.url or '(urls from the input)'}"
         elif self.command == "call":
             what = str(self.target)
         else:

@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "paceline.http needs httpx: install it with pip install 'paceline[http]'"
     ) from exc
 
+from paceline.http._estimate import estimate_tokens
 from paceline.http._face import fetch_all, fetch_all_sync, stream_requests
 from paceline.http._idempotency import MaybeProcessed
 from paceline.http._limits import ServerLimits
@@ -31,6 +32,7 @@ from paceline.http._messages import (
     InvalidRequest,
     ServerUnreachable,
     as_request,
+    request_cost,
     usage_at,
     usage_cost,
     validate_request,
@@ -53,8 +55,10 @@ __all__ = [
     "Verdict",
     "as_request",
     "classify_answer",
+    "estimate_tokens",
     "fetch_all",
     "fetch_all_sync",
+    "request_cost",
     "stream_requests",
     "usage_at",
     "usage_cost",

@@ -54,6 +54,7 @@ from paceline.policy.answers import (
     classify_answer,
     classify_by_rules,
 )
+from paceline.policy.halt import HaltRule
 from paceline.policy.retry import DefaultRetryOn, RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
 from paceline.runners import sized_length
@@ -210,6 +211,16 @@ class _Attempt:
         return HttpTransportError(type(exc).__name__, elapsed, phase, url, str(exc))
 
 
+def _one_request(_request: object) -> int:
+    return 1
+
+
+def _capped(halt: object) -> bool:
+    """Whether ``halt=`` (a rule, its text, or a list of them) has a budget cap."""
+    specs = [halt] if isinstance(halt, (str, HaltRule)) else list(halt or [])  # type: ignore[call-overload]
+    return any((HaltRule.parse(s) if isinstance(s, str) else s).budget for s in specs)
+
+
 def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:
     """Fill in the cost options of an HTTP batch: when the rate limiter counts more than
     requests and no ``cost=`` is given, each request's own ``"cost"``; with costs, the answer's
@@ -220,15 +231,14 @@ def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:
     )
     if options.get("cost") is None and other_units:
         options["cost"] = request_cost
+    if options.get("cost") is None and _capped(options.get("halt")):
+        options["cost"] = _one_request  # a budget cap counts the answers' usage (settled)
     actual = options.get("actual_cost")
     if isinstance(actual, str):
         options["actual_cost"] = usage_at(actual)
+    # Costs without a rate_limiter are for the server's own token headers to limit
+    # (ServerLimits.reserve_async): x-ratelimit-*-tokens, anthropic-ratelimit-*-tokens-*.
     costs = options.get("cost") is not None
-    if costs and rate_limiter is None:
-        raise InvalidArgument(
-            "cost= needs a rate_limiter to reserve from, e.g. "
-            "rate_limiter=RateLimiter.from_rates('500/min', 'tokens:90000/min')"
-        )
     if costs and actual is None:
         options["actual_cost"] = usage_cost
     charged_per_attempt(rate_limiter, costs=costs)
@@ -489,7 +499,12 @@ async def fetch_all(
     request's own ``"cost"`` field — and the answer settles it: by default from its JSON's
     ``usage.total_tokens`` (or ``usage.input_tokens + usage.output_tokens``), else
     ``actual_cost=`` (a function of the :class:`HttpResponse`, or a dotted path such as
-    ``"meta.billed_tokens"``). A failed attempt keeps its estimate.
+    ``"meta.billed_tokens"``). A failed attempt keeps its estimate. Requests that carry a
+    cost are also held by the token limits the server's headers state (OpenAI's
+    ``x-ratelimit-*-tokens``, Anthropic's ``anthropic-ratelimit-*-tokens-*``), with or without
+    a ``rate_limiter``: ``fetch_all(requests, cost=request_cost)`` lets the headers alone keep
+    a batch within the server's tokens per minute. ``halt=["soon,tokens=2000000"]`` caps the
+    total used (docs/units.md, 'Budget caps').
 
     Each attempt is bounded as a whole (connect, send, answer and body): ``timeout_s``,
     default :data:`DEFAULT_ATTEMPT_TIMEOUT_S` (120 s); a timeout or a broken connection fails

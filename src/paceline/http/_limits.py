@@ -12,13 +12,17 @@ from paceline._limiter import Grant, RateLimiter
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
-from paceline.policy.cost import Cost
-from paceline.policy.rate import NS_PER_S
+from paceline.policy.cost import Cost, as_cost
+from paceline.policy.rate import NS_PER_S, REQUESTS, unit_name
 from paceline.policy.retry import RetryPolicy
+from paceline.policy.server_bucket import ServerBucket
 from paceline.signals import ServerSignals
 
 # The weight of the request this task is sending: acquire sets it, the answer reads it back.
 _WEIGHT: ContextVar[int] = ContextVar("paceline_http_weight", default=1)
+# The units (other than requests) the request this task is sending reserved: the answer
+# takes them out of what is in flight.
+_UNITS: ContextVar[_ServerGrant | None] = ContextVar("paceline_http_units", default=None)
 
 # Answers remembered for a policy that may be announced later (its window is not known yet).
 _ANSWERS_KEPT = 100_000
@@ -92,6 +96,11 @@ class ServerLimits:
         self._answers: deque[int] = deque(maxlen=_ANSWERS_KEPT)
         self._gate: asyncio.Lock | None = None  # waiters for room queue here, first come first
         self._wake: asyncio.Future[None] | None = None  # the waiter that needs an answer
+        # Units other than requests, learned from token headers (used when requests carry costs).
+        self._buckets: dict[str, ServerBucket] = {}
+        self._units_in_flight: dict[str, int] = {}
+        self._units_gate: asyncio.Lock | None = None
+        self._units_wake: asyncio.Future[None] | None = None
 
     async def acquire_async(self, weight: int = 1) -> int:
         """Wait until ``weight`` more requests may be sent; return the grant's time (ns)."""
@@ -99,23 +108,92 @@ class ServerLimits:
             await self.user.acquire_async(weight)
         return await self._server_admits(weight)
 
-    async def reserve_async(self, cost: int | Cost) -> Grant:
+    async def reserve_async(self, cost: int | Cost) -> _ServerGrant:
         """Reserve ``cost`` from the caller's limiter (tokens and all), then wait until the
-        server's own limits (in requests) admit one more request; return the caller's
-        :class:`~paceline.Grant`, to settle with the actual cost. Cancelling the wait for the
-        server gives the reservation back."""
-        if self.user is None:
-            raise InvalidArgument(
-                "costs need a rate_limiter to reserve from, e.g. "
-                "rate_limiter=RateLimiter.from_rates('500/min', 'tokens:90000/min')"
-            )
-        grant = await self.user.reserve_async(cost)
+        server's own limits admit it: its request limits (as :meth:`acquire_async`) and, for
+        each other unit the cost names, what that unit's headers said is left (OpenAI's
+        ``x-ratelimit-*-tokens``, Anthropic's ``anthropic-ratelimit-*-tokens-*``; see
+        :class:`~paceline.policy.server_bucket.ServerBucket`). Return a grant to settle with
+        the actual cost; cancelling the wait gives the reservation back."""
+        estimate = as_cost(cost)
+        units = {unit: amount for unit, amount in estimate.items() if unit != REQUESTS and amount}
+        if not units and estimate.get(REQUESTS) == 1:
+            # One plain request (a JSON Lines row without a cost): exactly the acquire path,
+            # nothing to settle.
+            await self.acquire_async(1)
+            return _ServerGrant(self, None, units, estimate)
+        grant = await self.user.reserve_async(cost) if self.user is not None else None
+        taken = False
         try:
+            if units:
+                await self._units_admit(units)
+                taken = True
             await self._server_admits(1)
         except BaseException:
-            grant.give_back()
+            if taken:
+                self._untake(units)
+            if grant is not None:
+                grant.give_back()
             raise
-        return grant
+        held = _ServerGrant(self, grant, units, estimate)
+        for unit, amount in units.items():
+            self._units_in_flight[unit] = self._units_in_flight.get(unit, 0) + amount
+        _UNITS.set(held)
+        return held
+
+    async def _units_admit(self, units: dict[str, int]) -> None:
+        """Wait, first come first served, until every learned unit's bucket covers ``units``;
+        then take them."""
+        if self._units_gate is None:
+            self._units_gate = asyncio.Lock()
+        async with self._units_gate:
+            while True:
+                now = self._now()
+                wait_ns = max(
+                    (
+                        self._buckets[u].wait_ns(now, a)
+                        for u, a in units.items()
+                        if u in self._buckets
+                    ),
+                    default=0,
+                )
+                if wait_ns > self._max_hold_ns:  # a broken header (limit=1): not obeyed
+                    self.ignored = (
+                        f"server's token headers would hold a request {wait_ns / NS_PER_S:.0f} s"
+                        f", beyond max hold {_seconds(self.max_hold_s)} s: not held"
+                    )
+                    wait_ns = 0
+                if wait_ns == 0:
+                    for unit, amount in units.items():
+                        if unit in self._buckets:
+                            self._buckets[unit].take(now, amount)
+                    return
+                # An answer may bring more room than the refill alone: it wakes the wait.
+                self._units_wake = asyncio.get_running_loop().create_future()
+                sleep = asyncio.ensure_future(self._clock.sleep_async(wait_ns / NS_PER_S))
+                try:
+                    await asyncio.wait(
+                        {sleep, self._units_wake}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    sleep.cancel()
+                    self._units_wake = None
+
+    def _untake(self, units: dict[str, int]) -> None:
+        now = self._now()
+        for unit, amount in units.items():
+            if unit in self._buckets:
+                self._buckets[unit].give_back(now, amount)
+
+    def _release(self, held: _ServerGrant) -> None:
+        """``held``'s request has ended (or never started): its units are no longer in flight."""
+        for unit, amount in held.units.items():
+            self._units_in_flight[unit] = self._units_in_flight.get(unit, 0) - amount
+
+    @property
+    def unit_limits(self) -> dict[str, int]:
+        """What the server's headers said each unit other than requests allows per minute."""
+        return {unit: bucket.limit for unit, bucket in self._buckets.items()}
 
     def reserve(self, cost: int | Cost) -> Grant:  # pragma: no cover - async face only
         raise InvalidArgumentType("ServerLimits is for the async HTTP face; use reserve_async")
@@ -203,6 +281,10 @@ class ServerLimits:
         """The request this task sent has ended: answered, failed or cancelled."""
         weight = _WEIGHT.get()
         self.in_flight -= weight
+        held = _UNITS.get()
+        if held is not None:
+            _UNITS.set(None)
+            held.release()
         now = self._now()
         answers = self._answers
         answers.append(now)
@@ -216,6 +298,8 @@ class ServerLimits:
 
     def observe(self, signals: ServerSignals) -> None:
         """Learn from one response's signals."""
+        if signals.service_limits:
+            self._learn_units(signals)
         if signals.quota is not None and signals.quota >= 1 and signals.window_s:
             if signals.window_s > self.max_hold_s:
                 window = _seconds(signals.window_s)
@@ -242,6 +326,36 @@ class ServerLimits:
         if self.learned is None:
             self._note_budget(signals)
 
+    def _learn_units(self, signals: ServerSignals) -> None:
+        """Token headers: each unit's limit and remaining count teach its bucket. A unit is
+        a counter family named after its unit (``tokens``, ``input-tokens``); requests are
+        never learned here, nor tokens in :meth:`_note_budget`."""
+        limits = {
+            p.name: p.quota
+            for p in signals.policies
+            if p.name == p.quota_unit and p.name not in ("", REQUESTS)
+        }
+        if not limits:
+            return
+        now = self._now()
+        held = _UNITS.get()
+        for counter in signals.service_limits:
+            limit = limits.get(counter.name)
+            if limit is None:
+                continue
+            unit = unit_name(counter.name.replace("-", "_"))
+            bucket = self._buckets.get(unit)
+            if bucket is None:
+                bucket = self._buckets[unit] = ServerBucket()
+            # In flight: every request sent and not answered, but the one that brought this.
+            in_flight = self._units_in_flight.get(unit, 0)
+            if held is not None and not held.released:
+                in_flight -= held.units.get(unit, 0)
+            bucket.learn(now, limit=limit, remaining=counter.remaining, in_flight=in_flight)
+        wake = self._units_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     def _note_budget(self, signals: ServerSignals) -> None:
         """No policy: "``remaining`` r until ``reset_s``" allows r more requests before then,
         less those in flight now (sent, perhaps not yet counted in r)."""
@@ -258,3 +372,43 @@ class ServerLimits:
         self._said = said
         self.budget = budget
         self.budget_until_ns = self._now() + round(signals.reset_s * NS_PER_S)
+
+
+class _ServerGrant:
+    """What :meth:`ServerLimits.reserve_async` took: the caller's grant (settled as usual) and
+    the units counted in flight until the request ends."""
+
+    __slots__ = ("_cost", "_grant", "_limits", "released", "units")
+
+    def __init__(
+        self, limits: ServerLimits, grant: Grant | None, units: dict[str, int], cost: dict[str, int]
+    ) -> None:
+        self._limits = limits
+        self._grant = grant
+        self._cost = cost
+        self.units = units
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._limits._release(self)
+
+    def settle(self, actual: int | Cost) -> None:
+        """Settle the caller's grant (the server's headers correct the units themselves)."""
+        self._cost.update(as_cost(actual, fill_requests=False))
+        if self._grant is not None:
+            self._grant.settle(actual)
+
+    def give_back(self) -> None:
+        """The request was never sent: everything reserved comes back."""
+        if not self.released:
+            self._limits._untake(self.units)
+        self.release()
+        if self._grant is not None:
+            self._grant.give_back()
+
+    @property
+    def cost(self) -> dict[str, int]:
+        """The cost per unit: the estimate, or the actual cost once settled."""
+        return dict(self._cost)

@@ -11,7 +11,7 @@ Two ways to hold results:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from paceline.policy.halt import HaltRule
@@ -47,6 +47,7 @@ class BatchState(Generic[R]):
         "stopped",
         "streaming",
         "total",
+        "totals",
     )
 
     def __init__(
@@ -61,6 +62,7 @@ class BatchState(Generic[R]):
         self.total = total
         self.stop_on_error = stop_on_error
         self.rules = tuple(rules)
+        self.totals: dict[str, int] = {}  # per unit, what the items that succeeded used
         self.halt_reason: str | None = None
         self.halt_now = False
         self.on_halt: Callable[[str], None] | None = None  # told the first halt's reason
@@ -91,6 +93,8 @@ class BatchState(Generic[R]):
         if self.rules and not self.stopped:
             succeeded = self.completed - self.failed
             for rule in self.rules:
+                if rule.budget:
+                    continue  # judged by add_cost
                 if rule.triggered(self.failed, succeeded):
                     self.halt(
                         f"halt rule {rule}: {self.failed} failed, {succeeded} succeeded",
@@ -116,6 +120,22 @@ class BatchState(Generic[R]):
                 self._next_out += 1
         else:
             self._buffer[index] = result
+
+    def add_cost(self, cost: Mapping[str, int]) -> None:
+        """Count what an item that succeeded used, per unit; a budget cap it reaches halts
+        the batch (``soon``: nothing new starts; ``now``: work in flight is cancelled too)."""
+        totals = self.totals
+        for unit, amount in cost.items():
+            totals[unit] = totals.get(unit, 0) + amount
+        if self.stopped:
+            return
+        for rule in self.rules:
+            if rule.budget and rule.triggered(self.failed, 0, totals):
+                self.halt(
+                    f"halt rule {rule}: {totals.get(rule.kind, 0)} {rule.kind} used",
+                    now=rule.when == "now",
+                )
+                break
 
     def stop(self) -> None:
         """Start nothing new (a caller's stop, or a rule's)."""

@@ -1,8 +1,14 @@
-"""Halt rules in GNU parallel's vocabulary: ``now|soon,fail=N|fail=N%|success=N|done=N``.
+"""Halt rules in GNU parallel's vocabulary: ``now|soon,fail=N|fail=N%|success=N|done=N``,
+and budget caps on a unit's total: ``soon,tokens=2000000``, ``now,cost=20``.
 
 ``soon`` starts nothing new and lets work in flight finish; ``now`` also cancels it (threads
 cannot be cancelled: their calls finish, and their results are kept). ``stop_on_error=True``
 is ``now,fail=1``.
+
+A budget cap names a unit the batch's costs count (docs/units.md): it fires once the total of
+that unit used by the items that succeeded (their settled cost: the actual usage, else the
+estimate) reaches the cap. A resumed batch counts the items restored from its journal too, so
+raising the cap and resuming goes on from where the first run stopped.
 
 Percentages are of the items settled so far, and — as in GNU parallel — are only judged once
 at least 3 items have settled, so one early failure does not read as "100 % failed".
@@ -11,38 +17,49 @@ at least 3 items have settled, so one early failure does not read as "100 % fail
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from paceline.errors import InvalidArgument
-from paceline.policy.rate import NS_PER_S
+from paceline.policy.rate import NS_PER_S, REQUESTS, unit_name
 
 _RULE_RE = re.compile(
-    r"^\s*(?:(?P<when>now|soon)\s*,\s*)?(?P<kind>fail|success|done)\s*=\s*"
+    r"^\s*(?:(?P<when>now|soon)\s*,\s*)?(?P<kind>[a-z][a-z0-9_]*)\s*=\s*"
     r"(?P<num>\d+(?:\.\d+)?)\s*(?P<pct>%)?\s*$",
     re.IGNORECASE,
 )
-_EXAMPLE = "e.g. 'soon,fail=5%', 'now,fail=1' or 'soon,done=1000'"
+_EXAMPLE = "e.g. 'soon,fail=5%', 'now,fail=1', 'soon,done=1000' or 'soon,tokens=2000000'"
+_COUNTS = ("fail", "success", "done")
 MIN_SETTLED_FOR_PERCENT = 3
 
 
 @dataclass(frozen=True, slots=True)
 class HaltRule:
-    """Stop the batch when ``kind`` (fail/success/done) reaches ``threshold``.
+    """Stop the batch when ``kind`` (fail/success/done, or a unit's total) reaches
+    ``threshold``.
 
     >>> rule = HaltRule.parse("soon,fail=10%")
     >>> rule.triggered(failed=1, succeeded=9), rule.triggered(failed=1, succeeded=8)
     (True, True)
     >>> HaltRule.parse("now,fail=2").triggered(failed=1, succeeded=100)
     False
+    >>> cap = HaltRule.parse("soon,tokens=2000")
+    >>> cap.budget, cap.triggered(0, 5, {"tokens": 1999}), cap.triggered(0, 6, {"tokens": 2000})
+    (True, False, True)
     """
 
     when: Literal["now", "soon"]
-    kind: Literal["fail", "success", "done"]
+    kind: str  # fail, success, done, or the unit a budget cap counts (tokens, cost...)
     threshold: float
     percent: bool = False
 
     def __post_init__(self) -> None:
+        if self.budget and self.percent:
+            raise InvalidArgument(
+                f"halt {self}: a budget cap is a total of {self.kind}, not a percentage, "
+                "e.g. 'soon,tokens=2000000'"
+            )
         if self.percent and not 0 < self.threshold <= 100:
             raise InvalidArgument(f"halt {self}: a percentage must be above 0 and at most 100")
         if not self.percent and (self.threshold < 1 or self.threshold != int(self.threshold)):
@@ -58,9 +75,16 @@ class HaltRule:
             )
         when = (match["when"] or "soon").lower()
         kind = match["kind"].lower()
+        if kind not in _COUNTS:
+            kind = unit_name(kind)
+            if kind == REQUESTS:  # every attempt is a request: "done" is what is meant
+                raise InvalidArgument(
+                    f"halt rule {text!r}: a cap on requests is a count of items, "
+                    "e.g. 'soon,done=1000'"
+                )
         return cls(
             when=when,  # type: ignore[arg-type]
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             threshold=float(match["num"]),
             percent=bool(match["pct"]),
         )
@@ -70,8 +94,18 @@ class HaltRule:
         """The rule ``stop_on_error=True`` / ``fail_fast=True`` means: ``now,fail=1``."""
         return cls("now", "fail", 1)
 
-    def triggered(self, failed: int, succeeded: int) -> bool:
-        """Whether the rule fires given the items settled so far."""
+    @property
+    def budget(self) -> bool:
+        """Whether this rule caps a unit's total (``tokens=2000000``) rather than a count."""
+        return self.kind not in _COUNTS
+
+    def triggered(
+        self, failed: int, succeeded: int, totals: Mapping[str, int] | None = None
+    ) -> bool:
+        """Whether the rule fires given the items settled so far (and, for a budget cap, the
+        ``totals`` used per unit)."""
+        if self.budget:
+            return totals is not None and totals.get(self.kind, 0) >= self.threshold
         done = failed + succeeded
         count = {"fail": failed, "success": succeeded, "done": done}[self.kind]
         if not self.percent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from paceline.policy.cost import Cost, as_cost
 from paceline.policy.limits import Limit, LimitPolicy
 from paceline.policy.rate import REQUESTS
 
@@ -38,3 +39,37 @@ def min_duration_ns(limits: Sequence[Limit], n: int) -> tuple[int, bool]:
         default=0.0,
     )
     return now + round((n - simulated) * slowest), False
+
+
+def min_duration_for_costs_ns(limits: Sequence[Limit], costs: Sequence[Cost]) -> tuple[int, bool]:
+    """The earliest time (ns after the first grant) the last of ``costs`` can be granted,
+    each charged its estimate and never settled (the time an estimate-only batch needs;
+    settling to a smaller actual cost can only be faster), and whether it is exact.
+
+    >>> from paceline.policy.rate import Rate
+    >>> tokens = Limit(Rate(1000, 1_000_000_000, unit="tokens"), margin_ns=0)
+    >>> min_duration_for_costs_ns([tokens], [{"tokens": 400}] * 5)   # 1,000 a second
+    (2000000000, True)
+    """
+    if len(costs) <= 1 or not limits:
+        return 0, True
+    policy = LimitPolicy(limits)
+    now = 0
+    simulated = costs[:EXACT_UP_TO]
+    for cost in simulated:
+        result = policy.try_reserve(now, cost)
+        while isinstance(result, int):
+            now += result
+            result = policy.try_reserve(now, cost, True)
+    if len(simulated) == len(costs):
+        return now, True
+    # The rest at each limit's long-run rate: its unit's total over N per W, the slowest.
+    rest: dict[str, int] = {}
+    for cost in costs[EXACT_UP_TO:]:
+        for unit, amount in as_cost(cost).items():
+            rest[unit] = rest.get(unit, 0) + amount
+    slowest = max(
+        (rest.get(lim.rate.unit, 0) * lim.window_ns / lim.rate.max_requests for lim in limits),
+        default=0.0,
+    )
+    return now + round(slowest), False

@@ -30,7 +30,7 @@ from paceline.errors import InvalidArgument, PacelineError, QuotaExhausted
 from paceline.policy.adaptive import Outcome
 from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.batch import BatchState
-from paceline.policy.cost import Cost
+from paceline.policy.cost import Cost, as_cost
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
@@ -149,6 +149,13 @@ class RunOptions(Generic[K, T, R]):
     batch_id: str = dataclasses.field(default_factory=new_batch_id)
 
     def __post_init__(self) -> None:
+        capped = next((rule for rule in self.halt if rule.budget), None)
+        if capped is not None and self.cost is None:
+            raise InvalidArgument(
+                f"halt rule {capped}: a budget cap counts the {capped.kind} the items use, "
+                "which needs costs — give cost= (e.g. cost=lambda item: {'tokens': 1000}) and "
+                "actual_cost= to settle it from each result"
+            )
         if self.cost is not None and self.weight is not None:
             raise InvalidArgument(
                 "weight= and cost= both given: a cost includes the requests, e.g. "
@@ -240,6 +247,8 @@ class Settler(Generic[K, T, R]):
         if options.journal.is_settled(key, retry_failed=options.retry_failed):
             stored = options.journal.lookup(key)
             self.state.restored += 1
+            if stored.success and options.cost is not None:
+                self.state.add_cost(self._restored_cost(item, stored.result))
             self._settle(index, options.restore(index, item, stored), not stored.success)
             return None
         return Job(index, item, key, options.batch_id)
@@ -277,6 +286,21 @@ class Settler(Generic[K, T, R]):
         actual = actual_cost(value) if actual_cost is not None else None
         if actual is not None:
             grant.settle(actual)
+        self.state.add_cost(grant.cost)  # budget caps count what succeeded (policy/halt.py)
+
+    def _restored_cost(self, item: K, value: Any) -> dict[str, int]:
+        """What an item an earlier run settled used: its estimate, corrected by the actual
+        cost of its stored result (so a budget cap's total survives a resume)."""
+        options = self.options
+        assert options.cost is not None
+        cost = as_cost(options.cost(item))
+        try:
+            actual = options.actual_cost(value) if options.actual_cost is not None else None
+        except Exception:  # a stored result the settle function cannot read: the estimate
+            actual = None
+        if actual is not None:
+            cost.update(as_cost(actual, fill_requests=False))
+        return cost
 
     def failure_of(
         self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
