@@ -119,9 +119,11 @@ class RateLimiter:
         # A shared store (Redis) decides the grants instead of the policy in this process; the
         # policy still checks costs. Grants by time, for give_back(granted_ns, ...): a bounded
         # memory of recent bookings (a give-back is for a grant just made and never started).
-        self._store = store
-        self._bookings: OrderedDict[int, Booking] = OrderedDict()
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._store = store
+        if store is not None:
+            store.monotonic_ns = self._clock.monotonic_ns
+        self._bookings: OrderedDict[int, Booking] = OrderedDict()
         self._lock = threading.Lock()
         # Blocking callers queue on this gate so only one of them at a time polls and sleeps;
         # async callers queue on one asyncio.Lock per event loop for the same reason.
@@ -237,6 +239,7 @@ class RateLimiter:
         its slot passed more than its margin ago (a late reply or a long sleep), and a start
         now could fall outside the window the store counted it in."""
         now = self._clock.monotonic_ns()
+        store.note_lateness(now - booking.sent_ns - booking.wait_ns)
         if now <= booking.latest_ns:
             return now
         store.give_back(booking)

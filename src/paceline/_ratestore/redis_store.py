@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -41,13 +42,15 @@ _NS_PER_TICK = 1_000_000_000 // TICKS_PER_S
 # is 25x the worst round-trip tail measured on a 2-10 ms link (docs/benchmarks.md); a margin
 # this large costs 20 % of a 1 s window, so a link this slow needs longer windows anyway.
 MAX_MARGIN_NS = 250_000_000
-# The margin floor: a grant reaches its caller after a reply, a sleep and a thread switch; on a
-# busy 2-core machine the sleep alone overshoots by up to ~2 ms. 3 ms keeps the floor above
-# that and costs 0.3 % of a 1 s window.
-MARGIN_FLOOR_NS = 3_000_000
-# Margin = floor + 2 x p99 of the recent round trips: the start is late by at most one reply
-# plus the sleep's overshoot; twice the p99 leaves room for the tail (SCALE-OUT measurement:
-# J = 5 ms over a 2-10 ms link starved clients to 6 % of the rate, 12 ms was exact at 100 %).
+# The margin floor: a grant reaches its caller after a reply, a sleep and a thread switch. A
+# thread woken from its sleep may wait one GIL switch interval (5 ms by default) for the
+# interpreter, and the sleep itself overshoots by up to ~2 ms on a busy 2-core machine: the floor
+# is their sum, 0.7 % of a 1 s window.
+MARGIN_FLOOR_NS = 2_000_000 + round(sys.getswitchinterval() * 1e9)
+# Margin = floor + the larger of 2 x p99 of the recent round trips and 1.25 x p99 of the
+# lateness observed (a start's distance past its booked slot, as this client measures it: a
+# reply plus the wake-up). SCALE-OUT measurement: J = 5 ms over a 2-10 ms link starved clients
+# to 6 % of the rate (every permit late), 12 ms was exact at 100 %: measure, never fix it.
 _RTT_SAMPLES = 256
 # Socket timeouts, always set: redis-py's default is none at all, and a hung Redis (SIGSTOP)
 # then blocks every caller forever without an error. 2 s is far above any healthy round trip
@@ -58,6 +61,13 @@ DEFAULT_TIMEOUT_S = 2.0
 # many processes do not reconnect in lockstep.
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 1.0
+
+
+def _p99(samples: deque[int]) -> int:
+    if not samples:
+        return 0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, (len(ordered) * 99) // 100)]
 
 
 def key_prefix(key: str) -> str:
@@ -186,9 +196,12 @@ class RedisLimitStore:
             weakref.WeakKeyDictionary()
         )
         self._rtts: deque[int] = deque(maxlen=_RTT_SAMPLES)
+        self._lates: deque[int] = deque(maxlen=_RTT_SAMPLES)
         self._margin_ns = MARGIN_FLOOR_NS
         self._samples_seen = 0
         self._down_since_ns: int | None = None
+        # The caller's monotonic clock (a limiter sets its own): bookings are in its time.
+        self.monotonic_ns = time.monotonic_ns
         self._last_error: str | None = None
         self.round_trips = 0
 
@@ -200,7 +213,7 @@ class RedisLimitStore:
     def outage_s_so_far(self) -> float | None:
         """Seconds the store has been unreachable (``None``: it answers)."""
         since = self._down_since_ns
-        return None if since is None else (time.monotonic_ns() - since) / 1e9
+        return None if since is None else (self.monotonic_ns() - since) / 1e9
 
     def status(self) -> str | None:
         """``"rate store unreachable for 12 s"`` while it is, else ``None``."""
@@ -216,11 +229,19 @@ class RedisLimitStore:
 
     def _note_rtt(self, rtt_ns: int) -> None:
         self._rtts.append(rtt_ns)
+        self._retune()
+
+    def note_lateness(self, late_ns: int) -> None:
+        """Record how far past its booked slot a grant was handed out (the limiter calls it)."""
+        self._lates.append(max(late_ns, 0))
+        self._retune()
+
+    def _retune(self) -> None:
         self._samples_seen += 1
-        if self._samples_seen <= 8 or self._samples_seen % 16 == 0:
-            ordered = sorted(self._rtts)
-            p99 = ordered[min(len(ordered) - 1, (len(ordered) * 99) // 100)]
-            self._margin_ns = min(MARGIN_FLOOR_NS + 2 * p99, MAX_MARGIN_NS)
+        if self._samples_seen <= 16 or self._samples_seen % 16 == 0:
+            rtt, late = _p99(self._rtts), _p99(self._lates)
+            extra = max(2 * rtt, late + late // 4)
+            self._margin_ns = min(MARGIN_FLOOR_NS + extra, MAX_MARGIN_NS)
 
     # -- the script's arguments ------------------------------------------------------------
 
@@ -242,7 +263,8 @@ class RedisLimitStore:
 
     # -- connections -----------------------------------------------------------------------
 
-    def _connect_kwargs(self) -> dict[str, Any]:
+    def _connect_kwargs(self, for_async: bool = False) -> dict[str, Any]:
+        from redis.asyncio.retry import Retry as AsyncRetry
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -251,7 +273,7 @@ class RedisLimitStore:
         return {
             "socket_timeout": self.timeout_s,
             "socket_connect_timeout": self.timeout_s,
-            "retry": Retry(NoBackoff(), 0),
+            "retry": AsyncRetry(NoBackoff(), 0) if for_async else Retry(NoBackoff(), 0),
             "retry_on_timeout": False,
         }
 
@@ -265,19 +287,39 @@ class RedisLimitStore:
                     import redis
 
                     self._client = redis.Redis.from_url(self.url, **self._connect_kwargs())
+                    self._warm_up()
                     # A Script object re-loads itself on NOSCRIPT (a restart or failover empties
                     # the script cache; a bare EVALSHA would fail forever).
                     self._script = self._client.register_script(LUA)
                 script = self._script
         return script
 
-    def _async_script(self) -> Any:
+    def _warm_up(self) -> None:
+        """Load the script and time a few round trips before the first booking: its margin
+        comes from them, and a first call that also connects and loads would be late."""
+        client = self._client
+        client.script_load(LUA)
+        for _ in range(3):
+            sent = self.monotonic_ns()
+            client.ping()
+            self._note_rtt(self.monotonic_ns() - sent)
+
+    async def _async_script(self) -> Any:
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
         if entry is None:
             import redis.asyncio
 
-            client = redis.asyncio.Redis.from_url(self.url, **self._connect_kwargs())
+            client = redis.asyncio.Redis.from_url(self.url, **self._connect_kwargs(for_async=True))
+            try:
+                await client.script_load(LUA)
+                for _ in range(3):
+                    sent = self.monotonic_ns()
+                    await client.ping()
+                    self._note_rtt(self.monotonic_ns() - sent)
+            except BaseException:
+                await client.aclose()
+                raise
             entry = (client, client.register_script(LUA))
             self._async[loop] = entry
         return entry[1]
@@ -290,10 +332,11 @@ class RedisLimitStore:
 
     # -- calls, with the outage handling ---------------------------------------------------
 
-    def _failed(self, exc: BaseException, attempt: int) -> float:
-        now = time.monotonic_ns()
-        if self._down_since_ns is None:
-            self._down_since_ns = now
+    def _failed(self, exc: BaseException, attempt: int, sent_ns: int) -> float:
+        # The outage began when the failed request was sent, not when its timeout ran out.
+        now = self.monotonic_ns()
+        if self._down_since_ns is None or sent_ns < self._down_since_ns:
+            self._down_since_ns = sent_ns
         self._last_error = f"{type(exc).__name__}: {exc}".strip()[:120]
         down_s = (now - self._down_since_ns) / 1e9
         if self.outage_s is not None and down_s >= self.outage_s:
@@ -329,18 +372,18 @@ class RedisLimitStore:
         transient = self._transient()
         attempt = 0
         while True:
-            script = self._sync_script()
-            sent = time.monotonic_ns()
+            sent = self.monotonic_ns()
             try:
+                script = self._sync_script()
                 reply = script(keys=self._keys, args=args)
             except transient as exc:
                 if not retry:
                     raise
                 self.close()
-                time.sleep(self._failed(exc, attempt))
+                time.sleep(self._failed(exc, attempt, sent))
                 attempt += 1
                 continue
-            recv = time.monotonic_ns()
+            recv = self.monotonic_ns()
             self._ok(sent, recv)
             return [int(x) for x in reply], sent, recv
 
@@ -349,18 +392,18 @@ class RedisLimitStore:
         transient = self._transient()
         attempt = 0
         while True:
-            script = self._async_script()
-            sent = time.monotonic_ns()
+            sent = self.monotonic_ns()
             try:
+                script = await self._async_script()
                 reply = await script(keys=self._keys, args=args)
             except transient as exc:
                 entry = self._async.pop(asyncio.get_running_loop(), None)
                 if entry is not None:
                     await entry[0].aclose()
-                await asyncio.sleep(self._failed(exc, attempt))
+                await asyncio.sleep(self._failed(exc, attempt, sent))
                 attempt += 1
                 continue
-            recv = time.monotonic_ns()
+            recv = self.monotonic_ns()
             self._ok(sent, recv)
             return [int(x) for x in reply], sent, recv
 

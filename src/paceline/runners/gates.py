@@ -29,7 +29,10 @@ def async_acquirer(
     """
     if limiter is None:
         return None, None
-    try_now = limiter.try_acquire if isinstance(limiter, RateLimiter) else None
+    try_now = None
+    if isinstance(limiter, RateLimiter) and limiter.store is None:
+        # A shared store's try would be a blocking round trip on the event loop.
+        try_now = limiter.try_acquire
     acquire_async = getattr(limiter, "acquire_async", None)
     if acquire_async is not None and inspect.iscoroutinefunction(acquire_async):
         return try_now, acquire_async
