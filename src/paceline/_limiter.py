@@ -197,6 +197,17 @@ class RateLimiter:
         """The shared store that decides grants (``None``: this process decides)."""
         return self._store
 
+    @staticmethod
+    def default_store_key(limits: Sequence[Limit], target: str | None = None) -> str:
+        """The shared store's key when none is given: the limits (and the command line adds
+        the target host), so two programs with the same limits against the same host share
+        one quota.
+
+        >>> RateLimiter.default_store_key(RateLimiter("200/s").limits, "api.github.com")
+        'api.github.com:200/1s'
+        """
+        return default_key(limits, target)
+
     @property
     def store_key(self) -> str | None:
         """The shared store's key (``None`` without a store)."""
