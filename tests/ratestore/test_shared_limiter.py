@@ -288,3 +288,33 @@ def test_unreachable_store_with_an_outage_limit_raises(tmp_path: Path) -> None:
     with pytest.raises(RateStoreUnavailable, match="unreachable"):
         limiter.acquire()
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("face", ["async", "threads"])
+def test_a_retry_after_seen_by_one_batch_pauses_every_process(
+    warm_redis: RedisServer, face: str
+) -> None:
+    from paceline import BatchExecutor, Throttled, batch_execute
+
+    key = _key()
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=key)
+    other = pickle.loads(pickle.dumps(limiter))  # another process's copy
+    assert other.store is not None
+
+    if face == "async":
+
+        async def op(i: int) -> int:
+            raise Throttled(retry_after=2.0)
+
+        asyncio.run(batch_execute([1], op, rate_limiter=limiter, retry=None))
+    else:
+
+        def task() -> int:
+            raise Throttled(retry_after=2.0)
+
+        BatchExecutor(stop_on_error=False, rate_limiter=limiter, max_workers=2).execute_batch(
+            [task]
+        )
+    # The other process's next grant waits for what is left of the pause.
+    wait_ns = other.store.reserve((1,)).wait_ns
+    assert 1_000_000_000 <= wait_ns <= 2_000_000_000

@@ -15,6 +15,7 @@ docs/design.md, 'Shared limit store', says why each rule is what it is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sys
@@ -464,6 +465,16 @@ class RedisLimitStore:
         args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
         reply, _, _ = self.call(args)
         return (reply[0] - reply[1]) / TICKS_PER_S
+
+    def share_pause(self, seconds: float) -> None:
+        """:meth:`pause` if the store answers at once; never waits for an unreachable one (the
+        pause still holds this process, and a store that is down grants nothing anyway)."""
+        if not seconds > 0:
+            return
+        ticks = round(seconds * TICKS_PER_S)
+        args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        with contextlib.suppress(*self._transient()):
+            self.call(args, retry=False)
 
     def run_raw(self, args: list[Any]) -> list[int]:
         """Run the script with raw arguments (tests drive it on their own clock)."""
