@@ -146,6 +146,7 @@ class LatencyProxy:
         self.jitter_s = jitter_s
         self.port = 0
         self.chunks = 0
+        self.requests = 0  # chunks from clients to Redis: its round trips, without pipelining
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -156,7 +157,9 @@ class LatencyProxy:
         """The proxy's ``redis://`` URL."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool
+    ) -> None:
         import random
 
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -180,6 +183,7 @@ class LatencyProxy:
         try:
             while data := await reader.read(65536):
                 self.chunks += 1
+                self.requests += upstream
                 due = loop.time() + self.delay_s + random.uniform(0, self.jitter_s)
                 queue.put_nowait((due, data))
         except OSError:
@@ -195,7 +199,7 @@ class LatencyProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+        await asyncio.gather(self._pipe(reader, up_w, True), self._pipe(up_r, writer, False))
 
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
