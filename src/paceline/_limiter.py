@@ -245,34 +245,47 @@ class RateLimiter:
             if len(self._bookings) > _BOOKINGS_KEPT:
                 self._bookings.popitem(last=False)
 
-    def _in_time(self, booking: Booking, store: RedisLimitStore) -> int | None:
-        """The grant time if the booking may start now, else ``None`` after giving it back:
-        its slot passed more than its margin ago (a late reply or a long sleep), and a start
-        now could fall outside the window the store counted it in."""
+    def _in_time(
+        self, booking: Booking, store: RedisLimitStore, give_back: bool = True
+    ) -> int | None:
+        """The grant time if the booking may start now, else ``None`` (after giving it back
+        unless the caller returns it with its next booking): its slot passed more than its
+        margin ago (a late reply or a long sleep), and a start now could fall outside the
+        window the store counted it in."""
         now = self._clock.monotonic_ns()
         store.note_lateness(now - booking.sent_ns - booking.wait_ns)
         if now <= booking.latest_ns:
             return now
-        store.give_back(booking)
+        if give_back:
+            store.give_back(booking)
         return None
 
     def _shared_book(self, amounts: tuple[int, ...]) -> tuple[Booking, int]:
         store = self._store
         assert store is not None
+        late: Booking | None = None
         while True:
-            booking = store.reserve(amounts)
+            booking = store.reserve(amounts, release=late)  # a late one returns in the same trip
             delay_ns = booking.start_ns - self._clock.monotonic_ns()
             if delay_ns > 0:
                 self._clock.sleep(delay_ns / NS_PER_S)
-            granted = self._in_time(booking, store)
+            granted = self._in_time(booking, store, give_back=False)
             if granted is not None:
                 return booking, granted
+            late = booking
 
     async def _shared_book_async(self, amounts: tuple[int, ...]) -> tuple[Booking, int]:
         store = self._store
         assert store is not None
+        late: Booking | None = None
         while True:
-            booking = await store.reserve_async(amounts)
+            try:
+                booking = await store.reserve_async(amounts, release=late)
+            except BaseException:
+                if late is not None:
+                    store.give_back(late)
+                raise
+            late = None
             try:
                 delay_ns = booking.start_ns - self._clock.monotonic_ns()
                 if delay_ns > 0:
@@ -280,9 +293,10 @@ class RateLimiter:
             except BaseException:  # cancelled while waiting for its slot: return the booking
                 store.give_back(booking)
                 raise
-            granted = self._in_time(booking, store)
+            granted = self._in_time(booking, store, give_back=False)
             if granted is not None:
                 return booking, granted
+            late = booking
 
     def _shared_grant(self, booking: Booking, granted: int) -> Grant:
         cost = {lim.rate.unit: 0 for lim in self._policy.limits}

@@ -152,3 +152,15 @@ def test_the_server_clock_never_runs_backwards_for_the_script(redis_server: Redi
     reply = driver.reserve(10_000, (1,))  # an earlier "now" (a backward clock step)
     assert reply[1] == 50_000  # now = max(now, last now)
     assert reply[0] == 1000  # the window is as strict as it was
+
+
+def test_a_late_booking_is_returned_in_the_call_that_books_its_replacement(
+    redis_server: RedisServer,
+) -> None:
+    driver = _driver(redis_server, [Limit(Rate(2, 1000), margin_ns=0)])
+    assert driver.reserve(1_000, (1,))[0] == 0
+    late = driver.reserve(1_000, (1,))
+    args = ["r", 1_100, 1_000_000, 0, *driver.limit_args(), 1, late[2], 1]
+    reply = driver.store.run_raw(args)
+    assert reply[0] == 0  # the late one's permit came back first: room now
+    assert driver.reserve(1_100, (1,))[0] == 900  # and only that one

@@ -410,29 +410,40 @@ class RedisLimitStore:
 
     # -- the operations --------------------------------------------------------------------
 
-    def _reserve_args(self, amounts: Sequence[int], book: bool, now: str) -> list[Any]:
+    def _reserve_args(
+        self, amounts: Sequence[int], book: bool, now: str, release: Booking | None = None
+    ) -> list[Any]:
         margin = self._margin_ns
-        return ["r" if book else "t", now, TICKS_PER_S, 1, *self._limit_args(margin), *amounts]
+        args = ["r" if book else "t", now, TICKS_PER_S, 1, *self._limit_args(margin), *amounts]
+        if release is not None:
+            for id_, amount in zip(release.ids, release.amounts, strict=True):
+                args += [id_, amount]
+        return args
 
     def _booking(self, amounts: Sequence[int], reply: list[int], sent: int, recv: int) -> Booking:
         wait_ns = reply[0] * _NS_PER_TICK
         ids = tuple(reply[2:]) if len(reply) > 2 else tuple(0 for _ in amounts)
         return Booking(ids, tuple(amounts), wait_ns, sent, recv, self._margin_ns)
 
-    def reserve(self, amounts: Sequence[int], *, book: bool = True) -> Booking:
+    def reserve(
+        self, amounts: Sequence[int], *, book: bool = True, release: Booking | None = None
+    ) -> Booking:
         """Charge ``amounts`` (one per limit) at the earliest slot every limit allows; the
         booking says how long to wait. With ``book=False`` nothing is charged unless it can go
-        now (then ``ids`` are all 0 and ``wait_ns`` > 0)."""
+        now (then ``ids`` are all 0 and ``wait_ns`` > 0). ``release``: a late booking to give
+        back in the same round trip."""
         margin = self._margin_ns
-        reply, sent, recv = self.call(self._reserve_args(amounts, book, ""))
+        reply, sent, recv = self.call(self._reserve_args(amounts, book, "", release))
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin
         return booking
 
-    async def reserve_async(self, amounts: Sequence[int]) -> Booking:
+    async def reserve_async(
+        self, amounts: Sequence[int], release: Booking | None = None
+    ) -> Booking:
         """:meth:`reserve` on the running event loop."""
         margin = self._margin_ns
-        reply, sent, recv = await self.call_async(self._reserve_args(amounts, True, ""))
+        reply, sent, recv = await self.call_async(self._reserve_args(amounts, True, "", release))
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin
         return booking

@@ -29,7 +29,9 @@ ARGV: op ("r" reserve and book, "t" try without booking, "s" settle, "p" pause),
 "" reads TIME), ticks per second, fence (1/0), limit count L, then per limit 6 numbers: N,
 window (with this caller's margin), prune window (the longest window any caller uses),
 coalesce, GCRA interval (0: no pacer), GCRA tolerance; then for "r"/"t" L amounts; for "s" per
-limit: entry id, reserved amount, actual amount; for "p" the pause length in ticks.
+limit: entry id, reserved amount, actual amount; for "p" the pause length in ticks. "r" may
+add, per limit, the entry id and amount of a late booking to give back first (one round trip
+for the give-back and the new booking).
 Replies: "r"/"t": {wait, now, id per limit (0: not charged)}; "s": {0, now}; "p": {pause end, now}.
 """
 
@@ -157,6 +159,20 @@ local function record_log(l, t, amount)
   return id
 end
 
+local function give_back(l, id, amount)
+  local count = redis.call('HGET', l.c, id)
+  if count == false then return end
+  count = tonumber(count)
+  local removed = math.min(amount, count)
+  redis.call('HINCRBY', meta, 'h' .. l.i, -removed)
+  if count == removed then
+    redis.call('HDEL', l.c, id)
+    redis.call('ZREM', l.z, id)
+  else
+    redis.call('HSET', l.c, id, count - removed)
+  end
+end
+
 local function keep(until_t)
   -- keys live as long as their newest entry can matter, plus a second
   local ms = math.ceil((until_t - now + longest) * 1000 / tps) + 1000
@@ -173,6 +189,13 @@ for i = 1, L do lim[i].i = i end
 local pause = tonumber(redis.call('HGET', meta, 'pause') or '0')
 
 if op == 'r' or op == 't' then
+  if #ARGV >= rest + 3 * L then
+    -- a late booking of this caller, returned in the same call that books its replacement
+    for i = 1, L do
+      local id, amount = ARGV[rest + L + 2 * i - 1], tonumber(ARGV[rest + L + 2 * i])
+      if amount > 0 and id ~= '0' then give_back(lim[i], id, amount) end
+    end
+  end
   local amounts = {}
   local wait = 0
   if fence - now > wait then wait = fence - now end
@@ -210,18 +233,7 @@ elseif op == 's' then
     local id, reserved, actual = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
     local delta = actual - reserved
     if delta < 0 and id ~= '0' then
-      local count = redis.call('HGET', l.c, id)
-      if count ~= false then
-        count = tonumber(count)
-        local removed = math.min(-delta, count)
-        redis.call('HINCRBY', meta, 'h' .. i, -removed)
-        if count == removed then
-          redis.call('HDEL', l.c, id)
-          redis.call('ZREM', l.z, id)
-        else
-          redis.call('HSET', l.c, id, count - removed)
-        end
-      end
+      give_back(l, id, -delta)
     elseif delta > 0 then
       record_pacer(l, now, delta, false)
       local left = delta
