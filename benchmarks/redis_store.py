@@ -90,6 +90,9 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
     for t in pool:
         t.join()
     counts["starts"] = starts
+    if lib == "paceline":
+        store = limiter.store
+        counts["script_calls"] = store.round_trips if store is not None else 0
     print(json.dumps(counts), flush=True)
 
 
@@ -163,6 +166,13 @@ def scenario(
         "429": stats["throttled_429"],
         "fraction_of_rate": round(ideal / span, 3) if span else None,
         "shares": [s.get("ok", 0) for s in shares],
+        # paceline's own count: script calls (bookings, re-bookings, give-backs), without the
+        # per-connection setup (HELLO, CLIENT SETINFO) and warm-up the proxy also counts
+        "script_calls_per_grant": round(
+            sum(s.get("script_calls", 0) for s in shares) / max(stats["accepted"], 1), 3
+        )
+        if lib == "paceline"
+        else None,
     }
 
 
@@ -221,13 +231,14 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "starts"}), flush=True)
     print(
         "\nscenario | library | max arrivals in any 1 s | max starts in any 1 s | 429 | "
-        "fraction of rate | round trips/grant"
+        "fraction of rate | round trips/grant (proxy) | script calls/grant"
     )
     for row in results:
         print(
             f"{row['scenario']} | {row['lib']} | {row['max_in_any_1s']} | "
             f"{row['max_starts_in_any_1s']} | {row['429']} | "
-            f"{row['fraction_of_rate']} | {row.get('round_trips_per_grant', '-')}"
+            f"{row['fraction_of_rate']} | {row.get('round_trips_per_grant', '-')} | "
+            f"{row['script_calls_per_grant'] or '-'}"
             + (f" | shares {row['share_spread']}" if "share_spread" in row else "")
         )
 

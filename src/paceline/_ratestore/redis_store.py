@@ -367,12 +367,18 @@ class RedisLimitStore:
             OSError,
         )
 
-    def call(self, args: list[Any], *, retry: bool = True) -> tuple[list[int], int, int]:
+    def call(
+        self, args: list[Any], *, retry: bool = True, retry_args: list[Any] | None = None
+    ) -> tuple[list[int], int, int]:
         """Run the script once (retrying while the store is unreachable); return its reply and
-        when the request was sent and answered (monotonic ns)."""
+        when the request was sent and answered (monotonic ns). A failed request may still have
+        run (its reply lost): retries send ``retry_args`` when given, so a give-back is never
+        applied twice (a booking charged twice is only stricter)."""
         transient = self._transient()
         attempt = 0
         while True:
+            if attempt and retry_args is not None:
+                args = retry_args
             sent = self.monotonic_ns()
             try:
                 script = self._sync_script()
@@ -388,11 +394,15 @@ class RedisLimitStore:
             self._ok(sent, recv)
             return [int(x) for x in reply], sent, recv
 
-    async def call_async(self, args: list[Any]) -> tuple[list[int], int, int]:
+    async def call_async(
+        self, args: list[Any], retry_args: list[Any] | None = None
+    ) -> tuple[list[int], int, int]:
         """:meth:`call` on the running event loop (redis.asyncio, one client per loop)."""
         transient = self._transient()
         attempt = 0
         while True:
+            if attempt and retry_args is not None:
+                args = retry_args
             sent = self.monotonic_ns()
             try:
                 script = await self._async_script()
@@ -433,7 +443,10 @@ class RedisLimitStore:
         now (then ``ids`` are all 0 and ``wait_ns`` > 0). ``release``: a late booking to give
         back in the same round trip."""
         margin = self._margin_ns
-        reply, sent, recv = self.call(self._reserve_args(amounts, book, "", release))
+        reply, sent, recv = self.call(
+            self._reserve_args(amounts, book, "", release),
+            retry_args=self._reserve_args(amounts, book, ""),
+        )
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin
         return booking
@@ -443,7 +456,10 @@ class RedisLimitStore:
     ) -> Booking:
         """:meth:`reserve` on the running event loop."""
         margin = self._margin_ns
-        reply, sent, recv = await self.call_async(self._reserve_args(amounts, True, "", release))
+        reply, sent, recv = await self.call_async(
+            self._reserve_args(amounts, True, "", release),
+            retry_args=self._reserve_args(amounts, True, ""),
+        )
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin
         return booking
@@ -456,8 +472,11 @@ class RedisLimitStore:
 
     def settle(self, booking: Booking, actual: Sequence[int]) -> None:
         """Correct a booking to ``actual`` (one amount per limit): give back the unused part,
-        charge an overrun from the first moment it fits."""
-        self.call(self._settle_args(booking, actual))
+        charge an overrun from the first moment it fits. Sent once: a retry of a request whose
+        reply was lost could give back twice; a settle that cannot be sent keeps the estimate
+        (as a grant never settled does)."""
+        with contextlib.suppress(*self._transient()):
+            self.call(self._settle_args(booking, actual), retry=False)
 
     def give_back(self, booking: Booking) -> None:
         """Return a booking that was never used, if the store can be reached at once; a
