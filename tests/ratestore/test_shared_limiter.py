@@ -318,3 +318,34 @@ def test_a_retry_after_seen_by_one_batch_pauses_every_process(
     # The other process's next grant waits for what is left of the pause.
     wait_ns = other.store.reserve((1,)).wait_ns
     assert 1_000_000_000 <= wait_ns <= 2_000_000_000
+
+
+def _take_three(limiter: RateLimiter) -> None:  # runs in a spawned child
+    for _ in range(3):
+        limiter.acquire()
+
+
+def test_a_pickled_limiter_reconnects_in_another_process(warm_redis: RedisServer) -> None:
+    import multiprocessing
+
+    limiter = RateLimiter.from_rates("3/s", store=warm_redis.url, key=_key())
+    child = multiprocessing.get_context("spawn").Process(target=_take_three, args=(limiter,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    # The child's three grants are in the shared key (they expire 1 s after they leave the
+    # window, so this reads them however long the child took to start).
+    import redis
+
+    from paceline._ratestore import key_prefix
+
+    assert limiter.store_key is not None
+    entries = redis.Redis.from_url(warm_redis.url).zcard(key_prefix(limiter.store_key) + ":z0")
+    assert entries == 3
+
+
+def test_a_limiter_without_a_store_refuses_to_be_pickled() -> None:
+    from paceline.errors import InvalidState
+
+    with pytest.raises(InvalidState, match="shared store"):
+        pickle.dumps(RateLimiter.from_rates("3/s"))
