@@ -1,9 +1,9 @@
 """Debian's ``redis-server`` on a free loopback port, for tests and benchmarks of the shared
 limit store; and a TCP proxy that adds latency between clients and Redis.
 
-The server runs in the foreground as the calling user with no persistence (``--save ''
---appendonly no``: a restart comes back empty, as a cache-only Redis does), everything under
-a temporary directory. :meth:`RedisServer.restart` kills it (SIGKILL) and starts it again on
+The server runs in the foreground as the calling user with no persistence (``save ""``,
+``appendonly no``: a restart comes back empty, as a cache-only Redis does), everything under a
+temporary directory. :meth:`RedisServer.restart` kills it (SIGKILL) and starts it again on
 the same port; :meth:`RedisServer.pause` stops it (SIGSTOP) for a while, like a hung host.
 
 Needs ``redis-server`` (Debian: ``apt-get install redis-server``)::
@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 
 from paceline.errors import InvalidState
@@ -62,24 +63,14 @@ class RedisServer:
         """Start the server and wait until it answers (at most 10 s)."""
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="paceline-redis-")
+        config = Path(self._dir.name, "redis.conf")
+        # No persistence: a restart comes back empty, as a cache-only Redis does.
+        config.write_text(
+            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\n'
+            f"dir {self._dir.name}\ndaemonize no\n"
+        )
         self._proc = subprocess.Popen(
-            [
-                self.program,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir.name,
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [self.program, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
