@@ -34,7 +34,7 @@ from paceline._results import (
     Result,
     Success,
 )
-from paceline.errors import PacelineError, Throttled
+from paceline.errors import PacelineError, QuotaExhausted, Throttled
 from paceline.faces.batch import batch_execute, batch_execute_sync, run_sync, stream
 from paceline.faces.bulk import fetch_many
 from paceline.faces.executor import BatchExecutor, RateLimitedExecutor
@@ -43,6 +43,7 @@ from paceline.policy.adaptive import AdaptiveSettings, Outcome
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import RateSpecError
 from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
+from paceline.runners.identity import current_item_key
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,7 @@ __all__ = [
     "NotAttempted",
     "Outcome",
     "PacelineError",
+    "QuotaExhausted",
     "RateLimitedExecutor",
     "RateLimiter",
     "RateLimiterProtocol",
@@ -74,6 +76,7 @@ __all__ = [
     "__version__",
     "batch_execute",
     "batch_execute_sync",
+    "current_item_key",
     "dry_run",
     "fetch_many",
     "run_sync",

@@ -30,6 +30,7 @@ __all__ = [
     "InvalidArgumentType",
     "InvalidState",
     "PacelineError",
+    "QuotaExhausted",
     "RateStoreUnavailable",
     "Throttled",
 ]
@@ -99,6 +100,25 @@ class Throttled(PacelineError):
         super().__init__(message)
 
 
+class QuotaExhausted(PacelineError):
+    """Raise from an operation to say "the other side's quota is gone and will not come back
+    soon" (billing, credit, a daily quota): it is not retried, nothing more is sent to that
+    server (or, without servers, the batch stops starting items), and a journal keeps the
+    items not done for ``resume`` once the quota is back.
+
+    >>> raise QuotaExhausted("insufficient_quota: check your plan and billing details")
+    Traceback (most recent call last):
+    ...
+    paceline.errors.QuotaExhausted: insufficient_quota: check your plan and billing details
+    """
+
+    retryable = False
+    error_code = "quota_exhausted"
+
+    def __init__(self, message: str = "quota exhausted") -> None:
+        super().__init__(message)
+
+
 class ErrorCode(str, enum.Enum):
     """What kind of failure an item had, for sorting failures without parsing messages."""
 
@@ -106,11 +126,18 @@ class ErrorCode(str, enum.Enum):
     TIMEOUT = "timeout"
     CONNECTION = "connection"
     RATE_LIMITED = "rate_limited"
+    THROTTLED = "rate_limited"  # the same code: throttled answers were always "rate_limited"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
     NOT_FOUND = "not_found"
     INVALID_INPUT = "invalid_input"
     PERMISSION_DENIED = "permission_denied"
     SERVER_ERROR = "server_error"
     CANCELLED = "cancelled"
+    # A request that is not idempotent failed after it may have been processed, and was not
+    # sent again (no idempotency key): check on the server whether it was done.
+    MAYBE_PROCESSED = "maybe_processed"
 
 
 def error_code_for(error: BaseException) -> ErrorCode:

@@ -114,7 +114,7 @@ def test_server_errors_are_retried_and_classified():
     assert sum(r.is_success for r in results) >= 38
     for r in results:
         if r.is_failure:
-            assert r.error_code in (ErrorCode.UNKNOWN, ErrorCode.SERVER_ERROR)
+            assert r.error_code is ErrorCode.HTTP_5XX  # never UNKNOWN for a status (issue 14)
 
 
 def test_retry_as_a_number_retries_what_the_default_retries():

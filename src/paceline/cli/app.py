@@ -91,6 +91,44 @@ GiveUpAfter = Annotated[
         "for this long (default 10m).",
     ),
 ]
+_RULE_HELP = (
+    "conditions joined by commas: status=403 (or 4xx, 403|429), header=NAME[:VALUE], "
+    "body~TEXT (last); repeatable"
+)
+FailOn = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fail-on",
+        metavar="RULE",
+        help=f"Answers that fail at once, unretried, e.g. 'body~insufficient_quota': {_RULE_HELP}.",
+    ),
+]
+ExhaustedOn = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exhausted-on",
+        metavar="RULE",
+        help="Answers that say the server's quota is gone (stop sending to it, exit 3, "
+        f"resumable), e.g. 'status=402': {_RULE_HELP}.",
+    ),
+]
+ThrottleOn = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--throttle-on",
+        metavar="RULE",
+        help="Answers that mean 'slow down' (retried, paced by), e.g. "
+        f"'status=403,body~secondary rate limit': {_RULE_HELP}.",
+    ),
+]
+RetryOn = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--retry-on",
+        metavar="RULE",
+        help=f"Answers that are transient errors (retried within the budget): {_RULE_HELP}.",
+    ),
+]
 Halt = Annotated[
     list[str] | None,
     typer.Option(
@@ -195,6 +233,37 @@ def http_command(
     ] = None,
     body: Annotated[str | None, typer.Option(help="Raw body template.")] = None,
     base_url: Annotated[str | None, typer.Option(help="Base for relative URLs.")] = None,
+    idempotency_header: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-header",
+            metavar="NAME",
+            help="Header carrying each POST/PATCH's stable key (default Idempotency-Key; "
+            "'' sends none). A row's own header of that name wins.",
+        ),
+    ] = None,
+    no_idempotency_key: Annotated[
+        bool,
+        typer.Option(
+            "--no-idempotency-key", help="Send no idempotency key (as --idempotency-header '')."
+        ),
+    ] = False,
+    idempotency_methods: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-methods",
+            metavar="M,M",
+            help="Methods that get a key and are not retried blind (default POST,PATCH).",
+        ),
+    ] = None,
+    retry_unsafe: Annotated[
+        bool,
+        typer.Option(
+            "--retry-unsafe",
+            help="Retry a POST/PATCH that may have been processed even without a key "
+            "(a timeout or dropped connection after sending): it may be done twice.",
+        ),
+    ] = False,
     header: Annotated[
         list[str] | None,
         typer.Option(
@@ -220,6 +289,10 @@ def http_command(
     timeout: Timeout = None,
     halt: Halt = None,
     give_up_after: GiveUpAfter = None,
+    throttle_on: ThrottleOn = None,
+    exhausted_on: ExhaustedOn = None,
+    fail_on: FailOn = None,
+    retry_on: RetryOn = None,
     dry_run: DryRun = False,
     keep_order: KeepOrder = False,
     journal: JournalOpt = None,
@@ -246,6 +319,13 @@ def http_command(
         base_url=base_url,
         headers=list(header or []),
         cost_template=cost,
+        idempotency_header="" if no_idempotency_key else idempotency_header,
+        idempotency_methods=idempotency_methods,
+        retry_unsafe=retry_unsafe,
+        throttle_on=list(throttle_on or []),
+        exhausted_on=list(exhausted_on or []),
+        fail_on=list(fail_on or []),
+        retry_on=list(retry_on or []),
         **_common(**values),
     )
     _launch(spec, values)

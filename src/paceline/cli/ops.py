@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import importlib
 import inspect
@@ -30,9 +31,11 @@ from paceline.cli.templates import (
     check_fields,
     render_json,
 )
-from paceline.errors import InvalidArgument, PacelineError, Throttled
+from paceline.errors import InvalidArgument, PacelineError
+from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.cost import as_cost
 from paceline.redact import REDACTED, digest, key_without_secrets
+from paceline.runners.identity import current_item_key
 from paceline.stores import Codec, JsonCodec
 
 
@@ -196,7 +199,9 @@ class HttpOperation(Operation):
         from paceline.http import (
             HttpRequest,
             HttpResponseCodec,
+            Idempotency,
             client_for,
+            rules_classifier,
             sender,
             validate_request,
         )
@@ -230,7 +235,27 @@ class HttpOperation(Operation):
             (unit, Template.parse(text, label="--cost")) for unit, text in spec.cost_templates()
         ]
         # --timeout bounds the whole attempt, body included (default: the face's 120 s).
-        self._send = sender(self.client, limits, spec.base_url, attempt_timeout_s=spec.timeout_s)
+        # POST/PATCH carry the row's stable key; one that may have been processed without a
+        # key is not sent again (http/_idempotency.py).
+        try:
+            self.idempotency = Idempotency.of(
+                "Idempotency-Key" if spec.idempotency_header is None else spec.idempotency_header,
+                spec.idempotency_methods,
+                spec.retry_unsafe,
+            )
+        except InvalidArgument as exc:
+            # "idempotency header 'a b': ..." names the option: "--idempotency-header 'a b'"
+            raise UsageError("--" + str(exc).replace(" ", "-", 1)) from None
+        # --throttle-on and kin: the user's rules first, then the defaults.
+        rules = spec.answer_rules()
+        self._send = sender(
+            self.client,
+            limits,
+            spec.base_url,
+            attempt_timeout_s=spec.timeout_s,
+            idempotency=self.idempotency,
+            classify=rules_classifier(rules) if rules else None,
+        )
 
     def templates(self) -> dict[str, Template | JsonTemplate]:
         found: dict[str, Template | JsonTemplate] = super().templates()
@@ -396,7 +421,9 @@ class CallOperation(Operation):
         call: Callable[[], Any] = (
             (lambda: function(**payload)) if self.spec.unpack else (lambda: function(payload))
         )
-        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+        # The function runs in this attempt's context: paceline.current_item_key() works there.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.pool, context.run, call)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -406,9 +433,17 @@ class CallOperation(Operation):
 # -- exec ---------------------------------------------------------------------------------
 
 
+# ``{_key}`` in an exec command: the item's stable key (paceline.current_item_key()), put in
+# when the attempt starts. Rendered first as this marker: a NUL is never in a real argument.
+KEY_FIELD = "_key"
+KEY_MARK = "\x00paceline-item-key\x00"
+KEY_ENV = "PACELINE_ITEM_KEY"
+
+
 class ExecOperation(Operation):
     """``paceline exec INPUT -- cmd {column} ...``: a command per row, without a shell unless
-    ``--shell``; each word is one argument, whatever the column holds."""
+    ``--shell``; each word is one argument, whatever the column holds. ``{_key}`` is the item's
+    stable key (the same on every attempt and after a resume), also in ``$PACELINE_ITEM_KEY``."""
 
     def __init__(self, spec: RunSpec) -> None:
         super().__init__(spec)
@@ -416,6 +451,7 @@ class ExecOperation(Operation):
 
         self._exec = exec_op
         self.words = [Template.parse(word) for word in spec.argv]
+        self.uses_key = any(KEY_FIELD in word.fields for word in self.words)
         self.timeout_s = spec.timeout_s
         if not spec.shell and not self.words[0].fields:
             try:
@@ -429,28 +465,54 @@ class ExecOperation(Operation):
             found[f"command word {index + 1} ({self.spec.argv[index]!r})"] = word
         return found
 
+    def prepare(self, source: RowSource) -> None:
+        if source.columns is not None:  # {_key} is no column of the CSV, but known
+            try:
+                check_fields(self.templates(), [*source.columns, KEY_FIELD], source.name)
+            except Exception as exc:  # UnknownColumn
+                raise UsageError(str(exc)) from None
+
     def item(self, row: Row) -> Item:
         data = row.data
         assert data is not None
+        if self.uses_key:
+            data = {**data, KEY_FIELD: KEY_MARK}
         if self.spec.shell:
             from paceline.cli.templates import render_shell
 
             line = " ".join(render_shell(word, data) for word in self.words)
-            return Item(row.line, self.key_from(row, line), line)
+            return Item(row.line, self.key_from(row, _shown(line)), line)
         argv = [word.render(data) for word in self.words]
-        return Item(row.line, self.key_from(row, shlex.join(argv)), argv)
+        return Item(row.line, self.key_from(row, _shown(shlex.join(argv))), argv)
 
     async def run(self, payload: Any) -> Any:
+        key = current_item_key() or ""
+        if self.uses_key:
+            payload = (
+                payload.replace(KEY_MARK, key)
+                if isinstance(payload, str)
+                else [word.replace(KEY_MARK, key) for word in payload]
+            )
+        env = {**os.environ, KEY_ENV: key}
         try:
-            return await self._exec.run_command(payload, shell=self.spec.shell)
+            return await self._exec.run_command(payload, shell=self.spec.shell, env=env)
         except self._exec.CommandFailed as exc:
             if self.spec.retries:  # a failing command is retried only when --retries asks
                 exc.retryable = True
             raise
 
 
+def _shown(text: str) -> str:
+    """A command as its journal key shows it: ``{_key}`` where the key goes."""
+    return text.replace(KEY_MARK, "{" + KEY_FIELD + "}")
+
+
 def is_throttle(error: BaseException | None) -> bool:
-    """429/503 answers and raised ``Throttled`` count as throttles in the progress."""
+    """Throttled answers (429, 503, a 403 secondary limit...: their verdict) and raised
+    ``Throttled`` count as throttles in the progress."""
     if error is None:
         return False
-    return isinstance(error, Throttled) or getattr(error, "status_code", None) in (429, 503)
+    verdict = verdict_of(error)
+    if verdict is not None:
+        return verdict is Verdict.THROTTLED
+    return getattr(error, "status_code", None) in (429, 503)

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from paceline import RateLimiter
 from paceline.cli.inputs import InputError, open_rows
-from paceline.cli.ops import to_item
+from paceline.cli.ops import HttpOperation, to_item
 from paceline.cli.run import display_path, make_operation, plan_for
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.faces.plan import least_time_text
@@ -62,6 +62,13 @@ def _least_time(limiter: RateLimiter | None, items: int | None) -> str:
     return f"{least_time_text(ns / NS_PER_S, exact)} for {items} items"
 
 
+DEFAULT_ANSWERS = (
+    "then the defaults: 429, 503, 529 and a 400/403 saying rate limit -> throttled; "
+    "insufficient_quota, billing or daily limit -> exhausted; 408, 5xx -> retried; "
+    "other 4xx -> failed"
+)
+
+
 def show_plan(spec: RunSpec, out: TextIO) -> int:
     """Print the plan for ``spec``; 0, or a :class:`UsageError` for what would not run."""
     spec.check()
@@ -89,8 +96,14 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             write(f"  shared:      on {redact_text(store.url)}, key {store.key!r}\n")
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
+        if isinstance(operation, HttpOperation):
+            write(f"  idempotency: {operation.idempotency.describe()}\n")
         if spec.halt:
             write(f"  halt:        {' '.join(spec.halt)}\n")
+        if spec.command == "http":
+            for rule in spec.answer_rules():
+                write(f"  answers:     {rule.text!r} -> {rule.verdict.value}\n")
+            write(f"  answers:     {DEFAULT_ANSWERS}\n")
         path = spec.journal_path()
         counts = None
         if path is not None and path.exists():

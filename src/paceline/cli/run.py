@@ -46,12 +46,13 @@ from paceline.cli.output import (
     write_private,
 )
 from paceline.cli.spec import RunSpec, UsageError
-from paceline.errors import InvalidArgument, InvalidState, RateStoreUnavailable
+from paceline.errors import ErrorCode, InvalidArgument, InvalidState, RateStoreUnavailable
 from paceline.faces.batch import stream
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryBudgetExhausted, RetryPolicy, remote_retry
+from paceline.redact import redact_text
 from paceline.runners import auto_workers
 from paceline.stores import (
     Journal,
@@ -181,8 +182,15 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         # Transient failures only (Throttled, TimeoutError, ConnectionError), like http.
         retry = remote_retry()
     elif retries:
-        retry = remote_retry(attempts=retries + 1, retry_on=lambda e: True)
+        # Everything but a bad row (a row that cannot become an item never will) and an error
+        # that says it will fail again (``retryable = False``: --retries N is a count, not the
+        # user's word that such an error is worth another attempt).
+        retry = remote_retry(attempts=retries + 1, retry_on=_worth_retrying)
     return Plan(workers, controller, limiter, limiter, retry)
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    return not isinstance(error, BadInputRow) and getattr(error, "retryable", None) is not False
 
 
 def _payload(item: Item) -> Any:
@@ -324,6 +332,10 @@ class Batch:
         self.fresh = fresh
         self.bad_input: Item | None = None
         self.halt_reason: str | None = None  # why the runner stopped early, if it did
+        # Items failed because a server said its quota is exhausted, and the first such error
+        # (docs/design.md, 'Answers told apart'): exit 3, resumable.
+        self.exhausted = 0
+        self.exhausted_by: str | None = None
         self.input_done = False
         self.metrics: Metrics | None = None
         self.run_number = 1
@@ -569,6 +581,14 @@ class Batch:
             raise KeyboardInterrupt
         return code
 
+    def _note_exhausted(self, message: str | None) -> None:
+        self.exhausted += 1
+        if self.exhausted_by is None:
+            self.exhausted_by = message
+            self._log(
+                f"paceline: {redact_text(message or 'quota exhausted')}; nothing more is sent there"
+            )
+
     def _on_halt(self, reason: str) -> None:
         self.halt_reason = reason
         if reason.startswith("giving up"):
@@ -615,6 +635,8 @@ class Batch:
                     attempted = result.attempts > 0 and not isinstance(
                         result.exception, BadInputRow
                     )
+                    if result.error_code is ErrorCode.QUOTA_EXHAUSTED:
+                        self._note_exhausted(result.error)
                     metrics.settled(
                         failed=not result.success,
                         restored=result.restored,
@@ -677,6 +699,10 @@ class Batch:
             return EXIT_HALTED, "halted"
         if self.bad_input is not None:
             return EXIT_USAGE, "bad_input"
+        if self.exhausted or (
+            self.halt_reason is not None and self.halt_reason.startswith("quota exhausted")
+        ):
+            return EXIT_HALTED, "exhausted"
         if self.halt_reason is not None and self.halt_reason.startswith("giving up"):
             return EXIT_HALTED, "gave_up"
         rules = [HaltRule.parse(r) for r in self.spec.halt]
@@ -742,7 +768,8 @@ class Batch:
             write_html(journal.path, self.display.html)
             if not self.display.quiet:
                 err.write(f"paceline: report written to {self.display.html}\n")
-        if not self.display.quiet or reason in ("failed", "halted", "gave_up", "interrupted"):
+        stopped = ("failed", "halted", "gave_up", "interrupted", "exhausted")
+        if not self.display.quiet or reason in stopped:
             line = {
                 "done": f"every item succeeded ({metrics.settled_count})",
                 "empty": "the input has no items: nothing to do",
@@ -753,6 +780,8 @@ class Batch:
                 "gave_up": f"{self.halt_reason} (--give-up-after); "
                 f"{metrics.failed} failed, {metrics.settled_count} settled",
                 "bad_input": "stopped at a bad input line",
+                "exhausted": f"stopped: a quota is exhausted; {metrics.failed} failed, "
+                f"{metrics.settled_count} settled; resume when the quota is back",
             }[reason]
             err.write(f"paceline: {line} (exit {code})\n")
             if metrics.budget_exhausted:

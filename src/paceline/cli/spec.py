@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paceline.errors import PacelineError
+from paceline.errors import InvalidArgument, PacelineError
+from paceline.policy.answers import AnswerRule, Verdict
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, HaltRule
 from paceline.policy.rate import Rate, RateSpecError, unit_name
 from paceline.redact import (
@@ -78,6 +79,17 @@ class RunSpec:
     headers: list[str] = field(default_factory=list)
     # --cost 'tokens={est_tokens}': each item's estimate per unit, from its row (http)
     cost_template: str | None = None
+    # idempotency keys (http): the header (None: Idempotency-Key, "": none), the methods that
+    # get one (None: POST,PATCH), and whether an ambiguous failure without one is retried
+    idempotency_header: str | None = None
+    idempotency_methods: str | None = None
+    retry_unsafe: bool = False
+    # What an answer means (docs/design.md, 'Answers told apart'): rules such as
+    # 'status=403,body~secondary rate limit', checked in this order before the defaults.
+    fail_on: list[str] = field(default_factory=list)
+    exhausted_on: list[str] = field(default_factory=list)
+    throttle_on: list[str] = field(default_factory=list)
+    retry_on: list[str] = field(default_factory=list)
     # call
     target: str | None = None
     unpack: bool = False
@@ -130,6 +142,7 @@ class RunSpec:
             raise UsageError(f"--format {self.format!r}: use auto, jsonl, csv or tsv")
         for header in self.headers:
             split_header(header)
+        self.answer_rules()
         masked = self.masked()
         if masked:
             option, value = masked[0]
@@ -146,6 +159,37 @@ class RunSpec:
             raise UsageError(
                 f"call target {self.target!r}: give module:function, e.g. mytasks:create_tenant"
             )
+
+    def answer_rules(self) -> list[AnswerRule]:
+        """The ``--fail-on``, ``--exhausted-on``, ``--throttle-on`` and ``--retry-on`` rules, in
+        that order (the first that matches an answer decides); :class:`UsageError` for a bad
+        one or for rules given to a command that gets no HTTP answers.
+
+        >>> spec = RunSpec("http", "-", throttle_on=["status=403"])
+        >>> [rule.verdict.value for rule in spec.answer_rules()]
+        ['throttled']
+        """
+        rules = []
+        for option, texts, verdict in self._rule_options():
+            if texts and self.command != "http":
+                raise UsageError(
+                    f"{option} applies to paceline http; a function or command says it by "
+                    "raising paceline.Throttled or paceline.QuotaExhausted"
+                )
+            for text in texts:
+                try:
+                    rules.append(AnswerRule.parse(text, verdict))
+                except InvalidArgument as exc:
+                    raise UsageError(f"{option} {exc}") from None
+        return rules
+
+    def _rule_options(self) -> list[tuple[str, list[str], Verdict]]:
+        return [
+            ("--fail-on", self.fail_on, Verdict.PERMANENT),
+            ("--exhausted-on", self.exhausted_on, Verdict.EXHAUSTED),
+            ("--throttle-on", self.throttle_on, Verdict.THROTTLED),
+            ("--retry-on", self.retry_on, Verdict.TRANSIENT),
+        ]
 
     def give_up_after_s(self) -> float | None:
         """``--give-up-after`` in seconds (``None``: never), the default when not given."""
@@ -269,6 +313,8 @@ class RunSpec:
         copy.headers = [redact_header(h) for h in self.headers]
         copy.rates = list(self.rates)
         copy.halt = list(self.halt)
+        copy.fail_on, copy.exhausted_on = list(self.fail_on), list(self.exhausted_on)
+        copy.throttle_on, copy.retry_on = list(self.throttle_on), list(self.retry_on)
         copy.argv = redact_argv(self.argv, placeholders=True)
         for name, _ in _MASKABLE:
             value = getattr(self, name)

@@ -9,6 +9,7 @@ from typing import Any
 
 from paceline._results import ErrorCode, Failure, Success
 from paceline.errors import PacelineError
+from paceline.runners.identity import BATCH_ID_META, new_batch_id
 from paceline.stores import Codec, Journal, StoredOutcome, fingerprint_of
 
 JournalSpec = str | os.PathLike[str] | Journal | None
@@ -78,7 +79,24 @@ def journal_options(
     retry_failed: bool,
     restore: Callable[[int, Any, StoredOutcome], Any],
 ) -> dict[str, Any]:
-    """The journal part of a face's run options (nothing without a journal)."""
+    """The journal part of a face's run options (nothing without a journal), the batch's
+    identity included: the items' stable keys stay the same when the batch resumes."""
     if store is None:
         return {}
-    return {"journal": store, "key_of": key_of, "retry_failed": retry_failed, "restore": restore}
+    return {
+        "journal": store,
+        "key_of": key_of,
+        "retry_failed": retry_failed,
+        "restore": restore,
+        "batch_id": batch_id_of(store),
+    }
+
+
+def batch_id_of(store: Journal) -> str:
+    """The batch identity kept in ``store`` (made and committed on its first run), from which
+    the items' stable keys are derived (see :mod:`paceline.runners.identity`)."""
+    batch_id = store.get_meta(BATCH_ID_META)
+    if batch_id is None:
+        batch_id = new_batch_id()
+        store.set_meta(BATCH_ID_META, batch_id)
+    return batch_id

@@ -19,6 +19,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from paceline.http._face import fetch_all, fetch_all_sync, stream_requests
+from paceline.http._idempotency import MaybeProcessed
 from paceline.http._limits import ServerLimits
 from paceline.http._messages import (
     HttpRequest,
@@ -35,6 +36,7 @@ from paceline.http._messages import (
     validate_request,
 )
 from paceline.http._pool import ShardedTransport
+from paceline.policy.answers import Verdict, classify_answer
 
 __all__ = [
     "HttpRequest",
@@ -44,10 +46,13 @@ __all__ = [
     "HttpTimeout",
     "HttpTransportError",
     "InvalidRequest",
+    "MaybeProcessed",
     "ServerLimits",
     "ServerUnreachable",
     "ShardedTransport",
+    "Verdict",
     "as_request",
+    "classify_answer",
     "fetch_all",
     "fetch_all_sync",
     "stream_requests",
@@ -61,5 +66,7 @@ __all__ = [
 from paceline.http._face import DEFAULT_RETRY as DEFAULT_RETRY
 from paceline.http._face import client_for as client_for
 from paceline.http._face import http_retry as http_retry
+from paceline.http._face import rules_classifier as rules_classifier
 from paceline.http._face import sender as sender
+from paceline.http._idempotency import Idempotency as Idempotency
 from paceline.http._servers import ServerLanes as ServerLanes

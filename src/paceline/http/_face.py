@@ -6,6 +6,7 @@ header limits are kept apart from the others' (see ``http/_servers.py``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -25,6 +26,7 @@ from paceline.faces.batch import (
     run_sync,
     stream,
 )
+from paceline.http._idempotency import Idempotency
 from paceline.http._limits import DEFAULT_MAX_HOLD_S, ServerLimits
 from paceline.http._messages import (
     HttpRequest,
@@ -45,7 +47,14 @@ from paceline.http._messages import (
 )
 from paceline.http._pool import ShardedTransport
 from paceline.http._servers import UNPLACED, ServerLanes, server_key
-from paceline.policy.retry import RetryPolicy, remote_retry
+from paceline.policy.answers import (
+    BODY_PREFIX_CHARS,
+    AnswerRule,
+    Verdict,
+    classify_answer,
+    classify_by_rules,
+)
+from paceline.policy.retry import DefaultRetryOn, RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
 from paceline.runners import sized_length
 from paceline.signals import parse_signals
@@ -54,8 +63,14 @@ RequestLike = str | Mapping[str, Any] | HttpRequest
 T = TypeVar("T")
 
 # Transient by default: throttles, server errors, timeouts and broken connections.
-HTTP_RETRY_ON = (HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError)
+# An HttpStatusError's own ``retryable`` (from its verdict) decides which statuses.
+HTTP_RETRY_ON = DefaultRetryOn(
+    (HttpStatusError, httpx.TransportError, TimeoutError, ConnectionError)
+)
 DEFAULT_RETRY = remote_retry(retry_on=HTTP_RETRY_ON)
+# POST and PATCH carry Idempotency-Key; one that may have been processed and has no key is not
+# retried (the reasons are in http/_idempotency.py).
+DEFAULT_IDEMPOTENCY = Idempotency()
 
 
 def http_retry(retry: RetryPolicy | int | None) -> RetryPolicy | None:
@@ -82,6 +97,45 @@ def _headers_of(response: httpx.Response) -> dict[str, str]:
         merged[name] = f"{merged[name]}, {value}" if name in merged else value
     return merged
 
+
+AnswerClassifier = Callable[[HttpResponse], "Verdict | str | None"]
+"""``classify=`` of the HTTP faces: a function of the :class:`HttpResponse` (any status)
+returning a :class:`~paceline.http.Verdict` (or its name: ``"throttled"``, ``"exhausted"``,
+``"transient"``, ``"permanent"``, ``"success"``), or ``None`` for the default
+(:func:`~paceline.http.classify_answer`)."""
+
+
+def _as_verdict(said: object) -> Verdict | None:
+    if said is None or isinstance(said, Verdict):
+        return said
+    try:
+        return Verdict(said)
+    except ValueError:
+        raise InvalidArgument(
+            f"classify= returned {said!r}: return a paceline.http.Verdict, one of "
+            f"{[v.value for v in Verdict]}, or None for the default"
+        ) from None
+
+
+def rules_classifier(rules: list[AnswerRule]) -> AnswerClassifier:
+    """``classify=`` from rules (the CLI's ``--throttle-on`` and kin): the first rule that
+    matches the answer decides, else the default.
+
+    >>> rules = [AnswerRule.parse("status=403,body~secondary rate limit", Verdict.THROTTLED)]
+    >>> rules_classifier(rules)(HttpResponse(403, {}, "a secondary rate limit", 0.1))
+    <Verdict.THROTTLED: 'throttled'>
+    """
+
+    def classify(response: HttpResponse) -> Verdict | None:
+        body = response.body
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        return classify_by_rules(rules, response.status_code, response.headers, text)
+
+    return classify
+
+
+# A 200 whose body may be GraphQL's "rate limited" (checked on the bytes, before decoding).
+_GRAPHQL_MARKS = (b"RATE_LIMITED", b"THROTTLED")
 
 _PLAIN_GET = HttpRequest(url="")  # what a bare URL string means: GET, no headers, no body
 
@@ -187,11 +241,16 @@ def sender(
     *,
     attempt_timeout_s: float | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    idempotency: Idempotency = DEFAULT_IDEMPOTENCY,
+    classify: AnswerClassifier | None = None,
 ) -> Callable[[RequestLike], Any]:
     """The operation that sends one request. ``attempt_timeout_s`` bounds the whole attempt
-    (``None``: :data:`DEFAULT_ATTEMPT_TIMEOUT_S`); ``max_body_bytes`` what is kept of a body.
+    (``None``: :data:`DEFAULT_ATTEMPT_TIMEOUT_S`); ``max_body_bytes`` what is kept of a body;
+    ``classify`` what an answer means (see :data:`AnswerClassifier`).
     With :class:`ServerLanes`, an answer's headers teach the limits of the server it came from
-    (the lane the runner took the request's token from: the same key)."""
+    (the lane the runner took the request's token from: the same key). ``idempotency``: which
+    requests carry the item's stable key, and whether one that may have been processed is
+    sent again (see ``http/_idempotency.py``)."""
     base = None if base_url is None else request_url(base_url)  # parsed once, not per request
     timeout_s = DEFAULT_ATTEMPT_TIMEOUT_S if attempt_timeout_s is None else attempt_timeout_s
     single = limits if isinstance(limits, ServerLimits) else None
@@ -216,15 +275,16 @@ def sender(
             content, truncated = await _read_capped(response, max_body_bytes)
         finally:
             await response.aclose()
-        return _answer(response, content, truncated, limits, attempt.started)
+        return _answer(response, content, truncated, limits, attempt.started, classify)
 
     async def send(item: RequestLike) -> HttpResponse:
         attempt = _Attempt()
         target = item if isinstance(item, str) else ""
         url: httpx.URL | str = target
         server = UNPLACED
+        request: HttpRequest | None = None
         try:
-            request = _PLAIN_GET if isinstance(item, str) else as_request(item)
+            request = _PLAIN_GET if isinstance(item, str) else idempotency.keyed(as_request(item))
             target = item if isinstance(item, str) else request.url
             url = request_url(target, base)
             server = server_key(url)
@@ -232,17 +292,26 @@ def sender(
                 check_method_and_headers(request.method, request.headers)
             return await _within(exchange(request, url, attempt, limits_of(server)), timeout_s)
         except httpx.TransportError as exc:
-            raise attempt.failure(exc, str(url)) from exc
+            failure = attempt.failure(exc, str(url))
+            failure.__cause__ = exc
+            # A POST that may have been processed and has no key is not sent again.
+            final = idempotency.checked(failure, request, str(url))
+            raise final from final.__cause__
         except (TimeoutError, asyncio.TimeoutError) as exc:
             if isinstance(exc, HttpTimeout):
                 raise
-            raise HttpTimeout(
-                "AttemptTimeout",
-                timeout_s,
-                attempt.phase,
+            final = idempotency.checked(
+                HttpTimeout(
+                    "AttemptTimeout",
+                    timeout_s,
+                    attempt.phase,
+                    str(url),
+                    hint="the whole-attempt limit: raise --timeout / timeout_s for a slower server",
+                ),
+                request,
                 str(url),
-                hint="the whole-attempt limit: raise --timeout / timeout_s for a slower server",
-            ) from None
+            )
+            raise final from final.__cause__
         except UnicodeEncodeError as exc:  # a header value httpx cannot encode
             raise InvalidRequest(f"request to {redact_text(str(target))}: {exc}") from None
         finally:
@@ -258,8 +327,10 @@ def _answer(
     truncated: bool,
     limits: ServerLimits,
     started: float,
+    classify: AnswerClassifier | None = None,
 ) -> HttpResponse:
-    """What the face keeps of an answer; the pacing headers go to ``limits`` first."""
+    """What the face keeps of an answer; the pacing headers go to ``limits`` first. An answer
+    whose verdict is not success raises :class:`HttpStatusError` carrying it."""
     headers = _headers_of(response)
     signals = (
         NO_SIGNALS
@@ -268,11 +339,33 @@ def _answer(
     )
     limits.observe(signals)
     content_type = response.headers.get("content-type", "")
-    if response.status_code >= 400:
+    status = response.status_code
+    verdict: Verdict | None = None
+    answer: HttpResponse | None = None
+    if classify is not None:
+        answer = HttpResponse(
+            status_code=status,
+            headers=redact_headers(headers),
+            body=decode_body(content, "" if truncated else content_type),
+            elapsed_s=time.monotonic() - started,
+            truncated=truncated,
+        )
+        verdict = _as_verdict(classify(answer))
+    if verdict is None:
+        if status < 400 and not (
+            status == 200 and any(m in content[:BODY_PREFIX_CHARS] for m in _GRAPHQL_MARKS)
+        ):
+            verdict = Verdict.SUCCESS  # most answers: no need to decode the body here
+        else:
+            prefix = content[:BODY_PREFIX_CHARS].decode("utf-8", errors="replace")
+            verdict = classify_answer(status, headers, prefix)
+    if verdict is not Verdict.SUCCESS:
         text = content.decode("utf-8", errors="replace")
-        raise HttpStatusError(response.status_code, text, signals.retry_after_s)
+        raise HttpStatusError(status, text, signals.retry_after_s, verdict=verdict)
+    if answer is not None:
+        return answer
     return HttpResponse(
-        status_code=response.status_code,
+        status_code=status,
         headers=redact_headers(headers),
         body=decode_body(content, "" if truncated else content_type),
         elapsed_s=time.monotonic() - started,
@@ -313,8 +406,10 @@ class _Setup:
         retry: RetryPolicy | int | None,
         max_body_bytes: int,
         options: dict[str, Any],
+        classify: AnswerClassifier | None = None,
     ) -> None:
         self.retry = http_retry(retry)
+        self.classify = classify
         _costs(rate_limiter, options)
         # The controller is built here: the servers' header limits talk to it.
         self.workers, controller = concurrency_plan(
@@ -339,6 +434,11 @@ class _Setup:
         if max_body_bytes < 0:
             raise InvalidArgument(f"max_body_bytes={max_body_bytes!r}: must be 0 or more")
         self.max_body_bytes = max_body_bytes
+        self.idempotency = Idempotency.of(
+            options.pop("idempotency_header", DEFAULT_IDEMPOTENCY.header),
+            options.pop("idempotency_methods", None),
+            options.pop("retry_unsafe", False),
+        )
         options.setdefault("key", _request_key)
         options.setdefault("codec", HttpResponseCodec())
 
@@ -349,6 +449,8 @@ class _Setup:
             self.base_url,
             attempt_timeout_s=self.timeout_s,
             max_body_bytes=self.max_body_bytes,
+            idempotency=self.idempotency,
+            classify=self.classify,
         )
 
     async def close(self) -> None:
@@ -366,6 +468,7 @@ async def fetch_all(
     adaptive: Adaptive = None,
     retry: RetryPolicy | int | None = DEFAULT_RETRY,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    classify: AnswerClassifier | None = None,
     **options: Any,
 ) -> list[Result[HttpResponse]]:
     """Send every request; a ``Result[HttpResponse]`` per request, in input order.
@@ -396,6 +499,29 @@ async def fetch_all(
     with :class:`~paceline.http.InvalidRequest` and is never retried. Bodies are kept up to
     ``max_body_bytes`` (default :data:`DEFAULT_MAX_BODY_BYTES`, 4 MiB); a longer one is cut
     there and its :class:`HttpResponse` says ``truncated=True``.
+
+    Requests that create things: every POST and PATCH carries ``Idempotency-Key`` (the
+    item's stable key, :func:`paceline.current_item_key`: the same on every retry and after
+    a resume from the journal), unless it has that header itself; ``idempotency_header=``
+    names another header, ``None`` sends none, ``idempotency_methods=`` lists the methods.
+    Without a key, one that may have been processed (a timeout or a connection dropped after
+    it was sent) is not retried: it fails with :class:`~paceline.http.MaybeProcessed`
+    (``error_code`` ``maybe_processed``), unless ``retry_unsafe=True``. A connection never
+    made is always retried.
+
+    What an answer means (docs/design.md, 'Answers told apart'): besides 429 and 503, a 403
+    or 400 that says "rate limit" (GitHub's secondary limit, Google's ``rateLimitExceeded``,
+    AWS's ``ThrottlingException``) and a GraphQL 200 ``RATE_LIMITED`` are throttles: retried
+    without spending the retry budget, and paced by. ``insufficient_quota``, a spent daily
+    quota or credit is *exhausted*: nothing more is sent to that server, its remaining requests
+    fail ``quota_exhausted`` (a journal keeps them for ``resume``). ``classify=`` overrides it:
+    a function of the :class:`HttpResponse` returning a :class:`~paceline.http.Verdict` or its
+    name, or ``None`` for the default::
+
+        def classify(response):
+            if response.status_code == 403 and "abuse" in str(response.body):
+                return "throttled"
+            return None
     """
     setup = _Setup(
         requests,
@@ -407,6 +533,7 @@ async def fetch_all(
         retry,
         max_body_bytes,
         options,
+        classify,
     )
     try:
         return await batch_execute(
@@ -431,6 +558,7 @@ async def stream_requests(
     adaptive: Adaptive = None,
     retry: RetryPolicy | int | None = DEFAULT_RETRY,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    classify: AnswerClassifier | None = None,
     **options: Any,
 ) -> AsyncIterator[BatchItemResult]:
     """:func:`fetch_all` for huge or endless inputs: yields each request's
@@ -446,6 +574,7 @@ async def stream_requests(
         retry,
         max_body_bytes,
         options,
+        classify,
     )
     try:
         async for result in stream(

@@ -10,7 +10,8 @@ from typing import Any, TypeGuard
 
 import httpx
 
-from paceline.errors import InvalidArgument, InvalidArgumentType, PacelineError
+from paceline.errors import ErrorCode, InvalidArgument, InvalidArgumentType, PacelineError
+from paceline.policy.answers import Verdict, classify_answer
 from paceline.policy.cost import Cost
 from paceline.redact import redact_data, redact_text
 
@@ -184,16 +185,62 @@ class HttpResponseCodec:
 
 
 class HttpStatusError(PacelineError):
-    """The server answered with an error status. ``retry_after`` carries its Retry-After (in
-    seconds) for the retry policy and the adaptive controller; 4xx other than 408 and 429
-    are not retryable (they would fail the same way again)."""
+    """The server answered with an error status (or a success that says it is not one, such as
+    a GraphQL ``RATE_LIMITED``). ``verdict`` is what the answer means
+    (:func:`paceline.http.classify_answer`, or your ``classify=``): a throttle and a transient
+    error are retryable, an exhausted quota and a permanent error are not. ``retry_after``
+    carries its Retry-After (in seconds) for the retry policy and the adaptive controller.
+    ``error_code`` says which: ``rate_limited``, ``quota_exhausted``, ``not_found``,
+    ``permission_denied``, ``http_4xx``, ``http_5xx``.
 
-    def __init__(self, status_code: int, body: str, retry_after: float | None = None) -> None:
+    >>> error = HttpStatusError(403, "secondary rate limit", 60.0, verdict=Verdict.THROTTLED)
+    >>> error.retryable, error.error_code
+    (True, 'rate_limited')
+    >>> HttpStatusError(404, "").error_code, HttpStatusError(502, "").retryable
+    ('not_found', True)
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        body: str,
+        retry_after: float | None = None,
+        *,
+        verdict: Verdict | None = None,
+    ) -> None:
         snippet = redact_text(body[:200])
-        super().__init__(f"HTTP {status_code}" + (f": {snippet}" if snippet else ""))
+        if verdict is None:
+            verdict = classify_answer(status_code, {}, body)
+        prefix = _PREFIXES.get(verdict, "")
+        super().__init__(f"{prefix}HTTP {status_code}" + (f": {snippet}" if snippet else ""))
         self.status_code = status_code
         self.retry_after = retry_after
-        self.retryable = status_code in (408, 429) or status_code >= 500
+        self.verdict = verdict
+        self.retryable = verdict in (Verdict.THROTTLED, Verdict.TRANSIENT)
+
+    @property
+    def error_code(self) -> str:
+        """What kind of failure, never ``unknown`` (see the class docstring)."""
+        code: ErrorCode
+        if self.verdict is Verdict.THROTTLED:
+            code = ErrorCode.THROTTLED
+        elif self.verdict is Verdict.EXHAUSTED:
+            code = ErrorCode.QUOTA_EXHAUSTED
+        elif self.status_code == 404:
+            code = ErrorCode.NOT_FOUND
+        elif self.status_code in (401, 403):
+            code = ErrorCode.PERMISSION_DENIED
+        elif self.status_code == 408:
+            code = ErrorCode.TIMEOUT
+        else:
+            code = ErrorCode.HTTP_5XX if self.status_code >= 500 else ErrorCode.HTTP_4XX
+        return str(code.value)
+
+
+# What the message says first, so a failure's text names its cause.
+_PREFIXES = {
+    Verdict.EXHAUSTED: "quota exhausted (resume when the quota is back): ",
+}
 
 
 class ServerUnreachable(PacelineError, ConnectionError):

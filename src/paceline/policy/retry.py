@@ -31,13 +31,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from paceline.errors import InvalidArgument, PacelineError, Throttled, error_code_for
+from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S
 from paceline.policy.rate import NS_PER_S
 
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
+
+class DefaultRetryOn(tuple[type[BaseException], ...]):
+    """A library default for ``retry_on``: with it an error's own ``retryable`` attribute
+    (``False`` for a 404, ``True`` for a 503) has the last word. A ``retry_on`` the user passes
+    (any other tuple, or a predicate) is the user's word and wins over that attribute
+    (docs/design.md, 'Answers told apart').
+
+    >>> DefaultRetryOn((TimeoutError,)) == (TimeoutError,)
+    True
+    """
+
+    __slots__ = ()
+
+
 # Retryable by default: the transient kinds. A ValueError or a 404 will fail again the same way.
-DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (Throttled, TimeoutError, ConnectionError)
+DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = DefaultRetryOn(
+    (Throttled, TimeoutError, ConnectionError)
+)
 
 
 def retry_after_of(error: BaseException) -> float | None:
@@ -103,14 +120,16 @@ class RetryBudgetExhausted(PacelineError):
 
 
 def is_throttle(error: BaseException) -> bool:
-    """Whether ``error`` says "slow down": a ``Throttled``, or an HTTP 429 or 503 (its
-    ``status_code``, or its ``response.status_code``).
+    """Whether ``error`` says "slow down": its verdict (:func:`verdict_of`: an HTTP face's
+    classified answer, a ``Throttled``), else an HTTP 429 or 503 (its ``status_code``, or its
+    ``response.status_code``).
 
     >>> is_throttle(Throttled()), is_throttle(TimeoutError())
     (True, False)
     """
-    if isinstance(error, Throttled):
-        return True
+    verdict = verdict_of(error)
+    if verdict is not None:
+        return verdict is Verdict.THROTTLED
     for holder in (error, getattr(error, "response", None)):
         if getattr(holder, "status_code", None) in (429, 503):
             return True
@@ -221,14 +240,26 @@ class RetryPolicy:
                 raise InvalidArgument(f"{name}={value!r}: must be a finite number of seconds >= 0")
 
     def is_retryable(self, error: BaseException) -> bool:
-        """Whether ``error`` is worth another attempt."""
-        if getattr(error, "retryable", None) is False:
-            return False
-        if getattr(error, "retryable", None) is True:
-            return True
-        if isinstance(self.retry_on, tuple):
-            return isinstance(error, self.retry_on)
-        return bool(self.retry_on(error))
+        """Whether ``error`` is worth another attempt. A ``retry_on`` you passed decides
+        alone; with the defaults (:class:`DefaultRetryOn`) an error's own ``retryable``
+        attribute wins (an HTTP 404 says ``False``). An exhausted quota (:func:`verdict_of`
+        says ``EXHAUSTED``) is never retried: see :meth:`decide`.
+
+        >>> class Forbidden(ConnectionError):
+        ...     retryable = False  # the error's own default
+        >>> RetryPolicy().is_retryable(Forbidden())
+        False
+        >>> RetryPolicy(retry_on=(Forbidden,)).is_retryable(Forbidden())
+        True
+        """
+        retry_on = self.retry_on
+        if not isinstance(retry_on, tuple):
+            return bool(retry_on(error))
+        if isinstance(retry_on, DefaultRetryOn):
+            declared = getattr(error, "retryable", None)
+            if isinstance(declared, bool):
+                return declared
+        return isinstance(error, retry_on)
 
     def backoff_ns(self, retry_number: int) -> int:
         """Full-jitter wait before retry ``retry_number`` (1 = the first retry)."""
@@ -250,6 +281,8 @@ class RetryPolicy:
         ``throttles``: how many of the item's earlier attempts were. A throttle neither counts
         toward ``attempts`` nor spends from ``budget``; ``max_throttles`` bounds them.
         """
+        if verdict_of(error) is Verdict.EXHAUSTED:  # waiting will not bring it back
+            return RetryDecision(False, reason="quota exhausted")
         if not self.is_retryable(error):
             return RetryDecision(False, reason=f"not retryable ({type(error).__name__})")
         retry_after = retry_after_of(error)

@@ -17,6 +17,7 @@ from typing import Any
 
 from paceline.errors import Throttled
 from paceline.policy.adaptive import AdaptiveController, Outcome, Ticket
+from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 
@@ -43,15 +44,24 @@ def default_classify(value: Any, error: BaseException | None) -> Outcome:
     """429 and ``Throttled`` throttle; 503 overloads; timeouts, connection errors, 502 and
     504 (and other 5xx but 500) say the server is at capacity; anything else — a 500 too, the
     application's own error, which a server also answers when idle — says nothing about the
-    server's limits (a steady 10 % of 500s used to shrink the concurrency to 1)."""
+    server's limits (a steady 10 % of 500s used to shrink the concurrency to 1).
+
+    An error that carries a verdict (the HTTP face's classified answers, docs/design.md,
+    'Answers told apart') is read by it: a throttled 403 or 400 throttles (a throttled 503 or
+    529 overloads), an exhausted quota or a permanent error says nothing about the pace."""
     if error is None:
         return Outcome.SUCCESS
     if isinstance(error, Throttled):
         return Outcome.THROTTLE
     status = status_of(error)
-    if status == 429:
+    verdict = verdict_of(error)
+    if verdict is Verdict.THROTTLED:
+        return Outcome.OVERLOAD if status in (503, 529) else Outcome.THROTTLE
+    if verdict is not None and verdict is not Verdict.TRANSIENT:
+        return Outcome.IGNORE
+    if status == 429 and verdict is None:
         return Outcome.THROTTLE
-    if status == 503:
+    if status == 503 and verdict is None:
         return Outcome.OVERLOAD
     if status is not None and status > 500:
         return Outcome.CAPACITY

@@ -48,6 +48,7 @@ from paceline.runners.gates import (
     share_pause,
     shared_limiter_of,
 )
+from paceline.runners.identity import CURRENT
 from paceline.runners.lanes import DEFAULT_LANE_READ_AHEAD, Lane, Lanes
 from paceline.runners.settle import Job, RunOptions, Settler
 
@@ -549,6 +550,12 @@ class _Batch(Generic[K, T, R]):
             pause.ask(_monotonic_ns(), retry_after)
         elapsed = _monotonic_ns() - started if timed else 0
         delay = self.settler.failure_of(job, exc, started, elapsed)
+        lane = job.lane
+        if lane is not None and lane.closed is not None:
+            self._sweep_closed(lane)  # its parked retries fail now, not when they fall due
+            if delay is not None:
+                self.settler.refuse(job, lane.closed, lane.key)
+            return False
         if delay is None:
             return False
         self._retry_seq += 1
@@ -558,6 +565,18 @@ class _Batch(Generic[K, T, R]):
         else:
             self._arm_retry_timer()
         return True
+
+    def _sweep_closed(self, lane: Lane[Job[K]]) -> None:
+        """Fail the parked retries of a lane whose quota is exhausted (see ``Lane.closed``)."""
+        closed = [entry for entry in self.retries if entry[2].lane is lane]
+        if not closed:
+            return
+        self.retries = [entry for entry in self.retries if entry[2].lane is not lane]
+        heapq.heapify(self.retries)
+        assert lane.closed is not None
+        for _, _, job in closed:
+            self.settler.refuse(job, lane.closed, lane.key)
+            self._after_settle()
 
     async def _paused(self, pause: ServerPause) -> bool:
         """Wait out the server's pause (it may grow meanwhile); ``False``: the batch stopped."""
@@ -579,6 +598,11 @@ class _Batch(Generic[K, T, R]):
         (both workers, with and without lanes)."""
         self.settler.first_attempt(job)
         started = _monotonic_ns() if timed else 0
+        # The item's stable key, for the operation to read (runners/identity.py). Not reset
+        # after: a worker is a task of its own, whose context no one else sees (a task the
+        # operation starts copies it, this job included); a set alone is 0.1-0.2 us, a reset
+        # as much again.
+        CURRENT.set(job)
         try:
             if timeout_s is None:
                 value = await operation(job.item)
@@ -623,6 +647,12 @@ class _Batch(Generic[K, T, R]):
                 if not passed:
                     self._unstarted(job)
                     return
+                if lane.closed is not None:  # its quota ran out while this job waited
+                    if lane.adaptive is not None and ticket is not None:
+                        lane.adaptive.abandon(ticket)
+                    self.settler.refuse(job, lane.closed, lane.key)
+                    self._after_settle()
+                    continue
                 await self._attempt(
                     job, operation, timeout_s, timed, lane.adaptive, ticket, lane.pause
                 )
@@ -684,6 +714,12 @@ class _Batch(Generic[K, T, R]):
             if ready:
                 lane = ready.popleft()
                 lane.listed = False
+                if lane.closed is not None:  # its quota is exhausted: fail its jobs unsent
+                    while lane.queue:
+                        self.queued -= 1
+                        self.settler.refuse(lane.queue.popleft(), lane.closed, lane.key)
+                        self._after_settle()
+                    continue
                 lane.busy = True
                 job = lane.queue.popleft()
                 self.queued -= 1

@@ -93,6 +93,7 @@ class Lane(Generic[K]):
         "acquire",
         "adaptive",
         "busy",
+        "closed",
         "key",
         "listed",
         "pause",
@@ -119,6 +120,9 @@ class Lane(Generic[K]):
         self.queue: deque[K] = deque()  # jobs ready to start (retries that fell due first)
         self.busy = False  # a worker is at this lane's gates
         self.listed = False  # in the runner's list of lanes a worker may take a job from
+        # The answer that said this server's quota is exhausted: nothing more is sent to it,
+        # its jobs fail unsent (docs/design.md, 'Answers told apart').
+        self.closed: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"Lane({self.key!r}, queued={len(self.queue)}, busy={self.busy})"

@@ -19,14 +19,16 @@ simply run, and memory stays bounded for endless inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from paceline._results import Attempt
-from paceline.errors import InvalidArgument, PacelineError
+from paceline.errors import InvalidArgument, PacelineError, QuotaExhausted
 from paceline.policy.adaptive import Outcome
+from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.batch import BatchState
 from paceline.policy.cost import Cost
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S, GiveUp, HaltRule
@@ -34,6 +36,7 @@ from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle
 from paceline.redact import redact_text
 from paceline.runners._common import ProgressCallback
+from paceline.runners.identity import new_batch_id
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -141,6 +144,9 @@ class RunOptions(Generic[K, T, R]):
     # attempt keeps its estimate: the server may well have counted it.
     cost: Callable[[K], int | Cost] | None = None
     actual_cost: Callable[[Any], int | Cost | None] | None = None
+    # The batch's identity, for the items' stable keys (runners/identity.py): the journal's,
+    # kept across runs; without one, a fresh one per run.
+    batch_id: str = dataclasses.field(default_factory=new_batch_id)
 
     def __post_init__(self) -> None:
         if self.cost is not None and self.weight is not None:
@@ -174,6 +180,7 @@ class Job(Generic[K]):
 
     __slots__ = (
         "attempt",
+        "batch_id",
         "grant",
         "history",
         "index",
@@ -184,10 +191,11 @@ class Job(Generic[K]):
         "throttles",
     )
 
-    def __init__(self, index: int, item: K, key: str | None) -> None:
+    def __init__(self, index: int, item: K, key: str | None, batch_id: str = "") -> None:
         self.index = index
         self.item = item
         self.key = key
+        self.batch_id = batch_id  # with key (or index): its stable key (runners/identity.py)
         self.lane: Any = None  # the runner's lane for it, when the batch has lanes
         self.grant: Any = None  # the Grant of its attempt in flight, with costs (RunOptions)
         self.attempt = 1
@@ -199,12 +207,16 @@ class Job(Generic[K]):
 class Settler(Generic[K, T, R]):
     """Turns attempt outcomes into settled items for one batch."""
 
-    __slots__ = ("failure", "give_up", "keys", "options", "state")
+    __slots__ = ("exhausted", "failure", "give_up", "keys", "options", "state")
 
     def __init__(self, options: RunOptions[K, T, R], state: BatchState[R]) -> None:
         self.options = options
         self.state = state
         self.failure: BaseException | None = None  # the first failure, under stop_on_error
+        # The first answer that said a quota is exhausted (docs/design.md, 'Answers told
+        # apart'): from then on, items it stops are failed without a journal entry (resume
+        # runs them once the quota is back).
+        self.exhausted: BaseException | None = None
         state.on_halt = options.on_halt
         after_s = options.give_up_after_s
         self.give_up = GiveUp(round(after_s * NS_PER_S)) if after_s is not None else None
@@ -216,7 +228,7 @@ class Settler(Generic[K, T, R]):
         journal's outcome (an earlier run settled it), or as a :class:`DuplicateKey`."""
         options = self.options
         if options.journal is None:
-            return Job(index, item, None)
+            return Job(index, item, None, options.batch_id)
         assert options.key_of is not None
         assert options.restore is not None
         key = options.key_of(index, item)
@@ -230,7 +242,7 @@ class Settler(Generic[K, T, R]):
             self.state.restored += 1
             self._settle(index, options.restore(index, item, stored), not stored.success)
             return None
-        return Job(index, item, key)
+        return Job(index, item, key, options.batch_id)
 
     def _settle_duplicate(self, index: int, item: K, key: str) -> None:
         error = DuplicateKey(
@@ -274,6 +286,10 @@ class Settler(Generic[K, T, R]):
         options = self.options
         retry = options.retry
         job.grant = None  # a failed attempt keeps its estimate (see RunOptions.cost)
+        if verdict_of(error) is Verdict.EXHAUSTED:
+            self._quota_exhausted(job, error)
+            self.settle_failure(job, error, started_ns, elapsed_ns, journal=False)
+            return None
         if self.give_up is not None and not self.state.stopped:
             reason = self.give_up.failure(time.monotonic_ns())
             if reason is not None:
@@ -293,6 +309,33 @@ class Settler(Generic[K, T, R]):
         self.settle_failure(job, error, started_ns, elapsed_ns)
         return None
 
+    def _quota_exhausted(self, job: Job[K], error: BaseException) -> None:
+        """Stop sending where the quota is gone: close the item's lane (its server; the runner
+        fails the lane's other items with :meth:`refuse`), or without lanes stop the batch
+        (like a "soon" halt: what is in flight finishes)."""
+        if self.exhausted is None:
+            self.exhausted = error
+        lane = job.lane
+        if lane is not None:
+            if lane.closed is None:
+                lane.closed = error
+            return
+        self.state.halt(f"quota exhausted: {error}", now=False)
+
+    def refuse(self, job: Job[K], cause: BaseException, where: object) -> None:
+        """Fail ``job`` unsent because ``where`` (its lane's key) said its quota is exhausted:
+        a :class:`~paceline.QuotaExhausted` naming the cause, not journaled (``resume`` runs
+        it once the quota is back)."""
+        said = str(cause)
+        if not said.startswith("quota exhausted"):
+            said = f"quota exhausted (resume when the quota is back): {said}"
+        error = QuotaExhausted(f"not sent: {where} answered {said}")
+        error.__cause__ = cause
+        info = NOT_ATTEMPTED if job.history is None else self._info(job, 0, 0, None)
+        if self.options.stop_on_error and self.failure is None:
+            self.failure = error
+        self._settle(job.index, self.options.err(job.index, job.item, error, info), True)
+
     def _throttled(self, error: BaseException) -> bool:
         """Whether ``error`` is a throttle: as the user's classifier (the adaptive
         controller's) says, else :func:`~paceline.policy.retry.is_throttle` (429, 503,
@@ -303,13 +346,20 @@ class Settler(Generic[K, T, R]):
         return classify(None, error) in (Outcome.THROTTLE, Outcome.OVERLOAD)
 
     def settle_failure(
-        self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
+        self,
+        job: Job[K],
+        error: BaseException,
+        started_ns: int,
+        elapsed_ns: int,
+        *,
+        journal: bool = True,
     ) -> None:
-        """Settle the item as failed with ``error``."""
+        """Settle the item as failed with ``error`` (``journal=False``: not recorded, so a
+        resume runs it again)."""
         options = self.options
         job.grant = None  # a failed attempt keeps its estimate (see RunOptions.cost)
         info = self._info(job, started_ns, elapsed_ns, error)
-        if options.journal is not None:
+        if options.journal is not None and journal:
             self._record(job, elapsed_ns, success=False, error=error)
         if options.stop_on_error and self.failure is None:
             self.failure = error
@@ -345,7 +395,8 @@ class Settler(Generic[K, T, R]):
         last = history.pop() if history else None
         started = last.started_ns if last else 0
         elapsed = round(last.duration_s * NS_PER_S) if last else 0
-        self.settle_failure(job, job.last_error, started, elapsed)
+        # After an exhausted quota stopped the batch, a resume is to run it again.
+        self.settle_failure(job, job.last_error, started, elapsed, journal=self.exhausted is None)
 
     def _remember(
         self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int

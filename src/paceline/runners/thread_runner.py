@@ -44,6 +44,7 @@ from paceline.runners.gates import (
     shared_limiter_of,
     sync_acquirer,
 )
+from paceline.runners.identity import CURRENT
 from paceline.runners.settle import Job, RunOptions, Settler
 from paceline.runners.signals import InterruptGate, deferred_interrupts
 
@@ -150,7 +151,8 @@ class _Dispatch(Generic[K, T, R]):
         # Set when the batch stops, or by a worker whose item failed under stop_on_error:
         # workers skip queued jobs once it is set, so nothing new starts.
         self.halting = False
-        self.work: queue.SimpleQueue[tuple[int, K] | None] = queue.SimpleQueue()
+        # (attempt id, item, its job: for its stable key, runners/identity.py)
+        self.work: queue.SimpleQueue[tuple[int, K, Job[K]] | None] = queue.SimpleQueue()
         self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self.signals: InterruptGate | None = None
         self.control = controller_for(self.options.adaptive)
@@ -341,7 +343,7 @@ class _Dispatch(Generic[K, T, R]):
             else 0
         )
         self.running[job_id] = (timeout_at, job)
-        self.work.put((job_id, job.item))
+        self.work.put((job_id, job.item, job))
         self.in_flight += 1
 
     def _due_retry(self) -> Job[K] | None:
@@ -537,7 +539,11 @@ class _Dispatch(Generic[K, T, R]):
                     elif acquire is not None:
                         acquire(weigh(job.item) if weigh is not None else 1)
                     started = _monotonic_ns() if timed else 0
-                    value = operation(job.item)
+                    entered = CURRENT.set(job)
+                    try:
+                        value = operation(job.item)
+                    finally:
+                        CURRENT.reset(entered)
             except Exception as exc:
                 self._failed(job, exc, started, _monotonic_ns() - started if timed else 0)
             else:
@@ -554,11 +560,14 @@ class _Dispatch(Generic[K, T, R]):
             entry = get()
             if entry is None:
                 return
-            job_id, item = entry
+            job_id, item, job = entry
             if self.halting:
                 put(_Skipped(job_id))
                 continue
             started = _monotonic_ns() if timed else 0
+            # The item's stable key (runners/identity.py): this thread's own context, so no
+            # reset is needed after.
+            CURRENT.set(job)
             try:
                 value = operation(item)
             except Exception as exc:

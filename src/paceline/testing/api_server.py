@@ -10,6 +10,11 @@ Routes:
   as ``"echo"``).
 - ``POST /bulk`` with ``{"ids": [...]}`` → ``{"items": {id: {...}}}``, leaving out ids that start
   with ``missing``; one call counts once against the quota.
+- ``POST /objects`` creates an object from its JSON body (201), or with an
+  ``Idempotency-Key`` it has seen answers the stored object again and creates nothing;
+  ``--post-drop-rate`` drops a share of the answers after the object was created.
+  ``GET /objects`` lists the objects and each POST's key; ``/stats`` gains ``"objects"``
+  (``created``, ``duplicates``, ``replays``, ``dropped_after_processing``).
 - ``GET /stats`` (``?times=1`` adds accepted arrival times) and ``POST /reset``, not counted.
 
 Every response has a ``Date``; served ones a ``Server-Timing: app;dur=<ms>`` with the latency
@@ -106,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
         "the quota's rate, instead of a sliding window",
     )
     add("--retry-after", action="store_true", help="send Retry-After with each 429")
+    add(
+        "--secondary-limit",
+        action="store_true",
+        help="refuse beyond the quota as GitHub's secondary limit: 403 + Retry-After",
+    )
+    add(
+        "--credit",
+        type=int,
+        metavar="K",
+        help="out of credit after K admitted requests: 429 insufficient_quota (POST /reset "
+        "restores it)",
+    )
     add("--headers", choices=["none", "ietf", "x"], default="none", help="quota headers to send")
     add("--reset-format", choices=["epoch", "delta", "delta_ms"], default="delta")
     add("--network-delay-s", type=float, default=0.0, help="up to this delay before counting")
@@ -117,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--slow-rate", type=float, default=0.0, help="fraction answered slow-s later")
     add("--slow-s", type=float, default=1.0, help="extra seconds for slow answers")
     add("--drop-rate", type=float, default=0.0, help="fraction closed without an answer")
+    add(
+        "--post-drop-rate",
+        type=float,
+        default=0.0,
+        help="fraction of POST /objects processed, then closed without an answer",
+    )
     add("--seed", type=int, default=0, help="seed for the failure draws")
     add("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     llm = parser.add_argument_group(
@@ -210,6 +233,9 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         slow_rate=args.slow_rate,
         slow_s=args.slow_s,
         drop_rate=args.drop_rate,
+        post_drop_rate=args.post_drop_rate,
+        secondary_limit=args.secondary_limit,
+        credit=args.credit,
         seed=args.seed,
         llm=_llm_from_args(args),
     )

@@ -35,6 +35,24 @@ def _error(status: int, message: str, headers: list[tuple[str, str]] | None = No
     return status, _json({"error": message}), headers or []
 
 
+# GitHub's answer to a secondary rate limit (with 403 and Retry-After), and OpenAI's to an
+# account out of credit (429): the shapes docs/design.md, 'Answers told apart' is about.
+SECONDARY_LIMIT = {
+    "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you "
+    "try again.",
+    "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+    "#about-secondary-rate-limits",
+}
+OUT_OF_CREDIT = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+
+
 class Service:
     """The test API's behaviour on one event loop: routes, quota, capacity, failures, stats."""
 
@@ -61,6 +79,12 @@ class Service:
             if method != "POST":
                 return _error(405, f"{method} {path}: use POST", [("Allow", "POST")])
             return await self._chat(request)
+        if path == "/objects":
+            if method == "GET":
+                return 200, _json(self.state.objects.listing()), []
+            if method != "POST":
+                return _error(405, f"{method} /objects: use POST or GET", [("Allow", "GET, POST")])
+            return await self._create(request)
         if path == "/stats" and method == "GET":
             times = "times=1" in request.query.split("&")
             return 200, _json(self.state.stats(times=times)), []
@@ -75,8 +99,14 @@ class Service:
         if config.network_delay_s:
             await asyncio.sleep(state.network_delay_s())
         arrived_ns = time.monotonic_ns()
+        if config.credit is not None and not state.spend_credit():
+            state.requests += 1
+            return 429, _json(OUT_OF_CREDIT), [("x-should-retry", "false")]
         if not state.admit(arrived_ns):
             headers = state.rate_headers(arrived_ns)
+            if config.secondary_limit:
+                headers.append(("Retry-After", str(state.retry_after_s(arrived_ns))))
+                return 403, _json(SECONDARY_LIMIT), headers
             if config.retry_after:
                 headers.append(("Retry-After", str(state.retry_after_s(arrived_ns))))
             return _error(429, "rate limited", headers)
@@ -126,6 +156,33 @@ class Service:
         if request.method == "POST":
             payload["echo"] = echo
         return 200, _json(payload), headers
+
+    async def _create(self, request: Request) -> Response | None:
+        """``POST /objects``: create an object, or replay the answer stored for its
+        ``Idempotency-Key``; a share is dropped after processing (``post_drop_rate``)."""
+        state = self.state
+        arrived_ns = time.monotonic_ns()
+        if not state.admit(arrived_ns):
+            return _error(429, "rate limited", state.rate_headers(arrived_ns))
+        try:
+            body = json.loads(request.body) if request.body else None
+        except (ValueError, UnicodeDecodeError):
+            state.bad_requests += 1
+            return _error(400, "the body is not JSON")
+        if not state.enter():
+            return _error(503, "over capacity")
+        try:
+            latency_s = self.config.latency_s(state.in_flight)
+            if latency_s > 0:
+                await asyncio.sleep(latency_s)
+            created, what = state.objects.create(request.headers.get("idempotency-key"), body)
+            if state.objects.drop_now():
+                return None  # processed, and the answer lost
+            state.record_accepted(arrived_ns, time.monotonic_ns(), [])
+            status = 201 if what == "created" else 200
+            return status, _json(created), [("Idempotent-Replayed", str(what == "replay").lower())]
+        finally:
+            state.leave()
 
     async def _chat(self, request: Request) -> Response | None:
         """One LLM call: charged to the requests and tokens buckets, answered with its usage,

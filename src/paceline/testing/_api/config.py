@@ -69,6 +69,14 @@ class ApiConfig:
       A bucket describes itself as ``burst`` requests per the time it takes to fill, with the
       whole tokens left, and resets when it is full again.
 
+    - ``secondary_limit``: refuse beyond the quota the way GitHub's secondary rate limit does:
+      403, ``Retry-After`` (whether or not ``retry_after`` is set) and the body "You have
+      exceeded a secondary rate limit..." (counted in ``throttled_429`` all the same).
+    - ``credit``: an account out of credit after this many requests admitted (reserved as they
+      arrive, so exactly ``credit`` succeed when nothing else fails): every later one is
+      answered 429 ``insufficient_quota`` as OpenAI does (counted in ``credit_refused``);
+      ``POST /reset`` restores the credit. ``None``: no credit limit.
+
     - ``network_delay_s``: each quota-counted request reaches the counter after a delay drawn
       uniformly from ``[0, network_delay_s]`` (a network or gateway queue in between, from its
       own random generator), so arrivals are not spaced as the client sent them.
@@ -89,6 +97,9 @@ class ApiConfig:
     - ``error_rate``: fraction answered 500.
     - ``drop_rate``: fraction whose connection is closed without an answer (after the latency).
     - ``slow_rate``, ``slow_s``: fraction that take ``slow_s`` seconds longer.
+    - ``post_drop_rate``: fraction of ``POST /objects`` that create their object (and store
+      their ``Idempotency-Key``) and then close the connection without an answer, from a
+      generator of their own (see ``testing/_api/objects.py``).
 
     LLM mode:
 
@@ -113,6 +124,9 @@ class ApiConfig:
     slow_rate: float = 0.0
     slow_s: float = 1.0
     drop_rate: float = 0.0
+    post_drop_rate: float = 0.0
+    secondary_limit: bool = False
+    credit: int | None = None
     seed: int = 0
     llm: LlmConfig | None = None
 
@@ -133,6 +147,7 @@ class ApiConfig:
                 f"burst {self.burst!r}: only a token bucket has one; add limiter='bucket'"
             )
         _check_count("knee", self.knee)
+        _check_count("credit", self.credit, minimum=0)
         _check_seconds("window_s", self.window_s)
         if self.window_s == 0:
             raise InvalidArgument("window_s 0: the quota window must be longer than zero, e.g. 1.0")
@@ -140,7 +155,7 @@ class ApiConfig:
         _check_seconds("network_delay_s", self.network_delay_s)
         _check_seconds("slow_s", self.slow_s)
         _check_seconds("load_factor", self.load_factor)
-        for name in ("error_rate", "slow_rate", "drop_rate"):
+        for name in ("error_rate", "slow_rate", "drop_rate", "post_drop_rate"):
             _check_rate(name, getattr(self, name))
         if self.headers not in _HEADER_STYLES:
             raise InvalidArgument(
@@ -205,11 +220,21 @@ class ApiConfig:
             argv += ["--quota", f"{self.quota}/{self.window_s!r}s"]
         if self.retry_after:
             argv.append("--retry-after")
+        if self.secondary_limit:
+            argv.append("--secondary-limit")
         if self.limiter == "bucket":
             argv += ["--bucket"] if self.burst is None else ["--bucket", str(self.burst)]
         for field in fields(self):
             name = field.name
-            if name in ("quota", "window_s", "retry_after", "limiter", "burst", "llm"):
+            if name in (
+                "quota",
+                "window_s",
+                "retry_after",
+                "secondary_limit",
+                "limiter",
+                "burst",
+                "llm",
+            ):
                 continue
             value = getattr(self, name)
             if value != getattr(defaults, name) and value is not None:

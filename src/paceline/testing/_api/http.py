@@ -22,7 +22,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 REASONS = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Content Too Large",

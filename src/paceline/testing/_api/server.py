@@ -122,6 +122,11 @@ class ApiServer:
         """What the server saw, as ``GET /stats`` reports it (``times=True``: arrival times)."""
         return self._in_loop(lambda: self._service.state.stats(times=times))
 
+    def objects(self) -> dict[str, Any]:
+        """What ``POST /objects`` created and each such request's key, as ``GET /objects``
+        reports it."""
+        return self._in_loop(lambda: self._service.state.objects.listing())
+
     def reset(self) -> None:
         """Forget counters, served ids and the quota log, as ``POST /reset`` does."""
         self._in_loop(lambda: self._service.state.reset(time.monotonic_ns()))
@@ -232,6 +237,10 @@ class SpawnedServer:
     def stats(self, times: bool = False) -> dict[str, Any]:
         """``GET /stats`` from the child (``times=True``: with accepted arrival times)."""
         return self._call("GET", "/stats?times=1" if times else "/stats")
+
+    def objects(self) -> dict[str, Any]:
+        """``GET /objects`` from the child."""
+        return self._call("GET", "/objects")
 
     def reset(self) -> None:
         """``POST /reset`` to the child."""

@@ -17,6 +17,7 @@ from typing import Any
 from paceline.testing._api.bucket import TokenBucket
 from paceline.testing._api.config import ApiConfig
 from paceline.testing._api.llm_state import LlmState
+from paceline.testing._api.objects import ObjectStore
 
 NS_PER_S = 1_000_000_000
 
@@ -69,6 +70,7 @@ class ServerState:
         llm = self.config.llm
         self.llm = LlmState(llm, self.config.seed, now_ns) if llm is not None else None
         self._delay_rng = random.Random(self.config.seed + 1)
+        self.objects = ObjectStore(self.config.post_drop_rate, self.config.seed)
         self.requests = 0
         self.throttled_429 = 0
         self.overloaded_503 = 0
@@ -76,6 +78,8 @@ class ServerState:
         self.dropped = 0
         self.bad_requests = 0
         self.malformed = 0
+        self.credit_used = 0  # requests admitted against ApiConfig.credit
+        self.credit_refused = 0  # answered insufficient_quota once it was spent
         self.max_in_flight = self.in_flight
         self._accepted_ns: list[int] = []
         self._latencies_ns: list[int] = []
@@ -105,6 +109,15 @@ class ServerState:
             self.throttled_429 += 1
             return False
         self._log.append(now_ns)
+        return True
+
+    def spend_credit(self) -> bool:
+        """Take one request's credit (``ApiConfig.credit``); ``False``: it is spent."""
+        credit = self.config.credit
+        if credit is not None and self.credit_used >= credit:
+            self.credit_refused += 1
+            return False
+        self.credit_used += 1
         return True
 
     def retry_after_s(self, now_ns: int) -> int:
@@ -217,6 +230,8 @@ class ServerState:
             "dropped": self.dropped,
             "bad_requests": self.bad_requests,
             "malformed": self.malformed,
+            "credit_used": self.credit_used,
+            "credit_refused": self.credit_refused,
             "max_accepted_in_any_window": most,
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
@@ -230,6 +245,8 @@ class ServerState:
             "burst": config.bucket_capacity,
             "capacity": config.capacity,
         }
+        if self.objects.requests:
+            result["objects"] = self.objects.stats()
         if self.llm is not None:
             result["llm"] = self.llm.stats(times=times)
         if times:
