@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 from paceline import RateLimiter
 from paceline.errors import RateStoreUnavailable
@@ -23,8 +24,12 @@ def main() -> int:
     url, key, rate, api, calls_s, threads_s, *rest = sys.argv[1:]
     calls, threads = int(calls_s), int(threads_s)
     outage = float(rest[rest.index("--outage") + 1]) if "--outage" in rest else None
-    limiter = RateLimiter.from_rates(rate, store=url, key=key, store_outage_s=outage)
-    done = {"ok": 0, "throttled": 0, "longest_outage_s": 0.0}
+    # The limit is promised on starts; the referee counts arrivals, which follow a start by
+    # the client's own work (urllib in threads on a loaded 2-core machine: up to tens of ms).
+    # margin_s covers that, as RateLimiter's docstring says to for network jitter.
+    limiter = RateLimiter.from_rates(rate, store=url, key=key, store_outage_s=outage, margin_s=0.03)
+    done: dict[str, Any] = {"ok": 0, "throttled": 0, "other": 0, "longest_outage_s": 0.0}
+    starts: list[float] = []  # CLOCK_MONOTONIC: one clock for every process of the machine
     lock = threading.Lock()
     counter = iter(range(calls))
 
@@ -36,7 +41,7 @@ def main() -> int:
                 done["ok"] += 1
         except urllib.error.HTTPError as exc:
             with lock:
-                done["throttled" if exc.code == 429 else "other"] = done.get("other", 0) + 1
+                done["throttled" if exc.code == 429 else "other"] += 1
 
     def watch() -> None:  # what a progress line would show
         store = limiter.store
@@ -56,6 +61,7 @@ def main() -> int:
             async def worker() -> None:
                 for i in counter:
                     await limiter.acquire_async()
+                    starts.append(time.monotonic())
                     await asyncio.to_thread(get, i)
 
             async def run() -> None:
@@ -69,6 +75,7 @@ def main() -> int:
                 try:
                     for i in counter:
                         limiter.acquire()
+                        starts.append(time.monotonic())
                         get(i)
                 except RateStoreUnavailable as exc:
                     failures.append(exc)
@@ -82,6 +89,7 @@ def main() -> int:
                 raise failures[0]
     except RateStoreUnavailable as exc:
         done["unavailable"] = str(exc)
+        done["starts"] = starts
         print(json.dumps(done), flush=True)
         return 3
     finally:
@@ -89,6 +97,7 @@ def main() -> int:
     store = limiter.store
     assert store is not None
     done["round_trips"] = store.round_trips
+    done["starts"] = starts
     print(json.dumps(done), flush=True)
     return 0
 

@@ -158,6 +158,12 @@ class RedisLimitStore:
             raise InvalidArgument(f"timeout_s={timeout_s!r}: must be > 0 seconds, e.g. 2.0")
         if outage_s is not None and not outage_s >= 0:
             raise InvalidArgument(f"outage_s={outage_s!r}: must be >= 0 seconds or None")
+        for lim in limits:
+            if lim.window_ns - lim.rate.window_ns > MAX_MARGIN_NS:
+                raise InvalidArgument(
+                    f"margin of {(lim.window_ns - lim.rate.window_ns) / 1e9:g} s on {lim.rate}: "
+                    f"a shared limit takes at most {MAX_MARGIN_NS / 1e9:g} s (margin_s)"
+                )
         self.key = key
         self.limits = tuple(limits)
         self.timeout_s = timeout_s
@@ -251,7 +257,9 @@ class RedisLimitStore:
         for lim in self.limits:
             base = -(-lim.window_ns // _NS_PER_TICK)
             window = -(-(lim.window_ns + margin_ns) // _NS_PER_TICK)
-            longest = -(-(lim.window_ns + MAX_MARGIN_NS) // _NS_PER_TICK)
+            # Every client prunes at W + twice the cap: its own margin (margin_s, at most the
+            # cap) and the measured one (at most the cap) never reach past it.
+            longest = -(-(lim.rate.window_ns + 2 * MAX_MARGIN_NS) // _NS_PER_TICK)
             n = lim.rate.max_requests
             coalesce = base // 1024 if n > 1024 else 0  # as policy/window.py's _MAX_ENTRIES
             if lim.burst is None:
