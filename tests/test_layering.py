@@ -24,6 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("policy", "_signals"),
     # The outcome types the stores keep and the faces return.
     ("_results",),
+    # Limit stores beneath the limiter: the shared one on Redis (network I/O, no waiting).
+    ("_ratestore",),
     # The waiting for a limit (threads and event loops) and the journal.
     ("_limiter", "stores"),
     # The waiting for everything else: workers, dispatchers, settling.

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from paceline._clock import SYSTEM_CLOCK, Clock, SystemClock
-from paceline.errors import InvalidArgument
-from paceline.policy.cost import Cost
+from paceline._ratestore import Booking, RedisLimitStore
+from paceline.errors import AlreadySettled, InvalidArgument, InvalidState
+from paceline.policy.cost import Cost, as_cost
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import NS_PER_S, Rate, RateSpecError
 
@@ -85,9 +87,11 @@ class RateLimiter:
     __slots__ = (
         "__weakref__",
         "_async_gates",
+        "_bookings",
         "_clock",
         "_lock",
         "_policy",
+        "_store",
         "_thread_gate",
         "_wakers",
     )
@@ -108,9 +112,18 @@ class RateLimiter:
             limit = Limit(Rate.of(max_requests, time_window_seconds), burst, margin)
         self._init([limit], clock)
 
-    def _init(self, limits: Sequence[Limit], clock: Clock | None) -> None:
+    def _init(
+        self, limits: Sequence[Limit], clock: Clock | None, store: RedisLimitStore | None = None
+    ) -> None:
         self._policy = LimitPolicy(limits)
+        # A shared store (Redis) decides the grants instead of the policy in this process; the
+        # policy still checks costs. Grants by time, for give_back(granted_ns, ...): a bounded
+        # memory of recent bookings (a give-back is for a grant just made and never started).
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._store = store
+        if store is not None:
+            store.monotonic_ns = self._clock.monotonic_ns
+        self._bookings: OrderedDict[int, Booking] = OrderedDict()
         self._lock = threading.Lock()
         # Blocking callers queue on this gate so only one of them at a time polls and sleeps;
         # async callers queue on one asyncio.Lock per event loop for the same reason.
@@ -128,17 +141,77 @@ class RateLimiter:
         burst: int | None = None,
         margin_s: float | None = None,
         clock: Clock | None = None,
+        store: str | None = None,
+        key: str | None = None,
+        store_outage_s: float | None = None,
     ) -> RateLimiter:
         """One limiter enforcing several limits at once, e.g. ``"10/s"`` and ``"500/min"``.
 
         ``burst`` and ``margin_s`` apply to every limit given as a string or :class:`Rate`.
+
+        ``store="redis://host:6379/0"`` shares the limits with every process, on any machine,
+        that uses the same ``key`` (default: derived from the limits): the decisions are made
+        on the Redis server's clock, one round trip per grant, and the limiter can be pickled
+        (to worker processes: each copy reconnects on first use). While the store cannot be
+        reached nothing starts; ``store_outage_s`` (default: wait forever) turns a longer
+        outage into :class:`~paceline.errors.RateStoreUnavailable`. docs/design.md, 'Shared
+        limit store', says what is promised.
+
+        >>> shared = RateLimiter.from_rates("200/s", store="redis://127.0.0.1:6379/0",
+        ...                                 key="github-api")
+        >>> shared.store_key
+        'github-api'
         """
         if not rates:
             raise RateSpecError("from_rates() needs at least one rate, e.g. '10/s'")
         self = cls.__new__(cls)
         margin = _margin_ns(margin_s)
-        self._init([_as_limit(r, burst, margin) for r in rates], clock)
+        limits = [_as_limit(r, burst, margin) for r in rates]
+        shared = None
+        if store is not None:
+            if key is None:
+                key = default_key(limits)
+            shared = RedisLimitStore(store, key, limits, outage_s=store_outage_s)
+        elif key is not None or store_outage_s is not None:
+            raise InvalidArgument(
+                "key= and store_outage_s= only apply with store= (a shared store's URL, "
+                "e.g. store='redis://127.0.0.1:6379/0')"
+            )
+        self._init(limits, clock, shared)
         return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A limiter on a shared store pickles as its configuration (each copy reconnects on
+        first use); a limiter in this process cannot be pickled (its state is local)."""
+        store = self._store
+        if store is None:
+            raise InvalidState(
+                "a RateLimiter without a shared store cannot be pickled: its grants live in "
+                "this process; give store='redis://...' to share one limit among processes"
+            )
+        clock = None if self._clock is SYSTEM_CLOCK else self._clock
+        return (_shared_limiter, (self._policy.limits, store, clock))
+
+    @property
+    def store(self) -> RedisLimitStore | None:
+        """The shared store that decides grants (``None``: this process decides)."""
+        return self._store
+
+    @staticmethod
+    def default_store_key(limits: Sequence[Limit], target: str | None = None) -> str:
+        """The shared store's key when none is given: the limits (and the command line adds
+        the target host), so two programs with the same limits against the same host share
+        one quota.
+
+        >>> RateLimiter.default_store_key(RateLimiter("200/s").limits, "api.github.com")
+        'api.github.com:200/1s'
+        """
+        return default_key(limits, target)
+
+    @property
+    def store_key(self) -> str | None:
+        """The shared store's key (``None`` without a store)."""
+        return None if self._store is None else self._store.key
 
     @property
     def limits(self) -> tuple[Limit, ...]:
@@ -160,11 +233,108 @@ class RateLimiter:
             str(lim.rate) + (f" burst={lim.burst}" if lim.burst is not None else "")
             for lim in self._policy.limits
         )
+        if self._store is not None:
+            parts += f", store={self._store.url!r}, key={self._store.key!r}"
         return f"RateLimiter({parts})"
+
+    # -- a shared store: book a slot, wait for it, give it back if it cannot start in time ---
+
+    def _remember(self, granted_ns: int, booking: Booking) -> None:
+        with self._lock:
+            self._bookings[granted_ns] = booking
+            if len(self._bookings) > _BOOKINGS_KEPT:
+                self._bookings.popitem(last=False)
+
+    def _in_time(
+        self, booking: Booking, store: RedisLimitStore, give_back: bool = True
+    ) -> int | None:
+        """The grant time if the booking may start now, else ``None`` (after giving it back
+        unless the caller returns it with its next booking): its slot passed more than its
+        margin ago (a late reply or a long sleep), and a start now could fall outside the
+        window the store counted it in."""
+        now = self._clock.monotonic_ns()
+        store.note_lateness(now - booking.sent_ns - booking.wait_ns)
+        if now <= booking.latest_ns:
+            return now
+        if give_back:
+            store.give_back(booking)
+        return None
+
+    def _shared_book(self, amounts: tuple[int, ...]) -> tuple[Booking, int]:
+        store = self._store
+        assert store is not None
+        late: Booking | None = None
+        while True:
+            booking = store.reserve(amounts, release=late)  # a late one returns in the same trip
+            delay_ns = booking.start_ns - self._clock.monotonic_ns()
+            if delay_ns > 0:
+                self._clock.sleep(delay_ns / NS_PER_S)
+            granted = self._in_time(booking, store, give_back=False)
+            if granted is not None:
+                return booking, granted
+            late = booking
+
+    async def _shared_book_async(self, amounts: tuple[int, ...]) -> tuple[Booking, int]:
+        store = self._store
+        assert store is not None
+        late: Booking | None = None
+        while True:
+            try:
+                booking = await store.reserve_async(amounts, release=late)
+            except BaseException:
+                if late is not None:
+                    store.give_back(late)
+                raise
+            late = None
+            try:
+                delay_ns = booking.start_ns - self._clock.monotonic_ns()
+                if delay_ns > 0:
+                    await self._clock.sleep_async(delay_ns / NS_PER_S)
+            except BaseException:  # cancelled while waiting for its slot: return the booking
+                store.give_back(booking)
+                raise
+            granted = self._in_time(booking, store, give_back=False)
+            if granted is not None:
+                return booking, granted
+            late = booking
+
+    def _shared_grant(self, booking: Booking, granted: int) -> Grant:
+        cost = {lim.rate.unit: 0 for lim in self._policy.limits}
+        for lim, amount in zip(self._policy.limits, booking.amounts, strict=True):
+            cost[lim.rate.unit] = max(cost[lim.rate.unit], amount)
+        return Grant(self, Reservation(granted, cost), booking)
+
+    def _shared_settle(self, grant: Grant, actual: int | Cost) -> None:
+        store, booking, reservation = self._store, grant._booking, grant._reservation
+        assert store is not None
+        assert booking is not None
+        if reservation.settled:
+            raise AlreadySettled(
+                f"the reservation granted at {reservation.granted_ns} ns was already settled "
+                f"to {reservation.cost}; settle each grant once"
+            )
+        merged = dict(reservation.cost)
+        merged.update(as_cost(actual, fill_requests=False))
+        used = [merged.get(lim.rate.unit, 0) for lim in self._policy.limits]
+        if all(u == 0 for u in used):
+            store.give_back(booking)
+        else:
+            store.settle(booking, used)
+        reservation.cost = merged
+        reservation.settled = True
 
     def try_acquire(self, weight: int = 1) -> int | None:
         """Grant ``weight`` permits now if every limit allows it; return the grant time (ns)
         or ``None`` without waiting."""
+        store = self._store
+        if store is not None:
+            booking = store.reserve(self._policy.amounts(weight), book=False)
+            if booking.wait_ns:
+                return None
+            granted = self._in_time(booking, store)
+            if granted is not None:
+                self._remember(granted, booking)
+            return granted
         with self._lock:
             now = self._clock.monotonic_ns()
             if self._policy.try_grant(now, weight):
@@ -173,6 +343,10 @@ class RateLimiter:
 
     def acquire(self, weight: int = 1) -> int:
         """Block until ``weight`` permits are granted; return the grant time (monotonic ns)."""
+        if self._store is not None:
+            booking, granted = self._shared_book(self._policy.amounts(weight))
+            self._remember(granted, booking)
+            return granted
         with self._lock:
             now = self._clock.monotonic_ns()
             if not self._policy.try_grant(now, weight):
@@ -201,6 +375,10 @@ class RateLimiter:
 
         Cancelling the wait takes nothing from the limit.
         """
+        if self._store is not None:
+            booking, granted = await self._shared_book_async(self._policy.amounts(weight))
+            self._remember(granted, booking)
+            return granted
         with self._lock:
             now = self._clock.monotonic_ns()
             if not self._policy.try_grant(now, weight):
@@ -242,6 +420,11 @@ class RateLimiter:
         >>> limiter.try_reserve({"tokens": 800}) is not None, limiter.try_reserve({"tokens": 800})
         (True, None)
         """
+        store = self._store
+        if store is not None:
+            booking = store.reserve(self._policy.amounts(cost), book=False)
+            granted = None if booking.wait_ns else self._in_time(booking, store)
+            return None if granted is None else self._shared_grant(booking, granted)
         result = self._try_reserve(cost, False)
         return None if isinstance(result, int) else result
 
@@ -257,6 +440,8 @@ class RateLimiter:
         >>> grant = limiter.reserve({"tokens": 1200})
         >>> grant.settle({"tokens": 1350})   # an overrun is charged too
         """
+        if self._store is not None:
+            return self._shared_grant(*self._shared_book(self._policy.amounts(cost)))
         result = self._try_reserve(cost, False)
         if not isinstance(result, int):
             return result
@@ -288,6 +473,8 @@ class RateLimiter:
         ...     grant.settle({"tokens": 700})   # e.g. from the response's usage
         >>> asyncio.run(call())
         """
+        if self._store is not None:
+            return self._shared_grant(*await self._shared_book_async(self._policy.amounts(cost)))
         result = self._try_reserve(cost, False)
         if not isinstance(result, int):
             return result
@@ -340,6 +527,8 @@ class RateLimiter:
         """How many permits a runner should lease at once: 0 (never) for small or paced limits;
         otherwise a small fraction of the tightest limit, so a lease never crowds it. Runner
         plumbing, like :meth:`_lease`."""
+        if self._store is not None:
+            return 0  # a lease would be a burst of starts the shared store never saw
         sizes = [
             0 if lim.burst is not None else lim.rate.max_requests // 16
             for lim in self._policy.limits
@@ -350,8 +539,42 @@ class RateLimiter:
     def give_back(self, granted_ns: int, weight: int = 1) -> None:
         """Return ``weight`` permits granted at ``granted_ns`` that were never used (the attempt
         was cancelled before it started). The even-pacing schedule is not rewound."""
+        store = self._store
+        if store is not None:
+            with self._lock:
+                booking = self._bookings.pop(granted_ns, None)
+            if booking is not None:
+                store.give_back(booking)
+            return
         with self._lock:
             self._policy.give_back(granted_ns, weight)
+
+
+# A shared limiter remembers this many recent bookings for give_back(granted_ns, ...): a
+# give-back follows its grant within one dispatch; a few thousand covers any concurrency.
+_BOOKINGS_KEPT = 4096
+
+
+def default_key(limits: Sequence[Limit], target: str | None = None) -> str:
+    """The shared store's key when none is given: the limits (and, from the command line, the
+    target host), so two commands with the same limits against the same host share a quota.
+
+    >>> default_key([Limit(Rate.parse("200/s"))], "api.github.com")
+    'api.github.com:200/1s'
+    """
+    spec = "+".join(
+        str(lim.rate) + (f"~{lim.burst}" if lim.burst is not None else "") for lim in limits
+    )
+    return spec if target is None else f"{target}:{spec}"
+
+
+def _shared_limiter(
+    limits: Sequence[Limit], store: RedisLimitStore, clock: Clock | None
+) -> RateLimiter:
+    """Rebuild a pickled shared limiter (see :meth:`RateLimiter.__reduce__`)."""
+    limiter = RateLimiter.__new__(RateLimiter)
+    limiter._init(limits, clock, store)
+    return limiter
 
 
 # --- costs per unit: reserve an estimate, settle the actual usage (docs/units.md) -------------
@@ -373,11 +596,14 @@ class Grant:
     {'tokens': 900, 'requests': 1}
     """
 
-    __slots__ = ("_limiter", "_reservation")
+    __slots__ = ("_booking", "_limiter", "_reservation")
 
-    def __init__(self, limiter: RateLimiter, reservation: Reservation) -> None:
+    def __init__(
+        self, limiter: RateLimiter, reservation: Reservation, booking: Booking | None = None
+    ) -> None:
         self._limiter = limiter
         self._reservation = reservation
+        self._booking = booking  # where a shared store charged it
 
     @property
     def granted_ns(self) -> int:
@@ -402,6 +628,9 @@ class Grant:
         settled.
         """
         limiter = self._limiter
+        if self._booking is not None:
+            limiter._shared_settle(self, actual)
+            return
         with limiter._lock:
             limiter._policy.settle(limiter._clock.monotonic_ns(), self._reservation, actual)
             wakers = list(limiter._wakers)

@@ -31,6 +31,7 @@ __all__ = [
     "InvalidState",
     "PacelineError",
     "QuotaExhausted",
+    "RateStoreUnavailable",
     "Throttled",
 ]
 
@@ -72,6 +73,11 @@ class InvalidState(PacelineError, RuntimeError):
 
 class AlreadySettled(InvalidState):
     """A rate-limit grant was settled a second time: settle each grant once."""
+
+
+class RateStoreUnavailable(PacelineError):
+    """A shared rate store (Redis) could not be reached for longer than the run allows
+    (``outage_s``): nothing started without a grant; resume the batch once the store is back."""
 
 
 class Throttled(PacelineError):

@@ -36,6 +36,34 @@ Rates = Annotated[
     ),
 ]
 Burst = Annotated[int | None, typer.Option(help="Starts allowed back to back (1: evenly paced).")]
+RateStore = Annotated[
+    str | None,
+    typer.Option(
+        "--rate-store",
+        metavar="URL",
+        envvar="PACELINE_RATE_STORE",
+        help="Share the --rate limits with every process and machine using the same key, on "
+        "Redis: redis://host:6379/0 (also PACELINE_RATE_STORE).",
+    ),
+]
+RateKey = Annotated[
+    str | None,
+    typer.Option(
+        "--rate-key",
+        metavar="NAME",
+        help="The shared limit's name in --rate-store (default: the limits and the target host; "
+        "--dry-run shows it).",
+    ),
+]
+RateStoreOutage = Annotated[
+    float | None,
+    typer.Option(
+        "--rate-store-outage",
+        metavar="SECONDS",
+        help="Stop (exit 3, resumable) when --rate-store is unreachable this long (default: "
+        "wait for it; nothing starts without a grant).",
+    ),
+]
 Concurrency = Annotated[
     str,
     typer.Option(
@@ -163,6 +191,9 @@ def _common(**values: Any) -> dict[str, Any]:
     return {
         "rates": list(values["rate"] or []),
         "burst": values["burst"],
+        "rate_store": values["rate_store"],
+        "rate_key": values["rate_key"],
+        "rate_store_outage_s": values["rate_store_outage"],
         "concurrency": values["concurrency"],
         "retries": values["retries"],
         "timeout_s": values["timeout"],
@@ -256,6 +287,9 @@ def http_command(
     ] = None,
     rate: Rates = None,
     burst: Burst = None,
+    rate_store: RateStore = None,
+    rate_key: RateKey = None,
+    rate_store_outage: RateStoreOutage = None,
     cost: Annotated[
         str | None,
         typer.Option(
@@ -333,6 +367,9 @@ def call_command(
     rate: Rates = None,
     burst: Burst = None,
     include_input: IncludeInput = None,
+    rate_store: RateStore = None,
+    rate_key: RateKey = None,
+    rate_store_outage: RateStoreOutage = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,
@@ -370,6 +407,9 @@ def exec_command(
     rate: Rates = None,
     burst: Burst = None,
     include_input: IncludeInput = None,
+    rate_store: RateStore = None,
+    rate_key: RateKey = None,
+    rate_store_outage: RateStoreOutage = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,

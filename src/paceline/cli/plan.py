@@ -119,6 +119,9 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
         )
         write(f"  concurrency: {concurrency}\n")
         write(f"  rate:        {_rates(spec.rates, plan.limiter, spec.burst is not None)}\n")
+        store = None if plan.limiter is None else plan.limiter.store
+        if store is not None:
+            write(f"  shared:      on {redact_text(store.url)}, key {store.key!r}\n")
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
         if isinstance(operation, HttpOperation):

@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from paceline.cli.output import (
     write_private,
 )
 from paceline.cli.spec import RunSpec, UsageError
-from paceline.errors import ErrorCode
+from paceline.errors import ErrorCode, InvalidArgument, InvalidState, RateStoreUnavailable
 from paceline.faces.batch import stream
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
@@ -121,6 +122,42 @@ def _limiter(rates: list[str], burst: int | None) -> RateLimiter:
     return RateLimiter.from_rates(*limits)
 
 
+def rate_key_for(spec: RunSpec, limiter: RateLimiter) -> str:
+    """The shared limit's key: ``--rate-key``, or the limits and the target's host (two
+    commands with the same limits against the same host share one quota)."""
+    if spec.rate_key:
+        return spec.rate_key
+    target = spec.base_url or spec.url or ""
+    host = urllib.parse.urlsplit(target).hostname if "://" in target else None
+    return RateLimiter.default_store_key(limiter.limits, host or spec.command)
+
+
+def _shared(spec: RunSpec, limiter: RateLimiter | None) -> RateLimiter:
+    """The --rate limits on the shared store of ``--rate-store`` (a clear error: exit 2)."""
+    if limiter is None:
+        raise UsageError("--rate-store shares --rate limits: give at least one --rate, e.g. 10/s")
+    try:
+        return RateLimiter.from_rates(
+            *limiter.limits,
+            store=spec.rate_store,
+            key=rate_key_for(spec, limiter),
+            store_outage_s=spec.rate_store_outage_s,
+        )
+    except InvalidArgument as exc:
+        raise UsageError(f"--rate-store/--rate-key: {exc}") from None
+
+
+def check_store(limiter: RateLimiter | None) -> None:
+    """Reach the shared store once before a run: unreachable at the start is exit 2."""
+    store = None if limiter is None else limiter.store
+    if store is None:
+        return
+    try:
+        store.check()
+    except (RateStoreUnavailable, InvalidState) as exc:
+        raise UsageError(f"--rate-store: {exc}") from None
+
+
 def plan_for(spec: RunSpec, total: int | None) -> Plan:
     """Concurrency, adaptive control, rate limits and retries for ``spec``."""
     fixed = spec.concurrency_limit()
@@ -131,6 +168,8 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         limiter = _limiter(spec.rates, spec.burst) if spec.rates else None
     except ValueError as exc:  # a --burst above a --rate's count
         raise UsageError(f"--{exc}; lower --burst, or raise the --rate count") from None
+    if spec.rate_store is not None:
+        limiter = _shared(spec, limiter)
     controller = None
     if fixed is None and spec.command == "exec":
         fixed = os.cpu_count() or 2  # like GNU parallel: one job per core
@@ -464,6 +503,7 @@ class Batch:
     async def _run(self, source: RowSource) -> int:
         spec = self.spec
         plan = plan_for(spec, source.total)
+        check_store(plan.limiter)
         operation = make_operation(spec, plan)
         try:
             operation.prepare(source)
@@ -507,6 +547,10 @@ class Batch:
             metrics.hold(
                 "stop", "stopping: waiting for the running attempts" if self.stopping else None
             )
+            store = None if plan.limiter is None else plan.limiter.store
+            down = None if store is None else store.outage_s_so_far()
+            # Nothing starts without a grant: the line says why (and for how long, as a hold).
+            metrics.hold("store", None if down is None else "rate store unreachable")
 
         metrics.read_holds = holds
         if journal is not None:
@@ -641,6 +685,10 @@ class Batch:
                 raise  # not our stop: let it through
             _uncancel()
             return "interrupted"
+        except RateStoreUnavailable as exc:  # longer than the run allows: stop, resumable
+            self.halt_reason = str(exc)
+            self._log(f"paceline: {exc}; stopping (exit 3): run the command again to resume")
+            return "store_unreachable"
         finally:
             self._streaming = False
         return "interrupted" if self.stopping else "done"
@@ -682,6 +730,8 @@ class Batch:
             return EXIT_OUTPUT_CLOSED, "output_closed"
         if outcome == "interrupted":
             return EXIT_INTERRUPTED, "interrupted"
+        if outcome == "store_unreachable":
+            return EXIT_HALTED, "halted"
         if self.bad_input is not None:
             return EXIT_USAGE, "bad_input"
         if self.exhausted or (

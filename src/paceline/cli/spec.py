@@ -56,6 +56,9 @@ class RunSpec:
     format: str = "auto"
     rates: list[str] = field(default_factory=list)
     burst: int | None = None
+    rate_store: str | None = None  # a shared store's URL (redis://...): the limits are shared
+    rate_key: str | None = None  # its key; None: from the limits and the target host
+    rate_store_outage_s: float | None = None  # exit 3 after this long unreachable; None: wait
     concurrency: str = "auto"  # "auto" or a whole number
     retries: int | None = None  # retries after the first attempt; None: the command's default
     timeout_s: float | None = None
@@ -383,6 +386,7 @@ _MASKABLE = (
     ("base_url", "--base-url"),
     ("json_template", "--json"),
     ("body_template", "--body"),
+    ("rate_store", "--rate-store"),
 )
 
 

@@ -138,6 +138,11 @@ class LimitPolicy:
                 )
         return amounts
 
+    def amounts(self, cost: int | Cost) -> tuple[int, ...]:
+        """What ``cost`` charges each limit, in the order of :attr:`limits` (each checked to
+        fit in its limit's N): what a store outside this process is asked to charge."""
+        return self._amounts(cost)
+
     def _wait(self, now_ns: int, amounts: tuple[int, ...]) -> int:
         wait = 0
         for amount, shaper, log in zip(amounts, self._shapers, self._logs, strict=True):

@@ -45,6 +45,8 @@ from paceline.runners.gates import (
     async_acquirer,
     cost_reserver,
     server_pause_for,
+    share_pause,
+    shared_limiter_of,
 )
 from paceline.runners.identity import CURRENT
 from paceline.runners.lanes import DEFAULT_LANE_READ_AHEAD, Lane, Lanes
@@ -202,6 +204,8 @@ class _Batch(Generic[K, T, R]):
         self._lane_waiters: deque[asyncio.Future[None]] = deque()
         self._retry_timer: asyncio.TimerHandle | None = None
         self._retry_timer_ns = 0
+        # A limiter on a shared store (Redis): a Retry-After seen here pauses its whole key.
+        self._shared = shared_limiter_of(runner.options.limiter, runner.options.lanes)
         if self.lane_spec is not None:
             self.lease: LeaseGate | None = None
             self.adaptive: AdaptiveGate | None = None
@@ -539,6 +543,7 @@ class _Batch(Generic[K, T, R]):
         pause: ServerPause | None,
     ) -> bool:
         """An attempt raised: tell its gates, then settle the item or park its retry (``True``)."""
+        share_pause(self._shared, exc)  # every process on a shared store's key pauses too
         if adaptive is not None and ticket is not None:
             adaptive.exit(ticket, None, exc)
         elif pause is not None and (retry_after := retry_after_of(exc)):

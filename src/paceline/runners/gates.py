@@ -12,7 +12,7 @@ from paceline.errors import InvalidArgumentType
 from paceline.policy.cost import Cost
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
-from paceline.policy.retry import RetryPolicy
+from paceline.policy.retry import RetryPolicy, retry_after_of
 
 AsyncAcquire = Callable[[int], Awaitable[Any]]
 
@@ -29,7 +29,10 @@ def async_acquirer(
     """
     if limiter is None:
         return None, None
-    try_now = limiter.try_acquire if isinstance(limiter, RateLimiter) else None
+    try_now = None
+    if isinstance(limiter, RateLimiter) and limiter.store is None:
+        # A shared store's try would be a blocking round trip on the event loop.
+        try_now = limiter.try_acquire
     acquire_async = getattr(limiter, "acquire_async", None)
     if acquire_async is not None and inspect.iscoroutinefunction(acquire_async):
         return try_now, acquire_async
@@ -183,3 +186,22 @@ def server_pause_for(adaptive: object, retry: RetryPolicy | None) -> ServerPause
     if adaptive is not None and adaptive is not False:
         return None
     return ServerPause(retry.max_retry_after_s if retry is not None else DEFAULT_MAX_PAUSE_S)
+
+
+def shared_limiter_of(limiter: object | None, lanes: object | None = None) -> RateLimiter | None:
+    """The limiter on a shared store among a batch's gates (the batch's, or the one its HTTP
+    lanes wrap as ``user``), or ``None``."""
+    for candidate in (limiter, getattr(lanes, "user", None), getattr(limiter, "user", None)):
+        if isinstance(candidate, RateLimiter) and candidate.store is not None:
+            return candidate
+    return None
+
+
+def share_pause(shared: RateLimiter | None, error: BaseException) -> None:
+    """A Retry-After seen by this process pauses every process on the shared store's key
+    (docs/design.md, 'Shared limit store'): each would otherwise learn it from its own 429."""
+    if shared is None or shared.store is None:
+        return
+    retry_after = retry_after_of(error)
+    if retry_after and retry_after > 0:
+        shared.store.share_pause(min(retry_after, DEFAULT_MAX_PAUSE_S))

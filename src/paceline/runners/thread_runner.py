@@ -36,7 +36,14 @@ from paceline.policy.rate import NS_PER_S
 from paceline.policy.retry import retry_after_of
 from paceline.runners._common import controller_for, sized_length
 from paceline.runners.adaptive_gate import default_classify
-from paceline.runners.gates import LeaseGate, cost_reserver, server_pause_for, sync_acquirer
+from paceline.runners.gates import (
+    LeaseGate,
+    cost_reserver,
+    server_pause_for,
+    share_pause,
+    shared_limiter_of,
+    sync_acquirer,
+)
 from paceline.runners.identity import CURRENT
 from paceline.runners.settle import Job, RunOptions, Settler
 from paceline.runners.signals import InterruptGate, deferred_interrupts
@@ -150,6 +157,7 @@ class _Dispatch(Generic[K, T, R]):
         self.signals: InterruptGate | None = None
         self.control = controller_for(self.options.adaptive)
         self.pause = server_pause_for(self.options.adaptive, self.options.retry)
+        self.shared = shared_limiter_of(self.options.limiter)  # a Retry-After pauses its key
         self.classify = self.options.classify or default_classify
         self.tickets: dict[int, Ticket] = {}  # job id -> the adaptive controller's ticket
         self._rate_waited = False
@@ -419,6 +427,8 @@ class _Dispatch(Generic[K, T, R]):
             return
         job_id, value, failed, started, elapsed = outcome
         self.in_flight -= 1
+        if failed:
+            share_pause(self.shared, value)
         if self.control is not None:
             self._tell_controller(job_id, None if failed else value, value if failed else None)
         elif failed and self.pause is not None:

@@ -1,0 +1,8 @@
+"""Limit stores beneath :class:`~paceline.RateLimiter`: the Redis store shares one quota among
+processes and machines (docs/design.md, 'Shared limit store')."""
+
+from __future__ import annotations
+
+from paceline._ratestore.redis_store import Booking, RedisLimitStore, check_url, key_prefix
+
+__all__ = ["Booking", "RedisLimitStore", "check_url", "key_prefix"]

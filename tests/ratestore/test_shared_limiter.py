@@ -1,0 +1,370 @@
+"""A shared limiter on a real redis-server, with the test API as the referee: it counts
+arrivals, answers 429 beyond its quota and reports the most accepted in any 1 s window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paceline import RateLimiter
+from paceline.errors import RateStoreUnavailable
+from paceline.testing.api_server import ApiConfig, ApiServer
+from paceline.testing.redis import LatencyProxy, RedisServer
+
+CLIENT = Path(__file__).with_name("shared_client.py")
+# A Redis that started less than one window (+1 s of uptime resolution, + the longest margin)
+# ago fences new keys: tests that measure throughput wait it out once per server.
+FENCE_S = 2.3
+
+
+@pytest.fixture(scope="module")
+def warm_redis(redis_server: RedisServer) -> RedisServer:
+    time.sleep(FENCE_S)
+    return redis_server
+
+
+@pytest.fixture
+def referee() -> Iterator[ApiServer]:
+    with ApiServer(ApiConfig(quota=100, window_s=1.0, base_latency_s=0)) as server:
+        yield server
+
+
+def _spawn(redis_url: str, key: str, api: str, calls: int, threads: int, *extra: str) -> Any:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(CLIENT),
+            redis_url,
+            key,
+            "100/s",
+            api,
+            str(calls),
+            str(threads),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, object]]:
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, json.loads(out.strip().splitlines()[-1])
+
+
+def _until_accepted(referee: ApiServer, count: int) -> None:
+    """Wait (at most 15 s) until the referee accepted ``count``: the clients are running."""
+    deadline = time.monotonic() + 15
+    while referee.stats()["accepted"] < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _most_starts_in_any_second(reports: list[dict[str, Any]], *more: list[float]) -> int:
+    """The most starts in any 1 s window, over every client (one monotonic clock)."""
+    times = sorted([t for r in reports for t in r.get("starts", [])] + [t for m in more for t in m])
+    most, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - 1.0:
+            j += 1
+        most = max(most, i - j + 1)
+    return most
+
+
+def _key() -> str:
+    return "t-" + uuid.uuid4().hex[:8]
+
+
+def test_processes_threads_and_event_loops_share_one_quota(
+    warm_redis: RedisServer, referee: ApiServer
+) -> None:
+    key = _key()
+    procs = [
+        _spawn(warm_redis.url, key, referee.url, 70, 6),
+        _spawn(warm_redis.url, key, referee.url, 70, 6),
+        _spawn(warm_redis.url, key, referee.url, 70, 8, "--async"),
+    ]
+    # And threads and an event loop of this process, on a pickled copy.
+    limiter = pickle.loads(
+        pickle.dumps(RateLimiter.from_rates("100/s", store=warm_redis.url, key=key, margin_s=0.03))
+    )
+    here: list[float] = []  # starts in this process
+    import urllib.request
+
+    def call(i: int) -> None:
+        with urllib.request.urlopen(f"{referee.url}/items/here-{i}", timeout=10) as a:
+            a.read()
+
+    def threads() -> None:
+        for i in range(20):
+            limiter.acquire()
+            here.append(time.monotonic())
+            call(i)
+
+    async def loop() -> None:
+        for i in range(20):
+            await limiter.acquire_async()
+            here.append(time.monotonic())
+            await asyncio.to_thread(call, 100 + i)
+
+    pool = [threading.Thread(target=threads) for _ in range(2)]
+    for t in pool:
+        t.start()
+    asyncio.run(loop())
+    for t in pool:
+        t.join()
+    results = [_finish(p) for p in procs]
+    stats = referee.stats()
+    assert [code for code, _ in results] == [0, 0, 0]
+    assert _most_starts_in_any_second([r for _, r in results], here) <= 100  # the promise
+    assert sum(r["ok"] for _, r in results) == 210  # type: ignore[misc]
+    assert stats["throttled_429"] == 0
+    assert stats["accepted"] == 210 + 60
+    assert stats["max_accepted_in_any_window"] <= 100
+    # Booking, not polling: about one round trip per grant (a late one is given back and
+    # booked again, two more).
+    trips = sum(r["round_trips"] for _, r in results)  # type: ignore[misc]
+    assert trips <= 210 * 1.2
+
+
+def test_redis_killed_and_restarted_mid_run(fresh_redis: RedisServer, referee: ApiServer) -> None:
+    time.sleep(FENCE_S)
+    key = _key()
+    procs = [_spawn(fresh_redis.url, key, referee.url, 120, 4) for _ in range(2)]
+    _until_accepted(referee, 120)  # inside the second window
+    fresh_redis.restart()  # empty: every booking is lost; the fence holds a window
+    results = [_finish(p) for p in procs]
+    assert [code for code, _ in results] == [0, 0]
+    assert _most_starts_in_any_second([r for _, r in results]) <= 100
+    stats = referee.stats()
+    assert stats["accepted"] == 240
+    assert stats["throttled_429"] == 0
+    assert stats["max_accepted_in_any_window"] <= 100
+
+
+def test_a_hung_redis_holds_every_start_and_an_outage_limit_ends_the_run(
+    fresh_redis: RedisServer, referee: ApiServer
+) -> None:
+    time.sleep(FENCE_S)
+    key = _key()
+    patient = _spawn(fresh_redis.url, key, referee.url, 150, 4)
+    strict = _spawn(fresh_redis.url, key, referee.url, 150, 4, "--outage", "1.5")
+    _until_accepted(referee, 50)
+    before = referee.stats()["accepted"]
+    stopper = threading.Thread(target=fresh_redis.pause, args=(4.0,))
+    stopper.start()
+    time.sleep(0.5)  # in flight when it stopped may still land
+    during = referee.stats()["accepted"]
+    time.sleep(2.5)
+    assert referee.stats()["accepted"] == during  # no start without a grant
+    stopper.join()
+    code, report = _finish(strict)
+    assert code == 3
+    assert "unreachable" in str(report["unavailable"])
+    code, patient_report = _finish(patient)
+    assert code == 0
+    assert _most_starts_in_any_second([report, patient_report]) <= 100
+    report = patient_report
+    assert float(report["longest_outage_s"]) >= 2.0  # what the progress line shows
+    stats = referee.stats()
+    assert stats["throttled_429"] == 0
+    assert stats["max_accepted_in_any_window"] <= 100
+    assert before >= 50
+
+
+def test_latency_between_clients_and_redis_keeps_the_limit(
+    warm_redis: RedisServer, referee: ApiServer
+) -> None:
+    key = _key()
+    with LatencyProxy(warm_redis.port, delay_s=0.001, jitter_s=0.004) as proxy:
+        procs = [
+            _spawn(proxy.url, key, referee.url, 80, 6),
+            _spawn(warm_redis.url, key, referee.url, 80, 6),
+        ]
+        results = [_finish(p) for p in procs]
+    assert [code for code, _ in results] == [0, 0]
+    assert _most_starts_in_any_second([r for _, r in results]) <= 100
+    stats = referee.stats()
+    assert stats["accepted"] == 160
+    assert stats["throttled_429"] == 0
+    assert stats["max_accepted_in_any_window"] <= 100
+
+
+class ShiftedClock:
+    """A client whose monotonic clock reads 300 s ahead of everyone else's."""
+
+    def monotonic_ns(self) -> int:
+        return time.monotonic_ns() + 300_000_000_000
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def test_a_client_with_a_shifted_clock_gets_no_extra_grants(warm_redis: RedisServer) -> None:
+    key = _key()
+    plain = RateLimiter.from_rates("20/s", store=warm_redis.url, key=key)
+    shifted = RateLimiter.from_rates("20/s", store=warm_redis.url, key=key, clock=ShiftedClock())
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def run(limiter: RateLimiter) -> None:
+        for _ in range(20):
+            limiter.acquire()
+            with lock:
+                starts.append(time.monotonic())
+
+    pool = [threading.Thread(target=run, args=(lim,)) for lim in (plain, shifted)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    starts.sort()
+    most = max(sum(1 for s in starts if t <= s < t + 1.0) for t in starts)
+    assert most == 20
+
+
+def test_a_flushed_script_cache_is_reloaded(warm_redis: RedisServer) -> None:
+    import redis
+
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=_key())
+    limiter.acquire()
+    redis.Redis.from_url(warm_redis.url).script_flush()
+    limiter.acquire()  # NOSCRIPT: the Script object loads it again
+    # Two grants; the reload makes the second call slow enough that its booking may be late
+    # (given back with its replacement's booking: one more round trip), never an error.
+    assert limiter.store is not None
+    assert limiter.store.round_trips in (2, 3)
+
+
+def test_a_restarted_redis_fences_one_window(fresh_redis: RedisServer) -> None:
+    limiter = RateLimiter.from_rates("5/s", store=fresh_redis.url, key=_key())
+    store = limiter.store
+    assert store is not None
+    booking = store.reserve(limiter._policy.amounts(1))
+    # started < 1 s ago: the key is fenced until start + 1 s (uptime resolution) + the window
+    assert booking.wait_ns > 1_000_000_000
+
+
+def test_a_pause_seen_by_one_process_holds_every_process(warm_redis: RedisServer) -> None:
+    key = _key()
+    one = RateLimiter.from_rates("50/s", store=warm_redis.url, key=key)
+    other = pickle.loads(pickle.dumps(one))
+    assert one.store is not None
+    assert other.store is not None
+    one.store.pause(0.6)  # e.g. a Retry-After: 0.6 seen by one process
+    booking = other.store.reserve((1,))
+    assert 500_000_000 <= booking.wait_ns <= 600_000_000
+
+
+def test_cancelling_a_wait_returns_its_booking(warm_redis: RedisServer) -> None:
+    limiter = RateLimiter.from_rates("2/s", store=warm_redis.url, key=_key())
+
+    async def scenario() -> None:
+        await limiter.acquire_async()
+        await limiter.acquire_async()
+        waiting = asyncio.create_task(limiter.acquire_async())  # booked a second from now
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(scenario())
+    store = limiter.store
+    assert store is not None
+    # the cancelled booking was given back: the next one gets the same slot, ~0.9 s away
+    assert store.reserve((1,)).wait_ns <= 1_000_000_000
+
+
+def test_costs_reserve_and_settle_on_the_shared_store(warm_redis: RedisServer) -> None:
+    key = _key()
+    limiter = RateLimiter.from_rates("tokens:1000/s", store=warm_redis.url, key=key)
+    grant = limiter.reserve({"tokens": 800})
+    assert limiter.try_reserve({"tokens": 800}) is None
+    grant.settle({"tokens": 100})  # 700 come back
+    assert limiter.try_reserve({"tokens": 800}) is not None
+
+
+def test_unreachable_store_with_an_outage_limit_raises(tmp_path: Path) -> None:
+    from paceline.testing.redis import free_port
+
+    limiter = RateLimiter.from_rates(
+        "5/s", store=f"redis://127.0.0.1:{free_port()}/0", key="x", store_outage_s=0.3
+    )
+    started = time.monotonic()
+    with pytest.raises(RateStoreUnavailable, match="unreachable"):
+        limiter.acquire()
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("face", ["async", "threads"])
+def test_a_retry_after_seen_by_one_batch_pauses_every_process(
+    warm_redis: RedisServer, face: str
+) -> None:
+    from paceline import BatchExecutor, Throttled, batch_execute
+
+    key = _key()
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=key)
+    other = pickle.loads(pickle.dumps(limiter))  # another process's copy
+    assert other.store is not None
+
+    if face == "async":
+
+        async def op(i: int) -> int:
+            raise Throttled(retry_after=2.0)
+
+        asyncio.run(batch_execute([1], op, rate_limiter=limiter, retry=None))
+    else:
+
+        def task() -> int:
+            raise Throttled(retry_after=2.0)
+
+        BatchExecutor(stop_on_error=False, rate_limiter=limiter, max_workers=2).execute_batch(
+            [task]
+        )
+    # The other process's next grant waits for what is left of the pause.
+    wait_ns = other.store.reserve((1,)).wait_ns
+    assert 1_000_000_000 <= wait_ns <= 2_000_000_000
+
+
+def _take_three(limiter: RateLimiter) -> None:  # runs in a spawned child
+    for _ in range(3):
+        limiter.acquire()
+
+
+def test_a_pickled_limiter_reconnects_in_another_process(warm_redis: RedisServer) -> None:
+    import multiprocessing
+
+    limiter = RateLimiter.from_rates("3/s", store=warm_redis.url, key=_key())
+    child = multiprocessing.get_context("spawn").Process(target=_take_three, args=(limiter,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    # The child's three grants are in the shared key (they expire 1 s after they leave the
+    # window, so this reads them however long the child took to start).
+    import redis
+
+    from paceline._ratestore import key_prefix
+
+    assert limiter.store_key is not None
+    entries = redis.Redis.from_url(warm_redis.url).zcard(key_prefix(limiter.store_key) + ":z0")
+    assert entries == 3
+
+
+def test_a_limiter_without_a_store_refuses_to_be_pickled() -> None:
+    from paceline.errors import InvalidState
+
+    with pytest.raises(InvalidState, match="shared store"):
+        pickle.dumps(RateLimiter.from_rates("3/s"))
