@@ -360,13 +360,16 @@ def test_an_announced_quota_ends_a_probe_but_not_a_retry_after_pause():
 # Simulated capacity limits and noisy latency (fake time, tests/policy/sim_adaptive.py).
 
 
-@pytest.mark.parametrize(("base_s", "jitter_s"), [(0.005, 0.02), (0.1, 0.4)])
-def test_latency_noise_that_does_not_grow_with_load_never_brakes(base_s, jitter_s):
+# Simulated seconds: 10 s of 5-25 ms RTTs are ~670 RTTs (the controller is at its cap of 256
+# and 5x the bound below well before; 30 s cost 7 s of CPU for nothing more), 30 s of 0.1-0.5 s
+# RTTs ~100 (it needs ~20 s to pass 64).
+@pytest.mark.parametrize(("base_s", "jitter_s", "duration_s"), [(0.005, 0.02, 10), (0.1, 0.4, 30)])
+def test_latency_noise_that_does_not_grow_with_load_never_brakes(base_s, jitter_s, duration_s):
     # RTTs spread over 5-25 ms (or 0.1-0.5 s) whatever the load: the minimum RTT is the
     # luckiest sample, and a brake on it alone held one attempt in flight (final limit 1).
-    result = simulate_capacity(30, base_s, jitter_s=jitter_s)
+    result = simulate_capacity(duration_s, base_s, jitter_s=jitter_s)
     assert result.final_limit >= 64
-    assert result.completed / 30 >= 64 / (base_s + jitter_s)
+    assert result.completed / duration_s >= 64 / (base_s + jitter_s)
 
 
 @pytest.mark.parametrize(("base_s", "jitter_s"), [(0.05, 0.0), (0.01, 0.0), (0.05, 0.02)])
