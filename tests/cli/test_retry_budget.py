@@ -53,6 +53,7 @@ NGINX_ITEMS = 100
 
 
 @pytest.mark.skipif(nginx_program() is None, reason="nginx is not installed")
+@pytest.mark.serial  # nginx's limit_req in real time: alone (./dev test)
 def test_nginx_throttles_at_fixed_concurrency_slow_the_batch_instead_of_failing_items(tmp_path):
     with NginxServer(NginxLimits(rate_per_s=50)) as server:
         write_requests(tmp_path / "in.jsonl", server.url, NGINX_ITEMS)
