@@ -1,38 +1,53 @@
 """Adaptive throttling: find an unknown server limit from its answers and run just under it.
 
-Gates in series, each attempt passes all three (docs/design.md, 'Adaptive gates'):
+Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Adaptive gates'):
 
-1. **pause** — a ``Retry-After`` stops every dispatch until it passes; during a *probe*
-   (throttles kept coming right after cuts: a long-window quota) only one attempt at a time
-   goes, after 1 s, then doubling with full jitter up to 64 s, until one succeeds — but never
-   waiting more than half the time since the cycle's first success, and going just after each
-   round window (1 s, 2 s, 5 s, ... 60 s, ... 1 h) since then, so the probe that gets through
-   is only a little late. A probe that needed several tries ends a *long-window cycle*: its
-   successes are the quota N, the time from its first success to the probe bounds the window W
-   (the last throttle bounds it from below), and the rate is handed over to N/W less the
+1. **pause** — a ``Retry-After`` stops every dispatch until it passes. A *probe* starts when three
+   throttles come right after a cut, before anything sent since has succeeded (a long-window
+   quota): one attempt at a time, after a step of 1 s that doubles up to 64 s, each wait drawn
+   between half the step and the whole step (equal jitter: a probe sent at once learns nothing)
+   — but never waiting more than half the time since the cycle's first success, and going just
+   after each round window (1 s, 2 s, 5 s, ... 60 s, ... 1 h) since then, so the probe that gets
+   through is only a little late. A probe that needed several tries ends a *long-window cycle*:
+   its successes are the quota N, the time from its first success to the probe bounds the window
+   W (the last throttle bounds it from below), and the rate is handed over to N/W less the
    margin. Later cycles (the rate crept over N/W) probe no sooner than the known lower bound,
    then in fine steps.
-2. **rate** — an even pacer (interval 1/R). There is none until the first throttle: then R
-   starts at 0.8x the rate actually sent in the last second.
+2. **probing** — while probing, one attempt at a time, and only when nothing else is in flight.
 3. **concurrency** — at most L in flight.
+4. **one at a time after a rate cut** — until an attempt sent since the cut has succeeded, only
+   one such attempt is in flight: when the window is still full (a long-window quota) the others
+   would only collect 429s before the probe starts.
+5. **rate** — an even pacer (interval 1/R). There is none until the first throttle.
 
 Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
-a raised ``Throttled``: a quota — cut the rate), ``OVERLOAD`` (503: cut whichever gate was
-binding), ``CAPACITY`` (timeouts, 5xx: cut concurrency) and ``IGNORE`` (other 4xx,
-cancellations). Throttled answers are fast: they never feed the latency estimates.
+a raised ``Throttled``: a quota), ``OVERLOAD`` (503: cut whichever gate was binding),
+``CAPACITY`` (timeouts, 5xx: cut concurrency) and ``IGNORE`` (other 4xx, cancellations).
+Throttled answers are fast: they never feed the latency estimates.
 
-After a rate cut, until an attempt sent since has succeeded, only one such attempt is in flight
-at a time: when the window is still full (a long-window quota) the others would only collect
-429s before the probe starts.
+A throttle either *smooths* or *cuts* (docs/design.md, 'Smoothing versus cutting'). It says
+"burst", not "rate", when the attempt went out with no pacer (the initial concurrency leaves at
+once) or less than ``burst_gap`` (0.99) of an interval after the start before it: then R stays
+the pace that was working, strictly kept, and no ceiling is learned. At the first throttle (no
+pacer yet) R becomes the rate the server accepted, judged over at least a second (a quarter
+second when only one request got through), and slow start doubles it every 0.5 s from there.
+It is a cut when the server has ever sent ``Retry-After``, when 3 smoothings came in the last
+second already, or when the user's limiter paced the attempt: R becomes ``rate_cut`` (0.8) of
+the ceiling, the rate accepted over the last second of sending (no more than the pace then; in
+slow start, the pace the throttled attempt was sent at). The jitter refusals of a server that
+looks like a bucket (at most 2 of the last 100 answers) cost no cut, and the user's rate is held
+unless the server keeps throttling at it.
 
 Increases happen only when a gate was binding for that attempt (otherwise the limit inflates
 during idle stretches and floods later). One cut per congestion event: throttles of attempts
 sent before the last cut are ignored, or a burst of 429s would multiply the cut.
 
-Rate growth after a cut from R with factor β is sized for a target throttled fraction f:
-``a = f (1 - β²) R² / 2`` per second (one throttle per sawtooth cycle). Before the first
-throttle, growth is a cautious +10 %/s. After two cuts the quota is taken as learned: the
-rate is held at ``(1 - margin)`` of the mean ceiling and grows only +1 % per 10 s.
+Rate growth after a cut from ceiling C with factor β is sized for a target throttled fraction f:
+``a = f (1 - β²) C² / 2`` per second (one throttle per sawtooth cycle), at least 1 % of the rate
+per second; with a pacer but no ceiling yet (``initial_rate_per_s``), +10 %/s; in slow start
+(after a smoothing, or once a second passes without a throttle; never after a ``Retry-After``),
+doubling every 0.5 s. After two cuts the quota is taken as learned: the rate is held at
+``(1 - margin)`` of the mean ceiling and grows only +1 % per 10 s.
 """
 
 from __future__ import annotations
@@ -745,8 +760,9 @@ class AdaptiveController:
 
     def _in_a_burst(self, now_ns: int, ticket: Ticket) -> bool:
         """Whether a throttle says "burst" rather than "rate": the attempt went out with no
-        pacer, or less than half an interval after the one before it under the controller's
-        own pacer (a late timer's catch-up) — and such throttles are not coming all the time."""
+        pacer, or less than ``burst_gap`` (0.99) of an interval after the one before it under
+        the controller's own pacer (a late timer's catch-up) — and such throttles are not coming
+        all the time (fewer than ``max_smoothings_per_s`` in the last second)."""
         smoothings = self._smoothings
         while smoothings and smoothings[0] <= now_ns - NS:
             smoothings.popleft()
@@ -896,7 +912,7 @@ class AdaptiveController:
     def _schedule_probe(self, now_ns: int) -> None:
         settings = self.settings
         step = min(settings.probe_max_s, settings.probe_initial_s * 2.0**self._probe_attempt)
-        # full jitter, but never sooner than half the step (a probe right away learns nothing)
+        # equal jitter: between half the step and the step (a probe right away learns nothing)
         delay = step / 2 + self.rng.uniform(0.0, step / 2)
         first = self._cycle_first_ns
         if first is not None:
