@@ -23,7 +23,9 @@ Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Ad
 Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
 a raised ``Throttled``: a quota), ``OVERLOAD`` (503: cut whichever gate was binding),
 ``CAPACITY`` (timeouts, 5xx: cut concurrency) and ``IGNORE`` (other 4xx, cancellations).
-Throttled answers are fast: they never feed the latency estimates.
+Throttled answers are fast: they never feed the latency estimates. Two concurrency cuts by 503s
+at the same load teach a connection limit: L is then held one below that load, and probes past
+it only slowly (see ``_CAPACITY_LEARN_AFTER``).
 
 A throttle either *smooths* or *cuts* (docs/design.md, 'Smoothing versus cutting'). It says
 "burst", not "rate", when the attempt went out with no pacer (the initial concurrency leaves at
@@ -66,6 +68,17 @@ NS = NS_PER_S
 _MINUTES = (1, 1.5, 2, 5, 10, 15, 30, 60, 120, 1440)
 ROUND_WINDOWS_S: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, *(60.0 * m for m in _MINUTES))
 """Quota windows as APIs usually state them (per second ... per day), in seconds."""
+
+# Learned capacity (a connection limit such as nginx's limit_conn, which answers 503 at once
+# beyond N in flight): after two concurrency cuts by 503s at loads (attempts in flight, the
+# refused one included) within one of each other, the capacity is one below the lower load. L is
+# set to it instead of being cut by ``concurrency_cut``, a 503 above it cuts back to it, and
+# growth past it is slowed by this factor (+1 after ~50 rounds of L binding successes instead of
+# one round: against limit_conn 8 behind 50 ms, a probe of 9 every ~2.5 s). Without it L ran a
+# sawtooth 9 -> 6 -> 9 every ~0.16 s: 0.88 of 8 in flight with 4 % 503s (simulated), 0.90 of
+# ``-j 8`` with 2.8 % 503s measured against nginx.
+_CAPACITY_LEARN_AFTER = 2
+_CAPACITY_PROBE_GROWTH = 0.02
 
 
 class Outcome(enum.Enum):
@@ -362,6 +375,9 @@ class AdaptiveController:
     _rtt_min_since_ns: int = 0
     _rtt_recent_ns: float | None = None
     _fit: LatencyFit = field(default_factory=LatencyFit)
+    # loads of the latest 503s that cut the concurrency, and the capacity learned from them
+    _overload_loads: list[int] = field(default_factory=list)
+    capacity: int | None = None
 
     def __post_init__(self) -> None:
         self.server_pause = ServerPause(self.settings.max_pause_s)
@@ -509,7 +525,7 @@ class AdaptiveController:
             self._note_throttle(now_ns)
             # 503 is an overloaded server: cut concurrency, unless the pacer was what held
             # this attempt back (then the rate is what the server cannot take).
-            self._on_congestion(now_ns, ticket, cut_rate=ticket.rate_binding)
+            self._on_congestion(now_ns, ticket, cut_rate=ticket.rate_binding, overload=True)
         elif outcome is Outcome.CAPACITY:
             self._on_congestion(now_ns, ticket, cut_rate=False)
         if ticket.probe and outcome is not Outcome.SUCCESS and self._probing:
@@ -563,9 +579,10 @@ class AdaptiveController:
                 float(settings.min_concurrency), self.concurrency * (1 - 0.1 * (1 - gradient))
             )
         elif ticket.concurrency_binding:
-            self.concurrency = min(
-                float(settings.max_concurrency), self.concurrency + 1 / self.concurrency
-            )
+            step = 1 / self.concurrency
+            if self.capacity is not None and self.concurrency >= self.capacity:
+                step *= _CAPACITY_PROBE_GROWTH  # past the learned capacity: probe slowly
+            self.concurrency = min(float(settings.max_concurrency), self.concurrency + step)
         # the rate gate
         if self.rate_per_s is not None and ticket.rate_binding:
             last = self._last_growth_ns
@@ -688,7 +705,9 @@ class AdaptiveController:
         grow = settings.target_throttle_fraction * (1 - beta**2) * self._ceiling**2 / 2
         return max(grow, 0.01 * rate)
 
-    def _on_congestion(self, now_ns: int, ticket: Ticket, cut_rate: bool) -> None:
+    def _on_congestion(
+        self, now_ns: int, ticket: Ticket, cut_rate: bool, overload: bool = False
+    ) -> None:
         if ticket.epoch != self.epoch:
             return  # sent before the last cut: that congestion event was already answered
         settings = self.settings
@@ -700,6 +719,14 @@ class AdaptiveController:
             # intervals (a batch against one that cut every body crawled at 0.1 items/s);
             # the items' own retries and the retry budget bound what it is sent.
             if not cut_rate:
+                if overload:
+                    # Refused at this load though sent after the cut (a 503 comes back at once
+                    # and its slot went straight out again: 100 refusals in the first 50 ms RTT
+                    # with 8 in flight against room for 4, simulated): stay below that load.
+                    self.concurrency = max(
+                        float(self.settings.min_concurrency),
+                        min(self.concurrency, float(ticket.load - 1)),
+                    )
                 return
             self._aftershocks += 1
             if self._aftershocks >= settings.probe_after_cuts and not self._probing:
@@ -718,14 +745,32 @@ class AdaptiveController:
         self.cuts += 1
         self._last_growth_ns = None
         if not cut_rate:
-            self.concurrency = max(
-                float(settings.min_concurrency), self.concurrency * settings.concurrency_cut
-            )
+            cut = self.concurrency * settings.concurrency_cut
+            if overload:
+                cut = self._learn_capacity(ticket.load, cut)
+            self.concurrency = max(float(settings.min_concurrency), cut)
             self.events.append((now_ns, "concurrency", float(self.concurrency_limit)))
         elif self._in_a_burst(now_ns, ticket):
             self._smooth(now_ns, ticket)
         else:
             self._cut_rate(now_ns, ticket)
+
+    def _learn_capacity(self, load: int, cut: float) -> float:
+        """A 503 at ``load`` in flight: the concurrency to cut to (see ``_CAPACITY_LEARN_AFTER``).
+
+        Above a learned capacity (a slow probe past it), back to it; at or below it, the
+        server takes less than it did: cut as usual and learn again."""
+        capacity = self.capacity
+        if capacity is not None and load > capacity:
+            return float(capacity)
+        loads = self._overload_loads
+        loads.append(load)
+        del loads[:-_CAPACITY_LEARN_AFTER]
+        if len(loads) == _CAPACITY_LEARN_AFTER and max(loads) - min(loads) <= 1:
+            self.capacity = max(self.settings.min_concurrency, min(loads) - 1)
+            return float(self.capacity)
+        self.capacity = None
+        return cut
 
     def _answer(self, throttled: bool) -> None:
         """Count an answer into the last ``jitter_window``."""
