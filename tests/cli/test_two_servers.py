@@ -10,7 +10,8 @@ import pytest
 from paceline.testing.api_server import ApiConfig, ApiServer
 from tests.cli._command import paceline
 
-pytestmark = pytest.mark.timeout(120)
+# serial: B's share of its quota in real time, alone (./dev test)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]
 
 
 def test_a_paused_server_does_not_hold_up_another_and_order_is_kept(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ The operations given to the generic faces are what a careful user writes: map 42
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
 import time
@@ -52,10 +53,12 @@ CLIENT_TIMEOUT_S = 60.0
 
 
 def retry(plan: Plan, *retry_on: type[BaseException]) -> RetryPolicy:
-    """The plan's attempts with short backoff (``retry_on``: instead of the default kinds)."""
-    if retry_on:
-        return RetryPolicy(attempts=plan.attempts, base_s=BASE_S, cap_s=CAP_S, retry_on=retry_on)
-    return RetryPolicy(attempts=plan.attempts, base_s=BASE_S, cap_s=CAP_S)
+    """The plan's attempts and throttles with short backoff (``retry_on``: instead of the
+    default kinds)."""
+    policy = RetryPolicy(
+        attempts=plan.attempts, base_s=BASE_S, cap_s=CAP_S, max_throttles=plan.max_throttles
+    )
+    return dataclasses.replace(policy, retry_on=retry_on) if retry_on else policy
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:

@@ -47,6 +47,7 @@ def _limiter() -> RateLimiter:
     return RateLimiter.from_rates("100/2s", "tokens:1000/2s")
 
 
+@pytest.mark.serial  # the server's token bucket refills in real time: alone (./dev test)
 def test_costs_from_the_requests_settled_from_usage_keep_the_server_from_429(llm):
     estimate = {"tokens": PROMPT_TOKENS + MAX_TOKENS}  # what the server reserves at admission
     started = time.monotonic()

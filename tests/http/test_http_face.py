@@ -25,6 +25,7 @@ def test_every_request_gets_its_response_in_input_order():
     assert isinstance(results[0].value, HttpResponse)
 
 
+@pytest.mark.serial  # the server counts its windows in real time: alone (./dev test)
 def test_a_ratelimit_policy_header_becomes_a_strict_limit_with_no_429_after_it():
     config = ApiConfig(quota=30, window_s=0.5, headers="ietf", base_latency_s=0.002)
     with ApiServer.spawn(config) as server:
@@ -62,6 +63,7 @@ class AnswerLog:
         return httpx.AsyncClient(event_hooks=hooks, limits=httpx.Limits(max_connections=64))
 
 
+@pytest.mark.serial  # delays of up to 100 ms are the test's; a busy machine's not: alone
 def test_the_policy_holds_however_late_requests_reach_the_server():
     # Each request reaches the server's counter up to 100 ms after it was sent, unevenly (half
     # the window): a limit that spaced *sends* a window apart, even with a margin of 25 ms,

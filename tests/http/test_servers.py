@@ -71,6 +71,7 @@ def test_a_quota_learned_from_one_servers_headers_limits_only_that_server() -> N
     assert lanes.limits_for("https://a.example:443") is a  # one ServerLimits per server
 
 
+@pytest.mark.serial  # B's share of its quota in real time: alone (./dev test)
 @pytest.mark.timeout(90)
 def test_a_paused_server_does_not_hold_up_another_in_one_batch() -> None:
     """Issue 11: A (20 per 5 s, each 429 asks for a pause of up to 5 s) and B (50/s),

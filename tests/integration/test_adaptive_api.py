@@ -28,6 +28,10 @@ def operation_for(client: httpx.AsyncClient, url: str):
     return fetch
 
 
+# Throttled fractions and windows of a real server in real time: alone (./dev test).
+pytestmark = pytest.mark.serial
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("retry_after", [True, False])
 def test_a_hidden_quota_is_found_and_every_item_gets_through(retry_after):

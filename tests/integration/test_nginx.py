@@ -21,7 +21,10 @@ from paceline.testing._api.config import ApiConfig
 from paceline.testing._api.server import ApiServer
 from paceline.testing.nginx import NginxLimits, NginxServer, nginx_program
 
-pytestmark = pytest.mark.skipif(nginx_program() is None, reason="nginx is not installed")
+pytestmark = [
+    pytest.mark.skipif(nginx_program() is None, reason="nginx is not installed"),
+    pytest.mark.serial,  # rates and times in real time: alone (./dev test)
+]
 
 REQUESTS = 200
 RATE = 50

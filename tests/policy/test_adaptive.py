@@ -2,6 +2,7 @@
 
 import itertools
 import random
+from dataclasses import dataclass
 
 import pytest
 
@@ -189,6 +190,81 @@ def test_a_503_cuts_concurrency_unless_the_pacer_held_the_attempt():
     assert paced.rate_per_s < 50.0
 
 
+def full_round(c: AdaptiveController, now_ns: int, rounds: int = 1) -> int:
+    """``rounds`` of L attempts started together (the last one binding) that all succeed 10 ms
+    later; returns the time after them."""
+    for _ in range(rounds):
+        limit = c.concurrency_limit
+        tickets = [c.started(now_ns, in_flight, False) for in_flight in range(limit)]
+        now_ns += 10 * MS
+        for ticket in tickets:
+            c.finished(now_ns, ticket, Outcome.SUCCESS)
+    return now_ns
+
+
+@dataclass
+class Grown:
+    rounds: int
+    now_ns: int
+
+
+def rounds_to_grow(c: AdaptiveController, now_ns: int, limit: int) -> Grown:
+    rounds = 0
+    while c.concurrency_limit < limit and rounds < 10_000:
+        now_ns = full_round(c, now_ns)
+        rounds += 1
+    return Grown(rounds, now_ns)
+
+
+def test_a_connection_limit_is_learned_from_two_503s_and_held_one_below_them():
+    # nginx limit_conn 8: the 9th at once is a 503. The first cuts x0.7; the second, at the
+    # same load, teaches the capacity: 8, not a sawtooth 9 -> 6 -> 9 (0.88 of it, 4 % 503s).
+    c = controller(initial_concurrency=9)
+    now = full_round(c, 0)
+    refused = c.started(now, 8, False)  # the 9th in flight
+    c.finished(now + MS, refused, Outcome.OVERLOAD)
+    assert (c.concurrency_limit, c.capacity) == (6, None)
+    back = rounds_to_grow(c, now + MS, 9)  # +1/L a binding success
+    now = back.now_ns
+    c.finished(now + MS, c.started(now, 8, False), Outcome.OVERLOAD)
+    assert (c.concurrency_limit, c.capacity) == (8, 8)
+    # Past it, growth is 50 times slower a success: 425 rounds to the next probe of 9, where
+    # the climb back from 6 took 20.
+    probe = rounds_to_grow(c, now + MS, 9)
+    now = probe.now_ns
+    assert (back.rounds, probe.rounds) == (20, 425)
+    c.finished(now + MS, c.started(now, 8, False), Outcome.OVERLOAD)  # the probe: back to 8
+    assert (c.concurrency_limit, c.capacity) == (8, 8)
+    # Refused at a lower load than it took before: the server has less room now; cut and
+    # learn again.
+    now = full_round(c, now + MS)
+    c.finished(now + MS, c.started(now, 5, False), Outcome.OVERLOAD)
+    assert (c.concurrency_limit, c.capacity) == (5, None)
+
+
+def test_503s_that_come_back_at_once_after_a_cut_keep_the_load_below_theirs():
+    # 8 at once against room for 4: each 503 comes back in 1 ms and its slot went straight out
+    # again, ~100 refusals before an attempt sent after the cut could succeed (9.5 % of the
+    # batch, simulated).
+    c = controller(initial_concurrency=8)
+    c.finished(MS, c.started(0, 4, False), Outcome.OVERLOAD)  # the 5th
+    assert c.concurrency_limit == 5
+    c.finished(2 * MS, c.started(MS, 4, False), Outcome.OVERLOAD)  # the 5th again, after it
+    assert c.concurrency_limit == 4
+    assert c.cuts == 1  # one congestion event
+
+
+@pytest.mark.parametrize(("capacity", "jitter_s"), [(8, 0.005), (4, 0.0)])
+def test_a_connection_limit_is_run_at_with_few_503s(capacity, jitter_s):
+    # Before the capacity was learned: 0.88 of 8 with 4 % 503s (a sawtooth 9 -> 6 -> 9 every
+    # ~0.16 s); 0.93 of 4 with 9.5 % (refusals during the first RTT after the cut). With 5 ms
+    # of jitter on 50 ms, 0.952 is the most 8 in flight can serve.
+    result = simulate_capacity(20, 0.05, capacity=capacity, jitter_s=jitter_s)
+    assert result.share_of_best >= 0.94
+    assert result.overloaded_fraction <= 0.01
+    assert result.final_limit == capacity
+
+
 def test_after_a_rate_cut_one_attempt_at_a_time_until_one_gets_through():
     c = controller(initial_concurrency=10, initial_rate_per_s=1000.0)
     old = [c.started(i * MS, i, False) for i in range(3)]
@@ -360,13 +436,16 @@ def test_an_announced_quota_ends_a_probe_but_not_a_retry_after_pause():
 # Simulated capacity limits and noisy latency (fake time, tests/policy/sim_adaptive.py).
 
 
-@pytest.mark.parametrize(("base_s", "jitter_s"), [(0.005, 0.02), (0.1, 0.4)])
-def test_latency_noise_that_does_not_grow_with_load_never_brakes(base_s, jitter_s):
+# Simulated seconds: 10 s of 5-25 ms RTTs are ~670 RTTs (the controller is at its cap of 256
+# and 5x the bound below well before; 30 s cost 7 s of CPU for nothing more), 30 s of 0.1-0.5 s
+# RTTs ~100 (it needs ~20 s to pass 64).
+@pytest.mark.parametrize(("base_s", "jitter_s", "duration_s"), [(0.005, 0.02, 10), (0.1, 0.4, 30)])
+def test_latency_noise_that_does_not_grow_with_load_never_brakes(base_s, jitter_s, duration_s):
     # RTTs spread over 5-25 ms (or 0.1-0.5 s) whatever the load: the minimum RTT is the
     # luckiest sample, and a brake on it alone held one attempt in flight (final limit 1).
-    result = simulate_capacity(30, base_s, jitter_s=jitter_s)
+    result = simulate_capacity(duration_s, base_s, jitter_s=jitter_s)
     assert result.final_limit >= 64
-    assert result.completed / 30 >= 64 / (base_s + jitter_s)
+    assert result.completed / duration_s >= 64 / (base_s + jitter_s)
 
 
 @pytest.mark.parametrize(("base_s", "jitter_s"), [(0.05, 0.0), (0.01, 0.0), (0.05, 0.02)])

@@ -14,6 +14,9 @@ def most_in_any_window(starts: list[int], window_ns: int) -> int:
     return max(bisect.bisect_left(starts, t + window_ns) - i for i, t in enumerate(starts))
 
 
+# serial: starts timed in real time hold the limit only while the process is not descheduled
+# between a grant and its start for longer than the margin; alone (./dev test).
+@pytest.mark.serial
 @pytest.mark.timeout(60)
 def test_async_workers_with_leases_never_exceed_the_limit_on_starts():
     limiter = RateLimiter(1000, 0.2)  # lease size 62: leases are in play
@@ -31,6 +34,7 @@ def test_async_workers_with_leases_never_exceed_the_limit_on_starts():
     assert most_in_any_window(starts, 200_000_000) <= 1000
 
 
+@pytest.mark.serial  # the GIL switch margin (5 ms) assumes a machine that is not overloaded
 @pytest.mark.timeout(60)
 def test_the_thread_dispatcher_with_a_switch_interval_margin_never_exceeds_the_limit():
     # Calls begin up to a GIL switch interval after their grant: the documented margin.

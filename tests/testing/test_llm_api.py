@@ -93,8 +93,10 @@ def test_short_of_tokens_is_429_with_retry_after_ms_and_an_openai_error(serve):
     # 6000 tokens a minute: 100 a second, so waits are in the hundreds of milliseconds
     server, client = serve(LlmConfig(requests_per_min=None, tokens_per_min=6000, tokens_burst=300))
     assert client.post(CHAT, json=_body(max_tokens=280)).status_code == 200  # 289 reserved
-    started = time.monotonic()
     refused = client.post(CHAT, json=_body(max_tokens=280))
+    # The wait counts from the server's answer, so from no earlier than its arrival here (timed
+    # from before sending, a request slow to reach the server came back 5 ms too soon: a 429).
+    answered = time.monotonic()
     assert refused.status_code == 429
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
@@ -104,7 +106,7 @@ def test_short_of_tokens_is_429_with_retry_after_ms_and_an_openai_error(serve):
     # the wait is for the tokens missing, at 10 ms each, less what refilled within a token
     assert (289 - remaining - 1) * 10 < wait_ms <= (289 - remaining) * 10
     assert refused.headers["retry-after"] == str(max(1, math.ceil(wait_ms / 1000)))
-    time.sleep(max(0.0, wait_ms / 1000 - (time.monotonic() - started)) + 0.005)
+    time.sleep(max(0.0, wait_ms / 1000 - (time.monotonic() - answered)) + 0.005)
     assert client.post(CHAT, json=_body(max_tokens=280)).status_code == 200
     stats = server.stats()
     assert (stats["llm"]["throttled_429_tokens"], stats["llm"]["throttled_429_requests"]) == (1, 0)
