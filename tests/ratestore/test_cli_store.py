@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from paceline.testing.api_server import ApiConfig, ApiServer
 from paceline.testing.redis import RedisServer, free_port
 from tests.cli._command import PACELINE, TIMEOUT_S, paceline
@@ -80,6 +82,7 @@ def test_an_unreachable_store_at_the_start_is_exit_2(tmp_path: Path) -> None:
     assert "unreachable" in done.stderr
 
 
+@pytest.mark.serial  # the referee counts arrivals in real time
 def test_two_commands_share_one_quota_and_an_outage_ends_one_resumably(
     tmp_path: Path, fresh_redis: RedisServer
 ) -> None:

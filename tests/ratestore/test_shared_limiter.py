@@ -85,6 +85,7 @@ def _key() -> str:
     return "t-" + uuid.uuid4().hex[:8]
 
 
+@pytest.mark.serial  # the referee counts arrivals in real time
 def test_processes_threads_and_event_loops_share_one_quota(
     warm_redis: RedisServer, referee: ApiServer
 ) -> None:
@@ -137,6 +138,7 @@ def test_processes_threads_and_event_loops_share_one_quota(
     assert trips <= 210 * 1.2
 
 
+@pytest.mark.serial  # the referee counts arrivals in real time
 def test_redis_killed_and_restarted_mid_run(fresh_redis: RedisServer, referee: ApiServer) -> None:
     time.sleep(FENCE_S)
     key = _key()
@@ -152,6 +154,7 @@ def test_redis_killed_and_restarted_mid_run(fresh_redis: RedisServer, referee: A
     assert stats["max_accepted_in_any_window"] <= 100
 
 
+@pytest.mark.serial  # the referee counts arrivals in real time
 def test_a_hung_redis_holds_every_start_and_an_outage_limit_ends_the_run(
     fresh_redis: RedisServer, referee: ApiServer
 ) -> None:
@@ -182,6 +185,7 @@ def test_a_hung_redis_holds_every_start_and_an_outage_limit_ends_the_run(
     assert before >= 50
 
 
+@pytest.mark.serial  # the referee counts arrivals in real time
 def test_latency_between_clients_and_redis_keeps_the_limit(
     warm_redis: RedisServer, referee: ApiServer
 ) -> None:
