@@ -1,0 +1,243 @@
+"""The Dask runner on a real cluster: two worker processes (LocalCluster), the test API as the
+referee of the shared limit, a journal on the driver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from paceline import DaskRunner, RateLimiter, Throttled, batch_execute  # noqa: E402
+from paceline.runners.dask_runner import ChunkNotSerializable  # noqa: E402
+from paceline.stores import Journal, item_key  # noqa: E402
+from paceline.testing.api_server import ApiConfig, ApiServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
+async def double(x: int) -> int:
+    return 2 * x
+
+
+async def fails_on_threes(x: int) -> int:
+    if x % 3 == 0:
+        raise KeyError(f"no {x}")
+    return x
+
+
+def fetcher(url: str) -> Any:
+    """An operation calling the test API: the item's id -> how many times it was served."""
+
+    def get(item_id: str) -> int:
+        try:
+            with urllib.request.urlopen(f"{url}/items/{item_id}") as answer:
+                return int(json.load(answer)["n"])
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429:
+                raise Throttled(retry_after=float(exc.headers.get("Retry-After", 0)) or None)
+            raise
+
+    async def fetch(item_id: str) -> int:
+        return await asyncio.to_thread(get, item_id)
+
+    return fetch
+
+
+def test_results_come_back_in_input_order_with_failures_as_values(client):
+    seen: list[int] = []
+    results = asyncio.run(
+        batch_execute(
+            range(300),
+            fails_on_threes,
+            runner=DaskRunner(client),
+            on_progress=lambda done, total: seen.append(done),
+        )
+    )
+    assert [r.value for r in results if r.is_success] == [x for x in range(300) if x % 3]
+    failure = results[3]
+    assert failure.is_failure
+    assert type(failure.error).__name__ == "KeyError"
+    assert "no 3" in str(failure.error)
+    assert seen == list(range(1, 301))
+
+
+def test_a_failed_item_is_journaled_with_its_original_type(client, tmp_path: Path):
+    path = tmp_path / "batch.journal"
+    asyncio.run(
+        batch_execute(range(9), fails_on_threes, runner=DaskRunner(client), journal=path)
+    )
+    with Journal.open(path, fingerprint="read", reuse=True) as journal:
+        outcomes = {o.key: o for o in journal.outcomes()}
+    assert len(outcomes) == 9
+    three, four = outcomes[item_key(3)], outcomes[item_key(4)]
+    assert (three.success, three.error_type) == (False, "KeyError")
+    assert four.result == 4
+
+
+def test_the_shared_limit_holds_across_workers_at_the_server(client):
+    # 45 calls at 15/s from two worker processes: the server refuses anything over 15 in a
+    # 1 s window, so a single 429 would mean the shared limit let one through.
+    with ApiServer(ApiConfig(quota=15, window_s=1, base_latency_s=0)) as server:
+        started = time.monotonic()
+        results = asyncio.run(
+            batch_execute(
+                [f"i{n}" for n in range(45)],
+                fetcher(server.url),
+                rate_limiter=RateLimiter("15/s"),
+                runner=DaskRunner(client),
+            )
+        )
+        elapsed = time.monotonic() - started
+        stats = server.stats()
+    assert all(r.is_success for r in results), [r for r in results if r.is_failure][:3]
+    assert (stats["accepted"], stats["throttled_429"]) == (45, 0)
+    assert elapsed >= 2.0  # three windows' worth: the limit was binding
+
+
+def test_a_retry_after_pauses_every_worker_sharing_the_limit(client):
+    # The server allows 5 per 2 s and says when to come back; the client's limit is much
+    # higher. After the first 429s the cluster's limiter holds every worker for the
+    # Retry-After, so the batch does not keep hammering the server.
+    config = ApiConfig(quota=5, window_s=2, retry_after=True, base_latency_s=0)
+    with ApiServer(config) as server:
+        results = asyncio.run(
+            batch_execute(
+                [f"p{n}" for n in range(15)],
+                fetcher(server.url),
+                rate_limiter=RateLimiter("100/s"),
+                retry=10,
+                runner=DaskRunner(client),
+            )
+        )
+        stats = server.stats()
+    assert all(r.is_success for r in results)
+    assert stats["accepted"] == 15
+    # Without the shared pause each of the ~10 held items retried on its own backoff; with it
+    # a window's 429s are those in flight when the first one came back.
+    assert stats["throttled_429"] <= 15
+
+
+def test_a_batch_resumes_from_its_journal_on_the_cluster_and_locally(client, tmp_path: Path):
+    path = tmp_path / "resume.journal"
+    with ApiServer(ApiConfig(base_latency_s=0)) as server:
+        fetch = fetcher(server.url)
+        ids = [f"r{n}" for n in range(40)]
+        # A first run on the cluster stops early (a halt rule), a second one on the cluster
+        # finishes it, a third (local) finds everything settled.
+        asyncio.run(
+            batch_execute(
+                ids[:25], fetch, runner=DaskRunner(client, chunk_items=5), journal=path
+            )
+        )
+        second = asyncio.run(
+            batch_execute(ids, fetch, runner=DaskRunner(client), journal=path)
+        )
+        third = asyncio.run(batch_execute(ids, fetch, journal=path))
+        stats = server.stats()
+    assert [r.value for r in second] == [1] * 40
+    assert [r.value for r in third] == [1] * 40
+    assert (stats["accepted"], stats["items_served_more_than_once"]) == (40, 0)
+
+
+def test_a_local_batch_resumes_on_the_cluster(client, tmp_path: Path):
+    path = tmp_path / "local-first.journal"
+    asyncio.run(batch_execute(range(10), fails_on_threes, journal=path))
+
+    async def always(x: int) -> int:
+        return x
+
+    results = asyncio.run(
+        batch_execute(
+            range(10), always, runner=DaskRunner(client), journal=path, retry_failed=True,
+            reuse_journal=True,
+        )
+    )
+    assert [r.value for r in results] == list(range(10))
+
+
+def test_an_item_that_does_not_pickle_is_named(client):
+    items = [1, 2, threading.Lock(), 4]
+    with pytest.raises(ChunkNotSerializable, match="item #2"):
+        asyncio.run(batch_execute(items, double, runner=DaskRunner(client)))
+
+
+def test_a_result_that_is_not_json_ready_fails_its_item_naming_it(client):
+    async def a_set(x: int) -> set[int]:
+        return {x}
+
+    results = asyncio.run(batch_execute([7], a_set, runner=DaskRunner(client)))
+    assert results[0].is_failure
+    assert "item #0" in str(results[0].error)
+
+
+def test_a_halt_rule_stops_sending_chunks(client):
+    results = asyncio.run(
+        batch_execute(
+            range(2_000),
+            fails_on_threes,
+            runner=DaskRunner(client, chunk_items=10, chunks_in_flight=2),
+            halt="now,fail=5",
+        )
+    )
+    assert sum(r.is_success for r in results) < 1_000
+    assert results[-1].is_failure
+
+
+def test_a_worker_killed_mid_run_reruns_at_most_its_chunk(tmp_path: Path):
+    # One thread per worker, so a killed worker had one chunk running.
+    path = tmp_path / "killed.journal"
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+        ApiServer(ApiConfig(base_latency_s=0.02)) as server,
+    ):
+        pids = dask_client.run(os.getpid)
+        victim = next(iter(pids.values()))
+        done = threading.Event()
+
+        def progress(completed: int, _total: int | None) -> None:
+            if completed >= 40 and not done.is_set():
+                done.set()
+                os.kill(victim, signal.SIGKILL)
+
+        ids = [f"k{n}" for n in range(160)]
+        results = asyncio.run(
+            batch_execute(
+                ids,
+                fetcher(server.url),
+                max_concurrent=2,
+                runner=DaskRunner(dask_client, chunk_items=10),
+                journal=path,
+                on_progress=progress,
+            )
+        )
+        stats = server.stats()
+    assert done.is_set()
+    assert all(r.is_success for r in results)
+    with Journal.open(path, fingerprint="read", reuse=True) as journal:
+        keys = [o.key for o in journal.outcomes()]
+    assert sorted(keys) == sorted(item_key(i) for i in ids)  # each item's outcome once
+    assert stats["items_served_more_than_once"] <= 10  # one chunk
