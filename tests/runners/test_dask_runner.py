@@ -55,7 +55,8 @@ def fetcher(url: str) -> Any:
                 return int(json.load(answer)["n"])
         except urllib.error.HTTPError as exc:
             if exc.code == 429:
-                raise Throttled(retry_after=float(exc.headers.get("Retry-After", 0)) or None)
+                retry_after = float(exc.headers.get("Retry-After", 0)) or None
+                raise Throttled(retry_after=retry_after) from exc
             raise
 
     async def fetch(item_id: str) -> int:
@@ -84,9 +85,7 @@ def test_results_come_back_in_input_order_with_failures_as_values(client):
 
 def test_a_failed_item_is_journaled_with_its_original_type(client, tmp_path: Path):
     path = tmp_path / "batch.journal"
-    asyncio.run(
-        batch_execute(range(9), fails_on_threes, runner=DaskRunner(client), journal=path)
-    )
+    asyncio.run(batch_execute(range(9), fails_on_threes, runner=DaskRunner(client), journal=path))
     with Journal.open(path, fingerprint="read", reuse=True) as journal:
         outcomes = {o.key: o for o in journal.outcomes()}
     assert len(outcomes) == 9
@@ -146,13 +145,9 @@ def test_a_batch_resumes_from_its_journal_on_the_cluster_and_locally(client, tmp
         # A first run on the cluster stops early (a halt rule), a second one on the cluster
         # finishes it, a third (local) finds everything settled.
         asyncio.run(
-            batch_execute(
-                ids[:25], fetch, runner=DaskRunner(client, chunk_items=5), journal=path
-            )
+            batch_execute(ids[:25], fetch, runner=DaskRunner(client, chunk_items=5), journal=path)
         )
-        second = asyncio.run(
-            batch_execute(ids, fetch, runner=DaskRunner(client), journal=path)
-        )
+        second = asyncio.run(batch_execute(ids, fetch, runner=DaskRunner(client), journal=path))
         third = asyncio.run(batch_execute(ids, fetch, journal=path))
         stats = server.stats()
     assert [r.value for r in second] == [1] * 40
@@ -169,7 +164,11 @@ def test_a_local_batch_resumes_on_the_cluster(client, tmp_path: Path):
 
     results = asyncio.run(
         batch_execute(
-            range(10), always, runner=DaskRunner(client), journal=path, retry_failed=True,
+            range(10),
+            always,
+            runner=DaskRunner(client),
+            journal=path,
+            retry_failed=True,
             reuse_journal=True,
         )
     )
