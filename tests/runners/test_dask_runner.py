@@ -9,8 +9,6 @@ import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,20 +45,30 @@ async def fails_on_threes(x: int) -> int:
 
 
 def fetcher(url: str) -> Any:
-    """An operation calling the test API: the item's id -> how many times it was served."""
+    """An operation calling the test API: the item's id -> how many times it was served.
 
-    def get(item_id: str) -> int:
-        try:
-            with urllib.request.urlopen(f"{url}/items/{item_id}") as answer:
-                return int(json.load(answer)["n"])
-        except urllib.error.HTTPError as exc:
-            if exc.code == 429:
-                retry_after = float(exc.headers.get("Retry-After", 0)) or None
-                raise Throttled(retry_after=retry_after) from exc
-            raise
+    Plain HTTP/1.1 on asyncio streams: the request leaves as soon as the attempt starts (a
+    thread pool would queue it behind others, and the server would count a late arrival).
+    """
+    host, port = url.removeprefix("http://").split(":")
 
     async def fetch(item_id: str) -> int:
-        return await asyncio.to_thread(get, item_id)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            request = f"GET /items/{item_id} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
+            await writer.drain()
+            head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        finally:
+            writer.close()
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        if status == 429:
+            raise Throttled(retry_after=float(headers.get("retry-after", 0)) or None)
+        if status != 200:
+            raise OSError(f"status {status}")
+        return int(json.loads(body)["n"])
 
     return fetch
 
@@ -203,8 +211,8 @@ def test_a_halt_rule_stops_sending_chunks(client):
     assert results[-1].is_failure
 
 
-def test_a_worker_killed_mid_run_reruns_at_most_its_chunk(tmp_path: Path):
-    # One thread per worker, so a killed worker had one chunk running.
+def test_a_worker_killed_mid_run_reruns_at_most_its_chunks(tmp_path: Path):
+    # One thread per worker: a killed worker had one chunk running.
     path = tmp_path / "killed.journal"
     with (
         distributed.LocalCluster(
@@ -239,4 +247,7 @@ def test_a_worker_killed_mid_run_reruns_at_most_its_chunk(tmp_path: Path):
     with Journal.open(path, fingerprint="read", reuse=True) as journal:
         keys = [o.key for o in journal.outcomes()]
     assert sorted(keys) == sorted(item_key(i) for i in ids)  # each item's outcome once
-    assert stats["items_served_more_than_once"] <= 10  # one chunk
+    # The chunk running on the killed worker runs again; so does one that had finished there
+    # and whose result the driver had not fetched yet (results live on their worker until
+    # fetched; the kill comes from the progress callback, while the driver is busy settling).
+    assert stats["items_served_more_than_once"] <= 20  # two chunks of 10

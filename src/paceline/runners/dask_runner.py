@@ -68,6 +68,11 @@ class ClusterLost(PacelineError):
     every item that settled, and running the batch again resumes it."""
 
 
+class ChunkFailed(PacelineError):
+    """A chunk's task raised on its worker outside any item (the operation could not be
+    unpickled there, a worker-side error of paceline): the batch stops."""
+
+
 class ChunkNotSerializable(InvalidArgumentType):
     """An item of the batch cannot be sent to the cluster (it does not pickle)."""
 
@@ -320,29 +325,32 @@ class _Drive(Generic[K, T, R]):
     def _lost(self, exc: BaseException) -> BaseException:
         if isinstance(exc, PacelineError):
             return exc
+        reason = (str(exc).splitlines() or [""])[0].rstrip(":")
         return ClusterLost(
-            f"the Dask cluster went away mid-batch ({type(exc).__name__}: {exc}); "
+            f"the Dask cluster went away mid-batch ({type(exc).__name__}: {reason}); "
             f"{self.state.completed} items settled — run the batch again to resume it"
         )
 
     # settling ---------------------------------------------------------------------------
 
     def _finished(self, future: Any, chunk: list[Pair]) -> None:
-        status = future.status
-        if status != "finished":
-            if status == "cancelled" and self.state.stopped:
+        if future.status == "cancelled" and self.state.stopped:
+            return
+        try:
+            result: ChunkResult = future.result()
+        except Exception as exc:
+            if _is_killed(exc):
+                # Every worker that took the chunk died (Dask's allowed-failures): its items
+                # go out again, as any killed worker's do.
+                self.again.extend(index for index, _item in chunk)
                 return
-            try:
-                future.result()
-            except Exception as exc:
-                if _is_killed(exc):
-                    # Every worker that took the chunk died (Dask's allowed-failures): its
-                    # items go out again, as any killed worker's do.
-                    self.again.extend(index for index, _item in chunk)
-                    return
-                raise self._lost(exc) from exc
-            raise ClusterLost(f"a chunk ended as {status!r}: the scheduler lost it")
-        result: ChunkResult = future.result()
+            if future.status == "error":  # the task itself raised on its worker
+                raise ChunkFailed(
+                    f"a worker could not run a chunk (items #{chunk[0][0]}...): "
+                    f"{type(exc).__name__}: {exc} — the operation's module must be importable "
+                    "on every worker (install it there, or define the operation in __main__)"
+                ) from exc
+            raise self._lost(exc) from exc
         self._resize(len(chunk), result.elapsed_ns)
         for outcome in result.outcomes:
             self._settle(outcome)
@@ -415,4 +423,11 @@ def pickle_check(value: Any, what: str) -> None:
         ) from exc
 
 
-__all__ = ["ChunkNotSerializable", "ClusterLost", "DaskRunner", "RemoteError", "remote_error"]
+__all__ = [
+    "ChunkFailed",
+    "ChunkNotSerializable",
+    "ClusterLost",
+    "DaskRunner",
+    "RemoteError",
+    "remote_error",
+]
