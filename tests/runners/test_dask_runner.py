@@ -34,6 +34,19 @@ def client() -> Iterator[Any]:
         yield dask_client
 
 
+@pytest.fixture(scope="module")
+def fragile() -> Iterator[Any]:
+    """A cluster whose workers the tests kill: one thread each, so a killed worker had one
+    chunk running (its nanny starts a new one)."""
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
 async def double(x: int) -> int:
     return 2 * x
 
@@ -104,14 +117,16 @@ def test_a_failed_item_is_journaled_with_its_original_type(client, tmp_path: Pat
 
 def test_the_shared_limit_holds_across_workers_at_the_server(client):
     # 45 calls at 15/s from two worker processes: the server refuses anything over 15 in a
-    # 1 s window, so a single 429 would mean the shared limit let one through.
+    # 1 s window, so a single 429 would mean the shared limit let one through. The margin
+    # covers the time from an attempt's start to its arrival, which on a busy 2-core machine
+    # (two workers, a scheduler, the driver and the server) reached tens of ms.
     with ApiServer(ApiConfig(quota=15, window_s=1, base_latency_s=0)) as server:
         started = time.monotonic()
         results = asyncio.run(
             batch_execute(
                 [f"i{n}" for n in range(45)],
                 fetcher(server.url),
-                rate_limiter=RateLimiter("15/s"),
+                rate_limiter=RateLimiter("15/s", margin_s=0.1),
                 runner=DaskRunner(client),
             )
         )
@@ -211,16 +226,11 @@ def test_a_halt_rule_stops_sending_chunks(client):
     assert results[-1].is_failure
 
 
-def test_a_worker_killed_mid_run_reruns_at_most_its_chunks(tmp_path: Path):
-    # One thread per worker: a killed worker had one chunk running.
+def test_a_worker_killed_mid_run_reruns_at_most_its_chunks(fragile, tmp_path: Path):
     path = tmp_path / "killed.journal"
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as dask_client,
-        ApiServer(ApiConfig(base_latency_s=0.02)) as server,
-    ):
+    dask_client = fragile
+    dask_client.wait_for_workers(2, timeout=30)
+    with ApiServer(ApiConfig(base_latency_s=0.02)) as server:
         pids = dask_client.run(os.getpid)
         victim = next(iter(pids.values()))
         done = threading.Event()
@@ -251,3 +261,40 @@ def test_a_worker_killed_mid_run_reruns_at_most_its_chunks(tmp_path: Path):
     # and whose result the driver had not fetched yet (results live on their worker until
     # fetched; the kill comes from the progress callback, while the driver is busy settling).
     assert stats["items_served_more_than_once"] <= 20  # two chunks of 10
+
+
+def test_the_worker_holding_the_limiter_killed_mid_run(fragile, tmp_path: Path):
+    # The driver hosts a new limiter, fenced, and sends the items whose chunks could not book
+    # again; the limit still holds at the server.
+    path = tmp_path / "actor.journal"
+    dask_client = fragile
+    dask_client.wait_for_workers(2, timeout=30)
+    with ApiServer(ApiConfig(quota=20, window_s=1, base_latency_s=0)) as server:
+        pids = dask_client.run(os.getpid)
+        killed = threading.Event()
+
+        def progress(completed: int, _total: int | None) -> None:
+            if completed >= 15 and not killed.is_set():
+                killed.set()
+                actors = dask_client.run(lambda dask_worker: len(dask_worker.state.actors))
+                holder = next(address for address, count in actors.items() if count)
+                os.kill(pids[holder], signal.SIGKILL)
+
+        started = time.monotonic()
+        ids = [f"a{n}" for n in range(60)]
+        results = asyncio.run(
+            batch_execute(
+                ids,
+                fetcher(server.url),
+                rate_limiter=RateLimiter("20/s", margin_s=0.1),
+                runner=DaskRunner(dask_client, chunk_items=5, limiter_timeout_s=1),
+                journal=path,
+                on_progress=progress,
+            )
+        )
+        elapsed = time.monotonic() - started
+        stats = server.stats()
+    assert killed.is_set()
+    assert all(r.is_success for r in results), [r for r in results if r.is_failure][:3]
+    assert stats["throttled_429"] == 0
+    assert elapsed < 20  # the lost limiter was noticed (1 s) and replaced (3 s of fence)

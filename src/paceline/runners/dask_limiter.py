@@ -17,17 +17,18 @@ the *starts*:
   seen, not the last one (a busy worker's last round trip may take 70 ms).
 
 A start then lies in ``[slot, slot + J]``, so the starts in any window ``W`` have their slots
-in a window ``W + J``, which the actor kept to N. Measured with 2 worker processes at a
-shared 500/s: without the margin 507-508 starts fell into some 1 s window; with it, 500.
+in a window ``W + J``, which the actor kept to N. The limiter's own ``margin_s`` (how much
+later than its start the server may count an attempt) is added on top, as in-process.
+Measured with 2 worker processes at a shared 500/s: see docs/benchmarks.md, "Dask runner".
 
 The actor lives on one worker and dies with it (Dask does not move actors). The driver then
-hosts a new one *fenced*: it grants nothing for one window ``W + J`` after it starts, since
-the dead actor's last grants may still be inside their window.
+hosts a new one *fenced*: it grants nothing until the dead actor's last grants — booked at
+most a horizon ahead — have left their windows (:func:`fence_for`).
 
 >>> from paceline.policy.limits import Limit
 >>> from paceline.policy.rate import Rate
->>> actor = LimitActor([Limit(Rate(2, 1_000_000_000), margin_ns=0)], fence_ns=0)
->>> [slot > now for slot, now in (actor.book_now(1), actor.book_now(1), actor.book_now(1))]
+>>> actor = LimitActor([Limit(Rate(2, 1_000_000_000), margin_ns=0)], 0, 1_000_000_000)
+>>> [slot > now for _booked, slot, now in (actor.book_now(), actor.book_now(), actor.book_now())]
 [False, False, True]
 """
 
@@ -51,6 +52,11 @@ from paceline.policy.rate import NS_PER_S
 # room and costs 1 % of a 1 s window's rate (the actor's windows are W + J).
 DEFAULT_MARGIN_S = 0.010
 
+# How long a worker waits for the actor's answer before calling it lost. Answers take 1-4 ms
+# (70 ms in the tail on a busy machine); a call to a dead worker is otherwise retried until
+# Dask's connect timeout (30 s), and every worker waiting on it would stall that long.
+ACTOR_TIMEOUT_S = 5.0
+
 
 class LimiterLost(PacelineError):
     """The cluster's limiter could not be reached (its worker died, or the scheduler went
@@ -61,28 +67,35 @@ class LimitActor:
     """The actor: books slots on its own monotonic clock (see the module's docstring).
 
     ``fence_ns``: no slot before this many ns after the actor starts (a re-created actor
-    waits out one window of its predecessor's grants). Its methods are coroutines so Dask runs
-    them on the worker's event loop, one at a time, without a hop through the actor thread.
+    waits out its predecessor's grants, :func:`fence_for`). ``horizon_ns``: no booking further
+    ahead than this; a caller asking earlier is told when to ask again. Bounding how far ahead
+    slots go is what makes a fence possible at all: a dead actor's bookings end within
+    ``horizon + W'`` of its death. Its methods are coroutines so Dask runs them on the
+    worker's event loop, one at a time, without a hop through the actor thread.
     """
 
-    def __init__(self, limits: Sequence[Limit], fence_ns: int) -> None:
+    def __init__(self, limits: Sequence[Limit], fence_ns: int, horizon_ns: int) -> None:
         self._policy = LimitPolicy(limits)
         now = time.monotonic_ns()
         self._last_ns = now  # the latest slot handed out: slots never go backwards
         self._hold_until_ns = now + fence_ns  # a fence, or a server's pause (Retry-After)
+        self._horizon_ns = horizon_ns
 
-    def book_now(self, weight: int = 1) -> tuple[int, int]:
+    def book_now(self, weight: int = 1) -> tuple[bool, int, int]:
         """Book ``weight`` permits at the earliest slot ``>=`` every earlier one; return
-        ``(slot_ns, now_ns)``: the slot and the time of the booking, on this actor's clock."""
+        ``(True, slot_ns, now_ns)``, or ``(False, ask_again_ns, now_ns)`` when that slot is
+        beyond the horizon (times on this actor's clock)."""
         now = time.monotonic_ns()
         slot = max(now, self._last_ns, self._hold_until_ns)
+        if slot - now > self._horizon_ns:
+            return False, slot - self._horizon_ns, now
         policy = self._policy
         while wait := policy.try_grant(slot, weight):
             slot += wait
         self._last_ns = slot
-        return slot, now
+        return True, slot, now
 
-    async def book(self, weight: int = 1) -> tuple[int, int]:
+    async def book(self, weight: int = 1) -> tuple[bool, int, int]:
         """:meth:`book_now`, as the workers call it."""
         return self.book_now(weight)
 
@@ -153,36 +166,40 @@ class ClusterLimiter:
     here), and given back when the start may be later than the margin allows (its latest).
     """
 
-    __slots__ = ("_actor", "_offset", "margin_ns", "window_ns")
+    __slots__ = ("_actor", "_offset", "margin_ns", "timeout_s", "window_ns")
 
-    def __init__(self, actor: Any, margin_ns: int, window_ns: int) -> None:
+    def __init__(
+        self, actor: Any, margin_ns: int, window_ns: int, timeout_s: float = ACTOR_TIMEOUT_S
+    ) -> None:
         self._actor = actor
         self.margin_ns = margin_ns
         self.window_ns = window_ns  # the longest window W + J (the fence of a successor)
+        self.timeout_s = timeout_s  # how long to wait for an answer before calling it lost
         self._offset = ClockOffset()
 
-    def __getstate__(self) -> tuple[Any, int, int]:
-        return self._actor, self.margin_ns, self.window_ns
+    def __getstate__(self) -> tuple[Any, int, int, float]:
+        return self._actor, self.margin_ns, self.window_ns, self.timeout_s
 
-    def __setstate__(self, state: tuple[Any, int, int]) -> None:
-        self._actor, self.margin_ns, self.window_ns = state
+    def __setstate__(self, state: tuple[Any, int, int, float]) -> None:
+        self._actor, self.margin_ns, self.window_ns, self.timeout_s = state
         self._offset = ClockOffset()
 
     def _call(self, method: str, *args: Any) -> Any:
         try:
-            return getattr(self._actor, method)(*args).result()
+            return getattr(self._actor, method)(*args).result(timeout=self.timeout_s)
         except Exception as exc:
             raise LimiterLost(
                 f"the cluster's rate limiter did not answer ({type(exc).__name__}: {exc})"
             ) from exc
 
-    def _book(self, weight: int) -> tuple[int, int]:
-        """``(slot, start_ns)``: the booking, and when to start it on this clock."""
+    def _book(self, weight: int) -> tuple[int | None, int]:
+        """``(slot, start_ns)``: the booking (``None``: none yet) and when to start it, or to
+        ask again, on this clock (never before the actor's time for it)."""
         sent = time.monotonic_ns()
-        slot, actor_now = self._call("book", weight)
+        booked, at_ns, actor_now = self._call("book", weight)
         offset = self._offset
         offset.sample(sent, actor_now, time.monotonic_ns())
-        return slot, slot - offset.low_ns
+        return (at_ns if booked else None), at_ns - offset.low_ns
 
     def _late(self, slot: int) -> bool:
         """Whether a start now may be more than the margin after ``slot``."""
@@ -196,6 +213,8 @@ class ClusterLimiter:
             delay = start - time.monotonic_ns()
             if delay > 0:
                 time.sleep(delay / NS_PER_S)
+            if slot is None:
+                continue
             if not self._late(slot):
                 return slot
             self._call("give_back", slot, weight)
@@ -208,6 +227,8 @@ class ClusterLimiter:
             delay = start - time.monotonic_ns()
             if delay > 0:
                 await asyncio.sleep(delay / NS_PER_S)
+            if slot is None:
+                continue
             if not self._late(slot):
                 return slot
             await asyncio.to_thread(self._call, "give_back", slot, weight)
@@ -216,8 +237,13 @@ class ClusterLimiter:
         """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``)."""
         self._call("pause", seconds)
 
-    def alive(self) -> bool:
-        """Whether the actor still answers."""
+    def alive(self, client: Any = None) -> bool:
+        """Whether the actor still answers (with ``client``: first, whether its worker is
+        still in the cluster — a quick answer for a dead one)."""
+        if client is not None:
+            address = getattr(self._actor, "_address", None)
+            if address is not None and address not in client.scheduler_info()["workers"]:
+                return False
         try:
             return bool(self._call("ping"))
         except LimiterLost:
@@ -225,20 +251,52 @@ class ClusterLimiter:
 
 
 def cluster_limits(limiter: RateLimiter, margin_s: float) -> tuple[list[Limit], int]:
-    """The limits an actor enforces for ``limiter`` (each window lengthened by ``margin_s``
-    instead of the in-process margin), and the margin in ns."""
+    """The limits an actor enforces for ``limiter``, and the margin ``J`` in ns: each window is
+    lengthened by ``J`` on top of the limiter's own margin (its ``margin_s``: how much later
+    than its start the server may count an attempt, e.g. network jitter).
+
+    >>> limits, margin_ns = cluster_limits(RateLimiter("15/s", margin_s=0.1), 0.01)
+    >>> limits[0].window_ns, margin_ns
+    (1110000000, 10000000)
+    """
     if not margin_s >= 0:
         raise InvalidArgument(f"limiter_margin_s={margin_s!r}: a number of seconds >= 0, e.g. 0.01")
     margin_ns = round(margin_s * NS_PER_S)
-    return [replace(limit, margin_ns=margin_ns) for limit in limiter.limits], margin_ns
+    return [
+        replace(limit, margin_ns=limit.window_ns - limit.rate.window_ns + margin_ns)
+        for limit in limiter.limits
+    ], margin_ns
+
+
+def horizon_for(window_ns: int) -> int:
+    """How far ahead the actor books: one window W' (so a waiter asks at most about once per
+    window), at most 1 s (so a long window — ``5000/h`` — does not make the fence hours
+    longer)."""
+    return min(window_ns, NS_PER_S)
+
+
+def fence_for(window_ns: int) -> int:
+    """How long a successor actor grants nothing: a dead actor's last slot lies at most
+    ``horizon + W'`` after its death, its start up to the margin later, and that start's
+    window lasts ``W``: ``horizon + 2 W'`` covers it."""
+    return horizon_for(window_ns) + 2 * window_ns
 
 
 def host_limiter(
-    client: Any, limiter: RateLimiter, margin_s: float = DEFAULT_MARGIN_S, *, fenced: bool = False
+    client: Any,
+    limiter: RateLimiter,
+    margin_s: float = DEFAULT_MARGIN_S,
+    *,
+    fenced: bool = False,
+    timeout_s: float = ACTOR_TIMEOUT_S,
 ) -> ClusterLimiter:
     """Start a :class:`LimitActor` for ``limiter``'s limits on ``client``'s cluster and return
-    the handle workers use; ``fenced``: it grants nothing for one window (a replacement)."""
+    the handle workers use; ``fenced``: it grants nothing at first (a successor, see
+    :func:`fence_for`)."""
     limits, margin_ns = cluster_limits(limiter, margin_s)
     window_ns = max(limit.window_ns for limit in limits)
-    future = client.submit(LimitActor, limits, window_ns if fenced else 0, actor=True, pure=False)
-    return ClusterLimiter(future.result(), margin_ns, window_ns)
+    fence_ns = fence_for(window_ns) if fenced else 0
+    future = client.submit(
+        LimitActor, limits, fence_ns, horizon_for(window_ns), actor=True, pure=False
+    )
+    return ClusterLimiter(future.result(), margin_ns, window_ns, timeout_s)

@@ -40,7 +40,12 @@ from paceline.policy.batch import BatchState
 from paceline.policy.rate import NS_PER_S
 from paceline.runners._common import sized_length
 from paceline.runners.dask_chunk import ChunkResult, ChunkSpec, Outcome, Pair, run_chunk
-from paceline.runners.dask_limiter import DEFAULT_MARGIN_S, ClusterLimiter, host_limiter
+from paceline.runners.dask_limiter import (
+    ACTOR_TIMEOUT_S,
+    DEFAULT_MARGIN_S,
+    ClusterLimiter,
+    host_limiter,
+)
 from paceline.runners.settle import Job, RunOptions, Settler
 
 K = TypeVar("K")
@@ -113,7 +118,8 @@ class DaskRunner:
     ``chunk_items`` fixes the chunk size (default: chosen from timing, ~2 s of work a chunk);
     ``chunks_in_flight`` bounds the chunks sent and not yet settled (default: 2 per worker
     thread); ``limiter_margin_s`` is the cluster limiter's margin between a slot and the latest
-    start it allows (see :mod:`paceline.runners.dask_limiter`).
+    start it allows, ``limiter_timeout_s`` how long a worker waits for its answer before it
+    calls it lost (see :mod:`paceline.runners.dask_limiter`).
 
     Operations, items and the limiter must pickle (cloudpickle: lambdas and closures do);
     results travel back JSON-ready, as the journal stores them (``codec=`` for other types).
@@ -131,6 +137,7 @@ class DaskRunner:
         chunk_items: int | None = None,
         chunks_in_flight: int | None = None,
         limiter_margin_s: float = DEFAULT_MARGIN_S,
+        limiter_timeout_s: float = ACTOR_TIMEOUT_S,
     ) -> None:
         for name, value in (("chunk_items", chunk_items), ("chunks_in_flight", chunks_in_flight)):
             if value is not None and (
@@ -146,6 +153,9 @@ class DaskRunner:
         self.chunk_items = chunk_items
         self.chunks_in_flight = chunks_in_flight
         self.limiter_margin_s = limiter_margin_s
+        if not limiter_timeout_s > 0:
+            raise InvalidArgument(f"limiter_timeout_s={limiter_timeout_s!r}: seconds above 0")
+        self.limiter_timeout_s = limiter_timeout_s
 
     def __repr__(self) -> str:
         return f"DaskRunner({self.client!r})"
@@ -220,7 +230,12 @@ class _Drive(Generic[K, T, R]):
         self.hosted = isinstance(limiter, RateLimiter) and not getattr(limiter, "shared", False)
         if self.hosted:
             assert isinstance(limiter, RateLimiter)
-            self.cluster_limiter = host_limiter(self.client, limiter, runner.limiter_margin_s)
+            self.cluster_limiter = host_limiter(
+                self.client,
+                limiter,
+                runner.limiter_margin_s,
+                timeout_s=runner.limiter_timeout_s,
+            )
             limiter = self.cluster_limiter
         self.spec = ChunkSpec(
             operation=operation,
@@ -394,12 +409,16 @@ class _Drive(Generic[K, T, R]):
             raise ClusterLost(
                 f"the batch's rate limiter failed on a worker: {result.limiter_error}"
             )
-        if limiter.alive():
+        if limiter.alive(self.client):
             return  # a successor is already hosted, or the actor was only slow
         original = self.options.limiter
         assert isinstance(original, RateLimiter)
         self.cluster_limiter = host_limiter(
-            self.client, original, self.runner.limiter_margin_s, fenced=True
+            self.client,
+            original,
+            self.runner.limiter_margin_s,
+            fenced=True,
+            timeout_s=self.runner.limiter_timeout_s,
         )
         self.spec.limiter = self.cluster_limiter
         self.spec_future = self._scatter_spec()
