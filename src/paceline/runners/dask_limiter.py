@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -74,9 +74,16 @@ class LimitActor:
     worker's event loop, one at a time, without a hop through the actor thread.
     """
 
-    def __init__(self, limits: Sequence[Limit], fence_ns: int, horizon_ns: int) -> None:
+    def __init__(
+        self,
+        limits: Sequence[Limit],
+        fence_ns: int,
+        horizon_ns: int,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
         self._policy = LimitPolicy(limits)
-        now = time.monotonic_ns()
+        self._clock_ns = clock_ns  # the actor's clock (a fake one in tests)
+        now = clock_ns()
         self._last_ns = now  # the latest slot handed out: slots never go backwards
         self._hold_until_ns = now + fence_ns  # a fence, or a server's pause (Retry-After)
         self._horizon_ns = horizon_ns
@@ -85,7 +92,7 @@ class LimitActor:
         """Book ``weight`` permits at the earliest slot ``>=`` every earlier one; return
         ``(True, slot_ns, now_ns)``, or ``(False, ask_again_ns, now_ns)`` when that slot is
         beyond the horizon (times on this actor's clock)."""
-        now = time.monotonic_ns()
+        now = self._clock_ns()
         slot = max(now, self._last_ns, self._hold_until_ns)
         if slot - now > self._horizon_ns:
             return False, slot - self._horizon_ns, now
@@ -105,7 +112,7 @@ class LimitActor:
 
     async def pause(self, seconds: float) -> None:
         """Hold every booking until ``seconds`` from now (a server's ``Retry-After``)."""
-        until = time.monotonic_ns() + round(seconds * NS_PER_S)
+        until = self._clock_ns() + round(seconds * NS_PER_S)
         self._hold_until_ns = max(self._hold_until_ns, until)
 
     async def ping(self) -> bool:

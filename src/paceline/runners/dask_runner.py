@@ -225,6 +225,8 @@ class _Drive(Generic[K, T, R]):
         self.jobs: dict[int, Job[K]] = {}  # the items sent and not settled, by position
         self.again: list[int] = []  # positions to send again (their limiter was lost)
         self.exhausted = False
+        self.read = 0  # items read from the input
+        self.window = runner.window()  # chunks in flight at most
         self.cluster_limiter: ClusterLimiter | None = None
         limiter = options.limiter
         self.hosted = isinstance(limiter, RateLimiter) and not getattr(limiter, "shared", False)
@@ -263,7 +265,7 @@ class _Drive(Generic[K, T, R]):
         from distributed import wait  # the optional `dask` extra
 
         in_flight: dict[Any, list[Pair]] = {}
-        window = self.runner.window()
+        window = self.window
         try:
             while True:
                 self._check_stop()
@@ -313,15 +315,22 @@ class _Drive(Generic[K, T, R]):
     def _next_chunk(self) -> list[Pair]:
         chunk: list[Pair] = []
         jobs = self.jobs
-        while self.again and len(chunk) < self.size:
+        size = self.size
+        total = self.state.total
+        if total is not None and self.runner.chunk_items is None:
+            # The tail in smaller chunks (guided self-scheduling): no worker is handed a big
+            # last chunk while the others have nothing left to do.
+            size = max(1, min(size, (total - self.read) // self.window))
+        while self.again and len(chunk) < size:
             index = self.again.pop()
             chunk.append((index, jobs[index].item))
-        while not self.exhausted and len(chunk) < self.size and not self.state.stopped:
+        while not self.exhausted and len(chunk) < size and not self.state.stopped:
             try:
                 index, item = next(self.items)
             except StopIteration:
                 self.exhausted = True
                 break
+            self.read += 1
             job = self.settler.new_job(index, item)
             if job is None:
                 continue  # restored from the journal, or a duplicate key
