@@ -133,9 +133,11 @@ class StandIn:
     def __init__(self, late_first_ns: int = 0) -> None:
         self.late_first_ns = late_first_ns
         self.given_back: list[int] = []
+        self.leads: list[int] = []
         self.booked = 0
 
-    def book(self, _weight: int) -> Answer:
+    def book(self, _weight: int, lead_ns: int) -> Answer:
+        self.leads.append(lead_ns)
         now = time.monotonic_ns()
         self.booked += 1
         # The first slot is already in the past by late_first_ns (a reply that came late).
@@ -163,8 +165,22 @@ def test_the_async_acquire_gives_back_a_late_slot_too():
 
 def test_an_actor_that_does_not_answer_is_lost():
     class Dead:
-        def book(self, _weight: int) -> Answer:
+        def book(self, _weight: int, _lead_ns: int) -> Answer:
             return Answer(TimeoutError("no answer"))
 
     with pytest.raises(LimiterLost, match="did not answer"):
         ClusterLimiter(Dead(), margin_ns=0, window_ns=W).acquire()
+
+
+def test_a_worker_asks_for_its_slots_ahead_by_its_usual_round_trip():
+    stand_in = StandIn()
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+    for _ in range(3):
+        limiter.acquire()
+    assert stand_in.leads[0] == 0  # nothing measured yet
+    assert all(0 < lead < 10_000_000 for lead in stand_in.leads[1:])
+
+
+def test_the_actor_books_no_earlier_than_the_lead_asks():
+    limit = actor(5)
+    assert limit.book_now(1, lead_ns=3_000_000) == (True, 3_000_000, 0)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -56,6 +57,13 @@ DEFAULT_MARGIN_S = 0.010
 # (70 ms in the tail on a busy machine); a call to a dead worker is otherwise retried until
 # Dask's connect timeout (30 s), and every worker waiting on it would stall that long.
 ACTOR_TIMEOUT_S = 5.0
+
+# A worker asks for its slot a little ahead: by the 90th percentile of its last 64 round
+# trips. Without it, a slot granted "now" is already in the past when the reply arrives, and
+# a reply slower than the margin (a busy machine: 15-70 ms) sent it back — measured: 140/s of
+# a 500/s limit, most slots given back. Capped at 100 ms: a start never waits longer for it.
+LEAD_TRIPS = 64
+MAX_LEAD_NS = 100_000_000
 
 
 class LimiterLost(PacelineError):
@@ -88,12 +96,14 @@ class LimitActor:
         self._hold_until_ns = now + fence_ns  # a fence, or a server's pause (Retry-After)
         self._horizon_ns = horizon_ns
 
-    def book_now(self, weight: int = 1) -> tuple[bool, int, int]:
-        """Book ``weight`` permits at the earliest slot ``>=`` every earlier one; return
-        ``(True, slot_ns, now_ns)``, or ``(False, ask_again_ns, now_ns)`` when that slot is
-        beyond the horizon (times on this actor's clock)."""
+    def book_now(self, weight: int = 1, lead_ns: int = 0) -> tuple[bool, int, int]:
+        """Book ``weight`` permits at the earliest slot ``>=`` every earlier one and at least
+        ``lead_ns`` from now (the caller's usual reply time: a slot already past when the reply
+        arrives would come back late); return ``(True, slot_ns, now_ns)``, or
+        ``(False, ask_again_ns, now_ns)`` when that slot is beyond the horizon (times on this
+        actor's clock)."""
         now = self._clock_ns()
-        slot = max(now, self._last_ns, self._hold_until_ns)
+        slot = max(now + lead_ns, self._last_ns, self._hold_until_ns)
         if slot - now > self._horizon_ns:
             return False, slot - self._horizon_ns, now
         policy = self._policy
@@ -102,9 +112,9 @@ class LimitActor:
         self._last_ns = slot
         return True, slot, now
 
-    async def book(self, weight: int = 1) -> tuple[bool, int, int]:
+    async def book(self, weight: int = 1, lead_ns: int = 0) -> tuple[bool, int, int]:
         """:meth:`book_now`, as the workers call it."""
-        return self.book_now(weight)
+        return self.book_now(weight, lead_ns)
 
     async def give_back(self, slot_ns: int, weight: int = 1) -> None:
         """Return a slot that was not started within the margin."""
@@ -173,7 +183,7 @@ class ClusterLimiter:
     here), and given back when the start may be later than the margin allows (its latest).
     """
 
-    __slots__ = ("_actor", "_offset", "margin_ns", "timeout_s", "window_ns")
+    __slots__ = ("_actor", "_offset", "_trips", "margin_ns", "timeout_s", "window_ns")
 
     def __init__(
         self, actor: Any, margin_ns: int, window_ns: int, timeout_s: float = ACTOR_TIMEOUT_S
@@ -183,6 +193,7 @@ class ClusterLimiter:
         self.window_ns = window_ns  # the longest window W + J (the fence of a successor)
         self.timeout_s = timeout_s  # how long to wait for an answer before calling it lost
         self._offset = ClockOffset()
+        self._trips: deque[int] = deque(maxlen=LEAD_TRIPS)
 
     def __getstate__(self) -> tuple[Any, int, int, float]:
         return self._actor, self.margin_ns, self.window_ns, self.timeout_s
@@ -190,6 +201,7 @@ class ClusterLimiter:
     def __setstate__(self, state: tuple[Any, int, int, float]) -> None:
         self._actor, self.margin_ns, self.window_ns, self.timeout_s = state
         self._offset = ClockOffset()
+        self._trips = deque(maxlen=LEAD_TRIPS)
 
     def _call(self, method: str, *args: Any) -> Any:
         try:
@@ -203,10 +215,20 @@ class ClusterLimiter:
         """``(slot, start_ns)``: the booking (``None``: none yet) and when to start it, or to
         ask again, on this clock (never before the actor's time for it)."""
         sent = time.monotonic_ns()
-        booked, at_ns, actor_now = self._call("book", weight)
+        booked, at_ns, actor_now = self._call("book", weight, self.lead_ns())
+        received = time.monotonic_ns()
+        self._trips.append(received - sent)
         offset = self._offset
-        offset.sample(sent, actor_now, time.monotonic_ns())
+        offset.sample(sent, actor_now, received)
         return (at_ns if booked else None), at_ns - offset.low_ns
+
+    def lead_ns(self) -> int:
+        """How far ahead to ask for a slot: the 90th percentile of the recent round trips
+        (at most ``MAX_LEAD_NS``), so the reply usually arrives before its slot is due."""
+        trips = sorted(self._trips)
+        if not trips:
+            return 0
+        return min(MAX_LEAD_NS, trips[len(trips) * 9 // 10])
 
     def _late(self, slot: int) -> bool:
         """Whether a start now may be more than the margin after ``slot``."""

@@ -29,6 +29,7 @@ fenced for one window and sends those items again. The scheduler gone: the drive
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
@@ -225,6 +226,10 @@ class _Drive(Generic[K, T, R]):
         self.jobs: dict[int, Job[K]] = {}  # the items sent and not settled, by position
         self.again: list[int] = []  # positions to send again (their limiter was lost)
         self.exhausted = False
+        # Finished chunks, fetched by _fetch: (future, result, error).
+        self.completed: queue.Queue[tuple[Any, ChunkResult | None, BaseException | None]] = (
+            queue.Queue()
+        )
         self.read = 0  # items read from the input
         self.window = runner.window()  # chunks in flight at most
         self.cluster_limiter: ClusterLimiter | None = None
@@ -262,8 +267,6 @@ class _Drive(Generic[K, T, R]):
     # the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        from distributed import wait  # the optional `dask` extra
-
         in_flight: dict[Any, list[Pair]] = {}
         window = self.window
         try:
@@ -273,27 +276,33 @@ class _Drive(Generic[K, T, R]):
                     chunk = self._next_chunk()
                     if not chunk:
                         break
-                    in_flight[self._submit(chunk)] = chunk
+                    future = self._submit(chunk)
+                    in_flight[future] = chunk
+                    future.add_done_callback(self._fetch)
                 if not in_flight:
                     return
                 try:
-                    done = wait(  # type: ignore[no-untyped-call]
-                        list(in_flight), timeout=POLL_S, return_when="FIRST_COMPLETED"
-                    )
-                except TimeoutError:
+                    future, result, error = self.completed.get(timeout=POLL_S)
+                except queue.Empty:
                     continue
-                except Exception as exc:
-                    raise self._lost(exc) from exc
-                for future in done.done:
-                    chunk = in_flight.pop(future)
-                    self._finished(future, chunk)
-                    if self.state.stopped and self.state.halt_now:
-                        break
+                if future not in in_flight:
+                    continue  # cancelled, and already forgotten
+                chunk = in_flight.pop(future)
+                self._finished(future, chunk, result, error)
                 if self.state.stopped:
                     self._cancel(in_flight, now=self.state.halt_now)
         finally:
             if in_flight:
                 self._cancel(in_flight, now=True)
+
+    def _fetch(self, future: Any) -> None:
+        """A chunk's task ended (a callback on a Dask client thread): fetch its result into
+        this process at once, so the driver's own pace (settling, progress callbacks) never
+        leaves it on a worker, where a killed worker would lose it and Dask run it again."""
+        try:
+            self.completed.put((future, future.result(), None))
+        except BaseException as exc:
+            self.completed.put((future, None, exc))
 
     def _check_stop(self) -> None:
         if self.stop.is_set() and not self.state.stopped:
@@ -357,12 +366,12 @@ class _Drive(Generic[K, T, R]):
 
     # settling ---------------------------------------------------------------------------
 
-    def _finished(self, future: Any, chunk: list[Pair]) -> None:
+    def _finished(
+        self, future: Any, chunk: list[Pair], result: ChunkResult | None, exc: BaseException | None
+    ) -> None:
         if future.status == "cancelled" and self.state.stopped:
             return
-        try:
-            result: ChunkResult = future.result()
-        except Exception as exc:
+        if exc is not None:
             if _is_killed(exc):
                 # Every worker that took the chunk died (Dask's allowed-failures): its items
                 # go out again, as any killed worker's do.
@@ -375,6 +384,7 @@ class _Drive(Generic[K, T, R]):
                     "on every worker (install it there, or define the operation in __main__)"
                 ) from exc
             raise self._lost(exc) from exc
+        assert result is not None
         self._resize(len(chunk), result.elapsed_ns)
         for outcome in result.outcomes:
             self._settle(outcome)
