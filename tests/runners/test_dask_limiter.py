@@ -132,21 +132,24 @@ class StandIn:
 
     def __init__(self, late_first_ns: int = 0) -> None:
         self.late_first_ns = late_first_ns
-        self.given_back: list[int] = []
+        self.given_back: list[tuple[int, int]] = []
         self.leads: list[int] = []
+        self.calls: list[int] = []  # the requests each call carried
         self.booked = 0
 
-    def book(self, _weight: int, lead_ns: int) -> Answer:
+    def book_many(
+        self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
+    ) -> Answer:
         self.leads.append(lead_ns)
+        self.calls.append(len(weights))
+        self.given_back.extend(given_back)
         now = time.monotonic_ns()
-        self.booked += 1
-        # The first slot is already in the past by late_first_ns (a reply that came late).
-        slot = now - self.late_first_ns if self.booked == 1 else now
-        return Answer((True, slot, now))
-
-    def give_back(self, slot: int, _weight: int) -> Answer:
-        self.given_back.append(slot)
-        return Answer(None)
+        slots = []
+        for _weight in weights:
+            self.booked += 1
+            # The first slot is already in the past by late_first_ns (a reply that came late).
+            slots.append((True, now - self.late_first_ns if self.booked == 1 else now))
+        return Answer((slots, now))
 
 
 def test_a_slot_that_cannot_start_within_the_margin_is_given_back_and_booked_again():
@@ -165,7 +168,7 @@ def test_the_async_acquire_gives_back_a_late_slot_too():
 
 def test_an_actor_that_does_not_answer_is_lost():
     class Dead:
-        def book(self, _weight: int, _lead_ns: int) -> Answer:
+        def book_many(self, *_args: Any) -> Answer:
             return Answer(TimeoutError("no answer"))
 
     with pytest.raises(LimiterLost, match="did not answer"):
@@ -184,3 +187,15 @@ def test_a_worker_asks_for_its_slots_ahead_by_its_usual_round_trip():
 def test_the_actor_books_no_earlier_than_the_lead_asks():
     limit = actor(5)
     assert limit.book_now(1, lead_ns=3_000_000) == (True, 3_000_000, 0)
+
+
+def test_the_requests_waiting_in_a_process_share_one_call():
+    stand_in = StandIn()
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+
+    async def many() -> None:
+        await asyncio.gather(*(limiter.acquire_async() for _ in range(20)))
+
+    asyncio.run(many())
+    assert sum(stand_in.calls) == 20
+    assert len(stand_in.calls) < 20
