@@ -136,7 +136,9 @@ def most_in_window(times_s: list[float], window_s: float = 1.0) -> int:
     )
 
 
-def shared_limit(io_items: int, margin_s: float | None, cluster_margin_s: float) -> dict[str, Any]:
+def shared_limit(
+    io_items: int, margin_s: float | None, cluster_margin_s: float, concurrency: int
+) -> dict[str, Any]:
     rate = 500
     config = ApiConfig(quota=None, base_latency_s=0.010)
     with ApiServer.spawn(config) as server, cluster(threads_per_worker=2) as client:
@@ -146,7 +148,7 @@ def shared_limit(io_items: int, margin_s: float | None, cluster_margin_s: float)
                 batch_execute(
                     [f"i{n}" for n in range(io_items)],
                     fetcher(server.url),
-                    max_concurrent=16,
+                    max_concurrent=concurrency,
                     rate_limiter=RateLimiter(f"{rate}/s", margin_s=margin_s),
                     runner=DaskRunner(client, limiter_margin_s=cluster_margin_s),
                 )
@@ -159,6 +161,7 @@ def shared_limit(io_items: int, margin_s: float | None, cluster_margin_s: float)
         "items": io_items,
         "margin_s": margin_s,
         "cluster_margin_s": cluster_margin_s,
+        "max_concurrent": concurrency,
         "failed": sum(r.is_failure for r in results),
         "rate_fraction": (len(arrivals) - 1) / span_s / rate,
         "max_arrivals_in_any_1s": most_in_window(arrivals),
@@ -231,6 +234,7 @@ def main() -> None:
     parser.add_argument("--io-items", type=int, default=20_000)
     parser.add_argument("--margins", default="none,0.02", help="the limiter's margin_s values")
     parser.add_argument("--cluster-margin", type=float, default=0.010, help="DaskRunner's J")
+    parser.add_argument("--concurrency", type=int, default=32, help="items at once per chunk")
     args = parser.parse_args()
     _set_loops(calibrate())
     report: dict[str, Any] = {}
@@ -240,7 +244,7 @@ def main() -> None:
     if args.only in (None, "limit"):
         for text in args.margins.split(","):
             margin_s = None if text == "none" else float(text)
-            row = shared_limit(args.io_items, margin_s, args.cluster_margin)
+            row = shared_limit(args.io_items, margin_s, args.cluster_margin, args.concurrency)
             report[f"limit_margin_{margin_s}"] = row
             print(json.dumps(row), flush=True)
     if args.only in (None, "cpu"):
