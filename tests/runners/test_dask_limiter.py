@@ -149,7 +149,7 @@ class StandIn:
             self.booked += 1
             # The first slot is already in the past by late_first_ns (a reply that came late).
             slots.append((True, now - self.late_first_ns if self.booked == 1 else now))
-        return Answer((slots, now))
+        return Answer((slots, now, 10_000_000))
 
 
 def test_a_slot_that_cannot_start_within_the_margin_is_given_back_and_booked_again():
@@ -199,3 +199,33 @@ def test_the_requests_waiting_in_a_process_share_one_call():
     asyncio.run(many())
     assert sum(stand_in.calls) == 20
     assert len(stand_in.calls) < 20
+
+
+def test_the_margin_grows_when_slots_keep_coming_back_late():
+    limit = LimitActor(
+        [Limit(Rate(1000, W), margin_ns=10_000_000)],
+        0,
+        W,
+        Clock(),
+        margin_ns=10_000_000,
+        max_margin_ns=50_000_000,
+    )
+    _answers, _now, margin = limit.book_many_now([1] * 200, 0, [])
+    assert margin == 10_000_000
+    # 20 of the 200 came back late (10 %, over the 5 % that makes a longer margin cheaper).
+    _answers, _now, margin = limit.book_many_now([1], 0, [(0, 1)] * 20)
+    assert margin == 15_000_000
+    assert limit._policy._logs[0].window_ns == W + 15_000_000
+
+
+def test_the_margin_stays_when_few_slots_come_back_late():
+    limit = LimitActor(
+        [Limit(Rate(1000, W), margin_ns=10_000_000)],
+        0,
+        W,
+        Clock(),
+        margin_ns=10_000_000,
+        max_margin_ns=50_000_000,
+    )
+    limit.book_many_now([1] * 200, 0, [])
+    assert limit.book_many_now([1], 0, [(0, 1)] * 5)[2] == 10_000_000
