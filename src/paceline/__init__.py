@@ -43,6 +43,7 @@ from paceline.policy.adaptive import AdaptiveSettings, Outcome
 from paceline.policy.halt import HaltRule
 from paceline.policy.rate import RateSpecError
 from paceline.policy.retry import RetryAfterTooLong, RetryBudget, RetryPolicy
+from paceline.runners.dask_runner import DaskRunner
 from paceline.runners.identity import current_item_key
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "BatchInterrupted",
     "BatchItemResult",
     "BatchResult",
+    "DaskRunner",
     "DryRun",
     "ErrorCode",
     "Failure",

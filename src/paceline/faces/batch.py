@@ -30,10 +30,12 @@ from paceline.faces._options import (
     restored_item,
 )
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome
+from paceline.policy.batch import BatchState
 from paceline.policy.halt import DEFAULT_GIVE_UP_AFTER_S
 from paceline.policy.retry import RetryBudget
 from paceline.runners import ProgressCallback, auto_workers, controller_for, sized_length
 from paceline.runners.async_runner import AsyncRunner
+from paceline.runners.dask_runner import DaskRunner
 from paceline.runners.lanes import Lanes
 from paceline.runners.settle import AttemptInfo, RunOptions
 from paceline.stores import Codec, StoredOutcome, item_key
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 K = TypeVar("K")
 T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = ["batch_execute", "batch_execute_sync", "run_sync", "stream"]
 
@@ -99,6 +102,7 @@ class BatchOptions(TypedDict, total=False):
     classify: Callable[[Any, BaseException | None], Outcome] | None
     give_up_after_s: float | None
     lanes: Lanes | None
+    runner: DaskRunner | None
 
 
 class AllBatchOptions(BatchOptions, total=False):
@@ -159,6 +163,7 @@ async def batch_execute(
     classify: Callable[[Any, BaseException | None], Outcome] | None = None,
     give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
     lanes: Lanes | None = None,
+    runner: DaskRunner | None = None,
 ) -> list[Result[T]]:
     """Run ``await operation(key)`` for every key; return a ``Result`` per key, in key order.
 
@@ -206,6 +211,11 @@ async def batch_execute(
     per server); keys then queue per lane inside a read-ahead of
     :data:`~paceline.runners.lanes.DEFAULT_LANE_READ_AHEAD`.
 
+    ``runner`` (a :class:`~paceline.runners.dask_runner.DaskRunner`) runs the items on a Dask
+    cluster instead of this event loop: the journal, progress and halt rules stay here,
+    ``max_concurrent`` is per chunk on each worker, and a ``rate_limiter`` is shared by every
+    worker (docs/design.md, "Dask runner").
+
     >>> async def double(x: int) -> int:
     ...     return 2 * x
     >>> results = asyncio.run(batch_execute([1, 2, 3], double))
@@ -237,14 +247,48 @@ async def batch_execute(
             give_up_after_s=give_up_after_s,
             lanes=lanes,
         )
-        runner: AsyncRunner[K, T, Result[T]] = AsyncRunner(
-            operation, concurrency=workers, options=options
-        )
-        state = await runner.collect(keys)
+        if runner is not None:
+            state = await on_cluster(runner, keys, operation, workers, options, codec)
+        else:
+            local: AsyncRunner[K, T, Result[T]] = AsyncRunner(
+                operation, concurrency=workers, options=options
+            )
+            state = await local.collect(keys)
     if state.halt_reason is None:
         return state.slots  # type: ignore[return-value]  # every slot is filled
     missing = Failure(NotAttempted(f"not attempted: {state.halt_reason}"), ErrorCode.CANCELLED)
     return [missing if slot is None else slot for slot in state.slots]
+
+
+async def on_cluster(
+    runner: DaskRunner,
+    keys: Iterable[K] | AsyncIterable[K],
+    operation: Callable[[K], Awaitable[T]],
+    workers: int | None,
+    options: RunOptions[K, T, R],
+    codec: Codec | None,
+) -> BatchState[R]:
+    """Run the batch with ``runner`` in a thread (its driver blocks on the cluster); a
+    cancellation (Ctrl-C) stops it — nothing new sent, the chunks in flight cancelled — and
+    waits for that before it propagates, so the journal holds every item that settled."""
+    stop = threading.Event()
+    driver = asyncio.ensure_future(
+        asyncio.to_thread(
+            runner.collect,
+            keys,
+            operation,
+            concurrency=workers,
+            options=options,
+            codec=codec,
+            stop=stop,
+        )
+    )
+    try:
+        return await asyncio.shield(driver)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.gather(driver, return_exceptions=True)
+        raise
 
 
 def _restore_result(_index: int, _key: object, stored: StoredOutcome) -> Result[Any]:

@@ -278,6 +278,21 @@ class LimitPolicy:
             log.record_lease(now_ns, stamp, count)
         return count
 
+    def lengthen_windows(self, extra_ns: int) -> None:
+        """Lengthen every limit's window by ``extra_ns`` (>= 0) from now on: a larger margin
+        for grants whose starts turned out to lag more (the Dask runner's limiter). Only ever
+        longer: every grant then stays counted at least as long as before, which is strict.
+
+        >>> p = LimitPolicy([Limit(Rate(1, 1_000), margin_ns=0)])
+        >>> p.try_grant(0, 1); p.lengthen_windows(500); p.try_grant(1_000, 1)
+        0
+        500
+        """
+        if extra_ns < 0:
+            raise InvalidArgument(f"extra_ns={extra_ns}: windows only grow (a margin >= 0)")
+        for log in self._logs:
+            log.window_ns += extra_ns
+
     def give_back(self, granted_ns: int, weight: int | Cost = 1) -> None:
         """Return ``weight`` (requests, or a cost per unit) granted at ``granted_ns`` and never
         used (the shaper's schedule is never rewound: that would let a burst through)."""

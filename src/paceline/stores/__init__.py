@@ -13,7 +13,7 @@ resumes where it stopped:
 (True, False)
 """
 
-from paceline.stores._codec import Codec, JsonCodec
+from paceline.stores._codec import Codec, JsonCodec, check_json_ready
 from paceline.stores._errors import (
     JournalCorrupt,
     JournalEncodeError,
@@ -32,6 +32,7 @@ __all__ = [
     "JournalMismatch",
     "JsonCodec",
     "StoredOutcome",
+    "check_json_ready",
     "fingerprint_of",
     "item_key",
 ]

@@ -1,0 +1,144 @@
+"""The worker's half of the Dask runner: run one chunk of items, return JSON-ready outcomes.
+
+A chunk runs on a Dask worker with paceline's :class:`~paceline.runners.async_runner.AsyncRunner`
+(at most ``concurrency`` items at once, the batch's retry policy and attempt timeout), taking a
+token from the batch's shared limiter right before every attempt, retries included. What goes
+back to the driver is plain data: per item its index, whether it succeeded, its value encoded
+the way the journal stores it (the batch's codec, then JSON-ready), or its error's message,
+type name and code; and how long the chunk took (the driver sizes the next chunks from it).
+
+An error that carries a server's ``retry_after`` also pauses the shared limiter (when it can
+pause: the cluster's actor can), so a 429 holds back every worker sharing the limit, not only
+the one that saw it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from paceline._results import error_code_for
+from paceline.errors import PacelineError
+from paceline.policy.retry import RetryBudget, RetryPolicy, retry_after_of
+from paceline.runners.async_runner import AsyncRunner
+from paceline.runners.dask_limiter import LimiterLost
+from paceline.runners.settle import AttemptInfo, RunOptions
+from paceline.stores import Codec, check_json_ready
+
+Pair = tuple[int, Any]  # (the item's position in the batch, the item)
+
+# One item's outcome as it travels back:
+# (index, True, json_value, attempts, started_ns, duration_ns) or
+# (index, False, (message, type_name, error_code), attempts, started_ns, duration_ns).
+Outcome = tuple[int, bool, Any, int, int, int]
+
+
+@dataclass(slots=True)
+class ChunkSpec:
+    """What every chunk of one batch runs with; sent to each worker once (scattered)."""
+
+    operation: Callable[[Any], Awaitable[Any]]
+    concurrency: int
+    limiter: object | None = None
+    weight: Callable[[Any], int] | None = None
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = None
+    codec: Codec | None = None
+    classify: Callable[[Any, BaseException | None], Any] | None = None
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """A chunk's outcomes, the ns it took on the worker, and the positions left unfinished
+    because the shared limiter was lost (the driver runs those again)."""
+
+    outcomes: list[Outcome]
+    elapsed_ns: int
+    unfinished: list[int] = field(default_factory=list)
+    limiter_error: str | None = None
+
+
+def _encoded(value: Any, codec: Codec | None, index: int, item: Any) -> Any:
+    data = codec.encode(value) if codec is not None else value
+    try:
+        check_json_ready(data, f"the result of item #{index} ({item!r:.80})")
+    except Exception as exc:
+        raise ResultNotJsonReady(str(exc)) from exc
+    return data
+
+
+class ResultNotJsonReady(PacelineError):
+    """An item's result that cannot travel back from its worker the way the journal would store
+    it (JSON-ready, through the batch's codec): the item fails with this, naming it."""
+
+    error_code = "invalid_input"
+
+
+def _failure(index: int, exc: BaseException, info: AttemptInfo) -> Outcome:
+    message = str(exc) or type(exc).__name__
+    code = error_code_for(exc).value
+    return (
+        index,
+        False,
+        (message, type(exc).__name__, code),
+        info.attempts,
+        info.started_ns,
+        info.duration_ns,
+    )
+
+
+def run_chunk(spec: ChunkSpec, pairs: list[Pair]) -> ChunkResult:
+    """Run ``pairs`` on this worker (the Dask task of one chunk)."""
+    started = time.monotonic_ns()
+    outcomes: list[Outcome] = []
+    operation, limiter, codec = spec.operation, spec.limiter, spec.codec
+    pause = getattr(limiter, "pause", None)
+
+    async def attempt(pair: Pair) -> Any:
+        try:
+            return await operation(pair[1])
+        except Exception as exc:
+            seconds = retry_after_of(exc)
+            if pause is not None and seconds is not None and seconds > 0:
+                await asyncio.to_thread(pause, seconds)
+            raise
+
+    def ok(_i: int, pair: Pair, value: Any, info: AttemptInfo) -> None:
+        index, item = pair
+        try:
+            data = _encoded(value, codec, index, item)
+        except ResultNotJsonReady as exc:
+            outcomes.append(_failure(index, exc, info))
+            return
+        outcomes.append((index, True, data, info.attempts, info.started_ns, info.duration_ns))
+
+    def err(_i: int, pair: Pair, exc: BaseException, info: AttemptInfo) -> None:
+        outcomes.append(_failure(pair[0], exc, info))
+
+    weight = spec.weight
+    options: RunOptions[Pair, Any, None] = RunOptions(
+        ok=ok,
+        err=err,
+        limiter=limiter,
+        weight=(lambda pair: weight(pair[1])) if weight is not None else None,
+        timed=True,
+        retry=spec.retry,
+        # The retry budget is per chunk here: the driver cannot share one across workers.
+        budget=RetryBudget() if spec.retry is not None else None,
+        timeout_s=spec.timeout_s,
+        classify=spec.classify,
+        give_up_after_s=None,  # the driver applies the batch's give-up rule
+    )
+    runner: AsyncRunner[Pair, Any, None] = AsyncRunner(
+        attempt, concurrency=max(1, min(spec.concurrency, len(pairs))), options=options
+    )
+    try:
+        asyncio.run(runner.collect(pairs))
+    except LimiterLost as exc:
+        done = {outcome[0] for outcome in outcomes}
+        unfinished = [index for index, _item in pairs if index not in done]
+        return ChunkResult(outcomes, time.monotonic_ns() - started, unfinished, str(exc))
+    return ChunkResult(outcomes, time.monotonic_ns() - started)

@@ -1,0 +1,476 @@
+"""A rate limit held on a Dask cluster: one actor books start slots for every worker.
+
+The actor (:class:`LimitActor`) wraps paceline's own limit policy (the sliding-window log,
+and the pacer when ``burst`` is set) and *books*: each call gets the earliest slot at which
+the limit has room, and the exact wait until it, in one round trip (no polling; docs/design.md,
+"Dask runner"). The slots it hands out never go backwards, so its log is that of an
+in-process limiter whose callers queue in order.
+
+A grant reaches its worker one reply later and the attempt starts after a sleep: the start
+falls after its slot, never before. Two halves keep "at most N starts in any window" true of
+the *starts*:
+
+- the actor books on windows lengthened by a margin ``J`` (``margin_s``), and
+- the worker gives back any slot it could not start within ``J`` of it and books again. The
+  worker reads the actor's clock through its bookings' round trips (:class:`ClockOffset`),
+  so it starts no earlier than the slot and knows its lateness to within the best round trip
+  seen, not the last one (a busy worker's last round trip may take 70 ms).
+
+A start then lies in ``[slot, slot + J]``, so the starts in any window ``W`` have their slots
+in a window ``W + J``, which the actor kept to N. The limiter's own ``margin_s`` (how much
+later than its start the server may count an attempt) is added on top, as in-process.
+Measured with 2 worker processes at a shared 500/s: see docs/benchmarks.md, "Dask runner".
+
+The actor lives on one worker and dies with it (Dask does not move actors). The driver then
+hosts a new one *fenced*: it grants nothing until the dead actor's last grants — booked at
+most a horizon ahead — have left their windows (:func:`fence_for`).
+
+>>> from paceline.policy.limits import Limit
+>>> from paceline.policy.rate import Rate
+>>> actor = LimitActor([Limit(Rate(2, 1_000_000_000), margin_ns=0)], 0, 1_000_000_000)
+>>> [slot > now for _booked, slot, now in (actor.book_now(), actor.book_now(), actor.book_now())]
+[False, False, True]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any
+
+from paceline._limiter import RateLimiter
+from paceline.errors import InvalidArgument, PacelineError
+from paceline.policy.limits import Limit, LimitPolicy
+from paceline.policy.rate import NS_PER_S
+
+# The margin J between a slot and the latest start it allows. It must exceed the tail of a
+# booking's round trip plus the sleep's overshoot, or most slots come back late and the rate
+# starves (measured: J = 5 ms over a link with up to 4 ms each way gave 6 % of the rate). A
+# round trip worker -> actor -> worker took 1-4 ms on a busy 2-core machine; 10 ms leaves
+# room and costs 1 % of a 1 s window's rate (the actor's windows are W + J).
+DEFAULT_MARGIN_S = 0.010
+
+# How long a worker waits for the actor's answer before calling it lost. Answers take 1-4 ms
+# (70 ms in the tail on a busy machine); a call to a dead worker is otherwise retried until
+# Dask's connect timeout (30 s), and every worker waiting on it would stall that long.
+ACTOR_TIMEOUT_S = 5.0
+
+# A worker asks for its slot ahead: by the longest of its last 64 round trips. Without it, a
+# slot granted "now" is already past when the reply arrives, and a reply slower than the
+# margin (a busy machine: 15-70 ms) sends it back — measured: 140/s of a 500/s limit, most
+# slots given back; with the 90th percentile, 0.77 of the rate (a tenth of the replies came
+# after their slot). A given-back slot is lost to the rate: slots never go backwards. Ahead
+# costs a start's latency, not the rate. Capped at 100 ms: a start never waits longer for it.
+LEAD_TRIPS = 64
+MAX_LEAD_NS = 100_000_000
+
+# A worker process's booking thread ends after this long with nothing to book (a new one
+# starts with the next request): no thread outlives a batch by more than that.
+BOOKER_IDLE_S = 5.0
+
+# The margin grows by half (at most to MAX_MARGIN_FACTOR x its start) when more than 5 % of
+# the last 200 slots came back late: a late slot is lost to the rate (measured on a loaded
+# machine: 25 % late at J = 10 ms, 0.67 of the rate; 0.83-0.91 at J = 30 ms). 5 % late costs
+# about as much rate as a margin 5 % of the window, so beyond it a longer margin is cheaper.
+MARGIN_SAMPLE = 200
+MARGIN_GROW_AT = 0.05
+MAX_MARGIN_FACTOR = 5
+
+
+class LimiterLost(PacelineError):
+    """The cluster's limiter could not be reached (its worker died, or the scheduler went
+    away): the attempt did not start and took nothing."""
+
+
+class LimitActor:
+    """The actor: books slots on its own monotonic clock (see the module's docstring).
+
+    ``fence_ns``: no slot before this many ns after the actor starts (a re-created actor
+    waits out its predecessor's grants, :func:`fence_for`). ``horizon_ns``: no booking further
+    ahead than this; a caller asking earlier is told when to ask again. Bounding how far ahead
+    slots go is what makes a fence possible at all: a dead actor's bookings end within
+    ``horizon + W'`` of its death. Its methods are coroutines so Dask runs them on the
+    worker's event loop, one at a time, without a hop through the actor thread.
+    """
+
+    def __init__(
+        self,
+        limits: Sequence[Limit],
+        fence_ns: int,
+        horizon_ns: int,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        *,
+        margin_ns: int = 0,
+        max_margin_ns: int = 0,
+    ) -> None:
+        self._policy = LimitPolicy(limits)
+        # The margin J (already in the limits' windows) and how far it may grow: when more
+        # than MARGIN_GROW_AT of the slots come back late, J grows by half (see book_many).
+        self.margin_ns = margin_ns
+        self._max_margin_ns = max(margin_ns, max_margin_ns)
+        self._booked = 0
+        self._returned = 0
+        self._clock_ns = clock_ns  # the actor's clock (a fake one in tests)
+        now = clock_ns()
+        self._last_ns = now  # the latest slot handed out: slots never go backwards
+        self._hold_until_ns = now + fence_ns  # a fence, or a server's pause (Retry-After)
+        self._horizon_ns = horizon_ns
+
+    def book_now(self, weight: int = 1, lead_ns: int = 0) -> tuple[bool, int, int]:
+        """Book ``weight`` permits at the earliest slot ``>=`` every earlier one and at least
+        ``lead_ns`` from now (the caller's usual reply time: a slot already past when the reply
+        arrives would come back late); return ``(True, slot_ns, now_ns)``, or
+        ``(False, ask_again_ns, now_ns)`` when that slot is beyond the horizon (times on this
+        actor's clock)."""
+        now = self._clock_ns()
+        slot = max(now + lead_ns, self._last_ns, self._hold_until_ns)
+        if slot - now > self._horizon_ns:
+            return False, slot - self._horizon_ns, now
+        policy = self._policy
+        while wait := policy.try_grant(slot, weight):
+            slot += wait
+        self._last_ns = slot
+        return True, slot, now
+
+    async def book(self, weight: int = 1, lead_ns: int = 0) -> tuple[bool, int, int]:
+        """:meth:`book_now`, as the workers call it."""
+        return self.book_now(weight, lead_ns)
+
+    async def book_many(
+        self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
+    ) -> tuple[list[tuple[bool, int]], int, int]:
+        """Take back ``given_back`` slots ``(slot, weight)``, then book one slot per weight, in
+        order: ``([(booked, slot_or_ask_again_ns), ...], now_ns, margin_ns)``, the margin
+        being the lateness these slots may start with. One round trip for every caller
+        waiting in a worker process (see :class:`ClusterLimiter`)."""
+        return self.book_many_now(weights, lead_ns, given_back)
+
+    def book_many_now(
+        self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
+    ) -> tuple[list[tuple[bool, int]], int, int]:
+        """:meth:`book_many`, synchronously.
+
+        The margin grows when slots keep coming back late (a busy machine's event loops wake
+        up late): a given-back slot is lost to the rate. It only grows, and each slot keeps
+        the margin it was booked with, so the proof of the module's docstring still holds:
+        any later decision counts an earlier slot for at least W plus that slot's margin.
+        """
+        policy = self._policy
+        for slot, weight in given_back:
+            policy.give_back(slot, weight)
+        self._returned += len(given_back)
+        if self._booked >= MARGIN_SAMPLE:
+            late = self._returned / self._booked
+            if late > MARGIN_GROW_AT and self.margin_ns < self._max_margin_ns:
+                grown = min(self._max_margin_ns, max(self.margin_ns * 3 // 2, 1_000_000))
+                policy.lengthen_windows(grown - self.margin_ns)
+                self.margin_ns = grown
+            self._booked = self._returned = 0
+        answers = [self.book_now(weight, lead_ns) for weight in weights]
+        self._booked += sum(1 for booked, _at, _now in answers if booked)
+        now = answers[0][2] if answers else self._clock_ns()
+        return [(booked, at) for booked, at, _now in answers], now, self.margin_ns
+
+    async def give_back(self, slot_ns: int, weight: int = 1) -> None:
+        """Return a slot that was not started within the margin."""
+        self._policy.give_back(slot_ns, weight)
+
+    async def pause(self, seconds: float) -> None:
+        """Hold every booking until ``seconds`` from now (a server's ``Retry-After``)."""
+        until = self._clock_ns() + round(seconds * NS_PER_S)
+        self._hold_until_ns = max(self._hold_until_ns, until)
+
+    async def ping(self) -> bool:
+        """Whether the actor answers (the driver's health check)."""
+        return True
+
+
+class ClockOffset:
+    """Where the actor's clock stands against this process's, from round trips (as NTP does):
+    a booking read the actor's clock at ``a`` between sending at ``s`` and receiving at ``r``
+    (local), so the offset lies in ``[a - r, a - s]``; the tightest bounds over recent
+    bookings are kept. Bounds older than ``REFRESH_NS`` are dropped so two machines' clock
+    drift (tens of ppm) never accumulates. On one machine the offset is 0, within the best
+    round trip.
+
+    >>> offset = ClockOffset()
+    >>> offset.sample(sent_ns=100, actor_ns=1_050, received_ns=110)
+    >>> offset.low_ns, offset.high_ns
+    (940, 950)
+    """
+
+    REFRESH_NS = 10 * NS_PER_S  # a 10 s horizon: 50 ppm of drift is 0.5 ms within it
+    __slots__ = ("_current", "_older", "_since_ns")
+
+    def __init__(self) -> None:
+        wide = (-(2**62), 2**62)
+        self._current = wide  # (low, high) from this horizon's round trips
+        self._older = wide  # ... and from the previous horizon's
+        self._since_ns: int | None = None
+
+    @property
+    def low_ns(self) -> int:
+        """The lowest the offset (actor minus local) can be."""
+        return max(self._current[0], self._older[0])
+
+    @property
+    def high_ns(self) -> int:
+        """The highest the offset can be."""
+        return min(self._current[1], self._older[1])
+
+    def sample(self, sent_ns: int, actor_ns: int, received_ns: int) -> None:
+        """Narrow the bounds with one round trip."""
+        if self._since_ns is None or received_ns - self._since_ns > self.REFRESH_NS:
+            self._older = self._current
+            self._current = (-(2**62), 2**62)
+            self._since_ns = received_ns
+        low, high = self._current
+        self._current = (max(low, actor_ns - received_ns), min(high, actor_ns - sent_ns))
+
+
+class ClusterLimiter:
+    """What a worker takes its tokens from: a picklable handle on the cluster's
+    :class:`LimitActor`, with the worker's half of the booking (the margin and give-back).
+
+    Built by :func:`host_limiter`; passed to the worker-side runners as their
+    ``rate_limiter``, so every attempt — retries included — books right before it starts.
+    A slot is started no earlier than it is due on the actor's clock (its earliest reading
+    here), and given back when the start may be later than the margin allows (its latest).
+
+    In each worker process one booking thread sends the actor every request waiting at that
+    moment — and the slots given back since — in one call (:meth:`LimitActor.book_many`):
+    an actor call costs ~1 ms of the actor's worker, and one call per attempt made it the
+    bottleneck (measured: ~800 calls/s with 64 callers on a busy machine, 30-50 ms round trips).
+    """
+
+    __slots__ = (
+        "_actor",
+        "_booker",
+        "_given_back",
+        "_lock",
+        "_offset",
+        "_trips",
+        "_waiting",
+        "_wake",
+        "margin_ns",
+        "timeout_s",
+        "window_ns",
+    )
+
+    def __init__(
+        self, actor: Any, margin_ns: int, window_ns: int, timeout_s: float = ACTOR_TIMEOUT_S
+    ) -> None:
+        self._actor = actor
+        self.margin_ns = margin_ns
+        self.window_ns = window_ns  # the longest window W + J (the fence of a successor)
+        self.timeout_s = timeout_s  # how long to wait for an answer before calling it lost
+        self._local_state()
+
+    def _local_state(self) -> None:
+        self._offset = ClockOffset()
+        self._trips: deque[int] = deque(maxlen=LEAD_TRIPS)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: list[tuple[int, Future[tuple[bool, int, int]]]] = []
+        self._given_back: list[tuple[int, int]] = []
+        self._booker: threading.Thread | None = None
+
+    def __getstate__(self) -> tuple[Any, int, int, float]:
+        return self._actor, self.margin_ns, self.window_ns, self.timeout_s
+
+    def __setstate__(self, state: tuple[Any, int, int, float]) -> None:
+        self._actor, self.margin_ns, self.window_ns, self.timeout_s = state
+        self._local_state()
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._actor, method)(*args).result(timeout=self.timeout_s)
+        except Exception as exc:
+            raise LimiterLost(
+                f"the cluster's rate limiter did not answer ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    # the booking thread -------------------------------------------------------------------
+
+    def _request(self, weight: int) -> Future[tuple[bool, int, int]]:
+        """Queue a booking for the booking thread; its future gives ``(booked, actor_ns,
+        margin_ns)``: the slot (or when to ask again) and the lateness the slot allows."""
+        future: Future[tuple[bool, int, int]] = Future()
+        with self._lock:
+            self._waiting.append((weight, future))
+            if self._booker is None or not self._booker.is_alive():
+                # In the caller's context: Dask finds the worker (and so the actor's
+                # connection) through the context of the task that asked.
+                self._booker = threading.Thread(
+                    target=contextvars.copy_context().run,
+                    args=(self._book_waiting,),
+                    name="paceline-cluster-limiter",
+                    daemon=True,
+                )
+                self._booker.start()
+            self._wake.notify()
+        return future
+
+    def _book_waiting(self) -> None:
+        """The booking thread: send what waits, hand out the answers; end when idle a while."""
+        while True:
+            with self._lock:
+                if not self._waiting and not self._wake.wait_for(
+                    lambda: bool(self._waiting), timeout=BOOKER_IDLE_S
+                ):
+                    self._booker = None
+                    return
+                waiting, self._waiting = self._waiting, []
+                given_back, self._given_back = self._given_back, []
+            # A waiter cancelled meanwhile (its chunk stopped) is dropped; the others can no
+            # longer be cancelled, so their answers always land (a slot booked for a waiter
+            # that then stops goes unused: a little rate lost, never a start too many).
+            waiting = [
+                (w, future) for w, future in waiting if future.set_running_or_notify_cancel()
+            ]
+            if not waiting and not given_back:
+                continue
+            sent = time.monotonic_ns()
+            try:
+                answers, actor_now, margin_ns = self._call(
+                    "book_many", [weight for weight, _ in waiting], self.lead_ns(), given_back
+                )
+            except Exception as exc:  # LimiterLost, or an answer of the wrong shape
+                for _weight, future in waiting:
+                    future.set_exception(exc)
+                continue
+            received = time.monotonic_ns()
+            self._trips.append(received - sent)
+            self._offset.sample(sent, actor_now, received)
+            for (_weight, future), (booked, at_ns) in zip(waiting, answers, strict=True):
+                future.set_result((booked, at_ns, margin_ns))
+
+    def lead_ns(self) -> int:
+        """How far ahead to ask for a slot: the longest of the recent round trips (at most
+        ``MAX_LEAD_NS``), so the reply arrives before its slot is due."""
+        trips = self._trips
+        return min(MAX_LEAD_NS, max(trips)) if trips else 0
+
+    def _start_ns(self, at_ns: int) -> int:
+        """When ``at_ns`` on the actor's clock has surely come, on this clock."""
+        return at_ns - self._offset.low_ns
+
+    def _late(self, slot: int, margin_ns: int) -> bool:
+        """Whether a start now may be more than ``margin_ns`` after ``slot``."""
+        return time.monotonic_ns() + self._offset.high_ns - slot > margin_ns
+
+    def _give_back(self, slot: int, weight: int) -> None:
+        with self._lock:
+            self._given_back.append((slot, weight))  # sent with the next booking
+
+    # the limiter's face -------------------------------------------------------------------
+
+    def acquire(self, weight: int = 1) -> int:
+        """Block until a slot is due and return it (the actor's ns); give back and book again
+        when the start would be later than the margin allows."""
+        while True:
+            booked, at_ns, margin_ns = self._request(weight).result()
+            delay = self._start_ns(at_ns) - time.monotonic_ns()
+            if delay > 0:
+                time.sleep(delay / NS_PER_S)
+            if not booked:
+                continue  # beyond the horizon: ask again now
+            if not self._late(at_ns, margin_ns):
+                return at_ns
+            self._give_back(at_ns, weight)
+
+    async def acquire_async(self, weight: int = 1) -> int:
+        """:meth:`acquire` for an event loop: the wait and the lateness check happen on the
+        loop, right before the attempt starts."""
+        while True:
+            booked, at_ns, margin_ns = await asyncio.wrap_future(self._request(weight))
+            delay = self._start_ns(at_ns) - time.monotonic_ns()
+            if delay > 0:
+                await asyncio.sleep(delay / NS_PER_S)
+            if not booked:
+                continue
+            if not self._late(at_ns, margin_ns):
+                return at_ns
+            self._give_back(at_ns, weight)
+
+    def pause(self, seconds: float) -> None:
+        """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``)."""
+        self._call("pause", seconds)
+
+    def alive(self, client: Any = None) -> bool:
+        """Whether the actor still answers (with ``client``: first, whether its worker is
+        still in the cluster — a quick answer for a dead one)."""
+        if client is not None:
+            address = getattr(self._actor, "_address", None)
+            if address is not None and address not in client.scheduler_info()["workers"]:
+                return False
+        try:
+            return bool(self._call("ping"))
+        except LimiterLost:
+            return False
+
+
+def cluster_limits(limiter: RateLimiter, margin_s: float) -> tuple[list[Limit], int]:
+    """The limits an actor enforces for ``limiter``, and the margin ``J`` in ns: each window is
+    lengthened by ``J`` on top of the limiter's own margin (its ``margin_s``: how much later
+    than its start the server may count an attempt, e.g. network jitter).
+
+    >>> limits, margin_ns = cluster_limits(RateLimiter("15/s", margin_s=0.1), 0.01)
+    >>> limits[0].window_ns, margin_ns
+    (1110000000, 10000000)
+    """
+    if not margin_s >= 0:
+        raise InvalidArgument(f"limiter_margin_s={margin_s!r}: a number of seconds >= 0, e.g. 0.01")
+    margin_ns = round(margin_s * NS_PER_S)
+    return [
+        replace(limit, margin_ns=limit.window_ns - limit.rate.window_ns + margin_ns)
+        for limit in limiter.limits
+    ], margin_ns
+
+
+def horizon_for(window_ns: int) -> int:
+    """How far ahead the actor books: one window W' (so a waiter asks at most about once per
+    window), at most 1 s (so a long window — ``5000/h`` — does not make the fence hours
+    longer)."""
+    return min(window_ns, NS_PER_S)
+
+
+def fence_for(window_ns: int) -> int:
+    """How long a successor actor grants nothing: a dead actor's last slot lies at most
+    ``horizon + W'`` after its death, its start up to the margin later, and that start's
+    window lasts ``W``: ``horizon + 2 W'`` covers it."""
+    return horizon_for(window_ns) + 2 * window_ns
+
+
+def host_limiter(
+    client: Any,
+    limiter: RateLimiter,
+    margin_s: float = DEFAULT_MARGIN_S,
+    *,
+    fenced: bool = False,
+    timeout_s: float = ACTOR_TIMEOUT_S,
+) -> ClusterLimiter:
+    """Start a :class:`LimitActor` for ``limiter``'s limits on ``client``'s cluster and return
+    the handle workers use; ``fenced``: it grants nothing at first (a successor, see
+    :func:`fence_for`)."""
+    limits, margin_ns = cluster_limits(limiter, margin_s)
+    # The longest a window can get (the margin may grow): what a successor's fence waits out.
+    window_ns = max(limit.window_ns for limit in limits) + (MAX_MARGIN_FACTOR - 1) * margin_ns
+    fence_ns = fence_for(window_ns) if fenced else 0
+    future = client.submit(
+        LimitActor,
+        limits,
+        fence_ns,
+        horizon_for(window_ns),
+        margin_ns=margin_ns,
+        max_margin_ns=MAX_MARGIN_FACTOR * margin_ns,
+        actor=True,
+        pure=False,
+    )
+    return ClusterLimiter(future.result(), margin_ns, window_ns, timeout_s)

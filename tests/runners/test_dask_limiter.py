@@ -1,0 +1,231 @@
+"""The cluster limiter's two halves without a cluster: the actor's bookings on a fake clock,
+and the worker's margin and give-back against a stand-in actor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from paceline import RateLimiter
+from paceline.policy.limits import Limit
+from paceline.policy.rate import NS_PER_S, Rate
+from paceline.runners.dask_limiter import (
+    ClockOffset,
+    ClusterLimiter,
+    LimitActor,
+    LimiterLost,
+    cluster_limits,
+    fence_for,
+    horizon_for,
+)
+
+W = NS_PER_S
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def actor(n: int = 2, *, fence_ns: int = 0, horizon_ns: int = W, clock: Clock | None = None):
+    return LimitActor([Limit(Rate(n, W), margin_ns=0)], fence_ns, horizon_ns, clock or Clock())
+
+
+def test_the_first_n_book_now_and_the_next_waits_for_the_window():
+    limit = actor(2)
+    assert [limit.book_now() for _ in range(3)] == [(True, 0, 0), (True, 0, 0), (True, W, 0)]
+
+
+def test_slots_never_go_backwards_so_the_log_is_an_ordered_queue():
+    clock = Clock()
+    limit = actor(2, clock=clock)
+    limit.book_now(), limit.book_now(), limit.book_now()  # the third at W
+    clock.now = W // 2
+    # Room at W/2 (a window from -W/2 holds the two at 0) would be before the third's slot:
+    # the fourth goes at W, with the third (the two at 0 have left that window).
+    assert limit.book_now() == (True, W, W // 2)
+
+
+def test_a_booking_beyond_the_horizon_is_told_when_to_ask_again():
+    limit = actor(1, horizon_ns=W // 2)
+    assert limit.book_now() == (True, 0, 0)
+    assert limit.book_now() == (True, W, 0)  # booked from a base within the horizon
+    # The next one's base (W) is beyond the horizon of W/2: ask again at W/2, nothing booked.
+    assert limit.book_now() == (False, W // 2, 0)
+    assert limit.book_now() == (False, W // 2, 0)
+
+
+def test_a_fenced_actor_grants_nothing_before_its_fence():
+    clock = Clock()
+    limit = actor(5, fence_ns=3 * W, clock=clock)
+    assert limit.book_now() == (False, 2 * W, 0)
+    clock.now = 2 * W
+    assert limit.book_now() == (True, 3 * W, 2 * W)
+
+
+def test_a_pause_holds_every_booking_until_it_ends():
+    clock = Clock()
+    limit = actor(5, horizon_ns=10 * W, clock=clock)
+    asyncio.run(limit.pause(2.5))
+    assert limit.book_now() == (True, 2_500_000_000, 0)
+
+
+def test_a_slot_given_back_is_booked_again():
+    limit = actor(2)
+    limit.book_now(), limit.book_now()
+    assert limit.book_now() == (True, W, 0)
+    asyncio.run(limit.give_back(W))
+    # The given-back slot is free again: the next booking takes it, the one after waits.
+    assert limit.book_now() == (True, W, 0)
+    assert limit.book_now() == (True, W, 0)  # the window from W holds two
+    assert limit.book_now() == (True, 2 * W, 0)
+
+
+def test_the_fence_outlasts_every_grant_a_dead_actor_can_have_made():
+    window = W + 10_000_000
+    # A slot at most horizon + W' after the death, its start the margin later, its window W.
+    assert fence_for(window) >= horizon_for(window) + window + 10_000_000 + W
+    assert horizon_for(3600 * W) == W  # a long window does not make the horizon an hour
+
+
+def test_the_cluster_adds_its_margin_to_the_limiters_own():
+    limits, margin_ns = cluster_limits(RateLimiter("15/s", margin_s=0.1), 0.01)
+    assert (limits[0].window_ns, margin_ns) == (1_110_000_000, 10_000_000)
+    with pytest.raises(ValueError, match="limiter_margin_s"):
+        cluster_limits(RateLimiter("15/s"), -1)
+
+
+def test_the_clock_offset_keeps_the_tightest_round_trip():
+    offset = ClockOffset()
+    offset.sample(sent_ns=100, actor_ns=1_050, received_ns=200)  # a slow trip: [850, 950]
+    offset.sample(sent_ns=300, actor_ns=1_240, received_ns=310)  # a quick one: [930, 940]
+    assert (offset.low_ns, offset.high_ns) == (930, 940)
+
+
+def test_the_clock_offset_forgets_bounds_two_horizons_old():
+    offset = ClockOffset()
+    offset.sample(0, 1_000, 10)  # [990, 1000]
+    later = ClockOffset.REFRESH_NS + 100
+    offset.sample(later, later + 2_000, later + 500)  # a new horizon: [1500, 2000] and the old
+    offset.sample(2 * later, 2 * later + 2_000, 2 * later + 500)  # the first one is gone
+    assert (offset.low_ns, offset.high_ns) == (1_500, 2_000)
+
+
+class Answer:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self, timeout: float | None = None) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class StandIn:
+    """An actor handle answering at once, in this process (the offset is then 0)."""
+
+    def __init__(self, late_first_ns: int = 0) -> None:
+        self.late_first_ns = late_first_ns
+        self.given_back: list[tuple[int, int]] = []
+        self.leads: list[int] = []
+        self.calls: list[int] = []  # the requests each call carried
+        self.booked = 0
+
+    def book_many(
+        self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
+    ) -> Answer:
+        self.leads.append(lead_ns)
+        self.calls.append(len(weights))
+        self.given_back.extend(given_back)
+        now = time.monotonic_ns()
+        slots = []
+        for _weight in weights:
+            self.booked += 1
+            # The first slot is already in the past by late_first_ns (a reply that came late).
+            slots.append((True, now - self.late_first_ns if self.booked == 1 else now))
+        return Answer((slots, now, 10_000_000))
+
+
+def test_a_slot_that_cannot_start_within_the_margin_is_given_back_and_booked_again():
+    stand_in = StandIn(late_first_ns=50_000_000)
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+    limiter.acquire()
+    assert (stand_in.booked, len(stand_in.given_back)) == (2, 1)
+
+
+def test_the_async_acquire_gives_back_a_late_slot_too():
+    stand_in = StandIn(late_first_ns=50_000_000)
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+    asyncio.run(limiter.acquire_async())
+    assert (stand_in.booked, len(stand_in.given_back)) == (2, 1)
+
+
+def test_an_actor_that_does_not_answer_is_lost():
+    class Dead:
+        def book_many(self, *_args: Any) -> Answer:
+            return Answer(TimeoutError("no answer"))
+
+    with pytest.raises(LimiterLost, match="did not answer"):
+        ClusterLimiter(Dead(), margin_ns=0, window_ns=W).acquire()
+
+
+def test_a_worker_asks_for_its_slots_ahead_by_its_usual_round_trip():
+    stand_in = StandIn()
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+    for _ in range(3):
+        limiter.acquire()
+    assert stand_in.leads[0] == 0  # nothing measured yet
+    assert all(0 < lead < 10_000_000 for lead in stand_in.leads[1:])
+
+
+def test_the_actor_books_no_earlier_than_the_lead_asks():
+    limit = actor(5)
+    assert limit.book_now(1, lead_ns=3_000_000) == (True, 3_000_000, 0)
+
+
+def test_the_requests_waiting_in_a_process_share_one_call():
+    stand_in = StandIn()
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+
+    async def many() -> None:
+        await asyncio.gather(*(limiter.acquire_async() for _ in range(20)))
+
+    asyncio.run(many())
+    assert sum(stand_in.calls) == 20
+    assert len(stand_in.calls) < 20
+
+
+def test_the_margin_grows_when_slots_keep_coming_back_late():
+    limit = LimitActor(
+        [Limit(Rate(1000, W), margin_ns=10_000_000)],
+        0,
+        W,
+        Clock(),
+        margin_ns=10_000_000,
+        max_margin_ns=50_000_000,
+    )
+    _answers, _now, margin = limit.book_many_now([1] * 200, 0, [])
+    assert margin == 10_000_000
+    # 20 of the 200 came back late (10 %, over the 5 % that makes a longer margin cheaper).
+    _answers, _now, margin = limit.book_many_now([1], 0, [(0, 1)] * 20)
+    assert margin == 15_000_000
+    assert limit._policy._logs[0].window_ns == W + 15_000_000
+
+
+def test_the_margin_stays_when_few_slots_come_back_late():
+    limit = LimitActor(
+        [Limit(Rate(1000, W), margin_ns=10_000_000)],
+        0,
+        W,
+        Clock(),
+        margin_ns=10_000_000,
+        max_margin_ns=50_000_000,
+    )
+    limit.book_many_now([1] * 200, 0, [])
+    assert limit.book_many_now([1], 0, [(0, 1)] * 5)[2] == 10_000_000

@@ -1,0 +1,300 @@
+"""The Dask runner on a real cluster: two worker processes (LocalCluster), the test API as the
+referee of the shared limit, a journal on the driver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from paceline import DaskRunner, RateLimiter, Throttled, batch_execute  # noqa: E402
+from paceline.runners.dask_runner import ChunkNotSerializable  # noqa: E402
+from paceline.stores import Journal, item_key  # noqa: E402
+from paceline.testing.api_server import ApiConfig, ApiServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
+@pytest.fixture(scope="module")
+def fragile() -> Iterator[Any]:
+    """A cluster whose workers the tests kill: one thread each, so a killed worker had one
+    chunk running (its nanny starts a new one)."""
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
+async def double(x: int) -> int:
+    return 2 * x
+
+
+async def fails_on_threes(x: int) -> int:
+    if x % 3 == 0:
+        raise KeyError(f"no {x}")
+    return x
+
+
+def fetcher(url: str) -> Any:
+    """An operation calling the test API: the item's id -> how many times it was served.
+
+    Plain HTTP/1.1 on asyncio streams: the request leaves as soon as the attempt starts (a
+    thread pool would queue it behind others, and the server would count a late arrival).
+    """
+    host, port = url.removeprefix("http://").split(":")
+
+    async def fetch(item_id: str) -> int:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            request = f"GET /items/{item_id} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
+            await writer.drain()
+            head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        finally:
+            writer.close()
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        if status == 429:
+            raise Throttled(retry_after=float(headers.get("retry-after", 0)) or None)
+        if status != 200:
+            raise OSError(f"status {status}")
+        return int(json.loads(body)["n"])
+
+    return fetch
+
+
+def test_results_come_back_in_input_order_with_failures_as_values(client):
+    seen: list[int] = []
+    results = asyncio.run(
+        batch_execute(
+            range(300),
+            fails_on_threes,
+            runner=DaskRunner(client),
+            on_progress=lambda done, total: seen.append(done),
+        )
+    )
+    assert [r.value for r in results if r.is_success] == [x for x in range(300) if x % 3]
+    failure = results[3]
+    assert failure.is_failure
+    assert type(failure.error).__name__ == "KeyError"
+    assert "no 3" in str(failure.error)
+    assert seen == list(range(1, 301))
+
+
+def test_a_failed_item_is_journaled_with_its_original_type(client, tmp_path: Path):
+    path = tmp_path / "batch.journal"
+    asyncio.run(batch_execute(range(9), fails_on_threes, runner=DaskRunner(client), journal=path))
+    with Journal.open(path, fingerprint="read", reuse=True) as journal:
+        outcomes = {o.key: o for o in journal.outcomes()}
+    assert len(outcomes) == 9
+    three, four = outcomes[item_key(3)], outcomes[item_key(4)]
+    assert (three.success, three.error_type) == (False, "KeyError")
+    assert four.result == 4
+
+
+def test_the_shared_limit_holds_across_workers_at_the_server(client):
+    # 45 calls at 15/s from two worker processes: the server refuses anything over 15 in a
+    # 1 s window, so a single 429 would mean the shared limit let one through. The margin
+    # covers the time from an attempt's start to its arrival, which on a busy 2-core machine
+    # (two workers, a scheduler, the driver and the server) reached tens of ms.
+    with ApiServer(ApiConfig(quota=15, window_s=1, base_latency_s=0)) as server:
+        started = time.monotonic()
+        results = asyncio.run(
+            batch_execute(
+                [f"i{n}" for n in range(45)],
+                fetcher(server.url),
+                rate_limiter=RateLimiter("15/s", margin_s=0.1),
+                runner=DaskRunner(client),
+            )
+        )
+        elapsed = time.monotonic() - started
+        stats = server.stats()
+    assert all(r.is_success for r in results), [r for r in results if r.is_failure][:3]
+    assert (stats["accepted"], stats["throttled_429"]) == (45, 0)
+    assert elapsed >= 2.0  # three windows' worth: the limit was binding
+
+
+def test_a_retry_after_pauses_every_worker_sharing_the_limit(client):
+    # The server allows 5 per 2 s and says when to come back; the client's limit is much
+    # higher. After the first 429s the cluster's limiter holds every worker for the
+    # Retry-After, so the batch does not keep hammering the server.
+    config = ApiConfig(quota=5, window_s=2, retry_after=True, base_latency_s=0)
+    with ApiServer(config) as server:
+        results = asyncio.run(
+            batch_execute(
+                [f"p{n}" for n in range(15)],
+                fetcher(server.url),
+                rate_limiter=RateLimiter("100/s"),
+                retry=10,
+                runner=DaskRunner(client),
+            )
+        )
+        stats = server.stats()
+    assert all(r.is_success for r in results)
+    assert stats["accepted"] == 15
+    # Without the shared pause each of the ~10 held items retried on its own backoff; with it
+    # a window's 429s are those in flight when the first one came back.
+    assert stats["throttled_429"] <= 15
+
+
+def test_a_batch_resumes_from_its_journal_on_the_cluster_and_locally(client, tmp_path: Path):
+    path = tmp_path / "resume.journal"
+    with ApiServer(ApiConfig(base_latency_s=0)) as server:
+        fetch = fetcher(server.url)
+        ids = [f"r{n}" for n in range(40)]
+        # A first run on the cluster stops early (a halt rule), a second one on the cluster
+        # finishes it, a third (local) finds everything settled.
+        asyncio.run(
+            batch_execute(ids[:25], fetch, runner=DaskRunner(client, chunk_items=5), journal=path)
+        )
+        second = asyncio.run(batch_execute(ids, fetch, runner=DaskRunner(client), journal=path))
+        third = asyncio.run(batch_execute(ids, fetch, journal=path))
+        stats = server.stats()
+    assert [r.value for r in second] == [1] * 40
+    assert [r.value for r in third] == [1] * 40
+    assert (stats["accepted"], stats["items_served_more_than_once"]) == (40, 0)
+
+
+def test_a_local_batch_resumes_on_the_cluster(client, tmp_path: Path):
+    path = tmp_path / "local-first.journal"
+    asyncio.run(batch_execute(range(10), fails_on_threes, journal=path))
+
+    async def always(x: int) -> int:
+        return x
+
+    results = asyncio.run(
+        batch_execute(
+            range(10),
+            always,
+            runner=DaskRunner(client),
+            journal=path,
+            retry_failed=True,
+            reuse_journal=True,
+        )
+    )
+    assert [r.value for r in results] == list(range(10))
+
+
+def test_an_item_that_does_not_pickle_is_named(client):
+    items = [1, 2, threading.Lock(), 4]
+    with pytest.raises(ChunkNotSerializable, match="item #2"):
+        asyncio.run(batch_execute(items, double, runner=DaskRunner(client)))
+
+
+def test_a_result_that_is_not_json_ready_fails_its_item_naming_it(client):
+    async def a_set(x: int) -> set[int]:
+        return {x}
+
+    results = asyncio.run(batch_execute([7], a_set, runner=DaskRunner(client)))
+    assert results[0].is_failure
+    assert "item #0" in str(results[0].error)
+
+
+def test_a_halt_rule_stops_sending_chunks(client):
+    results = asyncio.run(
+        batch_execute(
+            range(2_000),
+            fails_on_threes,
+            runner=DaskRunner(client, chunk_items=10, chunks_in_flight=2),
+            halt="now,fail=5",
+        )
+    )
+    assert sum(r.is_success for r in results) < 1_000
+    assert results[-1].is_failure
+
+
+def test_a_worker_killed_mid_run_reruns_at_most_its_chunks(fragile, tmp_path: Path):
+    path = tmp_path / "killed.journal"
+    dask_client = fragile
+    dask_client.wait_for_workers(2, timeout=30)
+    with ApiServer(ApiConfig(base_latency_s=0.02)) as server:
+        pids = dask_client.run(os.getpid)
+        victim = next(iter(pids.values()))
+        done = threading.Event()
+
+        def progress(completed: int, _total: int | None) -> None:
+            if completed >= 40 and not done.is_set():
+                done.set()
+                os.kill(victim, signal.SIGKILL)
+
+        ids = [f"k{n}" for n in range(160)]
+        results = asyncio.run(
+            batch_execute(
+                ids,
+                fetcher(server.url),
+                max_concurrent=2,
+                runner=DaskRunner(dask_client, chunk_items=10),
+                journal=path,
+                on_progress=progress,
+            )
+        )
+        stats = server.stats()
+    assert done.is_set()
+    assert all(r.is_success for r in results)
+    with Journal.open(path, fingerprint="read", reuse=True) as journal:
+        keys = [o.key for o in journal.outcomes()]
+    assert sorted(keys) == sorted(item_key(i) for i in ids)  # each item's outcome once
+    # Only the chunk running on the killed worker runs again: the driver fetches each result
+    # as soon as its chunk ends (a finished chunk's result left on the worker would be lost
+    # with it, and Dask would run that chunk again too).
+    assert stats["items_served_more_than_once"] <= 10  # one chunk
+
+
+def test_the_worker_holding_the_limiter_killed_mid_run(fragile, tmp_path: Path):
+    # The driver hosts a new limiter, fenced, and sends the items whose chunks could not book
+    # again; the limit still holds at the server.
+    path = tmp_path / "actor.journal"
+    dask_client = fragile
+    dask_client.wait_for_workers(2, timeout=30)
+    with ApiServer(ApiConfig(quota=20, window_s=1, base_latency_s=0)) as server:
+        pids = dask_client.run(os.getpid)
+        killed = threading.Event()
+
+        def progress(completed: int, _total: int | None) -> None:
+            if completed >= 15 and not killed.is_set():
+                killed.set()
+                actors = dask_client.run(lambda dask_worker: len(dask_worker.state.actors))
+                holder = next(address for address, count in actors.items() if count)
+                os.kill(pids[holder], signal.SIGKILL)
+
+        started = time.monotonic()
+        ids = [f"a{n}" for n in range(60)]
+        results = asyncio.run(
+            batch_execute(
+                ids,
+                fetcher(server.url),
+                rate_limiter=RateLimiter("20/s", margin_s=0.1),
+                runner=DaskRunner(dask_client, chunk_items=5, limiter_timeout_s=1),
+                journal=path,
+                on_progress=progress,
+            )
+        )
+        elapsed = time.monotonic() - started
+        stats = server.stats()
+    assert killed.is_set()
+    assert all(r.is_success for r in results), [r for r in results if r.is_failure][:3]
+    assert stats["throttled_429"] == 0
+    assert elapsed < 20  # the lost limiter was noticed (1 s) and replaced (3 s of fence)
