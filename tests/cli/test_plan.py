@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from paceline.testing.api_server import ApiConfig, ApiServer
+
 PACELINE = str(Path(sys.executable).with_name("paceline"))
 
 
@@ -70,3 +72,38 @@ def test_with_a_tokens_rate_the_least_time_is_for_the_rows_estimated_costs(tmp_p
     assert line(done.stdout, "time:").split(None, 1)[1] == (
         "the rate limits alone need at least 2.00s for 5 items at their estimated costs"
     )
+
+
+def test_the_default_answers_are_not_introduced_as_coming_after_rules_that_are_not_there(
+    tmp_path,
+):
+    shown = dry_run(tmp_path, "--rate", "10/s")
+    assert line(shown, "answers:").split(None, 1)[1].startswith("429, 503, 529")
+    ruled = dry_run(tmp_path, "--rate", "10/s", "--throttle-on", "status=403")
+    answers = [row.split(None, 1)[1] for row in ruled.splitlines() if "answers:" in row]
+    assert answers[0] == "'status=403' -> throttled"
+    assert answers[1].startswith("then the defaults: 429, 503, 529")
+
+
+def test_nothing_left_to_run_has_no_least_time(tmp_path):
+    # A real run journals all three; the dry run of the same batch then has none to run.
+    with ApiServer(ApiConfig()) as server:
+        rows = (f'{{"id": "i{n}", "url": "{server.url}/items/{n}"}}\n' for n in range(3))
+        (tmp_path / "in.jsonl").write_text("".join(rows))
+        run = subprocess.run(
+            [PACELINE, "http", "in.jsonl", "--journal", "j.journal", "--no-report"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+    done = subprocess.run(
+        [PACELINE, "http", "in.jsonl", "--journal", "j.journal", "--rate", "1/s", "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert line(done.stdout, "time:").split(None, 1)[1] == "none: no item is left to run"

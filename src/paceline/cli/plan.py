@@ -60,12 +60,14 @@ def _least_time(limiter: RateLimiter | None, items: int | None) -> str:
         return "no rate limit of ours: as fast as the server answers"
     if items is None:
         return "unknown (a stream: the number of items is not known)"
+    if items == 0:
+        return "none: no item is left to run"
     ns, exact = min_duration_ns(limiter.limits, items)
     return f"{least_time_text(ns / NS_PER_S, exact)} for {items} items"
 
 
 DEFAULT_ANSWERS = (
-    "then the defaults: 429, 503, 529 and a 400/403 saying rate limit -> throttled; "
+    "429, 503, 529 and a 400/403 saying rate limit -> throttled; "
     "insufficient_quota, billing or daily limit -> exhausted; 408, 5xx -> retried; "
     "other 4xx -> failed"
 )
@@ -74,6 +76,8 @@ DEFAULT_ANSWERS = (
 def _least_time_for_costs(limiter: RateLimiter, costs: list[dict[str, int]], items: int) -> str:
     """What the rate limits allow for these items' estimates (never settled: a batch that
     settles to less can go faster, by up to estimate/actual)."""
+    if items == 0:
+        return "none: no item is left to run"
     ns, exact = min_duration_for_costs_ns(limiter.limits, costs)
     return f"{least_time_text(ns / NS_PER_S, exact)} for {items} items at their estimated costs"
 
@@ -129,9 +133,10 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
         if spec.halt:
             write(f"  halt:        {' '.join(spec.halt)}\n")
         if spec.command == "http":
-            for rule in spec.answer_rules():
+            rules = spec.answer_rules()
+            for rule in rules:
                 write(f"  answers:     {rule.text!r} -> {rule.verdict.value}\n")
-            write(f"  answers:     {DEFAULT_ANSWERS}\n")
+            write(f"  answers:     {'then the defaults: ' if rules else ''}{DEFAULT_ANSWERS}\n")
         path = spec.journal_path()
         counts = None
         if path is not None and path.exists():
