@@ -238,21 +238,6 @@ def _pidfd_supported() -> bool:
     return _have_pidfd
 
 
-_env_copy: dict[bytes, bytes] = {}
-
-
-def _inherited_env() -> Mapping[Any, Any]:
-    """``os.environ`` for ``posix_spawn``, as a plain dict of bytes: converting the
-    ``os.environ`` mapping costs ~20 us per spawn, comparing it to a copy well under 1 us."""
-    global _env_copy
-    data = getattr(os.environ, "_data", None)  # the bytes behind os.environ (POSIX)
-    if not isinstance(data, dict):
-        return os.environ
-    if _env_copy != data:
-        _env_copy = dict(data)
-    return _env_copy
-
-
 def _reap_blocking(pid: int) -> None:
     """Wait for ``pid`` and reap it (on a daemon thread)."""
     with contextlib.suppress(ChildProcessError):
@@ -637,7 +622,10 @@ def _posix_spawn(
         (os.POSIX_SPAWN_DUP2, stdout, 1),
         (os.POSIX_SPAWN_DUP2, stderr, 2),
     ]
-    environ: Mapping[Any, Any] = _inherited_env() if env is None else env
+    # os.environ itself when inheriting: posix_spawn reads it as subprocess does. (A cached
+    # copy compared with CPython's private os.environ._data saved ~0.05 ms of CPU per command,
+    # 0.22 against 0.27 ms, 2,000 `true` at 8 in flight; the CLI always passes env= anyway.)
+    environ: Mapping[str, str] = os.environ if env is None else env
     if "/" not in program:
         path = None if env is None else env.get("PATH", os.defpath)
         if path is None or path == os.environ.get("PATH"):
