@@ -122,7 +122,7 @@ def run_once(row: Row) -> None:
 
 def in_process(mode: str, input_path: str, jobs: int) -> None:
     """Modes ``floor`` and ``stream``: ``run_command(["true"])`` once per input row."""
-    from paceline.cli.exec_op import run_command
+    from paceline.runners.commands import run_command
 
     with open(input_path, encoding="utf-8") as lines:
         rows = [json.loads(line) for line in lines]

@@ -36,7 +36,7 @@ BUILTIN_KINDS: dict[str, type[BaseException]] = {
     "paceline.http._messages.ServerUnreachable": ConnectionError,
     "paceline.http._messages.HttpTransportError": ConnectionError,
     "paceline.http._messages.HttpTimeout": TimeoutError,
-    "paceline.cli.exec_op.CommandTimedOut": TimeoutError,
+    "paceline.runners.commands.CommandTimedOut": TimeoutError,
     "paceline.cli.templates.TemplateError": ValueError,
     "paceline.cli.templates.UnknownColumn": ValueError,
     "paceline.cli.templates.MissingField": LookupError,

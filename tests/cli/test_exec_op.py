@@ -1,4 +1,4 @@
-"""``paceline.cli.exec_op``: real subprocesses, on every spawning/waiting path."""
+"""``paceline.runners.commands`` (behind ``paceline exec``): real subprocesses, on every path."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from paceline.cli import exec_op
-from paceline.cli._guardian import GUARDIAN
-from paceline.cli.exec_op import (
+from paceline.runners import commands as exec_op
+from paceline.runners._guardian import GUARDIAN
+from paceline.runners.commands import (
     CommandFailed,
     CommandNotFound,
     CommandTimedOut,
@@ -532,8 +532,8 @@ def test_kill_9_of_paceline_kills_its_children_and_their_children(tmp_path):
 
 def test_the_guardian_forgets_reaped_children_and_ends_with_its_process(tmp_path):
     code = (
-        "import asyncio; from paceline.cli.exec_op import run_command; "
-        "from paceline.cli._guardian import GUARDIAN; "
+        "import asyncio; from paceline.runners.commands import run_command; "
+        "from paceline.runners._guardian import GUARDIAN; "
         "asyncio.run(run_command(['true'])); print(GUARDIAN.pid, flush=True)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

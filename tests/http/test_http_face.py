@@ -200,3 +200,47 @@ def test_response_headers_are_read_as_httpx_joins_them_and_credentials_masked():
         "x-api-key": "[REDACTED]",
         "vary": "Accept, Origin",
     }
+
+
+def test_the_typed_options_are_exactly_the_keyword_options_the_http_faces_pass_on():
+    # fetch_all, stream_requests and fetch_all_sync take **options: Unpack[...]; an option added
+    # to batch_execute or stream and not to these TypedDicts would be refused by them.
+    import inspect
+
+    from paceline.faces.batch import batch_execute, stream
+    from paceline.http._face import AllFetchOptions, FetchOptions, StreamRequestsOptions
+
+    def keyword_options(function, kinds):
+        return {n for n, p in inspect.signature(function).parameters.items() if p.kind in kinds}
+
+    by_keyword = {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    own = keyword_options(fetch_all, {inspect.Parameter.KEYWORD_ONLY})
+    # the face decides these itself: its own parameters, the lanes per server, the workers
+    decided = own | {"lanes", "keys", "operation", "max_concurrent"}
+    idempotency = {"idempotency_header", "idempotency_methods", "retry_unsafe"}
+    assert (
+        set(FetchOptions.__annotations__)
+        == (keyword_options(batch_execute, by_keyword) - decided) | idempotency
+    )
+    assert (
+        set(StreamRequestsOptions.__annotations__)
+        == (keyword_options(stream, by_keyword) - decided) | idempotency
+    )
+    assert own == keyword_options(stream_requests, {inspect.Parameter.KEYWORD_ONLY})
+    assert set(AllFetchOptions.__annotations__) == set(FetchOptions.__annotations__) | own
+
+
+def test_a_misspelt_http_option_names_the_function_called_and_the_nearest_option():
+    said = "got an unexpected keyword argument 'retires' \\(did you mean 'retry'\\?\\)"
+    with pytest.raises(TypeError, match=rf"^fetch_all_sync\(\) {said}"):
+        fetch_all_sync(["http://127.0.0.1:9/"], retires=3)
+    near = "\\(did you mean 'journal'\\?\\)"
+    with pytest.raises(TypeError, match=rf"^fetch_all\(\) got an unexpected .* 'journl' {near}"):
+        asyncio.run(fetch_all(["http://127.0.0.1:9/"], journl="x.db"))
+
+    async def first():
+        async for result in stream_requests(["http://127.0.0.1:9/"], retry_budgt=None):
+            return result
+
+    with pytest.raises(TypeError, match=r"^stream_requests\(\) .* \(did you mean 'retry_budget'"):
+        asyncio.run(first())

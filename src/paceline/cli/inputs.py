@@ -17,20 +17,18 @@ so the CLI can stop or record a failure and go on. Blank lines are not rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import json
 import os
 import re
 import stat
 import sys
-import threading
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from paceline.errors import InvalidArgument, InvalidState, PacelineError
+from paceline.runners.pump import ThreadPump
 
 __all__ = [
     "CSV_COUNT_MAX_BYTES",
@@ -315,7 +313,7 @@ class RowSource:
         self._total_known = not (owned and self._regular)  # else total stays None
         self._started = False
         self._closed = False
-        self._pump: _Pump | None = None
+        self._pump: ThreadPump[Row] | None = None
         self._lines = _Lines(stream, max_line_bytes)
         self._reader: Any = None
         self._text: _TextLines | None = None
@@ -578,7 +576,7 @@ class RowSource:
                 if count % 64 == 0:
                     await asyncio.sleep(0)
             return
-        pump = _Pump(rows, asyncio.get_running_loop(), max_buffered, self.name)
+        pump = ThreadPump(rows, asyncio.get_running_loop(), max_buffered, self.name)
         self._pump = pump
         pump.start()
         try:
@@ -668,103 +666,3 @@ def _count_jsonl(f: IO[bytes], chunk_size: int = _CHUNK) -> int:
     if not current_blank:
         count += 1
     return count
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class _Pump:
-    """Runs a row iterator on a daemon thread; hands rows to the event loop in batches.
-
-    The thread appends rows to a buffer of at most ``limit`` (and waits while it is full);
-    the loop takes everything buffered at once. The loop is woken only when it is waiting,
-    so a lone row is delivered at once and a fast stream costs one wake-up per batch.
-    """
-
-    def __init__(
-        self, rows: Iterator[Row], loop: asyncio.AbstractEventLoop, limit: int, name: str
-    ) -> None:
-        self._rows = rows
-        self._loop = loop
-        self._limit = limit
-        self._cond = threading.Condition(threading.Lock())
-        self._buffer: deque[Row] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._done = False
-        self._stopped = False
-        self._error: BaseException | None = None
-        self._then: Callable[[], None] | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"paceline input {name}", daemon=True
-        )
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, then: Callable[[], None] | None = None) -> None:
-        """Make the thread stop at its next row; call ``then`` once it has (now, if it has).
-        A thread blocked reading a pipe stops only when the next line (or the end) comes."""
-        with self._cond:
-            self._stopped = True
-            self._buffer.clear()
-            self._cond.notify_all()
-            if then is not None and not self._done:
-                self._then = then
-                then = None
-        if then is not None:
-            then()
-
-    def _run(self) -> None:
-        cond = self._cond
-        buffer = self._buffer
-        limit = self._limit
-        try:
-            for row in self._rows:
-                with cond:
-                    while len(buffer) >= limit and not self._stopped:
-                        cond.wait()
-                    if self._stopped:
-                        return
-                    buffer.append(row)
-                    waiter, self._waiter = self._waiter, None
-                if waiter is not None:
-                    self._wake(waiter)
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            with cond:
-                self._done = True
-                waiter, self._waiter = self._waiter, None
-                then, self._then = self._then, None
-            if waiter is not None:
-                self._wake(waiter)
-            if then is not None:
-                with contextlib.suppress(Exception):
-                    then()
-
-    def _wake(self, waiter: asyncio.Future[None]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            self._loop.call_soon_threadsafe(_resolve, waiter)
-
-    async def take(self) -> list[Row]:
-        """The rows buffered now (waiting for at least one); [] at the end."""
-        while True:
-            with self._cond:
-                if self._buffer:
-                    batch = list(self._buffer)
-                    self._buffer.clear()
-                    self._cond.notify_all()
-                    return batch
-                if self._done:
-                    if self._error is not None:
-                        raise self._error
-                    return []
-                waiter: asyncio.Future[None] = self._loop.create_future()
-                self._waiter = waiter
-            await waiter

@@ -501,7 +501,7 @@ class ExecOperation(Operation):
 
     def __init__(self, spec: RunSpec) -> None:
         super().__init__(spec)
-        from paceline.cli import exec_op
+        from paceline.runners import commands as exec_op
 
         self._exec = exec_op
         self.words = [Template.parse(word) for word in spec.argv]

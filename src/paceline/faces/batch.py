@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 from paceline._results import BatchItemResult, ErrorCode, Failure, NotAttempted, Result, Success
 from paceline.errors import InvalidArgumentType
-from paceline.faces._journal import JournalSpec, journal_options, opened, restored_result
+from paceline.faces._journal import JournalSpec as JournalSpec  # re-exported: the HTTP face
+from paceline.faces._journal import journal_options, opened, restored_result
+from paceline.faces._options import ActualCost as ActualCost  # re-exported: the HTTP face
+from paceline.faces._options import CostSpec as CostSpec  # re-exported: the HTTP face
+from paceline.faces._options import HaltSpec as HaltSpec  # re-exported: the HTTP face
 from paceline.faces._options import (
-    ActualCost,
-    CostSpec,
-    HaltSpec,
     RetrySpec,
     build_options,
     item_result,
@@ -114,11 +115,10 @@ class AllBatchOptions(BatchOptions, total=False):
     fail_fast: bool
 
 
-def checked_options(
-    function: str, options: dict[str, Any], known: type[BatchOptions] = BatchOptions
-) -> None:
-    """Refuse an option :func:`batch_execute` does not take, naming ``function`` (the one the
-    user called) and the nearest option, as Python would for its own parameters.
+def checked_options(function: str, options: dict[str, Any], known: Any = BatchOptions) -> None:
+    """Refuse an option not among ``known``'s keys (a ``TypedDict`` of a face's keyword
+    options; :class:`BatchOptions` by default), naming ``function`` (the one the user called)
+    and the nearest option, as Python would for its own parameters.
 
     >>> try:
     ...     checked_options("batch_execute_sync", {"retires": 3})
@@ -126,7 +126,7 @@ def checked_options(
     ...     print(exc)
     batch_execute_sync() got an unexpected keyword argument 'retires' (did you mean 'retry'?)
     """
-    names = known.__annotations__.keys() | BatchOptions.__annotations__.keys()
+    names = known.__annotations__.keys()  # a TypedDict's, its bases' keys included
     for name in options:
         if name not in names:
             near = difflib.get_close_matches(name, sorted(names), n=1)

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import httpx
 
@@ -19,9 +19,14 @@ from paceline._results import BatchItemResult, Result
 from paceline._signals.headers import NO_SIGNALS, PACING_HEADERS
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.faces.batch import (
+    ActualCost,
     Adaptive,
     Concurrency,
+    CostSpec,
+    HaltSpec,
+    JournalSpec,
     batch_execute,
+    checked_options,
     concurrency_plan,
     run_sync,
     stream,
@@ -55,10 +60,14 @@ from paceline.policy.answers import (
     classify_by_rules,
 )
 from paceline.policy.halt import HaltRule
-from paceline.policy.retry import DefaultRetryOn, RetryPolicy, remote_retry
+from paceline.policy.retry import DefaultRetryOn, RetryBudget, RetryPolicy, remote_retry
 from paceline.redact import key_without_secrets, redact_headers, redact_text
-from paceline.runners import sized_length
+from paceline.runners import ProgressCallback, sized_length
 from paceline.signals import parse_signals
+from paceline.stores import Codec
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; only for mypy
 
 RequestLike = str | Mapping[str, Any] | HttpRequest
 T = TypeVar("T")
@@ -468,6 +477,58 @@ class _Setup:
             await self.http.aclose()
 
 
+class FetchOptions(TypedDict, total=False):
+    """The keyword options of :func:`fetch_all` beyond its own (``client`` ... ``classify``):
+    :func:`~paceline.batch_execute`'s that the HTTP face does not decide itself, and the
+    idempotency ones. Typed, so a misspelt option fails ``mypy --strict``, and at run time the
+    error names the function that was called."""
+
+    on_progress: ProgressCallback | None
+    fail_fast: bool
+    weight: Callable[[Any], int] | None
+    cost: CostSpec[Any]
+    actual_cost: ActualCost | str  # also a dotted path into the answer's JSON
+    max_workers: Concurrency
+    retry_budget: RetryBudget | None
+    halt: HaltSpec
+    timeout_s: float | None
+    deadline_s: float | None
+    journal: JournalSpec
+    journal_label: str | None
+    retry_failed: bool
+    reuse_journal: bool
+    codec: Codec | None
+    key: Callable[[Any], Any] | None
+    give_up_after_s: float | None
+    idempotency_header: str | None
+    idempotency_methods: Iterable[str] | None
+    retry_unsafe: bool
+
+
+class StreamRequestsOptions(FetchOptions, total=False):
+    """:class:`FetchOptions` and the ones :func:`stream_requests` adds from
+    :func:`~paceline.stream`."""
+
+    ordered: bool
+    item_id: Callable[[Any], str] | None
+    read_ahead: int | None
+    on_halt: Callable[[str], None] | None
+
+
+class AllFetchOptions(FetchOptions, total=False):
+    """:class:`FetchOptions` and :func:`fetch_all`'s own keyword options, for
+    :func:`fetch_all_sync`, which passes them all on."""
+
+    client: httpx.AsyncClient | None
+    base_url: str | None
+    max_concurrent: Concurrency
+    rate_limiter: RateLimiter | None
+    adaptive: Adaptive
+    retry: RetryPolicy | int | None
+    max_body_bytes: int
+    classify: AnswerClassifier | None
+
+
 async def fetch_all(
     requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
     *,
@@ -479,7 +540,7 @@ async def fetch_all(
     retry: RetryPolicy | int | None = DEFAULT_RETRY,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     classify: AnswerClassifier | None = None,
-    **options: Any,
+    **options: Unpack[FetchOptions],
 ) -> list[Result[HttpResponse]]:
     """Send every request; a ``Result[HttpResponse]`` per request, in input order.
 
@@ -538,6 +599,8 @@ async def fetch_all(
                 return "throttled"
             return None
     """
+    extra: dict[str, Any] = dict(options)  # _Setup fills in the HTTP defaults
+    checked_options("fetch_all", extra, FetchOptions)
     setup = _Setup(
         requests,
         base_url,
@@ -547,7 +610,7 @@ async def fetch_all(
         adaptive,
         retry,
         max_body_bytes,
-        options,
+        extra,
         classify,
     )
     try:
@@ -557,7 +620,7 @@ async def fetch_all(
             setup.workers,
             lanes=setup.lanes,
             retry=setup.retry,
-            **options,
+            **extra,
         )
     finally:
         await setup.close()
@@ -574,11 +637,13 @@ async def stream_requests(
     retry: RetryPolicy | int | None = DEFAULT_RETRY,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     classify: AnswerClassifier | None = None,
-    **options: Any,
+    **options: Unpack[StreamRequestsOptions],
 ) -> AsyncIterator[BatchItemResult]:
     """:func:`fetch_all` for huge or endless inputs: yields each request's
     :class:`~paceline.BatchItemResult` as it settles (see :func:`paceline.stream`)."""
-    options.setdefault("item_id", _request_key)
+    extra: dict[str, Any] = dict(options)  # _Setup fills in the HTTP defaults
+    checked_options("stream_requests", extra, StreamRequestsOptions)
+    extra.setdefault("item_id", _request_key)
     setup = _Setup(
         requests,
         base_url,
@@ -588,7 +653,7 @@ async def stream_requests(
         adaptive,
         retry,
         max_body_bytes,
-        options,
+        extra,
         classify,
     )
     try:
@@ -598,13 +663,24 @@ async def stream_requests(
             setup.workers,
             lanes=setup.lanes,
             retry=setup.retry,
-            **options,
+            **extra,
         ):
             yield result
     finally:
         await setup.close()
 
 
-def fetch_all_sync(requests: Iterable[RequestLike], **options: Any) -> list[Result[HttpResponse]]:
-    """:func:`fetch_all` from sync code (also inside a running event loop)."""
+def fetch_all_sync(
+    requests: Iterable[RequestLike], **options: Unpack[AllFetchOptions]
+) -> list[Result[HttpResponse]]:
+    """:func:`fetch_all` from sync code (also inside a running event loop); the options are
+    :func:`fetch_all`'s (:class:`AllFetchOptions`).
+
+    >>> from paceline.testing.api_server import ApiServer
+    >>> with ApiServer() as server:
+    ...     results = fetch_all_sync([f"{server.url}/items/1"], max_concurrent=2)
+    >>> [r.value.status_code for r in results]
+    [200]
+    """
+    checked_options("fetch_all_sync", dict(options), AllFetchOptions)
     return run_sync(fetch_all(requests, **options))

@@ -1,5 +1,5 @@
-"""The operation behind ``paceline exec``: run one external command, capture its exit code
-and output, without blocking the event loop.
+"""Run one external command, capture its exit code and output, without blocking the event
+loop: the operation behind ``paceline exec``, for library users too.
 
 :func:`run_command` is called from up to ``-j N`` worker coroutines at once, so its cost per
 command is the CLI's overhead per job. On Linux it starts the child with ``os.posix_spawn``
@@ -15,7 +15,7 @@ results are the same.
 Every child starts in a session of its own (``setsid``), so a timeout or a cancellation
 kills its whole process group (a shell's children too) with ``SIGKILL``, and the child is
 always reaped. Should paceline die without doing so (``kill -9``), a guardian process kills
-the groups of the children still running (see :mod:`paceline.cli._guardian`). The child's
+the groups of the children still running (see ``runners/_guardian.py``). The child's
 stdin is ``/dev/null`` unless ``stdin_data`` is given.
 
 POSIX only (it needs ``loop.add_reader``, i.e. a selector event loop).
@@ -26,7 +26,7 @@ POSIX only (it needs ``loop.add_reader``, i.e. a selector event loop).
 >>> asyncio.run(run_command("echo oops >&2; exit 3", shell=True))
 Traceback (most recent call last):
 ...
-paceline.cli.exec_op.CommandFailed: exit code 3: oops
+paceline.runners.commands.CommandFailed: exit code 3: oops
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from paceline.cli._guardian import GUARDIAN
 from paceline.errors import InvalidArgument, PacelineError
+from paceline.runners._guardian import GUARDIAN
 
 __all__ = [
     "DEFAULT_CAPTURE_LIMIT",
@@ -198,7 +198,7 @@ def check_program(argv0: str, *, path: str | None = None) -> None:
     >>> check_program("no-such-program-here")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    paceline.cli.exec_op.CommandNotFound: command not found: 'no-such-program-here' (...
+    paceline.runners.commands.CommandNotFound: command not found: 'no-such-program-here' (...
     """
     if "/" in argv0:
         if not os.path.exists(argv0):
@@ -236,21 +236,6 @@ def _pidfd_supported() -> bool:
         else:
             _have_pidfd = True
     return _have_pidfd
-
-
-_env_copy: dict[bytes, bytes] = {}
-
-
-def _inherited_env() -> Mapping[Any, Any]:
-    """``os.environ`` for ``posix_spawn``, as a plain dict of bytes: converting the
-    ``os.environ`` mapping costs ~20 us per spawn, comparing it to a copy well under 1 us."""
-    global _env_copy
-    data = getattr(os.environ, "_data", None)  # the bytes behind os.environ (POSIX)
-    if not isinstance(data, dict):
-        return os.environ
-    if _env_copy != data:
-        _env_copy = dict(data)
-    return _env_copy
 
 
 def _reap_blocking(pid: int) -> None:
@@ -637,7 +622,10 @@ def _posix_spawn(
         (os.POSIX_SPAWN_DUP2, stdout, 1),
         (os.POSIX_SPAWN_DUP2, stderr, 2),
     ]
-    environ: Mapping[Any, Any] = _inherited_env() if env is None else env
+    # os.environ itself when inheriting: posix_spawn reads it as subprocess does. (A cached
+    # copy compared with CPython's private os.environ._data saved ~0.05 ms of CPU per command,
+    # 0.22 against 0.27 ms, 2,000 `true` at 8 in flight; the CLI always passes env= anyway.)
+    environ: Mapping[str, str] = os.environ if env is None else env
     if "/" not in program:
         path = None if env is None else env.get("PATH", os.defpath)
         if path is None or path == os.environ.get("PATH"):

@@ -15,7 +15,7 @@ terminal does not reach it) with nothing open but the pipe. Cost: one interprete
 paceline process (~20 ms, at the first child) and a write of a few bytes per child.
 
 >>> guardian = Guardian()
->>> guardian.forget(12345)  # not started: nothing to tell (exec_op calls watch, then forget)
+>>> guardian.forget(12345)  # not started: nothing to tell (commands.py: watch, then forget)
 >>> guardian.pid
 0
 """
