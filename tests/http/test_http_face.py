@@ -215,8 +215,9 @@ def test_the_typed_options_are_exactly_the_keyword_options_the_http_faces_pass_o
 
     by_keyword = {inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
     own = keyword_options(fetch_all, {inspect.Parameter.KEYWORD_ONLY})
-    # the face decides these itself: its own parameters, the lanes per server, the workers
-    decided = own | {"lanes", "keys", "operation", "max_concurrent"}
+    # the face decides these itself: its own parameters, the lanes per server, the workers, and
+    # where the requests run (in this process: its client does not travel to a Dask worker)
+    decided = own | {"lanes", "keys", "operation", "max_concurrent", "runner"}
     idempotency = {"idempotency_header", "idempotency_methods", "retry_unsafe"}
     assert (
         set(FetchOptions.__annotations__)

@@ -19,6 +19,7 @@ from typing import Any
 from paceline.cli._timeline import RunSummary, TimelinePoint, read_runs
 from paceline.cli.metrics import percentile
 from paceline.figures import format_latency
+from paceline.policy.cost import usage_tokens
 from paceline.stores.view import JournalView
 
 __all__ = [
@@ -233,22 +234,13 @@ def _command_of(meta: Mapping[str, str], samples: list[dict[str, Any]]) -> str |
 
 
 def _usage_tokens(result: Any) -> int:
-    """The tokens an HTTP answer's JSON says it used: ``usage.total_tokens`` (OpenAI), else
-    ``usage.input_tokens + usage.output_tokens`` (Anthropic); 0 when it says neither.
+    """The tokens a journaled HTTP answer says it used (0 when it says none).
 
     >>> _usage_tokens({"body": {"usage": {"input_tokens": 7, "output_tokens": 5}}})
     12
     """
     body = result.get("body") if isinstance(result, Mapping) else None
-    usage = body.get("usage") if isinstance(body, Mapping) else None
-    if not isinstance(usage, Mapping):
-        return 0
-    counts = [usage.get("total_tokens")]
-    if not isinstance(counts[0], int):
-        counts = [usage.get("input_tokens"), usage.get("output_tokens")]
-    if all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
-        return sum(counts)  # type: ignore[arg-type]
-    return 0
+    return usage_tokens(body) or 0
 
 
 def _result_code(result: Any, name: str) -> int | None:

@@ -226,8 +226,15 @@ def _one_request(_request: object) -> int:
 
 def _capped(halt: object) -> bool:
     """Whether ``halt=`` (a rule, its text, or a list of them) has a budget cap."""
-    specs = [halt] if isinstance(halt, (str, HaltRule)) else list(halt or [])  # type: ignore[call-overload]
-    return any((HaltRule.parse(s) if isinstance(s, str) else s).budget for s in specs)
+    if isinstance(halt, (str, HaltRule)):
+        specs: list[object] = [halt]
+    else:
+        specs = list(halt) if isinstance(halt, Iterable) else []
+    return any(
+        (HaltRule.parse(s) if isinstance(s, str) else s).budget
+        for s in specs
+        if isinstance(s, (str, HaltRule))
+    )
 
 
 def _costs(rate_limiter: RateLimiter | None, options: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import httpx
 
 from paceline.errors import ErrorCode, InvalidArgument, InvalidArgumentType, PacelineError
 from paceline.policy.answers import Verdict, classify_answer
-from paceline.policy.cost import Cost
+from paceline.policy.cost import Cost, usage_tokens
 from paceline.redact import redact_data, redact_text
 
 
@@ -93,17 +93,8 @@ def usage_cost(response: Any) -> Cost | None:
     >>> usage_cost(HttpResponse(200, {}, {"usage": {"input_tokens": 7, "output_tokens": 5}}, 0.1))
     {'tokens': 12}
     """
-    body = getattr(response, "body", None)
-    usage = body.get("usage") if isinstance(body, Mapping) else None
-    if not isinstance(usage, Mapping):
-        return None
-    total = usage.get("total_tokens")
-    if _whole(total):
-        return {"tokens": total}
-    parts = usage.get("input_tokens"), usage.get("output_tokens")
-    if _whole(parts[0]) and _whole(parts[1]):
-        return {"tokens": parts[0] + parts[1]}
-    return None
+    tokens = usage_tokens(getattr(response, "body", None))
+    return None if tokens is None else {"tokens": tokens}
 
 
 def usage_at(path: str, unit: str = "tokens") -> Callable[[Any], Cost | None]:

@@ -17,6 +17,7 @@ short and nothing is charged by accident:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeGuard
 
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.rate import REQUESTS, unit_name
@@ -63,3 +64,28 @@ def as_cost(cost: int | Cost, *, fill_requests: bool = True) -> dict[str, int]:
     if fill_requests:
         checked.setdefault(REQUESTS, 1)
     return checked
+
+
+def usage_tokens(body: object) -> int | None:
+    """The tokens an answer's JSON body says it used: ``usage.total_tokens`` (OpenAI), else
+    ``usage.input_tokens + usage.output_tokens`` (Anthropic); ``None`` when it says neither.
+
+    >>> usage_tokens({"usage": {"input_tokens": 7, "output_tokens": 5}})
+    12
+    >>> usage_tokens({"usage": {"total_tokens": True}}) is None
+    True
+    """
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return None
+    total = usage.get("total_tokens")
+    if _count(total):
+        return total
+    parts = usage.get("input_tokens"), usage.get("output_tokens")
+    if _count(parts[0]) and _count(parts[1]):
+        return parts[0] + parts[1]
+    return None
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
