@@ -84,10 +84,12 @@ class Guardian:
         with self._lock:
             if self._owner != os.getpid():
                 self._start()
+                # Owned only once started: a thread that sees this process as the owner (the
+                # fast path above, without the lock) must find the pipe ready, not half-made.
+                self._owner = os.getpid()
         return self._fd >= 0
 
     def _start(self) -> None:
-        self._owner = os.getpid()
         self._fd, self.pid = -2, 0
         if not sys.executable or not hasattr(os, "posix_spawn"):
             return
