@@ -107,3 +107,13 @@ def test_exec_on_a_local_cluster(work: Path) -> None:
     assert len(results) == 20
     assert all(r["ok"] for r in results)
     assert len(set(_journaled(work / "j.journal"))) == 20
+
+
+def test_the_dry_run_says_what_dask_changes(work: Path) -> None:
+    _rows(work / "in.csv", 0, 3, header=True)
+    done = paceline("call", "work:double", "in.csv", "--dask", "local:2", "--dry-run", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "  cluster:     Dask local:2; no adaptive control (-j auto runs a fixed count per chunk; "
+        "give -j N to choose it)" in done.stdout
+    )
