@@ -117,3 +117,37 @@ def test_the_dry_run_says_what_dask_changes(work: Path) -> None:
         "  cluster:     Dask local:2; no adaptive control (-j auto runs a fixed count per chunk; "
         "give -j N to choose it)" in done.stdout
     )
+
+
+@pytest.mark.serial  # waits for items to settle at a real rate before the stop
+def test_ctrl_c_stops_a_dask_run_resumably(work: Path) -> None:
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from paceline.stores import JournalError
+    from tests.cli._command import PACELINE
+
+    _rows(work / "in.csv", 0, 300, header=True)
+    run = subprocess.Popen(
+        [PACELINE, "call", "work:double", "in.csv", "--dask", "local:2", "--journal",
+         "j.journal", "--rate", "60/s", "-q"],
+        cwd=work, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    journal = work / "j.journal"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # some items settled: the stop comes mid-run
+        with contextlib.suppress(JournalError):  # a journal still being created
+            if journal.exists() and len(_journaled(journal)) >= 30:
+                break
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    settled = len(_journaled(journal))
+    assert 30 <= settled < 300
+    again = paceline("resume", "j.journal", cwd=work)
+    assert again.returncode == 0, again.stderr
+    assert len(set(_journaled(journal))) == 300

@@ -13,6 +13,7 @@ target's module must be importable there — with ``local:N`` the workers get th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -92,6 +93,10 @@ def dask_client(value: str) -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # The in-process scheduler's and the nannies' logs would tear through the progress
+            # line (workers stopping at a Ctrl-C, a lost actor); what matters reaches the
+            # summary: failed items, a lost cluster, a chunk its worker could not run.
+            silence_logs=logging.CRITICAL,
         )
         try:
             # Not ``with Client(...)``: that sets a context variable, and the CLI opens and

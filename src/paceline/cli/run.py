@@ -673,6 +673,10 @@ class Batch:
                     source, operation, plan, journal, output, costs, runner
                 )
         except (ClusterLost, ChunkFailed, ChunkNotSerializable) as exc:
+            if self.stopping:
+                # A Ctrl-C at a terminal reaches local:N's worker processes too (one process
+                # group): their chunks end with the stop, which is not the cluster failing.
+                return "interrupted"
             raise UsageError(f"--dask: {exc}") from None
 
     async def _dask_runner(self, cluster: contextlib.AsyncExitStack) -> Any:
