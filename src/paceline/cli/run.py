@@ -678,6 +678,17 @@ class Batch:
                 # group): their chunks end with the stop, which is not the cluster failing.
                 return "interrupted"
             raise UsageError(f"--dask: {exc}") from None
+        except Exception as exc:
+            # A worker's error sent back as text (distributed re-raises it as a bare
+            # Exception), or distributed's own: the cluster could not take the batch.
+            if type(exc) is not Exception and not type(exc).__module__.startswith("distributed"):
+                raise
+            if self.stopping:
+                return "interrupted"
+            raise UsageError(
+                f"--dask: the cluster could not take the batch ({exc}); every worker needs "
+                "paceline, the same version as here, and a call target's module"
+            ) from None
 
     async def _dask_runner(self, cluster: contextlib.AsyncExitStack) -> Any:
         """The Dask runner of --dask: its client opened (and a local cluster started) in a
