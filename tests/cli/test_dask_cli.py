@@ -151,3 +151,23 @@ def test_ctrl_c_stops_a_dask_run_resumably(work: Path) -> None:
     again = paceline("resume", "j.journal", cwd=work)
     assert again.returncode == 0, again.stderr
     assert len(set(_journaled(journal))) == 300
+
+
+def test_exec_key_on_a_cluster_is_the_local_one(work: Path) -> None:
+    from paceline.runners.identity import BATCH_ID_META, stable_key
+    from paceline.stores.view import JournalView
+
+    _rows(work / "in.csv", 0, 6, header=True)
+    done = paceline(
+        "exec", "in.csv", "--dask", "local:2", "--journal", "j.journal", "--out", "a.jsonl",
+        "--", "echo", "{_key}", cwd=work,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with JournalView.open(work / "j.journal") as stored:
+        batch_id = str(stored.meta[BATCH_ID_META])
+    rows = [json.loads(line) for line in (work / "a.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    # the key a local run gives each item: the journal's batch id and the item's key
+    assert {row["result"]["stdout"].strip() for row in rows} == {
+        stable_key(batch_id, row["id"]) for row in rows
+    }

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from paceline.cli.ops import KEY_FIELD, BadInputRow, CallOperation, ExecOperation, Item, Operation
+from paceline.cli.ops import BadInputRow, CallOperation, ExecOperation, Item, Operation
 from paceline.cli.spec import RunSpec, UsageError
+from paceline.runners.identity import CURRENT, new_batch_id
 
 # Items a chunk runs at once on its worker when -j is auto: the adaptive controller does not
 # run on a cluster (it would need every worker's answers), so a fixed count stands in; 8 keeps a
@@ -68,11 +69,6 @@ def check_dask(spec: RunSpec, operation: Operation) -> None:
     if spec.keep_order:
         raise UsageError(
             "--dask writes results as they settle: drop --keep-order (each result names its item)"
-        )
-    if isinstance(operation, ExecOperation) and operation.uses_key:
-        raise UsageError(
-            f"--dask: {{{KEY_FIELD}}} in an exec command is not available on a cluster yet; "
-            "use a column of the input (--id) instead, or run without --dask"
         )
 
 
@@ -123,18 +119,27 @@ def dask_client(value: str) -> Iterator[Any]:
 class OnWorker:
     """The CLI's operation, rebuilt on each worker from the run's spec (it pickles; the
     operation itself holds a thread pool). ``path`` is the driver's ``sys.path`` and working
-    directory, put in front on the worker so a ``call`` target imports there as here."""
+    directory, put in front on the worker so a ``call`` target imports there as here.
+    ``batch_id`` is the journal's: each attempt's ``current_item_key()`` (exec's ``{_key}``)
+    is then the one a local run of the batch gives the item."""
 
     spec: RunSpec
     workers: int
+    batch_id: str = field(default_factory=new_batch_id)
     path: list[str] = field(default_factory=lambda: [os.getcwd(), *sys.path])
     _operation: Operation | None = field(default=None, init=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "workers": self.workers, "path": self.path}
+        return {
+            "spec": self.spec,
+            "workers": self.workers,
+            "batch_id": self.batch_id,
+            "path": self.path,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.spec, self.workers, self.path = state["spec"], state["workers"], state["path"]
+        self.batch_id = state["batch_id"]
         self._operation = None
 
     def operation(self) -> Operation:
@@ -151,7 +156,18 @@ class OnWorker:
     async def __call__(self, item: Item) -> Any:
         if item.bad is not None:
             raise BadInputRow(item.bad)
+        # The item's own identity (the chunk's runner knows only its position in the chunk).
+        CURRENT.set(_Attempt(self.batch_id, item.key, item.line))
         return await self.operation().run(item.payload)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What :data:`~paceline.runners.identity.CURRENT` holds for an attempt on a worker."""
+
+    batch_id: str
+    key: str | None
+    index: int
 
 
 __all__ = ["DASK_CONCURRENCY", "OnWorker", "check_dask", "dask_client", "parse_dask"]

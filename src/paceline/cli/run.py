@@ -717,8 +717,15 @@ class Batch:
         attempt: Any = self.attempt_function(operation, metrics)
         if runner is not None:  # the workers rebuild the operation (cli/dask.py)
             from paceline.cli.dask import OnWorker
+            from paceline.runners.identity import BATCH_ID_META
 
             attempt = OnWorker(spec, plan.workers or 1)
+            if journal is not None:  # the batch's id, kept as stream() keeps it (first use)
+                stored_id = journal.get_meta(BATCH_ID_META)
+                if stored_id is None:
+                    journal.set_meta(BATCH_ID_META, attempt.batch_id)
+                else:
+                    attempt.batch_id = str(stored_id)
         results = stream(
             self.items(source, operation),
             attempt,
