@@ -141,6 +141,16 @@ Halt = Annotated[
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Show what would run (first items, limits); run nothing.")
 ]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="ADDRESS",
+        help="Run the items on a Dask cluster: tcp://host:8786 (a running scheduler) or "
+        "local:N (N worker processes, started and stopped for this run). The journal, --out "
+        "and the progress stay here.",
+    ),
+]
 KeepOrder = Annotated[
     bool, typer.Option("--keep-order", "-k", help="Write results in input order.")
 ]
@@ -199,6 +209,7 @@ def _common(**values: Any) -> dict[str, Any]:
         "timeout_s": values["timeout"],
         "halt": list(values["halt"] or []),
         "keep_order": values["keep_order"],
+        "dask": values.get("dask"),
         "journal": values["journal"],
         "retry_failed": values["retry_failed"],
         "out": values["out"],
@@ -376,6 +387,7 @@ def call_command(
     halt: Halt = None,
     give_up_after: GiveUpAfter = None,
     dry_run: DryRun = False,
+    dask: DaskOpt = None,
     keep_order: KeepOrder = False,
     journal: JournalOpt = None,
     retry_failed: RetryFailed = False,
@@ -416,6 +428,7 @@ def exec_command(
     halt: Halt = None,
     give_up_after: GiveUpAfter = None,
     dry_run: DryRun = False,
+    dask: DaskOpt = None,
     keep_order: KeepOrder = False,
     journal: JournalOpt = None,
     retry_failed: RetryFailed = False,
@@ -497,6 +510,7 @@ def resume_command(
             help="Replace the batch's halt rules, e.g. a raised budget cap: soon,tokens=4000000",
         ),
     ] = None,
+    dask: DaskOpt = None,
     quiet: Quiet = False,
     html: Html = None,
     no_report: NoReport = False,
@@ -530,6 +544,7 @@ def resume_command(
         spec.out = out
     if halt:
         spec.halt = list(halt)
+    spec.dask = dask  # here or on a cluster, whichever way the batch ran before
     given = {"url": url, "json_template": json_body, "body_template": body, "base_url": base_url}
     for name, value in given.items():
         if value is not None:

@@ -101,6 +101,16 @@ def _costs_of(spec: RunSpec, operation: Any, skip: int) -> list[dict[str, int]] 
     return costs
 
 
+def _on_dask(spec: RunSpec) -> str:
+    """What --dask changes, for the dry run: no adaptive control, per-chunk concurrency."""
+    auto = spec.concurrency_limit() is None and spec.command == "call"
+    return (
+        "no adaptive control (-j auto runs a fixed count per chunk; give -j N to choose it), "
+        if auto
+        else ""
+    ) + "the concurrency applies per chunk on each worker, --rate to the whole cluster"
+
+
 def show_plan(spec: RunSpec, out: TextIO) -> int:
     """Print the plan for ``spec``; 0, or a :class:`UsageError` for what would not run."""
     spec.check()
@@ -111,6 +121,10 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
     plan = plan_for(spec, source.total)
     operation = make_operation(spec, plan)
     try:
+        if spec.dask is not None:
+            from paceline.cli.dask import check_dask
+
+            check_dask(spec, operation)
         operation.prepare(source)
         write = out.write
         write(f"dry run of {spec.label()}\n")
@@ -122,6 +136,8 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             else f"auto (adaptive, starting at {plan.controller.concurrency_limit})"
         )
         write(f"  concurrency: {concurrency}\n")
+        if spec.dask is not None:
+            write(f"  cluster:     Dask {spec.dask}; {_on_dask(spec)}\n")
         write(f"  rate:        {_rates(spec.rates, plan.limiter, spec.burst is not None)}\n")
         store = None if plan.limiter is None else plan.limiter.store
         if store is not None:

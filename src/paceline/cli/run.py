@@ -171,6 +171,10 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     if spec.rate_store is not None:
         limiter = _shared(spec, limiter)
     controller = None
+    if fixed is None and spec.dask is not None and spec.command == "call":
+        from paceline.cli.dask import DASK_CONCURRENCY
+
+        fixed = DASK_CONCURRENCY  # no adaptive controller on a cluster (see cli/dask.py)
     if fixed is None and spec.command == "exec":
         fixed = os.cpu_count() or 2  # like GNU parallel: one job per core
     if fixed is None:
@@ -202,6 +206,24 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
         # user's word that such an error is worth another attempt).
         retry = remote_retry(attempts=retries + 1, retry_on=_worth_retrying)
     return Plan(workers, controller, limiter, limiter, retry)
+
+
+def _bad_row(error: BaseException | None) -> bool:
+    """A bad input row's failure (here, or rebuilt from a Dask worker: a RemoteError)."""
+    return isinstance(error, BadInputRow) or getattr(error, "remote_type", None) == "BadInputRow"
+
+
+def _attempts_seen(metrics: Metrics, result: Any) -> None:
+    """An item settled on a Dask worker: its attempts, counted here once it is back (the
+    progress of a --dask run lags its workers by a chunk)."""
+    attempts = max(1, result.attempts)
+    each_s = (result.duration_s or 0.0) / attempts
+    for number in range(attempts):
+        last = number == attempts - 1
+        metrics.attempt_started(number == 0)
+        failed = not last or not result.success
+        throttled = last and failed and is_throttle(result.exception)
+        metrics.attempt_ended(each_s, throttled=throttled, failed=failed)
 
 
 def _worth_retrying(error: BaseException) -> bool:
@@ -506,6 +528,10 @@ class Batch:
         check_store(plan.limiter)
         operation = make_operation(spec, plan)
         try:
+            if spec.dask is not None:
+                from paceline.cli.dask import check_dask
+
+                check_dask(spec, operation)
             operation.prepare(source)
             journal = open_journal(spec, operation, self.fresh)
             if journal is None:
@@ -635,9 +661,74 @@ class Batch:
         costs = spec.counts_costs() or getattr(operation, "row_costs", False) or spec.budget_caps()
         if costs:  # tokens per second beside the requests, against the limit in force
             metrics.unit_limits_per_s = lambda: unit_limits_now(plan)
+        on_dask = spec.dask is not None
+        if not on_dask:
+            return await self._stream_with(source, operation, plan, journal, output, costs, None)
+        from paceline.runners.dask_runner import ChunkFailed, ChunkNotSerializable, ClusterLost
+
+        try:
+            async with contextlib.AsyncExitStack() as cluster:
+                runner = await self._dask_runner(cluster)
+                return await self._stream_with(
+                    source, operation, plan, journal, output, costs, runner
+                )
+        except (ClusterLost, ChunkFailed, ChunkNotSerializable) as exc:
+            if self.stopping:
+                # A Ctrl-C at a terminal reaches local:N's worker processes too (one process
+                # group): their chunks end with the stop, which is not the cluster failing.
+                return "interrupted"
+            raise UsageError(f"--dask: {exc}") from None
+        except Exception as exc:
+            # A worker's error sent back as text (distributed re-raises it as a bare
+            # Exception), or distributed's own: the cluster could not take the batch.
+            if type(exc) is not Exception and not type(exc).__module__.startswith("distributed"):
+                raise
+            if self.stopping:
+                return "interrupted"
+            raise UsageError(
+                f"--dask: the cluster could not take the batch ({exc}); every worker needs "
+                "paceline, the same version as here, and a call target's module"
+            ) from None
+
+    async def _dask_runner(self, cluster: contextlib.AsyncExitStack) -> Any:
+        """The Dask runner of --dask: its client opened (and a local cluster started) in a
+        thread — distributed's sync API runs its own loop — and closed the same way."""
+        from paceline.cli.dask import dask_client
+        from paceline.runners.dask_runner import DaskRunner
+
+        assert self.spec.dask is not None
+        stack = contextlib.ExitStack()
+        client = await asyncio.to_thread(stack.enter_context, dask_client(self.spec.dask))
+        cluster.push_async_callback(asyncio.to_thread, stack.close)
+        return DaskRunner(client)
+
+    async def _stream_with(
+        self,
+        source: RowSource,
+        operation: Operation,
+        plan: Plan,
+        journal: Journal | None,
+        output: CommittedOutput | None,
+        costs: bool,
+        runner: Any,
+    ) -> str:
+        spec, metrics = self.spec, self.metrics
+        assert metrics is not None
+        attempt: Any = self.attempt_function(operation, metrics)
+        if runner is not None:  # the workers rebuild the operation (cli/dask.py)
+            from paceline.cli.dask import OnWorker
+            from paceline.runners.identity import BATCH_ID_META
+
+            attempt = OnWorker(spec, plan.workers or 1)
+            if journal is not None:  # the batch's id, kept as stream() keeps it (first use)
+                stored_id = journal.get_meta(BATCH_ID_META)
+                if stored_id is None:
+                    journal.set_meta(BATCH_ID_META, attempt.batch_id)
+                else:
+                    attempt.batch_id = str(stored_id)
         results = stream(
             self.items(source, operation),
-            self.attempt_function(operation, metrics),
+            attempt,
             plan.workers,
             ordered=spec.keep_order,
             rate_limiter=plan.rate_limiter,
@@ -657,15 +748,17 @@ class Batch:
             # estimate, settled from the answer's usage.
             cost=_item_cost if costs else None,
             actual_cost=_usage_cost if costs else None,
+            runner=runner,
+            codec=operation.codec if runner is not None else None,
         )
         self._streaming = True
         try:
             async with contextlib.aclosing(cast(AsyncGenerator[Any, None], results)) as settled:
                 async for result in settled:
                     # a bad row or a duplicate id fails without an attempt of ours
-                    attempted = result.attempts > 0 and not isinstance(
-                        result.exception, BadInputRow
-                    )
+                    attempted = result.attempts > 0 and not _bad_row(result.exception)
+                    if runner is not None and attempted and not result.restored:
+                        _attempts_seen(metrics, result)
                     if result.error_code is ErrorCode.QUOTA_EXHAUSTED:
                         self._note_exhausted(result.error)
                     metrics.settled(

@@ -68,6 +68,9 @@ class RunSpec:
     retry_failed: bool = False
     out: str | None = None
     on_bad_input: str = "stop"
+    # --dask: run on a Dask cluster (tcp://host:8786, or local:N); not part of the identity,
+    # so a batch run on Dask resumes locally and the other way round
+    dask: str | None = None
     id_template: str | None = None
     give_up_after: str | None = None  # "10m", "600", "off"; None: the library's default
     # http

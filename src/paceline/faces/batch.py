@@ -8,12 +8,14 @@ import contextvars
 import difflib
 import threading
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
     Iterable,
+    Iterator,
 )
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
@@ -334,6 +336,7 @@ async def stream(
     give_up_after_s: float | None = DEFAULT_GIVE_UP_AFTER_S,
     on_halt: Callable[[str], None] | None = None,
     lanes: Lanes | None = None,
+    runner: DaskRunner | None = None,
 ) -> AsyncIterator[BatchItemResult]:
     """Run ``operation`` over a lazy, possibly endless input and yield each item's
     :class:`~paceline.BatchItemResult` as it settles.
@@ -348,6 +351,10 @@ async def stream(
     arguments are those of :func:`batch_execute`; items restored from the journal are yielded
     with ``restored=True``. When the batch stops early (a ``halt`` rule, the deadline, giving
     up) the iteration ends and ``on_halt(reason)`` is called once with the reason.
+
+    ``runner`` (a :class:`~paceline.runners.dask_runner.DaskRunner`) runs the items on a Dask
+    cluster, as for :func:`batch_execute`; results are yielded in completion order (``ordered``
+    does not apply) and an async input is read from the driver's thread through this loop.
 
     >>> async def main() -> list[str]:
     ...     async def shout(word: str) -> str:
@@ -396,12 +403,86 @@ async def stream(
             on_halt=on_halt,
             lanes=lanes,
         )
-        runner: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
+        if runner is not None:
+            async with contextlib.aclosing(
+                _stream_on_cluster(runner, keys, operation, workers, options, codec)
+            ) as settled:
+                async for result in settled:
+                    yield result
+            return
+        local: AsyncRunner[K, T, BatchItemResult] = AsyncRunner(
             operation, concurrency=workers, options=options, read_ahead=read_ahead
         )
-        async with contextlib.aclosing(runner.stream(keys, ordered=ordered)) as results:
+        async with contextlib.aclosing(local.stream(keys, ordered=ordered)) as results:
             async for result in results:
                 yield result
+
+
+async def _stream_on_cluster(
+    runner: DaskRunner,
+    keys: Iterable[K] | AsyncIterable[K],
+    operation: Callable[[K], Awaitable[T]],
+    workers: int | None,
+    options: RunOptions[K, T, BatchItemResult],
+    codec: Codec | None,
+) -> AsyncGenerator[BatchItemResult, None]:
+    """:func:`stream` on a Dask cluster: the driver runs in a thread and hands each settled
+    item to this loop as it settles (its batch state keeps ``None`` in their place, so memory
+    holds no results); an async input is read from the driver's thread through this loop.
+    Closing the iteration stops the driver (nothing new sent, the chunks in flight cancelled)
+    and waits for it."""
+    loop = asyncio.get_running_loop()
+    settled: asyncio.Queue[BatchItemResult | None] = asyncio.Queue()
+    stop = threading.Event()
+
+    def handed(callback: Callable[..., BatchItemResult]) -> Callable[..., Any]:
+        def hand(*args: Any) -> None:
+            loop.call_soon_threadsafe(settled.put_nowait, callback(*args))
+
+        return hand
+
+    assert options.ok is not None
+    assert options.err is not None
+    options.ok, options.err = handed(options.ok), handed(options.err)
+    if options.restore is not None:
+        options.restore = handed(options.restore)
+    items: Iterable[K] = (
+        _read_through(keys, loop, stop) if isinstance(keys, AsyncIterable) else keys
+    )
+
+    def drive() -> None:
+        try:
+            runner.collect(
+                items, operation, concurrency=workers, options=options, codec=codec, stop=stop
+            )
+        finally:
+            loop.call_soon_threadsafe(settled.put_nowait, None)
+
+    driver = asyncio.ensure_future(asyncio.to_thread(drive))
+    try:
+        while (result := await settled.get()) is not None:
+            yield result
+        await driver  # its error, if it failed
+    finally:
+        if not driver.done():
+            stop.set()
+            await asyncio.gather(asyncio.shield(driver), return_exceptions=True)
+
+
+def _read_through(
+    keys: AsyncIterable[K], loop: asyncio.AbstractEventLoop, stop: threading.Event
+) -> Iterator[K]:
+    """An async input read from another thread, one item at a time, on ``loop``."""
+    source = aiter(keys)
+    while not stop.is_set():
+        try:
+            yield asyncio.run_coroutine_threadsafe(_next_of(source), loop).result()
+        except StopAsyncIteration:
+            return
+
+
+async def _next_of(source: AsyncIterator[K]) -> K:
+    return await anext(source)
 
 
 def run_sync(awaitable: Coroutine[Any, Any, T]) -> T:
