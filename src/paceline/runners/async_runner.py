@@ -410,6 +410,14 @@ class _Batch(Generic[K, T, R]):
 
     # halting ------------------------------------------------------------------------------
 
+    def _stop_on_fatal(self, exc: BaseException) -> None:
+        """The batch cannot go on (its journal, input or progress callback failed): keep the
+        first such error to raise and stop every worker now."""
+        if self.fatal is None:
+            self.fatal = exc
+        self.state.halt(f"stopped by an error: {type(exc).__name__}: {exc}", now=True)
+        self._after_settle()
+
     def _after_settle(self) -> None:
         state = self.state
         if state.streaming:
@@ -499,10 +507,7 @@ class _Batch(Generic[K, T, R]):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the journal, the input or a progress callback failed
-            if self.fatal is None:
-                self.fatal = exc
-            state.halt(f"stopped by an error: {type(exc).__name__}: {exc}", now=True)
-            self._after_settle()
+            self._stop_on_fatal(exc)
         finally:
             if lease is not None:
                 lease.release(stamp, leased)
@@ -659,10 +664,7 @@ class _Batch(Generic[K, T, R]):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the journal, the input or a progress callback failed
-            if self.fatal is None:
-                self.fatal = exc
-            state.halt(f"stopped by an error: {type(exc).__name__}: {exc}", now=True)
-            self._after_settle()
+            self._stop_on_fatal(exc)
 
     async def _through_gates(self, lane: Lane[Job[K]], job: Job[K]) -> tuple[bool, Ticket | None]:
         """Wait at ``lane``'s gates (its pause, its controller, its limiter's token) for
