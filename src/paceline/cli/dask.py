@@ -59,8 +59,15 @@ def check_dask(spec: RunSpec, operation: Operation) -> None:
     """Refuse, in one line naming the fix, what a run on Dask cannot honour."""
     assert spec.dask is not None
     parse_dask(spec.dask)
-    if spec.command not in ("call", "exec"):
-        raise UsageError(f"--dask runs paceline call and exec, not {spec.command} (yet)")
+    if spec.command not in ("http", "call", "exec"):
+        raise UsageError(f"--dask runs paceline http, call and exec, not {spec.command}")
+    if spec.command == "http" and not spec.rates:
+        # Adaptive control finds a server's rate from every answer at once, which a cluster's
+        # workers do not share: the user's --rate is the pace (docs/design.md, "The CLI").
+        raise UsageError(
+            "paceline http --dask needs --rate (e.g. --rate 50/s): finding the server's rate "
+            "on its own (adaptive control) does not run on a cluster"
+        )
     if spec.counts_costs() or spec.budget_caps() or getattr(operation, "row_costs", False):
         raise UsageError(
             "--dask does not count costs (--cost, budget --halt caps, rows with a cost): drop "
