@@ -164,12 +164,12 @@ class OnWorker:
         if item.bad is not None:
             raise BadInputRow(item.bad)
         # The item's own identity (the chunk's runner knows only its position in the chunk).
-        CURRENT.set(_Attempt(self.batch_id, item.key, item.line))
+        CURRENT.set(ItemIdentity(self.batch_id, item.key, item.line))
         return await self.operation().run(item.payload)
 
 
 @dataclass(slots=True)
-class _Attempt:
+class ItemIdentity:
     """What :data:`~paceline.runners.identity.CURRENT` holds for an attempt on a worker."""
 
     batch_id: str
@@ -177,4 +177,11 @@ class _Attempt:
     index: int
 
 
-__all__ = ["DASK_CONCURRENCY", "OnWorker", "check_dask", "dask_client", "parse_dask"]
+__all__ = [
+    "DASK_CONCURRENCY",
+    "ItemIdentity",
+    "OnWorker",
+    "check_dask",
+    "dask_client",
+    "parse_dask",
+]

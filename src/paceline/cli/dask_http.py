@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from paceline.cli.dask import _Attempt
+from paceline.cli.dask import ItemIdentity
 from paceline.cli.ops import BadInputRow, Item
 from paceline.cli.spec import RunSpec
 from paceline.policy.answers import AnswerRule
@@ -92,7 +92,7 @@ class HttpOnWorker:
     async def __call__(self, item: Item) -> Any:
         if item.bad is not None:
             raise BadInputRow(item.bad)
-        attempt = _Attempt(self.batch_id, item.key, item.line)
+        attempt = ItemIdentity(self.batch_id, item.key, item.line)
         return await _client_loop().send(self.settings, attempt, item.payload)
 
 
@@ -106,7 +106,7 @@ class _ClientLoop:
         thread = threading.Thread(target=self.loop.run_forever, name="paceline-http", daemon=True)
         thread.start()
 
-    async def send(self, settings: HttpSettings, attempt: _Attempt, payload: Any) -> Any:
+    async def send(self, settings: HttpSettings, attempt: ItemIdentity, payload: Any) -> Any:
         """Send ``payload`` on the client loop as ``attempt``; its answer, or its error."""
 
         async def there() -> Any:
