@@ -244,3 +244,18 @@ def test_what_travels_to_the_workers_shows_no_secret() -> None:
     assert cloudpickle.loads(cloudpickle.dumps(chunk))[0][1].payload.headers == {
         "Authorization": f"Bearer {SECRET}"
     }
+
+
+def test_an_exhausted_quota_stops_a_dask_batch_with_exit_3(tmp_path: Path, cluster: str) -> None:
+    _ids(tmp_path / "in.csv", [f"items/{n}" for n in range(200)])
+    with ApiServer(ApiConfig(credit=5, base_latency_s=0.001)) as server:
+        done = paceline(
+            "http", "in.csv", "--url", server.url + "/{path}", "--rate", "200/s", "-j", "2",
+            "--dask", cluster, "--journal", "j.journal", "--no-report", cwd=tmp_path,
+        )  # fmt: skip
+        assert server.stats()["credit_used"] == 5
+    assert done.returncode == 3, done.stderr
+    assert "stopped: a quota is exhausted" in done.stderr
+    # journaled as failed on a cluster: only --retry-failed sends those items again
+    assert "continue with: paceline resume j.journal --retry-failed" in done.stderr
+    assert len(_journaled(tmp_path / "j.journal")) < 200

@@ -927,7 +927,10 @@ class Batch:
             if metrics.budget_exhausted:
                 err.write(budget_line(metrics.budget_exhausted) + "\n")
             if journal is not None and code != EXIT_OK:
-                hint = resume_hint(journal.path, retry_failed=reason == "failed")
+                # On Dask an item an exhausted quota failed is journaled (docs/design.md,
+                # "paceline http --dask"): only --retry-failed sends it again.
+                again = reason == "failed" or (reason == "exhausted" and self.spec.dask is not None)
+                hint = resume_hint(journal.path, retry_failed=again)
                 raised = _raised_cap(self.halt_reason)
                 if raised:  # a budget cap: resuming needs it raised (--halt replaces it)
                     hint += f" --halt {raised}"
