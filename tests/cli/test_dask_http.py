@@ -259,3 +259,17 @@ def test_an_exhausted_quota_stops_a_dask_batch_with_exit_3(tmp_path: Path, clust
     # journaled as failed on a cluster: only --retry-failed sends those items again
     assert "continue with: paceline resume j.journal --retry-failed" in done.stderr
     assert len(_journaled(tmp_path / "j.journal")) < 200
+
+
+def test_the_dry_run_says_what_dask_changes_for_http(tmp_path: Path) -> None:
+    _ids(tmp_path / "in.csv", ["items/1"])
+    done = paceline(
+        "http", "in.csv", "--url", "http://127.0.0.1:9/{path}", "--dask", "local:2",
+        "--rate", "10/s", "--dry-run", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "  concurrency: 8 at most in flight\n" in done.stdout
+    assert (
+        "--rate to the whole cluster (to every host at once: no per-server lanes or limits "
+        "from headers)\n" in done.stdout
+    )
