@@ -37,7 +37,11 @@ def cluster() -> Iterator[str]:
     """A scheduler's address, with 2 worker processes (one thread each, as local:N has)."""
     distributed: Any = importlib.import_module("distributed")
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",  # as local:N has it (cli/dask.py)
+        scheduler_kwargs={"dashboard": False},
     ) as local:
         yield str(local.scheduler_address)
 
@@ -94,11 +98,14 @@ def test_http_on_a_local_cluster_writes_what_a_local_run_writes(tmp_path: Path) 
 class _Recorder(BaseHTTPRequestHandler):
     """A loopback server that keeps the Authorization and Idempotency-Key of each request."""
 
+    protocol_version = "HTTP/1.1"  # keep-alive: a client's connections are counted by port
     seen: ClassVar[list[tuple[str | None, str | None]]] = []
+    ports: ClassVar[set[int]] = set()
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.seen.append((self.headers.get("Authorization"), self.headers.get("Idempotency-Key")))
+        self.ports.add(self.client_address[1])
         body = b'{"ok": true}'
         self.send_response(201)
         self.send_header("Content-Type", "application/json")
@@ -111,26 +118,26 @@ class _Recorder(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def recorder() -> Iterator[tuple[str, list[tuple[str | None, str | None]]]]:
+def recorder() -> Iterator[tuple[str, list[tuple[str | None, str | None]], Any]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    seen: ClassVar[list[tuple[str | None, str | None]]] = []
-    server.RequestHandlerClass = type("Recorder", (_Recorder,), {"seen": seen})
+    seen: list[tuple[str | None, str | None]] = []
+    server.RequestHandlerClass = type("Recorder", (_Recorder,), {"seen": seen, "ports": set()})
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen, server.RequestHandlerClass
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_the_secret_header_is_sent_and_the_keys_are_the_local_runs(
-    tmp_path: Path, cluster: str, recorder: tuple[str, list[tuple[str | None, str | None]]]
+    tmp_path: Path, cluster: str, recorder: tuple[str, list[tuple[str | None, str | None]], Any]
 ) -> None:
     from paceline.runners.identity import BATCH_ID_META, stable_key
     from paceline.stores.view import JournalView
 
-    url, seen = recorder
+    url, seen, _handler = recorder
     _ids(tmp_path / "in.csv", [f"t{n}" for n in range(12)])
     done = paceline(
         "http", "in.csv", "--url", url + "/objects", "--method", "POST",
@@ -273,3 +280,20 @@ def test_the_dry_run_says_what_dask_changes_for_http(tmp_path: Path) -> None:
         "--rate to the whole cluster (to every host at once: no per-server lanes or limits "
         "from headers)\n" in done.stdout
     )
+
+
+def test_each_worker_keeps_its_connections_from_chunk_to_chunk(
+    tmp_path: Path, cluster: str, recorder: tuple[str, list[tuple[str | None, str | None]], Any]
+) -> None:
+    url, seen, handler = recorder
+    _ids(tmp_path / "in.csv", [f"t{n}" for n in range(160)])
+    done = paceline(
+        "http", "in.csv", "--url", url + "/objects", "--method", "POST", "--json",
+        '{"name": "{path}"}', "-j", "2", "--rate", "1000/s", "--dask", cluster,
+        "--journal", "none", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(seen) == 160
+    # chunks of 8 items and up (the first ones), so several chunks ran on each worker: their
+    # 2 requests at once each went over the worker's same 2 connections
+    assert len(handler.ports) <= 4

@@ -95,7 +95,10 @@ def dask_client(value: str) -> Iterator[Any]:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port:
+            # None means 8787, and a second run (or any Dask) there made it print a warning.
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": False},
             # The in-process scheduler's and the nannies' logs would tear through the progress
             # line (workers stopping at a Ctrl-C, a lost actor); what matters reaches the
             # summary: failed items, a lost cluster, a chunk its worker could not run.

@@ -109,21 +109,25 @@ class _ClientLoop:
     async def send(self, settings: HttpSettings, attempt: ItemIdentity, payload: Any) -> Any:
         """Send ``payload`` on the client loop as ``attempt``; its answer, or its error."""
 
+        # Asked here, on the chunk's thread (Dask knows its worker there, not on ours).
+        threads = 0 if settings in self._senders else _worker_threads()
+
         async def there() -> Any:
             CURRENT.set(attempt)  # this task's own context: current_item_key() is the item's
-            return await self._sender(settings)(payload)
+            return await self._sender(settings, threads)(payload)
 
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(there(), self.loop))
 
-    def _sender(self, settings: HttpSettings) -> Callable[[Any], Any]:
-        """The batch's sender (made on first use; only ever called on the client loop)."""
+    def _sender(self, settings: HttpSettings, threads: int) -> Callable[[Any], Any]:
+        """The batch's sender (made on first use, with a pool for ``threads`` chunks at once;
+        only ever called on the client loop)."""
         found = self._senders.get(settings)
         if found is not None:
             self._senders.move_to_end(settings)
             return found[1]
         from paceline.http import Idempotency, ServerLanes, client_for, rules_classifier, sender
 
-        client = client_for(None, settings.connections * _worker_threads())
+        client = client_for(None, settings.connections * max(1, threads))
         header = settings.idempotency_header
         idempotency = Idempotency.of(
             "Idempotency-Key" if header is None else header,
