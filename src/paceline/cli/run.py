@@ -670,7 +670,12 @@ class Batch:
 
         try:
             async with contextlib.AsyncExitStack() as cluster:
-                runner = await self._dask_runner(cluster)
+                try:
+                    runner = await self._dask_runner(cluster)
+                except Exception:
+                    if self.stopping:  # a Ctrl-C reached local:N's starting workers too
+                        return "interrupted"
+                    raise
                 return await self._stream_with(
                     source, operation, plan, journal, output, costs, runner
                 )
