@@ -297,3 +297,45 @@ def test_each_worker_keeps_its_connections_from_chunk_to_chunk(
     # chunks of 8 items and up (the first ones), so several chunks ran on each worker: their
     # 2 requests at once each went over the worker's same 2 connections
     assert len(handler.ports) <= 4
+
+
+def test_a_worker_process_keeps_a_client_per_batch_and_closes_the_oldest() -> None:
+    import asyncio
+    import urllib.request
+
+    from paceline.cli.dask import ItemIdentity
+    from paceline.cli.dask_http import MAX_CLIENTS, HttpSettings, _ClientLoop
+    from paceline.http import HttpRequest
+    from paceline.runners.identity import stable_key
+
+    clients = _ClientLoop()  # what a worker process holds, here in this one
+    with ApiServer(ApiConfig(base_latency_s=0)) as server:
+        request = HttpRequest(server.url + "/objects", method="POST", json={"n": 1})
+
+        async def each_batch() -> list[int]:
+            statuses = []
+            for n in range(MAX_CLIENTS + 1):  # one more batch's settings than are kept
+                settings = HttpSettings(None, 5.0 + n, None, None, False, (), connections=2)
+                answer = await clients.send(settings, ItemIdentity("b", f"k{n}", n), request)
+                statuses.append(answer.status_code)
+            return statuses
+
+        first_client: Any = None
+
+        async def keep_first() -> None:
+            nonlocal first_client
+            settings = HttpSettings(None, 5.0, None, None, False, (), connections=2)
+            await clients.send(settings, ItemIdentity("b", "k0", 0), request)
+            first_client = clients._senders[settings][0]
+
+        asyncio.run(keep_first())
+        # k0 again: a replay (its key was seen), then one object created by each other batch
+        assert asyncio.run(each_batch()) == [200] + [201] * MAX_CLIENTS
+        with urllib.request.urlopen(server.url + "/objects") as answer:
+            keys = [request["key"] for request in json.load(answer)["requests"]]
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), clients.loop).result(timeout=5)
+    clients.loop.call_soon_threadsafe(clients.loop.stop)
+    assert len(clients._senders) == MAX_CLIENTS
+    assert first_client.is_closed
+    # each attempt ran as its item: the key a local run sends
+    assert keys == [stable_key("b", f"k{n}") for n in (0, 0, 1, 2, 3, 4)]

@@ -103,6 +103,7 @@ class _ClientLoop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._senders: OrderedDict[HttpSettings, tuple[Any, Callable[[Any], Any]]] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
         thread = threading.Thread(target=self.loop.run_forever, name="paceline-http", daemon=True)
         thread.start()
 
@@ -148,7 +149,9 @@ class _ClientLoop:
         self._senders[settings] = (client, send)
         while len(self._senders) > MAX_CLIENTS:
             _old, (old_client, _send) = self._senders.popitem(last=False)
-            self.loop.create_task(old_client.aclose())
+            closing = self.loop.create_task(old_client.aclose())
+            self._closing.add(closing)  # held until done (the loop keeps weak references)
+            closing.add_done_callback(self._closing.discard)
         return send
 
 
