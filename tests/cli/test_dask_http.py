@@ -1,15 +1,21 @@
 """``paceline http --dask``: requests sent from the workers of a Dask cluster against the test
 API, with the journal, ``--out`` and the summary on this side, as a local run has them.
 
-One LocalCluster (2 worker processes) serves the module's tests through ``--dask tcp://...``
-(it takes 1-2 s to start); one test starts its own with ``--dask local:2``.
+One cluster of real ``dask scheduler`` and ``dask worker`` processes (2 worker processes)
+serves the module's tests through ``--dask tcp://...`` (it takes a few seconds to start); one
+test starts its own with ``--dask local:2``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,18 +38,52 @@ SECRET = "s3cr3t-t0ken-9f8e"
 VOLATILE = ("duration_s", "result")
 
 
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A scheduler's address, with 2 worker processes (one thread each, as local:N has)."""
-    distributed: Any = importlib.import_module("distributed")
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",  # as local:N has it (cli/dask.py)
-        scheduler_kwargs={"dashboard": False},
-    ) as local:
-        yield str(local.scheduler_address)
+    """A real ``dask scheduler`` and ``dask worker --nworkers 2`` (one thread each, as local:N
+    has) on loopback; their address. Processes of their own session, not this one's children
+    (an in-process LocalCluster leaves multiprocessing's helper behind, which the exec tests'
+    check for stray children sees), stopped as a group."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    options: dict[str, Any] = {
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "env": env,
+        "start_new_session": True,
+    }
+    no_dashboard = ("--dashboard-address", ":0")  # never 8787, which may be taken
+    port = address.rsplit(":", 1)[1]
+    scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, *no_dashboard]
+    worker = [DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--host"]
+    processes = [
+        subprocess.Popen(scheduler, **options),
+        subprocess.Popen([*worker, "127.0.0.1", *no_dashboard], **options),
+    ]
+    # Waited for from another process: a client here would leave distributed's threads and
+    # sockets in this one (the exec tests count this process's file descriptors).
+    ready = (
+        "import sys, distributed\n"
+        "with distributed.Client(sys.argv[1], timeout='60s') as client:\n"
+        "    client.wait_for_workers(2, timeout=60)\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", ready, address], env=env, check=True, timeout=90)
+        yield address
+    finally:
+        for process in reversed(processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the worker's nanny and its processes
+            process.wait(timeout=10)
 
 
 def _ids(path: Path, ids: list[str], *, header: bool = True) -> None:
@@ -334,8 +374,10 @@ def test_a_worker_process_keeps_a_client_per_batch_and_closes_the_oldest() -> No
         with urllib.request.urlopen(server.url + "/objects") as answer:
             keys = [request["key"] for request in json.load(answer)["requests"]]
     asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), clients.loop).result(timeout=5)
-    clients.loop.call_soon_threadsafe(clients.loop.stop)
-    assert len(clients._senders) == MAX_CLIENTS
-    assert first_client.is_closed
+    try:
+        assert len(clients._senders) == MAX_CLIENTS
+        assert first_client.is_closed
+    finally:
+        clients.close()
     # each attempt ran as its item: the key a local run sends
     assert keys == [stable_key("b", f"k{n}") for n in (0, 0, 1, 2, 3, 4)]

@@ -104,8 +104,25 @@ class _ClientLoop:
         self.loop = asyncio.new_event_loop()
         self._senders: OrderedDict[HttpSettings, tuple[Any, Callable[[Any], Any]]] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
-        thread = threading.Thread(target=self.loop.run_forever, name="paceline-http", daemon=True)
-        thread.start()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="paceline-http", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Close the clients and the loop (a worker's live as long as its process; a test's
+        are closed)."""
+
+        async def closing() -> None:
+            for client, _send in self._senders.values():
+                await client.aclose()
+            self._senders.clear()
+            await asyncio.gather(*self._closing)
+
+        asyncio.run_coroutine_threadsafe(closing(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
 
     async def send(self, settings: HttpSettings, attempt: ItemIdentity, payload: Any) -> Any:
         """Send ``payload`` on the client loop as ``attempt``; its answer, or its error."""
