@@ -329,6 +329,7 @@ def http_command(
     fail_on: FailOn = None,
     retry_on: RetryOn = None,
     dry_run: DryRun = False,
+    dask: DaskOpt = None,
     keep_order: KeepOrder = False,
     journal: JournalOpt = None,
     retry_failed: RetryFailed = False,

@@ -59,8 +59,15 @@ def check_dask(spec: RunSpec, operation: Operation) -> None:
     """Refuse, in one line naming the fix, what a run on Dask cannot honour."""
     assert spec.dask is not None
     parse_dask(spec.dask)
-    if spec.command not in ("call", "exec"):
-        raise UsageError(f"--dask runs paceline call and exec, not {spec.command} (yet)")
+    if spec.command not in ("http", "call", "exec"):
+        raise UsageError(f"--dask runs paceline http, call and exec, not {spec.command}")
+    if spec.command == "http" and not spec.rates:
+        # Adaptive control finds a server's rate from every answer at once, which a cluster's
+        # workers do not share: the user's --rate is the pace (docs/design.md, "The CLI").
+        raise UsageError(
+            "paceline http --dask needs --rate (e.g. --rate 50/s): finding the server's rate "
+            "on its own (adaptive control) does not run on a cluster"
+        )
     if spec.counts_costs() or spec.budget_caps() or getattr(operation, "row_costs", False):
         raise UsageError(
             "--dask does not count costs (--cost, budget --halt caps, rows with a cost): drop "
@@ -88,7 +95,10 @@ def dask_client(value: str) -> Iterator[Any]:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port:
+            # None means 8787, and a second run (or any Dask) there made it print a warning.
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": False},
             # The in-process scheduler's and the nannies' logs would tear through the progress
             # line (workers stopping at a Ctrl-C, a lost actor); what matters reaches the
             # summary: failed items, a lost cluster, a chunk its worker could not run.
@@ -157,12 +167,12 @@ class OnWorker:
         if item.bad is not None:
             raise BadInputRow(item.bad)
         # The item's own identity (the chunk's runner knows only its position in the chunk).
-        CURRENT.set(_Attempt(self.batch_id, item.key, item.line))
+        CURRENT.set(ItemIdentity(self.batch_id, item.key, item.line))
         return await self.operation().run(item.payload)
 
 
 @dataclass(slots=True)
-class _Attempt:
+class ItemIdentity:
     """What :data:`~paceline.runners.identity.CURRENT` holds for an attempt on a worker."""
 
     batch_id: str
@@ -170,4 +180,11 @@ class _Attempt:
     index: int
 
 
-__all__ = ["DASK_CONCURRENCY", "OnWorker", "check_dask", "dask_client", "parse_dask"]
+__all__ = [
+    "DASK_CONCURRENCY",
+    "ItemIdentity",
+    "OnWorker",
+    "check_dask",
+    "dask_client",
+    "parse_dask",
+]

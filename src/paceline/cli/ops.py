@@ -307,7 +307,8 @@ class HttpOperation(Operation):
             )
         # JSON Lines rows may carry a "cost" with no --rate in its unit: the server's token
         # headers then limit it (docs/units.md, 'Token headers'); a row without one is a request.
-        self.row_costs = not self.costs and source.format == "jsonl"
+        # On a Dask cluster nothing reads them (no header limits there: docs/design.md).
+        self.row_costs = not self.costs and source.format == "jsonl" and self.spec.dask is None
         super().prepare(source)
 
     def cost_of(self, data: dict[str, Any], body: Any = None) -> dict[str, int] | None:

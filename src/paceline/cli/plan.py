@@ -103,12 +103,20 @@ def _costs_of(spec: RunSpec, operation: Any, skip: int) -> list[dict[str, int]] 
 
 def _on_dask(spec: RunSpec) -> str:
     """What --dask changes, for the dry run: no adaptive control, per-chunk concurrency."""
-    auto = spec.concurrency_limit() is None and spec.command == "call"
+    auto = spec.concurrency_limit() is None and spec.command in ("call", "http")
     return (
-        "no adaptive control (-j auto runs a fixed count per chunk; give -j N to choose it), "
-        if auto
-        else ""
-    ) + "the concurrency applies per chunk on each worker, --rate to the whole cluster"
+        (
+            "no adaptive control (-j auto runs a fixed count per chunk; give -j N to choose it), "
+            if auto
+            else ""
+        )
+        + "the concurrency applies per chunk on each worker, --rate to the whole cluster"
+        + (
+            " (to every host at once: no per-server lanes or limits from headers)"
+            if spec.command == "http"
+            else ""
+        )
+    )
 
 
 def show_plan(spec: RunSpec, out: TextIO) -> int:

@@ -171,7 +171,7 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     if spec.rate_store is not None:
         limiter = _shared(spec, limiter)
     controller = None
-    if fixed is None and spec.dask is not None and spec.command == "call":
+    if fixed is None and spec.dask is not None and spec.command in ("call", "http"):
         from paceline.cli.dask import DASK_CONCURRENCY
 
         fixed = DASK_CONCURRENCY  # no adaptive controller on a cluster (see cli/dask.py)
@@ -191,10 +191,12 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     if spec.command == "http":
         from paceline.http import DEFAULT_RETRY, ServerLanes, http_retry
 
+        policy = DEFAULT_RETRY if retries is None else http_retry(retries + 1)
+        if spec.dask is not None:  # no lanes: the cluster's limiter paces (cli/dask_http.py)
+            return Plan(workers, None, limiter, limiter, policy)
         lanes = ServerLanes(
             limiter, controller=controller, base_url=spec.base_url, request_of=_payload
         )
-        policy = DEFAULT_RETRY if retries is None else http_retry(retries + 1)
         return Plan(workers, controller, limiter, None, policy, lanes)
     retry: RetryPolicy | None = None
     if retries is None and spec.command == "call":
@@ -668,7 +670,12 @@ class Batch:
 
         try:
             async with contextlib.AsyncExitStack() as cluster:
-                runner = await self._dask_runner(cluster)
+                try:
+                    runner = await self._dask_runner(cluster)
+                except Exception:
+                    if self.stopping:  # a Ctrl-C reached local:N's starting workers too
+                        return "interrupted"
+                    raise
                 return await self._stream_with(
                     source, operation, plan, journal, output, costs, runner
                 )
@@ -717,9 +724,14 @@ class Batch:
         attempt: Any = self.attempt_function(operation, metrics)
         if runner is not None:  # the workers rebuild the operation (cli/dask.py)
             from paceline.cli.dask import OnWorker
+            from paceline.cli.dask_http import HttpOnWorker, HttpSettings
             from paceline.runners.identity import BATCH_ID_META
 
-            attempt = OnWorker(spec, plan.workers or 1)
+            attempt = (
+                HttpOnWorker(HttpSettings.of(spec, plan.workers or 1))
+                if spec.command == "http"
+                else OnWorker(spec, plan.workers or 1)
+            )
             if journal is not None:  # the batch's id, kept as stream() keeps it (first use)
                 stored_id = journal.get_meta(BATCH_ID_META)
                 if stored_id is None:
@@ -758,6 +770,9 @@ class Batch:
                     # a bad row or a duplicate id fails without an attempt of ours
                     attempted = result.attempts > 0 and not _bad_row(result.exception)
                     if runner is not None and attempted and not result.restored:
+                        from paceline.cli.dask_http import restore_status
+
+                        restore_status(result.exception)  # --out's "status", as locally
                         _attempts_seen(metrics, result)
                     if result.error_code is ErrorCode.QUOTA_EXHAUSTED:
                         self._note_exhausted(result.error)
@@ -917,7 +932,10 @@ class Batch:
             if metrics.budget_exhausted:
                 err.write(budget_line(metrics.budget_exhausted) + "\n")
             if journal is not None and code != EXIT_OK:
-                hint = resume_hint(journal.path, retry_failed=reason == "failed")
+                # On Dask an item an exhausted quota failed is journaled (docs/design.md,
+                # "paceline http --dask"): only --retry-failed sends it again.
+                again = reason == "failed" or (reason == "exhausted" and self.spec.dask is not None)
+                hint = resume_hint(journal.path, retry_failed=again)
                 raised = _raised_cap(self.halt_reason)
                 if raised:  # a budget cap: resuming needs it raised (--halt replaces it)
                     hint += f" --halt {raised}"

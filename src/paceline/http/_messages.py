@@ -31,6 +31,21 @@ class HttpRequest:
     id: str | None = None
     cost: Mapping[str, int] | None = None
 
+    def __repr__(self) -> str:
+        """Credentials masked: a request's repr ends up in tracebacks, logs and a Dask
+        worker's record of a failed task, where an ``Authorization`` must not.
+
+        >>> HttpRequest("https://api.example/x", headers={"Authorization": "Bearer t0k"})
+        HttpRequest(url='https://api.example/x', method='GET', headers={'Authorization': \
+'[REDACTED]'}, json=None, body=None, id=None, cost=None)
+        """
+        body = redact_text(self.body) if isinstance(self.body, str) else self.body
+        return (
+            f"HttpRequest(url={redact_text(self.url)!r}, method={self.method!r}, "
+            f"headers={redact_data(dict(self.headers))!r}, json={redact_data(self.json)!r}, "
+            f"body={body!r}, id={self.id!r}, cost={self.cost!r})"
+        )
+
 
 def as_request(item: str | Mapping[str, Any] | HttpRequest) -> HttpRequest:
     """A URL string, a mapping with ``url`` (and ``method``, ``headers``, ``json``, ``body``,

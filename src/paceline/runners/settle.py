@@ -442,7 +442,10 @@ class Settler(Generic[K, T, R]):
         self, job: Job[K], started_ns: int, elapsed_ns: int, error: BaseException | None
     ) -> AttemptInfo:
         if job.history is None:
-            return AttemptInfo(1, started_ns, elapsed_ns) if self.options.timed else UNTIMED
+            # One attempt here; more when they ran elsewhere (a Dask worker sets job.attempt).
+            if not self.options.timed:
+                return UNTIMED if job.attempt == 1 else AttemptInfo(job.attempt, 0, 0)
+            return AttemptInfo(job.attempt, started_ns, elapsed_ns)
         last = Attempt(
             job.attempt,
             started_ns,
