@@ -141,6 +141,14 @@ def shared_limit(
 ) -> dict[str, Any]:
     rate = 500
     config = ApiConfig(quota=None, base_latency_s=0.010)
+    actor: dict[str, int] = {}
+
+    def near_the_end(completed: int, total: int | None) -> None:
+        # The actor's own account (booked, given back, margin) before the batch releases it.
+        if not actor and total is not None and completed >= total - 200:
+            for found in client.run(actor_stats).values():
+                actor.update(found)
+
     with ApiServer.spawn(config) as server, cluster(threads_per_worker=2) as client:
         with peak_rss() as memory:
             started = time.perf_counter()
@@ -151,6 +159,7 @@ def shared_limit(
                     max_concurrent=concurrency,
                     rate_limiter=RateLimiter(f"{rate}/s", margin_s=margin_s),
                     runner=DaskRunner(client, limiter_margin_s=cluster_margin_s),
+                    on_progress=near_the_end,
                 )
             )
             elapsed_s = time.perf_counter() - started
@@ -168,7 +177,21 @@ def shared_limit(
         "max_starts_in_any_1s": most_in_window([r.value / 1e9 for r in results if r.is_success]),
         "elapsed_s": elapsed_s,
         "driver_peak_rss_growth_mb": memory["growth"] / 2**20,
+        "actor": actor,
+        "load_1min": os.getloadavg()[0],
     }
+
+
+def actor_stats(dask_worker: Any) -> dict[str, int]:
+    """The stats of the limiter actor on this worker (``{}`` if it holds none)."""
+    for held in dask_worker.state.actors.values():
+        if hasattr(held, "booked_total"):
+            return {
+                "booked": held.booked_total,
+                "given_back": held.returned_total,
+                "margin_ms": held.margin_ns // 1_000_000,
+            }
+    return {}
 
 
 def spin(x: int) -> int:
@@ -234,7 +257,7 @@ def main() -> None:
     parser.add_argument("--io-items", type=int, default=20_000)
     parser.add_argument("--margins", default="none,0.02", help="the limiter's margin_s values")
     parser.add_argument("--cluster-margin", type=float, default=0.010, help="DaskRunner's J")
-    parser.add_argument("--concurrency", type=int, default=32, help="items at once per chunk")
+    parser.add_argument("--concurrency", type=int, default=48, help="items at once per chunk")
     args = parser.parse_args()
     _set_loops(calibrate())
     report: dict[str, Any] = {}

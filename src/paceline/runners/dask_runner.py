@@ -16,8 +16,10 @@ is quick. The first chunks hold ``FIRST_CHUNK_ITEMS``; after each chunk the size
 tight rate limit gives smaller chunks, fast no-op items bigger ones.
 
 **Faults.** A worker killed mid-chunk: the scheduler runs the chunk again elsewhere (Dask's
-``allowed-failures``), so its items run at least once and at most one chunk runs twice per
-killed worker; the journal keeps each item's final outcome once. The worker holding the
+``allowed-failures``), so its items run at least once; the items that run twice are those of
+the chunks that were running on the killed worker — at most one chunk per worker thread (a
+queued chunk had not started; a finished one's result was already fetched), so one chunk with
+one thread per worker; the journal keeps each item's final outcome once. The worker holding the
 cluster's limiter killed: chunks report their unfinished items, the driver hosts a new limiter
 fenced for one window and sends those items again. The scheduler gone: the driver stops with
 :class:`ClusterLost`; what settled is in the journal, and a rerun resumes.
