@@ -327,3 +327,15 @@ def test_paced_slots_kept_never_exceed_n_in_any_window(steps: list[tuple[int, in
         kept += [slot for booked, slot in answers if booked]
     kept.sort()
     assert all(kept[i + n] - kept[i] >= W for i in range(len(kept) - n))
+
+
+def test_every_given_back_slot_is_made_up_not_only_the_catch_up():
+    ms = W // 1000
+    limit = paced(100)  # one slot every 10 ms; the schedule may fall 2 slots behind
+    assert [limit.book_now()[1] for _ in range(3)] == [0, 10 * ms, 20 * ms]
+    given_back = [(0, 1), (10 * ms, 1), (20 * ms, 1)]
+    answers, _now, _margin = limit.book_many_now([1] * 5, 0, given_back)
+    # The three places at double density (25, 30, 35), then the schedule, which had fallen
+    # behind meanwhile (40, 45), then the pace.
+    assert [slot for _booked, slot in answers] == [25 * ms, 30 * ms, 35 * ms, 40 * ms, 45 * ms]
+    assert limit.book_now()[1] == 50 * ms

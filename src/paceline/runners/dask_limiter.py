@@ -26,10 +26,10 @@ window's N slots out as fast as workers ask, and a window's N starts then run at
 few worker event loops: their requests reach the server spread by those loops' lag (tens of
 ms), and the server's window counts the late tail of one bunch with the prompt head of the
 next (measured: 536-547 arrivals in some 1 s at 500/s while the starts held 500). Paced, the
-lag shrinks to a few ms and the count to 503-505. A given-back slot's place in the schedule is
-booked again, and a schedule that fell behind (a waiter late to ask) catches up by up to
-``N/50`` slots, each halfway between two paced ones: a late slot costs its item a wait, not
-the rate. ``burst=`` keeps the limit's own pacer (``burst=N``: the log alone, bunched).
+lag shrinks to a few ms and the count to 503-505. A given-back slot's place is booked again
+(up to ``N/10`` owed), and a schedule that fell behind (a waiter late to ask) catches up by up
+to ``N/50`` slots, each halfway between two paced ones: a late slot costs its item a wait,
+not the rate. ``burst=`` keeps the limit's own pacer (``burst=N``: the log alone, bunched).
 Measured with 2 worker processes at a shared 500/s: see docs/benchmarks.md, "Dask runner".
 
 The actor lives on one worker and dies with it (Dask does not move actors). The driver then
@@ -104,6 +104,11 @@ MARGIN_GROW_AT_PACED = 0.5
 # a paced slot not booked in time is lost to the rate for good (a pacer does not catch up).
 # 2 % of N (10 of 500/s): about what was given back per second under load (docs/benchmarks.md).
 CATCH_UP_SHARE = 50  # N // 50
+# The slots given back whose places a paced actor books again, at most (a share of N): each
+# goes halfway between two paced slots, so N/10 owed (50 of 500/s) is made up within a tenth of
+# a window at double density. Measured at load 9: 11 % of the slots came back late (J = 10 ms);
+# made up only within the catch-up above, the rate fell to 0.86.
+OWED_SHARE = 10  # N // 10
 
 
 class LimiterLost(PacelineError):
@@ -145,8 +150,12 @@ class LimitActor:
         self._grown_ns = 0  # how much the margin grew: the paced spacing follows it
         # The paced schedule: when the next slot is due (None before the first booking)...
         self._due_ns: int | None = None
-        # ... and how many slots it may fall behind (see CATCH_UP_SHARE).
-        self._catch_up = max(1, min((n for _w, n in self._paced), default=0) // CATCH_UP_SHARE)
+        # ... how many slots it may fall behind (see CATCH_UP_SHARE), and the given-back
+        # permits whose places are still to be booked again (at most max_owed, OWED_SHARE).
+        smallest = min((n for _w, n in self._paced), default=0)
+        self._catch_up = max(1, smallest // CATCH_UP_SHARE)
+        self._owed = 0
+        self._max_owed = max(1, smallest // OWED_SHARE)
         # The margin J (already in the limits' windows) and how far it may grow: when more
         # than MARGIN_GROW_AT of the slots come back late, J grows by half (see book_many).
         self.margin_ns = margin_ns
@@ -173,18 +182,24 @@ class LimitActor:
         earliest = max(now + lead_ns, self._last_ns, self._hold_until_ns)
         spacing = self._spacing_ns(weight)
         due = self._due_ns
+        owed = False
         if due is not None:
             # At most CATCH_UP_SHARE behind (a long pause in demand is not made up), and never
-            # closer than half a spacing to the last slot (made up at double density).
+            # closer than half a spacing to the last slot (made up at double density). A
+            # given-back slot's place goes there too, outside the schedule.
             due = max(due, earliest - self._catch_up * spacing // weight)
-            earliest = max(earliest, due, self._last_ns + spacing // 2)
+            owed = self._owed >= weight
+            earliest = max(earliest, self._last_ns + spacing // 2, earliest if owed else due)
         slot = earliest
         if slot - now > self._horizon_ns:
             return False, slot - self._horizon_ns, now
         policy = self._policy
         while wait := policy.try_grant(slot, weight):
             slot += wait
-        if self._paced:
+        if owed:
+            self._owed -= weight
+            self._due_ns = due
+        elif self._paced:
             # The schedule moves on by one spacing, or restarts after a slot the log held back.
             self._due_ns = slot + spacing if due is None or slot > earliest else due + spacing
         self._last_ns = slot
@@ -248,7 +263,7 @@ class LimitActor:
     def _take_back(self, slot_ns: int, weight: int) -> None:
         self._policy.give_back(slot_ns, weight)
         if self._due_ns is not None:
-            self._due_ns -= self._spacing_ns(weight)  # its place in the schedule, booked again
+            self._owed = min(self._max_owed, self._owed + weight)  # its place, booked again
 
     async def pause(self, seconds: float) -> None:
         """Hold every booking until ``seconds`` from now (a server's ``Retry-After``)."""
