@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import importlib
 import json
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -222,26 +224,44 @@ async def spin_async(x: int) -> int:
     return spin(x)
 
 
+def cpu_s() -> float:
+    """This process's CPU seconds (user + system), every thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu(items: int = 400) -> dict[str, Any]:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_s()
     executor = BatchExecutor(stop_on_error=True, max_workers=2)
     local = executor.execute_batch([lambda x=x: spin(x) for x in range(items)])
-    local_s = time.perf_counter() - started
+    local_s, local_cpu_s = time.perf_counter() - started, cpu_s() - cpu_started
     with cluster(threads_per_worker=1) as client:
         client.run(_set_loops, SPIN_LOOPS)
-        started = time.perf_counter()
+        # Warm, as the thread runner is: paceline's worker modules imported on each worker
+        # (0.1-0.7 s of a first chunk on this machine; a long-lived cluster pays it once).
+        client.run(importlib.import_module, "paceline.runners.dask_chunk")
+        workers_before = client.run(cpu_s)
+        started, cpu_started = time.perf_counter(), cpu_s()
         remote = asyncio.run(
             batch_execute(range(items), spin_async, max_concurrent=1, runner=DaskRunner(client))
         )
-        dask_s = time.perf_counter() - started
+        dask_s, driver_cpu_s = time.perf_counter() - started, cpu_s() - cpu_started
+        workers_after = client.run(cpu_s)
     assert local.all_successful
     assert [r.value for r in remote] == [item.result for item in local.items]
+    workers_cpu_s = sum(workers_after[w] - workers_before[w] for w in workers_before)
     return {
         "items": items,
         "item_ms": 20,
         "threads_2_s": local_s,
         "dask_2_workers_s": dask_s,
         "speedup": local_s / dask_s,
+        # Where the CPU went: the thread runner's process; the driver's process (the batch's
+        # driver, Dask's client, and LocalCluster's scheduler and nannies) and the workers'.
+        "threads_cpu_ms_per_item": local_cpu_s / items * 1e3,
+        "driver_cpu_ms_per_item": driver_cpu_s / items * 1e3,
+        "workers_cpu_ms_per_item": workers_cpu_s / items * 1e3,
+        "load_1min": os.getloadavg()[0],
     }
 
 

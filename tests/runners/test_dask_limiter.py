@@ -285,10 +285,10 @@ def test_a_pause_in_demand_is_made_up_at_most_by_the_catch_up():
     ]
 
 
-def test_a_paced_margin_grows_only_when_half_the_slots_come_back_late():
+def test_a_paced_margin_grows_only_when_half_of_1000_slots_come_back_late():
     def grown(late: int) -> int:
         limit = LimitActor(
-            [Limit(Rate(1000, W), margin_ns=10_000_000)],
+            [Limit(Rate(2000, W), margin_ns=10_000_000)],
             0,
             W,
             Clock(),
@@ -296,12 +296,12 @@ def test_a_paced_margin_grows_only_when_half_the_slots_come_back_late():
             max_margin_ns=50_000_000,
             pace=True,
         )
-        limit.book_many_now([1] * 200, 0, [])
+        limit.book_many_now([1] * 1000, 0, [])
         return limit.book_many_now([1], 0, [(0, 1)] * late)[2]
 
     # A late slot's place is booked again (no rate lost), so 40 % late is not worth a margin.
-    assert grown(80) == 10_000_000
-    assert grown(120) == 15_000_000
+    assert grown(400) == 10_000_000
+    assert grown(600) == 15_000_000
 
 
 @settings(max_examples=150, deadline=None)

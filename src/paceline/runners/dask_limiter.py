@@ -27,7 +27,7 @@ few worker event loops: their requests reach the server spread by those loops' l
 ms), and the server's window counts the late tail of one bunch with the prompt head of the
 next (measured: 536-547 arrivals in some 1 s at 500/s while the starts held 500). Paced, the
 lag shrinks to a few ms and the count to 503-505. A given-back slot's place is booked again
-(up to ``N/10`` owed), and a schedule that fell behind (a waiter late to ask) catches up by up
+(up to ``N/4`` owed), and a schedule that fell behind (a waiter late to ask) catches up by up
 to ``N/50`` slots, each halfway between two paced ones: a late slot costs its item a wait,
 not the rate. ``burst=`` keeps the limit's own pacer (``burst=N``: the log alone, bunched).
 Measured with 2 worker processes at a shared 500/s: see docs/benchmarks.md, "Dask runner".
@@ -94,10 +94,13 @@ MARGIN_GROW_AT = 0.05
 MAX_MARGIN_FACTOR = 5
 
 # A paced actor (a limit without ``burst``, see LimitActor) books a given-back slot's place
-# in its schedule again, so a late slot costs a round trip and its item's wait, not the
-# rate: its margin grows only when more than half of the slots come back late (then the
-# waiters spend more time re-booking than starting). Measured: see docs/benchmarks.md.
+# again, so a late slot costs a round trip and its item's wait, not the rate: its margin grows
+# only when more than half of the slots come back late (then the waiters spend more time
+# re-booking than starting), over 1,000 slots (2 s at 500/s), so that a stall of a worker
+# process (200+ ms at load 12: every slot in it late, and no margin would have covered it)
+# does not lengthen the windows for the rest of the batch.
 MARGIN_GROW_AT_PACED = 0.5
+MARGIN_SAMPLE_PACED = 1000
 # How far a paced actor's schedule may fall behind its slots, in slots (a share of N): what a
 # paced limit makes up after slots given back or a pause in demand (a waiter late to ask), at
 # double density (one slot halfway between two paced ones), never at one instant. Without it,
@@ -105,10 +108,11 @@ MARGIN_GROW_AT_PACED = 0.5
 # 2 % of N (10 of 500/s): about what was given back per second under load (docs/benchmarks.md).
 CATCH_UP_SHARE = 50  # N // 50
 # The slots given back whose places a paced actor books again, at most (a share of N): each
-# goes halfway between two paced slots, so N/10 owed (50 of 500/s) is made up within a tenth of
-# a window at double density. Measured at load 9: 11 % of the slots came back late (J = 10 ms);
-# made up only within the catch-up above, the rate fell to 0.86.
-OWED_SHARE = 10  # N // 10
+# goes halfway between two paced slots, so N/4 owed (125 of 500/s) is made up within a quarter
+# of a window at double density. Measured at load 9: 11 % of the slots came back late
+# (J = 10 ms); made up only within the catch-up above, the rate fell to 0.86; a stalled worker
+# process gives back every slot it held at once (~100 at 500/s).
+OWED_SHARE = 4  # N // 4: a 250 ms stall's slots
 
 
 class LimiterLost(PacelineError):
@@ -239,7 +243,7 @@ class LimitActor:
             self._take_back(slot, weight)
         self._returned += len(given_back)
         self.returned_total += len(given_back)
-        if self._booked >= MARGIN_SAMPLE:
+        if self._booked >= (MARGIN_SAMPLE_PACED if self._paced else MARGIN_SAMPLE):
             late = self._returned / self._booked
             grow_at = MARGIN_GROW_AT_PACED if self._paced else MARGIN_GROW_AT
             if late > grow_at and self.margin_ns < self._max_margin_ns:
