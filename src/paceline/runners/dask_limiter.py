@@ -26,7 +26,7 @@ window's N slots out as fast as workers ask, and a window's N starts then run at
 few worker event loops: their requests reach the server spread by those loops' lag (tens of
 ms), and the server's window counts the late tail of one bunch with the prompt head of the
 next (measured: 536-547 arrivals in some 1 s at 500/s while the starts held 500). Paced, the
-lag shrinks to a few ms and the count to 503-505. A given-back slot's place is booked again
+lag shrinks to a few ms and the count to 503-510. A given-back slot's place is booked again
 (up to ``N/4`` owed), and a schedule that fell behind (a waiter late to ask) catches up by up
 to ``N/50`` slots, each halfway between two paced ones: a late slot costs its item a wait,
 not the rate. ``burst=`` keeps the limit's own pacer (``burst=N``: the log alone, bunched).
