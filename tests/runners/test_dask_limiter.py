@@ -339,3 +339,13 @@ def test_every_given_back_slot_is_made_up_not_only_the_catch_up():
     # behind meanwhile (40, 45), then the pace.
     assert [slot for _booked, slot in answers] == [25 * ms, 30 * ms, 35 * ms, 40 * ms, 45 * ms]
     assert limit.book_now()[1] == 50 * ms
+
+
+def test_a_pause_forgets_the_given_back_places():
+    # After a server's Retry-After the schedule resumes at its pace, not at double density.
+    limit = paced(100)
+    ms = W // 1000
+    assert [limit.book_now()[1] for _ in range(2)] == [0, 10 * ms]
+    limit.book_many_now([], 0, [(0, 1), (10 * ms, 1)])
+    asyncio.run(limit.pause(1.0))
+    assert [limit.book_now()[1] for _ in range(3)] == [W, W + 10 * ms, W + 20 * ms]

@@ -102,10 +102,10 @@ MAX_MARGIN_FACTOR = 5
 MARGIN_GROW_AT_PACED = 0.5
 MARGIN_SAMPLE_PACED = 1000
 # How far a paced actor's schedule may fall behind its slots, in slots (a share of N): what a
-# paced limit makes up after slots given back or a pause in demand (a waiter late to ask), at
-# double density (one slot halfway between two paced ones), never at one instant. Without it,
-# a paced slot not booked in time is lost to the rate for good (a pacer does not catch up).
-# 2 % of N (10 of 500/s): about what was given back per second under load (docs/benchmarks.md).
+# paced limit makes up after a pause in demand (a waiter late to ask), at double density (one
+# slot halfway between two paced ones), never at one instant. Without it, a paced slot not
+# booked in time is lost to the rate for good (a pacer does not catch up). 2 % of N (10 of
+# 500/s: 20 ms of slots, a slow round trip's worth); a longer pause is real (nobody asked).
 CATCH_UP_SHARE = 50  # N // 50
 # The slots given back whose places a paced actor books again, at most (a share of N): each
 # goes halfway between two paced slots, so N/4 owed (125 of 500/s) is made up within a quarter
@@ -273,6 +273,10 @@ class LimitActor:
         """Hold every booking until ``seconds`` from now (a server's ``Retry-After``)."""
         until = self._clock_ns() + round(seconds * NS_PER_S)
         self._hold_until_ns = max(self._hold_until_ns, until)
+        # A server that asked for a pause is not made up to at double density afterwards.
+        self._owed = 0
+        if self._due_ns is not None:
+            self._due_ns = max(self._due_ns, until)
 
     async def stats(self) -> dict[str, int]:
         """What the actor did: ``booked`` slots, ``given_back`` (started too late), the margin's
