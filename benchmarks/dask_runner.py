@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import importlib
 import json
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -141,6 +143,14 @@ def shared_limit(
 ) -> dict[str, Any]:
     rate = 500
     config = ApiConfig(quota=None, base_latency_s=0.010)
+    actor: dict[str, int] = {}
+
+    def near_the_end(completed: int, total: int | None) -> None:
+        # The actor's own account (booked, given back, margin) before the batch releases it.
+        if not actor and total is not None and completed >= total - 200:
+            for found in client.run(actor_stats).values():
+                actor.update(found)
+
     with ApiServer.spawn(config) as server, cluster(threads_per_worker=2) as client:
         with peak_rss() as memory:
             started = time.perf_counter()
@@ -151,6 +161,7 @@ def shared_limit(
                     max_concurrent=concurrency,
                     rate_limiter=RateLimiter(f"{rate}/s", margin_s=margin_s),
                     runner=DaskRunner(client, limiter_margin_s=cluster_margin_s),
+                    on_progress=near_the_end,
                 )
             )
             elapsed_s = time.perf_counter() - started
@@ -168,7 +179,21 @@ def shared_limit(
         "max_starts_in_any_1s": most_in_window([r.value / 1e9 for r in results if r.is_success]),
         "elapsed_s": elapsed_s,
         "driver_peak_rss_growth_mb": memory["growth"] / 2**20,
+        "actor": actor,
+        "load_1min": os.getloadavg()[0],
     }
+
+
+def actor_stats(dask_worker: Any) -> dict[str, int]:
+    """The stats of the limiter actor on this worker (``{}`` if it holds none)."""
+    for held in dask_worker.state.actors.values():
+        if hasattr(held, "booked_total"):
+            return {
+                "booked": held.booked_total,
+                "given_back": held.returned_total,
+                "margin_ms": held.margin_ns // 1_000_000,
+            }
+    return {}
 
 
 def spin(x: int) -> int:
@@ -199,26 +224,44 @@ async def spin_async(x: int) -> int:
     return spin(x)
 
 
+def cpu_s() -> float:
+    """This process's CPU seconds (user + system), every thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu(items: int = 400) -> dict[str, Any]:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_s()
     executor = BatchExecutor(stop_on_error=True, max_workers=2)
     local = executor.execute_batch([lambda x=x: spin(x) for x in range(items)])
-    local_s = time.perf_counter() - started
+    local_s, local_cpu_s = time.perf_counter() - started, cpu_s() - cpu_started
     with cluster(threads_per_worker=1) as client:
         client.run(_set_loops, SPIN_LOOPS)
-        started = time.perf_counter()
+        # Warm, as the thread runner is: paceline's worker modules imported on each worker
+        # (0.1-0.7 s of a first chunk on this machine; a long-lived cluster pays it once).
+        client.run(importlib.import_module, "paceline.runners.dask_chunk")
+        workers_before = client.run(cpu_s)
+        started, cpu_started = time.perf_counter(), cpu_s()
         remote = asyncio.run(
             batch_execute(range(items), spin_async, max_concurrent=1, runner=DaskRunner(client))
         )
-        dask_s = time.perf_counter() - started
+        dask_s, driver_cpu_s = time.perf_counter() - started, cpu_s() - cpu_started
+        workers_after = client.run(cpu_s)
     assert local.all_successful
     assert [r.value for r in remote] == [item.result for item in local.items]
+    workers_cpu_s = sum(workers_after[w] - workers_before[w] for w in workers_before)
     return {
         "items": items,
         "item_ms": 20,
         "threads_2_s": local_s,
         "dask_2_workers_s": dask_s,
         "speedup": local_s / dask_s,
+        # Where the CPU went: the thread runner's process; the driver's process (the batch's
+        # driver, Dask's client, and LocalCluster's scheduler and nannies) and the workers'.
+        "threads_cpu_ms_per_item": local_cpu_s / items * 1e3,
+        "driver_cpu_ms_per_item": driver_cpu_s / items * 1e3,
+        "workers_cpu_ms_per_item": workers_cpu_s / items * 1e3,
+        "load_1min": os.getloadavg()[0],
     }
 
 
@@ -234,7 +277,7 @@ def main() -> None:
     parser.add_argument("--io-items", type=int, default=20_000)
     parser.add_argument("--margins", default="none,0.02", help="the limiter's margin_s values")
     parser.add_argument("--cluster-margin", type=float, default=0.010, help="DaskRunner's J")
-    parser.add_argument("--concurrency", type=int, default=32, help="items at once per chunk")
+    parser.add_argument("--concurrency", type=int, default=48, help="items at once per chunk")
     args = parser.parse_args()
     _set_loops(calibrate())
     report: dict[str, Any] = {}

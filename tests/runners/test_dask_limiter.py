@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paceline import RateLimiter
 from paceline.policy.limits import Limit
@@ -229,3 +231,121 @@ def test_the_margin_stays_when_few_slots_come_back_late():
     )
     limit.book_many_now([1] * 200, 0, [])
     assert limit.book_many_now([1], 0, [(0, 1)] * 5)[2] == 10_000_000
+
+
+def paced(n: int, *, clock: Clock | None = None, horizon_ns: int = 10 * W) -> LimitActor:
+    return LimitActor([Limit(Rate(n, W), margin_ns=0)], 0, horizon_ns, clock or Clock(), pace=True)
+
+
+def test_a_limit_without_a_burst_is_paced_evenly_on_the_cluster():
+    # The log alone would give all five at 0: each window's N starts bunched at the server.
+    limit = paced(5)
+    assert [limit.book_now()[1] for _ in range(6)] == [
+        0,
+        W // 5,
+        2 * W // 5,
+        3 * W // 5,
+        4 * W // 5,
+        W,
+    ]
+
+
+def test_a_limit_with_a_burst_keeps_its_own_pacer():
+    def slots(pace: bool) -> list[int]:
+        limits = [Limit(Rate(4, W), burst=2, margin_ns=0)]
+        limit = LimitActor(limits, 0, 10 * W, Clock(), pace=pace)
+        return [limit.book_now()[1] for _ in range(4)]
+
+    assert slots(pace=True) == slots(pace=False)
+    assert slots(pace=True)[:2] == [0, 0]  # the burst the user asked for
+
+
+def test_a_given_back_slot_is_made_up_halfway_between_paced_ones():
+    limit = paced(10)  # one slot every W/10
+    assert [limit.book_now()[1] for _ in range(3)] == [0, W // 10, 2 * W // 10]
+    answers, _now, _margin = limit.book_many_now([1, 1, 1], 0, [(W // 10, 1)])
+    # The slot at W/10 came back: its place comes at double density, then the pace again.
+    assert [slot for _booked, slot in answers] == [25 * W // 100, 3 * W // 10, 4 * W // 10]
+
+
+def test_a_pause_in_demand_is_made_up_at_most_by_the_catch_up():
+    clock = Clock()
+    limit = paced(100, clock=clock)  # every 10 ms; the schedule may fall 2 slots behind (100 // 50)
+    spacing = W // 100
+    assert limit.book_now()[1] == 0
+    clock.now = 50 * spacing  # nobody asked for 49 slots: only two of them are made up
+    slots = [limit.book_now()[1] for _ in range(5)]
+    # Two extra slots (at 50.5 and 51.5), then the pace again.
+    assert slots == [
+        50 * spacing,
+        50 * spacing + spacing // 2,
+        51 * spacing,
+        51 * spacing + spacing // 2,
+        52 * spacing,
+    ]
+
+
+def test_a_paced_margin_grows_only_when_half_of_1000_slots_come_back_late():
+    def grown(late: int) -> int:
+        limit = LimitActor(
+            [Limit(Rate(2000, W), margin_ns=10_000_000)],
+            0,
+            W,
+            Clock(),
+            margin_ns=10_000_000,
+            max_margin_ns=50_000_000,
+            pace=True,
+        )
+        limit.book_many_now([1] * 1000, 0, [])
+        return limit.book_many_now([1], 0, [(0, 1)] * late)[2]
+
+    # A late slot's place is booked again (no rate lost), so 40 % late is not worth a margin.
+    assert grown(400) == 10_000_000
+    assert grown(600) == 15_000_000
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, W // 20), st.integers(1, 4), st.integers(0, 3)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_paced_slots_kept_never_exceed_n_in_any_window(steps: list[tuple[int, int, int]]):
+    # Pacing, its catch-up and the give-backs only move slots: the log keeps N per W.
+    clock = Clock()
+    n = 5
+    limit = paced(n, clock=clock, horizon_ns=3 * W)
+    kept: list[int] = []
+    for advance, wanted, returned in steps:
+        clock.now += advance
+        given_back = [(slot, 1) for slot in kept[-returned:]] if returned else []
+        for slot, _weight in given_back:
+            kept.remove(slot)
+        answers, _now, _margin = limit.book_many_now([1] * wanted, 0, given_back)
+        kept += [slot for booked, slot in answers if booked]
+    kept.sort()
+    assert all(kept[i + n] - kept[i] >= W for i in range(len(kept) - n))
+
+
+def test_every_given_back_slot_is_made_up_not_only_the_catch_up():
+    ms = W // 1000
+    limit = paced(100)  # one slot every 10 ms; the schedule may fall 2 slots behind
+    assert [limit.book_now()[1] for _ in range(3)] == [0, 10 * ms, 20 * ms]
+    given_back = [(0, 1), (10 * ms, 1), (20 * ms, 1)]
+    answers, _now, _margin = limit.book_many_now([1] * 5, 0, given_back)
+    # The three places at double density (25, 30, 35), then the schedule, which had fallen
+    # behind meanwhile (40, 45), then the pace.
+    assert [slot for _booked, slot in answers] == [25 * ms, 30 * ms, 35 * ms, 40 * ms, 45 * ms]
+    assert limit.book_now()[1] == 50 * ms
+
+
+def test_a_pause_forgets_the_given_back_places():
+    # After a server's Retry-After the schedule resumes at its pace, not at double density.
+    limit = paced(100)
+    ms = W // 1000
+    assert [limit.book_now()[1] for _ in range(2)] == [0, 10 * ms]
+    limit.book_many_now([], 0, [(0, 1), (10 * ms, 1)])
+    asyncio.run(limit.pause(1.0))
+    assert [limit.book_now()[1] for _ in range(3)] == [W, W + 10 * ms, W + 20 * ms]

@@ -304,3 +304,34 @@ def test_the_worker_holding_the_limiter_killed_mid_run(fragile, tmp_path: Path):
     assert all(r.is_success for r in results), [r for r in results if r.is_failure][:3]
     assert stats["throttled_429"] == 0
     assert elapsed < 20  # the lost limiter was noticed (1 s) and replaced (3 s of fence)
+
+
+def test_chunks_cancelled_by_the_cluster_are_sent_again(client):
+    # The batch's scattered spec lost with the workers holding it (a limiter's worker killed
+    # twice could do it): the scheduler cancels the chunks that needed it. The driver scatters
+    # the spec again and sends their items again (it once stopped with FutureCancelledError,
+    # "the Dask cluster went away", though the cluster was fine).
+    cancelled: list[str] = []
+
+    def progress(completed: int, _total: int | None) -> None:
+        if completed >= 20 and not cancelled:
+            specs = [key for key in client.futures if str(key).startswith("ChunkSpec")]
+            client.cancel([distributed.Future(key, client) for key in specs])
+            cancelled.extend(specs)
+
+    results = asyncio.run(
+        batch_execute(
+            range(80),
+            slow_double,
+            max_concurrent=2,
+            runner=DaskRunner(client, chunk_items=4),
+            on_progress=progress,
+        )
+    )
+    assert cancelled
+    assert [r.value for r in results] == [2 * x for x in range(80)]
+
+
+async def slow_double(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return 2 * x

@@ -19,6 +19,17 @@ the *starts*:
 A start then lies in ``[slot, slot + J]``, so the starts in any window ``W`` have their slots
 in a window ``W + J``, which the actor kept to N. The limiter's own ``margin_s`` (how much
 later than its start the server may count an attempt) is added on top, as in-process.
+
+A limit without a ``burst`` is *paced* on the cluster: consecutive slots ``W'/N`` apart (the
+log stays behind the pacer, so the limit is as strict as ever). The log alone hands each
+window's N slots out as fast as workers ask, and a window's N starts then run at once on a
+few worker event loops: their requests reach the server spread by those loops' lag (tens of
+ms), and the server's window counts the late tail of one bunch with the prompt head of the
+next (measured: 536-547 arrivals in some 1 s at 500/s while the starts held 500). Paced, the
+lag shrinks to a few ms and the count to 503-510. A given-back slot's place is booked again
+(up to ``N/4`` owed), and a schedule that fell behind (a waiter late to ask) catches up by up
+to ``N/50`` slots, each halfway between two paced ones: a late slot costs its item a wait,
+not the rate. ``burst=`` keeps the limit's own pacer (``burst=N``: the log alone, bunched).
 Measured with 2 worker processes at a shared 500/s: see docs/benchmarks.md, "Dask runner".
 
 The actor lives on one worker and dies with it (Dask does not move actors). The driver then
@@ -47,7 +58,7 @@ from typing import Any
 from paceline._limiter import RateLimiter
 from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.limits import Limit, LimitPolicy
-from paceline.policy.rate import NS_PER_S
+from paceline.policy.rate import NS_PER_S, REQUESTS
 
 # The margin J between a slot and the latest start it allows. It must exceed the tail of a
 # booking's round trip plus the sleep's overshoot, or most slots come back late and the rate
@@ -82,6 +93,27 @@ MARGIN_SAMPLE = 200
 MARGIN_GROW_AT = 0.05
 MAX_MARGIN_FACTOR = 5
 
+# A paced actor (a limit without ``burst``, see LimitActor) books a given-back slot's place
+# again, so a late slot costs a round trip and its item's wait, not the rate: its margin grows
+# only when more than half of the slots come back late (then the waiters spend more time
+# re-booking than starting), over 1,000 slots (2 s at 500/s), so that a stall of a worker
+# process (200+ ms at load 12: every slot in it late, and no margin would have covered it)
+# does not lengthen the windows for the rest of the batch.
+MARGIN_GROW_AT_PACED = 0.5
+MARGIN_SAMPLE_PACED = 1000
+# How far a paced actor's schedule may fall behind its slots, in slots (a share of N): what a
+# paced limit makes up after a pause in demand (a waiter late to ask), at double density (one
+# slot halfway between two paced ones), never at one instant. Without it, a paced slot not
+# booked in time is lost to the rate for good (a pacer does not catch up). 2 % of N (10 of
+# 500/s: 20 ms of slots, a slow round trip's worth); a longer pause is real (nobody asked).
+CATCH_UP_SHARE = 50  # N // 50
+# The slots given back whose places a paced actor books again, at most (a share of N): each
+# goes halfway between two paced slots, so N/4 owed (125 of 500/s) is made up within a quarter
+# of a window at double density. Measured at load 9: 11 % of the slots came back late
+# (J = 10 ms); made up only within the catch-up above, the rate fell to 0.86; a stalled worker
+# process gives back every slot it held at once (~100 at 500/s).
+OWED_SHARE = 4  # N // 4: a 250 ms stall's slots
+
 
 class LimiterLost(PacelineError):
     """The cluster's limiter could not be reached (its worker died, or the scheduler went
@@ -95,7 +127,8 @@ class LimitActor:
     waits out its predecessor's grants, :func:`fence_for`). ``horizon_ns``: no booking further
     ahead than this; a caller asking earlier is told when to ask again. Bounding how far ahead
     slots go is what makes a fence possible at all: a dead actor's bookings end within
-    ``horizon + W'`` of its death. Its methods are coroutines so Dask runs them on the
+    ``horizon + W'`` of its death. ``pace``: space the slots of every limit without a burst
+    evenly (see the module's docstring). Its methods are coroutines so Dask runs them on the
     worker's event loop, one at a time, without a hop through the actor thread.
     """
 
@@ -108,14 +141,35 @@ class LimitActor:
         *,
         margin_ns: int = 0,
         max_margin_ns: int = 0,
+        pace: bool = False,
     ) -> None:
         self._policy = LimitPolicy(limits)
+        # Paced: consecutive slots are W'/N apart for every request limit without a burst
+        # (the log alone would let each window's N starts bunch; see the class docstring).
+        self._paced = [
+            (limit.window_ns, limit.rate.max_requests)
+            for limit in limits
+            if pace and limit.burst is None and limit.rate.unit == REQUESTS
+        ]
+        self._grown_ns = 0  # how much the margin grew: the paced spacing follows it
+        # The paced schedule: when the next slot is due (None before the first booking)...
+        self._due_ns: int | None = None
+        # ... how many slots it may fall behind (see CATCH_UP_SHARE), and the given-back
+        # permits whose places are still to be booked again (at most max_owed, OWED_SHARE).
+        smallest = min((n for _w, n in self._paced), default=0)
+        self._catch_up = max(1, smallest // CATCH_UP_SHARE)
+        self._owed = 0
+        self._max_owed = max(1, smallest // OWED_SHARE)
         # The margin J (already in the limits' windows) and how far it may grow: when more
         # than MARGIN_GROW_AT of the slots come back late, J grows by half (see book_many).
         self.margin_ns = margin_ns
         self._max_margin_ns = max(margin_ns, max_margin_ns)
         self._booked = 0
         self._returned = 0
+        # Over the actor's life, for its stats(): slots booked, given back, and margin growths.
+        self.booked_total = 0
+        self.returned_total = 0
+        self.grown_total = 0
         self._clock_ns = clock_ns  # the actor's clock (a fake one in tests)
         now = clock_ns()
         self._last_ns = now  # the latest slot handed out: slots never go backwards
@@ -129,14 +183,37 @@ class LimitActor:
         ``(False, ask_again_ns, now_ns)`` when that slot is beyond the horizon (times on this
         actor's clock)."""
         now = self._clock_ns()
-        slot = max(now + lead_ns, self._last_ns, self._hold_until_ns)
+        earliest = max(now + lead_ns, self._last_ns, self._hold_until_ns)
+        spacing = self._spacing_ns(weight)
+        due = self._due_ns
+        owed = False
+        if due is not None:
+            # At most CATCH_UP_SHARE behind (a long pause in demand is not made up), and never
+            # closer than half a spacing to the last slot (made up at double density). A
+            # given-back slot's place goes there too, outside the schedule.
+            due = max(due, earliest - self._catch_up * spacing // weight)
+            owed = self._owed >= weight
+            earliest = max(earliest, self._last_ns + spacing // 2, earliest if owed else due)
+        slot = earliest
         if slot - now > self._horizon_ns:
             return False, slot - self._horizon_ns, now
         policy = self._policy
         while wait := policy.try_grant(slot, weight):
             slot += wait
+        if owed:
+            self._owed -= weight
+            self._due_ns = due
+        elif self._paced:
+            # The schedule moves on by one spacing, or restarts after a slot the log held back.
+            self._due_ns = slot + spacing if due is None or slot > earliest else due + spacing
         self._last_ns = slot
         return True, slot, now
+
+    def _spacing_ns(self, weight: int) -> int:
+        """A paced booking of ``weight`` takes ``weight * W'/N`` of the schedule, for the
+        strictest paced limit (0 when not paced)."""
+        grown = self._grown_ns
+        return max(((window + grown) * weight // n for window, n in self._paced), default=0)
 
     async def book(self, weight: int = 1, lead_ns: int = 0) -> tuple[bool, int, int]:
         """:meth:`book_now`, as the workers call it."""
@@ -163,28 +240,53 @@ class LimitActor:
         """
         policy = self._policy
         for slot, weight in given_back:
-            policy.give_back(slot, weight)
+            self._take_back(slot, weight)
         self._returned += len(given_back)
-        if self._booked >= MARGIN_SAMPLE:
+        self.returned_total += len(given_back)
+        if self._booked >= (MARGIN_SAMPLE_PACED if self._paced else MARGIN_SAMPLE):
             late = self._returned / self._booked
-            if late > MARGIN_GROW_AT and self.margin_ns < self._max_margin_ns:
+            grow_at = MARGIN_GROW_AT_PACED if self._paced else MARGIN_GROW_AT
+            if late > grow_at and self.margin_ns < self._max_margin_ns:
                 grown = min(self._max_margin_ns, max(self.margin_ns * 3 // 2, 1_000_000))
                 policy.lengthen_windows(grown - self.margin_ns)
+                self._grown_ns += grown - self.margin_ns
                 self.margin_ns = grown
+                self.grown_total += 1
             self._booked = self._returned = 0
         answers = [self.book_now(weight, lead_ns) for weight in weights]
-        self._booked += sum(1 for booked, _at, _now in answers if booked)
+        booked = sum(1 for booked, _at, _now in answers if booked)
+        self._booked += booked
+        self.booked_total += booked
         now = answers[0][2] if answers else self._clock_ns()
         return [(booked, at) for booked, at, _now in answers], now, self.margin_ns
 
     async def give_back(self, slot_ns: int, weight: int = 1) -> None:
         """Return a slot that was not started within the margin."""
+        self._take_back(slot_ns, weight)
+
+    def _take_back(self, slot_ns: int, weight: int) -> None:
         self._policy.give_back(slot_ns, weight)
+        if self._due_ns is not None:
+            self._owed = min(self._max_owed, self._owed + weight)  # its place, booked again
 
     async def pause(self, seconds: float) -> None:
         """Hold every booking until ``seconds`` from now (a server's ``Retry-After``)."""
         until = self._clock_ns() + round(seconds * NS_PER_S)
         self._hold_until_ns = max(self._hold_until_ns, until)
+        # A server that asked for a pause is not made up to at double density afterwards.
+        self._owed = 0
+        if self._due_ns is not None:
+            self._due_ns = max(self._due_ns, until)
+
+    async def stats(self) -> dict[str, int]:
+        """What the actor did: ``booked`` slots, ``given_back`` (started too late), the margin's
+        ``growths`` and its current ``margin_ns`` (a benchmark's and a curious user's view)."""
+        return {
+            "booked": self.booked_total,
+            "given_back": self.returned_total,
+            "growths": self.grown_total,
+            "margin_ns": self.margin_ns,
+        }
 
     async def ping(self) -> bool:
         """Whether the actor answers (the driver's health check)."""
@@ -403,6 +505,11 @@ class ClusterLimiter:
         """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``)."""
         self._call("pause", seconds)
 
+    def stats(self) -> dict[str, int]:
+        """The actor's :meth:`LimitActor.stats`."""
+        result: dict[str, int] = self._call("stats")
+        return result
+
     def alive(self, client: Any = None) -> bool:
         """Whether the actor still answers (with ``client``: first, whether its worker is
         still in the cluster — a quick answer for a dead one)."""
@@ -470,6 +577,7 @@ def host_limiter(
         horizon_for(window_ns),
         margin_ns=margin_ns,
         max_margin_ns=MAX_MARGIN_FACTOR * margin_ns,
+        pace=True,
         actor=True,
         pure=False,
     )

@@ -16,8 +16,10 @@ is quick. The first chunks hold ``FIRST_CHUNK_ITEMS``; after each chunk the size
 tight rate limit gives smaller chunks, fast no-op items bigger ones.
 
 **Faults.** A worker killed mid-chunk: the scheduler runs the chunk again elsewhere (Dask's
-``allowed-failures``), so its items run at least once and at most one chunk runs twice per
-killed worker; the journal keeps each item's final outcome once. The worker holding the
+``allowed-failures``), so its items run at least once; the items that run twice are those of
+the chunks that were running on the killed worker — at most one chunk per worker thread (a
+queued chunk had not started; a finished one's result was already fetched), so one chunk with
+one thread per worker; the journal keeps each item's final outcome once. The worker holding the
 cluster's limiter killed: chunks report their unfinished items, the driver hosts a new limiter
 fenced for one window and sends those items again. The scheduler gone: the driver stops with
 :class:`ClusterLost`; what settled is in the journal, and a rerun resumes.
@@ -67,6 +69,10 @@ GROWTH = 4
 CHUNKS_PER_THREAD = 2
 # How often the driver looks up from waiting to see a stop (Ctrl-C, the deadline).
 POLL_S = 0.2
+# Chunks cancelled by the scheduler (a lost dependency) that the driver sends again before it
+# calls the cluster lost: a lost spec cancels the chunks in flight once (<= the window), so
+# 100 is many such losses, not one, and a cluster that keeps dropping work is not waited on.
+MAX_RESENT_CHUNKS = 100
 
 
 class ClusterLost(PacelineError):
@@ -226,6 +232,7 @@ class _Drive(Generic[K, T, R]):
         self.jobs: dict[int, Job[K]] = {}  # the items sent and not settled, by position
         self.again: list[int] = []  # positions to send again (their limiter was lost)
         self.exhausted = False
+        self.resent = 0  # chunks the scheduler cancelled and the driver sent again
         # Finished chunks, fetched by _fetch: (future, result, error).
         self.completed: queue.Queue[tuple[Any, ChunkResult | None, BaseException | None]] = (
             queue.Queue()
@@ -372,9 +379,9 @@ class _Drive(Generic[K, T, R]):
         if future.status == "cancelled" and self.state.stopped:
             return
         if exc is not None:
-            if _is_killed(exc):
-                # Every worker that took the chunk died (Dask's allowed-failures): its items
-                # go out again, as any killed worker's do.
+            if _is_killed(exc) or self._cancelled_by_cluster(exc):
+                # Every worker that took the chunk died (Dask's allowed-failures), or the
+                # scheduler dropped it: its items go out again, as any killed worker's do.
                 self.again.extend(index for index, _item in chunk)
                 return
             if future.status == "error":  # the task itself raised on its worker
@@ -392,6 +399,24 @@ class _Drive(Generic[K, T, R]):
                 return
         if result.unfinished:
             self._limiter_lost(result)
+
+    def _cancelled_by_cluster(self, exc: BaseException) -> bool:
+        """Whether the scheduler cancelled a chunk this driver did not: a key it needed was
+        lost — the batch's scattered spec, when every worker holding it died (the limiter's
+        worker killed as a successor was hosted). The spec is scattered again if it was lost.
+        A lost connection to the scheduler is not this (the cluster went away)."""
+        if type(exc).__name__ != "FutureCancelledError" or self.state.stopped:
+            return False
+        if getattr(exc, "reason", None) == "scheduler-connection-lost":
+            return False
+        if self.client.status != "running":
+            return False
+        self.resent += 1
+        if self.resent > MAX_RESENT_CHUNKS:
+            return False  # the cluster keeps dropping chunks: stop, as if it were gone
+        if self.spec_future.status != "finished":
+            self.spec_future = self._scatter_spec()
+        return True
 
     def _resize(self, count: int, elapsed_ns: int) -> None:
         if self.runner.chunk_items is not None or count < self.size:
