@@ -15,6 +15,13 @@ of Redis: client-to-Redis chunks, i.e. requests, with or without added latency).
 (its own sleep and retry). Both read the client's clock; paceline reads Redis TIME.
 
     .venv/bin/python benchmarks/redis_store.py [--calls 1000] [--only paceline,limits,pyrate]
+
+``--only`` also takes ``paceline@/other/tree/src`` (another tree's paceline, e.g. the last
+release's, measured in the same run) and ``paceline+m5`` (``margin_s`` = 5 ms: what covers the
+spread between a start and its arrival). The table's "window share" is the steady share of the
+rate (see ``_window_share``); "fraction of rate" is the older figure from the (N+1)-th arrival
+to the last, kept for comparison. ``BENCH_DIAG=1`` prints each paceline process's round trips,
+lateness and margin.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ RATE = 200
 def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> None:
     """One process: ``threads`` threads taking ``calls`` grants in all, each followed by a GET."""
     if lib.startswith("paceline"):
-        if "@" in lib:  # another tree's paceline (e.g. main's), for old and new in one run
+        if "@" in lib:  # another tree's paceline ("paceline@/work/main/src"): old and new
             sys.path.insert(0, lib.split("@", 1)[1])
         from paceline import RateLimiter
 
-        margin_s = float(os.environ.get("BENCH_MARGIN_S", "0")) or None
+        # "paceline+m5": margin_s = 5 ms (the user's cover for start -> arrival jitter)
+        plus = lib.split("@", 1)[0].partition("+m")[2]
+        margin_s = float(plus) / 1000 if plus else None
         limiter = RateLimiter.from_rates(f"{RATE}/s", store=url, key=key, margin_s=margin_s)
         acquire: Any = limiter.acquire
     elif lib == "limits":
