@@ -215,3 +215,38 @@ def test_machines_at_different_distances_from_the_server_stay_under_its_quota(
     assert stats["accepted"] == 300
     assert stats["throttled_429"] == 0
     assert stats["max_accepted_in_any_window"] <= 100
+
+
+@pytest.mark.serial  # real time: one command spends the credit while the other runs
+def test_a_command_told_the_quota_is_exhausted_stops_the_others_on_its_key(
+    tmp_path: Path, fresh_redis: RedisServer
+) -> None:
+    # Two servers on one API key (one --rate-key): the first runs out of credit; the second
+    # would still answer, but the quota is the key's, so its command stops too: exit 3,
+    # resumable, saying what the first was told.
+    _rows(tmp_path, 200)
+    time.sleep(2.3)  # past the fence of a server that just started
+    with (
+        ApiServer.spawn(ApiConfig(quota=1000, base_latency_s=0, credit=20)) as spent,
+        ApiServer.spawn(ApiConfig(quota=1000, base_latency_s=0)) as other,
+    ):
+        common = ["--rate", "40/s", "-j", "4", "--rate-store", fresh_redis.url]
+        runs = [
+            subprocess.Popen(
+                [
+                    *(PACELINE, "http", "in.jsonl", "--url", api.url + "/items/{id}"),
+                    *(*common, "--journal", f"{name}.db", "--rate-key", "one-api-key"),
+                ],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, api in (("spent", spent), ("other", other))
+        ]
+        errors = [run.communicate(timeout=TIMEOUT_S)[1] for run in runs]
+        answered = other.stats()["accepted"]
+    assert [run.returncode for run in runs] == [3, 3], errors
+    assert "insufficient_quota" in errors[1]
+    assert "on the shared key 'one-api-key'" in errors[1]
+    assert answered < 100  # it stopped within a booking of the mark, not at the end

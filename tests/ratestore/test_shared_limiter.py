@@ -377,3 +377,52 @@ def test_a_limiter_without_a_store_refuses_to_be_pickled() -> None:
 
     with pytest.raises(InvalidState, match="shared store"):
         pickle.dumps(RateLimiter.from_rates("3/s"))
+
+
+@pytest.mark.parametrize("face", ["async", "threads"])
+def test_an_exhausted_quota_seen_by_one_batch_stops_every_process(
+    warm_redis: RedisServer, face: str
+) -> None:
+    from paceline import BatchExecutor, QuotaExhausted, batch_execute
+
+    key = _key()
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=key)
+    other = pickle.loads(pickle.dumps(limiter))  # another process's copy
+    if face == "async":
+
+        async def op(i: int) -> int:
+            raise QuotaExhausted("insufficient_quota: top up at billing")
+
+        asyncio.run(batch_execute([1], op, rate_limiter=limiter, retry=None))
+    else:
+
+        def task() -> int:
+            raise QuotaExhausted("insufficient_quota: top up at billing")
+
+        BatchExecutor(stop_on_error=False, rate_limiter=limiter, max_workers=2).execute_batch(
+            [task]
+        )
+    # The other process's next grant fails with what the first was told, blocking or not.
+    with pytest.raises(QuotaExhausted, match="was told insufficient_quota: top up at billing"):
+        other.acquire()
+    with pytest.raises(QuotaExhausted, match=f"on the shared key {key!r}"):
+        asyncio.run(other.acquire_async())
+    with pytest.raises(QuotaExhausted, match="resume when the quota is back"):
+        other.reserve(1)
+
+
+def test_the_exhausted_mark_ends_after_its_hold_and_is_not_renewed_by_its_echo(
+    warm_redis: RedisServer,
+) -> None:
+    from paceline import QuotaExhausted
+    from paceline.runners.gates import share_pause
+
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=_key())
+    store = limiter.store
+    assert store is not None
+    store.share_exhausted("credit gone", hold_s=0.5)
+    with pytest.raises(QuotaExhausted) as raised:
+        limiter.acquire()
+    share_pause(limiter, raised.value)  # the store's own error: not marked again
+    time.sleep(0.6)
+    limiter.acquire()  # the mark is over: granted

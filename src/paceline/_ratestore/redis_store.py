@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from paceline._ratestore.script import LUA
-from paceline.errors import InvalidArgument, InvalidState, RateStoreUnavailable
+from paceline.errors import InvalidArgument, InvalidState, QuotaExhausted, RateStoreUnavailable
 from paceline.policy.gcra import Gcra
 from paceline.policy.limits import Limit
+from paceline.redact import redact_text
 
 # The script's time unit. Lua numbers are doubles (exact to 2^53); microseconds since 1970 are
 # about 2^51, nanoseconds would not fit. A window is rounded *up* to whole microseconds
@@ -63,6 +64,11 @@ DEFAULT_TIMEOUT_S = 2.0
 # Retry backoff while the store is unreachable: from 50 ms (a restart takes ~0.1 s) doubling to
 # 1 s (a long outage costs one connection attempt a second per process), with full jitter so
 # many processes do not reconnect in lockstep.
+# How long an exhausted quota seen by one process holds every process on its key. Long enough
+# for each running process to book once more and stop (they book every few ms to seconds);
+# short enough that a run resumed once the quota is back (a top-up, the next day) is not
+# refused by a stale mark: it then learns from its own first answer, as a lone process would.
+EXHAUSTED_HOLD_S = 60.0
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 1.0
 
@@ -90,6 +96,11 @@ def best_margin_ns(lates_ns: Sequence[int], window_ns: int) -> int:
         if loss < best_loss:
             best, best_loss = late, loss
     return min(MARGIN_FLOOR_NS + best, MAX_MARGIN_NS)
+
+
+class SharedQuotaExhausted(QuotaExhausted):
+    """Raised for a grant while another process's mark of an exhausted quota holds the key
+    (:meth:`RedisLimitStore.share_exhausted`): not marked again, so it never extends itself."""
 
 
 def key_prefix(key: str) -> str:
@@ -487,8 +498,10 @@ class RedisLimitStore:
                 attempt += 1
                 continue
             recv = self.monotonic_ns()
-            ints = [int(x) for x in reply]
+            ints = [int(x) for x in reply[:3]] + [int(x) for x in reply[3:] if reply[0] != -1]
             self._ok(sent, recv, args, ints)
+            if ints[0] == -1:
+                raise self._exhausted(ints, reply[3])
             return ints, sent, recv
 
     async def call_async(
@@ -512,8 +525,10 @@ class RedisLimitStore:
                 attempt += 1
                 continue
             recv = self.monotonic_ns()
-            ints = [int(x) for x in reply]
+            ints = [int(x) for x in reply[:3]] + [int(x) for x in reply[3:] if reply[0] != -1]
             self._ok(sent, recv, args, ints)
+            if ints[0] == -1:
+                raise self._exhausted(ints, reply[3])
             return ints, sent, recv
 
     # -- the operations --------------------------------------------------------------------
@@ -616,6 +631,24 @@ class RedisLimitStore:
         args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
         with contextlib.suppress(*self._transient()):
             self.call(args, retry=False)
+
+    def _exhausted(self, reply: list[int], why: bytes | str) -> SharedQuotaExhausted:
+        text = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        left_s = (reply[2] - reply[1]) / TICKS_PER_S
+        return SharedQuotaExhausted(
+            f"quota exhausted on the shared key {self.key!r}: a process sharing it was told "
+            f"{text} (nothing is granted on this key for {left_s:.0f} s more; resume when the "
+            "quota is back)"
+        )
+
+    def share_exhausted(self, why: str, hold_s: float = EXHAUSTED_HOLD_S) -> None:
+        """Tell every process on this key that the quota is exhausted (an answer said so, to
+        this process): their next grant raises :class:`~paceline.errors.QuotaExhausted` for
+        ``hold_s``. Never waits for an unreachable store (this process stops anyway)."""
+        ticks = round(hold_s * TICKS_PER_S)
+        args: list[Any] = ["x", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        with contextlib.suppress(*self._transient()):
+            self.call([*args, redact_text(why)[:300]], retry=False)
 
     def run_raw(self, args: list[Any]) -> list[int]:
         """Run the script with raw arguments (tests drive it on their own clock)."""

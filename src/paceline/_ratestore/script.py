@@ -32,15 +32,18 @@ server started less than one window ago, or the server's ``run_id`` changed (a f
 grant goes before one (longest) window has passed since the start or the change.
 
 KEYS: meta hash, then per limit: its sorted set, its hash of counts.
-ARGV: op ("r" reserve and book, "t" try without booking, "s" settle, "p" pause), now (ticks;
+ARGV: op ("r" reserve and book, "t" try without booking, "s" settle, "p" pause, "x" quota
+exhausted), now (ticks;
 "" reads TIME), ticks per second, fence (1/0), limit count L, then per limit 7 numbers: N,
 window, this caller's margin, prune window (entries stamped earlier than now minus it are
 dropped; at least the window), coalesce, GCRA interval (0: no pacer), GCRA tolerance; then
 for "r"/"t" L amounts; for "s" per
-limit: entry id, reserved amount, actual amount; for "p" the pause length in ticks. "r" may
+limit: entry id, reserved amount, actual amount; for "p" the pause length in ticks; for "x"
+how long to hold every grant (ticks) and why (text, kept in the meta hash's ``why``). "r" may
 add, per limit, the entry id and amount of a late booking to give back first (one round trip
 for the give-back and the new booking).
-Replies: "r"/"t": {wait, now, id per limit (0: not charged)}; "s": {0, now}; "p": {pause end, now}.
+Replies: "r"/"t": {wait, now, id per limit (0: not charged)}, or {-1, now, until, why} while
+the key's quota is marked exhausted; "s": {0, now}; "p": {pause end, now}; "x": {its end, now}.
 """
 
 from __future__ import annotations
@@ -182,8 +185,14 @@ local function give_back(l, id, amount)
   end
 end
 
+local pause = tonumber(redis.call('HGET', meta, 'pause') or '0')
+local exhausted = tonumber(redis.call('HGET', meta, 'exhausted') or '0')
+
 local function keep(until_t)
-  -- keys live as long as their newest entry can matter, plus a second
+  -- keys live as long as their newest entry, a pause or an exhausted quota can matter, plus a
+  -- second
+  if pause > until_t then until_t = pause end
+  if exhausted > until_t then until_t = exhausted end
   local ms = math.ceil((until_t - now + longest) * 1000 / tps) + 1000
   redis.call('HSET', meta, 'last', now)
   if fence > now then redis.call('HSET', meta, 'fence', fence) end
@@ -195,7 +204,6 @@ local function keep(until_t)
 end
 
 for i = 1, L do lim[i].i = i end
-local pause = tonumber(redis.call('HGET', meta, 'pause') or '0')
 
 if op == 'r' or op == 't' then
   if #ARGV >= rest + 3 * L then
@@ -204,6 +212,11 @@ if op == 'r' or op == 't' then
       local id, amount = ARGV[rest + L + 2 * i - 1], tonumber(ARGV[rest + L + 2 * i])
       if amount > 0 and id ~= '0' then give_back(lim[i], id, amount) end
     end
+  end
+  if exhausted > now then
+    -- a process sharing the key was told the quota is exhausted: nothing is granted
+    keep(now)
+    return {-1, now, exhausted, redis.call('HGET', meta, 'why') or ''}
   end
   local amounts = {}
   local wait = 0
@@ -265,6 +278,14 @@ elseif op == 'p' then
   end
   keep(now)
   return {pause, now}
+elseif op == 'x' then
+  local till = now + tonumber(ARGV[rest + 1])
+  if till > exhausted then
+    exhausted = till
+    redis.call('HSET', meta, 'exhausted', exhausted, 'why', ARGV[rest + 2])
+  end
+  keep(now)
+  return {exhausted, now}
 end
 return redis.error_reply('paceline rate store: unknown op ' .. tostring(op))
 """

@@ -46,7 +46,13 @@ from paceline.cli.output import (
     write_private,
 )
 from paceline.cli.spec import RunSpec, UsageError
-from paceline.errors import ErrorCode, InvalidArgument, InvalidState, RateStoreUnavailable
+from paceline.errors import (
+    ErrorCode,
+    InvalidArgument,
+    InvalidState,
+    QuotaExhausted,
+    RateStoreUnavailable,
+)
 from paceline.faces.batch import stream
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
@@ -804,6 +810,10 @@ class Batch:
             self.halt_reason = str(exc)
             self._log(f"paceline: {exc}; stopping (exit 3): run the command again to resume")
             return "store_unreachable"
+        except QuotaExhausted as exc:  # the limiter: a process on the --rate-store key was told
+            self.halt_reason = f"quota exhausted: {exc}"
+            self._note_exhausted(str(exc))
+            return "done"
         finally:
             self._streaming = False
         return "interrupted" if self.stopping else "done"
