@@ -27,6 +27,7 @@ lateness and margin.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -44,14 +45,17 @@ RATE = 200
 
 def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> None:
     """One process: ``threads`` threads taking ``calls`` grants in all, each followed by a GET."""
+    flags: list[str] = []
     if lib.startswith("paceline"):
         if "@" in lib:  # another tree's paceline ("paceline@/work/main/src"): old and new
             sys.path.insert(0, lib.split("@", 1)[1])
         from paceline import RateLimiter
 
-        # "paceline+m5": margin_s = 5 ms (the user's cover for start -> arrival jitter)
-        plus = lib.split("@", 1)[0].partition("+m")[2]
-        margin_s = float(plus) / 1000 if plus else None
+        # "paceline+m5": margin_s = 5 ms (the user's cover for start -> arrival jitter);
+        # "paceline+async": one event loop per process, ``threads`` tasks on it
+        flags = lib.split("@", 1)[0].split("+")[1:]
+        plus = [f[1:] for f in flags if f.startswith("m")]
+        margin_s = float(plus[0]) / 1000 if plus else None
         limiter = RateLimiter.from_rates(f"{RATE}/s", store=url, key=key, margin_s=margin_s)
         acquire: Any = limiter.acquire
     elif lib == "limits":
@@ -106,11 +110,37 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
                 counts[outcome] += 1
         conn.close()
 
-    pool = [threading.Thread(target=run) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    async def run_async() -> None:
+        # The same on one event loop: a kept-alive connection per task, HTTP/1.1 by hand.
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        for i in left:
+            granted = await limiter.acquire_async()
+            starts.append(time.monotonic())
+            gaps.append(time.monotonic_ns() - granted)
+            path = f"/items/{key}-{os.getpid()}-{i}"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            counts["ok" if status < 400 else "throttled" if status == 429 else "other"] += 1
+        writer.close()
+
+    if lib.startswith("paceline") and "async" in flags:
+
+        async def tasks() -> None:
+            await asyncio.gather(*(run_async() for _ in range(threads)))
+
+        asyncio.run(tasks())
+    else:
+        pool = [threading.Thread(target=run) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
     counts["starts"] = starts
     if lib.startswith("paceline"):
         store = limiter.store
