@@ -172,9 +172,9 @@ def test_dry_run_shows_the_margin_for_arrivals_and_a_negative_one_is_refused(
     store = ["--rate-store", "redis://127.0.0.1:6379/0", "--dry-run", "--journal", "none"]
     shown = paceline(*common, "200/s", *store, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "lengthened by 20 ms for arrivals (--rate-margin)" in shown.stdout
+    assert "margin 20 ms (--rate-margin)" in shown.stdout
     chosen = paceline(*common, "200/s", *store, "--rate-margin", "0.1", cwd=tmp_path)
-    assert "lengthened by 100 ms for arrivals" in chosen.stdout
+    assert "margin 100 ms (--rate-margin)" in chosen.stdout
     refused = paceline(*common, "200/s", *store, "--rate-margin", "-1", cwd=tmp_path)
     assert refused.returncode == 2
     assert "--rate-margin -1.0: give seconds >= 0" in refused.stderr

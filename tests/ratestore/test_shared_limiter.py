@@ -403,7 +403,7 @@ def test_an_exhausted_quota_seen_by_one_batch_stops_every_process(
             [task]
         )
     # The other process's next grant fails with what the first was told, blocking or not.
-    with pytest.raises(QuotaExhausted, match="was told insufficient_quota: top up at billing"):
+    with pytest.raises(QuotaExhausted, match="was told: insufficient_quota: top up at billing"):
         other.acquire()
     with pytest.raises(QuotaExhausted, match=f"on the shared key {key!r}"):
         asyncio.run(other.acquire_async())

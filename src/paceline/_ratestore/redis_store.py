@@ -641,9 +641,8 @@ class RedisLimitStore:
         text = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
         left_s = (reply[2] - reply[1]) / TICKS_PER_S
         return SharedQuotaExhausted(
-            f"quota exhausted on the shared key {self.key!r}: a process sharing it was told "
-            f"{text} (nothing is granted on this key for {left_s:.0f} s more; resume when the "
-            "quota is back)"
+            f"quota exhausted on the shared key {self.key!r}, another process was told: {text} "
+            f"(no grant on this key for {left_s:.0f} s more; resume when the quota is back)"
         )
 
     def share_exhausted(self, why: str, hold_s: float = EXHAUSTED_HOLD_S) -> None:
@@ -652,6 +651,8 @@ class RedisLimitStore:
         ``hold_s``. Never waits for an unreachable store (this process stops anyway)."""
         ticks = round(hold_s * TICKS_PER_S)
         args: list[Any] = ["x", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        said = "quota exhausted (resume when the quota is back): "  # an HTTP face's preamble
+        why = why[len(said) :] if why.startswith(said) else why
         with contextlib.suppress(*self._transient()):
             self.call([*args, redact_text(why)[:300]], retry=False)
 

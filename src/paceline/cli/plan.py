@@ -143,9 +143,8 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
         if store is not None:
             margin_ms = max(lim.window_ns - lim.rate.window_ns for lim in store.limits) / 1e6
             write(
-                f"  shared:      on {redact_text(store.url)}, key {store.key!r}, windows "
-                f"lengthened by {margin_ms:g} ms for arrivals (--rate-margin) and by the "
-                "slot-to-start lateness each process measures\n"
+                f"  shared:      on {redact_text(store.url)}, key {store.key!r}, margin "
+                f"{margin_ms:g} ms (--rate-margin) + the lateness each process measures\n"
             )
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
