@@ -6,13 +6,15 @@ window). Per library and scenario: the most arrivals in any 1 s window, the 429s
 of the rate achieved, and the Redis round trips per grant (counted by a proxy of ours in front
 of Redis: client-to-Redis chunks, i.e. requests, with or without added latency).
 
-- ``direct``: 4 processes x 16 threads, 1,000 calls in all;
+- ``direct``: 4 processes x 16 threads, 1,000 calls in all (``--calls``);
 - ``latency``: the same through the proxy adding 1 ms + up to 4 ms each way;
 - ``restart``: Redis killed and restarted inside a window (paceline only: the others raise);
 - ``fairness``: 8 processes x 64 waiting threads, each process's share of the grants.
 
 ``limits`` (moving window) is try-only: its callers poll every 10 ms; pyrate-limiter blocks
-(its own sleep and retry). Both read the client's clock; paceline reads Redis TIME.
+(its own sleep and retry). Both read the client's clock; paceline reads Redis TIME. Every
+thread keeps one HTTP connection alive (``http.client``), so a start is one send away from its
+arrival for every library alike.
 
     .venv/bin/python benchmarks/redis_store.py [--calls 1000] [--only paceline,limits,pyrate]
 
