@@ -9,10 +9,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from paceline.cli.run import plan_for
+from paceline.cli.spec import RunSpec, UsageError
 from paceline.testing.api_server import ApiConfig, ApiServer
 from paceline.testing.redis import LatencyProxy, RedisServer, free_port
 from tests.cli._command import PACELINE, TIMEOUT_S, paceline
@@ -164,20 +167,30 @@ def test_two_commands_share_one_quota_and_an_outage_ends_one_resumably(
     assert 0 < resumed < 80
 
 
-def test_dry_run_shows_the_margin_for_arrivals_and_a_negative_one_is_refused(
-    tmp_path: Path,
-) -> None:
+def test_dry_run_shows_the_margin_for_arrivals(tmp_path: Path) -> None:
     _rows(tmp_path, 3)
-    common = ["http", "in.jsonl", "--url", "https://api.example.com/items/{id}", "--rate"]
-    store = ["--rate-store", "redis://127.0.0.1:6379/0", "--dry-run", "--journal", "none"]
-    shown = paceline(*common, "200/s", *store, cwd=tmp_path)
+    shown = paceline(
+        *("http", "in.jsonl", "--url", "https://api.example.com/items/{id}", "--rate", "200/s"),
+        *("--rate-store", "redis://127.0.0.1:6379/0", "--dry-run", "--journal", "none"),
+        cwd=tmp_path,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "margin 20 ms (--rate-margin)" in shown.stdout
-    chosen = paceline(*common, "200/s", *store, "--rate-margin", "0.1", cwd=tmp_path)
-    assert "margin 100 ms (--rate-margin)" in chosen.stdout
-    refused = paceline(*common, "200/s", *store, "--rate-margin", "-1", cwd=tmp_path)
-    assert refused.returncode == 2
-    assert "--rate-margin -1.0: give seconds >= 0" in refused.stderr
+
+
+def test_rate_margin_lengthens_the_shared_windows_and_a_negative_one_is_refused() -> None:
+    shared: dict[str, Any] = {"rates": ["200/s"], "rate_store": "redis://127.0.0.1:6379/0"}
+    default = plan_for(RunSpec("http", "in.jsonl", **shared), None).limiter
+    chosen = plan_for(RunSpec("http", "in.jsonl", rate_margin_s=0.1, **shared), None).limiter
+    local = plan_for(RunSpec("http", "in.jsonl", rates=["200/s"]), None).limiter
+    margins = [
+        lim.limits[0].window_ns - lim.limits[0].rate.window_ns
+        for lim in (default, chosen, local)
+        if lim is not None
+    ]
+    assert margins == [20_000_000, 100_000_000, 1_000_000]  # the local default is unchanged
+    with pytest.raises(UsageError, match="--rate-margin -1: give seconds >= 0"):
+        plan_for(RunSpec("http", "in.jsonl", rate_margin_s=-1, **shared), None)
 
 
 @pytest.mark.serial  # the referee counts arrivals in real time
