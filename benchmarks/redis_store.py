@@ -6,40 +6,59 @@ window). Per library and scenario: the most arrivals in any 1 s window, the 429s
 of the rate achieved, and the Redis round trips per grant (counted by a proxy of ours in front
 of Redis: client-to-Redis chunks, i.e. requests, with or without added latency).
 
-- ``direct``: 4 processes x 16 threads, 1,000 calls in all;
+- ``direct``: 4 processes x 16 threads, 1,000 calls in all (``--calls``);
 - ``latency``: the same through the proxy adding 1 ms + up to 4 ms each way;
 - ``restart``: Redis killed and restarted inside a window (paceline only: the others raise);
 - ``fairness``: 8 processes x 64 waiting threads, each process's share of the grants.
 
 ``limits`` (moving window) is try-only: its callers poll every 10 ms; pyrate-limiter blocks
-(its own sleep and retry). Both read the client's clock; paceline reads Redis TIME.
+(its own sleep and retry). Both read the client's clock; paceline reads Redis TIME. Every
+thread keeps one HTTP connection alive (``http.client``), so a start is one send away from its
+arrival for every library alike.
 
     .venv/bin/python benchmarks/redis_store.py [--calls 1000] [--only paceline,limits,pyrate]
+
+``--only`` also takes ``paceline@/other/tree/src`` (another tree's paceline, e.g. the last
+release's, measured in the same run) and ``paceline+m5`` (``margin_s`` = 5 ms: what covers the
+spread between a start and its arrival). The table's "window share" is the steady share of the
+rate (see ``_window_share``); "fraction of rate" is the older figure from the (N+1)-th arrival
+to the last, kept for comparison. ``BENCH_DIAG=1`` prints each paceline process's round trips,
+lateness and margin.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 RATE = 200
 
 
 def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> None:
     """One process: ``threads`` threads taking ``calls`` grants in all, each followed by a GET."""
-    if lib == "paceline":
+    flags: list[str] = []
+    if lib.startswith("paceline"):
+        if "@" in lib:  # another tree's paceline ("paceline@/work/main/src"): old and new
+            sys.path.insert(0, lib.split("@", 1)[1])
         from paceline import RateLimiter
 
-        limiter = RateLimiter.from_rates(f"{RATE}/s", store=url, key=key)
+        # "paceline+m5": margin_s = 5 ms (the user's cover for start -> arrival jitter);
+        # "paceline+async": one event loop per process, ``threads`` tasks on it
+        flags = lib.split("@", 1)[0].split("+")[1:]
+        plus = [f[1:] for f in flags if f.startswith("m")]
+        margin_s = float(plus[0]) / 1000 if plus else None
+        limiter = RateLimiter.from_rates(f"{RATE}/s", store=url, key=key, margin_s=margin_s)
         acquire: Any = limiter.acquire
     elif lib == "limits":
         from limits import RateLimitItemPerSecond
@@ -64,36 +83,96 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
             pyrate.try_acquire(key, blocking=True)
 
     counts: dict[str, Any] = {"ok": 0, "throttled": 0, "other": 0}
+    gaps: list[int] = []
     starts: list[float] = []  # CLOCK_MONOTONIC is one clock for every process of a machine
     lock = threading.Lock()
     left = iter(range(calls))
-    opener = urllib.request.build_opener()
+    where = urlsplit(api)
 
     def run() -> None:
+        # One kept-alive connection per thread, as any real client pools them: a start is then
+        # one send away from its arrival (a new connection per call adds a connect, under the
+        # GIL, between the two, for every library alike).
+        conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=30)
         for i in left:
-            acquire()
+            granted = acquire()
             starts.append(time.monotonic())
+            if isinstance(granted, int):
+                gaps.append(time.monotonic_ns() - granted)
             try:
-                with opener.open(f"{api}/items/{key}-{os.getpid()}-{i}", timeout=30) as answer:
-                    answer.read()
-                outcome = "ok"
-            except urllib.error.HTTPError as exc:
-                outcome = "throttled" if exc.code == 429 else "other"
+                conn.request("GET", f"/items/{key}-{os.getpid()}-{i}")
+                answer = conn.getresponse()
+                answer.read()
+                code = answer.status
+                outcome = "ok" if code < 400 else "throttled" if code == 429 else "other"
             except OSError:
                 outcome = "other"
+                conn.close()
             with lock:
                 counts[outcome] += 1
+        conn.close()
 
-    pool = [threading.Thread(target=run) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    async def run_async() -> None:
+        # The same on one event loop: a kept-alive connection per task, HTTP/1.1 by hand.
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        for i in left:
+            granted = await limiter.acquire_async()
+            starts.append(time.monotonic())
+            gaps.append(time.monotonic_ns() - granted)
+            path = f"/items/{key}-{os.getpid()}-{i}"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            counts["ok" if status < 400 else "throttled" if status == 429 else "other"] += 1
+        writer.close()
+
+    if lib.startswith("paceline") and "async" in flags:
+
+        async def tasks() -> None:
+            await asyncio.gather(*(run_async() for _ in range(threads)))
+
+        asyncio.run(tasks())
+    else:
+        pool = [threading.Thread(target=run) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
     counts["starts"] = starts
-    if lib == "paceline":
+    if lib.startswith("paceline"):
         store = limiter.store
         counts["script_calls"] = store.round_trips if store is not None else 0
+        if store is not None and os.environ.get("BENCH_DIAG"):
+            # p50/p90/p99/max in ms: round trips, lateness past the slot, grant to start
+            counts["rtt_ms"] = _quantiles_ms(getattr(store, "_rtts", []))
+            counts["late_ms"] = _quantiles_ms(getattr(store, "_lates", []))
+            counts["grant_to_start_ms"] = _quantiles_ms(gaps)
+            counts["margin_ms"] = store.margin_ns / 1e6
     print(json.dumps(counts), flush=True)
+
+
+def _quantiles_ms(samples: Any) -> list[float]:
+    xs = sorted(samples)
+    if not xs:
+        return []
+    return [round(xs[int(q * (len(xs) - 1))] / 1e6, 1) for q in (0.5, 0.9, 0.99, 1)]
+
+
+def _window_share(times: list[float]) -> float | None:
+    """The steady share of the rate, independent of how the first window filled: in a
+    saturated sliding log, arrival i + N comes one (lengthened) window after arrival i, so
+    W / median(t[i + N] - t[i]) over the arrivals after the first window and before the last
+    is the share of N per W achieved (1.0 for an exact log, below for a margin or idle slots).
+    The old figure, from the (N+1)-th arrival to the last, also counts how the processes
+    started (the first window's spread repeats in every later one) and how they ended."""
+    times = sorted(times)
+    gaps = [times[i + RATE] - times[i] for i in range(RATE, len(times) - RATE)]
+    return round(1.0 / statistics.median(gaps), 3) if gaps else None
 
 
 def _most_in_any_second(times: list[float]) -> int:
@@ -115,7 +194,7 @@ def scenario(
     calls: int,
     during: Any = None,
 ) -> dict[str, Any]:
-    key = f"bench-{lib}-{uuid.uuid4().hex[:6]}"
+    key = f"bench-{lib.split('@')[0]}-{uuid.uuid4().hex[:6]}"
     api.reset()
     per = calls // procs
     children = [
@@ -147,6 +226,9 @@ def scenario(
             shares.append(json.loads(out.strip().splitlines()[-1]))
         except (ValueError, IndexError):
             shares.append({"ok": 0, "error": err.strip().splitlines()[-1:]})
+    if os.environ.get("BENCH_DIAG"):
+        for s in shares:
+            print({k: v for k, v in s.items() if k not in ("starts",)}, file=sys.stderr)
     stats = api.stats(times=True)
     times = stats["accepted_times_s"]
     # The steady rate: a log lets RATE through at once, then RATE per second; the processes
@@ -165,13 +247,14 @@ def scenario(
         ),
         "429": stats["throttled_429"],
         "fraction_of_rate": round(ideal / span, 3) if span else None,
+        "window_share": _window_share(times),
         "shares": [s.get("ok", 0) for s in shares],
         # paceline's own count: script calls (bookings, re-bookings, give-backs), without the
         # per-connection setup (HELLO, CLIENT SETINFO) and warm-up the proxy also counts
         "script_calls_per_grant": round(
             sum(s.get("script_calls", 0) for s in shares) / max(stats["accepted"], 1), 3
         )
-        if lib == "paceline"
+        if lib.startswith("paceline")
         else None,
     }
 
@@ -208,7 +291,7 @@ def main() -> None:
                 results.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "starts"}), flush=True)
         if "restart" not in skip:
-            for lib in [lib for lib in libs if lib == "paceline"]:
+            for lib in [lib for lib in libs if lib.startswith("paceline")]:
 
                 def restart(api: Any) -> None:
                     deadline = time.monotonic() + 30
@@ -231,13 +314,14 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "starts"}), flush=True)
     print(
         "\nscenario | library | max arrivals in any 1 s | max starts in any 1 s | 429 | "
-        "fraction of rate | round trips/grant (proxy) | script calls/grant"
+        "fraction of rate | window share | round trips/grant (proxy) | script calls/grant"
     )
     for row in results:
         print(
             f"{row['scenario']} | {row['lib']} | {row['max_in_any_1s']} | "
             f"{row['max_starts_in_any_1s']} | {row['429']} | "
-            f"{row['fraction_of_rate']} | {row.get('round_trips_per_grant', '-')} | "
+            f"{row['fraction_of_rate']} | {row['window_share']} | "
+            f"{row.get('round_trips_per_grant', '-')} | "
             f"{row['script_calls_per_grant'] or '-'}"
             + (f" | shares {row['share_spread']}" if "share_spread" in row else "")
         )

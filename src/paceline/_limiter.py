@@ -253,7 +253,7 @@ class RateLimiter:
         margin ago (a late reply or a long sleep), and a start now could fall outside the
         window the store counted it in."""
         now = self._clock.monotonic_ns()
-        store.note_lateness(now - booking.sent_ns - booking.wait_ns)
+        store.note_lateness(now - booking.slot_ns)
         if now <= booking.latest_ns:
             return now
         if give_back:

@@ -25,9 +25,12 @@ def main() -> int:
     calls, threads = int(calls_s), int(threads_s)
     outage = float(rest[rest.index("--outage") + 1]) if "--outage" in rest else None
     # The limit is promised on starts; the referee counts arrivals, which follow a start by
-    # the client's own work (urllib in threads on a loaded 2-core machine: up to tens of ms).
-    # margin_s covers that, as RateLimiter's docstring says to for network jitter.
-    limiter = RateLimiter.from_rates(rate, store=url, key=key, store_outage_s=outage, margin_s=0.03)
+    # the client's own work (a new urllib connection per call, from threads, on a loaded
+    # 2-core machine: arrivals spread 30-60 ms past their starts at a load average of 8, and
+    # one arrival in 210 went past 60 ms in a run of the whole suite). margin_s covers that, as
+    # RateLimiter's docstring says to for network jitter; the measured margin covers only
+    # slot -> start.
+    limiter = RateLimiter.from_rates(rate, store=url, key=key, store_outage_s=outage, margin_s=0.1)
     done: dict[str, Any] = {"ok": 0, "throttled": 0, "other": 0, "longest_outage_s": 0.0}
     starts: list[float] = []  # CLOCK_MONOTONIC: one clock for every process of the machine
     lock = threading.Lock()

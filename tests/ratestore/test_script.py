@@ -23,12 +23,13 @@ from paceline.testing.redis import RedisServer
 
 @dataclass
 class Driver:
-    """The script on an injected clock: ``window`` per limit as the policy's, pruning at
-    ``window + extra`` (what a client with a smaller margin than another's does)."""
+    """The script on an injected clock: each limit's window and margin as the policy's (plus
+    ``margin``: a client that measured a larger one), pruning at ``window + extra``."""
 
     store: RedisLimitStore
     limits: tuple[Limit, ...]
     extra: int
+    margin: int = 0
 
     def limit_args(self) -> list[int]:
         args = [len(self.limits)]
@@ -39,7 +40,8 @@ class Driver:
             if lim.burst is not None:
                 g = Gcra.for_limit(n, w, lim.burst)
                 iv, tol = g.interval_ns, g.tolerance_ns
-            args += [n, w, w + self.extra, co, iv, tol]
+            margin = w - lim.rate.window_ns + self.margin
+            args += [n, lim.rate.window_ns, margin, w + self.extra, co, iv, tol]
         return args
 
     def reserve(self, now: int, amounts: tuple[int, ...], book: bool = True) -> list[int]:
@@ -53,8 +55,10 @@ class Driver:
         self.store.run_raw(args)
 
 
-def _driver(redis_server: RedisServer, limits: list[Limit], extra: int = 0) -> Driver:
-    store = RedisLimitStore(redis_server.url, uuid.uuid4().hex, limits)
+def _driver(
+    redis_server: RedisServer, limits: list[Limit], extra: int = 0, key: str | None = None
+) -> Driver:
+    store = RedisLimitStore(redis_server.url, key or uuid.uuid4().hex, limits)
     return Driver(store, tuple(limits), extra)
 
 
@@ -64,6 +68,7 @@ LIMIT_SETS = [
     [Limit(Rate(4, 50), margin_ns=0), Limit(Rate(30, 400, "tokens"), margin_ns=0)],
     [Limit(Rate(2, 30), burst=1, margin_ns=0), Limit(Rate(6, 200), margin_ns=0)],
     [Limit(Rate(2000, 1000), margin_ns=0)],  # coalesced entries (N > 1024)
+    [Limit(Rate(3, 100), margin_ns=20), Limit(Rate(5, 300), burst=2, margin_ns=7)],
 ]
 
 reserve_op = st.tuples(
@@ -164,3 +169,18 @@ def test_a_late_booking_is_returned_in_the_call_that_books_its_replacement(
     reply = driver.store.run_raw(args)
     assert reply[0] == 0  # the late one's permit came back first: room now
     assert driver.reserve(1_100, (1,))[0] == 900  # and only that one
+
+
+def test_a_client_with_a_smaller_margin_counts_the_latest_start_of_anothers_grant(
+    redis_server: RedisServer,
+) -> None:
+    # One per 100 ticks. A books slot 1000 with a margin of 50 (it may start up to 1050);
+    # B, with no margin, must not start before 1150 (100 after A's latest start), not 1100.
+    limits = [Limit(Rate(1, 100), margin_ns=0)]
+    wide = _driver(redis_server, limits, extra=200)
+    wide.margin = 50
+    narrow = _driver(redis_server, limits, extra=200, key=wide.store.key)
+    assert wide.reserve(1_000, (1,))[0] == 0
+    assert narrow.reserve(1_000, (1,))[0] == 150
+    # ... and the other way round: B's latest start is its slot, A's margin is its own.
+    assert wide.reserve(1_000, (1,))[0] == 250  # 100 after B's slot at 1150

@@ -19,7 +19,7 @@ import pytest
 
 from paceline import RateLimiter
 from paceline.errors import RateStoreUnavailable
-from paceline.testing.api_server import ApiConfig, ApiServer
+from paceline.testing.api_server import ApiConfig, ApiServer, SpawnedServer
 from paceline.testing.redis import LatencyProxy, RedisServer
 
 CLIENT = Path(__file__).with_name("shared_client.py")
@@ -35,8 +35,11 @@ def warm_redis(redis_server: RedisServer) -> RedisServer:
 
 
 @pytest.fixture
-def referee() -> Iterator[ApiServer]:
-    with ApiServer(ApiConfig(quota=100, window_s=1.0, base_latency_s=0)) as server:
+def referee() -> Iterator[SpawnedServer]:
+    # In a process of its own: in this one, its arrival stamps would wait for the GIL behind
+    # the test's own client threads (tens of ms on a loaded machine), which no margin of the
+    # clients' can cover.
+    with ApiServer.spawn(ApiConfig(quota=100, window_s=1.0, base_latency_s=0)) as server:
         yield server
 
 
@@ -63,7 +66,7 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, object]]:
     return proc.returncode, json.loads(out.strip().splitlines()[-1])
 
 
-def _until_accepted(referee: ApiServer, count: int) -> None:
+def _until_accepted(referee: SpawnedServer, count: int) -> None:
     """Wait (at most 15 s) until the referee accepted ``count``: the clients are running."""
     deadline = time.monotonic() + 15
     while referee.stats()["accepted"] < count and time.monotonic() < deadline:
@@ -87,7 +90,7 @@ def _key() -> str:
 
 @pytest.mark.serial  # the referee counts arrivals in real time
 def test_processes_threads_and_event_loops_share_one_quota(
-    warm_redis: RedisServer, referee: ApiServer
+    warm_redis: RedisServer, referee: SpawnedServer
 ) -> None:
     key = _key()
     procs = [
@@ -97,7 +100,7 @@ def test_processes_threads_and_event_loops_share_one_quota(
     ]
     # And threads and an event loop of this process, on a pickled copy.
     limiter = pickle.loads(
-        pickle.dumps(RateLimiter.from_rates("100/s", store=warm_redis.url, key=key, margin_s=0.03))
+        pickle.dumps(RateLimiter.from_rates("100/s", store=warm_redis.url, key=key, margin_s=0.1))
     )
     here: list[float] = []  # starts in this process
     import urllib.request
@@ -139,7 +142,9 @@ def test_processes_threads_and_event_loops_share_one_quota(
 
 
 @pytest.mark.serial  # the referee counts arrivals in real time
-def test_redis_killed_and_restarted_mid_run(fresh_redis: RedisServer, referee: ApiServer) -> None:
+def test_redis_killed_and_restarted_mid_run(
+    fresh_redis: RedisServer, referee: SpawnedServer
+) -> None:
     time.sleep(FENCE_S)
     key = _key()
     procs = [_spawn(fresh_redis.url, key, referee.url, 120, 4) for _ in range(2)]
@@ -156,7 +161,7 @@ def test_redis_killed_and_restarted_mid_run(fresh_redis: RedisServer, referee: A
 
 @pytest.mark.serial  # the referee counts arrivals in real time
 def test_a_hung_redis_holds_every_start_and_an_outage_limit_ends_the_run(
-    fresh_redis: RedisServer, referee: ApiServer
+    fresh_redis: RedisServer, referee: SpawnedServer
 ) -> None:
     time.sleep(FENCE_S)
     key = _key()
@@ -187,7 +192,7 @@ def test_a_hung_redis_holds_every_start_and_an_outage_limit_ends_the_run(
 
 @pytest.mark.serial  # the referee counts arrivals in real time
 def test_latency_between_clients_and_redis_keeps_the_limit(
-    warm_redis: RedisServer, referee: ApiServer
+    warm_redis: RedisServer, referee: SpawnedServer
 ) -> None:
     key = _key()
     with LatencyProxy(warm_redis.port, delay_s=0.001, jitter_s=0.004) as proxy:
@@ -372,3 +377,52 @@ def test_a_limiter_without_a_store_refuses_to_be_pickled() -> None:
 
     with pytest.raises(InvalidState, match="shared store"):
         pickle.dumps(RateLimiter.from_rates("3/s"))
+
+
+@pytest.mark.parametrize("face", ["async", "threads"])
+def test_an_exhausted_quota_seen_by_one_batch_stops_every_process(
+    warm_redis: RedisServer, face: str
+) -> None:
+    from paceline import BatchExecutor, QuotaExhausted, batch_execute
+
+    key = _key()
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=key)
+    other = pickle.loads(pickle.dumps(limiter))  # another process's copy
+    if face == "async":
+
+        async def op(i: int) -> int:
+            raise QuotaExhausted("insufficient_quota: top up at billing")
+
+        asyncio.run(batch_execute([1], op, rate_limiter=limiter, retry=None))
+    else:
+
+        def task() -> int:
+            raise QuotaExhausted("insufficient_quota: top up at billing")
+
+        BatchExecutor(stop_on_error=False, rate_limiter=limiter, max_workers=2).execute_batch(
+            [task]
+        )
+    # The other process's next grant fails with what the first was told, blocking or not.
+    with pytest.raises(QuotaExhausted, match="was told: insufficient_quota: top up at billing"):
+        other.acquire()
+    with pytest.raises(QuotaExhausted, match=f"on the shared key {key!r}"):
+        asyncio.run(other.acquire_async())
+    with pytest.raises(QuotaExhausted, match="resume when the quota is back"):
+        other.reserve(1)
+
+
+def test_the_exhausted_mark_ends_after_its_hold_and_is_not_renewed_by_its_echo(
+    warm_redis: RedisServer,
+) -> None:
+    from paceline import QuotaExhausted
+    from paceline.runners.gates import share_pause
+
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=_key())
+    store = limiter.store
+    assert store is not None
+    store.share_exhausted("credit gone", hold_s=0.5)
+    with pytest.raises(QuotaExhausted) as raised:
+        limiter.acquire()
+    share_pause(limiter, raised.value)  # the store's own error: not marked again
+    time.sleep(0.6)
+    limiter.acquire()  # the mark is over: granted

@@ -3,6 +3,12 @@ processes and machines (docs/design.md, 'Shared limit store')."""
 
 from __future__ import annotations
 
-from paceline._ratestore.redis_store import Booking, RedisLimitStore, check_url, key_prefix
+from paceline._ratestore.redis_store import (
+    Booking,
+    RedisLimitStore,
+    SharedQuotaExhausted,
+    check_url,
+    key_prefix,
+)
 
-__all__ = ["Booking", "RedisLimitStore", "check_url", "key_prefix"]
+__all__ = ["Booking", "RedisLimitStore", "SharedQuotaExhausted", "check_url", "key_prefix"]

@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from paceline._ratestore.script import LUA
-from paceline.errors import InvalidArgument, InvalidState, RateStoreUnavailable
+from paceline.errors import InvalidArgument, InvalidState, QuotaExhausted, RateStoreUnavailable
 from paceline.policy.gcra import Gcra
 from paceline.policy.limits import Limit
+from paceline.redact import redact_text
 
 # The script's time unit. Lua numbers are doubles (exact to 2^53); microseconds since 1970 are
 # about 2^51, nanoseconds would not fit. A window is rounded *up* to whole microseconds
@@ -47,12 +48,16 @@ MAX_MARGIN_NS = 250_000_000
 # thread woken from its sleep may wait one GIL switch interval (5 ms by default) for the
 # interpreter, and the sleep itself overshoots by up to ~2 ms on a busy 2-core machine: the floor
 # is their sum, 0.7 % of a 1 s window.
-MARGIN_FLOOR_NS = 2_000_000 + round(sys.getswitchinterval() * 1e9)
-# Margin = floor + the larger of 2 x p99 of the recent round trips and 1.25 x p99 of the
-# lateness observed (a start's distance past its booked slot, as this client measures it: a
-# reply plus the wake-up). SCALE-OUT measurement: J = 5 ms over a 2-10 ms link starved clients
-# to 6 % of the rate (every permit late), 12 ms was exact at 100 %: measure, never fix it.
-_RTT_SAMPLES = 256
+_SWITCH_NS = round(sys.getswitchinterval() * 1e9)
+MARGIN_FLOOR_NS = 2_000_000 + _SWITCH_NS
+# Margin = floor + the lateness that minimises the expected loss (docs/design.md, 'The client's
+# margin'): a margin J lengthens every window, costing J / W of the rate, and a grant later
+# than J is given back and booked again, costing about one grant's round trip; J covers the
+# lateness samples up to the point where covering one more costs more than it saves. Lateness
+# is a start's distance past the earliest moment its slot may be on this client's clock (the
+# server's clock read through ServerClock, so a slow reply that arrives before its slot costs
+# nothing). The last 256 samples: a few seconds of a busy limiter, so it follows the load.
+_LATE_SAMPLES = 256
 # Socket timeouts, always set: redis-py's default is none at all, and a hung Redis (SIGSTOP)
 # then blocks every caller forever without an error. 2 s is far above any healthy round trip
 # (sub-ms on a LAN, tens of ms across regions) and short enough to report an outage promptly.
@@ -60,15 +65,43 @@ DEFAULT_TIMEOUT_S = 2.0
 # Retry backoff while the store is unreachable: from 50 ms (a restart takes ~0.1 s) doubling to
 # 1 s (a long outage costs one connection attempt a second per process), with full jitter so
 # many processes do not reconnect in lockstep.
+# How long an exhausted quota seen by one process holds every process on its key. Long enough
+# for each running process to book once more and stop (they book every few ms to seconds);
+# short enough that a run resumed once the quota is back (a top-up, the next day) is not
+# refused by a stale mark: it then learns from its own first answer, as a lone process would.
+EXHAUSTED_HOLD_S = 60.0
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 1.0
 
 
-def _p99(samples: deque[int]) -> int:
-    if not samples:
-        return 0
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, (len(ordered) * 99) // 100)]
+def best_margin_ns(lates_ns: Sequence[int], window_ns: int) -> int:
+    """The margin J that minimises the expected loss ``J / W + P(lateness > J)``: a margin
+    lengthens every window by J, and a grant later than J is given back and booked again. The
+    floor (:data:`MARGIN_FLOOR_NS`) is always added; the result is capped at
+    :data:`MAX_MARGIN_NS`.
+
+    One sample in 100 is worth 10 ms of a 1 s window: a tail sample is covered when it lies
+    within that of the previous ones, else left late.
+
+    >>> ms = 1_000_000
+    >>> best_margin_ns([1 * ms] * 95 + [3 * ms] * 4 + [400 * ms], 1000 * ms) // ms - 7
+    3
+    >>> best_margin_ns([], 1000 * ms) // ms - 7   # no samples yet: the floor
+    0
+    """
+    ordered = sorted(lates_ns)
+    n = len(ordered)
+    best, best_loss = 0, 1.0  # covering nothing: every grant with lateness > 0 is late
+    for i, late in enumerate(ordered):
+        loss = (MARGIN_FLOOR_NS + late) / window_ns + (n - 1 - i) / n
+        if loss < best_loss:
+            best, best_loss = late, loss
+    return min(MARGIN_FLOOR_NS + best, MAX_MARGIN_NS)
+
+
+class SharedQuotaExhausted(QuotaExhausted):
+    """Raised for a grant while another process's mark of an exhausted quota holds the key
+    (:meth:`RedisLimitStore.share_exhausted`): not marked again, so it never extends itself."""
 
 
 def key_prefix(key: str) -> str:
@@ -102,12 +135,73 @@ def check_url(url: str) -> str:
     return url
 
 
+class ServerClock:
+    """Where the Redis server's clock stands against this process's, from round trips (as NTP
+    does): a script read the server's clock at ``a`` between our sending at ``s`` and receiving
+    at ``r``, so the offset (server minus local) lies in ``[a - r, a - s]``. The tightest bounds
+    over past round trips are kept, each widened by ``DRIFT_PPM`` of its age, so two clocks
+    that run at different rates (NTP slews at most 500 ppm) never leave the true offset outside
+    them. Bounds that cross (a step of either clock) restart from the newest round trip.
+
+    A slot the server booked at its time ``t`` is then at local time
+    ``t - high_ns(now) .. t - low_ns(now)``: the uncertainty is the *fastest* recent round trip
+    (tens of microseconds on loopback), not the slowest (a reply can wait tens of ms for the
+    GIL on a busy machine).
+
+    >>> clock = ServerClock()   # the server's clock is 1 s ahead of ours
+    >>> clock.sample(sent_ns=0, server_ns=1_000_025_000, recv_ns=50_000)  # a 50 us trip
+    >>> clock.bounds(50_000)
+    (999975000, 1000025050)
+    >>> clock.sample(sent_ns=10_000_000, server_ns=1_025_000_000, recv_ns=40_000_000)  # 30 ms
+    >>> clock.bounds(40_000_000)  # the quick trip still binds, widened by 1 us per ms of age
+    (999935050, 1000065000)
+    """
+
+    # The widening per unit of age: 1,000 ppm, twice the fastest slew NTP applies (500 ppm),
+    # so even two clocks slewed in opposite directions stay inside. At the round trips of a busy
+    # limiter (tens per second) a bound is milliseconds old: it widens by microseconds.
+    DRIFT_PPM = 1_000
+    __slots__ = ("_high_key", "_low_key")
+
+    def __init__(self) -> None:
+        self._low_key: int | None = None  # max of (a - r) + drift * r
+        self._high_key: int | None = None  # min of (a - s) - drift * s
+
+    def sample(self, sent_ns: int, server_ns: int, recv_ns: int, resolution_ns: int = 0) -> None:
+        """Narrow the bounds with one round trip (``resolution_ns``: the server's reading
+        ``server_ns`` may stand for any time up to that much later)."""
+        low_key = server_ns - recv_ns + recv_ns * self.DRIFT_PPM // 1_000_000
+        high_key = server_ns + resolution_ns - sent_ns - sent_ns * self.DRIFT_PPM // 1_000_000
+        if self._low_key is None or self._high_key is None:
+            self._low_key, self._high_key = low_key, high_key
+            return
+        low, high = max(self._low_key, low_key), min(self._high_key, high_key)
+        if self._low(low, recv_ns) > self._high(high, recv_ns):
+            low, high = low_key, high_key  # the bounds cross: a clock stepped
+        self._low_key, self._high_key = low, high
+
+    def _low(self, key: int, now_ns: int) -> int:
+        return key - now_ns * self.DRIFT_PPM // 1_000_000
+
+    def _high(self, key: int, now_ns: int) -> int:
+        return key + now_ns * self.DRIFT_PPM // 1_000_000
+
+    def bounds(self, now_ns: int) -> tuple[int, int]:
+        """``(low, high)``: the offset (server minus local, ns) lies between them at
+        ``now_ns`` (local). Raises :class:`InvalidState` before the first sample."""
+        if self._low_key is None or self._high_key is None:
+            raise InvalidState("no round trip to the rate store yet: the offset is unknown")
+        return self._low(self._low_key, now_ns), self._high(self._high_key, now_ns)
+
+
 @dataclass(slots=True)
 class Booking:
     """One grant booked in the store: the entry each limit was charged (``ids``, 0 where the
-    limit was charged nothing), the amounts, the wait the store returned and when the request
-    was sent and answered (client monotonic ns). ``margin_ns`` is the margin it was booked with:
-    its start must come no later than ``sent_ns + wait_ns + margin_ns``."""
+    limit was charged nothing), the amounts, the wait the store returned, when the request was
+    sent and answered, and where its slot lies on this client's monotonic clock: no earlier than
+    ``slot_ns``, no later than ``start_ns`` (the server's clock read through :class:`ServerClock`).
+    ``margin_ns`` is the margin it was booked with: its start must come no later than
+    ``slot_ns + margin_ns``, so it is handed out no later than :attr:`latest_ns`."""
 
     ids: tuple[int, ...]
     amounts: tuple[int, ...]
@@ -115,16 +209,17 @@ class Booking:
     sent_ns: int
     recv_ns: int
     margin_ns: int
-
-    @property
-    def start_ns(self) -> int:
-        """The earliest moment the caller may start (its slot, as seen by this client)."""
-        return self.recv_ns + self.wait_ns
+    slot_ns: int
+    start_ns: int
 
     @property
     def latest_ns(self) -> int:
-        """The latest moment the caller may start; later, the grant is given back."""
-        return self.sent_ns + self.wait_ns + self.margin_ns
+        """The latest moment a grant may be handed out; later, it is given back. One GIL switch
+        interval of the margin is kept back: every grant handed out has at least that long to
+        reach its start (a thread switch, or a preemption, right after the check; without it,
+        2 runs in 9 of benchmarks/redis_store.py put 201 starts into one second at a load
+        average of 14-24 on 2 cores)."""
+        return self.slot_ns + self.margin_ns - _SWITCH_NS
 
 
 class RedisLimitStore:
@@ -202,8 +297,10 @@ class RedisLimitStore:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
             weakref.WeakKeyDictionary()
         )
-        self._rtts: deque[int] = deque(maxlen=_RTT_SAMPLES)
-        self._lates: deque[int] = deque(maxlen=_RTT_SAMPLES)
+        self._rtts: deque[int] = deque(maxlen=_LATE_SAMPLES)
+        self._lates: deque[int] = deque(maxlen=_LATE_SAMPLES)
+        self._server_clock = ServerClock()
+        self._clock_lock = threading.Lock()
         self._margin_ns = MARGIN_FLOOR_NS
         self._samples_seen = 0
         self._down_since_ns: int | None = None
@@ -231,34 +328,34 @@ class RedisLimitStore:
 
     @property
     def margin_ns(self) -> int:
-        """The margin J this client books with now: floor + 2 x p99 of recent round trips."""
+        """The margin J this client books with now (see :func:`best_margin_ns`)."""
         return self._margin_ns
 
     def _note_rtt(self, rtt_ns: int) -> None:
         self._rtts.append(rtt_ns)
-        self._retune()
 
     def note_lateness(self, late_ns: int) -> None:
-        """Record how far past its booked slot a grant was handed out (the limiter calls it)."""
+        """Record how far past the earliest moment of its slot a grant was handed out (the
+        limiter calls it)."""
         self._lates.append(max(late_ns, 0))
-        self._retune()
-
-    def _retune(self) -> None:
         self._samples_seen += 1
         if self._samples_seen <= 16 or self._samples_seen % 16 == 0:
-            rtt, late = _p99(self._rtts), _p99(self._lates)
-            extra = max(2 * rtt, late + late // 4)
-            self._margin_ns = min(MARGIN_FLOOR_NS + extra, MAX_MARGIN_NS)
+            window = min(lim.rate.window_ns for lim in self.limits)
+            self._margin_ns = best_margin_ns(self._lates, window)
 
     # -- the script's arguments ------------------------------------------------------------
 
     def _limit_args(self, margin_ns: int) -> list[int]:
         args: list[int] = [len(self.limits)]
         for lim in self.limits:
+            # The window and the margin (the limit's own margin_s plus the measured one), each
+            # rounded up to whole ticks: stricter by at most a tick.
             base = -(-lim.window_ns // _NS_PER_TICK)
-            window = -(-(lim.window_ns + margin_ns) // _NS_PER_TICK)
-            # Every client prunes at W + twice the cap: its own margin (margin_s, at most the
-            # cap) and the measured one (at most the cap) never reach past it.
+            window = -(-lim.rate.window_ns // _NS_PER_TICK)
+            margin = -(-(lim.window_ns - lim.rate.window_ns + margin_ns) // _NS_PER_TICK)
+            # Entries are stamped with their latest start and every window reaches back W from
+            # a slot no earlier than now: pruning at now - W would do; twice the cap past it
+            # keeps a fence (one such window) long enough for any booking made before a loss.
             longest = -(-(lim.rate.window_ns + 2 * MAX_MARGIN_NS) // _NS_PER_TICK)
             n = lim.rate.max_requests
             coalesce = base // 1024 if n > 1024 else 0  # as policy/window.py's _MAX_ENTRIES
@@ -267,7 +364,7 @@ class RedisLimitStore:
             else:
                 gcra = Gcra.for_limit(n, base, lim.burst)
                 interval, tolerance = gcra.interval_ns, gcra.tolerance_ns
-            args += [n, window, longest, coalesce, interval, tolerance]
+            args += [n, window, margin, longest, coalesce, interval, tolerance]
         return args
 
     # -- connections -----------------------------------------------------------------------
@@ -310,8 +407,8 @@ class RedisLimitStore:
         client.script_load(LUA)
         for _ in range(3):
             sent = self.monotonic_ns()
-            client.ping()
-            self._note_rtt(self.monotonic_ns() - sent)
+            seconds, micros = client.time()
+            self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
 
     async def _async_script(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -324,8 +421,8 @@ class RedisLimitStore:
                 await client.script_load(LUA)
                 for _ in range(3):
                     sent = self.monotonic_ns()
-                    await client.ping()
-                    self._note_rtt(self.monotonic_ns() - sent)
+                    seconds, micros = await client.time()
+                    self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
             except BaseException:
                 await client.aclose()
                 raise
@@ -356,10 +453,17 @@ class RedisLimitStore:
         delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt)
         return random.uniform(delay / 2, delay)
 
-    def _ok(self, sent_ns: int, recv_ns: int) -> None:
+    def _ok(self, sent_ns: int, recv_ns: int, args: list[Any], reply: list[int]) -> None:
         self.round_trips += 1
         self._down_since_ns = None
+        if args[1] == "":  # the script read the server's clock (tests pass their own)
+            self._note_time(sent_ns, reply[1], recv_ns)
+
+    def _note_time(self, sent_ns: int, server_ticks: int, recv_ns: int) -> None:
         self._note_rtt(recv_ns - sent_ns)
+        # A reading of t ticks is a server time in [t, t + 1) ticks.
+        with self._clock_lock:  # threads of one process sample it at once
+            self._server_clock.sample(sent_ns, server_ticks * _NS_PER_TICK, recv_ns, _NS_PER_TICK)
 
     @staticmethod
     def _transient() -> tuple[type[BaseException], ...]:
@@ -399,8 +503,11 @@ class RedisLimitStore:
                 attempt += 1
                 continue
             recv = self.monotonic_ns()
-            self._ok(sent, recv)
-            return [int(x) for x in reply], sent, recv
+            ints = [int(x) for x in reply[:3]] + [int(x) for x in reply[3:] if reply[0] != -1]
+            self._ok(sent, recv, args, ints)
+            if ints[0] == -1:
+                raise self._exhausted(ints, reply[3])
+            return ints, sent, recv
 
     async def call_async(
         self, args: list[Any], retry_args: list[Any] | None = None
@@ -423,8 +530,11 @@ class RedisLimitStore:
                 attempt += 1
                 continue
             recv = self.monotonic_ns()
-            self._ok(sent, recv)
-            return [int(x) for x in reply], sent, recv
+            ints = [int(x) for x in reply[:3]] + [int(x) for x in reply[3:] if reply[0] != -1]
+            self._ok(sent, recv, args, ints)
+            if ints[0] == -1:
+                raise self._exhausted(ints, reply[3])
+            return ints, sent, recv
 
     # -- the operations --------------------------------------------------------------------
 
@@ -441,7 +551,20 @@ class RedisLimitStore:
     def _booking(self, amounts: Sequence[int], reply: list[int], sent: int, recv: int) -> Booking:
         wait_ns = reply[0] * _NS_PER_TICK
         ids = tuple(reply[2:]) if len(reply) > 2 else tuple(0 for _ in amounts)
-        return Booking(ids, tuple(amounts), wait_ns, sent, recv, self._margin_ns)
+        # The slot on the server's clock, and where it lies on ours.
+        slot_server_ns = (reply[1] + reply[0]) * _NS_PER_TICK
+        with self._clock_lock:
+            low, high = self._server_clock.bounds(recv)
+        return Booking(
+            ids,
+            tuple(amounts),
+            wait_ns,
+            sent,
+            recv,
+            self._margin_ns,
+            slot_ns=slot_server_ns - high,
+            start_ns=slot_server_ns - low,
+        )
 
     def reserve(
         self, amounts: Sequence[int], *, book: bool = True, release: Booking | None = None
@@ -513,6 +636,25 @@ class RedisLimitStore:
         args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
         with contextlib.suppress(*self._transient()):
             self.call(args, retry=False)
+
+    def _exhausted(self, reply: list[int], why: bytes | str) -> SharedQuotaExhausted:
+        text = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        left_s = (reply[2] - reply[1]) / TICKS_PER_S
+        return SharedQuotaExhausted(
+            f"quota exhausted on the shared key {self.key!r}, another process was told: {text} "
+            f"(no grant on this key for {left_s:.0f} s more; resume when the quota is back)"
+        )
+
+    def share_exhausted(self, why: str, hold_s: float = EXHAUSTED_HOLD_S) -> None:
+        """Tell every process on this key that the quota is exhausted (an answer said so, to
+        this process): their next grant raises :class:`~paceline.errors.QuotaExhausted` for
+        ``hold_s``. Never waits for an unreachable store (this process stops anyway)."""
+        ticks = round(hold_s * TICKS_PER_S)
+        args: list[Any] = ["x", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        said = "quota exhausted (resume when the quota is back): "  # an HTTP face's preamble
+        why = why[len(said) :] if why.startswith(said) else why
+        with contextlib.suppress(*self._transient()):
+            self.call([*args, redact_text(why)[:300]], retry=False)
 
     def run_raw(self, args: list[Any]) -> list[int]:
         """Run the script with raw arguments (tests drive it on their own clock)."""

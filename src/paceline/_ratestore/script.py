@@ -8,6 +8,13 @@ the server's clock only makes windows stricter). It mirrors the policy line by l
 - each limit is a sliding-window log: a sorted set of entries (score: the stamp, member: an id)
   and a hash of each entry's count; entries closer than ``coalesce`` to the newest one join it
   (the policy's bound on memory for huge limits); a stamp earlier than the newest entry joins it;
+- an entry is stamped with the *latest* moment its grant may start: its slot plus the margin
+  of the client that booked it (each client measures its own). A window of W then counts every
+  entry stamped after ``t - W``, whatever margin each was booked with: two grants can start
+  within W of each other only if the later slot comes less than W after the earlier's latest
+  start. (Stamping slots and lengthening the window by the booking client's margin would miss
+  an entry of a client with a larger margin than its own.) With one margin for all, this is
+  the policy's log with windows of W + margin, shifted by the margin;
 - an optional GCRA pacer per limit (``burst``) keeps its theoretical arrival time in the meta
   hash and forgives up to one interval of lateness for a grant that waited;
 - ``reserve`` *books*: when the grant cannot go now it is charged at the earliest slot every
@@ -25,14 +32,18 @@ server started less than one window ago, or the server's ``run_id`` changed (a f
 grant goes before one (longest) window has passed since the start or the change.
 
 KEYS: meta hash, then per limit: its sorted set, its hash of counts.
-ARGV: op ("r" reserve and book, "t" try without booking, "s" settle, "p" pause), now (ticks;
-"" reads TIME), ticks per second, fence (1/0), limit count L, then per limit 6 numbers: N,
-window (with this caller's margin), prune window (the longest window any caller uses),
-coalesce, GCRA interval (0: no pacer), GCRA tolerance; then for "r"/"t" L amounts; for "s" per
-limit: entry id, reserved amount, actual amount; for "p" the pause length in ticks. "r" may
+ARGV: op ("r" reserve and book, "t" try without booking, "s" settle, "p" pause, "x" quota
+exhausted), now (ticks;
+"" reads TIME), ticks per second, fence (1/0), limit count L, then per limit 7 numbers: N,
+window, this caller's margin, prune window (entries stamped earlier than now minus it are
+dropped; at least the window), coalesce, GCRA interval (0: no pacer), GCRA tolerance; then
+for "r"/"t" L amounts; for "s" per
+limit: entry id, reserved amount, actual amount; for "p" the pause length in ticks; for "x"
+how long to hold every grant (ticks) and why (text, kept in the meta hash's ``why``). "r" may
 add, per limit, the entry id and amount of a late booking to give back first (one round trip
 for the give-back and the new booking).
-Replies: "r"/"t": {wait, now, id per limit (0: not charged)}; "s": {0, now}; "p": {pause end, now}.
+Replies: "r"/"t": {wait, now, id per limit (0: not charged)}, or {-1, now, until, why} while
+the key's quota is marked exhausted; "s": {0, now}; "p": {pause end, now}; "x": {its end, now}.
 """
 
 from __future__ import annotations
@@ -55,13 +66,13 @@ local L = tonumber(ARGV[5])
 local lim = {}
 local longest = 0
 for i = 1, L do
-  local b = 5 + (i - 1) * 6
-  lim[i] = {n = tonumber(ARGV[b + 1]), w = tonumber(ARGV[b + 2]), pw = tonumber(ARGV[b + 3]),
-            co = tonumber(ARGV[b + 4]), iv = tonumber(ARGV[b + 5]), tol = tonumber(ARGV[b + 6]),
-            z = KEYS[2 * i], c = KEYS[2 * i + 1]}
-  if lim[i].pw > longest then longest = lim[i].pw end
+  local b = 5 + (i - 1) * 7
+  lim[i] = {n = tonumber(ARGV[b + 1]), w = tonumber(ARGV[b + 2]), j = tonumber(ARGV[b + 3]),
+            pw = tonumber(ARGV[b + 4]), co = tonumber(ARGV[b + 5]), iv = tonumber(ARGV[b + 6]),
+            tol = tonumber(ARGV[b + 7]), z = KEYS[2 * i], c = KEYS[2 * i + 1]}
+  if lim[i].pw + lim[i].j > longest then longest = lim[i].pw + lim[i].j end
 end
-local rest = 5 + L * 6
+local rest = 5 + L * 7
 
 -- Fence: bookings may have been lost (restart without them, or failover).
 local fence = tonumber(redis.call('HGET', meta, 'fence') or '0')
@@ -145,7 +156,8 @@ local function record_pacer(l, t, amount, waited)
   redis.call('HSET', meta, 'tat' .. l.i, base + l.iv * amount)
 end
 
-local function record_log(l, t, amount)
+local function record_log(l, slot, amount)
+  local t = slot + l.j  -- the latest start: what every window counts
   local newest = redis.call('ZRANGE', l.z, -1, -1, 'WITHSCORES')
   redis.call('HINCRBY', meta, 'h' .. l.i, amount)
   if #newest > 0 and t - tonumber(newest[2]) < l.co then
@@ -173,8 +185,14 @@ local function give_back(l, id, amount)
   end
 end
 
+local pause = tonumber(redis.call('HGET', meta, 'pause') or '0')
+local exhausted = tonumber(redis.call('HGET', meta, 'exhausted') or '0')
+
 local function keep(until_t)
-  -- keys live as long as their newest entry can matter, plus a second
+  -- keys live as long as their newest entry, a pause or an exhausted quota can matter, plus a
+  -- second
+  if pause > until_t then until_t = pause end
+  if exhausted > until_t then until_t = exhausted end
   local ms = math.ceil((until_t - now + longest) * 1000 / tps) + 1000
   redis.call('HSET', meta, 'last', now)
   if fence > now then redis.call('HSET', meta, 'fence', fence) end
@@ -186,7 +204,6 @@ local function keep(until_t)
 end
 
 for i = 1, L do lim[i].i = i end
-local pause = tonumber(redis.call('HGET', meta, 'pause') or '0')
 
 if op == 'r' or op == 't' then
   if #ARGV >= rest + 3 * L then
@@ -195,6 +212,11 @@ if op == 'r' or op == 't' then
       local id, amount = ARGV[rest + L + 2 * i - 1], tonumber(ARGV[rest + L + 2 * i])
       if amount > 0 and id ~= '0' then give_back(lim[i], id, amount) end
     end
+  end
+  if exhausted > now then
+    -- a process sharing the key was told the quota is exhausted: nothing is granted
+    keep(now)
+    return {-1, now, exhausted, redis.call('HGET', meta, 'why') or ''}
   end
   local amounts = {}
   local wait = 0
@@ -256,6 +278,14 @@ elseif op == 'p' then
   end
   keep(now)
   return {pause, now}
+elseif op == 'x' then
+  local till = now + tonumber(ARGV[rest + 1])
+  if till > exhausted then
+    exhausted = till
+    redis.call('HSET', meta, 'exhausted', exhausted, 'why', ARGV[rest + 2])
+  end
+  keep(now)
+  return {exhausted, now}
 end
 return redis.error_reply('paceline rate store: unknown op ' .. tostring(op))
 """

@@ -64,6 +64,16 @@ RateStoreOutage = Annotated[
         "wait for it; nothing starts without a grant).",
     ),
 ]
+RateMargin = Annotated[
+    float | None,
+    typer.Option(
+        "--rate-margin",
+        metavar="SECONDS",
+        help="Lengthen each --rate window by this much, so the limit holds for arrivals at the "
+        "server, which follow starts by a network delay that varies (default: 0.001; with "
+        "--rate-store 0.02, for machines at different distances from the server).",
+    ),
+]
 Concurrency = Annotated[
     str,
     typer.Option(
@@ -204,6 +214,7 @@ def _common(**values: Any) -> dict[str, Any]:
         "rate_store": values["rate_store"],
         "rate_key": values["rate_key"],
         "rate_store_outage_s": values["rate_store_outage"],
+        "rate_margin_s": values["rate_margin"],
         "concurrency": values["concurrency"],
         "retries": values["retries"],
         "timeout_s": values["timeout"],
@@ -301,6 +312,7 @@ def http_command(
     rate_store: RateStore = None,
     rate_key: RateKey = None,
     rate_store_outage: RateStoreOutage = None,
+    rate_margin: RateMargin = None,
     cost: Annotated[
         str | None,
         typer.Option(
@@ -382,6 +394,7 @@ def call_command(
     rate_store: RateStore = None,
     rate_key: RateKey = None,
     rate_store_outage: RateStoreOutage = None,
+    rate_margin: RateMargin = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,
@@ -423,6 +436,7 @@ def exec_command(
     rate_store: RateStore = None,
     rate_key: RateKey = None,
     rate_store_outage: RateStoreOutage = None,
+    rate_margin: RateMargin = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
     timeout: Timeout = None,

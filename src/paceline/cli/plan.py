@@ -149,7 +149,11 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
         write(f"  rate:        {_rates(spec.rates, plan.limiter, spec.burst is not None)}\n")
         store = None if plan.limiter is None else plan.limiter.store
         if store is not None:
-            write(f"  shared:      on {redact_text(store.url)}, key {store.key!r}\n")
+            margin_ms = max(lim.window_ns - lim.rate.window_ns for lim in store.limits) / 1e6
+            write(
+                f"  shared:      on {redact_text(store.url)}, key {store.key!r}, margin "
+                f"{margin_ms:g} ms (--rate-margin) + the lateness each process measures\n"
+            )
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")
         if isinstance(operation, HttpOperation):

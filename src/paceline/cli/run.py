@@ -46,7 +46,13 @@ from paceline.cli.output import (
     write_private,
 )
 from paceline.cli.spec import RunSpec, UsageError
-from paceline.errors import ErrorCode, InvalidArgument, InvalidState, RateStoreUnavailable
+from paceline.errors import (
+    ErrorCode,
+    InvalidArgument,
+    InvalidState,
+    QuotaExhausted,
+    RateStoreUnavailable,
+)
 from paceline.faces.batch import stream
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings
 from paceline.policy.halt import HaltRule
@@ -108,7 +114,29 @@ class Plan:
     lanes: Any = None
 
 
-def _limiter(rates: list[str], burst: int | None) -> RateLimiter:
+# --rate-margin's default with --rate-store: a limit shared by several machines holds for starts,
+# but the server counts arrivals, and each machine's requests take their own time to get there:
+# the margin must cover the spread of start-to-arrival delays among them. 20 ms covers machines
+# in one region (one-way delays of 1-5 ms) and the scheduling of a loaded host (arrivals
+# spread 5-15 ms past their starts with 16 threads a process on a loaded 2-core machine,
+# docs/benchmarks.md); it costs 2 % of a 1 s window and 0.03 % of a minute's. Machines in
+# several regions need --rate-margin of about their spread of one-way delays (0.1 or more).
+SHARED_RATE_MARGIN_S = 0.02
+
+
+def _margin_ns(spec: RunSpec) -> int | None:
+    """--rate-margin in ns; None: the limiter's own default (a local limit: at most 1 ms)."""
+    margin_s = spec.rate_margin_s
+    if margin_s is None:
+        margin_s = SHARED_RATE_MARGIN_S if spec.rate_store is not None else None
+    if margin_s is None:
+        return None
+    if not margin_s >= 0:
+        raise UsageError(f"--rate-margin {margin_s!r}: give seconds >= 0, e.g. 0.02")
+    return round(margin_s * 1e9)
+
+
+def _limiter(rates: list[str], burst: int | None, margin_ns: int | None = None) -> RateLimiter:
     """The --rate limits: requests paced evenly unless --burst says otherwise; a limit in
     another unit (tokens) is a window without even pacing unless --burst is given: an even
     schedule is never rewound when a settlement gives back the unused estimate, so it would
@@ -118,7 +146,7 @@ def _limiter(rates: list[str], burst: int | None) -> RateLimiter:
     for text in rates:
         rate = Rate.parse(text)
         even = 1 if burst is None and rate.unit == "requests" else burst
-        limits.append(Limit(rate, even))
+        limits.append(Limit(rate, even, margin_ns))
     return RateLimiter.from_rates(*limits)
 
 
@@ -165,7 +193,7 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     # bucket (nginx limit_req refuses back-to-back requests) than a window (issue 11).
     burst = 1 if spec.burst is None else spec.burst
     try:
-        limiter = _limiter(spec.rates, spec.burst) if spec.rates else None
+        limiter = _limiter(spec.rates, spec.burst, _margin_ns(spec)) if spec.rates else None
     except ValueError as exc:  # a --burst above a --rate's count
         raise UsageError(f"--{exc}; lower --burst, or raise the --rate count") from None
     if spec.rate_store is not None:
@@ -797,6 +825,10 @@ class Batch:
             self.halt_reason = str(exc)
             self._log(f"paceline: {exc}; stopping (exit 3): run the command again to resume")
             return "store_unreachable"
+        except QuotaExhausted as exc:  # the limiter: a process on the --rate-store key was told
+            self.halt_reason = f"quota exhausted: {exc}"
+            self._note_exhausted(str(exc))
+            return "done"
         finally:
             self._streaming = False
         return "interrupted" if self.stopping else "done"

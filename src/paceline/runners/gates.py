@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 from paceline._limiter import Grant, RateLimiter
+from paceline._ratestore import SharedQuotaExhausted
 from paceline.errors import InvalidArgumentType
+from paceline.policy.answers import Verdict, verdict_of
 from paceline.policy.cost import Cost
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
@@ -198,9 +200,14 @@ def shared_limiter_of(limiter: object | None, lanes: object | None = None) -> Ra
 
 
 def share_pause(shared: RateLimiter | None, error: BaseException) -> None:
-    """A Retry-After seen by this process pauses every process on the shared store's key
-    (docs/design.md, 'Shared limit store'): each would otherwise learn it from its own 429."""
+    """A Retry-After seen by this process pauses every process on the shared store's key, and
+    an exhausted quota stops them (docs/design.md, 'Shared limit store'): each would otherwise
+    learn it from its own answers."""
     if shared is None or shared.store is None:
+        return
+    if verdict_of(error) is Verdict.EXHAUSTED and not isinstance(error, SharedQuotaExhausted):
+        # (the store's own error is another process's mark coming back: not marked again)
+        shared.store.share_exhausted(str(error))
         return
     retry_after = retry_after_of(error)
     if retry_after and retry_after > 0:
