@@ -22,7 +22,7 @@ from typing import Any
 
 from paceline._results import error_code_for
 from paceline.errors import PacelineError
-from paceline.policy.retry import RetryBudget, RetryPolicy, retry_after_of
+from paceline.policy.retry import RetryBudget, RetryPolicy, is_throttle, retry_after_of
 from paceline.runners.async_runner import AsyncRunner
 from paceline.runners.dask_limiter import LimiterLost
 from paceline.runners.settle import AttemptInfo, RunOptions
@@ -59,6 +59,11 @@ class ChunkResult:
     elapsed_ns: int
     unfinished: list[int] = field(default_factory=list)
     limiter_error: str | None = None
+    # Per position, of the item's attempts those throttled (429, 503, ``Throttled``: what the
+    # CLI's progress counts apart from errors); items with none are left out.
+    throttles: dict[int, int] = field(default_factory=dict)
+    # Per position, the HTTP status of a failed item's last answer, when it had one.
+    statuses: dict[int, int] = field(default_factory=dict)
 
 
 def _encoded(value: Any, codec: Codec | None, index: int, item: Any) -> Any:
@@ -90,10 +95,26 @@ def _failure(index: int, exc: BaseException, info: AttemptInfo) -> Outcome:
     )
 
 
+def _note_throttle(throttles: dict[int, int], index: int, exc: BaseException) -> None:
+    """Count a failed attempt of item ``index`` that was a throttle (as the CLI's local
+    progress counts it: :func:`~paceline.policy.retry.is_throttle`)."""
+    if is_throttle(exc):
+        throttles[index] = throttles.get(index, 0) + 1
+
+
+def _note_status(statuses: dict[int, int], index: int, exc: BaseException) -> None:
+    """Keep the HTTP status of item ``index``'s failure, when its error has one."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        statuses[index] = status
+
+
 def run_chunk(spec: ChunkSpec, pairs: list[Pair]) -> ChunkResult:
     """Run ``pairs`` on this worker (the Dask task of one chunk)."""
     started = time.monotonic_ns()
     outcomes: list[Outcome] = []
+    throttles: dict[int, int] = {}
+    statuses: dict[int, int] = {}
     operation, limiter, codec = spec.operation, spec.limiter, spec.codec
     pause = getattr(limiter, "pause", None)
 
@@ -101,6 +122,7 @@ def run_chunk(spec: ChunkSpec, pairs: list[Pair]) -> ChunkResult:
         try:
             return await operation(pair[1])
         except Exception as exc:
+            _note_throttle(throttles, pair[0], exc)
             seconds = retry_after_of(exc)
             if pause is not None and seconds is not None and seconds > 0:
                 await asyncio.to_thread(pause, seconds)
@@ -117,6 +139,7 @@ def run_chunk(spec: ChunkSpec, pairs: list[Pair]) -> ChunkResult:
 
     def err(_i: int, pair: Pair, exc: BaseException, info: AttemptInfo) -> None:
         outcomes.append(_failure(pair[0], exc, info))
+        _note_status(statuses, pair[0], exc)
 
     weight = spec.weight
     options: RunOptions[Pair, Any, None] = RunOptions(
@@ -140,5 +163,8 @@ def run_chunk(spec: ChunkSpec, pairs: list[Pair]) -> ChunkResult:
     except LimiterLost as exc:
         done = {outcome[0] for outcome in outcomes}
         unfinished = [index for index, _item in pairs if index not in done]
-        return ChunkResult(outcomes, time.monotonic_ns() - started, unfinished, str(exc))
-    return ChunkResult(outcomes, time.monotonic_ns() - started)
+        result = ChunkResult(outcomes, time.monotonic_ns() - started, unfinished, str(exc))
+    else:
+        result = ChunkResult(outcomes, time.monotonic_ns() - started)
+    result.throttles, result.statuses = throttles, statuses
+    return result
