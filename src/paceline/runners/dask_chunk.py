@@ -5,7 +5,9 @@ A chunk runs on a Dask worker with paceline's :class:`~paceline.runners.async_ru
 token from the batch's shared limiter right before every attempt, retries included. What goes
 back to the driver is plain data: per item its index, whether it succeeded, its value encoded
 the way the journal stores it (the batch's codec, then JSON-ready), or its error's message,
-type name and code; and how long the chunk took (the driver sizes the next chunks from it).
+type name and code; per item, how many of its attempts were throttled and the HTTP status of
+a failure's last answer (the driver's progress counts throttles apart from errors, ``--out``
+shows the status); and how long the chunk took (the driver sizes the next chunks from it).
 
 An error that carries a server's ``retry_after`` also pauses the shared limiter (when it can
 pause: the cluster's actor can), so a 429 holds back every worker sharing the limit, not only
