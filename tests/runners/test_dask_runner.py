@@ -197,6 +197,29 @@ def test_an_exhausted_quota_stops_the_batch_and_leaves_its_items_for_the_resume(
         assert sorted(o.key for o in journal.outcomes()) == [item_key(n) for n in range(3)]
 
 
+async def throttled_then_exhausted(x: str) -> str:
+    if x == "waits":  # told to come back in 2 s: waiting for its retry when the quota ends
+        raise Throttled(retry_after=2.0)
+    await asyncio.sleep(0.2)
+    raise QuotaExhausted("insufficient_quota: the credit is gone")
+
+
+def test_an_item_waiting_for_its_retry_when_the_quota_ends_is_left_for_the_resume(
+    client, tmp_path: Path
+):
+    path = tmp_path / "waited.journal"
+    runner = DaskRunner(client, chunk_items=2)
+    results = asyncio.run(
+        batch_execute(
+            ["waits", "spends"], throttled_then_exhausted, runner=runner, retry=3, journal=path
+        )
+    )
+    assert type(results[0].error).__name__ == "Throttled"  # settled with its last error
+    assert results[1].error_code is ErrorCode.QUOTA_EXHAUSTED
+    with Journal.open(path, fingerprint="read", reuse=True) as journal:
+        assert list(journal.outcomes()) == []  # as a local run: both run again on resume
+
+
 def test_a_batch_resumes_from_its_journal_on_the_cluster_and_locally(client, tmp_path: Path):
     path = tmp_path / "resume.journal"
     with ApiServer(ApiConfig(base_latency_s=0)) as server:

@@ -445,6 +445,11 @@ class _Drive(Generic[K, T, R]):
             # As a local run: not journaled (resume sends it again), the batch stops soon.
             settler.settle_exhausted(job, error, started_ns, duration_ns)
             return
+        if self.chunk_result is not None and index in self.chunk_result.waited:
+            # Waiting for a retry when the quota ran out on its worker: as locally, resume
+            # runs it again.
+            settler.settle_failure(job, error, started_ns, duration_ns, journal=False)
+            return
         if settler.give_up is not None and not self.state.stopped:
             reason = settler.give_up.failure(time.monotonic_ns())
             if reason is not None:
