@@ -177,3 +177,31 @@ def test_exec_key_on_a_cluster_is_the_local_one(work: Path) -> None:
     assert {row["result"]["stdout"].strip() for row in rows} == {
         stable_key(batch_id, row["id"]) for row in rows
     }
+
+
+def test_a_quota_exhausted_on_a_worker_stops_the_batch_and_a_plain_resume_finishes_it(
+    work: Path,
+) -> None:
+    back = work / "quota-back"  # the quota is back once this file exists
+    (work / "spend.py").write_text(
+        "import pathlib\n"
+        "from paceline import QuotaExhausted\n"
+        "def spend(row):\n"
+        f"    if int(row['n']) >= 5 and not pathlib.Path({str(back)!r}).exists():\n"
+        "        raise QuotaExhausted('insufficient_quota: the credit is gone')\n"
+        "    return {'n': int(row['n'])}\n"
+    )
+    _rows(work / "in.csv", 0, 60, header=True)
+    command = ["--dask", "local:2", "--journal", "j.journal", "-j", "2", "--no-report"]
+    done = paceline("call", "spend:spend", "in.csv", *command, cwd=work)
+    assert done.returncode == 3, done.stderr
+    assert "stopped: a quota is exhausted" in done.stderr
+    assert "continue with: paceline resume j.journal\n" in done.stderr
+    # items 0-4 ran before the first refusal; the ones it failed are left for the resume
+    assert len(_journaled(work / "j.journal")) == 5
+    back.touch()
+    again = paceline("resume", "j.journal", "--dask", "local:2", "--out", "o.jsonl", cwd=work)
+    assert again.returncode == 0, again.stderr
+    assert len(set(_journaled(work / "j.journal"))) == 60
+    written = [json.loads(line) for line in (work / "o.jsonl").read_text().splitlines()]
+    assert sum(1 for row in written if row.get("restored")) == 5

@@ -23,8 +23,15 @@ distributed = (
     else pytest.importorskip("distributed")
 )
 
-from paceline import DaskRunner, RateLimiter, Throttled, batch_execute  # noqa: E402
-from paceline.runners.dask_runner import ChunkNotSerializable  # noqa: E402
+from paceline import (  # noqa: E402
+    DaskRunner,
+    ErrorCode,
+    QuotaExhausted,
+    RateLimiter,
+    Throttled,
+    batch_execute,
+)
+from paceline.runners.dask_runner import ChunkNotSerializable, ItemAttempts  # noqa: E402
 from paceline.stores import Journal, item_key  # noqa: E402
 from paceline.testing.api_server import ApiConfig, ApiServer  # noqa: E402
 
@@ -148,6 +155,7 @@ def test_a_retry_after_pauses_every_worker_sharing_the_limit(client):
     # higher. After the first 429s the cluster's limiter holds every worker for the
     # Retry-After, so the batch does not keep hammering the server.
     config = ApiConfig(quota=5, window_s=2, retry_after=True, base_latency_s=0)
+    told: list[ItemAttempts] = []
     with ApiServer(config) as server:
         results = asyncio.run(
             batch_execute(
@@ -155,15 +163,61 @@ def test_a_retry_after_pauses_every_worker_sharing_the_limit(client):
                 fetcher(server.url),
                 rate_limiter=RateLimiter("100/s"),
                 retry=10,
-                runner=DaskRunner(client),
+                runner=DaskRunner(client, on_attempts=told.append),
             )
         )
         stats = server.stats()
     assert all(r.is_success for r in results)
     assert stats["accepted"] == 15
+    # each item's throttled attempts came back with it: every 429 the server sent, once
+    assert sorted(t.index for t in told) == list(range(15))
+    assert sum(t.throttled for t in told) == stats["throttled_429"]
+    assert sum(t.attempts for t in told) == 15 + stats["throttled_429"]
     # Without the shared pause each of the ~10 held items retried on its own backoff; with it
     # a window's 429s are those in flight when the first one came back.
     assert stats["throttled_429"] <= 15
+
+
+def test_an_exhausted_quota_stops_the_batch_and_leaves_its_items_for_the_resume(
+    client, tmp_path: Path
+):
+    async def spend(x: int) -> int:
+        if x >= 3:
+            raise QuotaExhausted("insufficient_quota: the credit is gone")
+        return x
+
+    path = tmp_path / "quota.journal"
+    runner = DaskRunner(client, chunk_items=10, chunks_in_flight=1)
+    results = asyncio.run(batch_execute(range(50), spend, runner=runner, journal=path))
+    assert [r.value for r in results[:3]] == [0, 1, 2]
+    assert results[3].is_failure
+    assert results[3].error_code is ErrorCode.QUOTA_EXHAUSTED
+    assert not any(r.is_success for r in results[3:])  # the chunks after it never went out
+    with Journal.open(path, fingerprint="read", reuse=True) as journal:
+        assert sorted(o.key for o in journal.outcomes()) == [item_key(n) for n in range(3)]
+
+
+async def throttled_then_exhausted(x: str) -> str:
+    if x == "waits":  # told to come back in 2 s: waiting for its retry when the quota ends
+        raise Throttled(retry_after=2.0)
+    await asyncio.sleep(0.2)
+    raise QuotaExhausted("insufficient_quota: the credit is gone")
+
+
+def test_an_item_waiting_for_its_retry_when_the_quota_ends_is_left_for_the_resume(
+    client, tmp_path: Path
+):
+    path = tmp_path / "waited.journal"
+    runner = DaskRunner(client, chunk_items=2)
+    results = asyncio.run(
+        batch_execute(
+            ["waits", "spends"], throttled_then_exhausted, runner=runner, retry=3, journal=path
+        )
+    )
+    assert type(results[0].error).__name__ == "Throttled"  # settled with its last error
+    assert results[1].error_code is ErrorCode.QUOTA_EXHAUSTED
+    with Journal.open(path, fingerprint="read", reuse=True) as journal:
+        assert list(journal.outcomes()) == []  # as a local run: both run again on resume
 
 
 def test_a_batch_resumes_from_its_journal_on_the_cluster_and_locally(client, tmp_path: Path):

@@ -24,7 +24,6 @@ long-lived ``dask worker`` that serves many batches closes the oldest).
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -195,27 +194,4 @@ def _worker_threads() -> int:
         return 1
 
 
-# -- the driver's side ------------------------------------------------------------------------
-
-# An HttpStatusError's message: an optional cause ("quota exhausted (...): ") then "HTTP 404".
-_STATUS = re.compile(r"(?:^|: )HTTP (\d{3})(?::|$)")
-
-
-def restore_status(error: BaseException | None) -> None:
-    """Give an HTTP failure rebuilt from a worker (a ``RemoteError`` named ``HttpStatusError``)
-    its ``status_code`` back, from its message, so ``--out`` shows ``"status"`` as a local run
-    does (the runner sends back the message, type name and error code only).
-
-    >>> from paceline.runners.dask_runner import remote_error
-    >>> error = remote_error("HTTP 404: no such item", "HttpStatusError", "not_found")
-    >>> restore_status(error); error.status_code
-    404
-    """
-    if getattr(error, "remote_type", None) != "HttpStatusError":
-        return
-    found = _STATUS.search(str(error))
-    if found is not None:
-        error.status_code = int(found.group(1))  # type: ignore[union-attr]
-
-
-__all__ = ["MAX_CLIENTS", "HttpOnWorker", "HttpSettings", "restore_status"]
+__all__ = ["MAX_CLIENTS", "HttpOnWorker", "HttpSettings"]

@@ -243,17 +243,19 @@ def _bad_row(error: BaseException | None) -> bool:
     return isinstance(error, BadInputRow) or getattr(error, "remote_type", None) == "BadInputRow"
 
 
-def _attempts_seen(metrics: Metrics, result: Any) -> None:
-    """An item settled on a Dask worker: its attempts, counted here once it is back (the
-    progress of a --dask run lags its workers by a chunk)."""
-    attempts = max(1, result.attempts)
-    each_s = (result.duration_s or 0.0) / attempts
+def _attempts_seen(metrics: Metrics, told: Any) -> None:
+    """An item's attempts on a Dask worker (a ``runners.dask_runner.ItemAttempts``), counted
+    here once it is back as a local run counts them one by one: the throttled ones apart from
+    the errors (the progress of a --dask run lags its workers by a chunk)."""
+    if told.error_type == "BadInputRow":
+        return  # a row that never became a request: no attempt of ours, as locally
+    attempts = max(1, told.attempts)
+    failures = attempts if not told.success else attempts - 1
     for number in range(attempts):
-        last = number == attempts - 1
         metrics.attempt_started(number == 0)
-        failed = not last or not result.success
-        throttled = last and failed and is_throttle(result.exception)
-        metrics.attempt_ended(each_s, throttled=throttled, failed=failed)
+        failed = number < failures  # which ones failed does not change the counts
+        throttled = failed and number < told.throttled
+        metrics.attempt_ended(told.duration_s, throttled=throttled, failed=failed)
 
 
 def _worth_retrying(error: BaseException) -> bool:
@@ -735,7 +737,13 @@ class Batch:
         stack = contextlib.ExitStack()
         client = await asyncio.to_thread(stack.enter_context, dask_client(self.spec.dask))
         cluster.push_async_callback(asyncio.to_thread, stack.close)
-        return DaskRunner(client)
+        loop, metrics = asyncio.get_running_loop(), self.metrics
+        assert metrics is not None
+
+        def seen(told: Any) -> None:  # on the driver's thread: counted on this loop, before
+            loop.call_soon_threadsafe(_attempts_seen, metrics, told)  # the item's result
+
+        return DaskRunner(client, on_attempts=seen)
 
     async def _stream_with(
         self,
@@ -797,11 +805,6 @@ class Batch:
                 async for result in settled:
                     # a bad row or a duplicate id fails without an attempt of ours
                     attempted = result.attempts > 0 and not _bad_row(result.exception)
-                    if runner is not None and attempted and not result.restored:
-                        from paceline.cli.dask_http import restore_status
-
-                        restore_status(result.exception)  # --out's "status", as locally
-                        _attempts_seen(metrics, result)
                     if result.error_code is ErrorCode.QUOTA_EXHAUSTED:
                         self._note_exhausted(result.error)
                     metrics.settled(
@@ -964,10 +967,7 @@ class Batch:
             if metrics.budget_exhausted:
                 err.write(budget_line(metrics.budget_exhausted) + "\n")
             if journal is not None and code != EXIT_OK:
-                # On Dask an item an exhausted quota failed is journaled (docs/design.md,
-                # "paceline http --dask"): only --retry-failed sends it again.
-                again = reason == "failed" or (reason == "exhausted" and self.spec.dask is not None)
-                hint = resume_hint(journal.path, retry_failed=again)
+                hint = resume_hint(journal.path, retry_failed=reason == "failed")
                 raised = _raised_cap(self.halt_reason)
                 if raised:  # a budget cap: resuming needs it raised (--halt replaces it)
                     hint += f" --halt {raised}"

@@ -35,10 +35,11 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from paceline._limiter import RateLimiter
-from paceline.errors import InvalidArgument, InvalidArgumentType, PacelineError
+from paceline.errors import ErrorCode, InvalidArgument, InvalidArgumentType, PacelineError
 from paceline.policy.batch import BatchState
 from paceline.policy.rate import NS_PER_S
 from paceline.runners._common import sized_length
@@ -92,9 +93,12 @@ class ChunkNotSerializable(InvalidArgumentType):
 class RemoteError(PacelineError):
     """An item's failure on a Dask worker, rebuilt on the driver: the message and error code
     of the original exception; :attr:`remote_type` is its type's name (the class of the
-    exception is a subclass of this one named after it, so the journal keeps that name)."""
+    exception is a subclass of this one named after it, so the journal keeps that name);
+    :attr:`status_code` the HTTP status of its last answer, when it had one."""
 
     remote_type = "RemoteError"
+    # The HTTP status of the item's last answer on its worker, when it had one.
+    status_code: int | None = None
 
     def __init__(self, message: str, error_code: str) -> None:
         super().__init__(message)
@@ -113,6 +117,25 @@ def remote_error(message: str, type_name: str, error_code: str) -> RemoteError:
     return cls(message, error_code)
 
 
+@dataclass(frozen=True, slots=True)
+class ItemAttempts:
+    """How one item's attempts went on its Dask worker, told to ``DaskRunner(on_attempts=)``
+    right before the item settles on the driver: ``attempts`` in all, of them ``throttled``
+    (429, 503, a raised ``Throttled``), whether the last one succeeded, the last one's
+    ``duration_s``, and the failure's type name (``None`` on success).
+
+    >>> ItemAttempts(index=3, attempts=3, throttled=2, success=True, duration_s=0.01).throttled
+    2
+    """
+
+    index: int
+    attempts: int
+    throttled: int
+    success: bool
+    duration_s: float
+    error_type: str | None = None
+
+
 class DaskRunner:
     """Run a batch's items on a Dask cluster, with the journal and the progress on this side.
 
@@ -126,7 +149,10 @@ class DaskRunner:
     ``chunks_in_flight`` bounds the chunks sent and not yet settled (default: 2 per worker
     thread); ``limiter_margin_s`` is the cluster limiter's margin between a slot and the latest
     start it allows, ``limiter_timeout_s`` how long a worker waits for its answer before it
-    calls it lost (see :mod:`paceline.runners.dask_limiter`).
+    calls it lost (see :mod:`paceline.runners.dask_limiter`). ``on_attempts`` is called on
+    the driver's thread with an :class:`ItemAttempts` for each item back from a worker, right
+    before it settles: the attempts that ran there, the throttled ones among them (a local run's
+    progress counts them attempt by attempt; here they come back with the item).
 
     Operations, items and the limiter must pickle (cloudpickle: lambdas and closures do);
     results travel back JSON-ready, as the journal stores them (``codec=`` for other types).
@@ -145,6 +171,7 @@ class DaskRunner:
         chunks_in_flight: int | None = None,
         limiter_margin_s: float = DEFAULT_MARGIN_S,
         limiter_timeout_s: float = ACTOR_TIMEOUT_S,
+        on_attempts: Callable[[ItemAttempts], None] | None = None,
     ) -> None:
         for name, value in (("chunk_items", chunk_items), ("chunks_in_flight", chunks_in_flight)):
             if value is not None and (
@@ -163,6 +190,7 @@ class DaskRunner:
         if not limiter_timeout_s > 0:
             raise InvalidArgument(f"limiter_timeout_s={limiter_timeout_s!r}: seconds above 0")
         self.limiter_timeout_s = limiter_timeout_s
+        self.on_attempts = on_attempts
 
     def __repr__(self) -> str:
         return f"DaskRunner({self.client!r})"
@@ -233,6 +261,7 @@ class _Drive(Generic[K, T, R]):
         self.again: list[int] = []  # positions to send again (their limiter was lost)
         self.exhausted = False
         self.resent = 0  # chunks the scheduler cancelled and the driver sent again
+        self.chunk_result: ChunkResult | None = None  # the chunk whose items are settling
         # Finished chunks, fetched by _fetch: (future, result, error).
         self.completed: queue.Queue[tuple[Any, ChunkResult | None, BaseException | None]] = (
             queue.Queue()
@@ -393,6 +422,7 @@ class _Drive(Generic[K, T, R]):
             raise self._lost(exc) from exc
         assert result is not None
         self._resize(len(chunk), result.elapsed_ns)
+        self.chunk_result = result  # its items' throttles and statuses, read as they settle
         for outcome in result.outcomes:
             self._settle(outcome)
             if self.state.stopped and self.state.halt_now:
@@ -429,13 +459,22 @@ class _Drive(Generic[K, T, R]):
         index, success, data, attempts, started_ns, duration_ns = outcome
         job = self.jobs.pop(index)
         job.attempt = attempts
+        self._tell_attempts(outcome)
         settler = self.settler
         if success:
             value = self.codec.decode(data) if self.codec is not None else data
             settler.success(job, value, started_ns, duration_ns)
             return
-        message, type_name, error_code = data
-        error = remote_error(message, type_name, error_code)
+        error = self._remote_failure(index, data)
+        if error.error_code == ErrorCode.QUOTA_EXHAUSTED.value:
+            # As a local run: not journaled (resume sends it again), the batch stops soon.
+            settler.settle_exhausted(job, error, started_ns, duration_ns)
+            return
+        if self.chunk_result is not None and index in self.chunk_result.waited:
+            # Waiting for a retry when the quota ran out on its worker: as locally, resume
+            # runs it again.
+            settler.settle_failure(job, error, started_ns, duration_ns, journal=False)
+            return
         if settler.give_up is not None and not self.state.stopped:
             reason = settler.give_up.failure(time.monotonic_ns())
             if reason is not None:
@@ -443,6 +482,36 @@ class _Drive(Generic[K, T, R]):
         settler.settle_failure(job, error, started_ns, duration_ns)
         if settler.failure is not None:
             raise settler.failure
+
+    def _remote_failure(self, index: int, data: Any) -> RemoteError:
+        """An item's failure rebuilt from its worker's ``(message, type name, error code)``,
+        with the ``status_code`` of its last HTTP answer when it had one (as ``--out`` shows
+        it locally)."""
+        message, type_name, error_code = data
+        error = remote_error(message, type_name, error_code)
+        status = self.chunk_result.statuses.get(index) if self.chunk_result else None
+        if status is not None:
+            error.status_code = status
+        return error
+
+    def _tell_attempts(self, outcome: Outcome) -> None:
+        """Tell ``on_attempts`` how an item's attempts went on its worker (before it
+        settles)."""
+        tell = self.runner.on_attempts
+        if tell is None:
+            return
+        index, success, data, attempts, _started_ns, duration_ns = outcome
+        result = self.chunk_result
+        tell(
+            ItemAttempts(
+                index=index,
+                attempts=attempts,
+                throttled=result.throttles.get(index, 0) if result is not None else 0,
+                success=success,
+                duration_s=duration_ns / NS_PER_S,
+                error_type=None if success else data[1],
+            )
+        )
 
     def _limiter_lost(self, result: ChunkResult) -> None:
         """The chunk's limiter stopped answering: host a fenced successor (once for all the
@@ -491,6 +560,7 @@ __all__ = [
     "ChunkNotSerializable",
     "ClusterLost",
     "DaskRunner",
+    "ItemAttempts",
     "RemoteError",
     "remote_error",
 ]

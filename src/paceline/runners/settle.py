@@ -311,8 +311,7 @@ class Settler(Generic[K, T, R]):
         retry = options.retry
         job.grant = None  # a failed attempt keeps its estimate (see RunOptions.cost)
         if verdict_of(error) is Verdict.EXHAUSTED:
-            self._quota_exhausted(job, error)
-            self.settle_failure(job, error, started_ns, elapsed_ns, journal=False)
+            self.settle_exhausted(job, error, started_ns, elapsed_ns)
             return None
         if self.give_up is not None and not self.state.stopped:
             reason = self.give_up.failure(time.monotonic_ns())
@@ -332,6 +331,14 @@ class Settler(Generic[K, T, R]):
                 error = decision.error
         self.settle_failure(job, error, started_ns, elapsed_ns)
         return None
+
+    def settle_exhausted(
+        self, job: Job[K], error: BaseException, started_ns: int, elapsed_ns: int
+    ) -> None:
+        """Settle the item as failed by an exhausted quota: not journaled (``resume`` runs it
+        once the quota is back), and nothing more is sent where the quota is gone."""
+        self._quota_exhausted(job, error)
+        self.settle_failure(job, error, started_ns, elapsed_ns, journal=False)
 
     def _quota_exhausted(self, job: Job[K], error: BaseException) -> None:
         """Stop sending where the quota is gone: close the item's lane (its server; the runner
