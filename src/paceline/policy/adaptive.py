@@ -7,8 +7,10 @@ Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Ad
    quota): one attempt at a time, after a step of 1 s that doubles up to 64 s, each wait drawn
    between half the step and the whole step (equal jitter: a probe sent at once learns nothing)
    — but never waiting more than half the time since the cycle's first success, and going just
-   after each round window (1 s, 2 s, 5 s, ... 60 s, ... 1 h) since then, so the probe that gets
-   through is only a little late. A probe that needed several tries ends a *long-window cycle*:
+   after each round window (1 s, 2 s, 5 s, ... 60 s, ... 1 h) since that success was answered
+   (the latest the server can have counted it), so the probe that gets through is only a little
+   late. A probe lost without an answer (a dropped connection, a timeout) is sent again at once:
+   it says nothing about the window. A probe that needed several tries ends a *long-window cycle*:
    its successes are the quota N, the time from its first success to the probe bounds the window
    W (the last throttle bounds it from below), and the rate is handed over to N/W less the
    margin. Later cycles (the rate crept over N/W) probe no sooner than the known lower bound,
@@ -359,6 +361,9 @@ class AdaptiveController:
     # up one window after it), its successes, and the send time of its last throttled attempt
     # (the window is longer than that attempt's distance from the first success).
     _cycle_first_ns: int | None = None
+    # when that first success was answered: the latest it can have been counted (a new
+    # connection's first request reaches the server tens of ms after it starts)
+    _cycle_first_answer_ns: int | None = None
     _cycle_successes: int = 0
     _cycle_throttled_ns: int | None = None
     _window_ns: tuple[int, int] | None = None  # a long window learned from cycles: (lo, hi]
@@ -424,7 +429,7 @@ class AdaptiveController:
         self._probing = self._probe_in_flight = self._one_at_a_time = False
         self._probe_attempt = self._aftershocks = 0
         self._recovered = True
-        self._cycle_first_ns = self._cycle_throttled_ns = None
+        self._cycle_first_ns = self._cycle_throttled_ns = self._cycle_first_answer_ns = None
         self._cycle_successes = 0
         self._window_ns = None
         self.events.append((now_ns, "quota", 0.0))
@@ -529,7 +534,14 @@ class AdaptiveController:
         elif outcome is Outcome.CAPACITY:
             self._on_congestion(now_ns, ticket, cut_rate=False)
         if ticket.probe and outcome is not Outcome.SUCCESS and self._probing:
-            self._schedule_probe(now_ns)
+            if outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD:
+                self._schedule_probe(now_ns)
+            else:
+                # Lost without a word on the quota (a dropped connection, a timeout, the
+                # operation's own error): the window may well be open — a POST processed and
+                # then dropped was counted by it. Probe again now, not one step later: counted
+                # as a closed window, two drops in a row took a 1 s window for 3 s (issue 14).
+                self.events.append((now_ns, "probe lost", 0.0))
 
     def _on_success(self, now_ns: int, ticket: Ticket) -> None:
         settings = self.settings
@@ -546,12 +558,14 @@ class AdaptiveController:
             # The probe is the first success of a new cycle (a short window freed up within a
             # probe or two: the cut rate stands).
             self._cycle_first_ns, self._cycle_successes = ticket.sent_ns, 0
+            self._cycle_first_answer_ns = now_ns
             self._cycle_throttled_ns = None
             self.events.append((now_ns, "probe-ok", self.rate_per_s or 0.0))
         self._answer(throttled=False)
         self._cycle_successes += 1
         if self._cycle_first_ns is None or ticket.sent_ns < self._cycle_first_ns:
             self._cycle_first_ns = ticket.sent_ns
+            self._cycle_first_answer_ns = now_ns
         successes = self._recent_successes
         successes.append(ticket.sent_ns)
         while successes and successes[0] <= now_ns - NS:
@@ -975,8 +989,14 @@ class AdaptiveController:
                 lo = known[0] / NS
                 fine = settings.probe_fine_fraction * lo
                 delay = lo + fine - elapsed if elapsed < lo else min(delay, fine)
+            # A round window frees the first success's slot one window after the server
+            # counted it: no later than its answer (measured: a new connection's first request
+            # answered 64 ms after it started; timed from the start, the 1 s probe came 20 ms
+            # early and a 1 s window was learned as 1.5 s, 0.64 of the quota).
+            answered = self._cycle_first_answer_ns
+            since_answer = elapsed if answered is None else (now_ns - answered) / NS
             for window in settings.probe_windows_s:
-                at = window * (1 + settings.probe_window_slack) - elapsed
+                at = window * (1 + settings.probe_window_slack) - since_answer
                 if at > 0 and (known is None or window * NS > known[0]):
                     delay = min(delay, at)
                     break
