@@ -870,3 +870,40 @@ def test_answers_lost_after_the_server_counted_them_count_in_the_accepted_rate()
     c.finished(26 * MS, refused, Outcome.THROTTLE)
     assert c.rate_per_s == pytest.approx(41.0)
     assert (26 * MS, "smooth", 41.0) in c.events
+
+
+def test_one_cut_with_retry_after_hands_over_at_the_rate_a_full_window_accepted():
+    # Issue 14: each throttle of a server that sends Retry-After costs a pause (a whole second
+    # as most send it). Cut to 0.8x and grown back, the second cut cost a second pause: 0.85
+    # of a 100/s quota over 20 s. The first cut holds 0.97 of what the window accepted.
+    c = controller(initial_concurrency=200)
+    burst = [c.started(i * MS, i, False) for i in range(100)]
+    for ticket in burst:
+        c.finished(ticket.sent_ns + 20 * MS, ticket, Outcome.SUCCESS)
+    refused = c.started(140 * MS, 0, False)
+    c.finished(150 * MS, refused, Outcome.THROTTLE, retry_after_s=1.0)
+    assert c.learned
+    assert c.rate_per_s == pytest.approx(100 * 0.97)
+    assert c.pause_until_ns == 1150 * MS
+    assert [what for _, what, _ in c.events] == ["pause", "rate"]
+    # and it grows +0.1 %/s from there, never by doubling
+    now = c.pause_until_ns
+    waited = False
+    while now < 3150 * MS:
+        decision = c.decide(now, 0)
+        if not decision.go:
+            now += decision.wait_ns
+            waited = decision.rate
+            continue
+        c.finished(now + MS, c.started(now, 0, waited), Outcome.SUCCESS)
+    assert c.rate_per_s == pytest.approx(97 * 1.002, rel=1e-3)
+
+
+def test_without_retry_after_one_cut_is_not_yet_a_learned_quota():
+    c = controller(initial_concurrency=200)
+    burst = [c.started(i * MS, i, False) for i in range(100)]
+    for ticket in burst:
+        c.finished(ticket.sent_ns + 20 * MS, ticket, Outcome.SUCCESS)
+    c.finished(150 * MS, c.started(140 * MS, 0, False), Outcome.THROTTLE)
+    assert not c.learned
+    assert [what for _, what, _ in c.events] == ["smooth"]
