@@ -5,6 +5,8 @@ import random
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, describe
 from tests.policy.sim_adaptive import (
@@ -907,3 +909,29 @@ def test_without_retry_after_one_cut_is_not_yet_a_learned_quota():
     c.finished(150 * MS, c.started(140 * MS, 0, False), Outcome.THROTTLE)
     assert not c.learned
     assert [what for _, what, _ in c.events] == ["smooth"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(outcomes=st.lists(st.sampled_from([Outcome.THROTTLE, Outcome.CAPACITY, Outcome.IGNORE])))
+def test_only_throttled_probes_step_the_probing_on(outcomes):
+    # Whatever mix of refused and lost probes: the probe's step counts the refused ones only,
+    # and a lost probe goes again at once.
+    c = controller(initial_concurrency=8, probe_after_cuts=1)
+    c.finished(10 * MS, c.started(0, 0, False), Outcome.SUCCESS)
+    c.finished(20 * MS, c.started(10 * MS, 0, False), Outcome.THROTTLE)  # smooth: a cut
+    c.finished(30 * MS, c.started(25 * MS, 0, False), Outcome.THROTTLE)  # aftershock: probe
+    assert c._probing
+    assert c._probe_attempt == 1
+    now, refused = 30 * MS, 0
+    for outcome in outcomes:
+        decision = c.decide(now, 0)
+        now += decision.wait_ns
+        ticket = c.started(now, 0, False)
+        assert ticket.probe
+        now += 5 * MS
+        c.finished(now, ticket, outcome)
+        refused += outcome is Outcome.THROTTLE
+        assert c._probing
+        assert c._probe_attempt == 1 + refused
+        if outcome is not Outcome.THROTTLE:
+            assert c.decide(now, 0).go
