@@ -935,3 +935,35 @@ def test_only_throttled_probes_step_the_probing_on(outcomes):
         assert c._probe_attempt == 1 + refused
         if outcome is not Outcome.THROTTLE:
             assert c.decide(now, 0).go
+
+
+def test_answers_in_flight_at_the_first_cut_count_in_its_ceiling():
+    # Issue 14: at the first throttle the last attempts sent before it are still in flight;
+    # judged without them a 100/s window was 97/s, and the rate held 3 % low for the batch.
+    # Their answers, when they come, add to that cut's ceiling and to the rate set from it.
+    c = controller(initial_concurrency=200)
+    burst = [c.started(i * MS, i, False) for i in range(100)]
+    for ticket in burst[:97]:
+        c.finished(ticket.sent_ns + 20 * MS, ticket, Outcome.SUCCESS)
+    c.finished(150 * MS, c.started(140 * MS, 0, False), Outcome.THROTTLE, retry_after_s=1.0)
+    assert c._ceilings == [pytest.approx(97.0)]
+    assert c.rate_per_s == pytest.approx(97 * 0.97)
+    for ticket in burst[97:]:
+        c.finished(160 * MS, ticket, Outcome.SUCCESS)
+    assert c._ceilings == [pytest.approx(100.0)]
+    assert c.rate_per_s == pytest.approx(100 * 0.97)
+    # sent after the cut: the next congestion event's, not this one's
+    c.finished(1200 * MS, c.started(1150 * MS, 0, False), Outcome.SUCCESS)
+    assert c._ceilings == [pytest.approx(100.0)]
+
+
+def test_answers_in_flight_at_a_first_smoothing_are_not_added():
+    # slow start climbs from a smoothing's rate anyway; from a higher one it overshot further
+    c = controller(initial_concurrency=100)
+    tickets = [c.started(0, i, False) for i in range(50)]
+    for t in tickets[:38]:
+        c.finished(20 * MS, t, Outcome.SUCCESS)
+    c.finished(20 * MS, tickets[40], Outcome.THROTTLE)
+    for t in tickets[38:40]:
+        c.finished(25 * MS, t, Outcome.SUCCESS)
+    assert c.rate_per_s == pytest.approx(38.0)

@@ -38,7 +38,8 @@ second when only one request got through), and slow start doubles it every 0.5 s
 It is a cut when the server has ever sent ``Retry-After``, when 3 smoothings came in the last
 second already, or when the user's limiter paced the attempt: R becomes ``rate_cut`` (0.8) of
 the ceiling, the rate accepted over the last second of sending (no more than the pace then; in
-slow start, the pace the throttled attempt was sent at). The jitter refusals of a server that
+slow start, the pace the throttled attempt was sent at; at a first throttle, the answers still
+in flight then are added when they come). The jitter refusals of a server that
 looks like a bucket (at most 2 of the last 100 answers) cost no cut, and the user's rate is held
 unless the server keeps throttling at it.
 
@@ -368,6 +369,11 @@ class AdaptiveController:
     _cycle_successes: int = 0
     _cycle_throttled_ns: int | None = None
     _window_ns: tuple[int, int] | None = None  # a long window learned from cycles: (lo, hi]
+    # The first throttle's judgement of the accepted rate (see ``_late_answer``): the sends it
+    # covered [from, to), what one more answer adds to the rate, and the rate set per unit of
+    # the accepted rate (None: nothing to add to).
+    _first_judged: tuple[int, int, float] | None = None
+    _first_factor: float | None = None
     _recovered: bool = True  # an attempt sent after the last cut has succeeded
     # After a rate cut, until recovery, one attempt of the new epoch at a time (the rest would
     # only collect 429s if the window is still full): how many of them are in flight.
@@ -579,6 +585,7 @@ class AdaptiveController:
             self._cycle_first_ns = ticket.sent_ns
             self._cycle_first_answer_ns = now_ns
         self._taken(now_ns, ticket)
+        self._late_answer(ticket)
         rtt = now_ns - ticket.sent_ns
         if (
             self._rtt_min_ns is None
@@ -637,6 +644,24 @@ class AdaptiveController:
         successes.append(ticket.sent_ns)
         while successes and successes[0] <= now_ns - NS:
             successes.popleft()
+
+    def _late_answer(self, ticket: Ticket) -> None:
+        """A success sent within the span a first throttle that cut judged the accepted rate
+        over, answered after it: the server took it in that span too, so it adds to that rate
+        (the ceiling, and the rate set from it) until the next cut. Not after a smoothing: slow
+        start climbs from that rate anyway, and from a higher one it overshot further. At the
+        first throttle the attempts sent just before it are still in flight: a 100/s window was
+        judged 97/s, and the rate held 3 % low for the whole batch (issue 14)."""
+        judged, factor = self._first_judged, self._first_factor
+        if judged is None or factor is None or self.rate_per_s is None:
+            return
+        since, until, per_answer = judged
+        if not since <= ticket.sent_ns < until:
+            return
+        if self._ceilings:
+            self._ceilings[-1] += per_answer
+            self._ceiling = self._ceilings[-1]
+        self.rate_per_s += per_answer * factor
 
     def _not_refused(self, now_ns: int, ticket: Ticket) -> None:
         """An attempt ended without a success and without a throttle (a dropped connection,
@@ -779,6 +804,7 @@ class AdaptiveController:
             return
         self._recovered = False
         self._aftershocks = 0
+        self._first_judged = self._first_factor = None  # the next cut is judged on its own
         self.epoch += 1
         self._epoch_in_flight = 0
         self._one_at_a_time = cut_rate
@@ -925,6 +951,8 @@ class AdaptiveController:
         else:
             new_rate = ceiling * settings.rate_cut
         self.rate_per_s = max(settings.min_rate_per_s, new_rate)
+        if self._first_judged is not None and user is None and new_rate > settings.min_rate_per_s:
+            self._first_factor = new_rate / ceiling
         if user is not None and self.rate_per_s < user and not self.below_user_rate:
             self.below_user_rate = True
             self.events.append((now_ns, "below user rate", self.rate_per_s))
@@ -989,6 +1017,7 @@ class AdaptiveController:
             # Only one taken of a burst is a bucket without burst (nginx's default): judged
             # over a quarter second, slow start climbs from 4/s instead of 1/s (1 s sooner).
             judge_ns = NS // 4 if accepted <= 1 else NS
+            self._first_judged = (since, now_ns, NS / max(active, judge_ns))
             return max(accepted, 1) * NS / max(active, judge_ns)
         if active < NS // 10 or accepted == 0:  # too little to judge: keep the pacing rate
             return self.rate_per_s
