@@ -802,6 +802,13 @@ class AdaptiveController:
             return
         if cut_rate and self._absorbs(now_ns):
             return
+        if not cut_rate and not overload and self._latency_unloaded():
+            # A timeout or a dropped connection while the answers that do come are as fast as
+            # unloaded: a loss, not a server at capacity (which answers slower first). Cut for
+            # each, the concurrency of a batch whose server dropped 10 % of POST answers after
+            # processing fell to 1 and held it to 0.7-0.8 of its rate (issue 14).
+            self.events.append((now_ns, "loss", float(ticket.load)))
+            return
         self._recovered = False
         self._aftershocks = 0
         self._first_judged = self._first_factor = None  # the next cut is judged on its own
@@ -837,6 +844,15 @@ class AdaptiveController:
             return float(self.capacity)
         self.capacity = None
         return cut
+
+    def _latency_unloaded(self) -> bool:
+        """Whether recent round trips are within the latency brake's tolerance of the
+        unloaded latency (False before any success)."""
+        recent, least = self._rtt_recent_ns, self._rtt_min_ns
+        if recent is None or least is None:
+            return False
+        unloaded = max(float(least), self._fit._unloaded_ns)
+        return recent <= self.settings.latency_tolerance * unloaded
 
     def _answer(self, throttled: bool) -> None:
         """Count an answer into the last ``jitter_window``."""
