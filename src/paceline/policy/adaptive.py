@@ -24,7 +24,10 @@ Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Ad
 
 Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
 a raised ``Throttled``: a quota), ``OVERLOAD`` (503: cut whichever gate was binding),
-``CAPACITY`` (timeouts, 5xx: cut concurrency) and ``IGNORE`` (other 4xx, cancellations).
+``CAPACITY`` (timeouts, 5xx: cut concurrency — unless the answers that do come are as fast as
+unloaded: then it is a *loss*, no cut) and ``IGNORE`` (other 4xx, cancellations). Every outcome
+but ``THROTTLE`` and ``OVERLOAD`` counts in the rate the server accepted (its quota counted a
+dropped answer too).
 Throttled answers are fast: they never feed the latency estimates. Two concurrency cuts by 503s
 at the same load teach a connection limit: L is then held one below that load, and probes past
 it only slowly (see ``_CAPACITY_LEARN_AFTER``).
@@ -91,7 +94,8 @@ class Outcome(enum.Enum):
 
     ``THROTTLE``: a quota said no (like a 429): cut the rate. ``OVERLOAD``: the server is
     overloaded (like a 503): cut the concurrency. ``CAPACITY``: a timeout, a dropped
-    connection, a 502 or 504: the server is at capacity, cut the concurrency. ``SUCCESS``,
+    connection, a 502 or 504: the server is at capacity, cut the concurrency (not while the
+    answers that do come are as fast as unloaded: a lost answer, no cut). ``SUCCESS``,
     and ``IGNORE`` for a failure that says nothing about the server's limits (the
     operation's own error).
 
