@@ -135,14 +135,20 @@ def simulate(
     wake_jitter_s: float = 0.0,
     user_rate_per_s: float | None = None,
     send_jitter_s: float = 0.0,
+    connect_s: float = 0.0,
+    drop_rate: float = 0.0,
 ) -> tuple[SimResult, AdaptiveController]:
     """Run the controller against ``server`` for ``duration_s`` of fake time. A timer (the
     pacer's, the user's limiter's) fires up to ``wake_jitter_s`` late; ``user_rate_per_s``: a
     strict limiter paces evenly at that rate after the controller's gates (``--rate``, which
     the controller paces at too, as the CLI sets it up); a request reaches the server up to
     ``send_jitter_s`` after it starts (the client's event loop, the network), beside the
-    latency's own +-10 %."""
+    latency's own +-10 %. The first ``initial_concurrency`` requests reach the server
+    ``connect_s`` late (each opens a connection: measured 40-60 ms on loopback for the CLI's
+    first requests). ``drop_rate``: the share of admitted requests whose answer is lost (the
+    server processed it, the client sees a dropped connection: ``Outcome.CAPACITY``)."""
     rng = random.Random(seed)
+    drops = random.Random(seed + 1)  # its own draws: the other draws run as without drops
     settings = settings or AdaptiveSettings()
     if user_rate_per_s is not None:
         settings = dataclasses.replace(
@@ -175,7 +181,11 @@ def simulate(
             arrival = send + round(latency_s * NS / 2 * rng.uniform(0.8, 1.2))
             if send_jitter_s:
                 arrival += round(send_jitter_s * NS * rng.random())
+            if sent < settings.initial_concurrency:
+                arrival += round(connect_s * NS)
             outcome, retry_after = server.admit(arrival)
+            if outcome is Outcome.SUCCESS and drop_rate and drops.random() < drop_rate:
+                outcome = Outcome.CAPACITY
             sent += 1
             throttled += outcome is Outcome.THROTTLE
             if outcome is Outcome.THROTTLE:
