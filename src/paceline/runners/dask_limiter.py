@@ -32,6 +32,12 @@ to ``N/50`` slots, each halfway between two paced ones: a late slot costs its it
 not the rate. ``burst=`` keeps the limit's own pacer (``burst=N``: the log alone, bunched).
 Measured with 2 worker processes at a shared 500/s: see docs/benchmarks.md, "Dask runner".
 
+A server's pause (a 429's ``Retry-After``, :meth:`LimitActor.pause`) holds every booking until
+it ends, and the paced schedule restarts there at its pace. The slots booked before it are the
+workers': every booking's answer carries the pause's end (and the process that saw the 429
+knows it at once), and a worker gives back a slot inside it instead of starting, and books
+again (docs/design.md, "A server's pause on the cluster").
+
 The actor lives on one worker and dies with it (Dask does not move actors). The driver then
 hosts a new one *fenced*: it grants nothing until the dead actor's last grants — booked at
 most a horizon ahead — have left their windows (:func:`fence_for`).
