@@ -244,9 +244,10 @@ def test_a_pause_on_the_cluster_drops_the_slots_booked_inside_it(
     # At twice the hidden quota every window ends in a 429 with Retry-After: 1 (about one
     # pause per 40 items). In one process the pause stops the next start: about one 429 a
     # pause. On the cluster, slots booked ahead before the pause used to start anyway
-    # (measured at this setting: 3-5 429s a pause); now they are given back and booked again
-    # after it. The bound leaves room for the requests already in flight in the other worker.
-    items = 160
+    # (measured with 160 items: 43 and 47 429s, ~11 a pause); now they are given back and
+    # booked again after it (5-6 with 160 items). The bound leaves room for the requests
+    # already in flight, and for the other worker process's starts before it hears of it.
+    items = 120
     _ids(tmp_path / "in.csv", [f"items/{n}" for n in range(items)])
     config = ApiConfig(quota=40, window_s=1.0, retry_after=True, base_latency_s=0.001)
     with ApiServer(config) as server:
@@ -259,7 +260,7 @@ def test_a_pause_on_the_cluster_drops_the_slots_booked_inside_it(
     assert stats["accepted"] == items
     assert stats["max_accepted_in_any_window"] <= 40
     pauses = items // 40
-    assert 0 < stats["throttled_429"] <= 2 * pauses, stats
+    assert 0 < stats["throttled_429"] <= 3 * pauses, stats
 
 
 @pytest.mark.parametrize(
