@@ -241,6 +241,32 @@ def test_a_429_with_retry_after_is_retried_on_the_workers(tmp_path: Path, cluste
     assert attempts in done.stderr
 
 
+@pytest.mark.serial  # the server counts arrivals per real second
+def test_a_pause_on_the_cluster_drops_the_slots_booked_inside_it(
+    tmp_path: Path, cluster: str
+) -> None:
+    # At twice the hidden quota every window ends in a 429 with Retry-After: 1 (about one
+    # pause per 40 items). In one process the pause stops the next start: about one 429 a
+    # pause. On the cluster, slots booked ahead before the pause used to start anyway
+    # (measured with 160 items: 43 and 47 429s, ~11 a pause); now they are given back and
+    # booked again after it (5-6 with 160 items). The bound leaves room for the requests
+    # already in flight, and for the other worker process's starts before it hears of it.
+    items = 120
+    _ids(tmp_path / "in.csv", [f"items/{n}" for n in range(items)])
+    config = ApiConfig(quota=40, window_s=1.0, retry_after=True, base_latency_s=0.001)
+    with ApiServer(config) as server:
+        done = paceline(
+            "http", "in.csv", "--url", server.url + "/{path}", "--rate", "80/s", "-j", "8",
+            "--dask", cluster, "--out", "o.jsonl", "--journal", "none", cwd=tmp_path,
+        )  # fmt: skip
+        stats = server.stats()
+    assert done.returncode == 0, done.stderr
+    assert stats["accepted"] == items
+    assert stats["max_accepted_in_any_window"] <= 40
+    pauses = items // 40
+    assert 0 < stats["throttled_429"] <= 3 * pauses, stats
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -134,6 +134,8 @@ class StandIn:
 
     def __init__(self, late_first_ns: int = 0) -> None:
         self.late_first_ns = late_first_ns
+        self.hold_ns = 0  # the end of a server's pause, told with every answer
+        self.ahead_ns = 0  # how far ahead of now the slots are booked
         self.given_back: list[tuple[int, int]] = []
         self.leads: list[int] = []
         self.calls: list[int] = []  # the requests each call carried
@@ -150,8 +152,14 @@ class StandIn:
         for _weight in weights:
             self.booked += 1
             # The first slot is already in the past by late_first_ns (a reply that came late).
-            slots.append((True, now - self.late_first_ns if self.booked == 1 else now))
-        return Answer((slots, now, 10_000_000))
+            slot = now - self.late_first_ns if self.booked == 1 else now + self.ahead_ns
+            # A slot booked after a pause lies after it (the first may have been booked before).
+            slots.append((True, slot if self.booked == 1 else max(slot, self.hold_ns)))
+        return Answer((slots, now, 10_000_000, self.hold_ns))
+
+    def pause(self, seconds: float) -> Answer:
+        self.hold_ns = time.monotonic_ns() + round(seconds * NS_PER_S)
+        return Answer(self.hold_ns)
 
 
 def test_a_slot_that_cannot_start_within_the_margin_is_given_back_and_booked_again():
@@ -349,3 +357,72 @@ def test_a_pause_forgets_the_given_back_places():
     limit.book_many_now([], 0, [(0, 1), (10 * ms, 1)])
     asyncio.run(limit.pause(1.0))
     assert [limit.book_now()[1] for _ in range(3)] == [W, W + 10 * ms, W + 20 * ms]
+
+
+def test_slots_inside_a_pause_are_given_back_and_the_pace_resumes_after_it():
+    # Three slots booked ahead (0, 10, 20 ms); a 429 at 5 ms says Retry-After: 1. The two not
+    # started fall inside the pause: given back, not made up (no double density), and the
+    # schedule starts again at the pause's end, at its pace.
+    clock = Clock()
+    limit = paced(100, clock=clock)
+    ms = W // 1000
+    assert [limit.book_now()[1] for _ in range(3)] == [0, 10 * ms, 20 * ms]
+    clock.now = 5 * ms
+    assert asyncio.run(limit.pause(1.0)) == W + 5 * ms
+    answers, now, _margin, hold = asyncio.run(
+        limit.book_many([1, 1, 1], 0, [(10 * ms, 1), (20 * ms, 1)])
+    )
+    assert (now, hold) == (5 * ms, W + 5 * ms)
+    assert answers == [(True, W + 5 * ms), (True, W + 15 * ms), (True, W + 25 * ms)]
+    stats = asyncio.run(limit.stats())
+    assert (stats["given_back"], stats["paused"]) == (2, 2)
+
+
+def test_slots_given_back_inside_a_pause_leave_the_log():
+    # Two of N = 2 booked ahead and dropped in a pause: the window after it has both slots.
+    clock = Clock()
+    limit = actor(2, horizon_ns=10 * W, clock=clock)
+    assert [limit.book_now()[1] for _ in range(2)] == [0, 0]
+    asyncio.run(limit.pause(0.5))
+    limit.book_many_now([], 0, [(0, 1), (0, 1)])
+    assert [limit.book_now()[1] for _ in range(3)] == [W // 2, W // 2, 3 * W // 2]
+
+
+def test_every_booking_answer_tells_the_pause_even_when_none():
+    clock = Clock()
+    clock.now = 7
+    limit = actor(2, clock=clock)
+    assert asyncio.run(limit.book_many([1], 0, [])) == ([(True, 7)], 7, 0, 7)
+
+
+def test_a_slot_booked_before_a_pause_heard_of_is_given_back_and_booked_after_it():
+    # Another process paused the actor: the answer carries the pause's end, and the slot
+    # booked earlier (the first) falls inside it.
+    stand_in = StandIn()
+    stand_in.hold_ns = time.monotonic_ns() + 30_000_000
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+    slot = limiter.acquire()
+    assert slot == stand_in.hold_ns
+    assert time.monotonic_ns() >= stand_in.hold_ns
+    assert stand_in.booked == 2
+    assert len(stand_in.given_back) == 1
+
+
+def test_a_pause_in_this_process_drops_the_slots_its_waiters_sleep_on():
+    # A waiter sleeps on a slot 50 ms ahead; a 429 in the same process pauses for 100 ms: the
+    # waiter does not start at 50 ms but gives the slot back and starts after the pause.
+    stand_in = StandIn()
+    stand_in.ahead_ns = 50_000_000
+    limiter = ClusterLimiter(stand_in, margin_ns=10_000_000, window_ns=W)
+    limiter.acquire()  # the first slot (now) is not the one under test
+
+    async def scenario() -> int:
+        waiter = asyncio.ensure_future(limiter.acquire_async())
+        await asyncio.sleep(0.01)  # the waiter has its slot and sleeps
+        await asyncio.to_thread(limiter.pause, 0.1)
+        return await waiter
+
+    slot = asyncio.run(scenario())
+    assert slot == stand_in.hold_ns  # booked again, after the pause
+    assert len(stand_in.given_back) == 1
+    assert stand_in.given_back[0][0] < stand_in.hold_ns

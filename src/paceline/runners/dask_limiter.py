@@ -32,6 +32,12 @@ to ``N/50`` slots, each halfway between two paced ones: a late slot costs its it
 not the rate. ``burst=`` keeps the limit's own pacer (``burst=N``: the log alone, bunched).
 Measured with 2 worker processes at a shared 500/s: see docs/benchmarks.md, "Dask runner".
 
+A server's pause (a 429's ``Retry-After``, :meth:`LimitActor.pause`) holds every booking until
+it ends, and the paced schedule restarts there at its pace. The slots booked before it are the
+workers': every booking's answer carries the pause's end (and the process that saw the 429
+knows it at once), and a worker gives back a slot inside it instead of starting, and books
+again (docs/design.md, "A server's pause on the cluster").
+
 The actor lives on one worker and dies with it (Dask does not move actors). The driver then
 hosts a new one *fenced*: it grants nothing until the dead actor's last grants — booked at
 most a horizon ahead — have left their windows (:func:`fence_for`).
@@ -170,6 +176,7 @@ class LimitActor:
         self.booked_total = 0
         self.returned_total = 0
         self.grown_total = 0
+        self.paused_total = 0  # slots given back unused because they fell inside a pause
         self._clock_ns = clock_ns  # the actor's clock (a fake one in tests)
         now = clock_ns()
         self._last_ns = now  # the latest slot handed out: slots never go backwards
@@ -221,12 +228,15 @@ class LimitActor:
 
     async def book_many(
         self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
-    ) -> tuple[list[tuple[bool, int]], int, int]:
+    ) -> tuple[list[tuple[bool, int]], int, int, int]:
         """Take back ``given_back`` slots ``(slot, weight)``, then book one slot per weight, in
-        order: ``([(booked, slot_or_ask_again_ns), ...], now_ns, margin_ns)``, the margin
-        being the lateness these slots may start with. One round trip for every caller
-        waiting in a worker process (see :class:`ClusterLimiter`)."""
-        return self.book_many_now(weights, lead_ns, given_back)
+        order: ``([(booked, slot_or_ask_again_ns), ...], now_ns, margin_ns, hold_ns)``, the
+        margin being the lateness these slots may start with, and ``hold_ns`` the end of the
+        server's pause (:meth:`pause`; earlier than now when none): a slot booked earlier and
+        not yet started that falls before it is not used (see :class:`ClusterLimiter`). One
+        round trip for every caller waiting in a worker process."""
+        answers, now, margin_ns = self.book_many_now(weights, lead_ns, given_back)
+        return answers, now, margin_ns, self._hold_until_ns
 
     def book_many_now(
         self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
@@ -266,24 +276,39 @@ class LimitActor:
 
     def _take_back(self, slot_ns: int, weight: int) -> None:
         self._policy.give_back(slot_ns, weight)
-        if self._due_ns is not None:
+        if slot_ns < self._hold_until_ns:
+            # A slot inside a server's pause (or booked before it, which the pause forgave):
+            # its place is not made up after the pause, which resumes at its pace.
+            self.paused_total += 1
+        elif self._due_ns is not None:
             self._owed = min(self._max_owed, self._owed + weight)  # its place, booked again
 
-    async def pause(self, seconds: float) -> None:
-        """Hold every booking until ``seconds`` from now (a server's ``Retry-After``)."""
+    async def pause(self, seconds: float) -> int:
+        """Hold every booking until ``seconds`` from now (a server's ``Retry-After``); return
+        when the pause ends (this actor's ns). The slots booked before and not yet started
+        are the workers' to drop: they learn of the pause with their next booking's answer
+        (:meth:`book_many`) and give back the slots inside it."""
+        return self.pause_now(seconds)
+
+    def pause_now(self, seconds: float) -> int:
+        """:meth:`pause`, synchronously."""
         until = self._clock_ns() + round(seconds * NS_PER_S)
         self._hold_until_ns = max(self._hold_until_ns, until)
         # A server that asked for a pause is not made up to at double density afterwards.
         self._owed = 0
         if self._due_ns is not None:
             self._due_ns = max(self._due_ns, until)
+        return self._hold_until_ns
 
     async def stats(self) -> dict[str, int]:
         """What the actor did: ``booked`` slots, ``given_back`` (started too late), the margin's
-        ``growths`` and its current ``margin_ns`` (a benchmark's and a curious user's view)."""
+        ``growths`` and its current ``margin_ns``; ``paused``: of those given back, the slots
+        dropped because they fell inside a server's pause (a benchmark's and a curious user's
+        view)."""
         return {
             "booked": self.booked_total,
             "given_back": self.returned_total,
+            "paused": self.paused_total,
             "growths": self.grown_total,
             "margin_ns": self.margin_ns,
         }
@@ -355,6 +380,7 @@ class ClusterLimiter:
         "_actor",
         "_booker",
         "_given_back",
+        "_hold_ns",
         "_lock",
         "_offset",
         "_trips",
@@ -382,6 +408,9 @@ class ClusterLimiter:
         self._waiting: list[tuple[int, Future[tuple[bool, int, int]]]] = []
         self._given_back: list[tuple[int, int]] = []
         self._booker: threading.Thread | None = None
+        # The end of the server's latest pause on the actor's clock, as last heard (from this
+        # process's own pause, or any booking's answer): a slot before it is not started.
+        self._hold_ns = -(2**62)
 
     def __getstate__(self) -> tuple[Any, int, int, float]:
         return self._actor, self.margin_ns, self.window_ns, self.timeout_s
@@ -440,7 +469,7 @@ class ClusterLimiter:
                 continue
             sent = time.monotonic_ns()
             try:
-                answers, actor_now, margin_ns = self._call(
+                answers, actor_now, margin_ns, hold_ns = self._call(
                     "book_many", [weight for weight, _ in waiting], self.lead_ns(), given_back
                 )
             except Exception as exc:  # LimiterLost, or an answer of the wrong shape
@@ -450,6 +479,7 @@ class ClusterLimiter:
             received = time.monotonic_ns()
             self._trips.append(received - sent)
             self._offset.sample(sent, actor_now, received)
+            self._heard_hold(hold_ns)
             for (_weight, future), (booked, at_ns) in zip(waiting, answers, strict=True):
                 future.set_result((booked, at_ns, margin_ns))
 
@@ -471,6 +501,14 @@ class ClusterLimiter:
         with self._lock:
             self._given_back.append((slot, weight))  # sent with the next booking
 
+    def _heard_hold(self, hold_ns: int) -> None:
+        with self._lock:
+            self._hold_ns = max(self._hold_ns, hold_ns)
+
+    def _paused(self, slot: int) -> bool:
+        """Whether ``slot`` falls inside a server's pause heard of since it was booked."""
+        return slot < self._hold_ns
+
     # the limiter's face -------------------------------------------------------------------
 
     def acquire(self, weight: int = 1) -> int:
@@ -478,12 +516,15 @@ class ClusterLimiter:
         when the start would be later than the margin allows."""
         while True:
             booked, at_ns, margin_ns = self._request(weight).result()
+            if booked and self._paused(at_ns):
+                self._give_back(at_ns, weight)  # booked before a pause it falls in
+                continue
             delay = self._start_ns(at_ns) - time.monotonic_ns()
             if delay > 0:
                 time.sleep(delay / NS_PER_S)
             if not booked:
                 continue  # beyond the horizon: ask again now
-            if not self._late(at_ns, margin_ns):
+            if not self._late(at_ns, margin_ns) and not self._paused(at_ns):
                 return at_ns
             self._give_back(at_ns, weight)
 
@@ -492,18 +533,28 @@ class ClusterLimiter:
         loop, right before the attempt starts."""
         while True:
             booked, at_ns, margin_ns = await asyncio.wrap_future(self._request(weight))
+            if booked and self._paused(at_ns):
+                self._give_back(at_ns, weight)
+                continue
             delay = self._start_ns(at_ns) - time.monotonic_ns()
             if delay > 0:
                 await asyncio.sleep(delay / NS_PER_S)
             if not booked:
                 continue
-            if not self._late(at_ns, margin_ns):
+            if not self._late(at_ns, margin_ns) and not self._paused(at_ns):
                 return at_ns
             self._give_back(at_ns, weight)
 
     def pause(self, seconds: float) -> None:
-        """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``)."""
-        self._call("pause", seconds)
+        """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``).
+
+        The slots already booked that fall inside the pause are not started: in this process
+        at once, elsewhere from the next booking's answer; each is given back and booked
+        again after the pause."""
+        # At once here, on the earliest the actor's clock can read now: never later than the
+        # pause the actor will set, so no slot booked after it is dropped.
+        self._heard_hold(time.monotonic_ns() + self._offset.low_ns + round(seconds * NS_PER_S))
+        self._heard_hold(int(self._call("pause", seconds)))
 
     def stats(self) -> dict[str, int]:
         """The actor's :meth:`LimitActor.stats`."""
