@@ -68,6 +68,14 @@ class Guardian:
         self._owner = 0  # the process that started it
         self._lock = threading.Lock()
 
+    def prepare(self) -> None:
+        """Start the guardian now, before a child is spawned: :meth:`watch` right after the
+        spawn is then one write. Started inside the first ``watch`` instead, a second child
+        spawned at the same time waited for that start (an interpreter's spawn, milliseconds
+        under load) before it was watched, and a ``kill -9`` of paceline in that gap left it
+        running with its own children (the kill -9 test, seen once in a loaded suite run)."""
+        self._ready()
+
     def watch(self, pgid: int) -> None:
         """Kill process group ``pgid`` should this process die before :meth:`forget`."""
         if self._ready():

@@ -324,6 +324,7 @@ class _Child:
             if stdin_data:
                 in_r, self.in_fd = os.pipe()
             stdin = in_r if in_r >= 0 else _devnull()
+            GUARDIAN.prepare()  # started before the child: no gap between spawn and watch
             if (
                 _USE_POSIX_SPAWN
                 and cwd is None
