@@ -16,6 +16,7 @@ from paceline._ratestore import key_prefix
 from paceline.errors import InvalidArgument, RateStoreUnavailable
 from paceline.testing.redis import RedisServer
 
+
 def _key() -> str:
     return f"degraded-{uuid.uuid4().hex[:8]}"
 
@@ -35,11 +36,13 @@ def _pair(url: str, key: str, rate: str = "20/s") -> tuple[RateLimiter, RateLimi
 def test_k_counts_the_limiters_on_one_key(redis_server: RedisServer) -> None:
     key = _key()
     a, b = _pair(redis_server.url, key)
-    assert a.store is not None and b.store is not None
+    assert a.store is not None
+    assert b.store is not None
     assert (a.store.live_seen, b.store.live_seen) == (2, 2)
     other = RateLimiter.from_rates("20/s", store=redis_server.url, key=_key())
     other.acquire()  # another key: its own live set
-    assert other.store is not None and other.store.live_seen == 1
+    assert other.store is not None
+    assert other.store.live_seen == 1
     assert a.store.status() is None  # the store answers
 
 
@@ -71,12 +74,14 @@ def test_a_killed_redis_splits_the_limit_then_the_store_takes_over_again(
     assert sum(g is not None for g in granted) == 10
     assert granted[-1] is None
     status = store.status()
-    assert status is not None and "running at 10/3s, 1/2 of the limit" in status
+    assert status is not None
+    assert "running at 10/3s, 1/2 of the limit" in status
     assert store.hold_reason() == "rate store unreachable: running at 10/3s, 1/2 of the limit"
     fresh_redis.start()  # empty: its fence holds a window, the store decides again
     time.sleep(1.1)  # the next probe is due within 1 s
     assert a.try_acquire() is None  # the probe: back on the store, which is fenced
-    assert store.local_since_ns is None and store.status() is None
+    assert store.local_since_ns is None
+    assert store.status() is None
     # The local grants still inside the window were charged to the store on the way back.
     client = redis.Redis.from_url(fresh_redis.url)
     try:
