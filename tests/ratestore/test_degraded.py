@@ -33,6 +33,17 @@ def _pair(url: str, key: str, rate: str = "20/s") -> tuple[RateLimiter, RateLimi
     return a, b
 
 
+def _wait_back_on_store(limiter: RateLimiter) -> None:
+    """A grant after the probe interval starts a probe in the background: wait (at most 5 s)
+    until the store answered it."""
+    store = limiter.store
+    assert store is not None
+    deadline = time.monotonic() + 5
+    while store.local_since_ns is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.local_since_ns is None
+
+
 def test_k_counts_the_limiters_on_one_key(redis_server: RedisServer) -> None:
     key = _key()
     a, b = _pair(redis_server.url, key)
@@ -79,9 +90,10 @@ def test_a_killed_redis_splits_the_limit_then_the_store_takes_over_again(
     assert store.hold_reason() == "rate store unreachable: running at 10/3s, 1/2 of the limit"
     fresh_redis.start()  # empty: its fence holds a window, the store decides again
     time.sleep(1.1)  # the next probe is due within 1 s
-    assert a.try_acquire() is None  # the probe: back on the store, which is fenced
-    assert store.local_since_ns is None
+    assert a.try_acquire() is None  # still the local share (full); it starts the probe
+    _wait_back_on_store(a)
     assert store.status() is None
+    assert a.try_acquire() is None  # the store decides: fenced (it restarted empty)
     # The local grants still inside the window were charged to the store on the way back.
     client = redis.Redis.from_url(fresh_redis.url)
     try:
@@ -113,8 +125,8 @@ def test_a_hung_redis_splits_the_limit_for_async_callers_too(fresh_redis: RedisS
     assert store.local_since_ns is not None
     stopper.join()
     time.sleep(1.1)  # the next probe is due within 1 s
+    assert a.try_acquire() is not None  # the local share (its grants are a window old)
+    _wait_back_on_store(a)
     trips = store.round_trips
-    # The probe answers: the store grants again (the local grants are a window old by now).
-    assert a.try_acquire() is not None
-    assert store.local_since_ns is None
+    assert a.try_acquire() is not None  # the store grants again
     assert store.round_trips == trips + 1

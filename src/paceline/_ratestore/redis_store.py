@@ -359,6 +359,7 @@ class RedisLimitStore:
         self.live_seen = 1
         self.local_since_ns: int | None = None
         self._next_probe_ns = 0
+        self._probing = False
         self._local_grants: deque[tuple[int, tuple[int, ...]]] = deque()
 
     def __repr__(self) -> str:
@@ -416,10 +417,11 @@ class RedisLimitStore:
             args += [0, 0, used]
         return args if total else None
 
-    def _degrade_or_probe(self) -> bool:
-        """In degraded mode: ``True`` if this call should probe the store now (one caller a
-        second), else raise :class:`StoreDegraded` (or :class:`RateStoreUnavailable` past
-        ``outage_s``)."""
+    def _stay_local(self) -> StoreDegraded:
+        """In degraded mode: the :class:`StoreDegraded` a grant raises (it goes to the local
+        share), after starting a probe of the store if one is due (one a second, in a thread of
+        its own: a hung Redis holds the probe for the socket timeout, never a grant). Raises
+        :class:`RateStoreUnavailable` past ``outage_s``."""
         now = self.monotonic_ns()
         since = self._down_since_ns
         if since is not None and self.outage_s is not None and now - since >= self.outage_s * 1e9:
@@ -427,14 +429,37 @@ class RedisLimitStore:
                 f"rate store {self.url} unreachable for {(now - since) / 1e9:.0f} s "
                 f"(limit {self.outage_s:g} s): {self._last_error}"
             )
-        if now < self._next_probe_ns:
-            raise StoreDegraded(self.status() or "rate store unreachable")
-        self._next_probe_ns = now + round(random.uniform(0.5, 1.0) * _PROBE_EVERY_S * 1e9)
-        return True
-
-    def _probe_failed(self, exc: BaseException, sent_ns: int) -> StoreDegraded:
-        self._failed(exc, 0, sent_ns)  # raises past outage_s
+        with self._clock_lock:
+            due = now >= self._next_probe_ns and not self._probing
+            if due:
+                self._probing = True
+                self._next_probe_ns = now + round(random.uniform(0.5, 1.0) * _PROBE_EVERY_S * 1e9)
+        if due:
+            probe = threading.Thread(target=self._probe, name="paceline-store-probe", daemon=True)
+            probe.start()
         return StoreDegraded(self.status() or "rate store unreachable")
+
+    def _probe(self) -> None:
+        """Reach the store once: charge it with the local grants still inside a window, then a
+        booking of nothing (a heartbeat). Answered: the store decides again."""
+        sent = self.monotonic_ns()
+        try:
+            charge = self._charge_back_args()
+            if charge is not None:
+                self.call(charge, retry=False)
+            self.call(self._reserve_args([0] * len(self.limits), False, ""), retry=False)
+        except SharedQuotaExhausted:
+            self._back()  # the store answers; the next booking says the quota is exhausted
+        except self._transient() as exc:
+            self.close()
+            with contextlib.suppress(RateStoreUnavailable):  # the callers check the deadline
+                self._failed(exc, 0, sent)
+        except Exception:  # a probe must not die noisily: stay local, probe again later
+            self.close()
+        else:
+            self._back()
+        finally:
+            self._probing = False
 
     def _back(self) -> None:
         self.local_since_ns = None
@@ -637,7 +662,6 @@ class RedisLimitStore:
         args: list[Any],
         retry_args: list[Any] | None = None,
         *,
-        retry: bool = True,
         degrade: bool = False,
     ) -> tuple[list[int], int, int]:
         """:meth:`call` on the running event loop (redis.asyncio, one client per loop)."""
@@ -654,8 +678,6 @@ class RedisLimitStore:
                 entry = self._async.pop(asyncio.get_running_loop(), None)
                 if entry is not None:
                     await entry[0].aclose()
-                if not retry:
-                    raise
                 delay_s = self._failed(exc, attempt, sent)
                 if degrade and self._grace_over():
                     raise self._enter_local() from exc
@@ -726,24 +748,13 @@ class RedisLimitStore:
         now (then ``ids`` are all 0 and ``wait_ns`` > 0). ``release``: a late booking to give
         back in the same round trip."""
         margin = self._margin_ns
-        args = self._reserve_args(amounts, book, "", release)
-        if self.local_since_ns is not None and self._degrade_or_probe():
-            sent = self.monotonic_ns()
-            try:  # the probe: the local grants still in a window, then this booking
-                charge = self._charge_back_args()
-                if charge is not None:
-                    self.call(charge, retry=False)
-                reply, sent, recv = self.call(args, retry=False)
-            except self._transient() as exc:
-                self.close()
-                raise self._probe_failed(exc, sent) from exc
-            self._back()
-        else:
-            reply, sent, recv = self.call(
-                args,
-                retry_args=self._reserve_args(amounts, book, ""),
-                degrade=self.degraded == "split",
-            )
+        if self.local_since_ns is not None:
+            raise self._stay_local()
+        reply, sent, recv = self.call(
+            self._reserve_args(amounts, book, "", release),
+            retry_args=self._reserve_args(amounts, book, ""),
+            degrade=self.degraded == "split",
+        )
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin
         return booking
@@ -753,23 +764,13 @@ class RedisLimitStore:
     ) -> Booking:
         """:meth:`reserve` on the running event loop."""
         margin = self._margin_ns
-        args = self._reserve_args(amounts, True, "", release)
-        if self.local_since_ns is not None and self._degrade_or_probe():
-            sent = self.monotonic_ns()
-            try:  # the probe: the local grants still in a window, then this booking
-                charge = self._charge_back_args()
-                if charge is not None:
-                    await self.call_async(charge, retry=False)
-                reply, sent, recv = await self.call_async(args, retry=False)
-            except self._transient() as exc:
-                raise self._probe_failed(exc, sent) from exc
-            self._back()
-        else:
-            reply, sent, recv = await self.call_async(
-                args,
-                retry_args=self._reserve_args(amounts, True, ""),
-                degrade=self.degraded == "split",
-            )
+        if self.local_since_ns is not None:
+            raise self._stay_local()
+        reply, sent, recv = await self.call_async(
+            self._reserve_args(amounts, True, "", release),
+            retry_args=self._reserve_args(amounts, True, ""),
+            degrade=self.degraded == "split",
+        )
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin
         return booking
