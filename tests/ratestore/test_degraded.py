@@ -24,7 +24,7 @@ def _key() -> str:
 def _pair(url: str, key: str, rate: str = "20/s") -> tuple[RateLimiter, RateLimiter]:
     """Two limiters ("processes") on one key, both seen by the store: k = 2."""
     a, b = (
-        RateLimiter.from_rates(rate, store=url, key=key, store_degraded="split", margin_s=0)
+        RateLimiter.from_rates(rate, store=url, key=key, store_degraded="split", margin_s=0.1)
         for _ in range(2)
     )
     a.acquire()  # waits out a fresh server's fence (one window)
@@ -111,16 +111,19 @@ def test_a_hung_redis_splits_the_limit_for_async_callers_too(fresh_redis: RedisS
     stopper.start()
     time.sleep(0.05)
 
-    async def ten() -> float:
+    async def ten() -> list[float]:
         began = time.monotonic()
+        done = []
         for _ in range(10):
             await a.acquire_async()
-        return time.monotonic() - began
+            done.append(time.monotonic() - began)
+        return done
 
     # The first call waits out the 2 s socket timeout (past the 1 s grace), then ten
     # (20/s over k = 2) go at once on the local share; the eleventh would wait.
-    took_s = asyncio.run(ten())
-    assert 1.9 < took_s < 3.0
+    done = asyncio.run(ten())
+    assert done[0] > 1.9
+    assert done[-1] - done[0] < 0.5  # not paced: the whole share at once
     assert a.try_acquire() is None
     assert store.local_since_ns is not None
     stopper.join()
@@ -128,5 +131,6 @@ def test_a_hung_redis_splits_the_limit_for_async_callers_too(fresh_redis: RedisS
     assert a.try_acquire() is not None  # the local share (its grants are a window old)
     _wait_back_on_store(a)
     trips = store.round_trips
-    assert a.try_acquire() is not None  # the store grants again
-    assert store.round_trips == trips + 1
+    a.acquire()  # the store grants again
+    assert store.round_trips > trips
+    assert store.local_since_ns is None
