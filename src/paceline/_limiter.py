@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from paceline._clock import SYSTEM_CLOCK, Clock, SystemClock
-from paceline._ratestore import Booking, RedisLimitStore
+from paceline._ratestore import Booking, RedisLimitStore, StoreDegraded, split_limits
 from paceline.errors import AlreadySettled, InvalidArgument, InvalidState
 from paceline.policy.cost import Cost, as_cost
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
@@ -89,6 +89,7 @@ class RateLimiter:
         "_async_gates",
         "_bookings",
         "_clock",
+        "_local",
         "_lock",
         "_policy",
         "_store",
@@ -121,6 +122,9 @@ class RateLimiter:
         # memory of recent bookings (a give-back is for a grant just made and never started).
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self._store = store
+        # Degraded mode: the limiter of this process's share while the store is unreachable,
+        # with the outage it serves (one per outage: its grants are charged back after).
+        self._local: tuple[int, RateLimiter] | None = None
         if store is not None:
             store.monotonic_ns = self._clock.monotonic_ns
         self._bookings: OrderedDict[int, Booking] = OrderedDict()
@@ -144,6 +148,7 @@ class RateLimiter:
         store: str | None = None,
         key: str | None = None,
         store_outage_s: float | None = None,
+        store_degraded: str = "hold",
     ) -> RateLimiter:
         """One limiter enforcing several limits at once, e.g. ``"10/s"`` and ``"500/min"``.
 
@@ -154,8 +159,11 @@ class RateLimiter:
         on the Redis server's clock, one round trip per grant, and the limiter can be pickled
         (to worker processes: each copy reconnects on first use). While the store cannot be
         reached nothing starts; ``store_outage_s`` (default: wait forever) turns a longer
-        outage into :class:`~paceline.errors.RateStoreUnavailable`. docs/design.md, 'Shared
-        limit store', says what is promised.
+        outage into :class:`~paceline.errors.RateStoreUnavailable`. ``store_degraded="split"``
+        (opt-in; default ``"hold"``: grant nothing) runs each process, after 1 s unreachable,
+        on a limiter of its own at 1/k of every limit, k being the processes the store last
+        saw on the key, until the store answers again. docs/design.md, 'Shared limit store',
+        says what is promised.
 
         >>> shared = RateLimiter.from_rates("200/s", store="redis://127.0.0.1:6379/0",
         ...                                 key="github-api")
@@ -171,10 +179,13 @@ class RateLimiter:
         if store is not None:
             if key is None:
                 key = default_key(limits)
-            shared = RedisLimitStore(store, key, limits, outage_s=store_outage_s)
-        elif key is not None or store_outage_s is not None:
+            shared = RedisLimitStore(
+                store, key, limits, outage_s=store_outage_s, degraded=store_degraded
+            )
+        elif key is not None or store_outage_s is not None or store_degraded != "hold":
             raise InvalidArgument(
-                "key= and store_outage_s= only apply with store= (a shared store's URL, "
+                "key=, store_outage_s= and store_degraded= only apply with store= (a shared "
+                "store's URL, "
                 "e.g. store='redis://127.0.0.1:6379/0')"
             )
         self._init(limits, clock, shared)
@@ -238,6 +249,19 @@ class RateLimiter:
         return f"RateLimiter({parts})"
 
     # -- a shared store: book a slot, wait for it, give it back if it cannot start in time ---
+
+    def _local_share(self) -> RateLimiter:
+        """The limiter of this process's share (1/k of each limit) for the current outage."""
+        store = self._store
+        assert store is not None
+        since = store.local_since_ns or 0
+        with self._lock:
+            local = self._local
+            if local is None or local[0] != since:
+                limits = split_limits(self._policy.limits, store.live_seen)
+                local = (since, RateLimiter.from_rates(*limits, clock=self._clock))
+                self._local = local
+        return local[1]
 
     def _remember(self, granted_ns: int, booking: Booking) -> None:
         with self._lock:
@@ -328,7 +352,14 @@ class RateLimiter:
         or ``None`` without waiting."""
         store = self._store
         if store is not None:
-            booking = store.reserve(self._policy.amounts(weight), book=False)
+            amounts = self._policy.amounts(weight)
+            try:
+                booking = store.reserve(amounts, book=False)
+            except StoreDegraded:
+                granted = self._local_share().try_acquire(weight)
+                if granted is not None:
+                    store.note_local(amounts)
+                return granted
             if booking.wait_ns:
                 return None
             granted = self._in_time(booking, store)
@@ -344,7 +375,13 @@ class RateLimiter:
     def acquire(self, weight: int = 1) -> int:
         """Block until ``weight`` permits are granted; return the grant time (monotonic ns)."""
         if self._store is not None:
-            booking, granted = self._shared_book(self._policy.amounts(weight))
+            amounts = self._policy.amounts(weight)
+            try:
+                booking, granted = self._shared_book(amounts)
+            except StoreDegraded:
+                granted = self._local_share().acquire(weight)
+                self._store.note_local(amounts)
+                return granted
             self._remember(granted, booking)
             return granted
         with self._lock:
@@ -376,7 +413,13 @@ class RateLimiter:
         Cancelling the wait takes nothing from the limit.
         """
         if self._store is not None:
-            booking, granted = await self._shared_book_async(self._policy.amounts(weight))
+            amounts = self._policy.amounts(weight)
+            try:
+                booking, granted = await self._shared_book_async(amounts)
+            except StoreDegraded:
+                granted = await self._local_share().acquire_async(weight)
+                self._store.note_local(amounts)
+                return granted
             self._remember(granted, booking)
             return granted
         with self._lock:
@@ -422,7 +465,14 @@ class RateLimiter:
         """
         store = self._store
         if store is not None:
-            booking = store.reserve(self._policy.amounts(cost), book=False)
+            amounts = self._policy.amounts(cost)
+            try:
+                booking = store.reserve(amounts, book=False)
+            except StoreDegraded:
+                local = self._local_share().try_reserve(cost)
+                if local is not None:
+                    store.note_local(amounts)
+                return local
             granted = None if booking.wait_ns else self._in_time(booking, store)
             return None if granted is None else self._shared_grant(booking, granted)
         result = self._try_reserve(cost, False)
@@ -441,7 +491,13 @@ class RateLimiter:
         >>> grant.settle({"tokens": 1350})   # an overrun is charged too
         """
         if self._store is not None:
-            return self._shared_grant(*self._shared_book(self._policy.amounts(cost)))
+            amounts = self._policy.amounts(cost)
+            try:
+                return self._shared_grant(*self._shared_book(amounts))
+            except StoreDegraded:
+                grant = self._local_share().reserve(cost)
+                self._store.note_local(amounts)
+                return grant
         result = self._try_reserve(cost, False)
         if not isinstance(result, int):
             return result
@@ -474,7 +530,13 @@ class RateLimiter:
         >>> asyncio.run(call())
         """
         if self._store is not None:
-            return self._shared_grant(*await self._shared_book_async(self._policy.amounts(cost)))
+            amounts = self._policy.amounts(cost)
+            try:
+                return self._shared_grant(*await self._shared_book_async(amounts))
+            except StoreDegraded:
+                grant = await self._local_share().reserve_async(cost)
+                self._store.note_local(amounts)
+                return grant
         result = self._try_reserve(cost, False)
         if not isinstance(result, int):
             return result

@@ -193,6 +193,16 @@ def test_rate_margin_lengthens_the_shared_windows_and_a_negative_one_is_refused(
         plan_for(RunSpec("http", "in.jsonl", rate_margin_s=-1, **shared), None)
 
 
+def test_rate_store_degraded_reaches_the_store_and_a_wrong_mode_is_refused() -> None:
+    shared: dict[str, Any] = {"rates": ["200/s"], "rate_store": "redis://127.0.0.1:6379/0"}
+    split = plan_for(RunSpec("http", "in.jsonl", rate_store_degraded="split", **shared), None)
+    held = plan_for(RunSpec("http", "in.jsonl", **shared), None)
+    stores = [p.limiter.store for p in (split, held) if p.limiter is not None]
+    assert [s.degraded for s in stores if s is not None] == ["split", "hold"]
+    with pytest.raises(UsageError, match="--rate-store-degraded: degraded='open'"):
+        plan_for(RunSpec("http", "in.jsonl", rate_store_degraded="open", **shared), None)
+
+
 @pytest.mark.serial  # the referee counts arrivals in real time
 def test_machines_at_different_distances_from_the_server_stay_under_its_quota(
     tmp_path: Path, fresh_redis: RedisServer

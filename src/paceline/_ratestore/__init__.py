@@ -7,8 +7,18 @@ from paceline._ratestore.redis_store import (
     Booking,
     RedisLimitStore,
     SharedQuotaExhausted,
+    StoreDegraded,
     check_url,
     key_prefix,
+    split_limits,
 )
 
-__all__ = ["Booking", "RedisLimitStore", "SharedQuotaExhausted", "check_url", "key_prefix"]
+__all__ = [
+    "Booking",
+    "RedisLimitStore",
+    "SharedQuotaExhausted",
+    "StoreDegraded",
+    "check_url",
+    "key_prefix",
+    "split_limits",
+]

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from paceline._ratestore.script import LUA
 from paceline.errors import InvalidArgument, InvalidState, QuotaExhausted, RateStoreUnavailable
 from paceline.policy.gcra import Gcra
 from paceline.policy.limits import Limit
+from paceline.policy.rate import Rate
 from paceline.redact import redact_text
 
 # The script's time unit. Lua numbers are doubles (exact to 2^53); microseconds since 1970 are
@@ -72,6 +74,38 @@ DEFAULT_TIMEOUT_S = 2.0
 EXHAUSTED_HOLD_S = 60.0
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 1.0
+# Degraded mode ("split"): how long the store must be unreachable before a process runs on its
+# own share. 1 s: a restart (~0.1 s) is bridged by the first four backoff retries (50 + 100 +
+# 200 + 400 ms) and never degrades; a hung Redis is only noticed after the socket timeout
+# (2 s) anyway. Then one probe a second (the backoff's ceiling) per process, with jitter.
+DEGRADE_GRACE_S = 1.0
+_PROBE_EVERY_S = _BACKOFF_MAX_S
+DEGRADED_MODES = ("hold", "split")
+
+
+def split_limits(limits: Sequence[Limit], k: int) -> tuple[Limit, ...]:
+    """Each limit at ``1/k`` of its rate (at least 1 per window; a burst scaled alike): one
+    process's share while the store is unreachable, ``k`` being the processes it last saw.
+
+    >>> from paceline.policy.rate import Rate
+    >>> [str(lim.rate) for lim in split_limits([Limit(Rate.parse("200/s")),
+    ...                                         Limit(Rate.parse("tokens:9000/min"))], 4)]
+    ['50/1s', 'tokens:2250/60s']
+    """
+    k = max(1, k)
+    return tuple(
+        Limit(
+            Rate(max(1, lim.rate.max_requests // k), lim.rate.window_ns, lim.rate.unit),
+            None if lim.burst is None else max(1, lim.burst // k),
+            lim.margin_ns,
+        )
+        for lim in limits
+    )
+
+
+class StoreDegraded(RateStoreUnavailable):
+    """The store has been unreachable past the grace and the limiter runs on its own share
+    (degraded mode "split"); the limiter catches it and grants from a local limiter."""
 
 
 def best_margin_ns(lates_ns: Sequence[int], window_ns: int) -> int:
@@ -243,8 +277,14 @@ class RedisLimitStore:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         outage_s: float | None = None,
+        degraded: str = "hold",
     ) -> None:
         self.url = check_url(url)
+        if degraded not in DEGRADED_MODES:
+            raise InvalidArgument(
+                f"degraded={degraded!r}: 'hold' (grant nothing while the store is unreachable) "
+                "or 'split' (each process runs at 1/k of the limits, k = processes last seen)"
+            )
         if not isinstance(key, str) or not key or "{" in key or "}" in key:
             raise InvalidArgument(
                 f"rate key {key!r}: give a non-empty name without braces, e.g. 'github-api'"
@@ -263,10 +303,12 @@ class RedisLimitStore:
         self.limits = tuple(limits)
         self.timeout_s = timeout_s
         self.outage_s = outage_s
+        self.degraded = degraded
         prefix = key_prefix(key)
         self._keys = [f"{prefix}:meta"]
         for i in range(len(self.limits)):
             self._keys += [f"{prefix}:z{i}", f"{prefix}:c{i}"]
+        self._keys.append(f"{prefix}:live")  # the processes seen: degraded mode's k
         self._reset_runtime()
 
     # -- pickling: configuration only; connections are made lazily in each copy ---------------
@@ -278,6 +320,7 @@ class RedisLimitStore:
             "limits": self.limits,
             "timeout_s": self.timeout_s,
             "outage_s": self.outage_s,
+            "degraded": self.degraded,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -287,6 +330,7 @@ class RedisLimitStore:
             state["limits"],
             timeout_s=state["timeout_s"],
             outage_s=state["outage_s"],
+            degraded=state.get("degraded", "hold"),
         )
 
     def _reset_runtime(self) -> None:
@@ -308,6 +352,15 @@ class RedisLimitStore:
         self.monotonic_ns = time.monotonic_ns
         self._last_error: str | None = None
         self.round_trips = 0
+        # Degraded mode: this process's heartbeat id, the processes the store last saw, since
+        # when this process runs on its own share (None: on the store), the next probe, and
+        # its local grants (sent to the store when it answers again).
+        self._me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self.live_seen = 1
+        self.local_since_ns: int | None = None
+        self._next_probe_ns = 0
+        self._probing = False
+        self._local_grants: deque[tuple[int, tuple[int, ...]]] = deque()
 
     def __repr__(self) -> str:
         return f"RedisLimitStore({self.url!r}, key={self.key!r})"
@@ -320,11 +373,98 @@ class RedisLimitStore:
         return None if since is None else (self.monotonic_ns() - since) / 1e9
 
     def status(self) -> str | None:
-        """``"rate store unreachable for 12 s"`` while it is, else ``None``."""
+        """``"rate store unreachable for 12 s"`` while it is, else ``None``; in degraded mode
+        ``"rate store unreachable for 12 s: running at 50/1s, 1/4 of the limit"``."""
         down = self.outage_s_so_far()
         if down is None:
             return None
-        return f"rate store unreachable for {down:.0f} s ({self._last_error})"
+        return f"rate store unreachable for {down:.0f} s{self._share_text()} ({self._last_error})"
+
+    def hold_reason(self) -> str | None:
+        """What a progress line says while the store is unreachable (``None``: it answers)."""
+        if self._down_since_ns is None:
+            return None
+        return "rate store unreachable" + self._share_text()
+
+    def _share_text(self) -> str:
+        if self.local_since_ns is None:
+            return ""
+        k = self.live_seen
+        rates = ", ".join(str(lim.rate) for lim in split_limits(self.limits, k))
+        return f": running at {rates}, 1/{k} of the limit"
+
+    def note_local(self, amounts: Sequence[int]) -> None:
+        """Record a grant made on this process's own share (degraded mode): it is charged to
+        the store when the store answers again."""
+        now = self.monotonic_ns()
+        horizon = now - max(lim.window_ns for lim in self.limits)
+        with self._clock_lock:
+            self._local_grants.append((now, tuple(amounts)))
+            while self._local_grants and self._local_grants[0][0] < horizon:
+                self._local_grants.popleft()
+
+    def _charge_back_args(self) -> list[Any] | None:
+        """A settle of the local grants still inside each limit's window, as an overrun of a
+        booking of nothing (charged from the first moment each limit has room: strict)."""
+        now = self.monotonic_ns()
+        with self._clock_lock:
+            grants = list(self._local_grants)
+        args: list[Any] = ["s", "", TICKS_PER_S, 1, *self._limit_args(self._margin_ns)]
+        total = 0
+        for i, lim in enumerate(self.limits):
+            used = sum(a[i] for t, a in grants if t >= now - lim.window_ns)
+            total += used
+            args += [0, 0, used]
+        return args if total else None
+
+    def _stay_local(self) -> StoreDegraded:
+        """In degraded mode: the :class:`StoreDegraded` a grant raises (it goes to the local
+        share), after starting a probe of the store if one is due (one a second, in a thread of
+        its own: a hung Redis holds the probe for the socket timeout, never a grant). Raises
+        :class:`RateStoreUnavailable` past ``outage_s``."""
+        now = self.monotonic_ns()
+        since = self._down_since_ns
+        if since is not None and self.outage_s is not None and now - since >= self.outage_s * 1e9:
+            raise RateStoreUnavailable(
+                f"rate store {self.url} unreachable for {(now - since) / 1e9:.0f} s "
+                f"(limit {self.outage_s:g} s): {self._last_error}"
+            )
+        with self._clock_lock:
+            due = now >= self._next_probe_ns and not self._probing
+            if due:
+                self._probing = True
+                self._next_probe_ns = now + round(random.uniform(0.5, 1.0) * _PROBE_EVERY_S * 1e9)
+        if due:
+            probe = threading.Thread(target=self._probe, name="paceline-store-probe", daemon=True)
+            probe.start()
+        return StoreDegraded(self.status() or "rate store unreachable")
+
+    def _probe(self) -> None:
+        """Reach the store once: charge it with the local grants still inside a window, then a
+        booking of nothing (a heartbeat). Answered: the store decides again."""
+        sent = self.monotonic_ns()
+        try:
+            charge = self._charge_back_args()
+            if charge is not None:
+                self.call(charge, retry=False)
+            self.call(self._reserve_args([0] * len(self.limits), False, ""), retry=False)
+        except SharedQuotaExhausted:
+            self._back()  # the store answers; the next booking says the quota is exhausted
+        except self._transient() as exc:
+            self.close()
+            with contextlib.suppress(RateStoreUnavailable):  # the callers check the deadline
+                self._failed(exc, 0, sent)
+        except Exception:  # a probe must not die noisily: stay local, probe again later
+            self.close()
+        else:
+            self._back()
+        finally:
+            self._probing = False
+
+    def _back(self) -> None:
+        self.local_since_ns = None
+        with self._clock_lock:
+            self._local_grants.clear()
 
     @property
     def margin_ns(self) -> int:
@@ -480,7 +620,12 @@ class RedisLimitStore:
         )
 
     def call(
-        self, args: list[Any], *, retry: bool = True, retry_args: list[Any] | None = None
+        self,
+        args: list[Any],
+        *,
+        retry: bool = True,
+        retry_args: list[Any] | None = None,
+        degrade: bool = False,
     ) -> tuple[list[int], int, int]:
         """Run the script once (retrying while the store is unreachable); return its reply and
         when the request was sent and answered (monotonic ns). A failed request may still have
@@ -499,7 +644,10 @@ class RedisLimitStore:
                 if not retry:
                     raise
                 self.close()
-                time.sleep(self._failed(exc, attempt, sent))
+                delay_s = self._failed(exc, attempt, sent)
+                if degrade and self._grace_over():
+                    raise self._enter_local() from exc
+                time.sleep(delay_s)
                 attempt += 1
                 continue
             recv = self.monotonic_ns()
@@ -510,7 +658,11 @@ class RedisLimitStore:
             return ints, sent, recv
 
     async def call_async(
-        self, args: list[Any], retry_args: list[Any] | None = None
+        self,
+        args: list[Any],
+        retry_args: list[Any] | None = None,
+        *,
+        degrade: bool = False,
     ) -> tuple[list[int], int, int]:
         """:meth:`call` on the running event loop (redis.asyncio, one client per loop)."""
         transient = self._transient()
@@ -526,7 +678,10 @@ class RedisLimitStore:
                 entry = self._async.pop(asyncio.get_running_loop(), None)
                 if entry is not None:
                     await entry[0].aclose()
-                await asyncio.sleep(self._failed(exc, attempt, sent))
+                delay_s = self._failed(exc, attempt, sent)
+                if degrade and self._grace_over():
+                    raise self._enter_local() from exc
+                await asyncio.sleep(delay_s)
                 attempt += 1
                 continue
             recv = self.monotonic_ns()
@@ -536,13 +691,29 @@ class RedisLimitStore:
                 raise self._exhausted(ints, reply[3])
             return ints, sent, recv
 
+    def _grace_over(self) -> bool:
+        since = self._down_since_ns
+        return (
+            self.degraded == "split"
+            and since is not None
+            and self.monotonic_ns() - since >= DEGRADE_GRACE_S * 1e9
+        )
+
+    def _enter_local(self) -> StoreDegraded:
+        if self.local_since_ns is None:
+            self.local_since_ns = self.monotonic_ns()
+            self._next_probe_ns = self.local_since_ns + round(_PROBE_EVERY_S * 1e9)
+        return StoreDegraded(self.status() or "rate store unreachable")
+
     # -- the operations --------------------------------------------------------------------
 
     def _reserve_args(
         self, amounts: Sequence[int], book: bool, now: str, release: Booking | None = None
     ) -> list[Any]:
         margin = self._margin_ns
-        args = ["r" if book else "t", now, TICKS_PER_S, 1, *self._limit_args(margin), *amounts]
+        # Every process beats (whatever its mode): k counts them all.
+        fence = f"1:{self._me}" if now == "" else 1
+        args = ["r" if book else "t", now, TICKS_PER_S, fence, *self._limit_args(margin), *amounts]
         if release is not None:
             for id_, amount in zip(release.ids, release.amounts, strict=True):
                 args += [id_, amount]
@@ -550,7 +721,10 @@ class RedisLimitStore:
 
     def _booking(self, amounts: Sequence[int], reply: list[int], sent: int, recv: int) -> Booking:
         wait_ns = reply[0] * _NS_PER_TICK
-        ids = tuple(reply[2:]) if len(reply) > 2 else tuple(0 for _ in amounts)
+        n = len(amounts)
+        ids = tuple(reply[2 : 2 + n]) if len(reply) > 2 else tuple(0 for _ in amounts)
+        if len(reply) > 2 + n:  # a heartbeat's reply: the processes the store saw lately
+            self.live_seen = max(1, reply[2 + n])
         # The slot on the server's clock, and where it lies on ours.
         slot_server_ns = (reply[1] + reply[0]) * _NS_PER_TICK
         with self._clock_lock:
@@ -574,9 +748,12 @@ class RedisLimitStore:
         now (then ``ids`` are all 0 and ``wait_ns`` > 0). ``release``: a late booking to give
         back in the same round trip."""
         margin = self._margin_ns
+        if self.local_since_ns is not None:
+            raise self._stay_local()
         reply, sent, recv = self.call(
             self._reserve_args(amounts, book, "", release),
             retry_args=self._reserve_args(amounts, book, ""),
+            degrade=self.degraded == "split",
         )
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin
@@ -587,9 +764,12 @@ class RedisLimitStore:
     ) -> Booking:
         """:meth:`reserve` on the running event loop."""
         margin = self._margin_ns
+        if self.local_since_ns is not None:
+            raise self._stay_local()
         reply, sent, recv = await self.call_async(
             self._reserve_args(amounts, True, "", release),
             retry_args=self._reserve_args(amounts, True, ""),
+            degrade=self.degraded == "split",
         )
         booking = self._booking(amounts, reply, sent, recv)
         booking.margin_ns = margin

@@ -32,9 +32,12 @@ server started less than one window ago, or the server's ``run_id`` changed (a f
 grant goes before one (longest) window has passed since the start or the change.
 
 KEYS: meta hash, then per limit: its sorted set, its hash of counts.
+KEYS may end with the live processes' sorted set (member: a process id, score: when the store
+last saw it).
 ARGV: op ("r" reserve and book, "t" try without booking, "s" settle, "p" pause, "x" quota
 exhausted), now (ticks;
-"" reads TIME), ticks per second, fence (1/0), limit count L, then per limit 7 numbers: N,
+"" reads TIME), ticks per second, fence (1/0, then optionally ":" and a process id: a
+heartbeat in the live set), limit count L, then per limit 7 numbers: N,
 window, this caller's margin, prune window (entries stamped earlier than now minus it are
 dropped; at least the window), coalesce, GCRA interval (0: no pacer), GCRA tolerance; then
 for "r"/"t" L amounts; for "s" per
@@ -42,7 +45,8 @@ limit: entry id, reserved amount, actual amount; for "p" the pause length in tic
 how long to hold every grant (ticks) and why (text, kept in the meta hash's ``why``). "r" may
 add, per limit, the entry id and amount of a late booking to give back first (one round trip
 for the give-back and the new booking).
-Replies: "r"/"t": {wait, now, id per limit (0: not charged)}, or {-1, now, until, why} while
+Replies: "r"/"t": {wait, now, id per limit (0: not charged), then with a heartbeat k: the
+processes the live set holds}, or {-1, now, until, why} while
 the key's quota is marked exhausted; "s": {0, now}; "p": {pause end, now}; "x": {its end, now}.
 """
 
@@ -73,10 +77,13 @@ for i = 1, L do
   if lim[i].pw + lim[i].j > longest then longest = lim[i].pw + lim[i].j end
 end
 local rest = 5 + L * 7
+-- ARGV[4]: the fence flag, then (":" and an id) a process's heartbeat (degraded mode's k)
+local fence_on = string.sub(ARGV[4], 1, 1) == '1'
+local me = string.sub(ARGV[4], 3)
 
 -- Fence: bookings may have been lost (restart without them, or failover).
 local fence = tonumber(redis.call('HGET', meta, 'fence') or '0')
-if ARGV[4] == '1' then
+if fence_on then
   local info = redis.call('INFO', 'server')
   local run = string.match(info, 'run_id:(%w+)')
   local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
@@ -89,6 +96,20 @@ if ARGV[4] == '1' then
     if now + longest > fence then fence = now + longest end
   end
   if known ~= run then redis.call('HSET', meta, 'run', run) end
+end
+
+-- Heartbeat: this process was seen now; k = processes seen within the live horizon (three of
+-- the longest windows, at least 10 s: a process waiting out a Retry-After of a few seconds
+-- still counts). One sorted set under the same hash tag; no extra round trip.
+local live_n = 0
+local live = KEYS[2 * L + 2]
+if me ~= '' and live then
+  local horizon = 3 * longest
+  if horizon < 10 * tps then horizon = 10 * tps end
+  redis.call('ZADD', live, now, me)
+  redis.call('ZREMRANGEBYSCORE', live, '-inf', now - horizon)
+  redis.call('PEXPIRE', live, math.ceil(horizon * 1000 / tps))
+  live_n = redis.call('ZCARD', live)
 end
 
 local function held(l, t)
@@ -245,6 +266,7 @@ if op == 'r' or op == 't' then
     end
     reply[#reply + 1] = id
   end
+  if live_n > 0 then reply[#reply + 1] = live_n end
   keep(t)
   return reply
 elseif op == 's' then

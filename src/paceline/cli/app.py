@@ -64,6 +64,16 @@ RateStoreOutage = Annotated[
         "wait for it; nothing starts without a grant).",
     ),
 ]
+RateStoreDegraded = Annotated[
+    str,
+    typer.Option(
+        "--rate-store-degraded",
+        metavar="hold|split",
+        help="While --rate-store is unreachable (after 1 s): hold (the default: nothing starts "
+        "without a grant) or split (run at 1/k of each --rate, k = the processes the store "
+        "last saw on the key; back on the store when it answers).",
+    ),
+]
 RateMargin = Annotated[
     float | None,
     typer.Option(
@@ -214,6 +224,7 @@ def _common(**values: Any) -> dict[str, Any]:
         "rate_store": values["rate_store"],
         "rate_key": values["rate_key"],
         "rate_store_outage_s": values["rate_store_outage"],
+        "rate_store_degraded": values["rate_store_degraded"],
         "rate_margin_s": values["rate_margin"],
         "concurrency": values["concurrency"],
         "retries": values["retries"],
@@ -312,6 +323,7 @@ def http_command(
     rate_store: RateStore = None,
     rate_key: RateKey = None,
     rate_store_outage: RateStoreOutage = None,
+    rate_store_degraded: RateStoreDegraded = "hold",
     rate_margin: RateMargin = None,
     cost: Annotated[
         str | None,
@@ -394,6 +406,7 @@ def call_command(
     rate_store: RateStore = None,
     rate_key: RateKey = None,
     rate_store_outage: RateStoreOutage = None,
+    rate_store_degraded: RateStoreDegraded = "hold",
     rate_margin: RateMargin = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,
@@ -436,6 +449,7 @@ def exec_command(
     rate_store: RateStore = None,
     rate_key: RateKey = None,
     rate_store_outage: RateStoreOutage = None,
+    rate_store_degraded: RateStoreDegraded = "hold",
     rate_margin: RateMargin = None,
     concurrency: Concurrency = "auto",
     retries: Retries = None,

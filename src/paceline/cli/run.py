@@ -170,9 +170,10 @@ def _shared(spec: RunSpec, limiter: RateLimiter | None) -> RateLimiter:
             store=spec.rate_store,
             key=rate_key_for(spec, limiter),
             store_outage_s=spec.rate_store_outage_s,
+            store_degraded=spec.rate_store_degraded,
         )
     except InvalidArgument as exc:
-        raise UsageError(f"--rate-store/--rate-key: {exc}") from None
+        raise UsageError(f"--rate-store/--rate-key/--rate-store-degraded: {exc}") from None
 
 
 def check_store(limiter: RateLimiter | None) -> None:
@@ -606,9 +607,9 @@ class Batch:
                 "stop", "stopping: waiting for the running attempts" if self.stopping else None
             )
             store = None if plan.limiter is None else plan.limiter.store
-            down = None if store is None else store.outage_s_so_far()
-            # Nothing starts without a grant: the line says why (and for how long, as a hold).
-            metrics.hold("store", None if down is None else "rate store unreachable")
+            # Nothing starts without a grant: the line says why (and for how long, as a hold);
+            # in degraded mode, at what share of the limit it runs meanwhile.
+            metrics.hold("store", None if store is None else store.hold_reason())
 
         metrics.read_holds = holds
         if journal is not None:

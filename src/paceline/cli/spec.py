@@ -59,6 +59,7 @@ class RunSpec:
     rate_store: str | None = None  # a shared store's URL (redis://...): the limits are shared
     rate_key: str | None = None  # its key; None: from the limits and the target host
     rate_store_outage_s: float | None = None  # exit 3 after this long unreachable; None: wait
+    rate_store_degraded: str = "hold"  # "split": 1/k of the limits while unreachable (opt-in)
     rate_margin_s: float | None = None  # --rate-margin; None: run.py's default (shared or not)
     concurrency: str = "auto"  # "auto" or a whole number
     retries: int | None = None  # retries after the first attempt; None: the command's default
