@@ -55,6 +55,19 @@ def test_give_back_frees_the_place_at_once():
     assert log.held(8) == 2
 
 
+def test_give_back_of_grants_made_at_one_instant_takes_every_permit_from_their_entries():
+    # Found by hypothesis (test_properties, seed 5): grants of 1 and 2 permits at t=0 have an
+    # entry each; giving back the 1 empties half of the newest entry, and giving back the 2
+    # must then take its second permit from the older one.
+    log = WindowLog(3, S)
+    log.record(0, 1)
+    log.record(0, 2)
+    assert log.give_back(0, 1) == 1
+    assert log.give_back(0, 2) == 2
+    assert log.held(0) == 0
+    assert list(log._counts) == []
+
+
 def test_give_back_of_a_grant_that_left_the_window_removes_nothing():
     log = WindowLog(2, S)
     grant(log, 0)

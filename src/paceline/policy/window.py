@@ -110,20 +110,26 @@ class WindowLog:
     def give_back(self, granted_ns: int, weight: int) -> int:
         """Remove up to ``weight`` permits granted at ``granted_ns``; return how many were removed.
 
-        The grant is in the entry whose ``[first, stamp]`` span holds it. A grant that already
-        left the window has no entry any more and nothing is given back.
+        The grant is in an entry whose ``[first, stamp]`` span holds it. Grants made at the
+        same instant may sit in several such entries (one each when nothing coalesces them),
+        and they cannot be told apart: the permits come out of those entries, the newest
+        first, until ``weight`` is given back. (Taking them from the newest entry alone gave
+        back 1 of 2 when a 1-permit grant's give-back had already emptied half of a 2-permit
+        one's entry.) A grant that already left the window has no entry any more and nothing
+        is given back.
         """
         times, firsts, counts = self._times, self._firsts, self._counts
+        removed = 0
         for i in range(len(times) - 1, -1, -1):
-            if times[i] < granted_ns:
-                return 0
+            if times[i] < granted_ns or removed == weight:
+                break
             if firsts[i] <= granted_ns:
-                removed = min(weight, counts[i])
-                counts[i] -= removed
-                self._held -= removed
+                taken = min(weight - removed, counts[i])
+                counts[i] -= taken
+                removed += taken
                 if counts[i] == 0:
                     del times[i]
                     del firsts[i]
                     del counts[i]
-                return removed
-        return 0
+        self._held -= removed
+        return removed
