@@ -44,7 +44,7 @@ def test_limit_conn_serves_that_many_behind_a_slow_upstream_and_answers_503_beyo
     with NginxServer(limits) as server:
         statuses = at_once(12, server)
         upstream = server.upstream_stats()
-        log = server.log()
+        log = server.log(at_least=12)
     assert statuses == [200] * 8 + [503] * 4
     assert (upstream["accepted"], upstream["max_in_flight"]) == (8, 8)
     assert sorted(status for _, status, _ in log) == statuses

@@ -47,6 +47,11 @@ from paceline.testing._api.server import ApiServer, SpawnedServer
 __all__ = ["NginxLimits", "NginxServer", "nginx_program"]
 
 
+# A log that has not grown for this long has every line of the answers already given: nginx
+# writes a line right after its answer (microseconds), so 50 ms is ample even on a loaded machine.
+_LOG_QUIET_S = 0.05
+
+
 def nginx_program() -> str | None:
     """The path of ``nginx``, or ``None`` when it is not installed."""
     return shutil.which("nginx") or next(
@@ -208,14 +213,26 @@ class NginxServer:
             time.sleep(0.05)
         return False
 
-    def log(self) -> list[tuple[float, int, str]]:
-        """What nginx answered so far: ``(unix time s, status, uri)`` per request, in order."""
+    def log(self, at_least: int = 0, within_s: float = 5.0) -> list[tuple[float, int, str]]:
+        """What nginx answered so far: ``(unix time s, status, uri)`` per request, in order.
+
+        nginx writes a request's line in its log phase, *after* the answer went out, so a
+        client can hold its answer before the line exists (the limit_conn fixture test read 11
+        lines of 12 once). So this reads until the log has ``at_least`` lines and has not grown
+        for ``_LOG_QUIET_S``, or ``within_s`` passed.
+        """
         assert self._dir is not None
         path = self._dir / "access.log"
-        if not path.exists():
-            return []
+        deadline = time.monotonic() + within_s
+        text = path.read_text() if path.exists() else ""
+        while time.monotonic() < deadline:
+            time.sleep(_LOG_QUIET_S)
+            newer = path.read_text() if path.exists() else ""
+            if newer == text and text.count("\n") >= at_least:
+                break
+            text = newer
         rows = []
-        for line in path.read_text().splitlines():
+        for line in text.splitlines():
             at, status, uri = line.split(" ", 2)
             rows.append((float(at), int(status), uri))
         return rows
