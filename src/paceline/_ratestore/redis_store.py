@@ -593,6 +593,19 @@ class RedisLimitStore:
         delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2**attempt)
         return random.uniform(delay / 2, delay)
 
+    def _answered(
+        self, args: list[Any], reply: list[Any], sent_ns: int
+    ) -> tuple[list[int], int, int]:
+        """What :meth:`call` and :meth:`call_async` return for the script's reply: its integers
+        (an exhausted mark's message left out), sent and received ns; the round trip is noted,
+        and an exhausted mark raises."""
+        recv_ns = self.monotonic_ns()
+        ints = [int(x) for x in reply[:3]] + [int(x) for x in reply[3:] if reply[0] != -1]
+        self._ok(sent_ns, recv_ns, args, ints)
+        if ints[0] == -1:
+            raise self._exhausted(ints, reply[3])
+        return ints, sent_ns, recv_ns
+
     def _ok(self, sent_ns: int, recv_ns: int, args: list[Any], reply: list[int]) -> None:
         self.round_trips += 1
         self._down_since_ns = None
@@ -650,12 +663,7 @@ class RedisLimitStore:
                 time.sleep(delay_s)
                 attempt += 1
                 continue
-            recv = self.monotonic_ns()
-            ints = [int(x) for x in reply[:3]] + [int(x) for x in reply[3:] if reply[0] != -1]
-            self._ok(sent, recv, args, ints)
-            if ints[0] == -1:
-                raise self._exhausted(ints, reply[3])
-            return ints, sent, recv
+            return self._answered(args, reply, sent)
 
     async def call_async(
         self,
@@ -684,12 +692,7 @@ class RedisLimitStore:
                 await asyncio.sleep(delay_s)
                 attempt += 1
                 continue
-            recv = self.monotonic_ns()
-            ints = [int(x) for x in reply[:3]] + [int(x) for x in reply[3:] if reply[0] != -1]
-            self._ok(sent, recv, args, ints)
-            if ints[0] == -1:
-                raise self._exhausted(ints, reply[3])
-            return ints, sent, recv
+            return self._answered(args, reply, sent)
 
     def _grace_over(self) -> bool:
         since = self._down_since_ns
