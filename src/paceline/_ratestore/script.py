@@ -35,19 +35,22 @@ KEYS: meta hash, then per limit: its sorted set, its hash of counts.
 KEYS may end with the live processes' sorted set (member: a process id, score: when the store
 last saw it).
 ARGV: op ("r" reserve and book, "t" try without booking, "s" settle, "p" pause, "x" quota
-exhausted), now (ticks;
+exhausted, "l" a limit learned from a server's headers), now (ticks;
 "" reads TIME), ticks per second, fence (1/0, then optionally ":" and a process id: a
 heartbeat in the live set), limit count L, then per limit 7 numbers: N,
 window, this caller's margin, prune window (entries stamped earlier than now minus it are
 dropped; at least the window), coalesce, GCRA interval (0: no pacer), GCRA tolerance; then
 for "r"/"t" L amounts; for "s" per
 limit: entry id, reserved amount, actual amount; for "p" the pause length in ticks; for "x"
-how long to hold every grant (ticks) and why (text, kept in the meta hash's ``why``). "r" may
+how long to hold every grant (ticks) and why (text, kept in the meta hash's ``why``); for "l"
+N, W (ticks) and the index (from 1) of the requests limit whose log counts it (every later
+"r"/"t" of any process then also keeps N per W on that log: :mod:`.learned`). "r" may
 add, per limit, the entry id and amount of a late booking to give back first (one round trip
 for the give-back and the new booking).
 Replies: "r"/"t": {wait, now, id per limit (0: not charged), then with a heartbeat k: the
 processes the live set holds}, or {-1, now, until, why} while
-the key's quota is marked exhausted; "s": {0, now}; "p": {pause end, now}; "x": {its end, now}.
+the key's quota is marked exhausted; "s" and "l": {0, now}; "p": {pause end, now}; "x": {its
+end, now}.
 """
 
 from __future__ import annotations
@@ -77,6 +80,22 @@ for i = 1, L do
   if lim[i].pw + lim[i].j > longest then longest = lim[i].pw + lim[i].j end
 end
 local rest = 5 + L * 7
+-- A limit learned from a server's headers by any process on the key (op "l", learned.py):
+-- N per W counted on the log of the requests limit li, for every process; that log is kept
+-- for W at least.
+local learned = false
+local lf = redis.call('HMGET', meta, 'ln', 'lw', 'li')
+if lf[1] then
+  local li = tonumber(lf[3])
+  if li >= 1 and li <= L then
+    local b = lim[li]
+    learned = {n = tonumber(lf[1]), w = tonumber(lf[2]), j = b.j, co = b.co, iv = 0, tol = 0,
+               z = b.z, c = b.c, i = li}
+    if learned.w > b.pw then b.pw = learned.w end
+    learned.pw = b.pw
+    if b.pw + b.j > longest then longest = b.pw + b.j end
+  end
+end
 -- ARGV[4]: the fence flag, then (":" and an id) a process's heartbeat (degraded mode's k)
 local fence_on = string.sub(ARGV[4], 1, 1) == '1'
 local me = string.sub(ARGV[4], 3)
@@ -252,6 +271,10 @@ if op == 'r' or op == 't' then
       if w > wait then wait = w end
     end
   end
+  if learned and amounts[learned.i] > 0 then
+    local w = wait_log(learned, now, amounts[learned.i])
+    if w > wait then wait = w end
+  end
   if wait > 0 and op == 't' then
     keep(now)
     return {wait, now}
@@ -308,6 +331,13 @@ elseif op == 'x' then
   end
   keep(now)
   return {exhausted, now}
+elseif op == 'l' then
+  -- learned.py: the server's N per W (ticks) on the requests limit li; the newest word wins
+  local n, w, li = tonumber(ARGV[rest + 1]), tonumber(ARGV[rest + 2]), tonumber(ARGV[rest + 3])
+  redis.call('HSET', meta, 'ln', n, 'lw', w, 'li', li)
+  if li >= 1 and li <= L and w + lim[li].j > longest then longest = w + lim[li].j end
+  keep(now)
+  return {0, now}
 end
 return redis.error_reply('paceline rate store: unknown op ' .. tostring(op))
 """

@@ -9,6 +9,7 @@ from itertools import takewhile
 
 from paceline._clock import SYSTEM_CLOCK, Clock
 from paceline._limiter import Grant, RateLimiter
+from paceline._ratestore.learned import share_server_limit
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
@@ -321,6 +322,9 @@ class ServerLimits:
                 self.budget_until_ns = 0  # the policy supersedes the last answer's budget
                 if self.controller is not None:
                     self.controller.quota_announced(self._now())
+                store = None if self.user is None else self.user.store
+                if store is not None:  # the key's quota: every process keeps it together
+                    share_server_limit(store, policy[0], policy[1])
         # With the policy known the limit already keeps to it; "0 remaining" is then the
         # expected state at a full window, and its reset is rounded to whole seconds.
         if self.learned is None:
