@@ -80,3 +80,120 @@ def shared_server_limit(store: RedisLimitStore) -> tuple[int, float] | None:
     if quota is None or window is None:
         return None
     return int(quota), int(window) / TICKS_PER_S
+
+
+# The adaptive rate's exchange: one small script, at most once a second per process and server
+# (and at once after a local cut), never per grant. Fields of the key's meta hash, per server:
+# ``ar:<server>`` the aggregate rate (requests/s, all processes together), ``av:<server>`` its
+# version, bumped by each cut. A cut applies only if the caller had seen the newest version (a
+# process that cut for a congestion event another already answered adopts that answer instead);
+# growth applies only upward. The heartbeat puts the caller in the live set (k counts it).
+_EXCHANGE_LUA = r"""
+local meta, live = KEYS[1], KEYS[2]
+local field, kind, seen, proposed = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', live, now, ARGV[5])
+if redis.call('PTTL', live) < 0 then redis.call('PEXPIRE', live, ARGV[6]) end
+local r = tonumber(redis.call('HGET', meta, 'ar:' .. field) or '0')
+local v = tonumber(redis.call('HGET', meta, 'av:' .. field) or '0')
+if seen == v and ((kind == 'cut' and proposed > 0) or (kind == 'grow' and proposed > r)) then
+  if kind == 'cut' then v = v + 1 end
+  r = proposed
+  redis.call('HSET', meta, 'ar:' .. field, tostring(r), 'av:' .. field, v)
+  if redis.call('PTTL', meta) < 0 then redis.call('PEXPIRE', meta, ARGV[6]) end
+end
+return {tostring(r), v, redis.call('ZCOUNT', live, now - tonumber(ARGV[7]), '+inf')}
+"""
+# How often a process exchanges its rate when nothing was cut: the brief's bound (no round trip
+# per grant; a second is 1 of 50-200 grants at the rates this is for). A cut goes at once.
+SHARE_EVERY_S = 1.0
+# The live set's horizon for k and the keys' expiry if this script made them: 10 s, as the
+# booking script's heartbeat (a process that just finished still counts for that long: its
+# share is given to the others only after it, which errs on the strict side).
+_LIVE_HORIZON_S = 10.0
+# Rates within this fraction are the same rate (no adoption: a pacer is not restarted for noise).
+_SAME_RATE = 0.01
+
+
+class AdaptiveShare:
+    """One adaptive controller's rate shared on a store's key, for one server: every process
+    runs at ``R / k`` where R is the aggregate rate the processes found together and k the
+    processes the store saw lately. A local change of the rate is proposed as ``rate x k``:
+    a cut (it needs the newest version: a congestion event is cut for once, by the first
+    process that reports it), or growth (only upward). Sans-I/O but for :meth:`exchange`,
+    which the caller runs off its event loop.
+
+    >>> share = AdaptiveShare.__new__(AdaptiveShare)
+    >>> share._init(None, "http://api:80")
+    >>> share.proposal(None), share.proposal(20.0)   # nothing learned yet; then a first rate
+    (('read', 0.0), ('grow', 20.0))
+    """
+
+    def __init__(self, store: RedisLimitStore, server: str) -> None:
+        self._init(store, server)
+
+    def _init(self, store: RedisLimitStore | None, server: str) -> None:
+        self.store = store
+        self.server = server
+        self.version = 0
+        self.k = 1
+        self.shared_rate_per_s: float | None = None  # R, all processes together
+        self._mine: float | None = None  # this process's rate at the last exchange
+        self._next_ns = 0
+
+    def proposal(self, rate_per_s: float | None) -> tuple[str, float]:
+        """What to tell the store for a controller at ``rate_per_s``: ``("cut", R)``,
+        ``("grow", R)`` or ``("read", 0)``."""
+        mine = self._mine
+        if rate_per_s is None:
+            return "read", 0.0
+        if mine is not None and rate_per_s < mine * (1 - _SAME_RATE):
+            return "cut", rate_per_s * self.k
+        if mine is None or rate_per_s > mine * (1 + _SAME_RATE):
+            return "grow", rate_per_s * self.k
+        return "read", 0.0
+
+    def due(self, now_ns: int, rate_per_s: float | None) -> bool:
+        """Whether to exchange now: a second since the last, or a local cut since."""
+        return now_ns >= self._next_ns or self.proposal(rate_per_s)[0] == "cut"
+
+    def exchange(self, kind: str, proposed: float) -> tuple[float, int, int]:
+        """One round trip: propose, and read back ``(R, version, k)``. Blocking: call it from
+        a thread. Raises the store's transient errors (the caller tries again later)."""
+        store = self.store
+        assert store is not None
+        client = store._sync_script().registered_client
+        script = client.register_script(_EXCHANGE_LUA)
+        horizon_us = round(_LIVE_HORIZON_S * TICKS_PER_S)
+        reply = script(
+            keys=[store._keys[0], store._keys[-1]],
+            args=[
+                self.server,
+                kind,
+                self.version,
+                repr(proposed),
+                store._me,
+                round(_LIVE_HORIZON_S * 1000),
+                horizon_us,
+            ],
+        )
+        return float(reply[0]), int(reply[1]), max(1, int(reply[2]))
+
+    def apply(
+        self, now_ns: int, rate_per_s: float | None, reply: tuple[float, int, int]
+    ) -> float | None:
+        """Take the store's answer; return the rate this process should adopt (its share),
+        or ``None`` to keep its own."""
+        shared, version, k = reply
+        self.version, self.k = version, k
+        self._next_ns = now_ns + round(SHARE_EVERY_S * 1e9)
+        if shared <= 0:
+            self._mine = rate_per_s
+            return None
+        self.shared_rate_per_s = shared
+        share = shared / k
+        self._mine = share
+        if rate_per_s is not None and abs(share - rate_per_s) <= _SAME_RATE * rate_per_s:
+            return None
+        return share

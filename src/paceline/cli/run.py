@@ -45,6 +45,7 @@ from paceline.cli.output import (
     refuse_same_file,
     write_private,
 )
+from paceline.cli.share import share_adaptive
 from paceline.cli.spec import RunSpec, UsageError
 from paceline.errors import (
     ErrorCode,
@@ -211,7 +212,9 @@ def plan_for(spec: RunSpec, total: int | None) -> Plan:
     if fixed is None:
         settings = AdaptiveSettings(
             initial_concurrency=auto_workers(total),
-            user_rate_per_s=user_rate_per_s(limiter),
+            # A shared --rate is the sum of every process on the key, not this one's floor:
+            # the controllers find their shares together (cli/share.py)
+            user_rate_per_s=None if spec.rate_store is not None else user_rate_per_s(limiter),
             user_rate_even=burst == 1,
         )
         controller = AdaptiveController(settings)
@@ -627,14 +630,18 @@ class Batch:
         output = CommittedOutput(writer, journal) if writer is not None else None
         view.start()
         ticker = asyncio.ensure_future(self._tick(view, metrics, journal))
+        sharer = asyncio.ensure_future(share_adaptive(plan))  # --rate-store: the learned rate
         if output is not None:
             output.start(self._output_failed)
         try:
             outcome = await self._stream(source, operation, plan, journal, output)
         finally:
             ticker.cancel()
+            sharer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            with contextlib.suppress(asyncio.CancelledError):
+                await sharer
             if self._stopper is not None:
                 self._stopper.cancel()
             if output is not None:

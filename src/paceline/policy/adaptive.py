@@ -453,6 +453,25 @@ class AdaptiveController:
         self._window_ns = None
         self.events.append((now_ns, "quota", 0.0))
 
+    def adopt_rate(self, now_ns: int, rate_per_s: float) -> None:
+        """Run at ``rate_per_s`` from now: this process's share of a rate that processes
+        sharing one quota learned together (a rate store's key, docs/design.md, 'Adaptive rate
+        shared'). A lower rate counts as a cut for the congestion event another process
+        already cut for: throttles of attempts sent before now are not cut for again."""
+        settings = self.settings
+        rate = min(max(rate_per_s, settings.min_rate_per_s), settings.max_rate_per_s)
+        if self.rate_per_s is not None and rate < self.rate_per_s:
+            # As after a cut of its own: no more doubling, and the next growth is sized for
+            # the ceiling the share was cut from (the others' throttle is this one's too).
+            self.epoch += 1
+            self._epoch_in_flight = 0
+            self._last_growth_ns = None
+            self._slow_start = False
+            self._last_throttle_ns = now_ns
+            self._ceiling = rate / settings.rate_cut
+        self._set_pace(rate)
+        self.events.append((now_ns, "shared rate", rate))
+
     # -- before an attempt -----------------------------------------------------------------
 
     def decide(self, now_ns: int, in_flight: int) -> Decision:
