@@ -87,14 +87,17 @@ def shared_server_limit(store: RedisLimitStore) -> tuple[int, float] | None:
 # ``ar:<server>`` the aggregate rate (requests/s, all processes together), ``av:<server>`` its
 # version, bumped by each cut. A cut applies only if the caller had seen the newest version (a
 # process that cut for a congestion event another already answered adopts that answer instead);
-# growth applies only upward. The heartbeat puts the caller in the live set (k counts it).
+# growth applies only upward. A process proposes its own rate; the script multiplies it by k,
+# the processes it sees now (the heartbeat puts the caller in the live set: k counts it).
 _EXCHANGE_LUA = r"""
 local meta, live = KEYS[1], KEYS[2]
-local field, kind, seen, proposed = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local field, kind, seen, mine = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZADD', live, now, ARGV[5])
 if redis.call('PTTL', live) < 0 then redis.call('PEXPIRE', live, ARGV[6]) end
+local k = redis.call('ZCOUNT', live, now - tonumber(ARGV[7]), '+inf')
+local proposed = mine * k
 local r = tonumber(redis.call('HGET', meta, 'ar:' .. field) or '0')
 local v = tonumber(redis.call('HGET', meta, 'av:' .. field) or '0')
 if seen == v and ((kind == 'cut' and proposed > 0) or (kind == 'grow' and proposed > r)) then
@@ -103,7 +106,7 @@ if seen == v and ((kind == 'cut' and proposed > 0) or (kind == 'grow' and propos
   redis.call('HSET', meta, 'ar:' .. field, tostring(r), 'av:' .. field, v)
   if redis.call('PTTL', meta) < 0 then redis.call('PEXPIRE', meta, ARGV[6]) end
 end
-return {tostring(r), v, redis.call('ZCOUNT', live, now - tonumber(ARGV[7]), '+inf')}
+return {tostring(r), v, k}
 """
 # How often a process exchanges its rate when nothing was cut: the brief's bound (no round trip
 # per grant; a second is 1 of 50-200 grants at the rates this is for). A cut goes at once.
@@ -143,15 +146,15 @@ class AdaptiveShare:
         self._next_ns = 0
 
     def proposal(self, rate_per_s: float | None) -> tuple[str, float]:
-        """What to tell the store for a controller at ``rate_per_s``: ``("cut", R)``,
-        ``("grow", R)`` or ``("read", 0)``."""
+        """What to tell the store for a controller at ``rate_per_s``: ``("cut", rate)``,
+        ``("grow", rate)`` or ``("read", 0)`` (the store makes ``rate x k`` of it)."""
         mine = self._mine
         if rate_per_s is None:
             return "read", 0.0
         if mine is not None and rate_per_s < mine * (1 - _SAME_RATE):
-            return "cut", rate_per_s * self.k
+            return "cut", rate_per_s
         if mine is None or rate_per_s > mine * (1 + _SAME_RATE):
-            return "grow", rate_per_s * self.k
+            return "grow", rate_per_s
         return "read", 0.0
 
     def due(self, now_ns: int, rate_per_s: float | None) -> bool:
