@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paceline._ratestore import RedisLimitStore
-from paceline._ratestore.learned import share_server_limit, shared_server_limit
+from paceline._ratestore.learned import AdaptiveShare, share_server_limit, shared_server_limit
 from paceline.errors import InvalidArgument
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import Rate
@@ -131,3 +131,60 @@ def test_a_limiter_without_a_requests_limit_shares_no_learned_limit(
     )
     assert not share_server_limit(store, 40, 2.0)
     assert shared_server_limit(store) is None
+
+
+def _two_processes(redis_server: RedisServer) -> tuple[AdaptiveShare, AdaptiveShare]:
+    key = uuid.uuid4().hex
+    limits = [Limit(Rate.parse("500/s"))]
+    a = AdaptiveShare(RedisLimitStore(redis_server.url, key, limits), "http://api:80")
+    b = AdaptiveShare(RedisLimitStore(redis_server.url, key, limits), "http://api:80")
+    return a, b
+
+
+def test_a_rate_found_by_one_process_is_the_others_share(redis_server: RedisServer) -> None:
+    a, b = _two_processes(redis_server)
+    assert a.apply(0, None, a.exchange("read", 0.0)) is None  # nothing learned yet
+    assert b.apply(0, None, b.exchange("read", 0.0)) is None
+    assert a.proposal(20.0) == ("grow", 20.0)
+    reply = a.exchange("grow", 20.0)
+    assert reply == (40.0, 0, 2)  # 20/s in each of the 2 processes the store sees
+    assert a.apply(0, 20.0, reply) is None  # its own rate is its share
+    assert b.apply(0, None, b.exchange("read", 0.0)) == 20.0  # b starts from it
+
+
+def test_one_congestion_event_cuts_the_shared_rate_once(redis_server: RedisServer) -> None:
+    a, b = _two_processes(redis_server)
+    a.exchange("read", 0.0)
+    b.exchange("read", 0.0)  # both seen: k = 2
+    a.apply(0, 20.0, a.exchange("grow", 20.0))
+    b.apply(0, None, b.exchange("read", 0.0))
+    # Both are throttled in one event and cut on their own: a reports first.
+    assert a.proposal(16.0) == ("cut", 16.0)
+    assert a.exchange("cut", 16.0) == (32.0, 1, 2)
+    assert b.proposal(15.0) == ("cut", 15.0)
+    reply = b.exchange("cut", 15.0)  # cut from version 0: already answered
+    assert reply == (32.0, 1, 2)  # not 0.8 x 0.8 of the rate
+    assert b.apply(0, 15.0, reply) == 16.0
+    # A later event (b has seen version 1) cuts again.
+    assert b.exchange("cut", 12.0) == (24.0, 2, 2)
+
+
+def test_growth_only_raises_the_shared_rate(redis_server: RedisServer) -> None:
+    a, b = _two_processes(redis_server)
+    a.exchange("read", 0.0)
+    b.exchange("read", 0.0)  # both seen: k = 2
+    a.apply(0, 20.0, a.exchange("grow", 20.0))
+    b.apply(0, None, b.exchange("read", 0.0))
+    assert b.exchange("grow", 10.0)[0] == 40.0
+    assert b.exchange("grow", 22.0)[0] == 44.0
+
+
+def test_an_exchange_is_due_once_a_second_or_at_once_after_a_local_cut(
+    redis_server: RedisServer,
+) -> None:
+    a, _ = _two_processes(redis_server)
+    assert a.due(0, None)
+    a.apply(0, 20.0, a.exchange("grow", 20.0))
+    assert not a.due(500 * 1_000_000, 20.0)
+    assert a.due(500 * 1_000_000, 15.0)  # a cut goes at once
+    assert a.due(1_000 * 1_000_000, 20.0)
