@@ -839,6 +839,20 @@ class RedisLimitStore:
         with contextlib.suppress(*self._transient()):
             self.call([*args, redact_text(why)[:300]], retry=False)
 
+    def share_server_limit(self, quota: int, window_s: float) -> bool:
+        """Every process on this key keeps a quota a server announced to this one, together
+        (:func:`paceline._ratestore.learned.share_server_limit`)."""
+        from paceline._ratestore.learned import share_server_limit
+
+        return share_server_limit(self, quota, window_s)
+
+    def adaptive_share(self, server: str) -> Any:
+        """The :class:`~paceline._ratestore.learned.AdaptiveShare` of ``server``'s adaptive
+        rate on this key."""
+        from paceline._ratestore.learned import AdaptiveShare
+
+        return AdaptiveShare(self, server)
+
     def run_raw(self, args: list[Any]) -> list[int]:
         """Run the script with raw arguments (tests drive it on their own clock)."""
         reply, _, _ = self.call(args)

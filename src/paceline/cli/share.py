@@ -9,8 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from paceline._ratestore.learned import AdaptiveShare
-from paceline._ratestore.redis_store import RedisLimitStore
 from paceline.policy.adaptive import AdaptiveController
 
 # How often the task looks at the controllers (no round trip unless one is due): a local cut
@@ -32,15 +30,15 @@ def _controllers(plan: Any) -> Iterator[tuple[str, AdaptiveController]]:
 
 async def share_adaptive(plan: Any) -> None:
     """Run until cancelled: keep each controller at its share of the rate found together."""
-    store: RedisLimitStore | None = None if plan.limiter is None else plan.limiter.store
+    store = None if plan.limiter is None else plan.limiter.store
     if store is None or plan.controller is None:
         return
-    shares: dict[str, AdaptiveShare] = {}
+    shares: dict[str, Any] = {}  # per server: the store's AdaptiveShare
     while True:
         for key, controller in list(_controllers(plan)):
             share = shares.get(key)
             if share is None:
-                share = shares[key] = AdaptiveShare(store, key)
+                share = shares[key] = store.adaptive_share(key)
             rate = before = controller.rate_per_s
             user = controller.settings.user_rate_per_s
             if rate is not None and user is not None and rate >= user:

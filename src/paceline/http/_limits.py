@@ -9,7 +9,6 @@ from itertools import takewhile
 
 from paceline._clock import SYSTEM_CLOCK, Clock
 from paceline._limiter import Grant, RateLimiter
-from paceline._ratestore.learned import share_server_limit
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
@@ -324,7 +323,7 @@ class ServerLimits:
                     self.controller.quota_announced(self._now())
                 store = None if self.user is None else self.user.store
                 if store is not None:  # the key's quota: every process keeps it together
-                    share_server_limit(store, policy[0], policy[1])
+                    store.share_server_limit(policy[0], policy[1])
         # With the policy known the limit already keeps to it; "0 remaining" is then the
         # expected state at a full window, and its reset is rounded to whole seconds.
         if self.learned is None:
