@@ -188,3 +188,11 @@ def test_an_exchange_is_due_once_a_second_or_at_once_after_a_local_cut(
     assert not a.due(500 * 1_000_000, 20.0)
     assert a.due(500 * 1_000_000, 15.0)  # a cut goes at once
     assert a.due(1_000 * 1_000_000, 20.0)
+
+
+def test_a_process_that_leaves_no_longer_counts_in_k(redis_server: RedisServer) -> None:
+    a, b = _two_processes(redis_server)
+    a.exchange("read", 0.0)
+    assert b.exchange("read", 0.0)[2] == 2
+    a.leave()
+    assert b.exchange("read", 0.0)[2] == 1

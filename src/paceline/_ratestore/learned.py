@@ -183,6 +183,14 @@ class AdaptiveShare:
         )
         return float(reply[0]), int(reply[1]), max(1, int(reply[2]))
 
+    def leave(self) -> None:
+        """This process is done: it no longer counts in k (the others take its share at their
+        next exchange instead of 10 s later). Never waits for an unreachable store."""
+        store = self.store
+        assert store is not None
+        with contextlib.suppress(*store._transient()):
+            store._sync_script().registered_client.zrem(store._keys[-1], store._me)
+
     def apply(
         self, now_ns: int, rate_per_s: float | None, reply: tuple[float, int, int]
     ) -> float | None:

@@ -34,6 +34,14 @@ async def share_adaptive(plan: Any) -> None:
     if store is None or plan.controller is None:
         return
     shares: dict[str, Any] = {}  # per server: the store's AdaptiveShare
+    try:
+        await _share(plan, store, shares)
+    finally:
+        for share in list(shares.values())[:1]:  # one process, one place in the live set
+            share.leave()
+
+
+async def _share(plan: Any, store: Any, shares: dict[str, Any]) -> None:
     while True:
         for key, controller in list(_controllers(plan)):
             share = shares.get(key)
