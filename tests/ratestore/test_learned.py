@@ -196,3 +196,13 @@ def test_a_process_that_leaves_no_longer_counts_in_k(redis_server: RedisServer) 
     assert b.exchange("read", 0.0)[2] == 2
     a.leave()
     assert b.exchange("read", 0.0)[2] == 1
+
+
+def test_one_proposal_cuts_at_most_half_the_share_and_grows_at_most_a_tenth() -> None:
+    share = AdaptiveShare.__new__(AdaptiveShare)
+    share._init(None, "http://api:80")
+    share.apply(0, None, (60.0, 0, 3))  # a joiner: its share is 20/s
+    assert share.proposal(3.9) == ("cut", 10.0)  # its first second's view: not the key's
+    assert share.proposal(15.0) == ("cut", 15.0)
+    assert share.proposal(58.0) == ("grow", pytest.approx(22.0))  # a slow start's doubling
+    assert share.proposal(20.1) == ("read", 0.0)  # the same rate

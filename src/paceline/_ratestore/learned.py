@@ -117,6 +117,14 @@ SHARE_EVERY_S = 1.0
 _LIVE_HORIZON_S = 10.0
 # Rates within this fraction are the same rate (no adoption: a pacer is not restarted for noise).
 _SAME_RATE = 0.01
+# The bounds of one proposal against this process's share. A controller that just joined cuts
+# from the rate it saw accepted in its first second (a few requests: far below its share), and
+# slow-starts (doubling every 0.5 s) where the others have learned the quota: times k, either
+# moved everyone's rate (a hand run: a joiner cut the key to 3.9/s a process, then doubled it to
+# 58/s). A cut goes at most to half the share (a doubling's overshoot in one cut); growth at
+# most +10 % an exchange (the controller's own growth with a pacer but no ceiling).
+_DEEPEST_CUT = 0.5
+_MOST_GROWTH = 0.1
 
 
 class AdaptiveShare:
@@ -152,9 +160,11 @@ class AdaptiveShare:
         if rate_per_s is None:
             return "read", 0.0
         if mine is not None and rate_per_s < mine * (1 - _SAME_RATE):
-            return "cut", rate_per_s
-        if mine is None or rate_per_s > mine * (1 + _SAME_RATE):
+            return "cut", max(rate_per_s, mine * _DEEPEST_CUT)
+        if mine is None:
             return "grow", rate_per_s
+        if rate_per_s > mine * (1 + _SAME_RATE):
+            return "grow", min(rate_per_s, mine * (1 + _MOST_GROWTH))
         return "read", 0.0
 
     def due(self, now_ns: int, rate_per_s: float | None) -> bool:
