@@ -60,6 +60,14 @@ MARGIN_FLOOR_NS = 2_000_000 + _SWITCH_NS
 # server's clock read through ServerClock, so a slow reply that arrives before its slot costs
 # nothing). The last 256 samples: a few seconds of a busy limiter, so it follows the load.
 _LATE_SAMPLES = 256
+# The margin while a client has fewer than 64 lateness samples: a process's first grants come
+# while its threads start, connect and import, and come late by up to ~17 ms on a busy 2-core
+# machine; at the floor (7 ms, all that a handful of samples justify) 1 grant in 25-30 was
+# given back and booked again in benchmarks/redis_store.py at 4 x 16, every one of them within
+# the first 64 samples (docs/benchmarks.md). 30 ms covers them; it lengthens the windows of a
+# process's first 64 grants only (a third of a second of a 200/s key shared by 4).
+START_MARGIN_NS = 30_000_000
+_START_SAMPLES = 64
 # Socket timeouts, always set: redis-py's default is none at all, and a hung Redis (SIGSTOP)
 # then blocks every caller forever without an error. 2 s is far above any healthy round trip
 # (sub-ms on a LAN, tens of ms across regions) and short enough to report an outage promptly.
@@ -345,7 +353,7 @@ class RedisLimitStore:
         self._lates: deque[int] = deque(maxlen=_LATE_SAMPLES)
         self._server_clock = ServerClock()
         self._clock_lock = threading.Lock()
-        self._margin_ns = MARGIN_FLOOR_NS
+        self._margin_ns = START_MARGIN_NS
         self._samples_seen = 0
         self._down_since_ns: int | None = None
         # The caller's monotonic clock (a limiter sets its own): bookings are in its time.
@@ -481,7 +489,10 @@ class RedisLimitStore:
         self._samples_seen += 1
         if self._samples_seen <= 16 or self._samples_seen % 16 == 0:
             window = min(lim.rate.window_ns for lim in self.limits)
-            self._margin_ns = best_margin_ns(self._lates, window)
+            margin = best_margin_ns(self._lates, window)
+            if self._samples_seen < _START_SAMPLES:
+                margin = max(margin, START_MARGIN_NS)
+            self._margin_ns = margin
 
     # -- the script's arguments ------------------------------------------------------------
 
