@@ -267,6 +267,52 @@ def test_a_restarted_redis_fences_one_window(fresh_redis: RedisServer) -> None:
     assert booking.wait_ns > 1_000_000_000
 
 
+def test_a_failover_to_a_replica_that_missed_bookings_fences_one_window() -> None:
+    import redis
+
+    from paceline._ratestore.redis_store import MAX_MARGIN_NS
+
+    with RedisServer() as primary, RedisServer() as replica:
+        replica_client = redis.Redis.from_url(replica.url)
+        replica_client.replicaof("127.0.0.1", primary.port)
+        deadline = time.monotonic() + 10
+        while replica_client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync within 10 s"
+            time.sleep(0.05)
+        time.sleep(FENCE_S)  # past the fence of a primary that just started
+        # Clients reach Redis through one address (a proxy here; DNS or Sentinel in production)
+        # that moves to the replica when it is promoted.
+        with LatencyProxy(primary.port, delay_s=0.0) as address:
+            limiter = RateLimiter.from_rates("10/s", store=address.url, key=_key())
+            store = limiter.store
+            assert store is not None
+            assert store.reserve((1,)).wait_ns == 0
+            assert redis.Redis.from_url(primary.url).wait(1, 5000) == 1  # the replica has it
+            # Promoted while the primary still takes bookings: the replica never sees the
+            # next nine (asynchronous replication loses the newest writes the same way).
+            replica_client.replicaof("NO", "ONE")
+            for _ in range(9):
+                assert store.reserve((1,)).wait_ns == 0  # 10 of 10 in this window
+            address.target_port = replica.port
+            primary.kill()
+            booking = store.reserve((1,))  # reconnects to the promoted replica
+            # It holds 1 of the 10 bookings: without the fence 9 more would go now (19 in one
+            # window). Its run_id is not the one the key recorded: nothing goes before the
+            # longest window the script keeps (W + twice the largest margin + this margin).
+            lim = limiter.limits[0]
+            longest_ns = (
+                lim.rate.window_ns
+                + 2 * MAX_MARGIN_NS
+                + (lim.window_ns - lim.rate.window_ns)
+                + booking.margin_ns
+            )
+            assert booking.wait_ns == -(-longest_ns // 1_000) * 1_000  # whole microseconds
+            assert booking.wait_ns > lim.rate.window_ns  # at least one window
+            assert replica_client.hget(f"paceline:{{{store.key}}}:meta", "run") == (
+                replica_client.info("server")["run_id"].encode()
+            )
+
+
 def test_a_pause_seen_by_one_process_holds_every_process(warm_redis: RedisServer) -> None:
     key = _key()
     one = RateLimiter.from_rates("50/s", store=warm_redis.url, key=key)
