@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 
 from paceline import RateLimiter
+from paceline._ratestore.redis_store import MAX_MARGIN_NS, RedisLimitStore
 from paceline.errors import RateStoreUnavailable
+from paceline.policy.limits import Limit
+from paceline.policy.rate import Rate
 from paceline.testing.api_server import ApiConfig, ApiServer, SpawnedServer
 from paceline.testing.redis import LatencyProxy, RedisServer
 
@@ -270,8 +273,6 @@ def test_a_restarted_redis_fences_one_window(fresh_redis: RedisServer) -> None:
 def test_a_failover_to_a_replica_that_missed_bookings_fences_one_window() -> None:
     import redis
 
-    from paceline._ratestore.redis_store import MAX_MARGIN_NS
-
     with RedisServer() as primary, RedisServer() as replica:
         replica_client = redis.Redis.from_url(replica.url)
         replica_client.replicaof("127.0.0.1", primary.port)
@@ -341,6 +342,39 @@ def test_cancelling_a_wait_returns_its_booking(warm_redis: RedisServer) -> None:
     assert store is not None
     # the cancelled booking was given back: the next one gets the same slot, ~0.9 s away
     assert store.reserve((1,)).wait_ns <= 1_000_000_000
+
+
+def test_give_back_and_shared_pause_from_async_code_never_block_the_event_loop(
+    fresh_redis: RedisServer,
+) -> None:
+    store = RedisLimitStore(fresh_redis.url, _key(), [Limit(Rate.parse("5/s"))], timeout_s=0.5)
+
+    async def scenario() -> tuple[int, float]:
+        booking = await store.reserve_async((1,))
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        running = asyncio.create_task(ticker())
+        hang = threading.Thread(target=fresh_redis.pause, args=(2.0,))  # a hung Redis
+        hang.start()
+        await asyncio.sleep(0.05)
+        before, started = ticks, time.monotonic()
+        await store.give_back_async(booking)  # each waits out the 0.5 s socket timeout ...
+        await store.share_pause_async(1.0)
+        await store.share_exhausted_async("HTTP 429 insufficient_quota")
+        took, during = time.monotonic() - started, ticks - before
+        running.cancel()
+        hang.join()
+        return during, took
+
+    during, took = asyncio.run(scenario())
+    assert took >= 1.5  # three round trips to the hung Redis, each given up after 0.5 s
+    assert during >= 20  # ... while the loop's other tasks ran (a blocking call: 0 ticks)
 
 
 def test_costs_reserve_and_settle_on_the_shared_store(warm_redis: RedisServer) -> None:

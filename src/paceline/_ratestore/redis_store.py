@@ -704,6 +704,7 @@ class RedisLimitStore:
         args: list[Any],
         retry_args: list[Any] | None = None,
         *,
+        retry: bool = True,
         degrade: bool = False,
     ) -> tuple[list[int], int, int]:
         """:meth:`call` on the running event loop (redis.asyncio, one client per loop)."""
@@ -720,6 +721,8 @@ class RedisLimitStore:
                 entry = self._async.pop(asyncio.get_running_loop(), None)
                 if entry is not None:
                     await entry[0].aclose()
+                if not retry:
+                    raise
                 delay_s = self._failed(exc, attempt, sent)
                 if degrade and self._grace_over():
                     raise self._enter_local() from exc
@@ -834,6 +837,32 @@ class RedisLimitStore:
         except self._transient():
             pass
 
+    # The same on the running event loop: a round trip that never blocks the loop (a hung
+    # Redis would hold every task of it for the socket timeout, 2 s).
+
+    async def settle_async(self, booking: Booking, actual: Sequence[int]) -> None:
+        """:meth:`settle` on the running event loop."""
+        with contextlib.suppress(*self._transient()):
+            await self.call_async(self._settle_args(booking, actual), retry=False)
+
+    async def give_back_async(self, booking: Booking) -> None:
+        """:meth:`give_back` on the running event loop."""
+        await self.settle_async(booking, [0] * len(booking.amounts))
+
+    async def share_pause_async(self, seconds: float) -> None:
+        """:meth:`share_pause` on the running event loop."""
+        if not seconds > 0:
+            return
+        ticks = round(seconds * TICKS_PER_S)
+        args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        with contextlib.suppress(*self._transient()):
+            await self.call_async(args, retry=False)
+
+    async def share_exhausted_async(self, why: str, hold_s: float = EXHAUSTED_HOLD_S) -> None:
+        """:meth:`share_exhausted` on the running event loop."""
+        with contextlib.suppress(*self._transient()):
+            await self.call_async(self._exhausted_args(why, hold_s), retry=False)
+
     def pause(self, seconds: float) -> float:
         """Hold every grant on this key for ``seconds`` from the server's now (a Retry-After
         seen by one process pauses them all); return the pause's end in seconds from now."""
@@ -866,12 +895,15 @@ class RedisLimitStore:
         """Tell every process on this key that the quota is exhausted (an answer said so, to
         this process): their next grant raises :class:`~paceline.errors.QuotaExhausted` for
         ``hold_s``. Never waits for an unreachable store (this process stops anyway)."""
+        with contextlib.suppress(*self._transient()):
+            self.call(self._exhausted_args(why, hold_s), retry=False)
+
+    def _exhausted_args(self, why: str, hold_s: float) -> list[Any]:
         ticks = round(hold_s * TICKS_PER_S)
         args: list[Any] = ["x", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
         said = "quota exhausted (resume when the quota is back): "  # an HTTP face's preamble
         why = why[len(said) :] if why.startswith(said) else why
-        with contextlib.suppress(*self._transient()):
-            self.call([*args, redact_text(why)[:300]], retry=False)
+        return [*args, redact_text(why)[:300]]
 
     def run_raw(self, args: list[Any]) -> list[int]:
         """Run the script with raw arguments (tests drive it on their own clock)."""
