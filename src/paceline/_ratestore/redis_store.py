@@ -794,8 +794,8 @@ class RedisLimitStore:
         back in the same round trip."""
         # Read once: the entry is stamped with this margin and the grant checked against it
         # (another thread's lateness sample may change the margin meanwhile; a stamp with a
-        # smaller margin than the check's let a grant start after its stamp: 201 starts in one
-        # second of a benchmark run, when the start margin gave way to the measured one).
+        # smaller margin than the check's lets a grant start after its stamp, most of all when
+        # the start margin gives way to the measured one).
         margin = self._margin_ns
         if self.local_since_ns is not None:
             raise self._stay_local()
