@@ -4,7 +4,8 @@ Issue 15's targets: processes sharing one ``200/s`` key, the test API as the ref
 sliding log of 200 per 1 s: it answers 429 beyond it and reports the most accepted in any 1 s
 window). Per library and scenario: the most arrivals in any 1 s window, the 429s, the fraction
 of the rate achieved, and the Redis round trips per grant (counted by a proxy of ours in front
-of Redis: client-to-Redis chunks, i.e. requests, with or without added latency).
+of Redis: client-to-Redis chunks, i.e. requests, with or without added latency; and Redis's own
+count of the commands clients sent, by command, from ``INFO commandstats``).
 
 - ``direct``: 4 processes x 16 threads, 1,000 calls in all (``--calls``);
 - ``latency``: the same through the proxy adding 1 ms + up to 4 ms each way;
