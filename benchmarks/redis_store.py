@@ -4,7 +4,8 @@ Issue 15's targets: processes sharing one ``200/s`` key, the test API as the ref
 sliding log of 200 per 1 s: it answers 429 beyond it and reports the most accepted in any 1 s
 window). Per library and scenario: the most arrivals in any 1 s window, the 429s, the fraction
 of the rate achieved, and the Redis round trips per grant (counted by a proxy of ours in front
-of Redis: client-to-Redis chunks, i.e. requests, with or without added latency).
+of Redis: client-to-Redis chunks, i.e. requests, with or without added latency; and Redis's own
+count of the commands clients sent, by command, from ``INFO commandstats``).
 
 - ``direct``: 4 processes x 16 threads, 1,000 calls in all (``--calls``);
 - ``latency``: the same through the proxy adding 1 ms + up to 4 ms each way;
@@ -33,6 +34,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -185,6 +187,33 @@ def _most_in_any_second(times: list[float]) -> int:
     return most
 
 
+def _command_calls(redis_url: str, reset: bool = False) -> dict[str, int]:
+    """Redis's own count of the commands it ran since the last reset (INFO commandstats), by
+    command: what the round trips per grant are made of (the proxy counts chunks, which a
+    pipeline or a handshake's tail may merge)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        if reset:
+            client.config_resetstat()
+            return {}
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    # Redis counts the commands a script runs too: keep what clients sent. paceline's script
+    # reads TIME once per call; the other libraries' scripts and commands are their own.
+    from paceline._ratestore.script import LUA
+
+    inner = {name.lower() for name in re.findall(r"redis\.p?call\('(\w+)'", LUA)}
+    scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
+    sent = {k: v for k, v in calls.items() if k not in inner | {"config|resetstat", "info"}}
+    if calls.get("time", 0) > scripts:
+        sent["time"] = calls["time"] - scripts
+    return sent
+
+
 def scenario(
     lib: str,
     redis_url: str,
@@ -193,9 +222,12 @@ def scenario(
     threads: int,
     calls: int,
     during: Any = None,
+    stats_url: str | None = None,
 ) -> dict[str, Any]:
     key = f"bench-{lib.split('@')[0]}-{uuid.uuid4().hex[:6]}"
     api.reset()
+    stats_url = stats_url or redis_url
+    _command_calls(stats_url, reset=True)
     per = calls // procs
     children = [
         subprocess.Popen(
@@ -229,6 +261,7 @@ def scenario(
     if os.environ.get("BENCH_DIAG"):
         for s in shares:
             print({k: v for k, v in s.items() if k not in ("starts",)}, file=sys.stderr)
+    commands = _command_calls(stats_url)
     stats = api.stats(times=True)
     times = stats["accepted_times_s"]
     # The steady rate: a log lets RATE through at once, then RATE per second; the processes
@@ -250,12 +283,15 @@ def scenario(
         "window_share": _window_share(times),
         "shares": [s.get("ok", 0) for s in shares],
         # paceline's own count: script calls (bookings, re-bookings, give-backs), without the
-        # per-connection setup (HELLO, CLIENT SETINFO) and warm-up the proxy also counts
+        # warm-up (SCRIPT LOAD, TIME) the proxy also counts (connections cost none since issue 15)
         "script_calls_per_grant": round(
             sum(s.get("script_calls", 0) for s in shares) / max(stats["accepted"], 1), 3
         )
         if lib.startswith("paceline")
         else None,
+        # the commands clients sent, per grant (evalsha, hello, script|load, time, ...)
+        "commands_per_grant": round(sum(commands.values()) / max(stats["accepted"], 1), 3),
+        "commands": commands,
     }
 
 
@@ -283,7 +319,7 @@ def main() -> None:
                 continue
             for lib in libs:
                 with LatencyProxy(server.port, delay, jitter) as proxy:
-                    row = scenario(lib, proxy.url, api, 4, 16, args.calls)
+                    row = scenario(lib, proxy.url, api, 4, 16, args.calls, stats_url=server.url)
                     row["round_trips_per_grant"] = round(
                         proxy.requests / max(row["accepted"], 1), 2
                     )
@@ -314,7 +350,8 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "starts"}), flush=True)
     print(
         "\nscenario | library | max arrivals in any 1 s | max starts in any 1 s | 429 | "
-        "fraction of rate | window share | round trips/grant (proxy) | script calls/grant"
+        "fraction of rate | window share | round trips/grant (proxy) | script calls/grant | "
+        "Redis commands/grant"
     )
     for row in results:
         print(
@@ -322,7 +359,7 @@ def main() -> None:
             f"{row['max_starts_in_any_1s']} | {row['429']} | "
             f"{row['fraction_of_rate']} | {row['window_share']} | "
             f"{row.get('round_trips_per_grant', '-')} | "
-            f"{row['script_calls_per_grant'] or '-'}"
+            f"{row['script_calls_per_grant'] or '-'} | {row['commands_per_grant']}"
             + (f" | shares {row['share_spread']}" if "share_spread" in row else "")
         )
 

@@ -307,7 +307,7 @@ class RateLimiter:
                 booking = await store.reserve_async(amounts, release=late)
             except BaseException:
                 if late is not None:
-                    store.give_back(late)
+                    await store.give_back_async(late)
                 raise
             late = None
             try:
@@ -315,7 +315,9 @@ class RateLimiter:
                 if delay_ns > 0:
                     await self._clock.sleep_async(delay_ns / NS_PER_S)
             except BaseException:  # cancelled while waiting for its slot: return the booking
-                store.give_back(booking)
+                # (awaited: a cancelled task may still await; cancelled again, the booking
+                # stays charged, which is only stricter)
+                await store.give_back_async(booking)
                 raise
             granted = self._in_time(booking, store, give_back=False)
             if granted is not None:

@@ -9,9 +9,13 @@ from hypothesis import strategies as st
 from paceline._ratestore.redis_store import (
     MARGIN_FLOOR_NS,
     MAX_MARGIN_NS,
+    START_MARGIN_NS,
+    RedisLimitStore,
     ServerClock,
     best_margin_ns,
 )
+from paceline.policy.limits import Limit
+from paceline.policy.rate import Rate
 
 MS = 1_000_000
 S = 1_000 * MS
@@ -85,3 +89,19 @@ def test_the_margin_is_the_floor_without_samples_and_never_above_the_cap() -> No
     assert best_margin_ns([], S) == MARGIN_FLOOR_NS
     assert best_margin_ns([0] * 10, S) == MARGIN_FLOOR_NS
     assert best_margin_ns([900 * MS] * 10, 3_600 * S) == MAX_MARGIN_NS
+
+
+def test_a_clients_first_64_grants_book_with_the_start_margin_then_the_measured_one() -> None:
+    # No Redis needed: the margin is the client's own (connections are made on first use).
+    store = RedisLimitStore("redis://127.0.0.1:1/0", "k", [Limit(Rate.parse("200/s"))])
+    assert store.margin_ns == START_MARGIN_NS  # before any sample
+    for _ in range(63):
+        store.note_lateness(1 * MS)
+    assert store.margin_ns == START_MARGIN_NS  # 63 samples of 1 ms: still the start margin
+    store.note_lateness(1 * MS)
+    assert store.margin_ns == MARGIN_FLOOR_NS + 1 * MS  # the 64th: what the samples justify
+    # a late start beyond the start margin is still covered while it is worth it
+    store = RedisLimitStore("redis://127.0.0.1:1/0", "k", [Limit(Rate.parse("200/s"))])
+    for _ in range(10):
+        store.note_lateness(40 * MS)
+    assert store.margin_ns == MARGIN_FLOOR_NS + 40 * MS

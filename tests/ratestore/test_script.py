@@ -159,6 +159,23 @@ def test_the_server_clock_never_runs_backwards_for_the_script(redis_server: Redi
     assert reply[0] == 1000  # the window is as strict as it was
 
 
+def test_a_forward_step_of_the_servers_clock_lets_at_most_n_more_into_one_real_window(
+    redis_server: RedisServer,
+) -> None:
+    # What docs/design.md ('Clock steps of the Redis host') says a forward step can do: the
+    # step moves every entry that far into the past, so they leave the window early. Five
+    # grants at 10_000; then the server's clock reads 400 ahead at the same real moment.
+    driver = _driver(redis_server, [Limit(Rate(5, 1000), margin_ns=0)])
+    assert [driver.reserve(10_000, (1,))[0] for _ in range(5)] == [0] * 5
+    waits = [driver.reserve(10_400, (1,))[0] for _ in range(6)]
+    # Five more at server 11_000 = real 10_600: ten in the real window [10_000, 11_000).
+    assert waits == [600] * 5 + [1600]
+    # A step of a whole window or more: five more at once, 2N in one real window, no more.
+    driver = _driver(redis_server, [Limit(Rate(5, 1000), margin_ns=0)])
+    assert [driver.reserve(10_000, (1,))[0] for _ in range(5)] == [0] * 5
+    assert [driver.reserve(13_000, (1,))[0] for _ in range(6)] == [0] * 5 + [1000]
+
+
 def test_a_late_booking_is_returned_in_the_call_that_books_its_replacement(
     redis_server: RedisServer,
 ) -> None:

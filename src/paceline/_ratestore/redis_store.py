@@ -60,6 +60,14 @@ MARGIN_FLOOR_NS = 2_000_000 + _SWITCH_NS
 # server's clock read through ServerClock, so a slow reply that arrives before its slot costs
 # nothing). The last 256 samples: a few seconds of a busy limiter, so it follows the load.
 _LATE_SAMPLES = 256
+# The margin while a client has fewer than 64 lateness samples: a process's first grants come
+# while its threads start, connect and import, and come late by up to ~17 ms on a busy 2-core
+# machine; at the floor (7 ms, all that a handful of samples justify) 1 grant in 25-30 was
+# given back and booked again in benchmarks/redis_store.py at 4 x 16, every one of them within
+# the first 64 samples (docs/benchmarks.md). 30 ms covers them; it lengthens the windows of a
+# process's first 64 grants only (a third of a second of a 200/s key shared by 4).
+START_MARGIN_NS = 30_000_000
+_START_SAMPLES = 64
 # Socket timeouts, always set: redis-py's default is none at all, and a hung Redis (SIGSTOP)
 # then blocks every caller forever without an error. 2 s is far above any healthy round trip
 # (sub-ms on a LAN, tens of ms across regions) and short enough to report an outage promptly.
@@ -345,7 +353,7 @@ class RedisLimitStore:
         self._lates: deque[int] = deque(maxlen=_LATE_SAMPLES)
         self._server_clock = ServerClock()
         self._clock_lock = threading.Lock()
-        self._margin_ns = MARGIN_FLOOR_NS
+        self._margin_ns = START_MARGIN_NS
         self._samples_seen = 0
         self._down_since_ns: int | None = None
         # The caller's monotonic clock (a limiter sets its own): bookings are in its time.
@@ -447,7 +455,8 @@ class RedisLimitStore:
             charge = self._charge_back_args()
             if charge is not None:
                 self.call(charge, retry=False)
-            self.call(self._reserve_args([0] * len(self.limits), False, ""), retry=False)
+            heartbeat = self._reserve_args([0] * len(self.limits), False, "", self._margin_ns)
+            self.call(heartbeat, retry=False)
         except SharedQuotaExhausted:
             self._back()  # the store answers; the next booking says the quota is exhausted
         except self._transient() as exc:
@@ -481,7 +490,10 @@ class RedisLimitStore:
         self._samples_seen += 1
         if self._samples_seen <= 16 or self._samples_seen % 16 == 0:
             window = min(lim.rate.window_ns for lim in self.limits)
-            self._margin_ns = best_margin_ns(self._lates, window)
+            margin = best_margin_ns(self._lates, window)
+            if self._samples_seen < _START_SAMPLES:
+                margin = max(margin, START_MARGIN_NS)
+            self._margin_ns = margin
 
     # -- the script's arguments ------------------------------------------------------------
 
@@ -516,12 +528,28 @@ class RedisLimitStore:
 
         # Our own loop retries with backoff and reports the outage; redis-py's hidden retries
         # (3 by default) would only hide a stall from it.
-        return {
+        kwargs: dict[str, Any] = {
             "socket_timeout": self.timeout_s,
             "socket_connect_timeout": self.timeout_s,
             "retry": AsyncRetry(NoBackoff(), 0) if for_async else Retry(NoBackoff(), 0),
             "retry_on_timeout": False,
+            # A bare handshake: redis-py 8 opens every connection with HELLO 3, then a
+            # pipelined CLIENT SETINFO pair (the library's name for CLIENT LIST): two round
+            # trips per connection, and a process opens one per thread that books at the same
+            # moment (16 for 16 threads): 0.13 round trips per grant in benchmarks/
+            # redis_store.py's 1,000 calls (docs/benchmarks.md). RESP2 needs no HELLO and the
+            # script's replies are the same in both; without a name there is no SETINFO. A
+            # connection then costs no round trip of its own (AUTH and SELECT, when the URL
+            # asks for them, still do).
+            "protocol": 2,
         }
+        try:
+            from redis.driver_info import DriverInfo  # noqa: F401  (redis-py >= 7)
+        except ImportError:  # redis-py 5-6: the older spelling (deprecated in 7)
+            kwargs.update(lib_name=None, lib_version=None)
+        else:
+            kwargs["driver_info"] = None
+        return kwargs
 
     def _sync_script(self) -> Any:
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
@@ -544,10 +572,15 @@ class RedisLimitStore:
         """Load the script and time a few round trips before the first booking: its margin
         comes from them, and a first call that also connects and loads would be late."""
         client = self._client
-        client.script_load(LUA)
-        for _ in range(3):
+        # Two round trips: the script's load and a clock reading in one pipeline, then a
+        # reading on the warm connection (the quickest trip bounds the offset; every booking's
+        # reply narrows it further). Three more readings were 0.012 round trips per grant.
+        pipe = client.pipeline(transaction=False)
+        pipe.script_load(LUA)
+        pipe.time()
+        for i in range(2):
             sent = self.monotonic_ns()
-            seconds, micros = client.time()
+            seconds, micros = pipe.execute()[1] if i == 0 else client.time()
             self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
 
     async def _async_script(self) -> Any:
@@ -558,10 +591,12 @@ class RedisLimitStore:
 
             client = redis.asyncio.Redis.from_url(self.url, **self._connect_kwargs(for_async=True))
             try:
-                await client.script_load(LUA)
-                for _ in range(3):
+                pipe = client.pipeline(transaction=False)
+                pipe.script_load(LUA)
+                pipe.time()
+                for i in range(2):  # as _warm_up: two round trips
                     sent = self.monotonic_ns()
-                    seconds, micros = await client.time()
+                    seconds, micros = (await pipe.execute())[1] if i == 0 else await client.time()
                     self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
             except BaseException:
                 await client.aclose()
@@ -670,6 +705,7 @@ class RedisLimitStore:
         args: list[Any],
         retry_args: list[Any] | None = None,
         *,
+        retry: bool = True,
         degrade: bool = False,
     ) -> tuple[list[int], int, int]:
         """:meth:`call` on the running event loop (redis.asyncio, one client per loop)."""
@@ -686,6 +722,8 @@ class RedisLimitStore:
                 entry = self._async.pop(asyncio.get_running_loop(), None)
                 if entry is not None:
                     await entry[0].aclose()
+                if not retry:
+                    raise
                 delay_s = self._failed(exc, attempt, sent)
                 if degrade and self._grace_over():
                     raise self._enter_local() from exc
@@ -711,9 +749,13 @@ class RedisLimitStore:
     # -- the operations --------------------------------------------------------------------
 
     def _reserve_args(
-        self, amounts: Sequence[int], book: bool, now: str, release: Booking | None = None
+        self,
+        amounts: Sequence[int],
+        book: bool,
+        now: str,
+        margin: int,
+        release: Booking | None = None,
     ) -> list[Any]:
-        margin = self._margin_ns
         # Every process beats (whatever its mode): k counts them all.
         fence = f"1:{self._me}" if now == "" else 1
         args = ["r" if book else "t", now, TICKS_PER_S, fence, *self._limit_args(margin), *amounts]
@@ -750,12 +792,16 @@ class RedisLimitStore:
         booking says how long to wait. With ``book=False`` nothing is charged unless it can go
         now (then ``ids`` are all 0 and ``wait_ns`` > 0). ``release``: a late booking to give
         back in the same round trip."""
+        # Read once: the entry is stamped with this margin and the grant checked against it
+        # (another thread's lateness sample may change the margin meanwhile; a stamp with a
+        # smaller margin than the check's lets a grant start after its stamp, most of all when
+        # the start margin gives way to the measured one).
         margin = self._margin_ns
         if self.local_since_ns is not None:
             raise self._stay_local()
         reply, sent, recv = self.call(
-            self._reserve_args(amounts, book, "", release),
-            retry_args=self._reserve_args(amounts, book, ""),
+            self._reserve_args(amounts, book, "", margin, release),
+            retry_args=self._reserve_args(amounts, book, "", margin),
             degrade=self.degraded == "split",
         )
         booking = self._booking(amounts, reply, sent, recv)
@@ -766,12 +812,12 @@ class RedisLimitStore:
         self, amounts: Sequence[int], release: Booking | None = None
     ) -> Booking:
         """:meth:`reserve` on the running event loop."""
-        margin = self._margin_ns
+        margin = self._margin_ns  # read once, as in reserve
         if self.local_since_ns is not None:
             raise self._stay_local()
         reply, sent, recv = await self.call_async(
-            self._reserve_args(amounts, True, "", release),
-            retry_args=self._reserve_args(amounts, True, ""),
+            self._reserve_args(amounts, True, "", margin, release),
+            retry_args=self._reserve_args(amounts, True, "", margin),
             degrade=self.degraded == "split",
         )
         booking = self._booking(amounts, reply, sent, recv)
@@ -799,6 +845,32 @@ class RedisLimitStore:
             self.call(self._settle_args(booking, [0] * len(booking.amounts)), retry=False)
         except self._transient():
             pass
+
+    # The same on the running event loop: a round trip that never blocks the loop (a hung
+    # Redis would hold every task of it for the socket timeout, 2 s).
+
+    async def settle_async(self, booking: Booking, actual: Sequence[int]) -> None:
+        """:meth:`settle` on the running event loop."""
+        with contextlib.suppress(*self._transient()):
+            await self.call_async(self._settle_args(booking, actual), retry=False)
+
+    async def give_back_async(self, booking: Booking) -> None:
+        """:meth:`give_back` on the running event loop."""
+        await self.settle_async(booking, [0] * len(booking.amounts))
+
+    async def share_pause_async(self, seconds: float) -> None:
+        """:meth:`share_pause` on the running event loop."""
+        if not seconds > 0:
+            return
+        ticks = round(seconds * TICKS_PER_S)
+        args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        with contextlib.suppress(*self._transient()):
+            await self.call_async(args, retry=False)
+
+    async def share_exhausted_async(self, why: str, hold_s: float = EXHAUSTED_HOLD_S) -> None:
+        """:meth:`share_exhausted` on the running event loop."""
+        with contextlib.suppress(*self._transient()):
+            await self.call_async(self._exhausted_args(why, hold_s), retry=False)
 
     def pause(self, seconds: float) -> float:
         """Hold every grant on this key for ``seconds`` from the server's now (a Retry-After
@@ -832,12 +904,15 @@ class RedisLimitStore:
         """Tell every process on this key that the quota is exhausted (an answer said so, to
         this process): their next grant raises :class:`~paceline.errors.QuotaExhausted` for
         ``hold_s``. Never waits for an unreachable store (this process stops anyway)."""
+        with contextlib.suppress(*self._transient()):
+            self.call(self._exhausted_args(why, hold_s), retry=False)
+
+    def _exhausted_args(self, why: str, hold_s: float) -> list[Any]:
         ticks = round(hold_s * TICKS_PER_S)
         args: list[Any] = ["x", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
         said = "quota exhausted (resume when the quota is back): "  # an HTTP face's preamble
         why = why[len(said) :] if why.startswith(said) else why
-        with contextlib.suppress(*self._transient()):
-            self.call([*args, redact_text(why)[:300]], retry=False)
+        return [*args, redact_text(why)[:300]]
 
     def share_server_limit(self, quota: int, window_s: float) -> bool:
         """Every process on this key keeps a quota a server announced to this one, together
