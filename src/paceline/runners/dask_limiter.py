@@ -66,12 +66,23 @@ from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.limits import Limit, LimitPolicy
 from paceline.policy.rate import NS_PER_S, REQUESTS
 
-# The margin J between a slot and the latest start it allows. It must exceed the tail of a
-# booking's round trip plus the sleep's overshoot, or most slots come back late and the rate
-# starves (measured: J = 5 ms over a link with up to 4 ms each way gave 6 % of the rate). A
-# round trip worker -> actor -> worker took 1-4 ms on a busy 2-core machine; 10 ms leaves
-# room and costs 1 % of a 1 s window's rate (the actor's windows are W + J).
-DEFAULT_MARGIN_S = 0.010
+# The margin J between a slot and the latest start it allows. Slots are asked for ahead by the
+# slowest recent round trip (LEAD_TRIPS), so J covers the sleep's overshoot (an event loop's
+# wake-up lag), not the round trip; a late slot's place is booked again (OWED_SHARE). Measured
+# at a shared 500/s, load 5: J = 5 ms gave 1.4 % of the slots back, 10 ms 0.5-2 %, at the same
+# rate (0.95-0.97) — was 10 ms, before workers on the actor's machine read its clock exactly
+# (a round trip's width of doubt made more slots look late). Costs 0.5 % of a 1 s window's
+# rate (the actor's windows are W + J) and leaves room for DEFAULT_ARRIVAL_MARGIN_S.
+DEFAULT_MARGIN_S = 0.005
+
+# The limiter's own margin on a cluster when it was not given one (``margin_s=None``; the CLI's
+# ``--rate`` without ``--rate-margin``): how much later than its start the server may see an
+# attempt. In one process it is at most 1 ms; a cluster's requests leave from several worker
+# processes' event loops, whose start -> arrival spread is wider (p99 13-21 ms at load 1.5-3,
+# docs/benchmarks.md): at 1 ms, 503-510 arrivals reached the server in some second at a
+# shared 500/s while the starts held 500. 10 ms with J = 5 ms keeps the windows at W + 15 ms
+# (0.985 of the rate at most, where W + 1 ms + 10 ms was 0.989); a given margin_s is kept.
+DEFAULT_ARRIVAL_MARGIN_S = 0.010
 
 # How long a worker waits for the actor's answer before calling it lost. Answers take 1-4 ms
 # (70 ms in the tail on a busy machine); a call to a dead worker is otherwise retried until
@@ -664,20 +675,29 @@ class ClusterLimiter:
             return False
 
 
-def cluster_limits(limiter: RateLimiter, margin_s: float) -> tuple[list[Limit], int]:
+def cluster_limits(
+    limiter: RateLimiter, margin_s: float, arrival_margin_s: float = DEFAULT_ARRIVAL_MARGIN_S
+) -> tuple[list[Limit], int]:
     """The limits an actor enforces for ``limiter``, and the margin ``J`` in ns: each window is
     lengthened by ``J`` on top of the limiter's own margin (its ``margin_s``: how much later
-    than its start the server may count an attempt, e.g. network jitter).
+    than its start the server may count an attempt, e.g. network jitter), which is
+    ``arrival_margin_s`` where the limiter was not given one (DEFAULT_ARRIVAL_MARGIN_S).
 
     >>> limits, margin_ns = cluster_limits(RateLimiter("15/s", margin_s=0.1), 0.01)
     >>> limits[0].window_ns, margin_ns
     (1110000000, 10000000)
+    >>> cluster_limits(RateLimiter("15/s"), 0.005)[0][0].window_ns   # 1 s + 10 ms + 5 ms
+    1015000000
     """
     if not margin_s >= 0:
         raise InvalidArgument(f"limiter_margin_s={margin_s!r}: a number of seconds >= 0, e.g. 0.01")
     margin_ns = round(margin_s * NS_PER_S)
+    arrival_ns = round(arrival_margin_s * NS_PER_S)
     return [
-        replace(limit, margin_ns=limit.window_ns - limit.rate.window_ns + margin_ns)
+        replace(
+            limit,
+            margin_ns=margin_ns + (arrival_ns if limit.margin_ns is None else limit.margin_ns),
+        )
         for limit in limiter.limits
     ], margin_ns
 
