@@ -55,6 +55,7 @@ import asyncio
 import contextvars
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -474,8 +475,10 @@ class ClusterLimiter:
         "_clock_id",
         "_given_back",
         "_hold_ns",
+        "_listening",
         "_lock",
         "_offset",
+        "_topic",
         "_trips",
         "_waiting",
         "_wake",
@@ -491,8 +494,11 @@ class ClusterLimiter:
         window_ns: int,
         timeout_s: float = ACTOR_TIMEOUT_S,
         actor_clock_id: str | None = None,
+        topic: str | None = None,
     ) -> None:
         self._actor = actor
+        # The Dask event topic a pause is pushed on (None: none, each hears at its booking).
+        self._topic = topic
         self.margin_ns = margin_ns
         self.window_ns = window_ns  # the longest window W + J (the fence of a successor)
         self.timeout_s = timeout_s  # how long to wait for an answer before calling it lost
@@ -500,6 +506,7 @@ class ClusterLimiter:
         self._local_state()
 
     def _local_state(self) -> None:
+        self._listening = False  # subscribed to the topic in this process
         self._offset = ClockOffset()
         if self._clock_id is not None and self._clock_id == clock_id():
             self._offset.exact()  # the actor's machine: one clock
@@ -513,11 +520,25 @@ class ClusterLimiter:
         # process's own pause, or any booking's answer): a slot before it is not started.
         self._hold_ns = -(2**62)
 
-    def __getstate__(self) -> tuple[Any, int, int, float, str | None]:
-        return self._actor, self.margin_ns, self.window_ns, self.timeout_s, self._clock_id
+    def __getstate__(self) -> tuple[Any, int, int, float, str | None, str | None]:
+        return (
+            self._actor,
+            self.margin_ns,
+            self.window_ns,
+            self.timeout_s,
+            self._clock_id,
+            self._topic,
+        )
 
-    def __setstate__(self, state: tuple[Any, int, int, float, str | None]) -> None:
-        self._actor, self.margin_ns, self.window_ns, self.timeout_s, self._clock_id = state
+    def __setstate__(self, state: tuple[Any, int, int, float, str | None, str | None]) -> None:
+        (
+            self._actor,
+            self.margin_ns,
+            self.window_ns,
+            self.timeout_s,
+            self._clock_id,
+            self._topic,
+        ) = state
         self._local_state()
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -549,8 +570,44 @@ class ClusterLimiter:
             self._wake.notify()
         return future
 
+    def _listen(self) -> None:
+        """Hear every pause of the batch the moment it is set (once per process): a Dask event
+        topic that the scheduler pushes to this worker's client. Without it, a process hears
+        of a pause with its next booking's answer, and its slots due before that start inside
+        the pause (docs/design.md, "A server's pause on the cluster")."""
+        if self._listening or self._topic is None:
+            return
+        self._listening = True
+        try:
+            from distributed import get_client
+
+            client: Any = get_client()  # distributed's Client: untyped here
+            client.subscribe_topic(self._topic, self._on_pause_event)
+        except Exception:  # no worker here (a test's stand-in): bookings still tell
+            return
+
+    def _on_pause_event(self, event: Any) -> None:
+        """A pause pushed on the topic: ``(time, {"hold_ns": end on the actor's clock})``."""
+        try:
+            hold_ns = int(event[1]["hold_ns"])
+        except (TypeError, KeyError, IndexError, ValueError):
+            return
+        self._heard_hold(hold_ns)
+
+    def _push_pause(self, hold_ns: int) -> None:
+        """Tell every process sharing the limiter of a pause ending at ``hold_ns``."""
+        if self._topic is None:
+            return
+        try:
+            from distributed import get_client
+
+            get_client().log_event(self._topic, {"hold_ns": hold_ns})
+        except Exception:  # no cluster client here: the others hear at their next booking
+            return
+
     def _book_waiting(self) -> None:
         """The booking thread: send what waits, hand out the answers; end when idle a while."""
+        self._listen()
         while True:
             with self._lock:
                 if not self._waiting and not self._wake.wait_for(
@@ -650,12 +707,19 @@ class ClusterLimiter:
         """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``).
 
         The slots already booked that fall inside the pause are not started: in this process
-        at once, elsewhere from the next booking's answer; each is given back and booked
+        at once, elsewhere as soon as the scheduler pushes the pause to them (a Dask event
+        topic, a few ms), or with their next booking's answer; each is given back and booked
         again after the pause."""
         # At once here, on the earliest the actor's clock can read now: never later than the
-        # pause the actor will set, so no slot booked after it is dropped.
-        self._heard_hold(time.monotonic_ns() + self._offset.low_ns + round(seconds * NS_PER_S))
-        self._heard_hold(int(self._call("pause", seconds)))
+        # pause the actor will set, so no slot booked after it is dropped; pushed to the
+        # others before the actor's round trip, then the actor's own end.
+        early_ns = time.monotonic_ns() + self._offset.low_ns + round(seconds * NS_PER_S)
+        self._heard_hold(early_ns)
+        self._push_pause(early_ns)
+        hold_ns = int(self._call("pause", seconds))
+        self._heard_hold(hold_ns)
+        if hold_ns > early_ns:
+            self._push_pause(hold_ns)
 
     def stats(self) -> dict[str, int]:
         """The actor's :meth:`LimitActor.stats`."""
@@ -743,9 +807,11 @@ def host_limiter(
         pure=False,
     )
     actor = future.result()
+    # One topic per hosted actor (a successor's pauses are its own).
+    topic = f"paceline-pause-{uuid.uuid4().hex}"
     # Whether workers share the actor's clock; an actor slow to say is only not trusted to.
     try:
         actor_clock = actor.clock_id().result(timeout=timeout_s)
     except Exception:
         actor_clock = None
-    return ClusterLimiter(actor, margin_ns, window_ns, timeout_s, actor_clock)
+    return ClusterLimiter(actor, margin_ns, window_ns, timeout_s, actor_clock, topic)
