@@ -474,6 +474,7 @@ class ClusterLimiter:
         "_booker",
         "_clock_id",
         "_given_back",
+        "_held",
         "_hold_ns",
         "_listening",
         "_lock",
@@ -503,6 +504,10 @@ class ClusterLimiter:
         self.window_ns = window_ns  # the longest window W + J (the fence of a successor)
         self.timeout_s = timeout_s  # how long to wait for an answer before calling it lost
         self._clock_id = actor_clock_id  # the actor's machine (clock_id), None: unknown
+        # On the driver, the actor's own future: while it is held the scheduler keeps the
+        # actor. (The handle alone holds it through the process's *default* client: with two
+        # clients in one process, the other's — and the actor was released mid-batch.)
+        self._held: Any = None
         self._local_state()
 
     def _local_state(self) -> None:
@@ -539,6 +544,7 @@ class ClusterLimiter:
             self._clock_id,
             self._topic,
         ) = state
+        self._held = None  # the driver holds the actor
         self._local_state()
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -814,4 +820,6 @@ def host_limiter(
         actor_clock = actor.clock_id().result(timeout=timeout_s)
     except Exception:
         actor_clock = None
-    return ClusterLimiter(actor, margin_ns, window_ns, timeout_s, actor_clock, topic)
+    hosted = ClusterLimiter(actor, margin_ns, window_ns, timeout_s, actor_clock, topic)
+    hosted._held = future
+    return hosted
