@@ -69,20 +69,18 @@ from paceline.policy.rate import NS_PER_S, REQUESTS
 
 # The margin J between a slot and the latest start it allows. Slots are asked for ahead by the
 # slowest recent round trip (LEAD_TRIPS), so J covers the sleep's overshoot (an event loop's
-# wake-up lag), not the round trip; a late slot's place is booked again (OWED_SHARE). Measured
-# at a shared 500/s, load 5: J = 5 ms gave 1.4 % of the slots back, 10 ms 0.5-2 %, at the same
-# rate (0.95-0.97) — was 10 ms, before workers on the actor's machine read its clock exactly
-# (a round trip's width of doubt made more slots look late). Costs 0.5 % of a 1 s window's
-# rate (the actor's windows are W + J) and leaves room for DEFAULT_ARRIVAL_MARGIN_S.
-DEFAULT_MARGIN_S = 0.005
+# wake-up lag): a round trip worker -> actor -> worker took 1-4 ms on a busy 2-core machine,
+# a wake-up up to 10+ ms. 10 ms costs 1 % of a 1 s window's rate (the actor's windows are
+# W + J); 5 ms gave 11 % of the slots back at load 5 (2 % at 10 ms), 0.92 of the rate.
+DEFAULT_MARGIN_S = 0.010
 
 # The limiter's own margin on a cluster when it was not given one (``margin_s=None``; the CLI's
 # ``--rate`` without ``--rate-margin``): how much later than its start the server may see an
 # attempt. In one process it is at most 1 ms; a cluster's requests leave from several worker
 # processes' event loops, whose start -> arrival spread is wider (p99 13-21 ms at load 1.5-3,
 # docs/benchmarks.md): at 1 ms, 503-510 arrivals reached the server in some second at a
-# shared 500/s while the starts held 500. 10 ms with J = 5 ms keeps the windows at W + 15 ms
-# (0.985 of the rate at most, where W + 1 ms + 10 ms was 0.989); a given margin_s is kept.
+# shared 500/s while the starts held 500 (503-505 at 10 ms, load 5). With J the windows are
+# W + 20 ms: 0.980 of the rate at most, where W + 1 ms + J was 0.989; a given margin_s is kept.
 DEFAULT_ARRIVAL_MARGIN_S = 0.010
 
 # How long a worker waits for the actor's answer before calling it lost. Answers take 1-4 ms
@@ -756,8 +754,8 @@ def cluster_limits(
     >>> limits, margin_ns = cluster_limits(RateLimiter("15/s", margin_s=0.1), 0.01)
     >>> limits[0].window_ns, margin_ns
     (1110000000, 10000000)
-    >>> cluster_limits(RateLimiter("15/s"), 0.005)[0][0].window_ns   # 1 s + 10 ms + 5 ms
-    1015000000
+    >>> cluster_limits(RateLimiter("15/s"), 0.01)[0][0].window_ns   # 1 s + 10 ms + 10 ms
+    1020000000
     """
     if not margin_s >= 0:
         raise InvalidArgument(f"limiter_margin_s={margin_s!r}: a number of seconds >= 0, e.g. 0.01")
