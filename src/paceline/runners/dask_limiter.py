@@ -71,7 +71,8 @@ from paceline.policy.rate import NS_PER_S, REQUESTS
 # slowest recent round trip (LEAD_TRIPS), so J covers the sleep's overshoot (an event loop's
 # wake-up lag): a round trip worker -> actor -> worker took 1-4 ms on a busy 2-core machine,
 # a wake-up up to 10+ ms. 10 ms costs 1 % of a 1 s window's rate (the actor's windows are
-# W + J); 5 ms gave 11 % of the slots back at load 5 (2 % at 10 ms), 0.92 of the rate.
+# W + J). 5 ms was tried once (load 5): 11 % of the slots back, 0.92 of the rate, where 10 ms
+# gave 2 % just before (but 11 % in another run at load 8): not shown better, so 10 ms stays.
 DEFAULT_MARGIN_S = 0.010
 
 # The limiter's own margin on a cluster when it was not given one (``margin_s=None``; the CLI's
