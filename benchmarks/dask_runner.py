@@ -35,9 +35,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 
 from paceline import BatchExecutor, DaskRunner, RateLimiter, batch_execute
+from paceline.cli.dask import LEAN_LOCAL_CLUSTER
 from paceline.testing.api_server import ApiConfig, ApiServer
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -71,7 +73,10 @@ def peak_rss() -> Iterator[dict[str, int]]:
 
 @contextmanager
 def cluster(threads_per_worker: int) -> Iterator[Client]:
+    """A 2-worker LocalCluster with the settings of the CLI's ``--dask local:N``
+    (``LEAN_LOCAL_CLUSTER``: no profiler, a slower tick and system monitor)."""
     with (
+        dask.config.set(LEAN_LOCAL_CLUSTER),
         LocalCluster(
             n_workers=2,
             threads_per_worker=threads_per_worker,

@@ -4,6 +4,7 @@ and the worker's margin and give-back against a stand-in actor."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -426,3 +427,49 @@ def test_a_pause_in_this_process_drops_the_slots_its_waiters_sleep_on():
     assert slot == stand_in.hold_ns  # booked again, after the pause
     assert len(stand_in.given_back) == 1
     assert stand_in.given_back[0][0] < stand_in.hold_ns
+
+
+def test_a_limit_paced_one_at_a_time_is_spaced_by_its_pace_plus_the_lateness_allowed():
+    # 50/s with burst=1 (the CLI's --rate), J = 10 ms: W' = 1.01 s, W'/N = 20.2 ms; P is an
+    # eighth of it. Slots S = W'/N + P apart, each started within P of it: two starts are
+    # never closer than 20.2 ms (the margin J alone let them come 10.2 ms apart, and nginx's
+    # limit_req without burst refused 19-21 % of them).
+    j_ns = 10_000_000
+    limits = [Limit(Rate(50, W), burst=1, margin_ns=j_ns)]
+    limit = LimitActor(limits, 0, 10 * W, Clock(), margin_ns=j_ns)
+    answers, _now, lateness = limit.book_many_now([1, 1, 1, 1], 0, [])
+    assert lateness == 2_525_000
+    assert [slot for _booked, slot in answers] == [0, 22_725_000, 45_450_000, 68_175_000]
+    slots = [slot for _booked, slot in answers]
+    # the closest two starts can come: the latest start of one slot, the earliest of the next
+    assert min(b - (a + lateness) for a, b in itertools.pairwise(slots)) == 20_200_000
+    # A late slot given back is not made up (that would put two starts closer), and the
+    # margin does not grow with late slots: the lateness is P's, not J's.
+    answers, _now, _lateness = limit.book_many_now([1] * 200, 0, [(22_725_000, 1)])
+    assert answers[0][1] == 4 * 22_725_000
+    # 60 of 204 late (29 %: a margin J would grow at 5 %)
+    answers, _now, lateness = limit.book_many_now([1], 0, [(22_725_000, 1)] * 59)
+    assert lateness == 2_525_000
+    assert limit.margin_ns == j_ns
+    assert answers[0][1] == 204 * 22_725_000
+
+
+def test_a_fast_limit_or_one_with_a_burst_is_not_spaced():
+    j_ns = 10_000_000
+    for limit in (Limit(Rate(500, W), burst=1, margin_ns=j_ns), Limit(Rate(50, W), burst=2)):
+        actor_ = LimitActor([limit], 0, 10 * W, Clock(), margin_ns=j_ns)
+        _answers, _now, lateness = actor_.book_many_now([1], 0, [])
+        assert lateness == j_ns  # P would be 0.25 ms at 500/s: the margin J, as before
+
+
+def test_a_worker_on_the_actors_machine_reads_the_actors_clock_exactly():
+    from paceline.runners.dask_limiter import clock_id
+
+    here = ClusterLimiter(object(), margin_ns=0, window_ns=W, actor_clock_id=clock_id())
+    elsewhere = ClusterLimiter(object(), margin_ns=0, window_ns=W, actor_clock_id="another")
+    if clock_id() is None:
+        pytest.skip("no boot id on this system")
+    assert (here._offset.low_ns, here._offset.high_ns) == (0, 0)
+    here._offset.sample(sent_ns=100, actor_ns=5_000, received_ns=110)  # no effect: exact
+    assert (here._offset.low_ns, here._offset.high_ns) == (0, 0)
+    assert elsewhere._offset.high_ns - elsewhere._offset.low_ns > W

@@ -81,7 +81,8 @@ RateMargin = Annotated[
         metavar="SECONDS",
         help="Lengthen each --rate window by this much, so the limit holds for arrivals at the "
         "server, which follow starts by a network delay that varies (default: 0.001; with "
-        "--rate-store 0.05, for machines at different distances from the server).",
+        "--dask 0.01, for several worker processes; with --rate-store 0.05, for machines at "
+        "different distances from the server).",
     ),
 ]
 Concurrency = Annotated[

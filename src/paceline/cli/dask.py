@@ -31,6 +31,17 @@ DASK_CONCURRENCY = 8
 LOCAL_PREFIX = "local:"
 # Worker processes of --dask local:N at most: more than a few per core only adds start time.
 MAX_LOCAL_WORKERS = 64
+# Dask's own periodic work, leaner on the cluster of --dask local:N (no dashboard reads it):
+# the workers' statistical profiler samples every thread's stack every 10 ms, the event-loop
+# tick every 20 ms and the system monitor every 0.5 s. Measured with 2 idle worker processes
+# on this 2-core machine: 0.26 s of CPU in 5 s with Dask's defaults, 0.06 s with these; the
+# driver's process (scheduler, nannies, client) 0.13-0.18 s -> 0.07 s. A CPU-bound batch
+# gets that CPU back. A remote cluster keeps its own settings.
+LEAN_LOCAL_CLUSTER = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",  # only warns of a blocked loop: 0.5 s is ample
+    "distributed.admin.system-monitor.interval": "2s",  # the dashboard's plots; none here
+}
 
 
 def parse_dask(value: str) -> tuple[str, int | None]:
@@ -89,21 +100,25 @@ def dask_client(value: str) -> Iterator[Any]:
         raise UsageError("--dask needs dask distributed: pip install 'paceline[dask]'") from None
     dask: Any = distributed  # untyped: its calls are checked by the tests
     if workers is not None:
+        import dask as dask_config  # comes with distributed
+
         # One thread a worker: a chunk runs its items on the worker's event loop (and a sync
         # call target on that loop's threads), so more Dask threads would only split chunks.
-        cluster = dask.LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port:
-            # None means 8787, and a second run (or any Dask) there made it print a warning.
-            dashboard_address=":0",
-            scheduler_kwargs={"dashboard": False},
-            # The in-process scheduler's and the nannies' logs would tear through the progress
-            # line (workers stopping at a Ctrl-C, a lost actor); what matters reaches the
-            # summary: failed items, a lost cluster, a chunk its worker could not run.
-            silence_logs=logging.CRITICAL,
-        )
+        lean: Any = dask_config.config.set(LEAN_LOCAL_CLUSTER)  # the workers inherit it
+        with lean:
+            cluster = dask.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port:
+                # None means 8787, and a second run (or any Dask) there made it print a warning.
+                dashboard_address=":0",
+                scheduler_kwargs={"dashboard": False},
+                # The in-process scheduler's and the nannies' logs would tear through the progress
+                # line (workers stopping at a Ctrl-C, a lost actor); what matters reaches the
+                # summary: failed items, a lost cluster, a chunk its worker could not run.
+                silence_logs=logging.CRITICAL,
+            )
         try:
             # Not ``with Client(...)``: that sets a context variable, and the CLI opens and
             # closes the client from different threads (each with a context of its own).

@@ -55,6 +55,7 @@ import asyncio
 import contextvars
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -66,12 +67,22 @@ from paceline.errors import InvalidArgument, PacelineError
 from paceline.policy.limits import Limit, LimitPolicy
 from paceline.policy.rate import NS_PER_S, REQUESTS
 
-# The margin J between a slot and the latest start it allows. It must exceed the tail of a
-# booking's round trip plus the sleep's overshoot, or most slots come back late and the rate
-# starves (measured: J = 5 ms over a link with up to 4 ms each way gave 6 % of the rate). A
-# round trip worker -> actor -> worker took 1-4 ms on a busy 2-core machine; 10 ms leaves
-# room and costs 1 % of a 1 s window's rate (the actor's windows are W + J).
+# The margin J between a slot and the latest start it allows. Slots are asked for ahead by the
+# slowest recent round trip (LEAD_TRIPS), so J covers the sleep's overshoot (an event loop's
+# wake-up lag): a round trip worker -> actor -> worker took 1-4 ms on a busy 2-core machine,
+# a wake-up up to 10+ ms. 10 ms costs 1 % of a 1 s window's rate (the actor's windows are
+# W + J). 5 ms was tried once (load 5): 11 % of the slots back, 0.92 of the rate, where 10 ms
+# gave 2 % just before (but 11 % in another run at load 8): not shown better, so 10 ms stays.
 DEFAULT_MARGIN_S = 0.010
+
+# The limiter's own margin on a cluster when it was not given one (``margin_s=None``; the CLI's
+# ``--rate`` without ``--rate-margin``): how much later than its start the server may see an
+# attempt. In one process it is at most 1 ms; a cluster's requests leave from several worker
+# processes' event loops, whose start -> arrival spread is wider (p99 13-21 ms at load 1.5-3,
+# docs/benchmarks.md): at 1 ms, 503-510 arrivals reached the server in some second at a
+# shared 500/s while the starts held 500 (503-505 at 10 ms, load 5). With J the windows are
+# W + 20 ms: 0.980 of the rate at most, where W + 1 ms + J was 0.989; a given margin_s is kept.
+DEFAULT_ARRIVAL_MARGIN_S = 0.010
 
 # How long a worker waits for the actor's answer before calling it lost. Answers take 1-4 ms
 # (70 ms in the tail on a busy machine); a call to a dead worker is otherwise retried until
@@ -119,6 +130,19 @@ CATCH_UP_SHARE = 50  # N // 50
 # (J = 10 ms); made up only within the catch-up above, the rate fell to 0.86; a stalled worker
 # process gives back every slot it held at once (~100 at 500/s).
 OWED_SHARE = 4  # N // 4: a 250 ms stall's slots
+# A limit paced one at a time (``burst=1``, the CLI's ``--rate`` without ``--burst``) promises
+# consecutive starts at least W'/N apart, as a server's ``limit_req`` without burst counts them
+# (nginx refuses a request sooner than 1/rate after the last one). A start lies anywhere in
+# [slot, slot + lateness allowed], so the actor puts its slots W'/N + P apart and a worker gives
+# back a slot it cannot start within P of it: two starts are then never closer than W'/N.
+# P is an eighth of W'/N (2.5 ms at 50/s: worker event loops wake 0.1-3 ms late on a busy
+# 2-core machine), at most the margin J: it costs 1/9 of the rate (at 50/s: 44.4/s), where
+# the margin J alone let 19-21 % of the requests be refused (starts 10 ms apart).
+SPACED_PAD_SHARE = 8
+# Below this P a limit is not spaced (above 125/s with P = W'/N/8): a worker's wake-up lag
+# is not held to a fraction of a ms, so nearly every slot would come back late; such a limit
+# keeps the margin J as its lateness, and its starts are W'/N apart on average, J at worst.
+MIN_SPACED_PAD_NS = 1_000_000
 
 
 class LimiterLost(PacelineError):
@@ -158,6 +182,10 @@ class LimitActor:
             if pace and limit.burst is None and limit.rate.unit == REQUESTS
         ]
         self._grown_ns = 0  # how much the margin grew: the paced spacing follows it
+        # Spaced (SPACED_PAD_SHARE): a burst-1 request limit's slots at least W'/N + P apart,
+        # every slot started within P of it (0 and None: no limit is spaced).
+        self._spaced_ns, self._spaced_pad_ns = _spacing(limits, margin_ns)
+        self._next_spaced_ns: int | None = None
         # The paced schedule: when the next slot is due (None before the first booking)...
         self._due_ns: int | None = None
         # ... how many slots it may fall behind (see CATCH_UP_SHARE), and the given-back
@@ -201,12 +229,16 @@ class LimitActor:
             due = max(due, earliest - self._catch_up * spacing // weight)
             owed = self._owed >= weight
             earliest = max(earliest, self._last_ns + spacing // 2, earliest if owed else due)
+        if self._next_spaced_ns is not None:
+            earliest = max(earliest, self._next_spaced_ns)
         slot = earliest
         if slot - now > self._horizon_ns:
             return False, slot - self._horizon_ns, now
         policy = self._policy
         while wait := policy.try_grant(slot, weight):
             slot += wait
+        if self._spaced_ns:
+            self._next_spaced_ns = slot + weight * self._spaced_ns
         if owed:
             self._owed -= weight
             self._due_ns = due
@@ -253,7 +285,9 @@ class LimitActor:
             self._take_back(slot, weight)
         self._returned += len(given_back)
         self.returned_total += len(given_back)
-        if self._booked >= (MARGIN_SAMPLE_PACED if self._paced else MARGIN_SAMPLE):
+        if self._spaced_pad_ns is None and self._booked >= (
+            MARGIN_SAMPLE_PACED if self._paced else MARGIN_SAMPLE
+        ):
             late = self._returned / self._booked
             grow_at = MARGIN_GROW_AT_PACED if self._paced else MARGIN_GROW_AT
             if late > grow_at and self.margin_ns < self._max_margin_ns:
@@ -268,7 +302,14 @@ class LimitActor:
         self._booked += booked
         self.booked_total += booked
         now = answers[0][2] if answers else self._clock_ns()
-        return [(booked, at) for booked, at, _now in answers], now, self.margin_ns
+        return [(booked, at) for booked, at, _now in answers], now, self.lateness_ns
+
+    @property
+    def lateness_ns(self) -> int:
+        """How late after its slot a start may be: the margin J, or a spaced limit's P (see
+        SPACED_PAD_SHARE; the margin then does not grow: P, not J, bounds the lateness)."""
+        pad = self._spaced_pad_ns
+        return self.margin_ns if pad is None else pad
 
     async def give_back(self, slot_ns: int, weight: int = 1) -> None:
         """Return a slot that was not started within the margin."""
@@ -317,6 +358,48 @@ class LimitActor:
         """Whether the actor answers (the driver's health check)."""
         return True
 
+    async def clock_id(self) -> str | None:
+        """The :func:`clock_id` of the actor's machine (workers there share its clock)."""
+        return clock_id()
+
+
+# Where Linux names the current boot: processes that read the same one share one monotonic
+# clock (CLOCK_MONOTONIC is the kernel's, containers included).
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def clock_id() -> str | None:
+    """This machine's boot id: two processes with the same one read the same
+    ``time.monotonic_ns()`` (None where it cannot be told: not Linux)."""
+    try:
+        with open(BOOT_ID_PATH) as boot:
+            return boot.read().strip() or None
+    except OSError:
+        return None
+
+
+def _spacing(limits: Sequence[Limit], margin_ns: int) -> tuple[int, int | None]:
+    """``(S, P)`` of the burst-1 request limits among ``limits`` (SPACED_PAD_SHARE): slots at
+    least ``S`` apart, each started within ``P`` of it, so that no two starts are closer than
+    any of them allows; ``(0, None)`` when none is spaced (none has ``burst=1``, or its ``P``
+    would be under MIN_SPACED_PAD_NS, or ``J`` is 0: lateness is not checked then).
+
+    >>> from paceline.policy.rate import Rate
+    >>> _spacing([Limit(Rate(50, NS_PER_S), burst=1, margin_ns=10_000_000)], 10_000_000)
+    (22725000, 2525000)
+    """
+    intervals = [
+        limit.window_ns // limit.rate.max_requests
+        for limit in limits
+        if limit.burst == 1 and limit.rate.unit == REQUESTS
+    ]
+    if not intervals:
+        return 0, None
+    pad = min(margin_ns, min(intervals) // SPACED_PAD_SHARE)
+    if pad < MIN_SPACED_PAD_NS:
+        return 0, None
+    return max(intervals) + pad, pad
+
 
 class ClockOffset:
     """Where the actor's clock stands against this process's, from round trips (as NTP does):
@@ -351,8 +434,17 @@ class ClockOffset:
         """The highest the offset can be."""
         return min(self._current[1], self._older[1])
 
+    def exact(self) -> None:
+        """The actor's clock is this one (same machine, :func:`clock_id`): the offset is 0,
+        with no round trip's width of doubt (which a late check of a short lateness allowed
+        would spend: a round trip on one machine takes 0.5-4 ms)."""
+        self._current = self._older = (0, 0)
+        self._since_ns = 2**62  # never refreshed
+
     def sample(self, sent_ns: int, actor_ns: int, received_ns: int) -> None:
         """Narrow the bounds with one round trip."""
+        if self._since_ns == 2**62:
+            return  # exact
         if self._since_ns is None or received_ns - self._since_ns > self.REFRESH_NS:
             self._older = self._current
             self._current = (-(2**62), 2**62)
@@ -379,10 +471,14 @@ class ClusterLimiter:
     __slots__ = (
         "_actor",
         "_booker",
+        "_clock_id",
         "_given_back",
+        "_held",
         "_hold_ns",
+        "_listening",
         "_lock",
         "_offset",
+        "_topic",
         "_trips",
         "_waiting",
         "_wake",
@@ -392,16 +488,32 @@ class ClusterLimiter:
     )
 
     def __init__(
-        self, actor: Any, margin_ns: int, window_ns: int, timeout_s: float = ACTOR_TIMEOUT_S
+        self,
+        actor: Any,
+        margin_ns: int,
+        window_ns: int,
+        timeout_s: float = ACTOR_TIMEOUT_S,
+        actor_clock_id: str | None = None,
+        topic: str | None = None,
     ) -> None:
         self._actor = actor
+        # The Dask event topic a pause is pushed on (None: none, each hears at its booking).
+        self._topic = topic
         self.margin_ns = margin_ns
         self.window_ns = window_ns  # the longest window W + J (the fence of a successor)
         self.timeout_s = timeout_s  # how long to wait for an answer before calling it lost
+        self._clock_id = actor_clock_id  # the actor's machine (clock_id), None: unknown
+        # On the driver, the actor's own future: while it is held the scheduler keeps the
+        # actor. (The handle alone holds it through the process's *default* client: with two
+        # clients in one process, the other's — and the actor was released mid-batch.)
+        self._held: Any = None
         self._local_state()
 
     def _local_state(self) -> None:
+        self._listening = False  # subscribed to the topic in this process
         self._offset = ClockOffset()
+        if self._clock_id is not None and self._clock_id == clock_id():
+            self._offset.exact()  # the actor's machine: one clock
         self._trips: deque[int] = deque(maxlen=LEAD_TRIPS)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -412,11 +524,26 @@ class ClusterLimiter:
         # process's own pause, or any booking's answer): a slot before it is not started.
         self._hold_ns = -(2**62)
 
-    def __getstate__(self) -> tuple[Any, int, int, float]:
-        return self._actor, self.margin_ns, self.window_ns, self.timeout_s
+    def __getstate__(self) -> tuple[Any, int, int, float, str | None, str | None]:
+        return (
+            self._actor,
+            self.margin_ns,
+            self.window_ns,
+            self.timeout_s,
+            self._clock_id,
+            self._topic,
+        )
 
-    def __setstate__(self, state: tuple[Any, int, int, float]) -> None:
-        self._actor, self.margin_ns, self.window_ns, self.timeout_s = state
+    def __setstate__(self, state: tuple[Any, int, int, float, str | None, str | None]) -> None:
+        (
+            self._actor,
+            self.margin_ns,
+            self.window_ns,
+            self.timeout_s,
+            self._clock_id,
+            self._topic,
+        ) = state
+        self._held = None  # the driver holds the actor
         self._local_state()
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -448,8 +575,44 @@ class ClusterLimiter:
             self._wake.notify()
         return future
 
+    def _listen(self) -> None:
+        """Hear every pause of the batch the moment it is set (once per process): a Dask event
+        topic that the scheduler pushes to this worker's client. Without it, a process hears
+        of a pause with its next booking's answer, and its slots due before that start inside
+        the pause (docs/design.md, "A server's pause on the cluster")."""
+        if self._listening or self._topic is None:
+            return
+        self._listening = True
+        try:
+            from distributed import get_client
+
+            client: Any = get_client()  # distributed's Client: untyped here
+            client.subscribe_topic(self._topic, self._on_pause_event)
+        except Exception:  # no worker here (a test's stand-in): bookings still tell
+            return
+
+    def _on_pause_event(self, event: Any) -> None:
+        """A pause pushed on the topic: ``(time, {"hold_ns": end on the actor's clock})``."""
+        try:
+            hold_ns = int(event[1]["hold_ns"])
+        except (TypeError, KeyError, IndexError, ValueError):
+            return
+        self._heard_hold(hold_ns)
+
+    def _push_pause(self, hold_ns: int) -> None:
+        """Tell every process sharing the limiter of a pause ending at ``hold_ns``."""
+        if self._topic is None:
+            return
+        try:
+            from distributed import get_client
+
+            get_client().log_event(self._topic, {"hold_ns": hold_ns})
+        except Exception:  # no cluster client here: the others hear at their next booking
+            return
+
     def _book_waiting(self) -> None:
         """The booking thread: send what waits, hand out the answers; end when idle a while."""
+        self._listen()
         while True:
             with self._lock:
                 if not self._waiting and not self._wake.wait_for(
@@ -549,12 +712,19 @@ class ClusterLimiter:
         """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``).
 
         The slots already booked that fall inside the pause are not started: in this process
-        at once, elsewhere from the next booking's answer; each is given back and booked
+        at once, elsewhere as soon as the scheduler pushes the pause to them (a Dask event
+        topic, a few ms), or with their next booking's answer; each is given back and booked
         again after the pause."""
         # At once here, on the earliest the actor's clock can read now: never later than the
-        # pause the actor will set, so no slot booked after it is dropped.
-        self._heard_hold(time.monotonic_ns() + self._offset.low_ns + round(seconds * NS_PER_S))
-        self._heard_hold(int(self._call("pause", seconds)))
+        # pause the actor will set, so no slot booked after it is dropped; pushed to the
+        # others before the actor's round trip, then the actor's own end.
+        early_ns = time.monotonic_ns() + self._offset.low_ns + round(seconds * NS_PER_S)
+        self._heard_hold(early_ns)
+        self._push_pause(early_ns)
+        hold_ns = int(self._call("pause", seconds))
+        self._heard_hold(hold_ns)
+        if hold_ns > early_ns:
+            self._push_pause(hold_ns)
 
     def stats(self) -> dict[str, int]:
         """The actor's :meth:`LimitActor.stats`."""
@@ -574,20 +744,29 @@ class ClusterLimiter:
             return False
 
 
-def cluster_limits(limiter: RateLimiter, margin_s: float) -> tuple[list[Limit], int]:
+def cluster_limits(
+    limiter: RateLimiter, margin_s: float, arrival_margin_s: float = DEFAULT_ARRIVAL_MARGIN_S
+) -> tuple[list[Limit], int]:
     """The limits an actor enforces for ``limiter``, and the margin ``J`` in ns: each window is
     lengthened by ``J`` on top of the limiter's own margin (its ``margin_s``: how much later
-    than its start the server may count an attempt, e.g. network jitter).
+    than its start the server may count an attempt, e.g. network jitter), which is
+    ``arrival_margin_s`` where the limiter was not given one (DEFAULT_ARRIVAL_MARGIN_S).
 
     >>> limits, margin_ns = cluster_limits(RateLimiter("15/s", margin_s=0.1), 0.01)
     >>> limits[0].window_ns, margin_ns
     (1110000000, 10000000)
+    >>> cluster_limits(RateLimiter("15/s"), 0.01)[0][0].window_ns   # 1 s + 10 ms + 10 ms
+    1020000000
     """
     if not margin_s >= 0:
         raise InvalidArgument(f"limiter_margin_s={margin_s!r}: a number of seconds >= 0, e.g. 0.01")
     margin_ns = round(margin_s * NS_PER_S)
+    arrival_ns = round(arrival_margin_s * NS_PER_S)
     return [
-        replace(limit, margin_ns=limit.window_ns - limit.rate.window_ns + margin_ns)
+        replace(
+            limit,
+            margin_ns=margin_ns + (arrival_ns if limit.margin_ns is None else limit.margin_ns),
+        )
         for limit in limiter.limits
     ], margin_ns
 
@@ -632,4 +811,14 @@ def host_limiter(
         actor=True,
         pure=False,
     )
-    return ClusterLimiter(future.result(), margin_ns, window_ns, timeout_s)
+    actor = future.result()
+    # One topic per hosted actor (a successor's pauses are its own).
+    topic = f"paceline-pause-{uuid.uuid4().hex}"
+    # Whether workers share the actor's clock; an actor slow to say is only not trusted to.
+    try:
+        actor_clock = actor.clock_id().result(timeout=timeout_s)
+    except Exception:
+        actor_clock = None
+    hosted = ClusterLimiter(actor, margin_ns, window_ns, timeout_s, actor_clock, topic)
+    hosted._held = future
+    return hosted
