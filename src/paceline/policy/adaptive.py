@@ -87,6 +87,22 @@ ROUND_WINDOWS_S: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, *(60.0 * m for m 
 _CAPACITY_LEARN_AFTER = 2
 _CAPACITY_PROBE_GROWTH = 0.02
 
+# Bucket or window (docs/design.md, 'Bucket or window'): a first throttle of the unpaced start
+# that carried ``Retry-After`` cannot tell a window of N per second from a token bucket of
+# burst N that refills much faster (80/s with burst 10 looked like a window of 11/s: 0.14 of
+# its rate). After that pause both are fresh: the controller sends at this multiple of the
+# first ceiling until the server refuses. A window refuses after the N it took before (the
+# test costs a window ~0.2 s of its quota once: a burst fills it, and the pause that follows
+# overlaps the time it has to empty anyway; 8x cost less but let a bucket of rate 2x its
+# burst pass for a window); a bucket takes ``b p / (p - r)`` at pace p > r, which gives r.
+_RATE_TEST_FACTOR = 4.0
+# A stage that takes this many times the first burst without a refusal: the server sustains
+# the test pace (a bucket faster than it): the pace doubles and the test goes on.
+_RATE_TEST_STAGE = 4.0
+# More than this share over the first burst (and 2 more) taken before the refusal: not the
+# same window again, a bucket (a window takes at most the N it took before).
+_RATE_TEST_OVER = 0.25
+
 
 class Outcome(enum.Enum):
     """How an attempt ended, as far as adaptive control cares: what a ``classify(value,
@@ -250,6 +266,7 @@ class Ticket:
     load: int = 1  # attempts in flight when it started, itself included
     pace_per_s: float | None = None  # the even pace it was sent at (None: no pacer)
     gap_ns: int | None = None  # since the attempt started before it (None: the first)
+    rate_test: bool = False  # sent at a bucket-or-window test's pace (see ``_RATE_TEST_FACTOR``)
 
 
 @dataclass(slots=True)
@@ -394,6 +411,17 @@ class AdaptiveController:
     # loads of the latest 503s that cut the concurrency, and the capacity learned from them
     _overload_loads: list[int] = field(default_factory=list)
     capacity: int | None = None
+    # The bucket-or-window test (see ``_RATE_TEST_FACTOR``): its pace (None: no test running),
+    # the first burst it is judged against, what the current stage has taken, and whether it ran.
+    _test_pace_per_s: float | None = None
+    _test_burst: float = 0.0
+    _test_span_ns: int = 0  # the first burst's sends: the first start to the cut
+    _test_from_ns: int | None = None  # the current stage's first send (None: not yet)
+    _test_taken: int = 0
+    _test_stages: list[tuple[int, int]] = field(default_factory=list)  # (first send, taken before)
+    _tested: bool = False
+    # the first Retry-After (a bucket's next token comes within a second at any rate worth testing)
+    _first_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.server_pause = ServerPause(self.settings.max_pause_s)
@@ -484,7 +512,11 @@ class AdaptiveController:
             load=in_flight + 1,
             pace_per_s=self._pace_per_s(),
             gap_ns=now_ns - starts[-1] if starts else None,
+            rate_test=self._test_pace_per_s is not None,
         )
+        if ticket.rate_test and self._test_from_ns is None:
+            self._test_from_ns = now_ns
+            self._test_stages.append((now_ns, self._test_taken))
         if self._probing:
             self._probe_in_flight = True
         self._epoch_in_flight += 1
@@ -530,6 +562,8 @@ class AdaptiveController:
                 self._paused_ns.append((max(now_ns, self.pause_until_ns), until))
                 self.pause_until_ns = until
                 self.events.append((now_ns, "pause", retry_after_s))
+            if not self._retry_after_seen:
+                self._first_pause_s = retry_after_s
             self._retry_after_seen = True
         elif retry_after_s is not None and retry_after_s > 0:
             self.events.append((now_ns, "pause refused", retry_after_s))
@@ -542,7 +576,11 @@ class AdaptiveController:
             first, last = self._cycle_first_ns, self._cycle_throttled_ns
             if first is not None and ticket.sent_ns > first:
                 self._cycle_throttled_ns = max(ticket.sent_ns, last or ticket.sent_ns)
-            self._on_congestion(now_ns, ticket, cut_rate=True)
+            if ticket.rate_test and self._test_pace_per_s is not None:
+                if ticket.epoch == self.epoch:
+                    self._end_rate_test(now_ns, ticket)
+            else:
+                self._on_congestion(now_ns, ticket, cut_rate=True)
         elif outcome is Outcome.OVERLOAD:
             self.throttled += 1
             self._answer(throttled=True)
@@ -590,6 +628,8 @@ class AdaptiveController:
             self._cycle_first_answer_ns = now_ns
         self._taken(now_ns, ticket)
         self._late_answer(ticket)
+        if ticket.rate_test and self._test_pace_per_s is not None:
+            self._rate_test_taken(now_ns)
         rtt = now_ns - ticket.sent_ns
         if (
             self._rtt_min_ns is None
@@ -665,6 +705,9 @@ class AdaptiveController:
         if self._ceilings:
             self._ceilings[-1] += per_answer
             self._ceiling = self._ceilings[-1]
+        if self._test_pace_per_s is not None and self._test_from_ns is None:
+            self._test_burst += 1  # the first burst the test is judged against
+            self._test_pace_per_s = _RATE_TEST_FACTOR * self._ceilings[-1]
         self.rate_per_s += per_answer * factor
 
     def _not_refused(self, now_ns: int, ticket: Ticket) -> None:
@@ -734,6 +777,8 @@ class AdaptiveController:
 
     def _pace_per_s(self) -> float | None:
         """The even pace attempts go out at now: the controller's or the user's, the slower."""
+        if self._test_pace_per_s is not None:
+            return self._test_pace_per_s
         rates = [r for r in (self.rate_per_s, self.settings.user_rate_per_s) if r is not None]
         return min(rates) if rates else None
 
@@ -750,6 +795,8 @@ class AdaptiveController:
     def _gate_pace_per_s(self) -> float | None:
         """The pace of this controller's rate gate: its own rate, or the user's when that is
         slower and even (``user_rate_even``; otherwise the user's limiter paces alone)."""
+        if self._test_pace_per_s is not None:
+            return self._test_pace_per_s
         user = self.settings.user_rate_per_s if self.settings.user_rate_even else None
         rates = [r for r in (self.rate_per_s, user) if r is not None]
         return min(rates) if rates else None
@@ -977,6 +1024,79 @@ class AdaptiveController:
             self.below_user_rate = True
             self.events.append((now_ns, "below user rate", self.rate_per_s))
         self.events.append((now_ns, "rate", self.rate_per_s))
+        if (
+            not self._tested
+            and self._retry_after_seen
+            and ticket.pace_per_s is None
+            and user is None
+            and len(self._ceilings) == 1
+            and self._first_start_ns is not None
+            and self._first_pause_s <= 1.0
+            and (ticket.gap_ns is None or ticket.gap_ns * ceiling < NS)
+        ):
+            # (a bucket that refused an attempt a gap g after the one before refills less
+            # than a token in g: its rate is under 1/g, no more than the ceiling: nothing to test)
+            # the unpaced start's first throttle, with Retry-After: a window or a bucket?
+            judged = self._first_judged
+            self._tested = True
+            self._test_pace_per_s = _RATE_TEST_FACTOR * ceiling
+            self._test_burst = ceiling if judged is None else ceiling / judged[2]
+            self._test_span_ns = max(0, now_ns - self._first_start_ns)
+            self._test_from_ns = None
+            self._test_taken = 0
+            self._test_stages = []
+            self._tat_ns = None
+            self.events.append((now_ns, "rate test", self._test_pace_per_s))
+
+    def _rate_test_taken(self, now_ns: int) -> None:
+        """A test attempt was taken: a stage that took ``_RATE_TEST_STAGE`` first bursts
+        without a refusal found no window of that burst, and a server at least about as fast
+        as the test pace: double it."""
+        pace = self._test_pace_per_s
+        assert pace is not None
+        self._test_taken += 1
+        stages = self._test_stages
+        if stages and self._test_taken - stages[-1][1] >= _RATE_TEST_STAGE * self._test_burst:
+            self._test_pace_per_s = min(self.settings.max_rate_per_s, 2 * pace)
+            self._test_from_ns = None  # the next stage starts with its first send
+            self.events.append((now_ns, "rate test", self._test_pace_per_s))
+
+    def _end_rate_test(self, now_ns: int, ticket: Ticket) -> None:
+        """The server refused a test attempt: judge window or bucket, and hold (1 - margin) of
+        the rate found. The test's other refusals are not cuts.
+
+        A window takes at most the N it took at first (``_RATE_TEST_OVER``). A bucket of burst
+        b and rate r took ``A1 = b + r T1`` over the first burst's sends (T1 long), from a full
+        bucket to an empty one, and since the start of any stage no more than ``b + r T``: so
+        ``(A - A1) / (T - T1)`` is a lower bound of r from each stage's start, and exact from
+        the last stage that began with the bucket full (or that wasted none of its refill)."""
+        pace = self._test_pace_per_s
+        assert pace is not None
+        settings = self.settings
+        burst = max(self._test_burst, 1.0)
+        stages = self._test_stages
+        self._test_pace_per_s = None
+        self.epoch += 1  # the test's attempts still in flight belong to the test
+        self._epoch_in_flight = 0
+        self._last_growth_ns = None
+        self._tat_ns = None
+        taken = self._test_taken
+        last_stage = taken - stages[-1][1] if stages else 0
+        if len(stages) > 1 or last_stage > burst * (1 + _RATE_TEST_OVER) + 2:
+            rate = self._ceilings[-1]
+            for since_ns, before in stages:
+                span_ns = ticket.sent_ns - since_ns - self._test_span_ns
+                if span_ns > 0:
+                    rate = max(rate, (taken - before - burst) * NS / span_ns)
+            rate = min(pace, rate)
+            self._ceilings[-1:] = [rate]
+            self._ceiling = rate
+            self._first_judged = self._first_factor = None
+            self.rate_per_s = max(settings.min_rate_per_s, rate * (1 - settings.handover_margin))
+            self.events.append((now_ns, "bucket", rate))
+        else:
+            self.events.append((now_ns, "window", burst))
+        self.events.append((now_ns, "rate", self.rate_per_s or 0.0))
 
     def _keeps_throttling(self) -> bool:
         """More than ``user_rate_max_throttles`` of the last ``jitter_window`` answers were
