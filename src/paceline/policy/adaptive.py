@@ -657,8 +657,8 @@ class AdaptiveController:
             if self.capacity is not None and self.concurrency >= self.capacity:
                 step *= _CAPACITY_PROBE_GROWTH  # past the learned capacity: probe slowly
             self.concurrency = min(float(settings.max_concurrency), self.concurrency + step)
-        # the rate gate
-        if self.rate_per_s is not None and ticket.rate_binding:
+        # the rate gate (not at a bucket-or-window test's pace: that is not the rate's)
+        if self.rate_per_s is not None and ticket.rate_binding and not ticket.rate_test:
             last = self._last_growth_ns
             self._last_growth_ns = now_ns
             if last is None:
