@@ -46,6 +46,12 @@ in flight then are added when they come). The jitter refusals of a server that
 looks like a bucket (at most 2 of the last 100 answers) cost no cut, and the user's rate is held
 unless the server keeps throttling at it.
 
+A first cut of the unpaced start with ``Retry-After`` (a pause of a second at most) is
+followed by one *bucket-or-window test* (docs/design.md, 'Bucket or window'): after the pause,
+send at 4x that ceiling until refused; a window takes no more than it took at first, a token
+bucket takes more, and its rate is learned from what each stage took (see
+``_RATE_TEST_FACTOR``).
+
 Increases happen only when a gate was binding for that attempt (otherwise the limit inflates
 during idle stretches and floods later). One cut per congestion event: throttles of attempts
 sent before the last cut are ignored, or a burst of 429s would multiply the cut.
