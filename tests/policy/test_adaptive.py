@@ -1029,7 +1029,8 @@ def _run_test_stage(c: AdaptiveController, taken: int) -> Ticket:
 def test_a_bucket_that_sends_retry_after_is_told_from_a_window_and_its_rate_learned():
     # The first cut holds 0.97 of 12/s as before; after the pause the controller sends at
     # 4x that (48/s, 20.833 ms apart) until refused. 30 taken is more than a window of 12
-    # takes: a bucket, whose rate is (30 - 12) over the test's sends less the first burst's.
+    # takes: a bucket, whose rate is (30 - 12) over the test's sends less the first burst's
+    # span at the server (its first answer at 10 ms to the refusal's at 22 ms).
     c = controller(initial_concurrency=8)
     _first_burst_refused_with_retry_after(c)
     assert c.rate_per_s == pytest.approx(12 * 0.97)
@@ -1038,7 +1039,7 @@ def test_a_bucket_that_sends_retry_after_is_told_from_a_window_and_its_rate_lear
     refused = _run_test_stage(c, taken=30)
     interval_ns = round(S / 48)
     assert refused.sent_ns == 1022 * MS + 30 * interval_ns
-    rate = 18 * S / (30 * interval_ns - 22 * MS)  # 29.85/s
+    rate = 18 * S / (30 * interval_ns - 12 * MS)  # 29.36/s
     assert c._ceilings == [pytest.approx(rate)]
     assert c.rate_per_s == pytest.approx(rate * 0.97)
     assert [what for _, what, _ in c.events][-3:] == ["pause", "bucket", "rate"]
@@ -1083,8 +1084,8 @@ def test_a_test_stage_that_is_never_refused_doubles_the_pace():
     assert paces == [pytest.approx(48.0), pytest.approx(96.0)]
     (first_ns, _), (second_ns, before) = c._test_stages
     assert (first_ns, before) == (1022 * MS, 48)
-    from_first = (68 - 12) * S / (refused.sent_ns - first_ns - 22 * MS)  # 47.2/s
-    from_second = (20 - 12) * S / (refused.sent_ns - second_ns - 22 * MS)  # 43/s
+    from_first = (68 - 12) * S / (refused.sent_ns - first_ns - 12 * MS)  # 46.8/s
+    from_second = (20 - 12) * S / (refused.sent_ns - second_ns - 12 * MS)  # 40.7/s
     rate = max(from_first, from_second)
     assert rate == from_first
     assert c._ceilings == [pytest.approx(rate)]

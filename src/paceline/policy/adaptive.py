@@ -421,7 +421,7 @@ class AdaptiveController:
     # the first burst it is judged against, what the current stage has taken, and whether it ran.
     _test_pace_per_s: float | None = None
     _test_burst: float = 0.0
-    _test_span_ns: int = 0  # the first burst's sends: the first start to the cut
+    _test_span_ns: int = 0  # the first burst's span at the server (see ``_cut_rate``)
     _test_from_ns: int | None = None  # the current stage's first send (None: not yet)
     _test_taken: int = 0
     _test_stages: list[tuple[int, int]] = field(default_factory=list)  # (first send, taken before)
@@ -633,7 +633,7 @@ class AdaptiveController:
             self._cycle_first_ns = ticket.sent_ns
             self._cycle_first_answer_ns = now_ns
         self._taken(now_ns, ticket)
-        self._late_answer(ticket)
+        self._late_answer(now_ns, ticket)
         if ticket.rate_test and self._test_pace_per_s is not None:
             self._rate_test_taken(now_ns)
         rtt = now_ns - ticket.sent_ns
@@ -695,7 +695,7 @@ class AdaptiveController:
         while successes and successes[0] <= now_ns - NS:
             successes.popleft()
 
-    def _late_answer(self, ticket: Ticket) -> None:
+    def _late_answer(self, now_ns: int, ticket: Ticket) -> None:
         """A success sent within the span a first throttle that cut judged the accepted rate
         over, answered after it: the server took it in that span too, so it adds to that rate
         (the ceiling, and the rate set from it) until the next cut. Not after a smoothing: slow
@@ -713,6 +713,8 @@ class AdaptiveController:
             self._ceiling = self._ceilings[-1]
         if self._test_pace_per_s is not None and self._test_from_ns is None:
             self._test_burst += 1  # the first burst the test is judged against
+            if self._cycle_first_answer_ns is not None:
+                self._test_span_ns = now_ns - self._cycle_first_answer_ns
             self._test_pace_per_s = _RATE_TEST_FACTOR * self._ceilings[-1]
         self.rate_per_s += per_answer * factor
 
@@ -1047,7 +1049,12 @@ class AdaptiveController:
             self._tested = True
             self._test_pace_per_s = _RATE_TEST_FACTOR * ceiling
             self._test_burst = ceiling if judged is None else ceiling / judged[2]
-            self._test_span_ns = max(0, now_ns - self._first_start_ns)
+            # The span the first burst reached the server over, from its first answer to
+            # this refusal's (answers from where it arrived: sends from the first start
+            # count the connections' set-up, 40-60 ms measured, and overstated the bucket's
+            # rate by ~6 %); answers still in flight extend it (``_late_answer``).
+            first_answer = self._cycle_first_answer_ns
+            self._test_span_ns = 0 if first_answer is None else max(0, now_ns - first_answer)
             self._test_from_ns = None
             self._test_taken = 0
             self._test_stages = []
