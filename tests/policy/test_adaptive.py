@@ -1131,3 +1131,17 @@ def test_one_second_windows_with_retry_after_cost_the_test_about_a_percent(
     assert result.accepted / (quota * 25) >= 0.94
     assert result.throttled_fraction <= 0.025
     assert [what for _, what, _ in c.events].count("window") == 1
+
+
+def test_a_503_while_testing_abandons_the_test_and_cuts_as_usual():
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    now = c.pause_until_ns
+    first = c.started(now, 0, False)
+    assert first.rate_test
+    c.finished(now + 10 * MS, first, Outcome.SUCCESS)
+    second = c.started(now + 21 * MS, 1, True)
+    c.finished(now + 22 * MS, second, Outcome.OVERLOAD)  # paced: the rate is cut
+    assert c._test_pace_per_s is None
+    assert [what for _, what, _ in c.events][-2:] == ["rate test abandoned", "rate"]
+    assert not c.started(now + 30 * MS, 0, False).rate_test

@@ -485,6 +485,7 @@ class AdaptiveController:
         self._cycle_first_ns = self._cycle_throttled_ns = self._cycle_first_answer_ns = None
         self._cycle_successes = 0
         self._window_ns = None
+        self._test_pace_per_s = None  # the quota is known: nothing to test
         self.events.append((now_ns, "quota", 0.0))
 
     # -- before an attempt -----------------------------------------------------------------
@@ -868,6 +869,11 @@ class AdaptiveController:
             # processing fell to 1 and held it to 0.7-0.8 of its rate (issue 14).
             self.events.append((now_ns, "loss", float(ticket.load)))
             return
+        if self._test_pace_per_s is not None:
+            # a cut of another kind (a 503) while testing: what the test took says nothing
+            # clean about the quota any more; the hand-over rate stands
+            self._test_pace_per_s = None
+            self.events.append((now_ns, "rate test abandoned", 0.0))
         self._recovered = False
         self._aftershocks = 0
         self._first_judged = self._first_factor = None  # the next cut is judged on its own
