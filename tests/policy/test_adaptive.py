@@ -1107,7 +1107,7 @@ def test_no_test_after_a_pause_longer_than_a_second_or_without_retry_after():
 def test_token_buckets_with_whole_second_retry_after_are_run_near_their_rate(
     rate_per_s, burst, latency_s
 ):
-    # Taken for a window of their burst per second, they were served at 0.07-0.54 of their
+    # Taken for a window of their burst per second, they were served at 0.06-0.54 of their
     # rate (80/s burst 10: 0.14); now 0.84-0.91 (this seed).
     server = TokenBucketServer(rate_per_s, burst, retry_after=True)
     result, c = simulate(server, 30, latency_s=latency_s)
