@@ -1145,3 +1145,19 @@ def test_a_503_while_testing_abandons_the_test_and_cuts_as_usual():
     assert c._test_pace_per_s is None
     assert [what for _, what, _ in c.events][-2:] == ["rate test abandoned", "rate"]
     assert not c.started(now + 30 * MS, 0, False).rate_test
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=st.integers(2, 150), short_of_it=st.integers(0, 20))
+def test_a_window_that_takes_no_more_than_at_first_is_never_taken_for_a_bucket(first, short_of_it):
+    # Whatever the first burst N: a test stage that takes N or fewer keeps the hand-over rate.
+    c = controller(initial_concurrency=8)
+    for i in range(first):
+        c.finished(i * MS + 10 * MS, c.started(i * MS, 0, False), Outcome.SUCCESS)
+    refused = c.started(first * MS, 0, False)
+    c.finished(first * MS + 10 * MS, refused, Outcome.THROTTLE, retry_after_s=1.0)
+    handed_over = c.rate_per_s
+    assert handed_over == pytest.approx(first * 0.97)
+    _run_test_stage(c, taken=max(0, first - short_of_it))
+    assert c.rate_per_s == handed_over
+    assert [what for _, what, _ in c.events][-2:] == ["window", "rate"]
