@@ -109,8 +109,13 @@ def main() -> None:
     for scenario in SCENARIOS:
         if args.only and args.only not in scenario.name:
             continue
+        # old and new interleaved run by run: the machine's load changes under a long run
+        by_tree: dict[str, list[tuple[int, float, float, float]]] = {src: [] for src in trees}
+        for _ in range(args.runs):
+            for src in trees:
+                by_tree[src].append(run_once(scenario, args.seconds, src))
         for src in trees:
-            runs = [run_once(scenario, args.seconds, src) for _ in range(args.runs)]
+            runs = by_tree[src]
             codes = sorted({r[0] for r in runs})
             share = statistics.median(r[1] for r in runs)
             steady = statistics.median(r[2] for r in runs)
@@ -119,7 +124,8 @@ def main() -> None:
             print(
                 f"{scenario.name:<30}{label} exit {codes} share {share:.3f} "
                 f"({' '.join(f'{r[1]:.3f}' for r in runs)}) steady {steady:.3f} "
-                f"refused {refused:.1%} ({' '.join(f'{r[3]:.1%}' for r in runs)})",
+                f"refused {refused:.1%} ({' '.join(f'{r[3]:.1%}' for r in runs)}) "
+                f"load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
 

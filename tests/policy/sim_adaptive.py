@@ -107,10 +107,11 @@ class LeakyBucketServer(QuotaServer):
 
 class TokenBucketServer(QuotaServer):
     """A token bucket: ``capacity`` tokens, refilled at ``rate_per_s`` (continuous, in ns);
-    each request takes one or is refused. No ``Retry-After``."""
+    each request takes one or is refused. ``retry_after``: a refusal says when the next token
+    comes, rounded up to whole seconds (at least 1, as the test API's bucket mode does)."""
 
-    def __init__(self, rate_per_s: float, capacity: int) -> None:
-        super().__init__(capacity, 1.0, retry_after=False)
+    def __init__(self, rate_per_s: float, capacity: int, retry_after: bool = False) -> None:
+        super().__init__(capacity, 1.0, retry_after=retry_after)
         self.interval_ns = round(NS / rate_per_s)
         self.capacity_ns = capacity * self.interval_ns
         self.level_ns = self.capacity_ns  # tokens, in ns of refill
@@ -120,7 +121,9 @@ class TokenBucketServer(QuotaServer):
         self.level_ns = min(self.capacity_ns, self.level_ns + now - self.at_ns)
         self.at_ns = now
         if self.level_ns < self.interval_ns:
-            return Outcome.THROTTLE, None
+            if not self.retry_after:
+                return Outcome.THROTTLE, None
+            return Outcome.THROTTLE, float(max(1, -(-(self.interval_ns - self.level_ns) // NS)))
         self.level_ns -= self.interval_ns
         self.accepted.append(now)
         return Outcome.SUCCESS, None

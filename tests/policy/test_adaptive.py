@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outcome, describe
+from paceline.policy.adaptive import (
+    AdaptiveController,
+    AdaptiveSettings,
+    Outcome,
+    Ticket,
+    describe,
+)
 from tests.policy.sim_adaptive import (
     FixedWindowServer,
     LeakyBucketServer,
@@ -985,3 +991,173 @@ def test_answers_in_flight_at_a_first_smoothing_are_not_added():
     for t in tickets[38:40]:
         c.finished(25 * MS, t, Outcome.SUCCESS)
     assert c.rate_per_s == pytest.approx(38.0)
+
+
+# Bucket or window (issue 11): a first Retry-After cut of the unpaced start is tested.
+
+
+def _first_burst_refused_with_retry_after(c: AdaptiveController) -> None:
+    """12 taken, sent 1 ms apart and answered 10 ms later; the 13th, sent at 12 ms, refused
+    at 22 ms with Retry-After: 1 (a window of 12/s and a bucket of burst ~12 look the same)."""
+    for i in range(12):
+        c.finished(i * MS + 10 * MS, c.started(i * MS, 0, False), Outcome.SUCCESS)
+    c.finished(22 * MS, c.started(12 * MS, 0, False), Outcome.THROTTLE, retry_after_s=1.0)
+
+
+def _run_test_stage(c: AdaptiveController, taken: int) -> Ticket:
+    """Send as the controller lets, each answered 10 ms later: the first ``taken`` are taken,
+    the next refused. Returns the refused attempt."""
+    now = c.pause_until_ns
+    waited = False
+    for n in range(taken + 1):
+        while not (decision := c.decide(now, 0)).go:
+            now += decision.wait_ns
+            waited = decision.rate
+        ticket = c.started(now, 0, waited)
+        assert ticket.rate_test
+        refused = n == taken
+        c.finished(
+            now + 10 * MS,
+            ticket,
+            Outcome.THROTTLE if refused else Outcome.SUCCESS,
+            retry_after_s=1.0 if refused else None,
+        )
+        now += 10 * MS
+    return ticket
+
+
+def test_a_bucket_that_sends_retry_after_is_told_from_a_window_and_its_rate_learned():
+    # The first cut holds 0.97 of 12/s as before; after the pause the controller sends at
+    # 4x that (48/s, 20.833 ms apart) until refused. 30 taken is more than a window of 12
+    # takes: a bucket, whose rate is (30 - 12) over the test's sends less the first burst's
+    # span at the server (its first answer at 10 ms to the refusal's at 22 ms).
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    assert c.rate_per_s == pytest.approx(12 * 0.97)
+    assert [what for _, what, _ in c.events] == ["pause", "rate", "rate test"]
+    assert c.pause_until_ns == 1022 * MS
+    refused = _run_test_stage(c, taken=30)
+    interval_ns = round(S / 48)
+    assert refused.sent_ns == 1022 * MS + 30 * interval_ns
+    rate = 18 * S / (30 * interval_ns - 12 * MS)  # 29.36/s
+    assert c._ceilings == [pytest.approx(rate)]
+    assert c.rate_per_s == pytest.approx(rate * 0.97)
+    assert [what for _, what, _ in c.events][-3:] == ["pause", "bucket", "rate"]
+    assert c.cuts == 1  # the test's refusal is no cut
+    # its refusals still in flight are no cuts either
+    epoch = c.epoch
+    late = Ticket(
+        sent_ns=refused.sent_ns + MS,
+        epoch=epoch - 1,
+        rate_binding=True,
+        concurrency_binding=False,
+        rate_test=True,
+    )
+    c.finished(refused.sent_ns + 12 * MS, late, Outcome.THROTTLE, retry_after_s=1.0)
+    assert c.rate_per_s == pytest.approx(rate * 0.97)
+    assert c.cuts == 1
+    # and it paces at that rate from the end of the pause
+    assert not c.decide(c.pause_until_ns - 1, 0).go
+    assert c.decide(c.pause_until_ns, 0).go
+
+
+def test_a_window_takes_no_more_than_it_did_and_keeps_its_hand_over_rate():
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    _run_test_stage(c, taken=12)  # the same 12 again: a window of 12/s
+    assert c._ceilings == [pytest.approx(12.0)]
+    assert c.rate_per_s == pytest.approx(12 * 0.97)
+    assert [what for _, what, _ in c.events][-3:] == ["pause", "window", "rate"]
+    assert c._test_pace_per_s is None  # and once per batch:
+    assert c._tested
+    assert c.learned
+
+
+def test_a_test_stage_that_is_never_refused_doubles_the_pace():
+    # 48 taken at 48/s (4 first bursts) is no window of 12: the pace doubles to 96/s; refused
+    # after 20 more. Counted from each stage's start the rate is a lower bound (the bucket may
+    # have started a stage less than full, or wasted refill while full): the larger one.
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    refused = _run_test_stage(c, taken=68)
+    paces = [value for _, what, value in c.events if what == "rate test"]
+    assert paces == [pytest.approx(48.0), pytest.approx(96.0)]
+    (first_ns, _), (second_ns, before) = c._test_stages
+    assert (first_ns, before) == (1022 * MS, 48)
+    from_first = (68 - 12) * S / (refused.sent_ns - first_ns - 12 * MS)  # 46.8/s
+    from_second = (20 - 12) * S / (refused.sent_ns - second_ns - 12 * MS)  # 40.7/s
+    rate = max(from_first, from_second)
+    assert rate == from_first
+    assert c._ceilings == [pytest.approx(rate)]
+    assert c.rate_per_s == pytest.approx(rate * 0.97)
+
+
+def test_no_test_after_a_pause_longer_than_a_second_or_without_retry_after():
+    # a bucket's next token comes within a second at any rate worth testing for
+    c = controller(initial_concurrency=8)
+    for i in range(12):
+        c.finished(i * MS + 10 * MS, c.started(i * MS, 0, False), Outcome.SUCCESS)
+    c.finished(22 * MS, c.started(12 * MS, 0, False), Outcome.THROTTLE, retry_after_s=4.0)
+    assert [what for _, what, _ in c.events] == ["pause", "rate"]
+    assert c._test_pace_per_s is None
+
+
+@pytest.mark.parametrize(("rate_per_s", "burst"), [(80, 10), (20, 5), (20, 10), (200, 10)], ids=str)
+@pytest.mark.parametrize("latency_s", [0.01, 0.03])
+def test_token_buckets_with_whole_second_retry_after_are_run_near_their_rate(
+    rate_per_s, burst, latency_s
+):
+    # Taken for a window of their burst per second, they were served at 0.06-0.54 of their
+    # rate (80/s burst 10: 0.14); now 0.84-0.91 (this seed).
+    server = TokenBucketServer(rate_per_s, burst, retry_after=True)
+    result, c = simulate(server, 30, latency_s=latency_s)
+    assert result.accepted / (rate_per_s * 30) >= 0.78
+    assert result.throttled_fraction <= 0.02
+    assert [what for _, what, _ in c.events].count("bucket") == 1
+
+
+@pytest.mark.parametrize(("quota", "phase_s"), [(20, None), (100, None), (250, None), (100, 0.3)])
+@pytest.mark.parametrize("latency_s", [0.01, 0.03])
+def test_one_second_windows_with_retry_after_cost_the_test_about_a_percent(
+    quota, phase_s, latency_s
+):
+    # 0.97-0.98 of the quota before the test (0.958 for 250/s at 30 ms); 0.945-0.972 with it
+    server = (
+        QuotaServer(quota, 1.0, True)
+        if phase_s is None
+        else FixedWindowServer(quota, 1.0, True, phase_s)
+    )
+    result, c = simulate(server, 25, latency_s=latency_s)
+    assert result.accepted / (quota * 25) >= 0.94
+    assert result.throttled_fraction <= 0.025
+    assert [what for _, what, _ in c.events].count("window") == 1
+
+
+def test_a_503_while_testing_abandons_the_test_and_cuts_as_usual():
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    now = c.pause_until_ns
+    first = c.started(now, 0, False)
+    assert first.rate_test
+    c.finished(now + 10 * MS, first, Outcome.SUCCESS)
+    second = c.started(now + 21 * MS, 1, True)
+    c.finished(now + 22 * MS, second, Outcome.OVERLOAD)  # paced: the rate is cut
+    assert c._test_pace_per_s is None
+    assert [what for _, what, _ in c.events][-2:] == ["rate test abandoned", "rate"]
+    assert not c.started(now + 30 * MS, 0, False).rate_test
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=st.integers(2, 150), short_of_it=st.integers(0, 20))
+def test_a_window_that_takes_no_more_than_at_first_is_never_taken_for_a_bucket(first, short_of_it):
+    # Whatever the first burst N: a test stage that takes N or fewer keeps the hand-over rate.
+    c = controller(initial_concurrency=8)
+    for i in range(first):
+        c.finished(i * MS + 10 * MS, c.started(i * MS, 0, False), Outcome.SUCCESS)
+    refused = c.started(first * MS, 0, False)
+    c.finished(first * MS + 10 * MS, refused, Outcome.THROTTLE, retry_after_s=1.0)
+    handed_over = c.rate_per_s
+    assert handed_over == pytest.approx(first * 0.97)
+    _run_test_stage(c, taken=max(0, first - short_of_it))
+    assert c.rate_per_s == handed_over
+    assert [what for _, what, _ in c.events][-2:] == ["window", "rate"]
