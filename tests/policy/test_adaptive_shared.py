@@ -10,12 +10,12 @@ from paceline.policy.adaptive import AdaptiveController, AdaptiveSettings, Outco
 MS = 1_000_000
 
 
-def controller(**settings: object) -> AdaptiveController:
-    return AdaptiveController(AdaptiveSettings(**settings), rng=random.Random(0))  # type: ignore[arg-type]
+def controller(settings: AdaptiveSettings) -> AdaptiveController:
+    return AdaptiveController(settings, rng=random.Random(0))
 
 
 def test_a_joining_process_starts_paced_at_its_share():
-    c = controller(initial_concurrency=10)
+    c = controller(AdaptiveSettings(initial_concurrency=10))
     assert c.rate_per_s is None  # alone, it would learn from its first throttles
     c.adopt_rate(0, 25.0)
     assert c.rate_per_s == 25.0
@@ -26,7 +26,7 @@ def test_a_joining_process_starts_paced_at_its_share():
 
 
 def test_an_adopted_cut_answers_the_congestion_event_of_attempts_sent_before_it():
-    c = controller(initial_concurrency=100, initial_rate_per_s=100.0)
+    c = controller(AdaptiveSettings(initial_concurrency=100, initial_rate_per_s=100.0))
     early = [c.started(i * 10 * MS, i, True) for i in range(5)]
     c.adopt_rate(60 * MS, 40.0)  # another process cut for this congestion event
     for t in early:
@@ -43,7 +43,7 @@ def test_an_adopted_cut_answers_the_congestion_event_of_attempts_sent_before_it(
 
 
 def test_an_adopted_rate_is_kept_within_the_settings_bounds():
-    c = controller(min_rate_per_s=1.0, max_rate_per_s=50.0)
+    c = controller(AdaptiveSettings(min_rate_per_s=1.0, max_rate_per_s=50.0))
     c.adopt_rate(0, 0.01)
     assert c.rate_per_s == 1.0
     c.adopt_rate(0, 500.0)

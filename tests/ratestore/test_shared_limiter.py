@@ -66,7 +66,7 @@ def _spawn(redis_url: str, key: str, api: str, calls: int, threads: int, *extra:
     )
 
 
-def _finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, object]]:
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, Any]]:
     out, _ = proc.communicate(timeout=60)
     return proc.returncode, json.loads(out.strip().splitlines()[-1])
 
@@ -149,13 +149,13 @@ def test_processes_threads_and_event_loops_share_one_quota(
     why = _explain(results, stats)
     assert [code for code, _ in results] == [0, 0, 0], why
     assert _most_starts_in_any_second([r for _, r in results], here) <= 100, why  # the promise
-    assert sum(r["ok"] for _, r in results) == 210, why  # type: ignore[misc]
+    assert sum(r["ok"] for _, r in results) == 210, why
     assert stats["throttled_429"] == 0, why
     assert stats["accepted"] == 210 + 60, why
     assert stats["max_accepted_in_any_window"] <= 100, why
     # Booking, not polling: about one round trip per grant (a late one is given back and
     # booked again, two more).
-    trips = sum(r["round_trips"] for _, r in results)  # type: ignore[misc]
+    trips = sum(r["round_trips"] for _, r in results)
     assert trips <= 210 * 1.2
 
 
