@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import random
 import socket
@@ -543,12 +544,10 @@ class RedisLimitStore:
             # asks for them, still do).
             "protocol": 2,
         }
-        try:
-            from redis.driver_info import DriverInfo  # noqa: F401  (redis-py >= 7)
-        except ImportError:  # redis-py 5-6: the older spelling (deprecated in 7)
-            kwargs.update(lib_name=None, lib_version=None)
-        else:
+        if importlib.util.find_spec("redis.driver_info") is not None:  # redis-py >= 7
             kwargs["driver_info"] = None
+        else:  # redis-py 5-6: the older spelling (deprecated in 7)
+            kwargs.update(lib_name=None, lib_version=None)
         return kwargs
 
     def _sync_script(self) -> Any:
