@@ -169,11 +169,35 @@ def check_url(url: str) -> str:
     if not isinstance(url, str):
         raise InvalidArgument(f"rate store {url!r}: give a URL such as redis://127.0.0.1:6379/0")
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+    if parts.scheme not in URL_SCHEMES or not (parts.hostname or parts.path):
         raise InvalidArgument(
             f"rate store {url!r}: expected a Redis URL such as redis://127.0.0.1:6379/0 "
-            "(schemes redis, rediss, unix)"
+            "or redis+cluster://10.0.0.1:7000 (schemes " + ", ".join(URL_SCHEMES) + ")"
         )
+    if is_cluster_url(url) and parts.path not in ("", "/", "/0"):
+        raise InvalidArgument(f"rate store {url!r}: a Redis Cluster has database 0 only")
+    return url
+
+
+# redis+cluster / rediss+cluster: a Redis Cluster, reached through any of its nodes (the client
+# learns the others and follows MOVED and ASK redirections).
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``).
+
+    >>> is_cluster_url("redis+cluster://10.0.0.1:7000"), is_cluster_url("redis://10.0.0.1")
+    (True, False)
+    """
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def _client_url(url: str) -> str:
+    """The URL redis-py takes: a cluster's scheme without ``+cluster``."""
+    if is_cluster_url(url):
+        scheme, rest = url.split("://", 1)
+        return scheme.removesuffix("+cluster") + "://" + rest
     return url
 
 
@@ -559,8 +583,14 @@ class RedisLimitStore:
             with self._lock:
                 if self._script is None:
                     import redis
+                    import redis.cluster
 
-                    self._client = redis.Redis.from_url(self.url, **self._connect_kwargs())
+                    kwargs = self._connect_kwargs()
+                    self._client = (
+                        redis.cluster.RedisCluster.from_url(_client_url(self.url), **kwargs)
+                        if is_cluster_url(self.url)
+                        else redis.Redis.from_url(self.url, **kwargs)
+                    )
                     self._warm_up()
                     # A Script object re-loads itself on NOSCRIPT (a restart or failover empties
                     # the script cache; a bare EVALSHA would fail forever).
@@ -572,6 +602,17 @@ class RedisLimitStore:
         """Load the script and time a few round trips before the first booking: its margin
         comes from them, and a first call that also connects and loads would be late."""
         client = self._client
+        if is_cluster_url(self.url):
+            # A cluster: the script loaded on every master, the clock read on the node that
+            # holds the key's slot (the script reads that node's clock; the masters' clocks
+            # differ by as much as their hosts' do).
+            client.script_load(LUA)
+            node = client.get_node_from_key(self._keys[0])
+            for _ in range(2):
+                sent = self.monotonic_ns()
+                seconds, micros = client.time(target_nodes=node)
+                self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
+            return
         # Two round trips: the script's load and a clock reading in one pipeline, then a
         # reading on the warm connection (the quickest trip bounds the offset; every booking's
         # reply narrows it further). Three more readings were 0.012 round trips per grant.
@@ -588,8 +629,29 @@ class RedisLimitStore:
         entry = self._async.get(loop)
         if entry is None:
             import redis.asyncio
+            import redis.asyncio.cluster
 
-            client = redis.asyncio.Redis.from_url(self.url, **self._connect_kwargs(for_async=True))
+            kwargs = self._connect_kwargs(for_async=True)
+            if is_cluster_url(self.url):
+                kwargs.pop("retry_on_timeout")  # not taken by the async cluster (retry=0 is)
+                cluster = redis.asyncio.cluster.RedisCluster.from_url(
+                    _client_url(self.url), **kwargs
+                )
+                try:  # as _warm_up's cluster branch
+                    await cluster.initialize()
+                    await cluster.script_load(LUA)
+                    node = cluster.get_node_from_key(self._keys[0])
+                    for _ in range(2):
+                        sent = self.monotonic_ns()
+                        seconds, micros = await cluster.time(target_nodes=node)
+                        self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
+                except BaseException:
+                    await cluster.aclose()
+                    raise
+                entry = (cluster, cluster.register_script(LUA))
+                self._async[loop] = entry
+                return entry[1]
+            client = redis.asyncio.Redis.from_url(self.url, **kwargs)
             try:
                 pipe = client.pipeline(transaction=False)
                 pipe.script_load(LUA)
@@ -658,12 +720,18 @@ class RedisLimitStore:
         import redis.exceptions as rx
 
         # READONLY: we reached a replica (a failover in progress); BUSY/LOADING: a Redis
-        # that is starting or running a slow script. All pass with time.
+        # that is starting or running a slow script; CLUSTERDOWN, TRYAGAIN (a slot being
+        # migrated), an uncovered slot or a master marked down: a cluster that is failing over
+        # or resharding. All pass with time.
         return (
             rx.ConnectionError,
             rx.TimeoutError,
             rx.BusyLoadingError,
             rx.ReadOnlyError,
+            rx.ClusterDownError,
+            rx.TryAgainError,
+            rx.SlotNotCoveredError,
+            rx.MasterDownError,
             OSError,
         )
 
