@@ -378,6 +378,7 @@ class RedisLimitStore:
         self._server_clock = ServerClock()
         self._clock_lock = threading.Lock()
         self._margin_ns = START_MARGIN_NS
+        self._background: set[asyncio.Task[Any]] = set()  # round trips sent off the loop
         self._samples_seen = 0
         self._down_since_ns: int | None = None
         # The caller's monotonic clock (a limiter sets its own): bookings are in its time.
@@ -898,21 +899,47 @@ class RedisLimitStore:
             args += [id_, reserved, used]
         return args
 
+    def _off_the_loop(self, args: list[Any]) -> bool:
+        """Send one fire-and-forget script call (``retry=False``) as a task of the event loop
+        running in this thread, if one runs; ``False`` when none does (the caller then makes
+        the round trip itself, blocking). Sync code called from a coroutine (an HTTP face's
+        settle, a runner's shared pause, a learned limit published from an answer) would
+        otherwise hold every task of the loop for the round trip: up to the socket timeout
+        (2 s) when Redis hangs. The call is sent once, as the blocking one is: a call the loop
+        never finishes (it closed first) leaves the store as a lost reply would, and every
+        such call errs on the strict side (a booking not corrected stays charged, a pause
+        not shared holds this process only)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+
+        async def send() -> None:
+            with contextlib.suppress(*self._transient()):
+                await self.call_async(args, retry=False)
+
+        task = loop.create_task(send())
+        self._background.add(task)  # held until done: the loop keeps weak references only
+        task.add_done_callback(self._background.discard)
+        return True
+
     def settle(self, booking: Booking, actual: Sequence[int]) -> None:
         """Correct a booking to ``actual`` (one amount per limit): give back the unused part,
         charge an overrun from the first moment it fits. Sent once: a retry of a request whose
         reply was lost could give back twice; a settle that cannot be sent keeps the estimate
-        (as a grant never settled does)."""
+        (as a grant never settled does). Called on an event loop's thread, it is sent by a
+        task of that loop and returns at once (it never blocks the loop)."""
+        args = self._settle_args(booking, actual)
+        if self._off_the_loop(args):
+            return
         with contextlib.suppress(*self._transient()):
-            self.call(self._settle_args(booking, actual), retry=False)
+            self.call(args, retry=False)
 
     def give_back(self, booking: Booking) -> None:
         """Return a booking that was never used, if the store can be reached at once; a
-        booking that cannot be returned stays charged (strict, never fails open)."""
-        try:
-            self.call(self._settle_args(booking, [0] * len(booking.amounts)), retry=False)
-        except self._transient():
-            pass
+        booking that cannot be returned stays charged (strict, never fails open). On an
+        event loop's thread, as :meth:`settle`."""
+        self.settle(booking, [0] * len(booking.amounts))
 
     # The same on the running event loop: a round trip that never blocks the loop (a hung
     # Redis would hold every task of it for the socket timeout, 2 s).
@@ -957,6 +984,8 @@ class RedisLimitStore:
             return
         ticks = round(seconds * TICKS_PER_S)
         args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        if self._off_the_loop(args):  # on an event loop's thread: sent by a task of it
+            return
         with contextlib.suppress(*self._transient()):
             self.call(args, retry=False)
 
@@ -971,9 +1000,13 @@ class RedisLimitStore:
     def share_exhausted(self, why: str, hold_s: float = EXHAUSTED_HOLD_S) -> None:
         """Tell every process on this key that the quota is exhausted (an answer said so, to
         this process): their next grant raises :class:`~paceline.errors.QuotaExhausted` for
-        ``hold_s``. Never waits for an unreachable store (this process stops anyway)."""
+        ``hold_s``. Never waits for an unreachable store (this process stops anyway); on an
+        event loop's thread it is sent by a task of that loop and returns at once."""
+        args = self._exhausted_args(why, hold_s)
+        if self._off_the_loop(args):
+            return
         with contextlib.suppress(*self._transient()):
-            self.call(self._exhausted_args(why, hold_s), retry=False)
+            self.call(args, retry=False)
 
     def _exhausted_args(self, why: str, hold_s: float) -> list[Any]:
         ticks = round(hold_s * TICKS_PER_S)
