@@ -596,3 +596,17 @@ def test_store_calls_sent_off_the_loop_take_effect(warm_redis: RedisServer) -> N
 
     asyncio.run(pause())
     assert other.reserve((1,)).wait_ns >= 2_500_000_000  # the pause reached the store
+
+
+def test_a_processs_first_grants_hold_the_window_longer(warm_redis: RedisServer) -> None:
+    key = _key()
+    first = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("2/s"))])
+    other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("2/s"))])
+    first.widen_first(2, 200_000_000)
+    a1, a2 = first.reserve((1,)), first.reserve((1,))
+    assert a1.margin_ns == a2.margin_ns == first.margin_ns + 200_000_000
+    assert first.reserve((1,), book=False).margin_ns == first.margin_ns  # the third: as usual
+    b = other.reserve((1,))
+    # The window's first entry is stamped at its slot + its margin: the other process's grant
+    # goes a window after that (less the uncertainty of both clocks' readings, sub-ms here).
+    assert b.slot_ns - a1.start_ns >= 1_000_000_000 + a1.margin_ns - 5_000_000

@@ -333,6 +333,16 @@ class RedisLimitStore:
                 )
         self.key = key
         self.limits = tuple(limits)
+        # A process's first grants come with the cost of its first requests: each opens a
+        # connection (TCP, maybe TLS), and their arrivals follow their starts by up to ~0.1 s
+        # more than a kept-alive request's (3 commands sharing a header-learned limit drew one
+        # 429 in 8 of 12 hand runs at a 50 ms --rate-margin, docs/benchmarks.md). So the first
+        # ``first_grants`` grants of a process are booked with ``first_margin_ns`` more margin
+        # (their entries hold a window that much longer: later grants wait for it once, not in
+        # every window). 0 by default: a library caller's own connections are not known here;
+        # the CLI sets them to its first workers and FIRST_GRANTS_MARGIN_S.
+        self.first_grants = 0
+        self.first_margin_ns = 0
         self.timeout_s = timeout_s
         self.outage_s = outage_s
         self.degraded = degraded
@@ -378,6 +388,7 @@ class RedisLimitStore:
         self._server_clock = ServerClock()
         self._clock_lock = threading.Lock()
         self._margin_ns = START_MARGIN_NS
+        self._first_left = self.first_grants  # grants still booked with first_margin_ns
         self._background: set[asyncio.Task[Any]] = set()  # round trips sent off the loop
         self._samples_seen = 0
         self._down_since_ns: int | None = None
@@ -817,6 +828,35 @@ class RedisLimitStore:
 
     # -- the operations --------------------------------------------------------------------
 
+    def widen_first(self, grants: int, margin_ns: int) -> None:
+        """Book this process's next ``grants`` grants with ``margin_ns`` more margin (see
+        ``first_grants`` in the constructor): call before the first grant.
+
+        >>> store = RedisLimitStore("redis://127.0.0.1:6379/0", "api", [Limit(Rate.parse("9/s"))])
+        >>> store.widen_first(16, 150_000_000)
+        >>> store._booking_margin_ns() - store.margin_ns, store._first_left
+        (150000000, 15)
+        """
+        if grants < 0 or margin_ns < 0:
+            raise InvalidArgument(f"widen_first({grants!r}, {margin_ns!r}): give counts >= 0")
+        with self._clock_lock:
+            self.first_grants, self.first_margin_ns = grants, margin_ns
+            self._first_left = grants
+
+    def _booking_margin_ns(self) -> int:
+        """The margin of the next booking: the measured one, plus ``first_margin_ns`` for a
+        process's first ``first_grants`` bookings (capped so that no booking's margin, with
+        the limits' own, exceeds :data:`MAX_MARGIN_NS`)."""
+        margin = self._margin_ns
+        if self._first_left <= 0 or self.first_margin_ns <= 0:
+            return margin
+        with self._clock_lock:
+            if self._first_left <= 0:
+                return margin
+            self._first_left -= 1
+        own = max(lim.window_ns - lim.rate.window_ns for lim in self.limits)
+        return margin + max(0, min(self.first_margin_ns, MAX_MARGIN_NS - own - margin))
+
     def _reserve_args(
         self,
         amounts: Sequence[int],
@@ -865,7 +905,7 @@ class RedisLimitStore:
         # (another thread's lateness sample may change the margin meanwhile; a stamp with a
         # smaller margin than the check's lets a grant start after its stamp, most of all when
         # the start margin gives way to the measured one).
-        margin = self._margin_ns
+        margin = self._booking_margin_ns()
         if self.local_since_ns is not None:
             raise self._stay_local()
         reply, sent, recv = self.call(
@@ -881,7 +921,7 @@ class RedisLimitStore:
         self, amounts: Sequence[int], release: Booking | None = None
     ) -> Booking:
         """:meth:`reserve` on the running event loop."""
-        margin = self._margin_ns  # read once, as in reserve
+        margin = self._booking_margin_ns()  # read once, as in reserve
         if self.local_since_ns is not None:
             raise self._stay_local()
         reply, sent, recv = await self.call_async(
