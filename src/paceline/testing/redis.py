@@ -127,7 +127,7 @@ class RedisServer:
 
 class RedisClusterServers:
     """A Redis Cluster of ``masters`` (3 by default) ``redis-server`` masters on free loopback
-    ports, no replicas, the 16,384 slots split evenly (``redis-cli --cluster create``).
+    ports, no replicas, the 16,384 slots split evenly.
     ``url`` is the ``redis+cluster://`` URL of its first node (a client learns the others
     from it); ``nodes`` are the servers, ``ports`` their ports.
 
@@ -138,58 +138,53 @@ class RedisClusterServers:
     """
 
     def __init__(self, masters: int = 3) -> None:
-        # 3 masters: the fewest redis-cli accepts for a cluster (and what the tests need: a
-        # key's slot on one node, MOVED answers from the others).
+        # 3 masters: the fewest a Redis Cluster is usually built with (and what the tests
+        # need: a key's slot on one node, MOVED answers from the others).
+        self.bus_ports = [free_port() for _ in range(masters)]
         self.nodes = [
             RedisServer(
                 extra_config=(
                     "cluster-enabled yes\ncluster-config-file nodes.conf\n"
                     # The bus on a free port of its own (by default port + 10000: maybe
                     # taken, or past 65535).
-                    f"cluster-port {free_port()}\n"
+                    f"cluster-port {bus}\n"
                     # 2 s: a node that stops answering is marked failed quickly in a test,
                     # far above any loopback round trip.
                     "cluster-node-timeout 2000\n"
                 )
             )
-            for _ in range(masters)
+            for bus in self.bus_ports
         ]
         self.ports = [node.port for node in self.nodes]
         self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def start(self) -> RedisClusterServers:
-        """Start the nodes, join them into one cluster and wait until every node reports
-        ``cluster_state:ok`` (at most 20 s)."""
+        """Start the nodes, join them into one cluster (what ``redis-cli`` does to create one
+        without replicas: each master takes a range of slots, the first meets the others) and
+        wait until every node reports ``cluster_state:ok`` (at most 20 s)."""
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+        def run(port: int, *args: str) -> str:
+            return subprocess.run(
+                [cli, "-p", str(port), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+
         try:
             for node in self.nodes:
                 node.start()
-            subprocess.run(
-                [
-                    cli,
-                    "--cluster",
-                    "create",
-                    *(f"127.0.0.1:{p}" for p in self.ports),
-                    "--cluster-replicas",
-                    "0",
-                    "--cluster-yes",
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=30,
-            )
+            slots = 16384
+            for i, port in enumerate(self.ports):
+                lo, hi = i * slots // len(self.ports), (i + 1) * slots // len(self.ports) - 1
+                run(port, "cluster", "addslotsrange", str(lo), str(hi))
+            for port, bus in zip(self.ports[1:], self.bus_ports[1:], strict=True):
+                run(self.ports[0], "cluster", "meet", "127.0.0.1", str(port), str(bus))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                states = [
-                    subprocess.run(
-                        [cli, "-p", str(p), "cluster", "info"],
-                        capture_output=True,
-                        text=True,
-                        timeout=5,
-                    ).stdout
-                    for p in self.ports
-                ]
+                states = [run(p, "cluster", "info") for p in self.ports]
                 if all("cluster_state:ok" in state for state in states):
                     return self
                 time.sleep(0.05)
