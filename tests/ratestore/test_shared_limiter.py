@@ -603,7 +603,11 @@ def test_a_processs_first_grants_hold_the_window_longer(warm_redis: RedisServer)
     first = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("2/s"))])
     other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("2/s"))])
     first.widen_first(2, 200_000_000)
-    a1, a2 = first.reserve((1,)), first.reserve((1,))
+    a1 = first.reserve((1,))
+    # a try (which may be refused) is widened too, and uses up none of the first grants
+    assert first._booking_margin_ns(book=False) == first.margin_ns + 200_000_000
+    assert first._first_left == 1
+    a2 = first.reserve((1,))
     assert a1.margin_ns == a2.margin_ns == first.margin_ns + 200_000_000
     assert first.reserve((1,), book=False).margin_ns == first.margin_ns  # the third: as usual
     b = other.reserve((1,))

@@ -843,17 +843,19 @@ class RedisLimitStore:
             self.first_grants, self.first_margin_ns = grants, margin_ns
             self._first_left = grants
 
-    def _booking_margin_ns(self) -> int:
+    def _booking_margin_ns(self, book: bool = True) -> int:
         """The margin of the next booking: the measured one, plus ``first_margin_ns`` for a
         process's first ``first_grants`` bookings (capped so that no booking's margin, with
-        the limits' own, exceeds :data:`MAX_MARGIN_NS`)."""
+        the limits' own, exceeds :data:`MAX_MARGIN_NS`). A try (``book=False``, which may be
+        refused) gets the same margin but uses up none of the first grants."""
         margin = self._margin_ns
         if self._first_left <= 0 or self.first_margin_ns <= 0:
             return margin
         with self._clock_lock:
             if self._first_left <= 0:
                 return margin
-            self._first_left -= 1
+            if book:
+                self._first_left -= 1
         own = max(lim.window_ns - lim.rate.window_ns for lim in self.limits)
         return margin + max(0, min(self.first_margin_ns, MAX_MARGIN_NS - own - margin))
 
@@ -905,7 +907,7 @@ class RedisLimitStore:
         # (another thread's lateness sample may change the margin meanwhile; a stamp with a
         # smaller margin than the check's lets a grant start after its stamp, most of all when
         # the start margin gives way to the measured one).
-        margin = self._booking_margin_ns()
+        margin = self._booking_margin_ns(book)
         if self.local_since_ns is not None:
             raise self._stay_local()
         reply, sent, recv = self.call(
