@@ -176,6 +176,8 @@ def test_dry_run_shows_the_margin_for_arrivals(tmp_path: Path) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "margin 50 ms (--rate-margin)" in shown.stdout
+    # one first worker per row (3 rows): each first request opens a connection
+    assert "its first 3 grants +150 ms (new connections)" in shown.stdout
 
 
 def test_rate_margin_lengthens_the_shared_windows_and_a_negative_one_is_refused() -> None:

@@ -526,3 +526,91 @@ def test_the_exhausted_mark_ends_after_its_hold_and_is_not_renewed_by_its_echo(
     share_pause(limiter, raised.value)  # the store's own error: not marked again
     time.sleep(0.6)
     limiter.acquire()  # the mark is over: granted
+
+
+async def _drained(store: RedisLimitStore) -> None:
+    """Wait until the store's round trips sent off the loop are done."""
+    while store._background:
+        await asyncio.sleep(0.01)
+
+
+def test_blocking_store_calls_made_from_a_coroutine_never_block_its_loop(
+    fresh_redis: RedisServer,
+) -> None:
+    """The sync calls that async code reaches through sync functions (a runner's shared pause,
+    the HTTP face's settle, a learned limit published from an answer) go by a task of the
+    running loop: with Redis hung, each returns at once and the loop's other tasks go on."""
+    store = RedisLimitStore(fresh_redis.url, _key(), [Limit(Rate.parse("5/s"))], timeout_s=0.5)
+
+    async def scenario() -> tuple[float, int, float]:
+        booking = await store.reserve_async((1,))
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        running = asyncio.create_task(ticker())
+        hang = threading.Thread(target=fresh_redis.pause, args=(2.0,))  # a hung Redis
+        hang.start()
+        await asyncio.sleep(0.05)
+        before, started = ticks, time.monotonic()
+        store.settle(booking, [0])
+        store.give_back(booking)
+        store.share_pause(1.0)
+        store.share_exhausted("HTTP 429 insufficient_quota")
+        assert store.share_server_limit(10, 1.0)
+        returned = time.monotonic() - started
+        await _drained(store)  # each task waits out the 0.5 s socket timeout
+        took, during = time.monotonic() - started, ticks - before
+        running.cancel()
+        hang.join()
+        return returned, during, took
+
+    returned, during, took = asyncio.run(scenario())
+    assert returned < 0.1  # five calls, no round trip waited for (blocking: 5 x 0.5 s)
+    assert took >= 0.5  # the round trips were sent, and given up after the socket timeout
+    assert during >= 20  # ... while the loop's other tasks ran
+
+
+def test_store_calls_sent_off_the_loop_take_effect(warm_redis: RedisServer) -> None:
+    key = _key()
+    here = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("1/s"))])
+    other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("1/s"))])
+
+    async def scenario() -> int:
+        booking = await here.reserve_async((1,))
+        here.give_back(booking)  # from a coroutine: sent by a task
+        await _drained(here)
+        return booking.wait_ns
+
+    first_wait_ns = asyncio.run(scenario())
+    # The permit came back: the other gets the same slot (not one a window later).
+    assert other.reserve((1,)).wait_ns <= first_wait_ns
+
+    async def pause() -> None:
+        here.share_pause(3.0)
+        await _drained(here)
+
+    asyncio.run(pause())
+    assert other.reserve((1,)).wait_ns >= 2_500_000_000  # the pause reached the store
+
+
+def test_a_processs_first_grants_hold_the_window_longer(warm_redis: RedisServer) -> None:
+    key = _key()
+    first = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("2/s"))])
+    other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("2/s"))])
+    first.widen_first(2, 200_000_000)
+    a1 = first.reserve((1,))
+    # a try (which may be refused) is widened too, and uses up none of the first grants
+    assert first._booking_margin_ns(book=False) == first.margin_ns + 200_000_000
+    assert first._first_left == 1
+    a2 = first.reserve((1,))
+    assert a1.margin_ns == a2.margin_ns == first.margin_ns + 200_000_000
+    assert first.reserve((1,), book=False).margin_ns == first.margin_ns  # the third: as usual
+    b = other.reserve((1,))
+    # The window's first entry is stamped at its slot + its margin: the other process's grant
+    # goes a window after that (less the uncertainty of both clocks' readings, sub-ms here).
+    assert b.slot_ns - a1.start_ns >= 1_000_000_000 + a1.margin_ns - 5_000_000

@@ -44,7 +44,8 @@ def share_server_limit(store: RedisLimitStore, quota: int, window_s: float) -> b
     from the next booking on, every process on the key keeps it, together. Returns whether it
     was published: not when the limiter has no requests limit, nor when the store cannot be
     reached at once (never waits: each process still keeps the limit alone, as without a
-    store, and publishes it again when it next learns it).
+    store, and publishes it again when it next learns it). On an event loop's thread it is
+    sent by a task of that loop and returns ``True`` at once (it never blocks the loop).
 
     The newest announcement wins (a server that changes its policy is believed).
     """
@@ -66,6 +67,8 @@ def share_server_limit(store: RedisLimitStore, quota: int, window_s: float) -> b
         window_ticks,
         index + 1,
     ]
+    if store._off_the_loop(args):  # on an event loop's thread: sent by a task, never waited
+        return True
     with contextlib.suppress(*store._transient()):
         store.call(args, retry=False)
         return True

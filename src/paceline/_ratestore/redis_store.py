@@ -170,11 +170,35 @@ def check_url(url: str) -> str:
     if not isinstance(url, str):
         raise InvalidArgument(f"rate store {url!r}: give a URL such as redis://127.0.0.1:6379/0")
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+    if parts.scheme not in URL_SCHEMES or not (parts.hostname or parts.path):
         raise InvalidArgument(
             f"rate store {url!r}: expected a Redis URL such as redis://127.0.0.1:6379/0 "
-            "(schemes redis, rediss, unix)"
+            "or redis+cluster://10.0.0.1:7000 (schemes " + ", ".join(URL_SCHEMES) + ")"
         )
+    if is_cluster_url(url) and parts.path not in ("", "/", "/0"):
+        raise InvalidArgument(f"rate store {url!r}: a Redis Cluster has database 0 only")
+    return url
+
+
+# redis+cluster / rediss+cluster: a Redis Cluster, reached through any of its nodes (the client
+# learns the others and follows MOVED and ASK redirections).
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``).
+
+    >>> is_cluster_url("redis+cluster://10.0.0.1:7000"), is_cluster_url("redis://10.0.0.1")
+    (True, False)
+    """
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def _client_url(url: str) -> str:
+    """The URL redis-py takes: a cluster's scheme without ``+cluster``."""
+    if is_cluster_url(url):
+        scheme, rest = url.split("://", 1)
+        return scheme.removesuffix("+cluster") + "://" + rest
     return url
 
 
@@ -310,6 +334,16 @@ class RedisLimitStore:
                 )
         self.key = key
         self.limits = tuple(limits)
+        # A process's first grants come with the cost of its first requests: each opens a
+        # connection (TCP, maybe TLS), and their arrivals follow their starts by up to ~0.1 s
+        # more than a kept-alive request's (3 commands sharing a header-learned limit drew one
+        # 429 in 8 of 12 hand runs at a 50 ms --rate-margin, docs/benchmarks.md). So the first
+        # ``first_grants`` grants of a process are booked with ``first_margin_ns`` more margin
+        # (their entries hold a window that much longer: later grants wait for it once, not in
+        # every window). 0 by default: a library caller's own connections are not known here;
+        # the CLI sets them to its first workers and FIRST_GRANTS_MARGIN_S.
+        self.first_grants = 0
+        self.first_margin_ns = 0
         self.timeout_s = timeout_s
         self.outage_s = outage_s
         self.degraded = degraded
@@ -355,6 +389,8 @@ class RedisLimitStore:
         self._server_clock = ServerClock()
         self._clock_lock = threading.Lock()
         self._margin_ns = START_MARGIN_NS
+        self._first_left = self.first_grants  # grants still booked with first_margin_ns
+        self._background: set[asyncio.Task[Any]] = set()  # round trips sent off the loop
         self._samples_seen = 0
         self._down_since_ns: int | None = None
         # The caller's monotonic clock (a limiter sets its own): bookings are in its time.
@@ -558,8 +594,14 @@ class RedisLimitStore:
             with self._lock:
                 if self._script is None:
                     import redis
+                    import redis.cluster
 
-                    self._client = redis.Redis.from_url(self.url, **self._connect_kwargs())
+                    kwargs = self._connect_kwargs()
+                    self._client = (
+                        redis.cluster.RedisCluster.from_url(_client_url(self.url), **kwargs)
+                        if is_cluster_url(self.url)
+                        else redis.Redis.from_url(self.url, **kwargs)
+                    )
                     self._warm_up()
                     # A Script object re-loads itself on NOSCRIPT (a restart or failover empties
                     # the script cache; a bare EVALSHA would fail forever).
@@ -571,6 +613,17 @@ class RedisLimitStore:
         """Load the script and time a few round trips before the first booking: its margin
         comes from them, and a first call that also connects and loads would be late."""
         client = self._client
+        if is_cluster_url(self.url):
+            # A cluster: the script loaded on every master, the clock read on the node that
+            # holds the key's slot (the script reads that node's clock; the masters' clocks
+            # differ by as much as their hosts' do).
+            client.script_load(LUA)
+            node = client.get_node_from_key(self._keys[0])
+            for _ in range(2):
+                sent = self.monotonic_ns()
+                seconds, micros = client.time(target_nodes=node)
+                self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
+            return
         # Two round trips: the script's load and a clock reading in one pipeline, then a
         # reading on the warm connection (the quickest trip bounds the offset; every booking's
         # reply narrows it further). Three more readings were 0.012 round trips per grant.
@@ -587,8 +640,29 @@ class RedisLimitStore:
         entry = self._async.get(loop)
         if entry is None:
             import redis.asyncio
+            import redis.asyncio.cluster
 
-            client = redis.asyncio.Redis.from_url(self.url, **self._connect_kwargs(for_async=True))
+            kwargs = self._connect_kwargs(for_async=True)
+            if is_cluster_url(self.url):
+                kwargs.pop("retry_on_timeout")  # not taken by the async cluster (retry=0 is)
+                cluster = redis.asyncio.cluster.RedisCluster.from_url(
+                    _client_url(self.url), **kwargs
+                )
+                try:  # as _warm_up's cluster branch
+                    await cluster.initialize()
+                    await cluster.script_load(LUA)
+                    node = cluster.get_node_from_key(self._keys[0])
+                    for _ in range(2):
+                        sent = self.monotonic_ns()
+                        seconds, micros = await cluster.time(target_nodes=node)
+                        self._note_time(sent, seconds * TICKS_PER_S + micros, self.monotonic_ns())
+                except BaseException:
+                    await cluster.aclose()
+                    raise
+                entry = (cluster, cluster.register_script(LUA))
+                self._async[loop] = entry
+                return entry[1]
+            client = redis.asyncio.Redis.from_url(self.url, **kwargs)
             try:
                 pipe = client.pipeline(transaction=False)
                 pipe.script_load(LUA)
@@ -657,12 +731,18 @@ class RedisLimitStore:
         import redis.exceptions as rx
 
         # READONLY: we reached a replica (a failover in progress); BUSY/LOADING: a Redis
-        # that is starting or running a slow script. All pass with time.
+        # that is starting or running a slow script; CLUSTERDOWN, TRYAGAIN (a slot being
+        # migrated), an uncovered slot or a master marked down: a cluster that is failing over
+        # or resharding. All pass with time.
         return (
             rx.ConnectionError,
             rx.TimeoutError,
             rx.BusyLoadingError,
             rx.ReadOnlyError,
+            rx.ClusterDownError,
+            rx.TryAgainError,
+            rx.SlotNotCoveredError,
+            rx.MasterDownError,
             OSError,
         )
 
@@ -747,6 +827,37 @@ class RedisLimitStore:
 
     # -- the operations --------------------------------------------------------------------
 
+    def widen_first(self, grants: int, margin_ns: int) -> None:
+        """Book this process's next ``grants`` grants with ``margin_ns`` more margin (see
+        ``first_grants`` in the constructor): call before the first grant.
+
+        >>> store = RedisLimitStore("redis://127.0.0.1:6379/0", "api", [Limit(Rate.parse("9/s"))])
+        >>> store.widen_first(16, 150_000_000)
+        >>> store._booking_margin_ns() - store.margin_ns, store._first_left
+        (150000000, 15)
+        """
+        if grants < 0 or margin_ns < 0:
+            raise InvalidArgument(f"widen_first({grants!r}, {margin_ns!r}): give counts >= 0")
+        with self._clock_lock:
+            self.first_grants, self.first_margin_ns = grants, margin_ns
+            self._first_left = grants
+
+    def _booking_margin_ns(self, book: bool = True) -> int:
+        """The margin of the next booking: the measured one, plus ``first_margin_ns`` for a
+        process's first ``first_grants`` bookings (capped so that no booking's margin, with
+        the limits' own, exceeds :data:`MAX_MARGIN_NS`). A try (``book=False``, which may be
+        refused) gets the same margin but uses up none of the first grants."""
+        margin = self._margin_ns
+        if self._first_left <= 0 or self.first_margin_ns <= 0:
+            return margin
+        with self._clock_lock:
+            if self._first_left <= 0:
+                return margin
+            if book:
+                self._first_left -= 1
+        own = max(lim.window_ns - lim.rate.window_ns for lim in self.limits)
+        return margin + max(0, min(self.first_margin_ns, MAX_MARGIN_NS - own - margin))
+
     def _reserve_args(
         self,
         amounts: Sequence[int],
@@ -795,7 +906,7 @@ class RedisLimitStore:
         # (another thread's lateness sample may change the margin meanwhile; a stamp with a
         # smaller margin than the check's lets a grant start after its stamp, most of all when
         # the start margin gives way to the measured one).
-        margin = self._margin_ns
+        margin = self._booking_margin_ns(book)
         if self.local_since_ns is not None:
             raise self._stay_local()
         reply, sent, recv = self.call(
@@ -811,7 +922,7 @@ class RedisLimitStore:
         self, amounts: Sequence[int], release: Booking | None = None
     ) -> Booking:
         """:meth:`reserve` on the running event loop."""
-        margin = self._margin_ns  # read once, as in reserve
+        margin = self._booking_margin_ns()  # read once, as in reserve
         if self.local_since_ns is not None:
             raise self._stay_local()
         reply, sent, recv = await self.call_async(
@@ -829,21 +940,47 @@ class RedisLimitStore:
             args += [id_, reserved, used]
         return args
 
+    def _off_the_loop(self, args: list[Any]) -> bool:
+        """Send one fire-and-forget script call (``retry=False``) as a task of the event loop
+        running in this thread, if one runs; ``False`` when none does (the caller then makes
+        the round trip itself, blocking). Sync code called from a coroutine (an HTTP face's
+        settle, a runner's shared pause, a learned limit published from an answer) would
+        otherwise hold every task of the loop for the round trip: up to the socket timeout
+        (2 s) when Redis hangs. The call is sent once, as the blocking one is: a call the loop
+        never finishes (it closed first) leaves the store as a lost reply would, and every
+        such call errs on the strict side (a booking not corrected stays charged, a pause
+        not shared holds this process only)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+
+        async def send() -> None:
+            with contextlib.suppress(*self._transient()):
+                await self.call_async(args, retry=False)
+
+        task = loop.create_task(send())
+        self._background.add(task)  # held until done: the loop keeps weak references only
+        task.add_done_callback(self._background.discard)
+        return True
+
     def settle(self, booking: Booking, actual: Sequence[int]) -> None:
         """Correct a booking to ``actual`` (one amount per limit): give back the unused part,
         charge an overrun from the first moment it fits. Sent once: a retry of a request whose
         reply was lost could give back twice; a settle that cannot be sent keeps the estimate
-        (as a grant never settled does)."""
+        (as a grant never settled does). Called on an event loop's thread, it is sent by a
+        task of that loop and returns at once (it never blocks the loop)."""
+        args = self._settle_args(booking, actual)
+        if self._off_the_loop(args):
+            return
         with contextlib.suppress(*self._transient()):
-            self.call(self._settle_args(booking, actual), retry=False)
+            self.call(args, retry=False)
 
     def give_back(self, booking: Booking) -> None:
         """Return a booking that was never used, if the store can be reached at once; a
-        booking that cannot be returned stays charged (strict, never fails open)."""
-        try:
-            self.call(self._settle_args(booking, [0] * len(booking.amounts)), retry=False)
-        except self._transient():
-            pass
+        booking that cannot be returned stays charged (strict, never fails open). On an
+        event loop's thread, as :meth:`settle`."""
+        self.settle(booking, [0] * len(booking.amounts))
 
     # The same on the running event loop: a round trip that never blocks the loop (a hung
     # Redis would hold every task of it for the socket timeout, 2 s).
@@ -888,6 +1025,8 @@ class RedisLimitStore:
             return
         ticks = round(seconds * TICKS_PER_S)
         args: list[Any] = ["p", "", TICKS_PER_S, 0, *self._limit_args(self._margin_ns), ticks]
+        if self._off_the_loop(args):  # on an event loop's thread: sent by a task of it
+            return
         with contextlib.suppress(*self._transient()):
             self.call(args, retry=False)
 
@@ -902,9 +1041,13 @@ class RedisLimitStore:
     def share_exhausted(self, why: str, hold_s: float = EXHAUSTED_HOLD_S) -> None:
         """Tell every process on this key that the quota is exhausted (an answer said so, to
         this process): their next grant raises :class:`~paceline.errors.QuotaExhausted` for
-        ``hold_s``. Never waits for an unreachable store (this process stops anyway)."""
+        ``hold_s``. Never waits for an unreachable store (this process stops anyway); on an
+        event loop's thread it is sent by a task of that loop and returns at once."""
+        args = self._exhausted_args(why, hold_s)
+        if self._off_the_loop(args):
+            return
         with contextlib.suppress(*self._transient()):
-            self.call(self._exhausted_args(why, hold_s), retry=False)
+            self.call(args, retry=False)
 
     def _exhausted_args(self, why: str, hold_s: float) -> list[Any]:
         ticks = round(hold_s * TICKS_PER_S)

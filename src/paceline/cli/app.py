@@ -43,7 +43,8 @@ RateStore = Annotated[
         metavar="URL",
         envvar="PACELINE_RATE_STORE",
         help="Share the --rate limits with every process and machine using the same key, on "
-        "Redis: redis://host:6379/0 (also PACELINE_RATE_STORE).",
+        "Redis: redis://host:6379/0, a Redis Cluster: redis+cluster://host:7000 "
+        "(also PACELINE_RATE_STORE).",
     ),
 ]
 RateKey = Annotated[

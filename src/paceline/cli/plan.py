@@ -152,7 +152,13 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             margin_ms = max(lim.window_ns - lim.rate.window_ns for lim in store.limits) / 1e6
             write(
                 f"  shared:      on {redact_text(store.url)}, key {store.key!r}, margin "
-                f"{margin_ms:g} ms (--rate-margin) + the lateness each process measures\n"
+                f"{margin_ms:g} ms (--rate-margin) + the lateness each process measures"
+                + (
+                    f"; its first {store.first_grants} grants "
+                    f"+{store.first_margin_ns / 1e6:g} ms (new connections)\n"
+                    if store.first_grants and store.first_margin_ns
+                    else "\n"
+                )
             )
         attempts = plan.retry.attempts if plan.retry is not None else 1
         write(f"  attempts:    up to {attempts} per item\n")

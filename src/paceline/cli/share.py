@@ -38,7 +38,9 @@ async def share_adaptive(plan: Any) -> None:
         await _share(plan, store, shares)
     finally:
         for share in list(shares.values())[:1]:  # one process, one place in the live set
-            share.leave()
+            # A round trip off the loop (up to the 2 s socket timeout if Redis hangs): the
+            # loop's other tasks go on meanwhile.
+            await asyncio.to_thread(share.leave)
 
 
 async def _share(plan: Any, store: Any, shares: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from types import TracebackType
 
 from paceline.errors import InvalidState
 
-__all__ = ["LatencyProxy", "RedisServer", "redis_program"]
+__all__ = ["LatencyProxy", "RedisClusterServers", "RedisServer", "redis_program"]
 
 
 def redis_program() -> str | None:
@@ -49,13 +49,14 @@ def free_port() -> int:
 class RedisServer:
     """A private ``redis-server`` on 127.0.0.1; ``url`` is its ``redis://`` URL."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra_config: str = "") -> None:
         program = redis_program()
         if program is None:
             raise InvalidState("redis-server is not installed (apt-get install redis-server)")
         self.program = program
         self.port = port if port is not None else free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra_config = extra_config
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -67,7 +68,7 @@ class RedisServer:
         # No persistence: a restart comes back empty, as a cache-only Redis does.
         config.write_text(
             f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\n'
-            f"dir {self._dir.name}\ndaemonize no\n"
+            f"dir {self._dir.name}\ndaemonize no\n{self.extra_config}"
         )
         self._proc = subprocess.Popen(
             [self.program, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -116,6 +117,88 @@ class RedisServer:
             self._dir = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` (3 by default) ``redis-server`` masters on free loopback
+    ports, no replicas, the 16,384 slots split evenly.
+    ``url`` is the ``redis+cluster://`` URL of its first node (a client learns the others
+    from it); ``nodes`` are the servers, ``ports`` their ports.
+
+    Needs ``redis-server`` and ``redis-cli`` (Debian: ``apt-get install redis-server``)::
+
+        with RedisClusterServers() as cluster:
+            limiter = RateLimiter.from_rates("50/s", store=cluster.url, key="t")
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        # 3 masters: the fewest a Redis Cluster is usually built with (and what the tests
+        # need: a key's slot on one node, MOVED answers from the others).
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.nodes = [
+            RedisServer(
+                extra_config=(
+                    "cluster-enabled yes\ncluster-config-file nodes.conf\n"
+                    # The bus on a free port of its own (by default port + 10000: maybe
+                    # taken, or past 65535).
+                    f"cluster-port {bus}\n"
+                    # 2 s: a node that stops answering is marked failed quickly in a test,
+                    # far above any loopback round trip.
+                    "cluster-node-timeout 2000\n"
+                )
+            )
+            for bus in self.bus_ports
+        ]
+        self.ports = [node.port for node in self.nodes]
+        self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> RedisClusterServers:
+        """Start the nodes, join them into one cluster (what ``redis-cli`` does to create one
+        without replicas: each master takes a range of slots, the first meets the others) and
+        wait until every node reports ``cluster_state:ok`` (at most 20 s)."""
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+        def run(port: int, *args: str) -> str:
+            return subprocess.run(
+                [cli, "-p", str(port), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+
+        try:
+            for node in self.nodes:
+                node.start()
+            slots = 16384
+            for i, port in enumerate(self.ports):
+                lo, hi = i * slots // len(self.ports), (i + 1) * slots // len(self.ports) - 1
+                run(port, "cluster", "addslotsrange", str(lo), str(hi))
+            for port, bus in zip(self.ports[1:], self.bus_ports[1:], strict=True):
+                run(self.ports[0], "cluster", "meet", "127.0.0.1", str(port), str(bus))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                states = [run(p, "cluster", "info") for p in self.ports]
+                if all("cluster_state:ok" in state for state in states):
+                    return self
+                time.sleep(0.05)
+            raise InvalidState("the redis cluster did not reach cluster_state:ok within 20 s")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every node and remove their directories."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
         return self.start()
 
     def __exit__(

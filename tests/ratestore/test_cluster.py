@@ -1,0 +1,145 @@
+"""The shared store on a real Redis Cluster (3 masters of Debian's redis-server on loopback):
+one limiter's keys on one slot, several processes strict on one key, and the key's slot moved
+to another master mid-run (the clients follow ASK and MOVED)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from paceline import RateLimiter
+from paceline._ratestore.redis_store import RedisLimitStore, check_url
+from paceline.errors import InvalidArgument
+from paceline.policy.limits import Limit
+from paceline.policy.rate import Rate
+from paceline.testing.api_server import SpawnedServer
+from paceline.testing.redis import RedisClusterServers, redis_program
+
+from .test_shared_limiter import (
+    FENCE_S,
+    _explain,
+    _finish,
+    _key,
+    _most_starts_in_any_second,
+    _spawn,
+    _until_accepted,
+    referee,
+)
+
+__all__ = ["referee"]  # the fixture, imported for this module's tests
+
+
+def _cli(port: int, *args: str) -> str:
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    if redis_program() is None or shutil.which("redis-cli") is None:
+        if "CI" in os.environ:
+            pytest.fail("no redis-server/redis-cli, and CI is set: apt-get install redis-server")
+        pytest.skip("redis-server is not installed (with CI set, this fails instead)")
+    with RedisClusterServers() as servers:
+        time.sleep(FENCE_S)  # a new server fences new keys for a window (as warm_redis)
+        yield servers
+
+
+def _owner(cluster: RedisClusterServers, slot: int) -> int:
+    """The port of the master that serves ``slot``."""
+    for row in _cli(cluster.ports[0], "cluster", "nodes").splitlines():
+        _, addr, flags, *_, ranges = row.split(" ", 8)
+        for part in ranges.split():
+            lo, _, hi = part.partition("-")
+            if "master" in flags and lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                return int(addr.split(":")[1].split("@")[0])
+    raise AssertionError(f"no master serves slot {slot}")
+
+
+def _move_slot(cluster: RedisClusterServers, slot: int, to_port: int) -> None:
+    """Reshard one slot as redis-cli does: IMPORTING / MIGRATING, MIGRATE its keys, then give
+    the slot to its new master on every node (clients see ASK meanwhile, MOVED after)."""
+    from_port = _owner(cluster, slot)
+    ids = {p: _cli(p, "cluster", "myid") for p in cluster.ports}
+    _cli(to_port, "cluster", "setslot", str(slot), "importing", ids[from_port])
+    _cli(from_port, "cluster", "setslot", str(slot), "migrating", ids[to_port])
+    while keys := _cli(from_port, "cluster", "getkeysinslot", str(slot), "100").split():
+        _cli(from_port, "migrate", "127.0.0.1", str(to_port), "", "0", "5000", "keys", *keys)
+    for p in cluster.ports:
+        _cli(p, "cluster", "setslot", str(slot), "node", ids[to_port])
+
+
+def test_cluster_urls_are_checked() -> None:
+    assert check_url("redis+cluster://10.0.0.1:7000") == "redis+cluster://10.0.0.1:7000"
+    assert check_url("rediss+cluster://h:7000/0") == "rediss+cluster://h:7000/0"
+    with pytest.raises(InvalidArgument, match="database 0 only"):
+        check_url("redis+cluster://10.0.0.1:7000/2")
+
+
+def test_one_limiters_keys_live_on_one_slot(cluster: RedisClusterServers) -> None:
+    key = _key()
+    store = RedisLimitStore(
+        cluster.url,
+        key,
+        [Limit(Rate.parse("5/s")), Limit(Rate.parse("tokens:100/s"))],
+    )
+    limiter = RateLimiter.from_rates("5/s", "tokens:100/s", store=cluster.url, key=key)
+    for _ in range(3):
+        limiter.reserve(1)
+    store_keys: list[str] = store._keys
+    slots = {int(_cli(cluster.ports[0], "cluster", "keyslot", k)) for k in store_keys}
+    assert len(slots) == 1, store_keys
+    (slot,) = slots
+    owner = _owner(cluster, slot)
+    # Every key the script wrote is on that slot's master, none elsewhere (the token limit
+    # was charged nothing: its keys were not written).
+    prefix = f"paceline:{{{key}}}"
+    written = {f"{prefix}:meta", f"{prefix}:z0", f"{prefix}:c0", f"{prefix}:live"}
+    assert int(_cli(owner, "cluster", "countkeysinslot", str(slot))) == len(written)
+    for p in cluster.ports:
+        found = set(_cli(p, "keys", f"{prefix}:*").split())
+        assert found == (written if p == owner else set()), (p, owner)
+
+
+@pytest.mark.serial  # the referee counts arrivals in real time
+def test_processes_share_one_key_on_a_cluster_while_its_slot_moves(
+    cluster: RedisClusterServers, referee: SpawnedServer
+) -> None:
+    key = _key()
+    slot = int(_cli(cluster.ports[0], "cluster", "keyslot", f"paceline:{{{key}}}:meta"))
+    owner = _owner(cluster, slot)
+    target = next(p for p in cluster.ports if p != owner)
+
+    def evalsha_calls(port: int) -> int:
+        for line in _cli(port, "info", "commandstats").splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    before = evalsha_calls(target)
+    procs = [
+        _spawn(cluster.url, key, referee.url, 80, 4),
+        _spawn(cluster.url, key, referee.url, 80, 4),
+        _spawn(cluster.url, key, referee.url, 80, 4, "--async"),
+    ]
+    _until_accepted(referee, 100)  # the first window is used up: bookings are in the store
+    _move_slot(cluster, slot, target)
+    results: list[tuple[int, dict[str, Any]]] = [_finish(p) for p in procs]
+    stats = referee.stats()
+    why = _explain(results, stats)
+    assert _owner(cluster, slot) == target
+    assert [code for code, _ in results] == [0, 0, 0], why
+    assert _most_starts_in_any_second([r for _, r in results]) <= 100, why  # the promise
+    assert stats["accepted"] == 240, why
+    assert stats["throttled_429"] == 0, why
+    assert stats["max_accepted_in_any_window"] <= 100, why
+    # The clients followed the slot: the new master ran their bookings.
+    assert evalsha_calls(target) - before >= 100, why
