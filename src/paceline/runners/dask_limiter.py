@@ -771,6 +771,29 @@ def cluster_limits(
     ], margin_ns
 
 
+def cluster_share(limiter: RateLimiter, margin_s: float = DEFAULT_MARGIN_S) -> tuple[float, bool]:
+    """The most of ``limiter``'s rate a batch hosted on the cluster can reach, and whether its
+    slots are spaced (a ``burst=1`` limit up to 125/s, SPACED_PAD_SHARE): each window is
+    ``W'`` = W + J + the arrival margin long (:func:`cluster_limits`), and a spaced limit's
+    slots are W'/N + P apart. What ``--dry-run`` tells; late slots given back cost more.
+
+    >>> share, spaced = cluster_share(RateLimiter("50/s", burst=1))  # 20 / (20.4 x 9/8) ms
+    >>> round(share, 4), spaced
+    (0.8715, True)
+    >>> share, spaced = cluster_share(RateLimiter("500/s", burst=1))  # not spaced: 1 / 1.02 s
+    >>> round(share, 4), spaced
+    (0.9804, False)
+    """
+    limits, margin_ns = cluster_limits(limiter, margin_s)
+    spaced_ns, pad_ns = _spacing(limits, margin_ns)
+    # The tightest limit's rate, as typed and on the cluster (in requests per ns).
+    typed = min(limit.rate.max_requests / limit.rate.window_ns for limit in limiter.limits)
+    hosted = min(limit.rate.max_requests / limit.window_ns for limit in limits)
+    if pad_ns is not None:
+        hosted = min(hosted, 1 / spaced_ns)
+    return hosted / typed, pad_ns is not None
+
+
 def horizon_for(window_ns: int) -> int:
     """How far ahead the actor books: one window W' (so a waiter asks at most about once per
     window), at most 1 s (so a long window — ``5000/h`` — does not make the fence hours
