@@ -22,8 +22,8 @@ before the spawn paceline also names the child's stdout and stderr pipes ("?inod
 which only that child (and what it starts) will hold, and the "+pgid" line after it clears
 them. If paceline dies with a child named but not yet told, the guardian finds the processes
 holding those pipes in ``/proc`` and kills their process groups (a process still in
-paceline's session, one not yet past its ``setsid``, alone). Pipe inodes are numbered by a
-counter, never reused in practice, so nothing else matches.
+paceline's session, one not yet past its ``setsid``, alone: never paceline's own group).
+Pipe inodes are numbered by a counter, never reused in practice, so nothing else matches.
 
 >>> guardian = Guardian()
 >>> guardian.forget(12345)  # not started: nothing to tell (commands.py: watch, then forget)
@@ -92,7 +92,7 @@ if links:
                 continue
             if link in links:
                 try:
-                    if os.getsid(pid) == own_session:
+                    if own_session < 0 or os.getsid(pid) == own_session:
                         os.kill(pid, signal.SIGKILL)
                     else:
                         os.killpg(os.getpgid(pid), signal.SIGKILL)
