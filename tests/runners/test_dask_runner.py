@@ -426,3 +426,50 @@ def test_a_pause_is_pushed_to_the_other_worker_processes_at_once(client):
     # the actor's round trip, never later than the actor's own end of the pause
     assert 0 <= paused - heard < 1_000_000_000, (heard, paused)
     assert after_s < 2.0
+
+
+def _pause_handlers(dask_worker: Any) -> dict[str, str]:
+    """A worker's handlers of the batches' pause topics, by name (what each keeps alive)."""
+    return {
+        topic: getattr(handler, "__qualname__", type(handler).__name__)
+        for topic, handler in dask_worker.client._event_handlers.items()
+        if topic.startswith("paceline-pause-")
+    }
+
+
+def _pause_subscribers(dask_scheduler: Any) -> dict[str, int]:
+    return {
+        name: len(topic.subscribers)
+        for name, topic in dask_scheduler._broker._topics.items()
+        if name.startswith("paceline-pause-")
+    }
+
+
+def test_workers_stop_listening_for_a_batchs_pauses_when_it_ends(client):
+    # Each worker process subscribed to every batch's pause topic for good: a handler, the
+    # batch's limiter behind it, and the scheduler pushing that topic to it, per batch.
+    before = set(client.run_on_scheduler(_pause_subscribers))  # other tests' own limiters
+    for _ in range(2):
+        results = asyncio.run(
+            batch_execute(
+                range(40), double, rate_limiter=RateLimiter("200/s"), runner=DaskRunner(client)
+            )
+        )
+        assert [r.value for r in results] == [2 * x for x in range(40)]
+    deadline = time.monotonic() + 10
+    while True:  # the end goes out as an event: each worker hears it within ms
+        handlers = {
+            worker: {topic: name for topic, name in each.items() if topic not in before}
+            for worker, each in client.run(_pause_handlers).items()
+        }
+        subscribers = client.run_on_scheduler(_pause_subscribers)
+        assert len(set(subscribers) - before) == 2  # the two batches' topics
+        listening = [n for topic, n in subscribers.items() if n and topic not in before] + [
+            name for each in handlers.values() for name in each.values() if name != "_ignore_event"
+        ]
+        if not listening or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert listening == []
+    # at most the last batch's topic is left, with a bare function that drops a late event
+    assert [len(each) <= 1 for each in handlers.values()] == [True] * len(handlers)

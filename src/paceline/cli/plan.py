@@ -119,6 +119,30 @@ def _on_dask(spec: RunSpec) -> str:
     )
 
 
+def _cluster_cost(limiter: RateLimiter) -> str:
+    """What the limiter hosted on the cluster costs of the rate, and why, for the dry run."""
+    from paceline.runners.dask_limiter import DEFAULT_MARGIN_S, cluster_limits, cluster_share
+
+    share, spaced = cluster_share(limiter)
+    limits, _ = cluster_limits(limiter, DEFAULT_MARGIN_S)
+    longer_ms = max(lim.window_ns - lim.rate.window_ns for lim in limits) / 1e6
+    windows = f"each window is {longer_ms:g} ms longer (a worker's start reaches the server later)"
+    if spaced:
+        return (
+            f"at most {share:.2f} of the rate (0.84 measured at 50/s against nginx): starts "
+            "stay 1/rate apart, as a server without burst counts them (nginx limit_req), so "
+            "slots are 1/rate + 1/8 apart (a worker starts within 1/8 of its slot or gives it "
+            f"back) and {windows}"
+        )
+    evenly = any(lim.burst == 1 for lim in limiter.limits)
+    return f"at most {share:.2f} of the rate: {windows}" + (
+        "; above 125/s not spaced: starts 1/rate apart on average, up to "
+        f"{DEFAULT_MARGIN_S * 1e3:g} ms closer"
+        if evenly
+        else ""
+    )
+
+
 def show_plan(spec: RunSpec, out: TextIO) -> int:
     """Print the plan for ``spec``; 0, or a :class:`UsageError` for what would not run."""
     spec.check()
@@ -148,6 +172,8 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             write(f"  cluster:     Dask {spec.dask}; {_on_dask(spec)}\n")
         write(f"  rate:        {_rates(spec.rates, plan.limiter, spec.burst is not None)}\n")
         store = None if plan.limiter is None else plan.limiter.store
+        if spec.dask is not None and plan.limiter is not None and store is None:
+            write(f"  on cluster:  {_cluster_cost(plan.limiter)}\n")
         if store is not None:
             margin_ms = max(lim.window_ns - lim.rate.window_ns for lim in store.limits) / 1e6
             write(

@@ -12,7 +12,18 @@ a line each, which process groups to kill ("+pgid" on start, "-pgid" once reaped
 paceline dies, however it dies, the kernel closes the write end; the guardian reads EOF, kills
 the groups still listed with SIGKILL, and exits. It runs in its own session (Ctrl-C on the
 terminal does not reach it) with nothing open but the pipe. Cost: one interpreter start per
-paceline process (~20 ms, at the first child) and a write of a few bytes per child.
+paceline process (~20 ms, at the first child) and two writes of a few bytes per child.
+
+A child's pid is known only once the spawn returns, and by then the child runs: under load
+paceline may wait milliseconds for a CPU (or the GIL) before it tells the guardian, while the
+child already started its own children. A ``kill -9`` in that gap left them running (the
+kill -9 test failed in 11 of 20 runs with four CPU-bound loops on this 2-core machine). So
+before the spawn paceline also names the child's stdout and stderr pipes ("?inode inode"),
+which only that child (and what it starts) will hold, and the "+pgid" line after it clears
+them. If paceline dies with a child named but not yet told, the guardian finds the processes
+holding those pipes in ``/proc`` and kills their process groups (a process still in
+paceline's session, one not yet past its ``setsid``, alone: never paceline's own group).
+Pipe inodes are numbered by a counter, never reused in practice, so nothing else matches.
 
 >>> guardian = Guardian()
 >>> guardian.forget(12345)  # not started: nothing to tell (commands.py: watch, then forget)
@@ -34,22 +45,60 @@ _CODE = """
 import os, signal
 for name in ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT"):
     signal.signal(getattr(signal, name), signal.SIG_IGN)
-groups, rest = set(), b""
+try:
+    own_session = os.getsid(os.getppid())
+except OSError:
+    own_session = -1
+groups, pending, rest = set(), set(), b""
 while True:
     data = os.read(0, 65536)
     if not data:
         break
     *lines, rest = (rest + data).split(b"\\n")
     for line in lines:
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
+        kind, words = line[:1], line[1:].split()
+        if kind == b"+":
+            groups.add(int(words[0]))
+            pending.difference_update(words[1:])
+        elif kind == b"-":
+            groups.discard(int(words[0]))
+        elif kind == b"?":
+            pending.update(words)
+        elif kind == b"~":
+            pending.difference_update(words)
 for group in groups:
     try:
         os.killpg(group, signal.SIGKILL)
     except OSError:
         pass
+links = {"pipe:[%s]" % word.decode() for word in pending}
+if links:
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        entries = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if link in links:
+                try:
+                    if own_session < 0 or os.getsid(pid) == own_session:
+                        os.kill(pid, signal.SIGKILL)
+                    else:
+                        os.killpg(os.getpgid(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+                break
 """
 
 
@@ -76,10 +125,31 @@ class Guardian:
         running with its own children (the kill -9 test, seen once in a loaded suite run)."""
         self._ready()
 
-    def watch(self, pgid: int) -> None:
-        """Kill process group ``pgid`` should this process die before :meth:`forget`."""
+    def expect(self, *pipe_fds: int) -> bytes:
+        """Name the pipes a child about to be spawned gets (its stdout, stderr), before the
+        spawn: should this process die before :meth:`watch`, the guardian kills whatever holds
+        them. Returns what :meth:`watch` and :meth:`cancel` take."""
+        if not self._ready():
+            return b""
+        try:
+            inodes = b"".join(b" %d" % os.fstat(fd).st_ino for fd in pipe_fds)
+        except OSError:  # not a file descriptor: nothing to name
+            return b""
+        if inodes:
+            self._send(b"?%s\n" % inodes)
+        return inodes
+
+    def watch(self, pgid: int, expected: bytes = b"") -> None:
+        """Kill process group ``pgid`` should this process die before :meth:`forget`;
+        ``expected``: what :meth:`expect` returned for this child (its pipes now told)."""
         if self._ready():
-            self._send(b"+%d\n" % pgid)
+            self._send(b"+%d%s\n" % (pgid, expected))
+
+    def cancel(self, expected: bytes) -> None:
+        """The spawn :meth:`expect` was told of failed (or is already watched): forget its
+        pipes."""
+        if expected and self._fd >= 0 and self._owner == os.getpid():
+            self._send(b"~%s\n" % expected)
 
     def forget(self, pgid: int) -> None:
         """``pgid`` is reaped: nothing to kill (its number may soon be another's)."""

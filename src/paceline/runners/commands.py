@@ -318,6 +318,7 @@ class _Child:
         """Start the child with its pipes and the watches on them. Raises
         :class:`CommandNotFound` (or another ``OSError``) if it cannot start."""
         out_r = out_w = err_r = err_w = in_r = -1
+        expected = b""
         try:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
@@ -325,6 +326,9 @@ class _Child:
                 in_r, self.in_fd = os.pipe()
             stdin = in_r if in_r >= 0 else _devnull()
             GUARDIAN.prepare()  # started before the child: no gap between spawn and watch
+            # The child runs before its pid is known here: its pipes are named first, so a
+            # kill -9 between the spawn and the watch still takes it (runners/_guardian.py).
+            expected = GUARDIAN.expect(out_w, err_w)
             if (
                 _USE_POSIX_SPAWN
                 and cwd is None
@@ -343,8 +347,9 @@ class _Child:
                     start_new_session=True,
                 )
                 self.pid = self._popen.pid
-            GUARDIAN.watch(self.pid)  # its group dies with paceline, however paceline dies
+            GUARDIAN.watch(self.pid, expected)  # its group dies with paceline, however it dies
         except BaseException as exc:
+            GUARDIAN.cancel(expected)
             for fd in (out_r, err_r, self.in_fd):
                 if fd >= 0:
                     _close(fd)

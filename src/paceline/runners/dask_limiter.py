@@ -52,6 +52,7 @@ most a horizon ahead — have left their windows (:func:`fence_for`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
@@ -143,6 +144,14 @@ SPACED_PAD_SHARE = 8
 # is not held to a fraction of a ms, so nearly every slot would come back late; such a limit
 # keeps the margin J as its lateness, and its starts are W'/N apart on average, J at worst.
 MIN_SPACED_PAD_NS = 1_000_000
+
+
+# The topics of ended batches whose handler is still :func:`_ignore_event` in this process.
+_ENDED_TOPICS: list[str] = []
+
+
+def _ignore_event(event: Any) -> None:
+    """An ended batch's topic: an event still on its way is dropped."""
 
 
 class LimiterLost(PacelineError):
@@ -471,6 +480,7 @@ class ClusterLimiter:
     __slots__ = (
         "_actor",
         "_booker",
+        "_client",
         "_clock_id",
         "_given_back",
         "_held",
@@ -511,6 +521,7 @@ class ClusterLimiter:
 
     def _local_state(self) -> None:
         self._listening = False  # subscribed to the topic in this process
+        self._client: Any = None  # the Dask client it subscribed with
         self._offset = ClockOffset()
         if self._clock_id is not None and self._clock_id == clock_id():
             self._offset.exact()  # the actor's machine: one clock
@@ -588,16 +599,48 @@ class ClusterLimiter:
 
             client: Any = get_client()  # distributed's Client: untyped here
             client.subscribe_topic(self._topic, self._on_pause_event)
+            self._client = client
         except Exception:  # no worker here (a test's stand-in): bookings still tell
             return
 
     def _on_pause_event(self, event: Any) -> None:
-        """A pause pushed on the topic: ``(time, {"hold_ns": end on the actor's clock})``."""
+        """A pause pushed on the topic: ``(time, {"hold_ns": end on the actor's clock})``, or
+        the batch's end (``{"end": True}``, :meth:`end`): stop listening."""
         try:
+            if event[1].get("end"):
+                self._stop_listening()
+                return
             hold_ns = int(event[1]["hold_ns"])
-        except (TypeError, KeyError, IndexError, ValueError):
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError):
             return
         self._heard_hold(hold_ns)
+
+    def _stop_listening(self) -> None:
+        """Unsubscribe from the ended batch's topic (on the Dask client's event loop)."""
+        client, topic = self._client, self._topic
+        if client is None or topic is None:
+            return
+        self._client = None
+        with contextlib.suppress(Exception):  # a client closing: nothing left to drop
+            client.unsubscribe_topic(topic)  # the scheduler stops pushing its events
+            # distributed keeps the handler after unsubscribing, and an event already on its
+            # way to a topic without one raises there: a bare function, not this limiter,
+            # takes it; dropped at the next batch's end, long after the scheduler heard.
+            handlers = client._event_handlers
+            while _ENDED_TOPICS:
+                old = _ENDED_TOPICS.pop()
+                if handlers.get(old) is _ignore_event:
+                    del handlers[old]
+            handlers[topic] = _ignore_event
+            _ENDED_TOPICS.append(topic)
+
+    def end(self, client: Any) -> None:
+        """On the driver, once the batch is over: every worker process listening for its
+        pauses unsubscribes (otherwise each kept a handler, and this limiter, for good)."""
+        if self._topic is None:
+            return
+        with contextlib.suppress(Exception):  # the scheduler gone: nobody is listening
+            client.log_event(self._topic, {"end": True})
 
     def _push_pause(self, hold_ns: int) -> None:
         """Tell every process sharing the limiter of a pause ending at ``hold_ns``."""
@@ -769,6 +812,29 @@ def cluster_limits(
         )
         for limit in limiter.limits
     ], margin_ns
+
+
+def cluster_share(limiter: RateLimiter, margin_s: float = DEFAULT_MARGIN_S) -> tuple[float, bool]:
+    """The most of ``limiter``'s rate a batch hosted on the cluster can reach, and whether its
+    slots are spaced (a ``burst=1`` limit up to 125/s, SPACED_PAD_SHARE): each window is
+    ``W'`` = W + J + the arrival margin long (:func:`cluster_limits`), and a spaced limit's
+    slots are W'/N + P apart. What ``--dry-run`` tells; late slots given back cost more.
+
+    >>> share, spaced = cluster_share(RateLimiter("50/s", burst=1))  # 20 / (20.4 x 9/8) ms
+    >>> round(share, 4), spaced
+    (0.8715, True)
+    >>> share, spaced = cluster_share(RateLimiter("500/s", burst=1))  # not spaced: 1 / 1.02 s
+    >>> round(share, 4), spaced
+    (0.9804, False)
+    """
+    limits, margin_ns = cluster_limits(limiter, margin_s)
+    spaced_ns, pad_ns = _spacing(limits, margin_ns)
+    # The tightest limit's rate, as typed and on the cluster (in requests per ns).
+    typed = min(limit.rate.max_requests / limit.rate.window_ns for limit in limiter.limits)
+    hosted = min(limit.rate.max_requests / limit.window_ns for limit in limits)
+    if pad_ns is not None:
+        hosted = min(hosted, 1 / spaced_ns)
+    return hosted / typed, pad_ns is not None
 
 
 def horizon_for(window_ns: int) -> int:

@@ -234,7 +234,10 @@ class DaskRunner:
             sized_length(items), options.stop_on_error, streaming=False, rules=options.halt
         )
         drive = _Drive(self, items, operation, concurrency, options, state, codec, stop)
-        drive.run()
+        try:
+            drive.run()
+        finally:
+            drive.end()
         return state
 
 
@@ -299,6 +302,11 @@ class _Drive(Generic[K, T, R]):
         self.deadline_ns = (
             time.monotonic_ns() + round(deadline_s * NS_PER_S) if deadline_s is not None else None
         )
+
+    def end(self) -> None:
+        """The batch is over: the workers stop listening for its limiter's pauses."""
+        if self.cluster_limiter is not None:
+            self.cluster_limiter.end(self.client)
 
     def _scatter_spec(self) -> Any:
         pickle_check(self.spec, "the operation and options")
@@ -530,6 +538,7 @@ class _Drive(Generic[K, T, R]):
             return  # a successor is already hosted, or the actor was only slow
         original = self.options.limiter
         assert isinstance(original, RateLimiter)
+        limiter.end(self.client)  # its successor has a topic of its own
         self.cluster_limiter = host_limiter(
             self.client,
             original,
