@@ -20,7 +20,8 @@ Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Ad
 4. **one at a time after a rate cut** — until an attempt sent since the cut has succeeded, only
    one such attempt is in flight: when the window is still full (a long-window quota) the others
    would only collect 429s before the probe starts.
-5. **rate** — an even pacer (interval 1/R). There is none until the first throttle.
+5. **rate** — an even pacer (interval 1/R). There is none until the first throttle. Against a
+   learned window, a late start's missed slots are caught up (see ``_WINDOW_CATCH_UP_S``).
 
 Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
 a raised ``Throttled``: a quota), ``OVERLOAD`` (503: cut whichever gate was binding),
@@ -910,7 +911,7 @@ class AdaptiveController:
             self._aftershocks += 1
             if self._aftershocks >= settings.probe_after_cuts and not self._probing:
                 self._probing = self._window_seen = True
-                self._strict_pacing = False  # a window takes catch-ups (see _WINDOW_CATCH_UP)
+                self._strict_pacing = False  # a window takes catch-ups (see _WINDOW_CATCH_UP_S)
                 self._slow_start = False  # a window: what it accepted in a second is its rate
                 self._probe_attempt = 0
                 self._schedule_probe(now_ns)
