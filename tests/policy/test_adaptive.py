@@ -1114,6 +1114,7 @@ def test_token_buckets_with_whole_second_retry_after_are_run_near_their_rate(
     assert result.accepted / (rate_per_s * 30) >= 0.78
     assert result.throttled_fraction <= 0.02
     assert [what for _, what, _ in c.events].count("bucket") == 1
+    assert c._window_catch_up_ns(30 * S) == 0  # its burst bounds a catch-up, not a count
 
 
 @pytest.mark.parametrize(("quota", "phase_s"), [(20, None), (100, None), (250, None), (100, 0.3)])

@@ -438,6 +438,7 @@ class AdaptiveController:
     _test_taken: int = 0
     _test_stages: list[tuple[int, int]] = field(default_factory=list)  # (first send, taken before)
     _tested: bool = False
+    _bucket_found: bool = False  # the test judged a token bucket: no window catch-up
     # the first Retry-After (a bucket's next token comes within a second at any rate worth testing)
     _first_pause_s: float = 0.0
 
@@ -832,6 +833,8 @@ class AdaptiveController:
         (see ``_WINDOW_CATCH_UP_S``; 0: no more than an interval, as for any server)."""
         if not (self._window_seen or self._retry_after_seen) or not self.learned:
             return 0
+        if self._bucket_found:  # its burst, not a window's count, bounds a catch-up
+            return 0
         if self._test_pace_per_s is not None or not self._ceilings:
             return 0
         # A window of N per W >= 1 s (the shortest round window) took the least recent
@@ -1168,6 +1171,7 @@ class AdaptiveController:
             self._ceiling = rate
             self._first_judged = self._first_factor = None
             self.rate_per_s = max(settings.min_rate_per_s, rate * (1 - settings.handover_margin))
+            self._bucket_found = True
             self.events.append((now_ns, "bucket", rate))
         else:
             self.events.append((now_ns, "window", burst))
