@@ -1231,6 +1231,13 @@ def test_no_catch_up_into_a_pause_nor_past_the_room_a_window_has_left():
     assert c.decide(late, 0).wait_ns == 1
 
 
+def test_no_catch_up_at_the_users_even_rate():
+    c, now = _learned_window_without_retry_after()
+    assert c._window_catch_up_ns(now) > 0
+    c.settings = AdaptiveSettings(user_rate_per_s=c.rate_per_s, user_rate_even=True)
+    assert c._window_catch_up_ns(now) == 0  # --rate paces evenly, as the user asked
+
+
 def test_no_catch_up_against_a_window_that_sends_retry_after():
     # each refusal costs a pause: measured, a 100/s window's steady share fell 0.98 -> 0.91
     server = QuotaServer(100, 1.0, retry_after=True)

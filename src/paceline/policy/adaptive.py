@@ -840,8 +840,10 @@ class AdaptiveController:
             return 0
         if self._test_pace_per_s is not None or not self._ceilings:
             return 0
-        # A window of N per W >= 1 s (the shortest round window) took the least recent
-        # ceiling N1 = N / W per second: while fewer than (1 - margin) N1 started in the
+        if self.settings.user_rate_per_s is not None:
+            return 0  # the user's rate (``--rate``) paces evenly, as asked
+        # A window of N per W >= 1 s (the shortest round window) took the least of the recent
+        # ceilings, N1 = N / W per second: while fewer than (1 - margin) N1 started in the
         # last second, missed slots may go late (at most N1 (W - 1) + (1 - margin) N1 + 1 in
         # any W, within N when the margin leaves room for one); then back to even pacing.
         quota_1s = min(self._ceilings[-4:])
