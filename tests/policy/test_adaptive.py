@@ -1114,6 +1114,7 @@ def test_token_buckets_with_whole_second_retry_after_are_run_near_their_rate(
     assert result.accepted / (rate_per_s * 30) >= 0.78
     assert result.throttled_fraction <= 0.02
     assert [what for _, what, _ in c.events].count("bucket") == 1
+    assert c._window_catch_up_ns(30 * S) == 0  # its burst bounds a catch-up, not a count
 
 
 @pytest.mark.parametrize(("quota", "phase_s"), [(20, None), (100, None), (250, None), (100, 0.3)])
@@ -1161,3 +1162,105 @@ def test_a_window_that_takes_no_more_than_at_first_is_never_taken_for_a_bucket(f
     _run_test_stage(c, taken=max(0, first - short_of_it))
     assert c.rate_per_s == handed_over
     assert [what for _, what, _ in c.events][-2:] == ["window", "rate"]
+
+
+def _learned_window_without_retry_after(quota: int = 100) -> tuple[AdaptiveController, int]:
+    """A window of ``quota`` per second without Retry-After, after 6 s of a simulated batch:
+    seen (it stayed shut after a cut and was probed) and learned. Returns the controller and
+    a time after the batch's last answer (its rate held, not grown)."""
+    server = QuotaServer(quota, 1.0, retry_after=False)
+    held = AdaptiveSettings(handover_growth_per_s=0.0)  # the rate stays put: exact intervals
+    _, c = simulate(server, 6, latency_s=0.01, settings=held)
+    assert c._window_seen
+    assert c.learned
+    assert not c._strict_pacing
+    now = max(c._tat_ns, c.pause_until_ns) + S  # a quiet second: nothing left of the batch
+    c._tat_ns = now  # the next slot
+    return c, now
+
+
+def _go_at_once(c: AdaptiveController, now: int) -> int:
+    """How many attempts go at ``now`` without waiting (each answered at once)."""
+    n = 0
+    while c.decide(now, 0).go:
+        c.finished(now, c.started(now, 0, False), Outcome.SUCCESS)
+        n += 1
+    return n
+
+
+def test_a_late_start_against_a_learned_window_catches_up_the_slots_it_missed():
+    # A busy client's timers come 5-20 ms late. With one interval of catch-up the batch lost
+    # the rest (simulated 37/s window: 0.94 of the quota at 1 ms, 0.85 at 10 ms).
+    c, now = _learned_window_without_retry_after()
+    interval = round(S / c.rate_per_s)
+    c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
+    assert c.decide(now, 0).wait_ns == interval
+    late = now + interval + 3 * interval + interval // 2  # woke 3.5 slots late
+    c.finished(late + MS, c.started(late, 0, True), Outcome.SUCCESS)
+    assert _go_at_once(c, late) == 3  # the three whole slots missed go now
+    assert c.decide(late, 0).wait_ns == now + 5 * interval - late  # then the even pace
+
+
+def test_a_late_start_catches_up_one_interval_only_without_a_learned_window():
+    c = controller(initial_concurrency=8, initial_rate_per_s=97.0, pre_throttle_growth_per_s=0.0)
+    interval = round(S / 97.0)
+    c.finished(MS, c.started(0, 0, False), Outcome.SUCCESS)
+    late = interval + 30 * MS
+    c.finished(late + MS, c.started(late, 0, True), Outcome.SUCCESS)
+    assert _go_at_once(c, late) == 0
+    assert c.decide(late, 0).wait_ns == 1  # charged one interval back (less a nanosecond)
+
+
+def test_no_catch_up_into_a_pause_nor_past_the_room_a_window_has_left():
+    c, now = _learned_window_without_retry_after()
+    interval = round(S / c.rate_per_s)
+    c.pause_until_ns = now + 2 * interval  # a probe's wait, say, ended 2.5 slots before ...
+    late = now + 4 * interval + interval // 2  # ... this start, 4.5 slots late
+    c.finished(late + MS, c.started(late, 0, True), Outcome.SUCCESS)
+    assert _go_at_once(c, late) == 2  # not 4: the pause's slots were never there
+    # a second at a pace that fills the room (0.97 of the least ceiling) leaves none
+    c.rate_per_s = min(c._ceilings[-4:])
+    interval = round(S / c.rate_per_s)
+    now = c._tat_ns
+    for _ in range(round(c.rate_per_s)):
+        now = c._tat_ns
+        c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
+    late = c._tat_ns + 3 * interval + interval // 2
+    c.finished(late + MS, c.started(late, 0, True), Outcome.SUCCESS)
+    assert _go_at_once(c, late) == 0
+    assert c.decide(late, 0).wait_ns == 1
+
+
+def test_no_catch_up_at_the_users_even_rate():
+    c, now = _learned_window_without_retry_after()
+    assert c._window_catch_up_ns(now) > 0
+    c.settings = AdaptiveSettings(user_rate_per_s=c.rate_per_s, user_rate_even=True)
+    assert c._window_catch_up_ns(now) == 0  # --rate paces evenly, as the user asked
+
+
+def test_no_catch_up_against_a_window_that_sends_retry_after():
+    # each refusal costs a pause: measured, a 100/s window's steady share fell 0.98 -> 0.91
+    server = QuotaServer(100, 1.0, retry_after=True)
+    _, c = simulate(server, 6, latency_s=0.01)
+    assert c.learned
+    assert c._window_catch_up_ns(6 * S) == 0
+
+
+@pytest.mark.parametrize(
+    ("quota", "retry_after", "least"),
+    [(37, False, 0.93), (100, False, 0.93)],
+    ids=["37-no-retry-after", "100-no-retry-after"],
+)
+@pytest.mark.parametrize("wake_jitter_s", [0.01, 0.02])
+def test_windows_are_held_near_their_quota_though_the_clients_timers_come_late(
+    quota, retry_after, least, wake_jitter_s
+):
+    # Timers up to 10-20 ms late (a loaded machine): the slots they miss are caught up, and a
+    # window without Retry-After, once seen, is not paced strictly as a leaky bucket is.
+    # Before: 0.67-0.83 (paced strictly, one interval of catch-up); now 0.94-0.96.
+    server = QuotaServer(quota, 1.0, retry_after)
+    result, c = simulate(server, 25, latency_s=0.01, wake_jitter_s=wake_jitter_s)
+    assert result.accepted / (quota * 25) >= least
+    assert result.throttled_fraction <= 0.03
+    assert result.max_in_window == quota
+    assert not c._strict_pacing
