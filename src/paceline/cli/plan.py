@@ -176,12 +176,12 @@ def show_plan(spec: RunSpec, out: TextIO) -> int:
             write(f"  on cluster:  {_cluster_cost(plan.limiter)}\n")
         if store is not None:
             margin_ms = max(lim.window_ns - lim.rate.window_ns for lim in store.limits) / 1e6
+            first = "grant" if store.first_grants == 1 else f"{store.first_grants} grants"
             write(
                 f"  shared:      on {redact_text(store.url)}, key {store.key!r}, margin "
                 f"{margin_ms:g} ms (--rate-margin) + the lateness each process measures"
                 + (
-                    f"; its first {store.first_grants} grants "
-                    f"+{store.first_margin_ns / 1e6:g} ms (new connections)\n"
+                    f"; its first {first} +{store.first_margin_ns / 1e6:g} ms (new connections)\n"
                     if store.first_grants and store.first_margin_ns
                     else "\n"
                 )
