@@ -24,6 +24,7 @@ from paceline.runners.commands import (
     describe_exit,
     run_command,
 )
+from tests._procs import read_pid, state, wait_dead
 
 # fast: posix_spawn + pidfd (Linux); popen: subprocess.Popen + pidfd (the cwd path);
 # thread: posix_spawn + a waiter thread; fallback: Popen + waiter thread (no pidfd anywhere).
@@ -53,35 +54,6 @@ def children() -> set[int]:
         with contextlib.suppress(OSError):
             found.update(int(p) for p in (task / "children").read_text().split())
     return found - {GUARDIAN.pid}
-
-
-def state(pid: int) -> str | None:
-    """A process's state letter (R, S, Z, ...), or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def wait_dead(pid: int, within_s: float = 5.0) -> str | None:
-    """Wait until ``pid`` is gone (or a zombie not ours to reap); return its last state."""
-    deadline = time.monotonic() + within_s
-    while True:
-        st = state(pid)
-        if st in (None, "Z") or time.monotonic() > deadline:
-            return st
-        time.sleep(0.01)
-
-
-def read_pid(path: Path, within_s: float = 5.0) -> int:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        text = path.read_text() if path.exists() else ""
-        if text.endswith("\n"):
-            return int(text)
-        time.sleep(0.005)
-    raise AssertionError(f"{path} was never written")
 
 
 # -- success and failure -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from paceline.runners._guardian import Guardian
+from tests._procs import read_pid, state, wait_dead
 
 
 def test_groups_watched_from_threads_while_the_guardian_starts_are_all_guarded(
@@ -54,34 +55,6 @@ def test_groups_watched_from_threads_while_the_guardian_starts_are_all_guarded(
             os.waitpid(guardian.pid, 0)
 
 
-def _state(pid: int) -> str | None:
-    """A process's state letter, or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _wait_dead(pid: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while _state(pid) not in (None, "Z"):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def _read_pid(path: Path, within_s: float) -> int:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        text = path.read_text() if path.exists() else ""
-        if text.endswith("\n"):
-            return int(text)
-        time.sleep(0.005)
-    raise AssertionError(f"{path} was never written")
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="finds pipes' holders in /proc")
 def test_kill_9_between_the_spawn_and_the_watch_still_kills_the_child_and_its_children(
     tmp_path: Path,
@@ -101,13 +74,13 @@ def test_kill_9_between_the_spawn_and_the_watch_still_kills_the_child_and_its_ch
     stalled = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     pids: list[int] = []
     try:
-        pids = [_read_pid(tmp_path / f"{kind}.pid", within_s=60) for kind in ("child", "grand")]
-        assert [_state(pid) in (None, "Z") for pid in pids] == [False, False]  # both running
+        pids = [read_pid(tmp_path / f"{kind}.pid", within_s=60) for kind in ("child", "grand")]
+        assert [state(pid) in (None, "Z") for pid in pids] == [False, False]  # both running
     finally:
         stalled.kill()
         stalled.wait(30)
     try:
-        assert [_wait_dead(pid, within_s=10) for pid in pids] == [True, True]
+        assert [wait_dead(pid, within_s=10) in (None, "Z") for pid in pids] == [True, True]
     finally:
         for pid in pids:  # never leave them behind, even when the test fails
             with contextlib.suppress(OSError):
