@@ -292,7 +292,8 @@ class RateLimiter:
             booking = store.reserve(amounts, release=late)  # a late one returns in the same trip
             delay_ns = booking.start_ns - self._clock.monotonic_ns()
             if delay_ns > 0:
-                self._clock.sleep(delay_ns / NS_PER_S)
+                with store.sleeping_until(booking.start_ns):
+                    self._clock.sleep(delay_ns / NS_PER_S)
             granted = self._in_time(booking, store, give_back=False)
             if granted is not None:
                 return booking, granted
@@ -313,7 +314,8 @@ class RateLimiter:
             try:
                 delay_ns = booking.start_ns - self._clock.monotonic_ns()
                 if delay_ns > 0:
-                    await self._clock.sleep_async(delay_ns / NS_PER_S)
+                    with store.sleeping_until(booking.start_ns):
+                        await self._clock.sleep_async(delay_ns / NS_PER_S)
             except BaseException:  # cancelled while waiting for its slot: return the booking
                 # (awaited: a cancelled task may still await; cancelled again, the booking
                 # stays charged, which is only stricter)

@@ -614,3 +614,26 @@ def test_a_processs_first_grants_hold_the_window_longer(warm_redis: RedisServer)
     # The window's first entry is stamped at its slot + its margin: the other process's grant
     # goes a window after that (less the uncertainty of both clocks' readings, sub-ms here).
     assert b.slot_ns - a1.start_ns >= 1_000_000_000 + a1.margin_ns - 5_000_000
+
+
+def test_a_long_wait_for_a_shared_slot_is_shown_with_its_reason(warm_redis: RedisServer) -> None:
+    # A batch never waits silently: a quota spent by other processes (or announced by a server
+    # to one of them) holds this process's starts without this process having seen why.
+    key = _key()
+    limiter = RateLimiter.from_rates("1/6s", store=warm_redis.url, key=key)
+    store = limiter.store
+    assert store is not None
+    limiter.acquire()
+    assert store.hold_reason() is None  # nobody waits
+    waiter = threading.Thread(target=limiter.acquire)
+    waiter.start()
+    deadline = time.monotonic() + 3
+    while not store._sleeping and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.hold_reason() == (
+        f"waiting for a slot of the shared limit (key {key!r}: its limits, or a quota a server "
+        "announced, spent by the processes on it)"
+    )
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert store.hold_reason() is None  # the slot came: nothing is held

@@ -24,8 +24,8 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,6 +88,9 @@ _BACKOFF_MAX_S = 1.0
 # 200 + 400 ms) and never degrades; a hung Redis is only noticed after the socket timeout
 # (2 s) anyway. Then one probe a second (the backoff's ceiling) per process, with jitter.
 DEGRADE_GRACE_S = 1.0
+# A wait for a slot longer than this is shown with its reason on the progress line (a batch
+# never waits silently; a few seconds is what a paced run's slots may be apart anyway).
+SHOWN_WAIT_NS = 3_000_000_000
 _PROBE_EVERY_S = _BACKOFF_MAX_S
 DEGRADED_MODES = ("hold", "split")
 
@@ -406,6 +409,9 @@ class RedisLimitStore:
         self._next_probe_ns = 0
         self._probing = False
         self._local_grants: deque[tuple[int, tuple[int, ...]]] = deque()
+        # The slots this process's callers sleep for now (monotonic ns; a multiset): when the
+        # earliest is far off, nothing of this process starts before it — a hold to show.
+        self._sleeping: Counter[int] = Counter()
 
     def __repr__(self) -> str:
         return f"RedisLimitStore({self.url!r}, key={self.key!r})"
@@ -426,10 +432,33 @@ class RedisLimitStore:
         return f"rate store unreachable for {down:.0f} s{self._share_text()} ({self._last_error})"
 
     def hold_reason(self) -> str | None:
-        """What a progress line says while the store is unreachable (``None``: it answers)."""
-        if self._down_since_ns is None:
+        """What a progress line says while the store holds this process back: unreachable, or
+        every caller sleeping for a slot more than :data:`SHOWN_WAIT_NS` away (the key's limits
+        are spent by every process on it, or a quota a server announced to any of them is);
+        ``None`` otherwise."""
+        if self._down_since_ns is not None:
+            return "rate store unreachable" + self._share_text()
+        with self._clock_lock:
+            earliest = min(self._sleeping, default=None)
+        if earliest is None or earliest - self.monotonic_ns() <= SHOWN_WAIT_NS:
             return None
-        return "rate store unreachable" + self._share_text()
+        return (
+            f"waiting for a slot of the shared limit (key {self.key!r}: its limits, or a quota a "
+            "server announced, spent by the processes on it)"
+        )
+
+    @contextlib.contextmanager
+    def sleeping_until(self, start_ns: int) -> Iterator[None]:
+        """Mark a caller sleeping until its booked slot ``start_ns`` (for :meth:`hold_reason`)."""
+        with self._clock_lock:
+            self._sleeping[start_ns] += 1
+        try:
+            yield
+        finally:
+            with self._clock_lock:
+                self._sleeping[start_ns] -= 1
+                if not self._sleeping[start_ns]:
+                    del self._sleeping[start_ns]
 
     def _share_text(self) -> str:
         if self.local_since_ns is None:
