@@ -47,13 +47,23 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def _resource_tracker_pid() -> int | None:
+    """The pid of multiprocessing's resource tracker, if this process started one: Python's own
+    helper, started once by the first ``multiprocessing`` user (an in-process ``LocalCluster``
+    of the Dask tests run earlier in this pytest process) and kept until this process exits."""
+    from multiprocessing import resource_tracker
+
+    return getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+
+
 def children() -> set[int]:
-    """Our child processes (zombies included), from /proc; not the guardian (see below)."""
+    """Our child processes (zombies included), from /proc; not the guardian (see below), nor
+    multiprocessing's resource tracker (not paceline's: see ``_resource_tracker_pid``)."""
     found: set[int] = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         with contextlib.suppress(OSError):
             found.update(int(p) for p in (task / "children").read_text().split())
-    return found - {GUARDIAN.pid}
+    return found - {GUARDIAN.pid, _resource_tracker_pid()}
 
 
 # -- success and failure -------------------------------------------------------------------
