@@ -20,17 +20,8 @@ A start then lies in ``[slot, slot + J]``, so the starts in any window ``W`` hav
 in a window ``W + J``, which the actor kept to N. The limiter's own ``margin_s`` (how much
 later than its start the server may count an attempt) is added on top, as in-process.
 
-*Re-stamped from the start*: the worker then reports how late the attempt started (read as it
-is entered, on the late side; :meth:`ClusterLimiter.started`) with its next booking, and the
-actor moves the slot's log entry ``J - lateness`` earlier (:meth:`LimitActor.restamp`): it
-counts from its start, not from the latest start J allowed. In any window of ``W`` plus the
-arrival margin, the starts then still number at most N (the proof in docs/design.md); a report
-that never comes leaves the slot counted from ``slot + J``, as before.
-
-A limit without a ``burst`` is *paced* on the cluster: consecutive slots ``(W' - J)/N`` apart,
-J being left to the log, which holds each slot until its predecessor N slots back has left the
-window from its reported start (the log stays behind the pacer, so the limit is as strict as
-ever). The log alone hands each
+A limit without a ``burst`` is *paced* on the cluster: consecutive slots ``W'/N`` apart (the
+log stays behind the pacer, so the limit is as strict as ever). The log alone hands each
 window's N slots out as fast as workers ask, and a window's N starts then run at once on a
 few worker event loops: their requests reach the server spread by those loops' lag (tens of
 ms), and the server's window counts the late tail of one bunch with the prompt head of the
@@ -140,15 +131,6 @@ CATCH_UP_SHARE = 50  # N // 50
 # (J = 10 ms); made up only within the catch-up above, the rate fell to 0.86; a stalled worker
 # process gives back every slot it held at once (~100 at 500/s).
 OWED_SHARE = 4  # N // 4: a 250 ms stall's slots
-# How far a paced schedule may stay behind a slot the log held back, in slots (at most the
-# catch-up): the next slots may come at double density until it is made up. Restarted at the
-# held slot (0), every late start pushed every later slot, and the rate went by the latest
-# start in each window instead of each start's own: simulated on the actor (fake clock, 500/s,
-# 200 waiters, lateness exponential, mean 0.5 / 2 / 5 ms), 0.987 / 0.981 / 0.979 of the rate
-# restarted; 0.9884 / 0.984 / 0.9815 at 2 slots, 0.9885 / 0.985 / 0.982 at 4, 0.9885 / 0.986
-# / 0.983 at 10; the most starts in any 20 ms (10 paced): 12-14 before re-stamping, 13-15 /
-# 15-16 / 16-20 at 2 / 4 / 10. 4: nearly all of the rate, a little more bunching.
-HELD_LAG_SLOTS = 4
 # A limit paced one at a time (``burst=1``, the CLI's ``--rate`` without ``--burst``) promises
 # consecutive starts at least W'/N apart, as a server's ``limit_req`` without burst counts them
 # (nginx refuses a request sooner than 1/rate after the last one). A start lies anywhere in
@@ -215,13 +197,12 @@ class LimitActor:
         pace: bool = False,
     ) -> None:
         self._policy = LimitPolicy(limits)
-        # Paced: consecutive slots are (W' - J)/N apart for every request limit without a
-        # burst (the log alone would let each window's N starts bunch; see the class
-        # docstring). The pace leaves J out (W + the arrival margin, per N): a start reports
-        # how late it came (book_many's ``started``) and its entry in the log is re-stamped
-        # from then, so the log, not the pace, holds each slot back by its predecessor's real
-        # lateness; paced on W + J, the pace alone held the rate to N/(W + J + m) (0.980 at
-        # 500/s).
+        # Paced: consecutive slots are W'/N apart for every request limit without a burst
+        # (the log alone would let each window's N starts bunch; see the class docstring).
+        # The pace leaves J out (W + the arrival margin, per N): a start reports how late it
+        # came (book_many's ``started``) and its entry in the log is re-stamped from then, so
+        # the log, not the pace, holds each slot back by its predecessor's real lateness;
+        # paced on W + J, the pace alone held the rate to N/(W + J + m) (0.980 at 500/s).
         self._paced = [
             (limit.window_ns - margin_ns, limit.rate.max_requests)
             for limit in limits
@@ -290,20 +271,14 @@ class LimitActor:
             self._owed -= weight
             self._due_ns = due
         elif self._paced:
-            # The schedule moves on by one spacing; after a slot the log held back (the one N
-            # slots before it started late, or was not reported) it stays behind that slot by
-            # up to HELD_LAG_SLOTS (see there) rather than restarting at it.
-            lag = min(HELD_LAG_SLOTS, self._catch_up) * spacing // weight
-            self._due_ns = (
-                slot + spacing if due is None else max(due + spacing, slot + spacing - lag)
-            )
+            # The schedule moves on by one spacing, or restarts after a slot the log held back.
+            self._due_ns = slot + spacing if due is None or slot > earliest else due + spacing
         self._last_ns = slot
         return True, slot, now
 
     def _spacing_ns(self, weight: int) -> int:
-        """A paced booking of ``weight`` takes ``weight * (W' - J)/N`` of the schedule (J as
-        it grew: the margin's growth beyond its start slows the pace too), for the strictest
-        paced limit (0 when not paced)."""
+        """A paced booking of ``weight`` takes ``weight * W'/N`` of the schedule, for the
+        strictest paced limit (0 when not paced)."""
         grown = self._grown_ns
         return max(((window + grown) * weight // n for window, n in self._paced), default=0)
 
