@@ -196,9 +196,6 @@ def actor_stats(dask_worker: Any) -> dict[str, int]:
             return {
                 "booked": held.booked_total,
                 "given_back": held.returned_total,
-                # counted from their reported start (docs/design.md, "Re-stamped from the
-                # start"); absent in a tree before it
-                "restamped": getattr(held, "restamped_total", None),
                 "margin_ms": held.margin_ns // 1_000_000,
             }
     return {}

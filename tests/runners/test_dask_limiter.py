@@ -16,7 +16,6 @@ from paceline import RateLimiter
 from paceline.policy.limits import Limit
 from paceline.policy.rate import NS_PER_S, Rate
 from paceline.runners.dask_limiter import (
-    START_PAD_NS,
     ClockOffset,
     ClusterLimiter,
     LimitActor,
@@ -139,20 +138,13 @@ class StandIn:
         self.hold_ns = 0  # the end of a server's pause, told with every answer
         self.ahead_ns = 0  # how far ahead of now the slots are booked
         self.given_back: list[tuple[int, int]] = []
-        self.started: list[tuple[int, int, int]] = []  # the starts reported
-        self.margin_ns = 10_000_000  # the lateness each answer allows
         self.leads: list[int] = []
         self.calls: list[int] = []  # the requests each call carried
         self.booked = 0
 
     def book_many(
-        self,
-        weights: list[int],
-        lead_ns: int,
-        given_back: list[tuple[int, int]],
-        started: list[tuple[int, int, int]],
+        self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
     ) -> Answer:
-        self.started.extend(started)
         self.leads.append(lead_ns)
         self.calls.append(len(weights))
         self.given_back.extend(given_back)
@@ -164,7 +156,7 @@ class StandIn:
             slot = now - self.late_first_ns if self.booked == 1 else now + self.ahead_ns
             # A slot booked after a pause lies after it (the first may have been booked before).
             slots.append((True, slot if self.booked == 1 else max(slot, self.hold_ns)))
-        return Answer((slots, now, self.margin_ns, self.hold_ns))
+        return Answer((slots, now, 10_000_000, self.hold_ns))
 
     def pause(self, seconds: float) -> Answer:
         self.hold_ns = time.monotonic_ns() + round(seconds * NS_PER_S)
@@ -481,120 +473,3 @@ def test_a_worker_on_the_actors_machine_reads_the_actors_clock_exactly():
     here._offset.sample(sent_ns=100, actor_ns=5_000, received_ns=110)  # no effect: exact
     assert (here._offset.low_ns, here._offset.high_ns) == (0, 0)
     assert elsewhere._offset.high_ns - elsewhere._offset.low_ns > W
-
-
-# Re-stamped from the start (docs/design.md): a worker reports how late its attempt started,
-# and the actor counts the slot from then instead of from slot + J.
-
-MS = W // 1000
-
-
-def restamping_actor(n: int, *, clock: Clock | None = None) -> LimitActor:
-    """A paced actor with J = 10 ms and an arrival margin of 10 ms: W' = W + 20 ms."""
-    limits = [Limit(Rate(n, W), margin_ns=20 * MS)]
-    return LimitActor(limits, 0, 10 * W, clock or Clock(), margin_ns=10 * MS, pace=True)
-
-
-def test_a_paced_actor_paces_without_j_and_its_log_holds_each_slot_to_its_predecessors_start():
-    limit = restamping_actor(5)
-    # The pace is (W + m) / N = 202 ms (J is left to the log)...
-    answers, _now, margin = limit.book_many_now([1] * 5, 0, [])
-    assert [slot for _booked, slot in answers] == [0, 202 * MS, 404 * MS, 606 * MS, 808 * MS]
-    assert margin == 10 * MS
-    # ... and the first slot, started 2 ms late, counts from then: the sixth slot comes
-    # W + m after that start (1,012 ms), not W' after the slot (1,020 ms).
-    answers, _now, _margin = limit.book_many_now([1], 0, [], [(0, 1, 8 * MS)])
-    assert answers == [(True, 1_012 * MS)]
-    # The second slot not reported: it holds the seventh to W' after it (202 + 1,020 ms).
-    answers, _now, _margin = limit.book_many_now([1], 0, [])
-    assert answers == [(True, 1_222 * MS)]
-    assert asyncio.run(limit.stats())["restamped"] == 1
-
-
-def test_a_restamp_moves_a_slot_at_most_by_the_margin_and_not_for_a_spaced_limit():
-    limit = restamping_actor(1)
-    assert limit.book_now()[1] == 0
-    assert limit.restamp(0, 1, 50 * MS) is True  # a report beyond J counts as J
-    assert limit.book_now()[1] == W + 10 * MS
-    spaced = LimitActor(
-        [Limit(Rate(50, W), burst=1, margin_ns=10 * MS)], 0, 10 * W, Clock(), margin_ns=10 * MS
-    )
-    assert spaced.book_now()[1] == 0
-    assert spaced.restamp(0, 1, 2 * MS) is False  # P, not J, bounds its lateness
-
-
-def test_a_started_attempt_is_reported_with_the_next_booking():
-    stand_in = StandIn()
-    stand_in.margin_ns = W  # wide: a busy machine's delays stay inside it
-    limiter = ClusterLimiter(stand_in, margin_ns=W, window_ns=W)
-
-    async def scenario() -> None:
-        slot = await limiter.acquire_async()
-        limiter.started()
-        limiter.started()  # once per grant: a second call reports nothing
-        assert stand_in.started == []  # no call of its own
-        await limiter.acquire_async()  # the next booking carries it
-        assert len(stand_in.started) == 1
-        reported_slot, weight, earlier_by = stand_in.started[0]
-        assert (reported_slot, weight) == (slot, 1)
-        # Late side: at least the pad of 1 ms, and the time this took, off the margin.
-        assert 0 < earlier_by <= W - START_PAD_NS
-
-    asyncio.run(scenario())
-
-
-def test_nothing_is_reported_without_a_grant_of_this_task_or_when_too_late():
-    stand_in = StandIn()
-    limiter = ClusterLimiter(stand_in, margin_ns=10 * MS, window_ns=W)
-    limiter.acquire()  # the blocking face: its attempt may start on another thread
-    limiter.started()
-
-    async def late() -> None:
-        await limiter.acquire_async()
-        await asyncio.sleep(0.012)  # past the margin: the slot keeps its full count
-        limiter.started()
-
-    asyncio.run(late())
-    limiter.acquire()
-    assert stand_in.started == []
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(0, W // 20),  # how far the clock moves
-            st.integers(1, 4),  # bookings in one call
-            st.integers(0, 10),  # each one's lateness in ms (J = 10 ms)
-            st.sampled_from(["report", "silent", "give back"]),
-        ),
-        min_size=1,
-        max_size=60,
-    )
-)
-def test_restamped_paced_starts_never_exceed_n_in_any_window_w_plus_m(
-    steps: list[tuple[int, int, int, str]],
-):
-    # Starts anywhere in [slot, slot + J], each reported (J - its lateness) with the next
-    # call, or never, or given back unstarted: no window W + m holds more than N starts.
-    clock = Clock()
-    n = 5
-    limit = restamping_actor(n, clock=clock)
-    starts: list[int] = []
-    given_back: list[tuple[int, int]] = []
-    started: list[tuple[int, int, int]] = []
-    for advance, wanted, lateness_ms, fate in steps:
-        clock.now += advance
-        answers, _now, margin = limit.book_many_now([1] * wanted, 0, given_back, started)
-        given_back, started = [], []
-        for booked, slot in answers:
-            if not booked:
-                continue
-            if fate == "give back":
-                given_back.append((slot, 1))
-                continue
-            starts.append(slot + lateness_ms * MS)
-            if fate == "report":
-                started.append((slot, 1, margin - lateness_ms * MS))
-    starts.sort()
-    assert all(starts[i + n] - starts[i] >= W + 10 * MS for i in range(len(starts) - n))

@@ -149,15 +149,10 @@ def run_chunk(spec: ChunkSpec, pairs: list[Pair]) -> ChunkResult:
     waited: list[int] = []
     operation, limiter, codec = spec.operation, spec.limiter, spec.codec
     pause = getattr(limiter, "pause", None)
-    # The cluster's limiter counts a slot from its attempt's start when told it (as late as
-    # it can be: here, the attempt's first line, after every wait).
-    report_start = getattr(limiter, "started", None)
 
     async def attempt(pair: Pair) -> Any:
         watch.running.add(pair[0])
         try:
-            if report_start is not None:
-                report_start()
             return await operation(pair[1])
         except Exception as exc:
             _note_throttle(throttles, pair[0], exc)

@@ -146,20 +146,6 @@ SPACED_PAD_SHARE = 8
 MIN_SPACED_PAD_NS = 1_000_000
 
 
-# Added to a start's lateness when it is reported (ClusterLimiter.started): the report is read
-# as the attempt is entered, a few calls with no await before the operation's first line, so
-# the start itself can only be later by a preemption or a GIL handoff there. 1 ms covers a
-# short one at 0.1 % of a 1 s window's rate; a longer stall there is the same as one inside
-# the operation before its request leaves, which the arrival margin covers (it always did).
-START_PAD_NS = 1_000_000
-
-# The grant an attempt of this task is about to start on: (limiter, slot_ns, weight,
-# margin_ns), set by ClusterLimiter.acquire_async and taken by ClusterLimiter.started (one
-# task, one attempt at a time: the async runner awaits the limiter and then the attempt).
-_GRANTED: contextvars.ContextVar[tuple[ClusterLimiter, int, int, int] | None] = (
-    contextvars.ContextVar("paceline_cluster_grant", default=None)
-)
-
 # The topics of ended batches whose handler is still :func:`_ignore_event` in this process.
 _ENDED_TOPICS: list[str] = []
 
@@ -199,12 +185,8 @@ class LimitActor:
         self._policy = LimitPolicy(limits)
         # Paced: consecutive slots are W'/N apart for every request limit without a burst
         # (the log alone would let each window's N starts bunch; see the class docstring).
-        # The pace leaves J out (W + the arrival margin, per N): a start reports how late it
-        # came (book_many's ``started``) and its entry in the log is re-stamped from then, so
-        # the log, not the pace, holds each slot back by its predecessor's real lateness;
-        # paced on W + J, the pace alone held the rate to N/(W + J + m) (0.980 at 500/s).
         self._paced = [
-            (limit.window_ns - margin_ns, limit.rate.max_requests)
+            (limit.window_ns, limit.rate.max_requests)
             for limit in limits
             if pace and limit.burst is None and limit.rate.unit == REQUESTS
         ]
@@ -232,7 +214,6 @@ class LimitActor:
         self.returned_total = 0
         self.grown_total = 0
         self.paused_total = 0  # slots given back unused because they fell inside a pause
-        self.restamped_total = 0  # slots whose log entry moved to their start (book_many)
         self._clock_ns = clock_ns  # the actor's clock (a fake one in tests)
         now = clock_ns()
         self._last_ns = now  # the latest slot handed out: slots never go backwards
@@ -287,28 +268,19 @@ class LimitActor:
         return self.book_now(weight, lead_ns)
 
     async def book_many(
-        self,
-        weights: list[int],
-        lead_ns: int,
-        given_back: list[tuple[int, int]],
-        started: Sequence[tuple[int, int, int]] = (),
+        self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
     ) -> tuple[list[tuple[bool, int]], int, int, int]:
-        """Take back ``given_back`` slots ``(slot, weight)``, re-stamp the ``started`` ones
-        ``(slot, weight, earlier_by_ns)`` (:meth:`restamp`), then book one slot per weight, in
+        """Take back ``given_back`` slots ``(slot, weight)``, then book one slot per weight, in
         order: ``([(booked, slot_or_ask_again_ns), ...], now_ns, margin_ns, hold_ns)``, the
         margin being the lateness these slots may start with, and ``hold_ns`` the end of the
         server's pause (:meth:`pause`; earlier than now when none): a slot booked earlier and
         not yet started that falls before it is not used (see :class:`ClusterLimiter`). One
         round trip for every caller waiting in a worker process."""
-        answers, now, margin_ns = self.book_many_now(weights, lead_ns, given_back, started)
+        answers, now, margin_ns = self.book_many_now(weights, lead_ns, given_back)
         return answers, now, margin_ns, self._hold_until_ns
 
     def book_many_now(
-        self,
-        weights: list[int],
-        lead_ns: int,
-        given_back: list[tuple[int, int]],
-        started: Sequence[tuple[int, int, int]] = (),
+        self, weights: list[int], lead_ns: int, given_back: list[tuple[int, int]]
     ) -> tuple[list[tuple[bool, int]], int, int]:
         """:meth:`book_many`, synchronously.
 
@@ -318,8 +290,6 @@ class LimitActor:
         any later decision counts an earlier slot for at least W plus that slot's margin.
         """
         policy = self._policy
-        for slot, weight, earlier_by_ns in started:
-            self.restamp(slot, weight, earlier_by_ns)
         for slot, weight in given_back:
             self._take_back(slot, weight)
         self._returned += len(given_back)
@@ -349,33 +319,6 @@ class LimitActor:
         SPACED_PAD_SHARE; the margin then does not grow: P, not J, bounds the lateness)."""
         pad = self._spaced_pad_ns
         return self.margin_ns if pad is None else pad
-
-    def restamp(self, slot_ns: int, weight: int, earlier_by_ns: int) -> bool:
-        """A slot's attempt started ``margin - earlier_by_ns`` after it (the worker's report,
-        on the late side): its log entry counts from then, ``earlier_by_ns`` sooner than the
-        margin J allowed for (:meth:`LimitPolicy.restamp
-        <paceline.policy.limits.LimitPolicy.restamp>`; docs/design.md, "Re-stamped from the
-        start"). A spaced limit's slots keep their count (their lateness allowed is P, and
-        their spacing, not the log, keeps two starts apart); return whether an entry moved.
-
-        >>> from paceline.policy.limits import Limit
-        >>> from paceline.policy.rate import Rate
-        >>> j = 10_000_000
-        >>> actor = LimitActor([Limit(Rate(1, NS_PER_S), margin_ns=j)], 0, 3 * NS_PER_S,
-        ...                    margin_ns=j, clock_ns=lambda: 0)
-        >>> actor.book_now()[1], actor.book_now()[1]   # W + J apart
-        (0, 1010000000)
-        >>> actor.restamp(1_010_000_000, 1, j - 2_000_000)  # it started 2 ms late
-        True
-        >>> actor.book_now()[1]   # W + 2 ms after the second: its real start's window
-        2012000000
-        """
-        if self._spaced_pad_ns is not None or earlier_by_ns <= 0:
-            return False
-        moved = self._policy.restamp(slot_ns, min(earlier_by_ns, self.margin_ns), weight)
-        if moved:
-            self.restamped_total += 1
-        return moved
 
     async def give_back(self, slot_ns: int, weight: int = 1) -> None:
         """Return a slot that was not started within the margin."""
@@ -408,15 +351,13 @@ class LimitActor:
         return self._hold_until_ns
 
     async def stats(self) -> dict[str, int]:
-        """What the actor did: ``booked`` slots, ``given_back`` (started too late),
-        ``restamped`` (counted from their reported start, :meth:`restamp`), the margin's
+        """What the actor did: ``booked`` slots, ``given_back`` (started too late), the margin's
         ``growths`` and its current ``margin_ns``; ``paused``: of those given back, the slots
         dropped because they fell inside a server's pause (a benchmark's and a curious user's
         view)."""
         return {
             "booked": self.booked_total,
             "given_back": self.returned_total,
-            "restamped": self.restamped_total,
             "paused": self.paused_total,
             "growths": self.grown_total,
             "margin_ns": self.margin_ns,
@@ -547,7 +488,6 @@ class ClusterLimiter:
         "_listening",
         "_lock",
         "_offset",
-        "_started",
         "_topic",
         "_trips",
         "_waiting",
@@ -590,8 +530,6 @@ class ClusterLimiter:
         self._wake = threading.Condition(self._lock)
         self._waiting: list[tuple[int, Future[tuple[bool, int, int]]]] = []
         self._given_back: list[tuple[int, int]] = []
-        # Starts to report with the next booking: (slot, weight, earlier_by_ns), see started().
-        self._started: list[tuple[int, int, int]] = []
         self._booker: threading.Thread | None = None
         # The end of the server's latest pause on the actor's clock, as last heard (from this
         # process's own pause, or any booking's answer): a slot before it is not started.
@@ -727,7 +665,6 @@ class ClusterLimiter:
                     return
                 waiting, self._waiting = self._waiting, []
                 given_back, self._given_back = self._given_back, []
-                started, self._started = self._started, []
             # A waiter cancelled meanwhile (its chunk stopped) is dropped; the others can no
             # longer be cancelled, so their answers always land (a slot booked for a waiter
             # that then stops goes unused: a little rate lost, never a start too many).
@@ -735,17 +672,11 @@ class ClusterLimiter:
                 (w, future) for w, future in waiting if future.set_running_or_notify_cancel()
             ]
             if not waiting and not given_back:
-                with self._lock:  # no call of their own: they wait for the next booking
-                    self._started[:0] = started
                 continue
             sent = time.monotonic_ns()
             try:
                 answers, actor_now, margin_ns, hold_ns = self._call(
-                    "book_many",
-                    [weight for weight, _ in waiting],
-                    self.lead_ns(),
-                    given_back,
-                    started,
+                    "book_many", [weight for weight, _ in waiting], self.lead_ns(), given_back
                 )
             except Exception as exc:  # LimiterLost, or an answer of the wrong shape
                 for _weight, future in waiting:
@@ -817,29 +748,8 @@ class ClusterLimiter:
             if not booked:
                 continue
             if not self._late(at_ns, margin_ns) and not self._paused(at_ns):
-                _GRANTED.set((self, at_ns, weight, margin_ns))
                 return at_ns
             self._give_back(at_ns, weight)
-
-    def started(self) -> None:
-        """Say that the attempt of this task's last grant (:meth:`acquire_async`) starts now:
-        sent with the next booking, the actor counts the slot from this start instead of
-        from the latest one its margin allowed (docs/design.md, "Re-stamped from the start").
-
-        Call it as the attempt is entered (the Dask runner's chunks do), never before: the
-        time reported must not be earlier than the start. It errs late: the clock offset's
-        high side, plus START_PAD_NS. Not called, or with no grant of this task waiting,
-        nothing is reported and the slot keeps its full margin.
-        """
-        granted = _GRANTED.get()
-        if granted is None or granted[0] is not self:
-            return
-        _GRANTED.set(None)
-        _limiter, slot, weight, margin_ns = granted
-        lateness = max(0, time.monotonic_ns() + self._offset.high_ns - slot) + START_PAD_NS
-        if lateness < margin_ns:
-            with self._lock:
-                self._started.append((slot, weight, margin_ns - lateness))
 
     def pause(self, seconds: float) -> None:
         """Pause every worker sharing this limiter for ``seconds`` (a 429's ``Retry-After``).
