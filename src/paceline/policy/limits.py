@@ -293,32 +293,6 @@ class LimitPolicy:
         for log in self._logs:
             log.window_ns += extra_ns
 
-    def restamp(self, granted_ns: int, earlier_by_ns: int, weight: int = 1) -> bool:
-        """Count a grant of ``weight`` requests made at ``granted_ns`` as if made
-        ``earlier_by_ns`` sooner, in every limit's log where it has an entry of its own; return
-        whether any entry moved.
-
-        For a grant whose start is known, once it happened, to have come sooner after
-        ``granted_ns`` than the window's margin allowed for: the windows are W + J to cover a
-        start up to J late, and a start L late needs only W + L, so its entry moves
-        ``J - L`` earlier and leaves the windows that much sooner (the Dask runner's limiter,
-        docs/design.md, "Re-stamped from the start"). Never before the entry in front of it;
-        a grant coalesced or leased with others, one already given back or re-stamped, and the
-        pacer's schedule (``burst``) keep their count. Requests only: other units' logs are
-        left as they are.
-
-        >>> p = LimitPolicy([Limit(Rate(1, 1_000), margin_ns=100)])  # W' = 1,100
-        >>> p.try_grant(0, 1), p.wait_ns(0, 1)
-        (0, 1100)
-        >>> p.restamp(0, 60, 1), p.wait_ns(0, 1)  # it started 40 late, not up to 100
-        (True, 1040)
-        """
-        moved = False
-        for unit, log in zip(self._units, self._logs, strict=True):
-            if unit == REQUESTS and log.restamp(granted_ns, earlier_by_ns, weight):
-                moved = True
-        return moved
-
     def give_back(self, granted_ns: int, weight: int | Cost = 1) -> None:
         """Return ``weight`` (requests, or a cost per unit) granted at ``granted_ns`` and never
         used (the shaper's schedule is never rewound: that would let a burst through)."""

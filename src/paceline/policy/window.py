@@ -11,7 +11,6 @@ Windows are half-open: a grant at ``t`` occupies ``[t, t + W)``, so a new grant 
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import deque
 
 from paceline.errors import InvalidArgument
@@ -46,8 +45,7 @@ class WindowLog:
         self._coalesce_ns = window_ns // _MAX_ENTRIES if limit > _MAX_ENTRIES else 0
         # One entry per grant (or per run of coalesced grants): its stamp (when its permits
         # count as started: the latest grant in it), the earliest grant in it, and its permits.
-        # Entries are sorted and cover disjoint [first, stamp] spans (empty, first = stamp + 1,
-        # for a grant re-stamped from its start: it started, nothing gives it back; restamp).
+        # Entries are sorted and cover disjoint [first, stamp] spans.
         self._times: deque[int] = deque()
         self._firsts: deque[int] = deque()
         self._counts: deque[int] = deque()
@@ -108,43 +106,6 @@ class WindowLog:
         """Record ``count`` permits granted at ``now_ns`` for starts up to ``stamp_ns``."""
         if self.record(stamp_ns, count):
             self._firsts[-1] = now_ns  # the new entry covers grants from now on
-
-    def restamp(self, granted_ns: int, earlier_by_ns: int, weight: int) -> bool:
-        """Move the entry of one grant of ``weight`` at ``granted_ns`` earlier by
-        ``earlier_by_ns`` (never before the entry in front of it: the log stays sorted), so it
-        leaves the window that much sooner; return whether an entry moved.
-
-        For a grant whose start is known to lie closer to its stamp than the window's margin
-        allowed for (the Dask runner's limiter, docs/design.md, "Re-stamped from the start"):
-        only an entry of exactly that grant's shape moves (stamped and first granted at
-        ``granted_ns``, ``weight`` permits: not coalesced, not leased, not moved before), and
-        it is then marked started, so a stamp moves at most once.
-
-        >>> log = WindowLog(limit=1, window_ns=1_000)
-        >>> log.record(100, 1), log.restamp(100, 30, 1), log.wait_ns(100, 1)
-        (True, True, 970)
-        """
-        if earlier_by_ns <= 0:
-            return False
-        times, firsts, counts = self._times, self._firsts, self._counts
-        # The oldest entry of that grant's shape at ``granted_ns`` (one behind another entry
-        # stamped there cannot move anyway).
-        found = bisect_left(times, granted_ns)
-        while found < len(times) and times[found] == granted_ns:
-            if firsts[found] == granted_ns and counts[found] == weight:
-                break
-            found += 1
-        else:
-            return False
-        moved = granted_ns - earlier_by_ns
-        if found:
-            moved = max(moved, times[found - 1])  # sorted: not before the entry in front
-        # Only earlier, and by no more than asked: the grant counts from no earlier than the
-        # latest moment its start can have been. Its span is left empty (first > stamp): the
-        # grant started, so nothing gives it back, and no later report moves it again.
-        times[found] = moved
-        firsts[found] = moved + 1
-        return moved < granted_ns
 
     def give_back(self, granted_ns: int, weight: int) -> int:
         """Remove up to ``weight`` permits granted at ``granted_ns``; return how many were removed.
