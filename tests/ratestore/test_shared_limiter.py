@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from paceline import RateLimiter
+from paceline._ratestore.learned import Publication
 from paceline._ratestore.redis_store import MAX_MARGIN_NS, RedisLimitStore
 from paceline.errors import RateStoreUnavailable
 from paceline.policy.limits import Limit
@@ -561,7 +562,7 @@ def test_blocking_store_calls_made_from_a_coroutine_never_block_its_loop(
         store.give_back(booking)
         store.share_pause(1.0)
         store.share_exhausted("HTTP 429 insufficient_quota")
-        assert store.share_server_limit(10, 1.0)
+        assert store.share_server_limit(10, 1.0) is Publication.QUEUED  # not sent yet
         returned = time.monotonic() - started
         await _drained(store)  # each task waits out the 0.5 s socket timeout
         took, during = time.monotonic() - started, ticks - before

@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -969,7 +969,7 @@ class RedisLimitStore:
             args += [id_, reserved, used]
         return args
 
-    def _off_the_loop(self, args: list[Any]) -> bool:
+    def _off_the_loop(self, args: list[Any], done: Callable[[bool], object] | None = None) -> bool:
         """Send one fire-and-forget script call (``retry=False``) as a task of the event loop
         running in this thread, if one runs; ``False`` when none does (the caller then makes
         the round trip itself, blocking). Sync code called from a coroutine (an HTTP face's
@@ -978,15 +978,20 @@ class RedisLimitStore:
         (2 s) when Redis hangs. The call is sent once, as the blocking one is: a call the loop
         never finishes (it closed first) leaves the store as a lost reply would, and every
         such call errs on the strict side (a booking not corrected stays charged, a pause
-        not shared holds this process only)."""
+        not shared holds this process only). ``done``, if given, is called by the task with
+        whether the store answered (never, if the loop closes first)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
 
         async def send() -> None:
+            answered = False
             with contextlib.suppress(*self._transient()):
                 await self.call_async(args, retry=False)
+                answered = True
+            if done is not None:
+                done(answered)
 
         task = loop.create_task(send())
         self._background.add(task)  # held until done: the loop keeps weak references only
@@ -1085,12 +1090,21 @@ class RedisLimitStore:
         why = why[len(said) :] if why.startswith(said) else why
         return [*args, redact_text(why)[:300]]
 
-    def share_server_limit(self, quota: int, window_s: float) -> bool:
+    def share_server_limit(
+        self, quota: int, window_s: float, done: Callable[[Any], object] | None = None
+    ) -> Any:
         """Every process on this key keeps a quota a server announced to this one, together
-        (:func:`paceline._ratestore.learned.share_server_limit`)."""
+        (:func:`paceline._ratestore.learned.share_server_limit`: returns a
+        :class:`~paceline._ratestore.learned.Publication`)."""
         from paceline._ratestore.learned import share_server_limit
 
-        return share_server_limit(self, quota, window_s)
+        return share_server_limit(self, quota, window_s, done)
+
+    async def share_server_limit_async(self, quota: int, window_s: float) -> Any:
+        """:meth:`share_server_limit` on the running event loop, awaited (never ``QUEUED``)."""
+        from paceline._ratestore.learned import share_server_limit_async
+
+        return await share_server_limit_async(self, quota, window_s)
 
     def adaptive_share(self, server: str) -> Any:
         """The :class:`~paceline._ratestore.learned.AdaptiveShare` of ``server``'s adaptive
