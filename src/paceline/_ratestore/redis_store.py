@@ -281,6 +281,9 @@ class Booking:
     margin_ns: int
     slot_ns: int
     start_ns: int
+    # The slot on the server's clock (ticks): what benchmarks/redis_store.py's BENCH_DIAG
+    # compares a start with.
+    server_slot: int = 0
 
     @property
     def latest_ns(self) -> int:
@@ -922,6 +925,7 @@ class RedisLimitStore:
             self._margin_ns,
             slot_ns=slot_server_ns - high,
             start_ns=slot_server_ns - low,
+            server_slot=reply[1] + reply[0],
         )
 
     def reserve(
