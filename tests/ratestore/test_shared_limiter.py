@@ -365,6 +365,26 @@ def test_cancelling_a_wait_returns_its_booking(warm_redis: RedisServer) -> None:
     assert store.reserve((1,)).wait_ns <= 1_000_000_000
 
 
+def test_a_grant_given_back_by_its_time_frees_its_slot_and_recent_grants_stay_bounded(
+    warm_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limiter remembers each grant (without its lock, at the check) so give_back(granted)
+    # finds its booking; the memory is trimmed before each booking, never at the check.
+    monkeypatch.setattr("paceline._limiter._BOOKINGS_KEPT", 3)
+    limiter = RateLimiter.from_rates("2/s", store=warm_redis.url, key=_key())
+    first = limiter.acquire()
+    second = limiter.acquire()
+    limiter.give_back(second)  # never started: its slot is free again at once
+    assert limiter.try_acquire() is not None
+    limiter.give_back(first)
+    assert limiter.try_acquire() is not None
+    assert limiter.try_acquire() is None  # 2 in the window: the two that were not given back
+    busy = RateLimiter.from_rates("100/s", store=warm_redis.url, key=_key())
+    for _ in range(8):
+        busy.acquire()
+    assert len(busy._bookings) == 4  # trimmed to 3 before the last booking, plus its grant
+
+
 def test_give_back_and_shared_pause_from_async_code_never_block_the_event_loop(
     fresh_redis: RedisServer,
 ) -> None:

@@ -395,6 +395,7 @@ class RedisLimitStore:
         self._server_clock = ServerClock()
         self._clock_lock = threading.Lock()
         self._margin_ns = START_MARGIN_NS
+        self._margin_due = False  # samples noted since the margin was last worked out
         self._first_left = self.first_grants  # grants still booked with first_margin_ns
         self._background: set[asyncio.Task[Any]] = set()  # round trips sent off the loop
         self._samples_seen = 0
@@ -546,7 +547,15 @@ class RedisLimitStore:
 
     @property
     def margin_ns(self) -> int:
-        """The margin J this client books with now (see :func:`best_margin_ns`)."""
+        """The margin J this client books with now (see :func:`best_margin_ns`), from the
+        lateness samples noted so far."""
+        if self._margin_due:
+            self._margin_due = False
+            window = min(lim.rate.window_ns for lim in self.limits)
+            margin = best_margin_ns(self._lates, window)
+            if self._samples_seen < _START_SAMPLES:
+                margin = max(margin, START_MARGIN_NS)
+            self._margin_ns = margin
         return self._margin_ns
 
     def _note_rtt(self, rtt_ns: int) -> None:
@@ -554,15 +563,13 @@ class RedisLimitStore:
 
     def note_lateness(self, late_ns: int) -> None:
         """Record how far past the earliest moment of its slot a grant was handed out (the
-        limiter calls it)."""
+        limiter calls it). Only noted: the margin is worked out from the samples when the
+        next booking reads it (:attr:`margin_ns`), not here, between a grant's check and its
+        start, where every microsecond of work is a chance for the thread to be preempted."""
         self._lates.append(max(late_ns, 0))
         self._samples_seen += 1
         if self._samples_seen <= 16 or self._samples_seen % 16 == 0:
-            window = min(lim.rate.window_ns for lim in self.limits)
-            margin = best_margin_ns(self._lates, window)
-            if self._samples_seen < _START_SAMPLES:
-                margin = max(margin, START_MARGIN_NS)
-            self._margin_ns = margin
+            self._margin_due = True
 
     # -- the script's arguments ------------------------------------------------------------
 
@@ -879,7 +886,7 @@ class RedisLimitStore:
         process's first ``first_grants`` bookings (capped so that no booking's margin, with
         the limits' own, exceeds :data:`MAX_MARGIN_NS`). A try (``book=False``, which may be
         refused) gets the same margin but uses up none of the first grants."""
-        margin = self._margin_ns
+        margin = self.margin_ns
         if self._first_left <= 0 or self.first_margin_ns <= 0:
             return margin
         with self._clock_lock:
