@@ -295,10 +295,11 @@ class RateLimiter:
             store.give_back(booking)
         return None
 
-    def _shared_book(self, amounts: tuple[int, ...]) -> tuple[Booking, int]:
+    def _shared_book(
+        self, amounts: tuple[int, ...], late: Booking | None = None
+    ) -> tuple[Booking, int]:
         store = self._store
         assert store is not None
-        late: Booking | None = None
         self._forget_old_bookings()
         while True:
             booking = store.reserve(amounts, release=late)  # a late one returns in the same trip
@@ -344,6 +345,27 @@ class RateLimiter:
         for lim, amount in zip(self._policy.limits, booking.amounts, strict=True):
             cost[lim.rate.unit] = max(cost[lim.rate.unit], amount)
         return Grant(self, Reservation(granted, cost), booking)
+
+    def _recheck(self, granted_ns: int) -> int:
+        """Check a grant again right before its start, on the thread that starts it; return
+        the grant time in force. A grant booked on a shared store whose latest start has
+        passed (the thread that took it handed it to another, which woke late) is given back
+        and a new one booked, in one round trip, and waited for here: its check is then the
+        last thing before the start. Other grants pass unchanged.
+
+        Runner plumbing (the thread runner's workers call it), not part of the public API.
+        """
+        if self._store is None:
+            return granted_ns
+        booking = self._bookings.get(granted_ns)
+        if booking is None or self._clock.monotonic_ns() <= booking.latest_ns:
+            return granted_ns
+        try:
+            _, granted = self._shared_book(booking.amounts, late=booking)
+        except StoreDegraded:  # unreachable: the late grant stands (as without this check)
+            return granted_ns
+        self._bookings.pop(granted_ns, None)
+        return granted
 
     def _shared_settle(self, grant: Grant, actual: int | Cost) -> None:
         store, booking, reservation = self._store, grant._booking, grant._reservation
