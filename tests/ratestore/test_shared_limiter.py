@@ -385,6 +385,23 @@ def test_a_grant_given_back_by_its_time_frees_its_slot_and_recent_grants_stay_bo
     assert len(busy._bookings) == 4  # trimmed to 3 before the last booking, plus its grant
 
 
+def test_a_close_by_another_thread_during_the_warm_up_is_no_error(
+    warm_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread whose call failed closes the client while another thread connects and warms
+    # up: the one warming up keeps its own client (an AttributeError on None escaped from
+    # acquire() at a load of 12-17).
+    store = RedisLimitStore(warm_redis.url, _key(), [Limit(Rate.parse("10/s"))])
+    warm_up = store._warm_up
+
+    def closed_meanwhile(*args: Any) -> None:
+        warm_up(*args)
+        store.close()  # as another thread's failed call does
+
+    monkeypatch.setattr(store, "_warm_up", closed_meanwhile)
+    assert store.reserve((1,)).ids[0] > 0  # booked (maybe behind a new server's fence)
+
+
 _IN_FORCE = threading.local()  # the latest start of the grant a worker is about to start
 
 

@@ -631,27 +631,30 @@ class RedisLimitStore:
         script = self._script
         if script is None:
             with self._lock:
-                if self._script is None:
+                script = self._script
+                if script is None:
                     import redis
                     import redis.cluster
 
                     kwargs = self._connect_kwargs()
-                    self._client = (
+                    # Held in a local: another thread's failed call may close() (and clear
+                    # self._client) while this one warms up (seen at a load of 12-17: an
+                    # AttributeError on None escaped from acquire()).
+                    client = (
                         redis.cluster.RedisCluster.from_url(_client_url(self.url), **kwargs)
                         if is_cluster_url(self.url)
                         else redis.Redis.from_url(self.url, **kwargs)
                     )
-                    self._warm_up()
+                    self._client = client
+                    self._warm_up(client)
                     # A Script object re-loads itself on NOSCRIPT (a restart or failover empties
                     # the script cache; a bare EVALSHA would fail forever).
-                    self._script = self._client.register_script(LUA)
-                script = self._script
+                    script = self._script = client.register_script(LUA)
         return script
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, client: Any) -> None:
         """Load the script and time a few round trips before the first booking: its margin
         comes from them, and a first call that also connects and loads would be late."""
-        client = self._client
         if is_cluster_url(self.url):
             # A cluster: the script loaded on every master, the clock read on the node that
             # holds the key's slot (the script reads that node's clock; the masters' clocks
