@@ -298,6 +298,11 @@ def _explain_excess(shares: list[dict[str, Any]]) -> None:
         )
         print("TRACE   first:", json.dumps(_rounded(first)), file=sys.stderr)
         print("TRACE   last: ", json.dumps(_rounded(last)), file=sys.stderr)
+        dump = os.environ.get("BENCH_TRACE_DUMP")
+        if dump:  # the window's grants and every give-back, for a closer look
+            with open(dump, "a") as out:
+                given = [list(g) for s in shares for g in s.get("given_back", [])]
+                out.write(json.dumps({"window": inside, "given_back": given}) + "\n")
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
