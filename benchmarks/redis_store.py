@@ -176,14 +176,30 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
     print(json.dumps(counts), flush=True)
 
 
+# An older tree's bookings do not keep their slot on Redis's clock: read from the replies.
+_OLD_SLOTS: dict[tuple[int, int], int] = {}
+
+
+def _server_slot(booking: Any) -> int:
+    slot = getattr(booking, "server_slot", 0)
+    return slot or _OLD_SLOTS.get((booking.sent_ns, booking.recv_ns), 0)
+
+
 def _trace_give_backs(limiter: Any, given_back: list[list[int]]) -> None:
     """Record every booking the limiter gives back (returned with its re-booking, or alone)."""
     store = limiter.store
-    reserve, give_back = store.reserve, store.give_back
+    reserve, give_back, booked = store.reserve, store.give_back, store._booking
+
+    def with_slot(amounts: Any, reply: Any, sent: int, recv: int) -> Any:
+        _OLD_SLOTS[(sent, recv)] = reply[1] + reply[0]
+        return booked(amounts, reply, sent, recv)
+
+    store._booking = with_slot
 
     def note(booking: Any) -> None:
-        slot = getattr(booking, "server_slot", 0)  # an older tree has none
-        given_back.append([time.monotonic_ns(), slot, booking.sent_ns, *booking.ids])
+        given_back.append(
+            [time.monotonic_ns(), _server_slot(booking), booking.sent_ns, *booking.ids]
+        )
 
     def traced_reserve(amounts: Any, *, book: bool = True, release: Any = None) -> Any:
         if release is not None:
@@ -202,7 +218,7 @@ def _trace_row(limiter: Any, granted: int, start_ns: int) -> list[int]:
     # the stamp of its entry: the slot plus the whole margin it was booked with (the limit's
     # own and the measured one), as the script computes it (an older tree's booking has no
     # server slot: its starts are timed, not placed)
-    slot = getattr(booking, "server_slot", 0)
+    slot = _server_slot(booking)
     stamp = slot + limiter.store._limit_args(booking.margin_ns)[3] if slot else 0
     return [
         start_ns,
