@@ -24,7 +24,9 @@ release's, measured in the same run) and ``paceline+m5`` (``margin_s`` = 5 ms: w
 spread between a start and its arrival). The table's "window share" is the steady share of the
 rate (see ``_window_share``); "fraction of rate" is the older figure from the (N+1)-th arrival
 to the last, kept for comparison. ``BENCH_DIAG=1`` prints each paceline process's round trips,
-lateness and margin.
+lateness and margin; ``BENCH_DIAG=trace`` also records every paceline start (its slot and its
+entry's stamp on Redis's clock, the limiter's check, the start, the booking's round trip) and
+every give-back, and explains each 1 s window with more than 200 starts (``_explain_excess``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
 
     counts: dict[str, Any] = {"ok": 0, "throttled": 0, "other": 0}
     gaps: list[int] = []
+    # BENCH_DIAG=trace: per start [start, check, slot_lo, slot_hi (local ns), server slot,
+    # server stamp (ticks), margin, sent, recv, wait, thread, ids...]; per give-back [when,
+    # server slot, sent, ids...]
+    tracing = os.environ.get("BENCH_DIAG") == "trace" and lib.startswith("paceline")
+    trace: list[list[int]] = []
+    given_back: list[list[int]] = []
+    if tracing:
+        _trace_give_backs(limiter, given_back)
     starts: list[float] = []  # CLOCK_MONOTONIC is one clock for every process of a machine
     lock = threading.Lock()
     left = iter(range(calls))
@@ -98,9 +108,10 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
         conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=30)
         for i in left:
             granted = acquire()
-            starts.append(time.monotonic())
+            start_ns = time.monotonic_ns()
+            starts.append(start_ns / 1e9)
             if isinstance(granted, int):
-                gaps.append(time.monotonic_ns() - granted)
+                gaps.append(start_ns - granted)
             try:
                 conn.request("GET", f"/items/{key}-{os.getpid()}-{i}")
                 answer = conn.getresponse()
@@ -112,6 +123,8 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
                 conn.close()
             with lock:
                 counts[outcome] += 1
+            if tracing:  # after the call: nothing between the start and its send
+                trace.append(_trace_row(limiter, granted, start_ns))
         conn.close()
 
     async def run_async() -> None:
@@ -119,8 +132,9 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
         reader, writer = await asyncio.open_connection(where.hostname, where.port)
         for i in left:
             granted = await limiter.acquire_async()
-            starts.append(time.monotonic())
-            gaps.append(time.monotonic_ns() - granted)
+            start_ns = time.monotonic_ns()
+            starts.append(start_ns / 1e9)
+            gaps.append(start_ns - granted)
             path = f"/items/{key}-{os.getpid()}-{i}"
             writer.write(f"GET {path} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
             status = int((await reader.readline()).split()[1])
@@ -131,6 +145,8 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
                     length = int(value)
             await reader.readexactly(length)
             counts["ok" if status < 400 else "throttled" if status == 429 else "other"] += 1
+            if tracing:
+                trace.append(_trace_row(limiter, granted, start_ns))
         writer.close()
 
     if lib.startswith("paceline") and "async" in flags:
@@ -146,6 +162,8 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
         for t in pool:
             t.join()
     counts["starts"] = starts
+    if tracing:
+        counts["trace"], counts["given_back"] = trace, given_back
     if lib.startswith("paceline"):
         store = limiter.store
         counts["script_calls"] = store.round_trips if store is not None else 0
@@ -156,6 +174,155 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
             counts["grant_to_start_ms"] = _quantiles_ms(gaps)
             counts["margin_ms"] = store.margin_ns / 1e6
     print(json.dumps(counts), flush=True)
+
+
+# An older tree's bookings do not keep their slot on Redis's clock: read from the replies.
+_OLD_SLOTS: dict[tuple[int, int], int] = {}
+
+
+def _server_slot(booking: Any) -> int:
+    slot = getattr(booking, "server_slot", 0)
+    return slot or _OLD_SLOTS.get((booking.sent_ns, booking.recv_ns), 0)
+
+
+def _trace_give_backs(limiter: Any, given_back: list[list[int]]) -> None:
+    """Record every booking the limiter gives back (returned with its re-booking, or alone)."""
+    store = limiter.store
+    reserve, give_back, booked = store.reserve, store.give_back, store._booking
+
+    def with_slot(amounts: Any, reply: Any, sent: int, recv: int) -> Any:
+        _OLD_SLOTS[(sent, recv)] = reply[1] + reply[0]
+        return booked(amounts, reply, sent, recv)
+
+    store._booking = with_slot
+
+    def note(booking: Any) -> None:
+        given_back.append(
+            [time.monotonic_ns(), _server_slot(booking), booking.sent_ns, *booking.ids]
+        )
+
+    def traced_reserve(amounts: Any, *, book: bool = True, release: Any = None) -> Any:
+        if release is not None:
+            note(release)
+        return reserve(amounts, book=book, release=release)
+
+    def traced_give_back(booking: Any) -> None:
+        note(booking)
+        give_back(booking)
+
+    store.reserve, store.give_back = traced_reserve, traced_give_back
+
+
+def _trace_row(limiter: Any, granted: int, start_ns: int) -> list[int]:
+    booking = limiter._bookings[granted]
+    # the stamp of its entry: the slot plus the whole margin it was booked with (the limit's
+    # own and the measured one), as the script computes it (an older tree's booking has no
+    # server slot: its starts are timed, not placed)
+    slot = _server_slot(booking)
+    stamp = slot + limiter.store._limit_args(booking.margin_ns)[3] if slot else 0
+    return [
+        start_ns,
+        granted,
+        booking.slot_ns,
+        booking.start_ns,
+        slot,
+        stamp,
+        booking.margin_ns,
+        booking.sent_ns,
+        booking.recv_ns,
+        booking.wait_ns,
+        threading.get_ident() % 100_000,
+        *booking.ids,
+    ]
+
+
+def _explain_excess(shares: list[dict[str, Any]]) -> None:
+    """BENCH_DIAG=trace: every 1 s window with more than RATE starts, and what its grants were.
+
+    A start must lie between its slot and its entry's stamp (slot + margin) on Redis's clock;
+    the script never lets more than RATE such intervals into a window. For each start the
+    local clock maps to Redis's within [low, high] (from its booking's round trip): a start is
+    surely past its stamp when start + low > stamp."""
+    rows = []
+    for p, s in enumerate(shares):
+        for r in s.get("trace", []):
+            start, check, slot_lo, slot_hi, slot, stamp, margin, sent, recv, wait, tid = r[:11]
+            high = slot * 1000 - slot_lo  # server minus local, upper bound
+            low = slot * 1000 - slot_hi
+            rows.append(
+                {
+                    "proc": p,
+                    "tid": tid,
+                    "start": start,
+                    "check": check,
+                    "check_to_start_ms": (start - check) / 1e6,
+                    # >0: started after its stamp (certainly, by the low bound)
+                    "past_stamp_ms": (start + low - stamp * 1000) / 1e6,
+                    # >0: started before its slot
+                    "before_slot_ms": (slot * 1000 - (start + high)) / 1e6,
+                    "check_past_slot_ms": (check - slot_lo) / 1e6,
+                    "margin_ms": margin / 1e6,
+                    "rtt_ms": (recv - sent) / 1e6,
+                    "wait_ms": wait / 1e6,
+                    "slot": slot,
+                    "stamp": stamp,
+                    "uncertainty_us": (high - low) / 1e3,
+                    "ids": tuple(r[11:]),
+                    "sent": sent,
+                }
+            )
+    if not rows:
+        return
+    rows.sort(key=lambda r: r["start"])
+    # a booking is known by its process, slot and when it was sent
+    backs = {(p, g[1], g[2]): g for p, s in enumerate(shares) for g in s.get("given_back", [])}
+    started_back = [r for r in rows if (r["proc"], r["slot"], r["sent"]) in backs]
+    gaps = sorted(r["check_to_start_ms"] for r in rows)
+    q = [round(gaps[int(x * (len(gaps) - 1))], 3) for x in (0.5, 0.9, 0.99, 0.999, 1)]
+    past = [r for r in rows if r["slot"] and r["past_stamp_ms"] > 0]
+    early = [r for r in rows if r["slot"] and r["before_slot_ms"] > 0]
+    print(
+        f"TRACE starts {len(rows)} | check->start ms p50/p90/p99/p999/max {q} | "
+        f"started past their stamp {len(past)} | before their slot {len(early)} | "
+        f"given back {sum(len(s.get('given_back', [])) for s in shares)} "
+        f"(of which started: {len(started_back)})",
+        file=sys.stderr,
+    )
+    for r in started_back:
+        g = backs[(r["proc"], r["slot"], r["sent"])]
+        print(
+            f"TRACE started, and given back {(g[0] - r['start']) / 1e6:.3f} ms after its start:",
+            json.dumps(_rounded(r)),
+            file=sys.stderr,
+        )
+    for r in past:
+        print("TRACE past stamp:", json.dumps(_rounded(r)), file=sys.stderr)
+    for r in early:
+        print("TRACE before slot:", json.dumps(_rounded(r)), file=sys.stderr)
+    seen = -1
+    for i in range(len(rows) - RATE):
+        first, last = rows[i], rows[i + RATE]
+        if last["start"] - first["start"] >= 1_000_000_000 or i <= seen:
+            continue
+        seen = i + RATE
+        inside = rows[i : i + RATE + 1]
+        print(
+            f"TRACE {RATE + 1} starts within {(last['start'] - first['start']) / 1e6:.3f} ms; "
+            f"first's stamp -> last's slot on Redis: {(last['slot'] - first['stamp']) / 1e3:.3f}"
+            f" ms; past their stamp inside: {sum(r['past_stamp_ms'] > 0 for r in inside)}",
+            file=sys.stderr,
+        )
+        print("TRACE   first:", json.dumps(_rounded(first)), file=sys.stderr)
+        print("TRACE   last: ", json.dumps(_rounded(last)), file=sys.stderr)
+        dump = os.environ.get("BENCH_TRACE_DUMP")
+        if dump:  # the window's grants and every give-back, for a closer look
+            with open(dump, "a") as out:
+                given = [list(g) for s in shares for g in s.get("given_back", [])]
+                out.write(json.dumps({"window": inside, "given_back": given}) + "\n")
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 
 
 def _quantiles_ms(samples: Any) -> list[float]:
@@ -258,9 +425,13 @@ def scenario(
             shares.append(json.loads(out.strip().splitlines()[-1]))
         except (ValueError, IndexError):
             shares.append({"ok": 0, "error": err.strip().splitlines()[-1:]})
+        if os.environ.get("BENCH_DIAG") and err.strip():
+            print(f"worker stderr: {err.strip()[-1500:]}", file=sys.stderr)
     if os.environ.get("BENCH_DIAG"):
         for s in shares:
-            print({k: v for k, v in s.items() if k not in ("starts",)}, file=sys.stderr)
+            hidden = ("starts", "trace", "given_back")
+            print({k: v for k, v in s.items() if k not in hidden}, file=sys.stderr)
+        _explain_excess(shares)
     commands = _command_calls(stats_url)
     stats = api.stats(times=True)
     times = stats["accepted_times_s"]

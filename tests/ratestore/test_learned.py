@@ -4,6 +4,7 @@ and the published limit read back."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -11,11 +12,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from paceline import RateLimiter
 from paceline._ratestore import RedisLimitStore
-from paceline._ratestore.learned import AdaptiveShare, share_server_limit, shared_server_limit
+from paceline._ratestore.learned import (
+    AdaptiveShare,
+    Publication,
+    share_server_limit,
+    share_server_limit_async,
+    shared_server_limit,
+)
 from paceline.errors import InvalidArgument
+from paceline.http._limits import ServerLimits
 from paceline.policy.limits import Limit, LimitPolicy, Reservation
 from paceline.policy.rate import Rate
+from paceline.signals import ServerSignals
+from paceline.testing import FakeClock
 from paceline.testing.redis import RedisServer
 from tests.ratestore.test_script import Driver, _driver
 
@@ -117,7 +128,9 @@ def test_the_script_with_a_learned_limit_agrees_with_the_policy_of_both_limits(
 def test_share_server_limit_publishes_and_reads_back(redis_server: RedisServer) -> None:
     store = RedisLimitStore(redis_server.url, uuid.uuid4().hex, [Limit(Rate.parse("100/s"))])
     assert shared_server_limit(store) is None
-    assert share_server_limit(store, 40, 2.0)
+    heard: list[Publication] = []
+    assert share_server_limit(store, 40, 2.0, heard.append) is Publication.PUBLISHED
+    assert heard == [Publication.PUBLISHED]
     assert shared_server_limit(store) == (40, 2.0)
     with pytest.raises(InvalidArgument, match="count >= 1"):
         share_server_limit(store, 0, 1.0)
@@ -129,8 +142,76 @@ def test_a_limiter_without_a_requests_limit_shares_no_learned_limit(
     store = RedisLimitStore(
         redis_server.url, uuid.uuid4().hex, [Limit(Rate.parse("tokens:9000/min"))]
     )
-    assert not share_server_limit(store, 40, 2.0)
+    assert share_server_limit(store, 40, 2.0) is Publication.NOT_SHARED
     assert shared_server_limit(store) is None
+
+
+def test_a_limit_the_store_did_not_take_is_reported_unreachable() -> None:
+    from paceline.testing.redis import free_port
+
+    store = RedisLimitStore(
+        f"redis://127.0.0.1:{free_port()}/0", uuid.uuid4().hex, [Limit(Rate.parse("100/s"))]
+    )
+    heard: list[Publication] = []
+    assert share_server_limit(store, 40, 2.0, heard.append) is Publication.UNREACHABLE
+    assert heard == [Publication.UNREACHABLE]
+    assert asyncio.run(share_server_limit_async(store, 40, 2.0)) is Publication.UNREACHABLE
+
+
+def test_a_publication_on_an_event_loop_is_queued_and_its_outcome_reported_when_known(
+    fresh_redis: RedisServer,
+) -> None:
+    # On a loop's thread the round trip is a task of the loop: the call says QUEUED (it was
+    # not sent yet), and ``done`` hears what became of it once the task knows.
+    key = uuid.uuid4().hex
+    store = RedisLimitStore(fresh_redis.url, key, [Limit(Rate.parse("100/s"))])
+
+    async def publish(quota: int) -> tuple[Publication, list[Publication], list[Publication]]:
+        heard: list[Publication] = []
+        returned = share_server_limit(store, quota, 2.0, heard.append)
+        before = list(heard)
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        return returned, before, heard
+
+    assert asyncio.run(publish(40)) == (Publication.QUEUED, [], [Publication.PUBLISHED])
+    assert shared_server_limit(store) == (40, 2.0)
+    # Awaited, the answer is the outcome itself.
+    assert asyncio.run(share_server_limit_async(store, 30, 2.0)) is Publication.PUBLISHED
+    assert shared_server_limit(store) == (30, 2.0)
+    fresh_redis.kill()
+    assert asyncio.run(publish(20)) == (Publication.QUEUED, [], [Publication.UNREACHABLE])
+
+
+def test_server_limits_publish_a_policy_again_until_the_store_takes_it(
+    fresh_redis: RedisServer,
+) -> None:
+    # A policy learned while the store is down is kept by this process alone and sent again
+    # with a later answer (at most once a second), until the store has it.
+    key = uuid.uuid4().hex
+    user = RateLimiter.from_rates("100/s", store=fresh_redis.url, key=key)
+    assert user.store is not None
+    clock = FakeClock()
+    limits = ServerLimits(user, clock=clock)
+    fresh_redis.kill()
+    limits.observe(ServerSignals(quota=40, window_s=2.0))
+    assert (limits.policy, limits.shared_policy) == ((40, 2.0), None)
+    fresh_redis.start()
+    limits.observe(ServerSignals(quota=40, window_s=2.0))  # within the second: not sent
+    assert limits.shared_policy is None
+    assert shared_server_limit(user.store) is None
+    clock.advance(1.0)
+    limits.observe(ServerSignals(quota=40, window_s=2.0))
+    assert limits.shared_policy == (40, 2.0)
+    assert shared_server_limit(user.store) == (40, 2.0)
+    # A new policy is published at once, and only once.
+    limits.observe(ServerSignals(quota=25, window_s=1.0))
+    assert (limits.shared_policy, shared_server_limit(user.store)) == ((25, 1.0), (25, 1.0))
+    rounds = user.store.round_trips
+    limits.observe(ServerSignals(quota=25, window_s=1.0))
+    assert user.store.round_trips == rounds
 
 
 def _two_processes(redis_server: RedisServer) -> tuple[AdaptiveShare, AdaptiveShare]:

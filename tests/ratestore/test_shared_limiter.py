@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from paceline import RateLimiter
+from paceline import BatchExecutor, RateLimiter
+from paceline._ratestore.learned import Publication
 from paceline._ratestore.redis_store import MAX_MARGIN_NS, RedisLimitStore
 from paceline.errors import RateStoreUnavailable
 from paceline.policy.limits import Limit
@@ -364,6 +365,89 @@ def test_cancelling_a_wait_returns_its_booking(warm_redis: RedisServer) -> None:
     assert store.reserve((1,)).wait_ns <= 1_000_000_000
 
 
+def test_a_grant_given_back_by_its_time_frees_its_slot_and_recent_grants_stay_bounded(
+    warm_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limiter remembers each grant (without its lock, at the check) so give_back(granted)
+    # finds its booking; the memory is trimmed before each booking, never at the check.
+    monkeypatch.setattr("paceline._limiter._BOOKINGS_KEPT", 3)
+    limiter = RateLimiter.from_rates("2/s", store=warm_redis.url, key=_key())
+    first = limiter.acquire()
+    second = limiter.acquire()
+    limiter.give_back(second)  # never started: its slot is free again at once
+    assert limiter.try_acquire() is not None
+    limiter.give_back(first)
+    assert limiter.try_acquire() is not None
+    assert limiter.try_acquire() is None  # 2 in the window: the two that were not given back
+    busy = RateLimiter.from_rates("100/s", store=warm_redis.url, key=_key())
+    for _ in range(8):
+        busy.acquire()
+    assert len(busy._bookings) == 4  # trimmed to 3 before the last booking, plus its grant
+
+
+def test_a_close_by_another_thread_during_the_warm_up_is_no_error(
+    warm_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread whose call failed closes the client while another thread connects and warms
+    # up: the one warming up keeps its own client (an AttributeError on None escaped from
+    # acquire() at a load of 12-17).
+    store = RedisLimitStore(warm_redis.url, _key(), [Limit(Rate.parse("10/s"))])
+    warm_up = store._warm_up
+
+    def closed_meanwhile(*args: Any) -> None:
+        warm_up(*args)
+        store.close()  # as another thread's failed call does
+
+    monkeypatch.setattr(store, "_warm_up", closed_meanwhile)
+    assert store.reserve((1,)).ids[0] > 0  # booked (maybe behind a new server's fence)
+
+
+_IN_FORCE = threading.local()  # the latest start of the grant a worker is about to start
+
+
+class _LateHandOver(RateLimiter):
+    """A shared limiter whose grants reach their worker late: the dispatcher is held 0.1 s
+    after each grant (as a loaded machine holds a woken worker thread, by up to 0.3 s)."""
+
+    __slots__ = ()
+
+    def acquire(self, weight: int = 1) -> int:
+        granted = super().acquire(weight)
+        time.sleep(0.1)
+        return granted
+
+    def _recheck(self, granted_ns: int) -> int:
+        in_force = super()._recheck(granted_ns)
+        _IN_FORCE.latest_ns = self._bookings[in_force].latest_ns
+        _IN_FORCE.rebooked = in_force != granted_ns
+        return in_force
+
+
+def test_a_worker_woken_late_books_again_before_it_starts(warm_redis: RedisServer) -> None:
+    # The thread runner's dispatcher takes the grant and a worker starts it: the worker checks
+    # it again right before the call, and a grant whose latest start has passed is given back
+    # and booked again (in one round trip), so every call starts within its grant's margin.
+    limiter = RateLimiter.from_rates("50/s", store=warm_redis.url, key=_key())
+    limiter.__class__ = _LateHandOver
+    store = limiter.store
+    assert store is not None
+    calls: list[tuple[int, bool]] = []  # (ns past its grant's latest start, booked again)
+
+    def call() -> None:
+        calls.append((time.monotonic_ns() - _IN_FORCE.latest_ns, _IN_FORCE.rebooked))
+
+    result = BatchExecutor(rate_limiter=limiter, max_workers=2).execute_batch([call] * 5)
+    assert result.all_successful
+    assert [rebooked for _, rebooked in calls] == [True] * 5, calls
+    assert all(past_ns <= 0 for past_ns, _ in calls), calls
+    assert store.round_trips == 10  # each grant booked by the dispatcher, then by its worker
+    # The late bookings were given back: the key holds one entry per call.
+    import redis
+
+    client = redis.Redis.from_url(warm_redis.url)
+    assert client.zcard(f"paceline:{{{store.key}}}:z0") == 5
+
+
 def test_give_back_and_shared_pause_from_async_code_never_block_the_event_loop(
     fresh_redis: RedisServer,
 ) -> None:
@@ -561,7 +645,7 @@ def test_blocking_store_calls_made_from_a_coroutine_never_block_its_loop(
         store.give_back(booking)
         store.share_pause(1.0)
         store.share_exhausted("HTTP 429 insufficient_quota")
-        assert store.share_server_limit(10, 1.0)
+        assert store.share_server_limit(10, 1.0) is Publication.QUEUED  # not sent yet
         returned = time.monotonic() - started
         await _drained(store)  # each task waits out the 0.5 s socket timeout
         took, during = time.monotonic() - started, ticks - before

@@ -21,7 +21,8 @@ True
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import enum
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from paceline._ratestore.redis_store import TICKS_PER_S, RedisLimitStore
@@ -39,25 +40,37 @@ def requests_limit_index(limits: Sequence[Limit]) -> int | None:
     return None
 
 
-def share_server_limit(store: RedisLimitStore, quota: int, window_s: float) -> bool:
-    """Publish a server's announced ``quota`` requests per ``window_s`` under ``store``'s key:
-    from the next booking on, every process on the key keeps it, together. Returns whether it
-    was published: not when the limiter has no requests limit, nor when the store cannot be
-    reached at once (never waits: each process still keeps the limit alone, as without a
-    store, and publishes it again when it next learns it). On an event loop's thread it is
-    sent by a task of that loop and returns ``True`` at once (it never blocks the loop).
+class Publication(enum.Enum):
+    """What became of a learned limit given to :func:`share_server_limit`.
 
-    The newest announcement wins (a server that changes its policy is believed).
+    >>> Publication.QUEUED.value
+    'queued'
     """
+
+    # The store has it: every later booking of any process on the key keeps it.
+    PUBLISHED = "published"
+    # On an event loop's thread: a task of that loop sends it (the caller's ``done`` hears
+    # PUBLISHED or UNREACHABLE when it has been answered or failed).
+    QUEUED = "queued"
+    # The limiter has no limit counted in requests: there is no log to count it on.
+    NOT_SHARED = "not shared"
+    # The store did not answer at once: this process keeps the limit alone (as without a
+    # store) until it is published again.
+    UNREACHABLE = "unreachable"
+
+
+def _learned_args(store: RedisLimitStore, quota: int, window_s: float) -> list[Any] | None:
+    """The script's arguments publishing ``quota`` per ``window_s`` (``None``: the limiter
+    has no requests limit to count it on)."""
     if not isinstance(quota, int) or quota < 1 or not window_s > 0:
         raise InvalidArgument(
             f"learned limit {quota!r} per {window_s!r} s: give a count >= 1 and a window > 0 s"
         )
     index = requests_limit_index(store.limits)
     if index is None:
-        return False
+        return None
     window_ticks = -(-round(window_s * 1e9) // (1_000_000_000 // TICKS_PER_S))  # rounded up
-    args: list[Any] = [
+    return [
         "l",
         "",
         TICKS_PER_S,
@@ -67,12 +80,65 @@ def share_server_limit(store: RedisLimitStore, quota: int, window_s: float) -> b
         window_ticks,
         index + 1,
     ]
-    if store._off_the_loop(args):  # on an event loop's thread: sent by a task, never waited
-        return True
+
+
+def share_server_limit(
+    store: RedisLimitStore,
+    quota: int,
+    window_s: float,
+    done: Callable[[Publication], object] | None = None,
+) -> Publication:
+    """Publish a server's announced ``quota`` requests per ``window_s`` under ``store``'s key:
+    from the next booking on, every process on the key keeps it, together. Never waits for an
+    unreachable store: each process still keeps the limit alone, as without a store.
+
+    Returns :attr:`Publication.PUBLISHED` once the store has it, ``UNREACHABLE`` when it did
+    not answer at once (publish it again later), ``NOT_SHARED`` when the limiter has no
+    requests limit. On an event loop's thread the round trip would hold every task of the
+    loop, so it is sent by a task of that loop and ``QUEUED`` is returned at once; ``done``
+    (if given) is then called with ``PUBLISHED`` or ``UNREACHABLE`` when the task knows
+    (never, if the loop closes first). ``done`` hears every other outcome at once too.
+    Awaiting callers use :func:`share_server_limit_async`, which never returns ``QUEUED``.
+
+    The newest announcement wins (a server that changes its policy is believed).
+
+    >>> from paceline.policy.rate import Rate
+    >>> store = RedisLimitStore("redis://127.0.0.1:1/0", "api",
+    ...                         [Limit(Rate.parse("tokens:9000/min"))])
+    >>> share_server_limit(store, 40, 2.0)   # no requests limit: no round trip either
+    <Publication.NOT_SHARED: 'not shared'>
+    """
+    args = _learned_args(store, quota, window_s)
+    outcome = Publication.NOT_SHARED
+    if args is not None:
+        told = None if done is None else (lambda answered: done(_answered(answered)))
+        if store._off_the_loop(args, told):  # on an event loop's thread: sent by a task
+            return Publication.QUEUED
+        outcome = Publication.UNREACHABLE
+        with contextlib.suppress(*store._transient()):
+            store.call(args, retry=False)
+            outcome = Publication.PUBLISHED
+    if done is not None:
+        done(outcome)
+    return outcome
+
+
+async def share_server_limit_async(
+    store: RedisLimitStore, quota: int, window_s: float
+) -> Publication:
+    """:func:`share_server_limit` awaited on the running event loop: ``PUBLISHED``,
+    ``UNREACHABLE`` or ``NOT_SHARED``, never ``QUEUED``."""
+    args = _learned_args(store, quota, window_s)
+    if args is None:
+        return Publication.NOT_SHARED
     with contextlib.suppress(*store._transient()):
-        store.call(args, retry=False)
-        return True
-    return False
+        await store.call_async(args, retry=False)
+        return Publication.PUBLISHED
+    return Publication.UNREACHABLE
+
+
+def _answered(answered: bool) -> Publication:
+    return Publication.PUBLISHED if answered else Publication.UNREACHABLE
 
 
 def shared_server_limit(store: RedisLimitStore) -> tuple[int, float] | None:

@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -281,6 +281,9 @@ class Booking:
     margin_ns: int
     slot_ns: int
     start_ns: int
+    # The slot on the server's clock (ticks): what benchmarks/redis_store.py's BENCH_DIAG
+    # compares a start with.
+    server_slot: int = 0
 
     @property
     def latest_ns(self) -> int:
@@ -392,6 +395,7 @@ class RedisLimitStore:
         self._server_clock = ServerClock()
         self._clock_lock = threading.Lock()
         self._margin_ns = START_MARGIN_NS
+        self._margin_due = False  # samples noted since the margin was last worked out
         self._first_left = self.first_grants  # grants still booked with first_margin_ns
         self._background: set[asyncio.Task[Any]] = set()  # round trips sent off the loop
         self._samples_seen = 0
@@ -543,7 +547,15 @@ class RedisLimitStore:
 
     @property
     def margin_ns(self) -> int:
-        """The margin J this client books with now (see :func:`best_margin_ns`)."""
+        """The margin J this client books with now (see :func:`best_margin_ns`), from the
+        lateness samples noted so far."""
+        if self._margin_due:
+            self._margin_due = False
+            window = min(lim.rate.window_ns for lim in self.limits)
+            margin = best_margin_ns(self._lates, window)
+            if self._samples_seen < _START_SAMPLES:
+                margin = max(margin, START_MARGIN_NS)
+            self._margin_ns = margin
         return self._margin_ns
 
     def _note_rtt(self, rtt_ns: int) -> None:
@@ -551,15 +563,13 @@ class RedisLimitStore:
 
     def note_lateness(self, late_ns: int) -> None:
         """Record how far past the earliest moment of its slot a grant was handed out (the
-        limiter calls it)."""
+        limiter calls it). Only noted: the margin is worked out from the samples when the
+        next booking reads it (:attr:`margin_ns`), not here, between a grant's check and its
+        start, where every microsecond of work is a chance for the thread to be preempted."""
         self._lates.append(max(late_ns, 0))
         self._samples_seen += 1
         if self._samples_seen <= 16 or self._samples_seen % 16 == 0:
-            window = min(lim.rate.window_ns for lim in self.limits)
-            margin = best_margin_ns(self._lates, window)
-            if self._samples_seen < _START_SAMPLES:
-                margin = max(margin, START_MARGIN_NS)
-            self._margin_ns = margin
+            self._margin_due = True
 
     # -- the script's arguments ------------------------------------------------------------
 
@@ -621,27 +631,30 @@ class RedisLimitStore:
         script = self._script
         if script is None:
             with self._lock:
-                if self._script is None:
+                script = self._script
+                if script is None:
                     import redis
                     import redis.cluster
 
                     kwargs = self._connect_kwargs()
-                    self._client = (
+                    # Held in a local: another thread's failed call may close() (and clear
+                    # self._client) while this one warms up (seen at a load of 12-17: an
+                    # AttributeError on None escaped from acquire()).
+                    client = (
                         redis.cluster.RedisCluster.from_url(_client_url(self.url), **kwargs)
                         if is_cluster_url(self.url)
                         else redis.Redis.from_url(self.url, **kwargs)
                     )
-                    self._warm_up()
+                    self._client = client
+                    self._warm_up(client)
                     # A Script object re-loads itself on NOSCRIPT (a restart or failover empties
                     # the script cache; a bare EVALSHA would fail forever).
-                    self._script = self._client.register_script(LUA)
-                script = self._script
+                    script = self._script = client.register_script(LUA)
         return script
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, client: Any) -> None:
         """Load the script and time a few round trips before the first booking: its margin
         comes from them, and a first call that also connects and loads would be late."""
-        client = self._client
         if is_cluster_url(self.url):
             # A cluster: the script loaded on every master, the clock read on the node that
             # holds the key's slot (the script reads that node's clock; the masters' clocks
@@ -876,7 +889,7 @@ class RedisLimitStore:
         process's first ``first_grants`` bookings (capped so that no booking's margin, with
         the limits' own, exceeds :data:`MAX_MARGIN_NS`). A try (``book=False``, which may be
         refused) gets the same margin but uses up none of the first grants."""
-        margin = self._margin_ns
+        margin = self.margin_ns
         if self._first_left <= 0 or self.first_margin_ns <= 0:
             return margin
         with self._clock_lock:
@@ -922,6 +935,7 @@ class RedisLimitStore:
             self._margin_ns,
             slot_ns=slot_server_ns - high,
             start_ns=slot_server_ns - low,
+            server_slot=reply[1] + reply[0],
         )
 
     def reserve(
@@ -969,7 +983,7 @@ class RedisLimitStore:
             args += [id_, reserved, used]
         return args
 
-    def _off_the_loop(self, args: list[Any]) -> bool:
+    def _off_the_loop(self, args: list[Any], done: Callable[[bool], object] | None = None) -> bool:
         """Send one fire-and-forget script call (``retry=False``) as a task of the event loop
         running in this thread, if one runs; ``False`` when none does (the caller then makes
         the round trip itself, blocking). Sync code called from a coroutine (an HTTP face's
@@ -978,15 +992,20 @@ class RedisLimitStore:
         (2 s) when Redis hangs. The call is sent once, as the blocking one is: a call the loop
         never finishes (it closed first) leaves the store as a lost reply would, and every
         such call errs on the strict side (a booking not corrected stays charged, a pause
-        not shared holds this process only)."""
+        not shared holds this process only). ``done``, if given, is called by the task with
+        whether the store answered (never, if the loop closes first)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
 
         async def send() -> None:
+            answered = False
             with contextlib.suppress(*self._transient()):
                 await self.call_async(args, retry=False)
+                answered = True
+            if done is not None:
+                done(answered)
 
         task = loop.create_task(send())
         self._background.add(task)  # held until done: the loop keeps weak references only
@@ -1085,12 +1104,21 @@ class RedisLimitStore:
         why = why[len(said) :] if why.startswith(said) else why
         return [*args, redact_text(why)[:300]]
 
-    def share_server_limit(self, quota: int, window_s: float) -> bool:
+    def share_server_limit(
+        self, quota: int, window_s: float, done: Callable[[Any], object] | None = None
+    ) -> Any:
         """Every process on this key keeps a quota a server announced to this one, together
-        (:func:`paceline._ratestore.learned.share_server_limit`)."""
+        (:func:`paceline._ratestore.learned.share_server_limit`: returns a
+        :class:`~paceline._ratestore.learned.Publication`)."""
         from paceline._ratestore.learned import share_server_limit
 
-        return share_server_limit(self, quota, window_s)
+        return share_server_limit(self, quota, window_s, done)
+
+    async def share_server_limit_async(self, quota: int, window_s: float) -> Any:
+        """:meth:`share_server_limit` on the running event loop, awaited (never ``QUEUED``)."""
+        from paceline._ratestore.learned import share_server_limit_async
+
+        return await share_server_limit_async(self, quota, window_s)
 
     def adaptive_share(self, server: str) -> Any:
         """The :class:`~paceline._ratestore.learned.AdaptiveShare` of ``server``'s adaptive

@@ -9,6 +9,7 @@ from itertools import takewhile
 
 from paceline._clock import SYSTEM_CLOCK, Clock
 from paceline._limiter import Grant, RateLimiter
+from paceline._ratestore.learned import Publication
 from paceline.errors import InvalidArgument, InvalidArgumentType
 from paceline.policy.adaptive import AdaptiveController
 from paceline.policy.arrival import ArrivalLimit
@@ -24,6 +25,10 @@ _WEIGHT: ContextVar[int] = ContextVar("paceline_http_weight", default=1)
 # takes them out of what is in flight.
 _UNITS: ContextVar[_ServerGrant | None] = ContextVar("paceline_http_units", default=None)
 
+# A learned policy the shared store did not take (unreachable) is sent again with a later
+# answer, at most once a second: an outage costs one failed round trip a second, not one per
+# answer, and a store that is back holds it within a second of its next answer.
+_SHARE_AGAIN_NS = NS_PER_S
 # Answers remembered for a policy that may be announced later (its window is not known yet).
 _ANSWERS_KEPT = 100_000
 
@@ -88,6 +93,11 @@ class ServerLimits:
         self.controller = controller
         self.learned: ArrivalLimit | None = None
         self.policy: tuple[int, float] | None = None
+        # The policy the user's shared store confirmed it holds for every process on its key
+        # (None: not yet), and when it was last sent (a failed try is repeated on a later
+        # answer, at most once per _SHARE_AGAIN_NS).
+        self.shared_policy: tuple[int, float] | None = None
+        self._shared_try_ns: int | None = None
         self.budget = 0  # requests the server still takes before ``budget_until_ns`` (no policy)
         self.budget_until_ns = 0
         self.in_flight = 0  # granted and not yet answered
@@ -311,6 +321,7 @@ class ServerLimits:
             policy = (signals.quota, float(signals.window_s))
             if policy != self.policy:
                 self.policy = policy
+                self._shared_try_ns = None  # a new policy is published at once
                 limit = ArrivalLimit(policy[0], round(policy[1] * NS_PER_S))
                 # What was sent before the policy was known counts too: the requests in flight
                 # (``in_flight``) and those answered within the window.
@@ -321,13 +332,33 @@ class ServerLimits:
                 self.budget_until_ns = 0  # the policy supersedes the last answer's budget
                 if self.controller is not None:
                     self.controller.quota_announced(self._now())
-                store = None if self.user is None else self.user.store
-                if store is not None:  # the key's quota: every process keeps it together
-                    store.share_server_limit(policy[0], policy[1])
+            self._share_policy()
         # With the policy known the limit already keeps to it; "0 remaining" is then the
         # expected state at a full window, and its reset is rounded to whole seconds.
         if self.learned is None:
             self._note_budget(signals)
+
+    def _share_policy(self) -> None:
+        """Publish the learned policy on the user's shared store (the key's quota: every
+        process on it keeps it together) until the store confirms it; on an event loop the
+        round trip goes as a task of the loop, which reports back when it is answered."""
+        store = None if self.user is None else self.user.store
+        policy = self.policy
+        if store is None or policy is None or self.shared_policy == policy:
+            return
+        now = self._now()
+        if self._shared_try_ns is not None and now - self._shared_try_ns < _SHARE_AGAIN_NS:
+            return
+        self._shared_try_ns = now
+
+        def done(outcome: Publication) -> None:
+            if outcome is Publication.UNREACHABLE:
+                return  # this process keeps it alone; tried again on a later answer
+            if self.policy == policy:  # published, or nothing to publish it on
+                self.shared_policy = policy
+                self._shared_try_ns = None
+
+        store.share_server_limit(policy[0], policy[1], done)
 
     def _learn_units(self, signals: ServerSignals) -> None:
         """Token headers: each unit's limit and remaining count teach its bucket. A unit is

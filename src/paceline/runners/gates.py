@@ -93,6 +93,16 @@ def sync_acquirer(limiter: object | None) -> Callable[[int], Any] | None:
     return acquire  # type: ignore[no-any-return]
 
 
+def start_rechecker(limiter: object | None) -> Callable[[int], int] | None:
+    """The check a worker makes right before an attempt whose grant another thread (the
+    dispatcher) took: :meth:`RateLimiter._recheck`, for a limiter on a shared store (its
+    grants must start within a margin of their slot, and a worker woken late would start
+    after it); ``None`` for every other limiter (nothing to check)."""
+    if isinstance(limiter, RateLimiter) and limiter.store is not None:
+        return limiter._recheck
+    return None
+
+
 # A lease covers starts within this long of being taken. Its permits are stamped at the end of
 # the hold, so each may occupy its place in the window up to this much longer than needed:
 # at most 1 ms per window of 1 s (0.1 %) of capacity, and only while the limit is not binding.

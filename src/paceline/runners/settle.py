@@ -189,6 +189,7 @@ class Job(Generic[K]):
         "attempt",
         "batch_id",
         "grant",
+        "granted_ns",
         "history",
         "index",
         "item",
@@ -205,6 +206,8 @@ class Job(Generic[K]):
         self.batch_id = batch_id  # with key (or index): its stable key (runners/identity.py)
         self.lane: Any = None  # the runner's lane for it, when the batch has lanes
         self.grant: Any = None  # the Grant of its attempt in flight, with costs (RunOptions)
+        # its attempt's grant time, when the thread that starts it must check it again
+        self.granted_ns: int | None = None
         self.attempt = 1
         self.throttles = 0  # of its attempts so far, those throttled (they spend no budget)
         self.history: list[Attempt] | None = None

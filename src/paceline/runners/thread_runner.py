@@ -42,6 +42,7 @@ from paceline.runners.gates import (
     server_pause_for,
     share_pause,
     shared_limiter_of,
+    start_rechecker,
     sync_acquirer,
 )
 from paceline.runners.identity import CURRENT
@@ -143,6 +144,7 @@ class _Dispatch(Generic[K, T, R]):
         self.next_index = 0
         self._attempt_id = 0
         self.in_flight = 0  # jobs handed to workers and not yet answered (busy workers)
+        self._recheck = start_rechecker(self.options.limiter)
         self.deadline_ns = (
             _monotonic_ns() + round(self.options.deadline_s * NS_PER_S)
             if self.options.deadline_s is not None
@@ -266,10 +268,12 @@ class _Dispatch(Generic[K, T, R]):
                         weight = weigh(job.item) if weigh is not None else 1
                         if weight != 1 or lease is None or not lease.take():
                             if self.signals is None:
-                                acquire(weight)
+                                granted = acquire(weight)
                             else:
                                 with self.signals.waiting():
-                                    acquire(weight)
+                                    granted = acquire(weight)
+                            if self._recheck is not None:  # the worker checks it again
+                                job.granted_ns = granted
                     self._collect_ready()
                     self._check_signals()
                     if state.stopped or self._past_deadline():
@@ -564,6 +568,13 @@ class _Dispatch(Generic[K, T, R]):
             if self.halting:
                 put(_Skipped(job_id))
                 continue
+            if job.granted_ns is not None:
+                # A shared store's grant, taken by the dispatcher: checked again here, right
+                # before the call (a worker woken late, by up to 0.3 s on a loaded 2-core
+                # machine, would start after its slot's margin: it books again instead).
+                assert self._recheck is not None
+                self._recheck(job.granted_ns)
+                job.granted_ns = None
             started = _monotonic_ns() if timed else 0
             # The item's stable key (runners/identity.py): this thread's own context, so no
             # reset is needed after.

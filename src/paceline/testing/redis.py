@@ -127,9 +127,12 @@ class RedisServer:
 
 class RedisClusterServers:
     """A Redis Cluster of ``masters`` (3 by default) ``redis-server`` masters on free loopback
-    ports, no replicas, the 16,384 slots split evenly.
+    ports, each with ``replicas`` replicas (none by default), the 16,384 slots split evenly
+    among the masters.
     ``url`` is the ``redis+cluster://`` URL of its first node (a client learns the others
-    from it); ``nodes`` are the servers, ``ports`` their ports.
+    from it); ``nodes`` are the servers (the masters first), ``ports`` their ports.
+    :meth:`failover` promotes a replica in place of its master, as ``CLUSTER FAILOVER`` does
+    in production.
 
     Needs ``redis-server`` and ``redis-cli`` (Debian: ``apt-get install redis-server``)::
 
@@ -137,10 +140,12 @@ class RedisClusterServers:
             limiter = RateLimiter.from_rates("50/s", store=cluster.url, key="t")
     """
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
         # 3 masters: the fewest a Redis Cluster is usually built with (and what the tests
         # need: a key's slot on one node, MOVED answers from the others).
-        self.bus_ports = [free_port() for _ in range(masters)]
+        self.masters = masters
+        count = masters * (1 + replicas)
+        self.bus_ports = [free_port() for _ in range(count)]
         self.nodes = [
             RedisServer(
                 extra_config=(
@@ -151,6 +156,9 @@ class RedisClusterServers:
                     # 2 s: a node that stops answering is marked failed quickly in a test,
                     # far above any loopback round trip.
                     "cluster-node-timeout 2000\n"
+                    # A replica's first sync at once (Redis waits 5 s by default for more
+                    # replicas to share one transfer).
+                    "repl-diskless-sync-delay 0\n"
                 )
             )
             for bus in self.bus_ports
@@ -158,40 +166,98 @@ class RedisClusterServers:
         self.ports = [node.port for node in self.nodes]
         self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
-    def start(self) -> RedisClusterServers:
-        """Start the nodes, join them into one cluster (what ``redis-cli`` does to create one
-        without replicas: each master takes a range of slots, the first meets the others) and
-        wait until every node reports ``cluster_state:ok`` (at most 20 s)."""
+    def cli(self, port: int, *args: str) -> str:
+        """Run ``redis-cli -p port args...`` and return its output."""
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        return subprocess.run(
+            [cli, "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
 
-        def run(port: int, *args: str) -> str:
-            return subprocess.run(
-                [cli, "-p", str(port), *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout
-
+    def start(self) -> RedisClusterServers:
+        """Start the nodes, join them into one cluster (what ``redis-cli`` does to create one:
+        each master takes a range of slots, the first meets the others, each replica follows
+        its master) and wait until every node reports ``cluster_state:ok`` and every replica
+        is in sync (at most 20 s)."""
+        run = self.cli
         try:
             for node in self.nodes:
                 node.start()
             slots = 16384
-            for i, port in enumerate(self.ports):
-                lo, hi = i * slots // len(self.ports), (i + 1) * slots // len(self.ports) - 1
+            masters = self.ports[: self.masters]
+            for i, port in enumerate(masters):
+                lo, hi = i * slots // len(masters), (i + 1) * slots // len(masters) - 1
                 run(port, "cluster", "addslotsrange", str(lo), str(hi))
             for port, bus in zip(self.ports[1:], self.bus_ports[1:], strict=True):
                 run(self.ports[0], "cluster", "meet", "127.0.0.1", str(port), str(bus))
             deadline = time.monotonic() + 20
+            ids = {port: run(port, "cluster", "myid").strip() for port in masters}
+            for i, port in enumerate(self.ports[self.masters :]):
+                master = masters[i % self.masters]
+                # A replica must know its master first (the MEET spreads by gossip).
+                while ids[master] not in run(port, "cluster", "nodes"):
+                    if time.monotonic() > deadline:
+                        raise InvalidState(f"node {port} did not learn of {master} within 20 s")
+                    time.sleep(0.05)
+                run(port, "cluster", "replicate", ids[master])
             while time.monotonic() < deadline:
-                states = [run(p, "cluster", "info") for p in self.ports]
-                if all("cluster_state:ok" in state for state in states):
+                if all(self._ready(p) for p in self.ports):
                     return self
                 time.sleep(0.05)
             raise InvalidState("the redis cluster did not reach cluster_state:ok within 20 s")
         except BaseException:
             self.stop()
             raise
+
+    def _ready(self, port: int) -> bool:
+        if "cluster_state:ok" not in self.cli(port, "cluster", "info"):
+            return False
+        replication = self.cli(port, "info", "replication")
+        return "role:master" in replication or "master_link_status:up" in replication
+
+    def _seen_as_master(self, port: int, node_port: int) -> bool:
+        """Whether the node on ``port`` sees the one on ``node_port`` as a master."""
+        for row in self.cli(port, "cluster", "nodes").splitlines():
+            fields = row.split(" ")
+            if fields[1].split("@")[0].endswith(f":{node_port}"):
+                return "master" in fields[2]
+        return False
+
+    def master_of(self, slot: int) -> int:
+        """The port of the master that serves ``slot`` now."""
+        for row in self.cli(self.ports[0], "cluster", "nodes").splitlines():
+            _, addr, flags, *_, ranges = row.split(" ", 8)
+            for part in ranges.split():
+                lo, _, hi = part.partition("-")
+                if "master" in flags and lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return int(addr.split(":")[1].split("@")[0])
+        raise InvalidState(f"no master serves slot {slot}")
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """The ports of ``master_port``'s replicas."""
+        master_id = self.cli(master_port, "cluster", "myid").strip()
+        return [
+            int(row.split(" ")[1].split(":")[1].split("@")[0])
+            for row in self.cli(master_port, "cluster", "nodes").splitlines()
+            if row.split(" ")[3] == master_id and "slave" in row.split(" ")[2]
+        ]
+
+    def failover(self, replica_port: int, timeout_s: float = 10.0) -> None:
+        """``CLUSTER FAILOVER`` on a replica: it catches up with its master, which pauses its
+        clients meanwhile, and takes its slots (the master becomes its replica). Returns when
+        every node sees the replica as a master and the cluster is ok again."""
+        self.cli(replica_port, "cluster", "failover")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "role:master" in self.cli(replica_port, "info", "replication") and all(
+                self._ready(p) and self._seen_as_master(p, replica_port) for p in self.ports
+            ):
+                return
+            time.sleep(0.02)
+        raise InvalidState(f"the failover to {replica_port} did not finish in {timeout_s:g} s")
 
     def stop(self) -> None:
         """Stop every node and remove their directories."""
