@@ -1042,9 +1042,14 @@ def test_a_bucket_that_sends_retry_after_is_told_from_a_window_and_its_rate_lear
     rate = 18 * S / (30 * interval_ns - 12 * MS)  # 29.36/s
     assert c._ceilings == [pytest.approx(rate)]
     assert c.rate_per_s == pytest.approx(rate * 0.97)
-    assert [what for _, what, _ in c.events][-3:] == ["pause", "bucket", "rate"]
+    assert [what for _, what, _ in c.events][-4:] == ["pause", "bucket", "resume", "rate"]
     assert c.cuts == 1  # the test's refusal is no cut
-    # its refusals still in flight are no cuts either
+    # Its Retry-After (1 s, whole seconds) is cut short: a bucket of burst 12 (the first
+    # burst) refilled at the rate found is full again 12 / rate later.
+    refused_at = refused.sent_ns + 10 * MS
+    resume_ns = refused_at + round(12 * S / rate)
+    assert c.pause_until_ns == resume_ns
+    # its refusals still in flight are no cuts either, nor longer pauses
     epoch = c.epoch
     late = Ticket(
         sent_ns=refused.sent_ns + MS,
@@ -1056,6 +1061,7 @@ def test_a_bucket_that_sends_retry_after_is_told_from_a_window_and_its_rate_lear
     c.finished(refused.sent_ns + 12 * MS, late, Outcome.THROTTLE, retry_after_s=1.0)
     assert c.rate_per_s == pytest.approx(rate * 0.97)
     assert c.cuts == 1
+    assert c.pause_until_ns == resume_ns
     # and it paces at that rate from the end of the pause
     assert not c.decide(c.pause_until_ns - 1, 0).go
     assert c.decide(c.pause_until_ns, 0).go
@@ -1064,13 +1070,76 @@ def test_a_bucket_that_sends_retry_after_is_told_from_a_window_and_its_rate_lear
 def test_a_window_takes_no_more_than_it_did_and_keeps_its_hand_over_rate():
     c = controller(initial_concurrency=8)
     _first_burst_refused_with_retry_after(c)
-    _run_test_stage(c, taken=12)  # the same 12 again: a window of 12/s
+    refused = _run_test_stage(c, taken=12)  # the same 12 again: a window of 12/s
     assert c._ceilings == [pytest.approx(12.0)]
     assert c.rate_per_s == pytest.approx(12 * 0.97)
-    assert [what for _, what, _ in c.events][-3:] == ["pause", "window", "rate"]
+    assert [what for _, what, _ in c.events][-4:] == ["pause", "window", "resume", "rate"]
+    # Its Retry-After said 1 s from the refusal (answered at 1,282 ms: 12 sends 20.833 ms
+    # apart from 1,022 ms, and 10 ms); the window frees the test's first slot a second after
+    # it took it, no later than its answer (1,032 ms): the batch resumes then, 1 s and 2 %.
+    assert refused.sent_ns == 1022 * MS + 12 * round(S / 48)
+    assert c.pause_until_ns == 1032 * MS + 1020 * MS
+    assert c.pause_until_ns < refused.sent_ns + 10 * MS + S
     assert c._test_pace_per_s is None  # and once per batch:
     assert c._tested
     assert c.learned
+
+
+def test_a_refusal_after_resuming_early_waits_out_the_tests_retry_after_without_a_cut():
+    # A fixed window turns over at its own boundary, not a second after the test's first
+    # success: the first attempt after the early resume goes alone, and its refusal pauses
+    # until the test's refusal's Retry-After would have ended (~2,282 ms), not a whole second
+    # from now; no cut. Once: the next refusal is obeyed in full.
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    refused = _run_test_stage(c, taken=12)
+    retry_after_ends = refused.sent_ns + 10 * MS + S
+    resume_ns, rate, cuts = c.pause_until_ns, c.rate_per_s, c.cuts
+    assert resume_ns == 2052 * MS
+    early = c.started(resume_ns, 0, False)
+    assert c.decide(resume_ns + MS, 1).slot  # alone, until one gets through
+    c.finished(resume_ns + 10 * MS, early, Outcome.THROTTLE, retry_after_s=1.0)
+    assert c.pause_until_ns == retry_after_ends
+    assert (c.rate_per_s, c.cuts) == (rate, cuts)
+    assert [what for _, what, _ in c.events][-1] == "resumed too soon"
+    again = c.started(retry_after_ends, 0, False)
+    c.finished(retry_after_ends + 10 * MS, again, Outcome.THROTTLE, retry_after_s=1.0)
+    assert c.pause_until_ns == retry_after_ends + 10 * MS + S
+
+
+def test_the_first_attempt_after_resuming_early_that_gets_through_lets_the_rest_go():
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    _run_test_stage(c, taken=12)
+    now = c.pause_until_ns
+    assert not c.decide(now - 1, 0).go
+    first = c.started(now, 0, False)
+    assert c.decide(now + MS, 1).slot
+    c.finished(now + 10 * MS, first, Outcome.SUCCESS)
+    assert not c._one_at_a_time
+
+
+def test_the_tests_pacer_catches_up_after_late_timers():
+    # 10 ms late wake-ups slowed a 400/s test (2.5 ms apart) to ~130/s, and a fixed window
+    # turned over while it was being filled (taken for a bucket): the test's missed slots go
+    # at once, up to 50 ms back, never into the pause before it.
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    start = c.pause_until_ns
+    interval_ns = round(S / 48)
+    first = c.started(start, 0, False)  # the test's first send, at the pause's end
+    c.finished(start + 10 * MS, first, Outcome.SUCCESS)
+    late = start + interval_ns + 30 * MS  # its next wake-up, 30 ms late
+    assert c.decide(late, 0).go
+    c.finished(late, c.started(late, 0, True), Outcome.SUCCESS)
+    went = 0
+    while c.decide(late, 0).go:  # the slots missed go now
+        c.finished(late, c.started(late, 0, False), Outcome.SUCCESS)
+        went += 1
+    # the slots at 20.8 and 41.7 ms both went at 50.8 ms (one interval of catch-up only: the
+    # second would wait for 71.7 ms), the next is at 62.5 ms
+    assert went == 1
+    assert c._tat_ns == start + 3 * interval_ns
 
 
 def test_a_test_stage_that_is_never_refused_doubles_the_pace():
@@ -1159,9 +1228,22 @@ def test_a_window_that_takes_no_more_than_at_first_is_never_taken_for_a_bucket(f
     c.finished(first * MS + 10 * MS, refused, Outcome.THROTTLE, retry_after_s=1.0)
     handed_over = c.rate_per_s
     assert handed_over == pytest.approx(first * 0.97)
-    _run_test_stage(c, taken=max(0, first - short_of_it))
+    taken = max(0, first - short_of_it)
+    refused = _run_test_stage(c, taken=taken)
     assert c.rate_per_s == handed_over
-    assert [what for _, what, _ in c.events][-2:] == ["window", "rate"]
+    events = [what for _, what, _ in c.events]
+    # and it resumes when the test's first slot frees, if that comes after the refusal and
+    # before its Retry-After ends; otherwise when the Retry-After ends
+    refused_at = refused.sent_ns + 10 * MS
+    retry_after_ends = refused_at + S
+    resumed = False
+    if taken:
+        (first_sent, _), *_ = c._test_stages
+        first_slot_frees = first_sent + 10 * MS + 1020 * MS
+        resumed = refused_at < first_slot_frees < retry_after_ends
+    assert c.pause_until_ns == (first_slot_frees if resumed else retry_after_ends)
+    expected = ["window", "resume", "rate"] if resumed else ["window", "rate"]
+    assert events[-len(expected) :] == expected
 
 
 def _learned_window_without_retry_after(quota: int = 100) -> tuple[AdaptiveController, int]:
