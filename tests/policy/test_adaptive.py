@@ -996,17 +996,18 @@ def test_answers_in_flight_at_a_first_smoothing_are_not_added():
 # Bucket or window (issue 11): a first Retry-After cut of the unpaced start is tested.
 
 
-def _first_burst_refused_with_retry_after(c: AdaptiveController) -> None:
-    """12 taken, sent 1 ms apart and answered 10 ms later; the 13th, sent at 12 ms, refused
-    at 22 ms with Retry-After: 1 (a window of 12/s and a bucket of burst ~12 look the same)."""
+def _first_burst_refused_with_retry_after(c: AdaptiveController, rtt_ns: int = 10 * MS) -> None:
+    """12 taken, sent 1 ms apart and answered 10 ms (``rtt_ns``) later; the 13th, sent at
+    12 ms, refused at 22 ms with Retry-After: 1 (a window of 12/s and a bucket of burst ~12
+    look the same)."""
     for i in range(12):
-        c.finished(i * MS + 10 * MS, c.started(i * MS, 0, False), Outcome.SUCCESS)
-    c.finished(22 * MS, c.started(12 * MS, 0, False), Outcome.THROTTLE, retry_after_s=1.0)
+        c.finished(i * MS + rtt_ns, c.started(i * MS, 0, False), Outcome.SUCCESS)
+    c.finished(12 * MS + rtt_ns, c.started(12 * MS, 0, False), Outcome.THROTTLE, retry_after_s=1.0)
 
 
-def _run_test_stage(c: AdaptiveController, taken: int) -> Ticket:
-    """Send as the controller lets, each answered 10 ms later: the first ``taken`` are taken,
-    the next refused. Returns the refused attempt."""
+def _run_test_stage(c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS) -> Ticket:
+    """Send as the controller lets, each answered 10 ms (``rtt_ns``) later: the first
+    ``taken`` are taken, the next refused. Returns the refused attempt."""
     now = c.pause_until_ns
     waited = False
     for n in range(taken + 1):
@@ -1017,12 +1018,12 @@ def _run_test_stage(c: AdaptiveController, taken: int) -> Ticket:
         assert ticket.rate_test
         refused = n == taken
         c.finished(
-            now + 10 * MS,
+            now + rtt_ns,
             ticket,
             Outcome.THROTTLE if refused else Outcome.SUCCESS,
             retry_after_s=1.0 if refused else None,
         )
-        now += 10 * MS
+        now += rtt_ns
     return ticket
 
 
@@ -1073,13 +1074,33 @@ def test_a_window_takes_no_more_than_it_did_and_keeps_its_hand_over_rate():
     refused = _run_test_stage(c, taken=12)  # the same 12 again: a window of 12/s
     assert c._ceilings == [pytest.approx(12.0)]
     assert c.rate_per_s == pytest.approx(12 * 0.97)
-    assert [what for _, what, _ in c.events][-4:] == ["pause", "window", "resume", "rate"]
+    events = [what for _, what, _ in c.events]
+    assert events[-5:] == ["pause", "window", "window slots", "resume", "rate"]
     # Its Retry-After said 1 s from the refusal (answered at 1,282 ms: 12 sends 20.833 ms
-    # apart from 1,022 ms, and 10 ms); the window frees the test's first slot a second after
-    # it took it, no later than its answer (1,032 ms): the batch resumes then, 1 s and 2 %.
+    # apart from 1,022 ms, and 10 ms). Over a 10 ms round trip its 12 slots are kept from
+    # here, each free 1.01 s after its answer: the batch resumes when the test's first frees.
     assert refused.sent_ns == 1022 * MS + 12 * round(S / 48)
-    assert c.pause_until_ns == 1032 * MS + 1020 * MS
+    assert c._slots is not None
+    assert c._slots.quota == 12
+    assert c.pause_until_ns == 1032 * MS + 1010 * MS
     assert c.pause_until_ns < refused.sent_ns + 10 * MS + S
+
+
+def test_a_window_over_a_long_round_trip_is_paced_and_resumed_a_second_after_the_test():
+    # 30 ms away even pacing at 0.97 wastes less than slots held a round trip longer: none;
+    # the window frees the test's first slot a second after it took it, no later than its
+    # answer: the batch resumes then, 1 s and 2 %, not a second after the refusal.
+    rtt = 30 * MS
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c, rtt_ns=rtt)
+    refused = _run_test_stage(c, taken=12, rtt_ns=rtt)
+    assert c.rate_per_s == pytest.approx(12 * 0.97)
+    assert [what for _, what, _ in c.events][-4:] == ["pause", "window", "resume", "rate"]
+    assert c._slots is None
+    (first_sent, _), *_ = c._test_stages
+    assert first_sent == 1042 * MS  # the first pause's end
+    assert c.pause_until_ns == first_sent + rtt + 1020 * MS
+    assert c.pause_until_ns < refused.sent_ns + rtt + S
     assert c._test_pace_per_s is None  # and once per batch:
     assert c._tested
     assert c.learned
@@ -1095,13 +1116,15 @@ def test_a_refusal_after_resuming_early_waits_out_the_tests_retry_after_without_
     refused = _run_test_stage(c, taken=12)
     retry_after_ends = refused.sent_ns + 10 * MS + S
     resume_ns, rate, cuts = c.pause_until_ns, c.rate_per_s, c.cuts
-    assert resume_ns == 2052 * MS
+    assert resume_ns == 2042 * MS  # the window's slots: its first frees (above)
     early = c.started(resume_ns, 0, False)
     assert c.decide(resume_ns + MS, 1).slot  # alone, until one gets through
     c.finished(resume_ns + 10 * MS, early, Outcome.THROTTLE, retry_after_s=1.0)
     assert c.pause_until_ns == retry_after_ends
     assert (c.rate_per_s, c.cuts) == (rate, cuts)
-    assert [what for _, what, _ in c.events][-1] == "resumed too soon"
+    # and the slots are off: the window is longer than kept (or shared): paced again
+    assert [what for _, what, _ in c.events][-2:] == ["resumed too soon", "window slots off"]
+    assert c._slots is None
     again = c.started(retry_after_ends, 0, False)
     c.finished(retry_after_ends + 10 * MS, again, Outcome.THROTTLE, retry_after_s=1.0)
     assert c.pause_until_ns == retry_after_ends + 10 * MS + S
@@ -1203,6 +1226,43 @@ def test_one_second_windows_with_retry_after_cost_the_test_about_a_percent(
     assert [what for _, what, _ in c.events].count("window") == 1
 
 
+@pytest.mark.parametrize(
+    ("server", "least"),
+    [
+        (lambda: QuotaServer(20, 1.0, True), 0.98),
+        (lambda: QuotaServer(250, 1.0, True), 0.96),
+        (lambda: FixedWindowServer(100, 1.0, True, 0.3), 0.98),
+    ],
+    ids=["20/s", "250/s", "fixed 100/s"],
+)
+def test_a_window_confirmed_over_a_short_round_trip_is_kept_as_slots(server, least):
+    # 4 ms away with timers up to 5 ms late: each slot taken again 1.01 s after its answer
+    # (paced at 0.97 N/W before: 0.96-0.97 of these quotas, this seed)
+    result, c = simulate(server(), 25, latency_s=0.004, wake_jitter_s=0.005, connect_s=0.03)
+    events = [what for _, what, _ in c.events]
+    assert events.count("window slots") == 1
+    assert "window slots off" not in events
+    assert result.accepted / (result.max_in_window * 25) >= least
+    assert result.max_in_window == server().quota
+    assert result.throttled_fraction <= 0.02
+
+
+def test_no_slots_for_a_bucket_the_test_took_for_a_window_nor_a_window_that_is_longer():
+    # A bucket of 20/s with burst 5 took 5 at first and then 20 a second: kept as 5 slots a
+    # second it got 0.25 of its rate. A window of 1.03 s refuses the first slot kept a
+    # second after its answer: paced again (at the rate handed over), once.
+    bucket = TokenBucketServer(20, 5, retry_after=True)
+    _, c = simulate(bucket, 10, latency_s=0.004, connect_s=0.03, send_jitter_s=0.002)
+    events = [what for _, what, _ in c.events]
+    assert "window" in events
+    assert "window slots" not in events
+    result, c = simulate(QuotaServer(100, 1.03, True), 25, latency_s=0.004, connect_s=0.03)
+    events = [what for _, what, _ in c.events]
+    assert events.count("window slots off") == 1
+    assert c._slots is None
+    assert result.accepted / (100 / 1.03 * 25) >= 0.88
+
+
 def test_a_503_while_testing_abandons_the_test_and_cuts_as_usual():
     c = controller(initial_concurrency=8)
     _first_burst_refused_with_retry_after(c)
@@ -1232,18 +1292,18 @@ def test_a_window_that_takes_no_more_than_at_first_is_never_taken_for_a_bucket(f
     refused = _run_test_stage(c, taken=taken)
     assert c.rate_per_s == handed_over
     events = [what for _, what, _ in c.events]
-    # and it resumes when the test's first slot frees, if that comes after the refusal and
-    # before its Retry-After ends; otherwise when the Retry-After ends
+    assert "window" in events[events.index("rate test") :]
+    # It resumes after the refusal, no later than its Retry-After says, and no sooner than
+    # a second after the test's first success was answered (the window's first slot frees).
     refused_at = refused.sent_ns + 10 * MS
-    retry_after_ends = refused_at + S
-    resumed = False
+    assert refused_at <= c.pause_until_ns <= refused_at + S
     if taken:
         (first_sent, _), *_ = c._test_stages
-        first_slot_frees = first_sent + 10 * MS + 1020 * MS
-        resumed = refused_at < first_slot_frees < retry_after_ends
-    assert c.pause_until_ns == (first_slot_frees if resumed else retry_after_ends)
-    expected = ["window", "resume", "rate"] if resumed else ["window", "rate"]
-    assert events[-len(expected) :] == expected
+        assert c.pause_until_ns >= first_sent + 10 * MS + S
+    slots = c._slots
+    if slots is not None:  # kept from here: no more than taken again, a second after each
+        assert slots.quota <= taken
+        assert slots.wait_ns(c.pause_until_ns) == 0
 
 
 def _learned_window_without_retry_after(quota: int = 100) -> tuple[AdaptiveController, int]:
