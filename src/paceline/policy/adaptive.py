@@ -22,6 +22,8 @@ Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Ad
    would only collect 429s before the probe starts.
 5. **rate** — an even pacer (interval 1/R). There is none until the first throttle. Against a
    learned window without ``Retry-After``, missed slots are caught up (``_WINDOW_CATCH_UP_S``).
+   Against a window the bucket-or-window test confirmed over a short round trip, its slots
+   instead: N, each free again a second after its answer (``_WINDOW_SLOTS_SLACK_S``).
 
 Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
 a raised ``Throttled``: a quota), ``OVERLOAD`` (503: cut whichever gate was binding),
@@ -51,7 +53,8 @@ A first cut of the unpaced start with ``Retry-After`` (a pause of a second at mo
 followed by one *bucket-or-window test* (docs/design.md, 'Bucket or window'): after the pause,
 send at 4x that ceiling until refused; a window takes no more than it took at first, a token
 bucket takes more, and its rate is learned from what each stage took (see
-``_RATE_TEST_FACTOR``).
+``_RATE_TEST_FACTOR``). Its refusal's whole-second ``Retry-After`` is cut short when the test
+tells when the server has room again (``_resume_after_test``).
 
 Increases happen only when a gate was binding for that attempt (otherwise the limit inflates
 during idle stretches and floods later). One cut per congestion event: throttles of attempts
