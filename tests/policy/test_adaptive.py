@@ -810,14 +810,18 @@ def test_a_round_window_is_probed_from_the_first_successs_answer_not_its_start()
     # ms after it starts. Timed from its start, the 1 s probe went at 1.02 s, 44 ms before the
     # window freed; the next at 1.545 s, and the third probe found a "long window" of 1.5 s:
     # 0.64 of a 20/s quota for the rest of the batch. From its answer (64 ms), it goes at
-    # 1.084 s, gets through on the second probe, and the smoothed 20/s stands.
+    # 1.084 s, gets through on the second probe, and the smoothed 20/s stands. A window of
+    # a second, then: its 20 slots are kept from here, each free 1.01 s after its answer.
     c = controller(initial_concurrency=20)
     probes = fill_a_1_s_window_then_probe(c, lost=set())
     assert probes == [690 * MS, 1084 * MS]
-    assert [what for _, what, _ in c.events] == ["smooth", "probe", "probe", "probe-ok"]
+    events = [what for _, what, _ in c.events]
+    assert events == ["smooth", "probe", "probe", "window slots", "probe-ok"]
     assert c.rate_per_s == 20.0
-    assert not c.learned
-    assert c._window_ns is None
+    assert c._window_ns is None  # no long window
+    assert c._slots is not None
+    assert c._slots.quota == 20
+    assert c.learned  # while the slots are kept
 
 
 def test_a_probe_lost_without_an_answer_is_sent_again_at_once_not_a_step_later():
@@ -835,10 +839,13 @@ def test_a_probe_lost_without_an_answer_is_sent_again_at_once_not_a_step_later()
         "probe",
         "probe lost",
         "probe lost",
+        "window slots",
         "probe-ok",
     ]
     assert c.rate_per_s == 20.0
-    assert not c.learned
+    assert c._slots is not None
+    assert c._slots.quota == 20  # the first second's 20: the lost probes went a window later
+    assert c.learned  # while the slots are kept
 
 
 @pytest.mark.parametrize(("drop_rate", "seed"), [(0.0, 1), (0.1, 1), (0.1, 2), (0.1, 3)])
@@ -1247,6 +1254,33 @@ def test_a_window_confirmed_over_a_short_round_trip_is_kept_as_slots(server, lea
     assert result.throttled_fraction <= 0.02
 
 
+@pytest.mark.parametrize("quota", [20, 37, 100])
+def test_a_window_without_retry_after_probed_open_a_second_on_is_kept_as_slots(quota):
+    # The first probe that got through went a second after the first answer: a window of a
+    # second, whose N is what it counted of the batch's first second (0.95-0.96 paced, this
+    # seed; refused 2.5 % -> 1.4 % at 37/s: no sawtooth of cuts)
+    server = QuotaServer(quota, 1.0, retry_after=False)
+    result, c = simulate(server, 25, latency_s=0.004, wake_jitter_s=0.005, connect_s=0.03)
+    events = [what for _, what, _ in c.events]
+    assert events.count("window slots") == 1
+    assert "window slots off" not in events
+    assert c._slots is not None
+    assert c._slots.quota == quota
+    assert result.max_in_window == quota
+    assert result.accepted / (quota * 25) >= 0.98
+    assert max(result.throttled_at_s) < 1.1  # none refused once the slots are kept
+    assert result.throttled_fraction <= 0.025  # the start's: 12 of 512 at 20/s
+
+
+def test_no_slots_for_a_window_shorter_than_a_second_without_retry_after():
+    # 50 per 0.5 s: the probe got through 0.6 s after the first answer; kept as 50 slots a
+    # second, it got 0.50 of its rate (0.80 paced)
+    server = QuotaServer(50, 0.5, retry_after=False)
+    _, c = simulate(server, 10, latency_s=0.004, wake_jitter_s=0.005, connect_s=0.03)
+    assert "probe-ok" in [what for _, what, _ in c.events]
+    assert "window slots" not in [what for _, what, _ in c.events]
+
+
 def test_no_slots_for_a_bucket_the_test_took_for_a_window_nor_a_window_that_is_longer():
     # A bucket of 20/s with burst 5 took 5 at first and then 20 a second: kept as 5 slots a
     # second it got 0.25 of its rate. A window of 1.03 s refuses the first slot kept a
@@ -1309,10 +1343,12 @@ def test_a_window_that_takes_no_more_than_at_first_is_never_taken_for_a_bucket(f
 def _learned_window_without_retry_after(quota: int = 100) -> tuple[AdaptiveController, int]:
     """A window of ``quota`` per second without Retry-After, after 6 s of a simulated batch:
     seen (it stayed shut after a cut and was probed) and learned. Returns the controller and
-    a time after the batch's last answer (its rate held, not grown)."""
+    a time after the batch's last answer (its rate held, not grown). 30 ms away: paced, its
+    slots not kept (see ``_WINDOW_SLOTS_MAX_RTT_S``)."""
     server = QuotaServer(quota, 1.0, retry_after=False)
     held = AdaptiveSettings(handover_growth_per_s=0.0)  # the rate stays put: exact intervals
-    _, c = simulate(server, 6, latency_s=0.01, settings=held)
+    _, c = simulate(server, 6, latency_s=0.03, settings=held)
+    assert c._slots is None
     assert c._window_seen
     assert c.learned
     assert not c._strict_pacing
@@ -1367,7 +1403,7 @@ def test_no_catch_up_into_a_pause_nor_past_the_room_a_window_has_left():
     for _ in range(round(c.rate_per_s)):
         now = c._tat_ns
         c.finished(now + MS, c.started(now, 0, True), Outcome.SUCCESS)
-    late = c._tat_ns + 3 * interval + interval // 2
+    late = c._tat_ns + interval + interval // 2  # 1.5 slots late: the second still full
     c.finished(late + MS, c.started(late, 0, True), Outcome.SUCCESS)
     assert _go_at_once(c, late) == 0
     assert c.decide(late, 0).wait_ns == 1

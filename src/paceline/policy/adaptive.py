@@ -464,6 +464,14 @@ class AdaptiveController:
     # slots and the first epoch they gate
     _slots: WindowSlots | None = None
     _slots_epoch: int = 0
+    # when the last second's counted attempts were answered (a probed window's slots start
+    # from them), and whether a probe got through yet
+    _recent_answers_ns: deque[int] = field(default_factory=deque)
+    _probed_once: bool = False
+    # the batch's first counted attempt's send, and how many sent within a second of it were
+    # counted (a window's N, when it refused the rest)
+    _first_counted_ns: int | None = None
+    _first_second_counted: int = 0
     # the first Retry-After (a bucket's next token comes within a second at any rate worth testing)
     _first_pause_s: float = 0.0
 
@@ -484,7 +492,8 @@ class AdaptiveController:
     @property
     def learned(self) -> bool:
         """Whether the quota counts as learned (hand-over mode): after
-        ``handover_after_cuts`` cuts, or after one from a server that sends ``Retry-After``.
+        ``handover_after_cuts`` cuts, or after one from a server that sends ``Retry-After``, or
+        while a window's slots are kept (see ``_WINDOW_SLOTS_SLACK_S``).
 
         Such a server's throttle costs a pause for everyone, and most send whole seconds (a
         second's worth of the quota, though its window frees a slot within milliseconds); its
@@ -492,7 +501,11 @@ class AdaptiveController:
         accepted. Sawing back up to that ceiling to cut a second time cost that second again:
         0.84-0.85 of a 100/s quota over a 20 s batch (issue 14; 0.93 with one cut)."""
         cuts = len(self._ceilings)
-        return cuts >= self.settings.handover_after_cuts or (self._retry_after_seen and cuts >= 1)
+        return (
+            cuts >= self.settings.handover_after_cuts
+            or (self._retry_after_seen and cuts >= 1)
+            or self._slots is not None
+        )
 
     @property
     def paces_precisely(self) -> bool:
@@ -732,6 +745,9 @@ class AdaptiveController:
             self._aftershocks = 0
             if long_window:
                 self._learn_cycle(ticket.sent_ns)
+            elif not self._probed_once:
+                self._keep_probed_window_slots(now_ns, ticket)
+            self._probed_once = True
             # The probe is the first success of a new cycle (a short window freed up within a
             # probe or two: the cut rate stands).
             self._cycle_first_ns, self._cycle_successes = ticket.sent_ns, 0
@@ -805,6 +821,15 @@ class AdaptiveController:
         successes.append(ticket.sent_ns)
         while successes and successes[0] <= now_ns - NS:
             successes.popleft()
+        first = self._first_counted_ns
+        if first is None:
+            first = self._first_counted_ns = ticket.sent_ns
+        if ticket.sent_ns < first + NS:
+            self._first_second_counted += 1
+        answers = self._recent_answers_ns
+        answers.append(now_ns)
+        while answers and answers[0] <= now_ns - round(NS * (1 + 2 * _WINDOW_SLOTS_SLACK_S)):
+            answers.popleft()
 
     def _late_answer(self, now_ns: int, ticket: Ticket) -> None:
         """A success sent within the span a first throttle that cut judged the accepted rate
@@ -1311,6 +1336,35 @@ class AdaptiveController:
         self._slots_epoch = self.epoch
         self.events.append((now_ns, "window slots", float(quota)))
         return self._slots
+
+    def _keep_probed_window_slots(self, now_ns: int, probe: Ticket) -> None:
+        """The batch's first probe got through a second after the first burst's first answer,
+        against a window without ``Retry-After``: keep its slots (see ``_WINDOW_SLOTS_SLACK_S``),
+        N what it counted of the attempts sent in the batch's first second (the first burst,
+        taken from an empty window; not the probes, a window later), each held a second after
+        its answer. A refusal costs one retry there."""
+        first = self._cycle_first_answer_ns
+        quota = self._first_second_counted
+        rtt = self._rtt_min_ns
+        if (
+            self._retry_after_seen
+            or not self._window_seen
+            or self.settings.user_rate_per_s is not None
+            or first is None
+            or quota < 2
+            or rtt is None
+            or rtt > _WINDOW_SLOTS_MAX_RTT_S * NS
+            or not NS <= probe.sent_ns - first <= round(NS * (1 + 5 * _WINDOW_SLOTS_SLACK_S))
+        ):
+            # Nothing to count it by, or not a window of a second: the probe went sooner (a
+            # window of 0.5 s got through at 0.6 s: kept as a second's, 0.80 -> 0.50 of its
+            # quota, simulated) or later than the round second (probe_windows_s) it goes at.
+            return
+        window_ns = round(NS * (1 + _WINDOW_SLOTS_SLACK_S))
+        answers = (*self._recent_answers_ns, now_ns)
+        self._slots = WindowSlots(quota, window_ns, answers)
+        self._slots_epoch = self.epoch
+        self.events.append((now_ns, "window slots", float(quota)))
 
     def _slot_refused(self, now_ns: int) -> None:
         """The server refused an attempt the slots let go: the window is longer (or shared,
