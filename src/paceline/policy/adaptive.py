@@ -22,8 +22,9 @@ Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Ad
    would only collect 429s before the probe starts.
 5. **rate** — an even pacer (interval 1/R). There is none until the first throttle. Against a
    learned window without ``Retry-After``, missed slots are caught up (``_WINDOW_CATCH_UP_S``).
-   Against a window the bucket-or-window test confirmed over a short round trip, its slots
-   instead: N, each free again a second after its answer (``_WINDOW_SLOTS_SLACK_S``).
+   Against a window of a second found at the start (confirmed by the bucket-or-window test, or
+   probed open a second on) over a short round trip, its slots instead: N, each free again a
+   second after its answer (``_WINDOW_SLOTS_SLACK_S``).
 
 Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
 a raised ``Throttled``: a quota), ``OVERLOAD`` (503: cut whichever gate was binding),
@@ -114,15 +115,16 @@ _RATE_TEST_STAGE = 4.0
 # same window again, a bucket (a window takes at most the N it took before).
 _RATE_TEST_OVER = 0.25
 
-# Window slots (docs/design.md, 'Window slots'): a window the test confirmed is kept from this
-# side (``WindowSlots``): N slots, each free again a window after its answer, instead of even
-# pacing at 0.97 N/W. The window is taken as 1 s (the first Retry-After was one: a window of at
-# most a second and the first burst's span) plus this slack for a window a little longer; a
-# slot then cycles in W + slack + the round trip: ~0.985 of a 1 s window over loopback. Not
-# when the round trip is over ``_WINDOW_SLOTS_MAX_RTT_S`` (there even pacing at 0.97 wastes
-# less). A refusal turns the slots off (back to the pace): the window is longer than kept,
-# or shared (simulated, a window of 1.03 s: stepping one slot down per refusal cost a pause
-# each, 0.90 -> 0.75 of the quota; off at the first, as before).
+# Window slots (docs/design.md, 'Window slots'): a window the test confirmed (or, without
+# Retry-After, the first probe found open a second on) is kept from this side (``WindowSlots``):
+# N slots, each free again a window after its answer, instead of even pacing at 0.97 N/W.
+# The window is taken as 1 s (the first Retry-After was one, or the probe went at the round
+# second) plus this slack for a window a little longer; a slot then cycles in W + slack +
+# the round trip: ~0.985 of a 1 s window over loopback. Not when the round trip is over
+# ``_WINDOW_SLOTS_MAX_RTT_S`` (there even pacing at 0.97 wastes less). A refusal turns the
+# slots off (back to the pace): the window is longer than kept, or shared (simulated, a
+# window of 1.03 s: stepping one slot down per refusal cost a pause each, 0.90 -> 0.75 of
+# the quota; off at the first, as before).
 _WINDOW_SLOTS_SLACK_S = 0.01
 _WINDOW_SLOTS_MAX_RTT_S = 0.02
 
