@@ -1272,6 +1272,22 @@ def test_a_window_without_retry_after_probed_open_a_second_on_is_kept_as_slots(q
     assert result.throttled_fraction <= 0.025  # the start's: 12 of 512 at 20/s
 
 
+def test_an_announced_quota_or_a_shared_rate_stands_the_slots_down():
+    # The strict limit keeps an announced quota; a rate store's share paces a quota that
+    # other processes use too (the slots count this process alone).
+    for stand_down in ("quota", "shared"):
+        c = controller(initial_concurrency=8)
+        _first_burst_refused_with_retry_after(c)
+        _run_test_stage(c, taken=12)
+        assert c._slots is not None
+        now = c.pause_until_ns
+        if stand_down == "quota":
+            c.quota_announced(now)
+        else:
+            c.adopt_rate(now, 6.0)
+        assert c._slots is None
+
+
 def test_no_slots_for_a_window_shorter_than_a_second_without_retry_after():
     # 50 per 0.5 s: the probe got through 0.6 s after the first answer; kept as 50 slots a
     # second, it got 0.50 of its rate (0.80 paced)

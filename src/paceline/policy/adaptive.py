@@ -539,6 +539,7 @@ class AdaptiveController:
         self._cycle_successes = 0
         self._window_ns = None
         self._test_pace_per_s = None  # the quota is known: nothing to test
+        self._slots = None  # nor to keep from this side: the strict limit keeps it
         self.events.append((now_ns, "quota", 0.0))
 
     def adopt_rate(self, now_ns: int, rate_per_s: float) -> None:
@@ -548,6 +549,8 @@ class AdaptiveController:
         already cut for: throttles of attempts sent before now are not cut for again."""
         settings = self.settings
         rate = min(max(rate_per_s, settings.min_rate_per_s), settings.max_rate_per_s)
+        # a window's slots count this process alone: sharing the quota, the share paces
+        self._slots = None
         if self.rate_per_s is not None and rate < self.rate_per_s:
             # As after a cut of its own: no more doubling, and the next growth is sized for
             # the ceiling the share was cut from (the others' throttle is this one's too).
