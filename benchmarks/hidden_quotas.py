@@ -7,9 +7,12 @@ Each scenario starts the test API in its own process with a quota paceline is no
 writes ``quota x seconds`` GET rows, and runs ``paceline http rows.jsonl`` with its defaults
 (adaptive concurrency and rate, no ``--rate``). It reads what the *server* saw:
 
-- ``share``: accepted requests after the first window, per second from the first to the last
-  acceptance, over the quota's rate. The first window's burst is free (any client can take a
-  whole window at once), so it is left out of the count.
+- ``share``: accepted requests after the first burst, per second from the first to the last
+  acceptance, over the quota's rate. The first burst is free (any client can take a whole
+  window at once, or a bucket's capacity), so it is left out of the count: a window's quota, a
+  token bucket's burst (until 2026-12-04 the bucket's quota too, 80 of 80/s with burst 10: 70
+  requests a client could never have had at once counted against it, ~3.5 points of a 25 s
+  batch; ``share_q`` shows that count beside it).
 - ``steady``: the same from 5 s on (after slow start and the first refusals).
 - ``refused``: the server's 429 answers over all requests it received.
 
@@ -44,6 +47,11 @@ class Scenario:
         assert self.config.quota is not None
         return self.config.quota / self.config.window_s
 
+    @property
+    def free(self) -> int:
+        """The first burst any client can take at once: a window's quota, a bucket's burst."""
+        return self.config.bucket_capacity or self.config.quota or 0
+
 
 SCENARIOS = (
     # Rates and windows the controller's tests do not use; Retry-After in whole seconds (the
@@ -59,8 +67,11 @@ SCENARIOS = (
 )
 
 
-def run_once(scenario: Scenario, seconds: float, src: str) -> tuple[int, float, float, float]:
-    """(exit code, share, steady share, refused share) of one batch."""
+def run_once(
+    scenario: Scenario, seconds: float, src: str
+) -> tuple[int, float, float, float, float]:
+    """(exit code, share, steady share, refused share, share with the quota left out) of one
+    batch."""
     items = int(scenario.rate_per_s * seconds)
     with tempfile.TemporaryDirectory() as tmp, ApiServer.spawn(scenario.config) as server:
         rows = Path(tmp, "rows.jsonl")
@@ -78,9 +89,11 @@ def run_once(scenario: Scenario, seconds: float, src: str) -> tuple[int, float, 
         )
         stats = server.stats(times=True)
     times = stats["accepted_times_s"]
-    quota = scenario.config.quota or 0
-    later = times[quota:]
-    share = len(later) / max(times[-1] - times[0], 1e-9) / scenario.rate_per_s if later else 0.0
+    span_s = max(times[-1] - times[0], 1e-9)
+    later = times[scenario.free :]
+    share = len(later) / span_s / scenario.rate_per_s if later else 0.0
+    later_q = times[scenario.config.quota or 0 :]
+    share_q = len(later_q) / span_s / scenario.rate_per_s if later_q else 0.0
     steady_times = [t for t in times if t >= times[0] + STEADY_FROM_S]
     steady = (
         len(steady_times) / max(times[-1] - times[0] - STEADY_FROM_S, 1e-9) / scenario.rate_per_s
@@ -88,7 +101,7 @@ def run_once(scenario: Scenario, seconds: float, src: str) -> tuple[int, float, 
         else 0.0
     )
     refused = stats["throttled_429"] / max(stats["requests"], 1)
-    return done.returncode, share, steady, refused
+    return done.returncode, share, steady, refused, share_q
 
 
 def main() -> None:
@@ -110,7 +123,9 @@ def main() -> None:
         if args.only and args.only not in scenario.name:
             continue
         # old and new interleaved run by run: the machine's load changes under a long run
-        by_tree: dict[str, list[tuple[int, float, float, float]]] = {src: [] for src in trees}
+        by_tree: dict[str, list[tuple[int, float, float, float, float]]] = {
+            src: [] for src in trees
+        }
         for _ in range(args.runs):
             for src in trees:
                 by_tree[src].append(run_once(scenario, args.seconds, src))
@@ -121,9 +136,11 @@ def main() -> None:
             steady = statistics.median(r[2] for r in runs)
             refused = statistics.median(r[3] for r in runs)
             label = f" [{src}]" if len(trees) > 1 else ""
+            share_q = statistics.median(r[4] for r in runs)
+            old_count = f" share_q {share_q:.3f}" if scenario.free != scenario.config.quota else ""
             print(
                 f"{scenario.name:<30}{label} exit {codes} share {share:.3f} "
-                f"({' '.join(f'{r[1]:.3f}' for r in runs)}) steady {steady:.3f} "
+                f"({' '.join(f'{r[1]:.3f}' for r in runs)}){old_count} steady {steady:.3f} "
                 f"refused {refused:.1%} ({' '.join(f'{r[3]:.1%}' for r in runs)}) "
                 f"load {os.getloadavg()[0]:.1f}",
                 flush=True,

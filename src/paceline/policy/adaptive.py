@@ -22,6 +22,9 @@ Before each attempt, ``decide`` checks these gates in order (docs/design.md, 'Ad
    would only collect 429s before the probe starts.
 5. **rate** — an even pacer (interval 1/R). There is none until the first throttle. Against a
    learned window without ``Retry-After``, missed slots are caught up (``_WINDOW_CATCH_UP_S``).
+   Against a window of a second found at the start (confirmed by the bucket-or-window test, or
+   probed open a second on) over a short round trip, its slots instead: N, each free again a
+   second after its answer (``_WINDOW_SLOTS_SLACK_S``).
 
 Outcomes are classified by the caller: ``SUCCESS`` (its RTT is sampled), ``THROTTLE`` (429,
 a raised ``Throttled``: a quota), ``OVERLOAD`` (503: cut whichever gate was binding),
@@ -51,7 +54,8 @@ A first cut of the unpaced start with ``Retry-After`` (a pause of a second at mo
 followed by one *bucket-or-window test* (docs/design.md, 'Bucket or window'): after the pause,
 send at 4x that ceiling until refused; a window takes no more than it took at first, a token
 bucket takes more, and its rate is learned from what each stage took (see
-``_RATE_TEST_FACTOR``).
+``_RATE_TEST_FACTOR``). Its refusal's whole-second ``Retry-After`` is cut short when the test
+tells when the server has room again (``_resume_after_test``).
 
 Increases happen only when a gate was binding for that attempt (otherwise the limit inflates
 during idle stretches and floods later). One cut per congestion event: throttles of attempts
@@ -76,6 +80,7 @@ from dataclasses import dataclass, field
 from paceline.errors import InvalidArgument
 from paceline.policy.pause import DEFAULT_MAX_PAUSE_S, ServerPause
 from paceline.policy.rate import NS_PER_S
+from paceline.policy.slots import WindowSlots
 
 NS = NS_PER_S
 
@@ -110,6 +115,18 @@ _RATE_TEST_STAGE = 4.0
 # same window again, a bucket (a window takes at most the N it took before).
 _RATE_TEST_OVER = 0.25
 
+# Window slots (docs/design.md, 'Window slots'): a window the test confirmed (or, without
+# Retry-After, the first probe found open a second on) is kept from this side (``WindowSlots``):
+# N slots, each free again a window after its answer, instead of even pacing at 0.97 N/W.
+# The window is taken as 1 s (the first Retry-After was one, or the probe went at the round
+# second) plus this slack for a window a little longer; a slot then cycles in W + slack +
+# the round trip: ~0.985 of a 1 s window over loopback. Not when the round trip is over
+# ``_WINDOW_SLOTS_MAX_RTT_S`` (there even pacing at 0.97 wastes less). A refusal turns the
+# slots off (back to the pace): the window is longer than kept, or shared (simulated, a
+# window of 1.03 s: stepping one slot down per refusal cost a pause each, 0.90 -> 0.75 of
+# the quota; off at the first, as before).
+_WINDOW_SLOTS_SLACK_S = 0.01
+_WINDOW_SLOTS_MAX_RTT_S = 0.02
 
 # Window catch-up (docs/design.md, 'Catching up against a window'): against a learned window
 # quota without ``Retry-After`` (the server stayed shut after a cut and was probed), a late
@@ -439,6 +456,24 @@ class AdaptiveController:
     _test_taken: int = 0
     _test_stages: list[tuple[int, int]] = field(default_factory=list)  # (first send, taken before)
     _tested: bool = False
+    _test_first_answer_ns: int | None = None  # the test's first success answered (its window)
+    # when the test's refusal let the batch resume (None: as its Retry-After said; see
+    # ``_resume_after_test``): the test's refusals still in flight pause nothing more
+    _test_resume_ns: int | None = None
+    _test_retry_after_ns: int | None = None  # when that Retry-After would have ended
+    _test_answers_ns: list[int] = field(default_factory=list)  # the test's successes' answers
+    # the window the test confirmed, kept from this side (see ``_WINDOW_SLOTS_SLACK_S``): its
+    # slots and the first epoch they gate
+    _slots: WindowSlots | None = None
+    _slots_epoch: int = 0
+    # when the last second's counted attempts were answered (a probed window's slots start
+    # from them), and whether a probe got through yet
+    _recent_answers_ns: deque[int] = field(default_factory=deque)
+    _probed_once: bool = False
+    # the batch's first counted attempt's send, and how many sent within a second of it were
+    # counted (a window's N, when it refused the rest)
+    _first_counted_ns: int | None = None
+    _first_second_counted: int = 0
     # the first Retry-After (a bucket's next token comes within a second at any rate worth testing)
     _first_pause_s: float = 0.0
 
@@ -459,7 +494,8 @@ class AdaptiveController:
     @property
     def learned(self) -> bool:
         """Whether the quota counts as learned (hand-over mode): after
-        ``handover_after_cuts`` cuts, or after one from a server that sends ``Retry-After``.
+        ``handover_after_cuts`` cuts, or after one from a server that sends ``Retry-After``, or
+        while a window's slots are kept (see ``_WINDOW_SLOTS_SLACK_S``).
 
         Such a server's throttle costs a pause for everyone, and most send whole seconds (a
         second's worth of the quota, though its window frees a slot within milliseconds); its
@@ -467,7 +503,11 @@ class AdaptiveController:
         accepted. Sawing back up to that ceiling to cut a second time cost that second again:
         0.84-0.85 of a 100/s quota over a 20 s batch (issue 14; 0.93 with one cut)."""
         cuts = len(self._ceilings)
-        return cuts >= self.settings.handover_after_cuts or (self._retry_after_seen and cuts >= 1)
+        return (
+            cuts >= self.settings.handover_after_cuts
+            or (self._retry_after_seen and cuts >= 1)
+            or self._slots is not None
+        )
 
     @property
     def paces_precisely(self) -> bool:
@@ -499,6 +539,7 @@ class AdaptiveController:
         self._cycle_successes = 0
         self._window_ns = None
         self._test_pace_per_s = None  # the quota is known: nothing to test
+        self._slots = None  # nor to keep from this side: the strict limit keeps it
         self.events.append((now_ns, "quota", 0.0))
 
     def adopt_rate(self, now_ns: int, rate_per_s: float) -> None:
@@ -508,6 +549,8 @@ class AdaptiveController:
         already cut for: throttles of attempts sent before now are not cut for again."""
         settings = self.settings
         rate = min(max(rate_per_s, settings.min_rate_per_s), settings.max_rate_per_s)
+        # a window's slots count this process alone: sharing the quota, the share paces
+        self._slots = None
         if self.rate_per_s is not None and rate < self.rate_per_s:
             # As after a cut of its own: no more doubling, and the next growth is sized for
             # the ceiling the share was cut from (the others' throttle is this one's too).
@@ -534,6 +577,12 @@ class AdaptiveController:
             return Decision(slot=True)
         if self._one_at_a_time and self._epoch_in_flight > 0:
             return Decision(slot=True)
+        slots = self._slots
+        if slots is not None:
+            wait = slots.wait_ns(now_ns)
+            if wait is None:
+                return Decision(slot=True)
+            return Decision(wait_ns=wait) if wait else GO
         tat = self._tat_ns
         if self._gate_pace_per_s() is not None and tat is not None and now_ns < tat:
             return Decision(wait_ns=tat - now_ns, rate=True)
@@ -558,6 +607,8 @@ class AdaptiveController:
             self._test_stages.append((now_ns, self._test_taken))
         if self._probing:
             self._probe_in_flight = True
+        if self._slots is not None:
+            self._slots.start()
         self._epoch_in_flight += 1
         rate = self._gate_pace_per_s()
         if rate is not None:
@@ -571,6 +622,8 @@ class AdaptiveController:
             # second's starts leave room in the window.
             catch_up = 0
             window = 0 if self._strict_pacing or tat is None else self._window_catch_up_ns(now_ns)
+            if ticket.rate_test and tat is not None:
+                window = self._test_catch_up_ns(now_ns)
             if waited_for_rate and tat is not None:
                 least_late = self._timer_lateness_ns(now_ns - tat)
                 catch_up = min(interval - 1, least_late) if self._strict_pacing else interval - 1
@@ -596,7 +649,41 @@ class AdaptiveController:
             self._probe_in_flight = False
         if ticket.epoch == self.epoch:
             self._epoch_in_flight = max(0, self._epoch_in_flight - 1)
-        if (
+        refused = outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD
+        slots = self._slots
+        slot_ticket = (
+            slots is not None and ticket.epoch >= self._slots_epoch and not ticket.rate_test
+        )
+        if slots is not None:
+            if slot_ticket:
+                if refused:
+                    slots.refused()
+                else:
+                    slots.taken(now_ns)
+            elif ticket.rate_test and not refused:
+                slots.counted(now_ns)  # the test's, answered after its end
+        resumed_too_soon = self._resumed_too_soon(ticket, outcome)
+        if resumed_too_soon:
+            # The server had no room yet when the test's end said it would (a fixed window
+            # turns over at its own boundary): wait out the test's refusal's Retry-After after
+            # all, not this one's (whole seconds again); no cut, once.
+            assert self._test_retry_after_ns is not None
+            self.pause_until_ns = max(self.pause_until_ns, self._test_retry_after_ns)
+            self._test_retry_after_ns = None
+            self.events.append((now_ns, "resumed too soon", 0.0))
+            if self._slots is not None:
+                self._slot_refused(now_ns)
+        elif (
+            retry_after_s is not None
+            and retry_after_s > 0
+            and self._test_resume_ns is not None
+            and ticket.rate_test
+            and ticket.epoch < self.epoch
+        ):
+            # a refusal of the bucket-or-window test, still in flight at its end: the test's
+            # end chose when to resume from what it learned (``_resume_after_test``)
+            pass
+        elif (
             retry_after_s is not None
             and retry_after_s > 0
             and self.server_pause.obeys(retry_after_s)
@@ -623,6 +710,10 @@ class AdaptiveController:
             if ticket.rate_test and self._test_pace_per_s is not None:
                 if ticket.epoch == self.epoch:
                     self._end_rate_test(now_ns, ticket)
+            elif resumed_too_soon:
+                pass  # not over the rate: too soon after the test (see ``_resume_after_test``)
+            elif slot_ticket and self._slots is not None:
+                self._slot_refused(now_ns)
             else:
                 self._on_congestion(now_ns, ticket, cut_rate=True)
         elif outcome is Outcome.OVERLOAD:
@@ -659,6 +750,9 @@ class AdaptiveController:
             self._aftershocks = 0
             if long_window:
                 self._learn_cycle(ticket.sent_ns)
+            elif not self._probed_once:
+                self._keep_probed_window_slots(now_ns, ticket)
+            self._probed_once = True
             # The probe is the first success of a new cycle (a short window freed up within a
             # probe or two: the cut rate stands).
             self._cycle_first_ns, self._cycle_successes = ticket.sent_ns, 0
@@ -732,6 +826,15 @@ class AdaptiveController:
         successes.append(ticket.sent_ns)
         while successes and successes[0] <= now_ns - NS:
             successes.popleft()
+        first = self._first_counted_ns
+        if first is None:
+            first = self._first_counted_ns = ticket.sent_ns
+        if ticket.sent_ns < first + NS:
+            self._first_second_counted += 1
+        answers = self._recent_answers_ns
+        answers.append(now_ns)
+        while answers and answers[0] <= now_ns - round(NS * (1 + 2 * _WINDOW_SLOTS_SLACK_S)):
+            answers.popleft()
 
     def _late_answer(self, now_ns: int, ticket: Ticket) -> None:
         """A success sent within the span a first throttle that cut judged the accepted rate
@@ -852,6 +955,27 @@ class AdaptiveController:
         if started + 1 >= room:
             return 0
         # never back into a pause (its slots were not missed: the window was shut)
+        return max(0, min(round(_WINDOW_CATCH_UP_S * NS), now_ns - self.pause_until_ns))
+
+    def _resumed_too_soon(self, ticket: Ticket, outcome: Outcome) -> bool:
+        """Whether ``ticket`` was refused for going out after the test's early resume but
+        before the test's refusal's ``Retry-After`` ended (see ``_resume_after_test``)."""
+        resumed, retry_after_ends = self._test_resume_ns, self._test_retry_after_ns
+        return (
+            outcome is Outcome.THROTTLE
+            and resumed is not None
+            and retry_after_ends is not None
+            and ticket.epoch == self.epoch
+            and resumed <= ticket.sent_ns < retry_after_ends
+        )
+
+    def _test_catch_up_ns(self, now_ns: int) -> int:
+        """How far back the bucket-or-window test's pacer charges a late start: its slots are
+        caught up, as against a learned window (``_WINDOW_CATCH_UP_S``), never into a pause.
+        Timers 10 ms late slowed a 400/s test (2.5 ms apart) to ~130/s: a fixed window of
+        100/s turned over while the test was still filling it, took 2N, and was judged a
+        bucket of 270-280/s (simulated, 30 ms away: 0.83 of its quota, 4 % refused). Both
+        kinds are fresh when the test starts: a burst costs neither."""
         return max(0, min(round(_WINDOW_CATCH_UP_S * NS), now_ns - self.pause_until_ns))
 
     def _timer_lateness_ns(self, late_ns: int) -> int:
@@ -1127,6 +1251,8 @@ class AdaptiveController:
             self._test_span_ns = 0 if first_answer is None else max(0, now_ns - first_answer)
             self._test_from_ns = None
             self._test_taken = 0
+            self._test_first_answer_ns = None
+            self._test_answers_ns = []
             self._test_stages = []
             self._tat_ns = None
             self.events.append((now_ns, "rate test", self._test_pace_per_s))
@@ -1137,6 +1263,9 @@ class AdaptiveController:
         as the test pace: double it."""
         pace = self._test_pace_per_s
         assert pace is not None
+        if self._test_taken == 0:
+            self._test_first_answer_ns = now_ns
+        self._test_answers_ns.append(now_ns)
         self._test_taken += 1
         stages = self._test_stages
         if stages and self._test_taken - stages[-1][1] >= _RATE_TEST_STAGE * self._test_burst:
@@ -1177,9 +1306,98 @@ class AdaptiveController:
             self._first_judged = self._first_factor = None
             self.rate_per_s = max(settings.min_rate_per_s, rate * (1 - settings.handover_margin))
             self.events.append((now_ns, "bucket", rate))
+            # a bucket of burst b refilled at r is full again b / r after running dry
+            self._resume_after_test(now_ns, now_ns + round(burst * NS / rate))
         else:
             self.events.append((now_ns, "window", burst))
+            slots = self._keep_window_slots(now_ns, taken, burst)
+            first = self._test_first_answer_ns
+            if slots is not None:
+                wait = slots.wait_ns(now_ns)
+                if wait is not None:
+                    self._resume_after_test(now_ns, now_ns + wait)
+            elif first is not None:
+                # a window of at most a second (the first Retry-After was one) is empty again
+                # a second after it took the test's first success, no later than its answer
+                second = round(NS * (1 + settings.probe_window_slack))
+                self._resume_after_test(now_ns, first + second)
         self.events.append((now_ns, "rate", self.rate_per_s or 0.0))
+
+    def _keep_window_slots(self, now_ns: int, taken: int, burst: float) -> WindowSlots | None:
+        """The test confirmed a window of about ``burst`` (it took ``taken`` again): keep its
+        slots from here (see ``_WINDOW_SLOTS_SLACK_S``), unless the round trip is too long."""
+        rtt = self._rtt_min_ns
+        if rtt is None or rtt > _WINDOW_SLOTS_MAX_RTT_S * NS or taken < 1:
+            return None
+        quota = max(1, min(int(burst + 0.5), taken))
+        ceiling = self._ceilings[-1] if self._ceilings else 0.0
+        if ceiling > quota * (1 + _RATE_TEST_OVER) + 2:
+            # A window of N per second accepts N a second: this server took more over the
+            # first second than its first burst (a bucket the test's pace did not run dry:
+            # 20/s with burst 5, simulated; kept as 5 slots a second it got 0.25 of its rate).
+            return None
+        window_ns = round(NS * (1 + _WINDOW_SLOTS_SLACK_S))
+        self._slots = WindowSlots(quota, window_ns, tuple(self._test_answers_ns))
+        self._slots_epoch = self.epoch
+        self.events.append((now_ns, "window slots", float(quota)))
+        return self._slots
+
+    def _keep_probed_window_slots(self, now_ns: int, probe: Ticket) -> None:
+        """The batch's first probe got through a second after the first burst's first answer,
+        against a window without ``Retry-After``: keep its slots (see ``_WINDOW_SLOTS_SLACK_S``),
+        N what it counted of the attempts sent in the batch's first second (the first burst,
+        taken from an empty window; not the probes, a window later), each held a second after
+        its answer. A refusal costs one retry there."""
+        first = self._cycle_first_answer_ns
+        quota = self._first_second_counted
+        rtt = self._rtt_min_ns
+        if (
+            self._retry_after_seen
+            or not self._window_seen
+            or self.settings.user_rate_per_s is not None
+            or first is None
+            or quota < 2
+            or rtt is None
+            or rtt > _WINDOW_SLOTS_MAX_RTT_S * NS
+            or not NS <= probe.sent_ns - first <= round(NS * (1 + 5 * _WINDOW_SLOTS_SLACK_S))
+        ):
+            # Nothing to count it by, or not a window of a second: the probe went sooner (a
+            # window of 0.5 s got through at 0.6 s: kept as a second's, 0.80 -> 0.50 of its
+            # quota, simulated) or later than the round second (probe_windows_s) it goes at.
+            return
+        window_ns = round(NS * (1 + _WINDOW_SLOTS_SLACK_S))
+        answers = (*self._recent_answers_ns, now_ns)
+        self._slots = WindowSlots(quota, window_ns, answers)
+        self._slots_epoch = self.epoch
+        self.events.append((now_ns, "window slots", float(quota)))
+
+    def _slot_refused(self, now_ns: int) -> None:
+        """The server refused an attempt the slots let go: the window is longer (or shared,
+        or smaller) than kept: even pacing again, at the rate handed over."""
+        self._slots = None
+        self._tat_ns = None
+        self.events.append((now_ns, "window slots off", 0.0))
+
+    def _resume_after_test(self, now_ns: int, room_ns: int) -> None:
+        """Resume when the server judged by the test has room again (``room_ns``), if that is
+        sooner than its ``Retry-After`` said: whole seconds, rounded up (docs/design.md,
+        'Resuming after the test'). A bucket of 80/s refused the test with "1 s" though its
+        next token came in 12.5 ms; a window with "1 s" when its first slot freed 0.26 s later
+        (20/s): simulated, 0.84 -> 0.87 and 0.93 -> 0.94 of their quotas over 25 s. Once per
+        batch, and the next refusal is obeyed in full: a wrong guess costs one 429. Not when
+        the room should have come already (the server is not what the test took it for)."""
+        until = room_ns
+        if not now_ns < until < self.pause_until_ns:
+            return
+        self._test_resume_ns = until
+        self._test_retry_after_ns = self.pause_until_ns
+        self.pause_until_ns = until
+        # the first attempt after it goes alone: if the server has no room yet, one refusal
+        self._one_at_a_time = True
+        if self._paused_ns:
+            start, _ = self._paused_ns[-1]
+            self._paused_ns[-1] = (start, max(start, until))
+        self.events.append((now_ns, "resume", (until - now_ns) / NS))
 
     def _keeps_throttling(self) -> bool:
         """More than ``user_rate_max_throttles`` of the last ``jitter_window`` answers were
