@@ -1288,6 +1288,22 @@ def test_an_announced_quota_or_a_shared_rate_stands_the_slots_down():
         assert c._slots is None
 
 
+def test_the_shown_rate_is_the_slots_while_they_gate_the_starts():
+    # The progress line's "limit": N per window + 1 % while the slots are kept (the idle pace
+    # read 0.97 N/s), the pace again once they stand down.
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    _run_test_stage(c, taken=12)
+    slots = c._slots
+    assert slots is not None
+    assert c.shown_rate_per_s == slots.quota * 1e9 / slots.window_ns
+    assert slots.window_ns == 1_010_000_000
+    assert c.shown_rate_per_s != c.rate_per_s
+    c.adopt_rate(c.pause_until_ns, 6.0)
+    assert c._slots is None
+    assert c.shown_rate_per_s == c.rate_per_s == 6.0
+
+
 def test_no_slots_for_a_window_shorter_than_a_second_without_retry_after():
     # 50 per 0.5 s: the probe got through 0.6 s after the first answer; kept as 50 slots a
     # second, it got 0.50 of its rate (0.80 paced)

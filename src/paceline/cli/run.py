@@ -1119,8 +1119,9 @@ def rate_limit_now(plan: Plan) -> float | None:
         if limits is not None and limits.policy is not None:
             quota, window_s = limits.policy
             own.append(quota / window_s)
-        if controller is not None and controller.rate_per_s is not None:
-            own.append(controller.rate_per_s)
+        shown = None if controller is None else controller.shown_rate_per_s
+        if shown is not None:
+            own.append(shown)
         if not own:
             break
         total += min(own)

@@ -510,6 +510,22 @@ class AdaptiveController:
         )
 
     @property
+    def shown_rate_per_s(self) -> float | None:
+        """The rate this controller holds starts to, per second, as a user should read it: while
+        a window's slots gate the starts (see ``_WINDOW_SLOTS_SLACK_S``) the pace is idle, and
+        the slots let N per slack-lengthened window through (the pace's 0.97 N/s on the
+        progress line read "limit 19.4/s" while a 20/s window ran at 20/s); else
+        :attr:`rate_per_s`.
+
+        >>> AdaptiveController().shown_rate_per_s is None  # nothing learned yet
+        True
+        """
+        slots = self._slots
+        if slots is not None:
+            return slots.quota * NS / slots.window_ns
+        return self.rate_per_s
+
+    @property
     def paces_precisely(self) -> bool:
         """Whether starts must keep their slots to the millisecond: the pacer is strict (a
         server refused a start that came early) or the user's rate paces evenly."""
