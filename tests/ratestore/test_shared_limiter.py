@@ -721,3 +721,34 @@ def test_a_long_wait_for_a_shared_slot_is_shown_with_its_reason(warm_redis: Redi
     waiter.join(10)
     assert not waiter.is_alive()
     assert store.hold_reason() is None  # the slot came: nothing is held
+
+
+def test_a_close_by_another_thread_mid_call_leaves_that_call_its_connection(
+    fresh_redis: RedisServer,
+) -> None:
+    # A thread's call is in flight (Redis stopped: its reply waits) when another thread's
+    # failed call closes the client: the call in flight keeps its connection and gets its
+    # answer. redis-py's close() disconnected it under the reader, whose call then raised an
+    # AttributeError from inside redis-py (a Redis restarted mid-run lost an item that way).
+    store = RedisLimitStore(fresh_redis.url, _key(), [Limit(Rate.parse("10/s"))])
+    store.reserve((1,))  # connected, warmed up
+    out: dict[str, Any] = {}
+
+    def book() -> None:
+        try:
+            out["booking"] = store.reserve((1,))
+        except BaseException as exc:  # what the caller would have seen
+            out["error"] = exc
+
+    stopper = threading.Thread(target=fresh_redis.pause, args=(0.8,))
+    stopper.start()
+    time.sleep(0.1)
+    caller = threading.Thread(target=book)
+    caller.start()
+    time.sleep(0.3)  # its request sent, its reply held by the stopped server
+    store.close()  # as another thread's failed call does
+    stopper.join()
+    caller.join(10)
+    assert "error" not in out, repr(out.get("error"))
+    assert out["booking"].ids[0] > 0
+    assert store._last_error is None  # no failed call: it kept its connection (not retried)

@@ -721,10 +721,23 @@ class RedisLimitStore:
         return entry[1]
 
     def close(self) -> None:
-        """Close the blocking client's connections (async ones close with their loop)."""
+        """Drop the blocking client and close its idle connections (async ones close with
+        their loop). A connection another thread is reading from is left to that thread: it
+        fails or finishes there and goes back to the dropped pool (closed when collected).
+        Closing it under the reader (redis-py's ``close()`` disconnects connections in use)
+        made that thread's call raise ``AttributeError`` from inside redis-py, not a
+        connection error: a Redis restarted mid-run lost one caller's item that way."""
         client, self._client, self._script = self._client, None, None
-        if client is not None:
-            client.close()
+        if client is None:
+            return
+        pools = (
+            [n.redis_connection.connection_pool for n in client.get_nodes() if n.redis_connection]
+            if is_cluster_url(self.url)
+            else [client.connection_pool]
+        )
+        for pool in pools:
+            if pool is not None:
+                pool.disconnect(inuse_connections=False)
 
     # -- calls, with the outage handling ---------------------------------------------------
 
