@@ -4,6 +4,7 @@ arrivals, answers 429 beyond its quota and reports the most accepted in any 1 s 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import pickle
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -448,6 +449,28 @@ def test_a_worker_woken_late_books_again_before_it_starts(warm_redis: RedisServe
     assert client.zcard(f"paceline:{{{store.key}}}:z0") == 5
 
 
+@contextlib.asynccontextmanager
+async def _ticking_while_redis_hangs(server: RedisServer) -> AsyncIterator[list[int]]:
+    """Redis stopped (SIGSTOP) for 2 s while a task of the running loop ticks every 10 ms;
+    ``ticks[0]`` counts the ticks: a call that blocked the loop would stop them."""
+    ticks = [0]
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            ticks[0] += 1
+
+    running = asyncio.create_task(ticker())
+    hang = threading.Thread(target=server.pause, args=(2.0,))  # a hung Redis
+    hang.start()
+    await asyncio.sleep(0.05)
+    try:
+        yield ticks
+    finally:
+        running.cancel()
+        hang.join()
+
+
 def test_give_back_and_shared_pause_from_async_code_never_block_the_event_loop(
     fresh_redis: RedisServer,
 ) -> None:
@@ -455,25 +478,12 @@ def test_give_back_and_shared_pause_from_async_code_never_block_the_event_loop(
 
     async def scenario() -> tuple[int, float]:
         booking = await store.reserve_async((1,))
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        running = asyncio.create_task(ticker())
-        hang = threading.Thread(target=fresh_redis.pause, args=(2.0,))  # a hung Redis
-        hang.start()
-        await asyncio.sleep(0.05)
-        before, started = ticks, time.monotonic()
-        await store.give_back_async(booking)  # each waits out the 0.5 s socket timeout ...
-        await store.share_pause_async(1.0)
-        await store.share_exhausted_async("HTTP 429 insufficient_quota")
-        took, during = time.monotonic() - started, ticks - before
-        running.cancel()
-        hang.join()
+        async with _ticking_while_redis_hangs(fresh_redis) as ticks:
+            before, started = ticks[0], time.monotonic()
+            await store.give_back_async(booking)  # each waits out the 0.5 s socket timeout ...
+            await store.share_pause_async(1.0)
+            await store.share_exhausted_async("HTTP 429 insufficient_quota")
+            took, during = time.monotonic() - started, ticks[0] - before
         return during, took
 
     during, took = asyncio.run(scenario())
@@ -628,29 +638,16 @@ def test_blocking_store_calls_made_from_a_coroutine_never_block_its_loop(
 
     async def scenario() -> tuple[float, int, float]:
         booking = await store.reserve_async((1,))
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        running = asyncio.create_task(ticker())
-        hang = threading.Thread(target=fresh_redis.pause, args=(2.0,))  # a hung Redis
-        hang.start()
-        await asyncio.sleep(0.05)
-        before, started = ticks, time.monotonic()
-        store.settle(booking, [0])
-        store.give_back(booking)
-        store.share_pause(1.0)
-        store.share_exhausted("HTTP 429 insufficient_quota")
-        assert store.share_server_limit(10, 1.0) is Publication.QUEUED  # not sent yet
-        returned = time.monotonic() - started
-        await _drained(store)  # each task waits out the 0.5 s socket timeout
-        took, during = time.monotonic() - started, ticks - before
-        running.cancel()
-        hang.join()
+        async with _ticking_while_redis_hangs(fresh_redis) as ticks:
+            before, started = ticks[0], time.monotonic()
+            store.settle(booking, [0])
+            store.give_back(booking)
+            store.share_pause(1.0)
+            store.share_exhausted("HTTP 429 insufficient_quota")
+            assert store.share_server_limit(10, 1.0) is Publication.QUEUED  # not sent yet
+            returned = time.monotonic() - started
+            await _drained(store)  # each task waits out the 0.5 s socket timeout
+            took, during = time.monotonic() - started, ticks[0] - before
         return returned, during, took
 
     returned, during, took = asyncio.run(scenario())
