@@ -33,9 +33,11 @@ def test_the_burst_and_the_least_time_the_rate_allows_are_shown(tmp_path):
     # Seen: --burst shown nowhere, and no time estimate (the library's dry_run has one).
     shown = dry_run(tmp_path, "--rate", "10/s", "--burst", "5")
     assert line(shown, "rate:").split(None, 1)[1] == "10/s, burst 5"
-    # 5 at once, then 6/s (a burst of 5 never lets 10 start in any second): 95 x 1/6 s.
+    # 5 at once, then 5 more 0.1 s apart, then the window (W' = 1.001 s) frees the first
+    # five: 10 per 1.001 s, the 100th at 9 x 1.001 + 0.5 s (a burst keeps the rate: it was
+    # 15.8 s, the burst paced at 6/s).
     assert line(shown, "time:").split(None, 1)[1] == (
-        "the rate limits alone need at least 15.8s for 100 items"
+        "the rate limits alone need at least 9.51s for 100 items"
     )
 
 

@@ -16,15 +16,24 @@ def test_burst_one_paces_evenly_at_window_over_n():
     assert times == [0, 250, 500, 750, 1000]
 
 
-def test_burst_b_allows_b_at_once_then_paces():
-    # N = 4, B = 2: T = W / (N - B + 1) = 1000 / 3 -> 334 (rounded up), tau = T
+def test_burst_b_allows_b_at_once_then_paces_at_the_full_rate():
+    # N = 4, B = 2: T = W / N = 250, tau = (B - 1) T = 250. The burst does not lower the rate
+    # (it did: T = W / (N - B + 1) = 334, and B = N meant one grant per window after the first).
     g = Gcra.for_limit(limit=4, window_ns=1000, burst=2)
-    assert (g.interval_ns, g.tolerance_ns) == (334, 334)
+    assert (g.interval_ns, g.tolerance_ns) == (250, 250)
     assert g.wait_ns(0, 1) == 0
     g.record(0, 1, waited=False)
     assert g.wait_ns(0, 1) == 0
     g.record(0, 1, waited=False)
-    assert g.wait_ns(0, 1) == 334
+    assert g.wait_ns(0, 1) == 250
+
+
+def test_burst_n_is_a_token_bucket_of_n_at_the_rate():
+    g = Gcra.for_limit(limit=200, window_ns=1_000_000, burst=200)  # T = 5,000, tau = 199 T
+    for _ in range(200):
+        assert g.wait_ns(0, 1) == 0
+        g.record(0, 1, waited=False)
+    assert g.wait_ns(0, 1) == 5_000  # then one per W / N, not one per W
 
 
 def test_a_late_waker_keeps_the_schedule_instead_of_losing_its_lateness():

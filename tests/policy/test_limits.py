@@ -141,3 +141,18 @@ def test_the_default_margin_is_capped_at_one_millisecond():
 def test_a_negative_margin_is_refused():
     with pytest.raises(ValueError, match="margin"):
         RateLimiter(2, 1.0, margin_s=-1)
+
+
+def test_a_burst_keeps_the_rate():
+    # Found by hand: RateLimiter("200/s", burst=200) granted 200 at once, then one per second
+    # (the pacer's interval was W / (N - B + 1)); 400 acquires took 200 s.
+    clock = FakeClock()
+    limiter = RateLimiter("200/s", burst=200, clock=clock)
+    grants = [limiter.acquire() for _ in range(400)]
+    assert grants[:200] == [0] * 200
+    assert grants[200:] == [1_001_000_000] * 200  # the window (W' = 1.001 s) frees the first 200
+    clock = FakeClock()
+    limiter = RateLimiter("10/s", burst=5, clock=clock)
+    grants = [limiter.acquire() for _ in range(12)]
+    # 5 at once, then every 100.1 ms until the log holds 10, then the window frees the first 5
+    assert grants == [0] * 5 + [100_100_000 * k for k in range(1, 6)] + [1_001_000_000] * 2

@@ -1,11 +1,15 @@
 """GCRA shaper: evenly paced grants in front of the window log (docs/design.md, 'Even pacing').
 
-Emission interval ``T = W / (N - B + 1)`` and tolerance ``tau = (B - 1) * T`` for a limit of
-``N`` per ``W`` with burst ``B``. State is the theoretical arrival time (TAT): a grant may happen
-once ``now >= TAT - tau``; on grant ``TAT = max(TAT, now) + T * weight``.
+Emission interval ``T = W / N`` and tolerance ``tau = (B - 1) * T`` for a limit of ``N`` per
+``W`` with burst ``B``: up to ``B`` at once, then one every ``T`` — the rate stays ``N / W``
+whatever the burst (a token bucket of rate N/W and size B, as nginx's ``limit_req ... burst``
+counts). State is the theoretical arrival time (TAT): a grant may happen once
+``now >= TAT - tau``; on grant ``TAT = max(TAT, now) + T * weight``.
 
-The stock configuration (``B = N``, ``T = W / N``) is *not* strict — it admits up to 2N-1 in one
-window — which is why the log stays behind it as the safety net.
+The shaper alone is *not* strict — with ``B = N`` it admits up to 2N-1 in one window — which is
+why the log stays behind it: the log keeps N per W, the shaper only shapes. (An interval of
+``W / (N - B + 1)`` would make the shaper strict alone, at the cost of the rate: ``B = N`` then
+meant one grant per window after the first burst, 1/N of the limit.)
 
 Late wake-ups: a waiter that slept until its slot and woke ``d`` ns late would, with the plain
 formula, push the whole schedule back by ``d`` (aiometer loses 7 % of its rate this way). A
@@ -41,17 +45,22 @@ class Gcra:
 
     @classmethod
     def for_limit(cls, limit: int, window_ns: int, burst: int) -> Gcra:
-        """A shaper pacing ``limit`` per ``window_ns``, allowing ``burst``. Alone it may grant
-        ``limit + 1`` in one window (it forgives late wake-ups: with 4 per 1000 ns, grants at
-        499, 500, 750, 1000, 1250); :class:`~paceline.policy.limits.LimitPolicy` keeps the
-        window log behind it, which is what makes the whole strict."""
+        """A shaper pacing ``limit`` per ``window_ns``, allowing ``burst`` at once. Alone it
+        may grant more than ``limit`` in one window (up to ``limit + burst - 1``; and it
+        forgives late wake-ups: with 4 per 1000 ns and ``burst=1``, grants at 499, 500, 750,
+        1000, 1250); :class:`~paceline.policy.limits.LimitPolicy` keeps the window log behind
+        it, which is what makes the whole strict.
+
+        >>> g = Gcra.for_limit(limit=200, window_ns=1000, burst=200)  # 200 at once, then 1 per 5
+        >>> (g.interval_ns, g.tolerance_ns)
+        (5, 995)
+        """
         if not 1 <= burst <= limit:
             raise InvalidArgument(
                 f"burst {burst!r}: must be between 1 (even pacing) and the limit {limit} "
                 "(all at once)"
             )
-        slots = limit - burst + 1
-        interval = -(-window_ns // slots)  # round up: never shorter than W / slots
+        interval = -(-window_ns // limit)  # round up: never shorter than W / N
         return cls(interval, (burst - 1) * interval)
 
     def wait_ns(self, now_ns: int, weight: int) -> int:
