@@ -68,12 +68,14 @@ class RateLimiter:
 
     By default the first ``max_requests`` are granted at once and the next waits for the window
     to free (a sliding-window log). ``burst=1`` paces grants evenly (one every ``W / N``);
-    ``burst=B`` allows bursts of ``B`` and paces the rest. The log stays behind the pacer, so
-    the limit is strict in every mode. Each window is lengthened by ``margin_s`` (default
-    W/1000, at most 1 ms) so the promise holds for *starts*, which follow their grants by a
-    few microseconds; pass ``margin_s=0`` for the bare promise on grants, or more when the
-    operation reaches the server later than it starts (network jitter) — and 0.005 with the
-    thread executors, whose calls begin up to a GIL switch interval after their grant.
+    ``burst=B`` allows bursts of ``B`` and paces the rest at the same rate, N per W (a token
+    bucket of size ``B``). The log stays behind the pacer, so the limit is strict in every
+    mode. Each window is lengthened by ``margin_s`` (default W/1000, at most 1 ms) so the
+    promise holds for *starts*, which follow their grants by a few microseconds; pass
+    ``margin_s=0`` for the bare promise on grants, or more when the operation reaches the
+    server later than it starts (network jitter). paceline's thread runner checks a grant
+    again right before the call and takes a new one when the worker woke later than the
+    margin (a GIL switch interval is 5 ms): a larger margin there means fewer such re-takes.
 
     >>> limiter = RateLimiter(2, 1.0)            # 2 per second
     >>> _ = limiter.acquire(); _ = limiter.acquire()  # the first two are immediate
@@ -92,6 +94,7 @@ class RateLimiter:
         "_local",
         "_lock",
         "_policy",
+        "_start_margin_ns",
         "_store",
         "_thread_gate",
         "_wakers",
@@ -117,6 +120,10 @@ class RateLimiter:
         self, limits: Sequence[Limit], clock: Clock | None, store: RedisLimitStore | None = None
     ) -> None:
         self._policy = LimitPolicy(limits)
+        # How late after its entry a start may come and still be counted (the smallest window
+        # margin): a worker handed a grant checks it again against this (_local_recheck).
+        # 0 (margin_s=0, the bare promise on grants): no check, nothing promised on starts.
+        self._start_margin_ns = min(lim.window_ns - lim.rate.window_ns for lim in limits)
         # A shared store (Redis) decides the grants instead of the policy in this process; the
         # policy still checks costs. Grants by time, for give_back(granted_ns, ...): a bounded
         # memory of recent bookings (a give-back is for a grant just made and never started).
@@ -346,17 +353,19 @@ class RateLimiter:
             cost[lim.rate.unit] = max(cost[lim.rate.unit], amount)
         return Grant(self, Reservation(granted, cost), booking)
 
-    def _recheck(self, granted_ns: int) -> int:
+    def _recheck(self, granted_ns: int, weight: int = 1) -> int:
         """Check a grant again right before its start, on the thread that starts it; return
-        the grant time in force. A grant booked on a shared store whose latest start has
-        passed (the thread that took it handed it to another, which woke late) is given back
-        and a new one booked, in one round trip, and waited for here: its check is then the
-        last thing before the start. Other grants pass unchanged.
+        the grant time in force. A grant whose latest start has passed (the thread that took
+        it handed it to another, which woke late) is given back and a new one taken and
+        waited for here: its check is then the last thing before the start. On a shared
+        store the give-back and the new booking go in one round trip; in-process, the latest
+        start is the grant's entry plus the window margin (``margin_s``: how late after its
+        entry a start may come and still be counted). Other grants pass unchanged.
 
         Runner plumbing (the thread runner's workers call it), not part of the public API.
         """
         if self._store is None:
-            return granted_ns
+            return self._local_recheck(granted_ns, weight)
         booking = self._bookings.get(granted_ns)
         if booking is None or self._clock.monotonic_ns() <= booking.latest_ns:
             return granted_ns
@@ -366,6 +375,18 @@ class RateLimiter:
             return granted_ns
         self._bookings.pop(granted_ns, None)
         return granted
+
+    def _local_recheck(self, granted_ns: int, weight: int) -> int:
+        """:meth:`_recheck` in-process: ``granted_ns`` is the grant's entry in the log (a
+        lease's stamp for a leased permit). Late beyond the margin: the entry goes back and a
+        new grant is taken now (at once while the limit has room: the log only moves the
+        entry to the start; a pacer's schedule is not rewound, so a paced limit waits its
+        next interval: a late start must not crowd the next one)."""
+        margin_ns = self._start_margin_ns
+        if not margin_ns or self._clock.monotonic_ns() <= granted_ns + margin_ns:
+            return granted_ns
+        self.give_back(granted_ns, weight)
+        return self.acquire(weight)
 
     def _shared_settle(self, grant: Grant, actual: int | Cost) -> None:
         store, booking, reservation = self._store, grant._booking, grant._reservation

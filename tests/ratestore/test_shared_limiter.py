@@ -417,8 +417,8 @@ class _LateHandOver(RateLimiter):
         time.sleep(0.1)
         return granted
 
-    def _recheck(self, granted_ns: int) -> int:
-        in_force = super()._recheck(granted_ns)
+    def _recheck(self, granted_ns: int, weight: int = 1) -> int:
+        in_force = super()._recheck(granted_ns, weight)
         _IN_FORCE.latest_ns = self._bookings[in_force].latest_ns
         _IN_FORCE.rebooked = in_force != granted_ns
         return in_force

@@ -93,12 +93,15 @@ def sync_acquirer(limiter: object | None) -> Callable[[int], Any] | None:
     return acquire  # type: ignore[no-any-return]
 
 
-def start_rechecker(limiter: object | None) -> Callable[[int], int] | None:
+def start_rechecker(limiter: object | None) -> Callable[[int, int], int] | None:
     """The check a worker makes right before an attempt whose grant another thread (the
-    dispatcher) took: :meth:`RateLimiter._recheck`, for a limiter on a shared store (its
-    grants must start within a margin of their slot, and a worker woken late would start
-    after it); ``None`` for every other limiter (nothing to check)."""
-    if isinstance(limiter, RateLimiter) and limiter.store is not None:
+    dispatcher) took: :meth:`RateLimiter._recheck` for paceline's limiter (its grants must
+    start within a margin of their entry, and a worker woken late would start after it);
+    ``None`` for other limiters, and for one with no margin (``margin_s=0`` promises grants,
+    not starts: nothing to check)."""
+    if isinstance(limiter, RateLimiter) and (
+        limiter.store is not None or limiter._start_margin_ns > 0
+    ):
         return limiter._recheck
     return None
 
@@ -159,6 +162,12 @@ class LeaseGate:
         self._stamp = stamp
         self._use_by = stamp - round(self._hold_s * 5e8)
         return True
+
+    @property
+    def stamp_ns(self) -> int:
+        """Where the current lease's permits sit in the limiter's log: the entry of the
+        permit :meth:`take` just handed out (a worker checks its start against it)."""
+        return self._stamp
 
     def close(self) -> None:
         """Give back what is left of the current lease."""

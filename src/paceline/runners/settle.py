@@ -190,6 +190,7 @@ class Job(Generic[K]):
         "batch_id",
         "grant",
         "granted_ns",
+        "granted_weight",
         "history",
         "index",
         "item",
@@ -208,6 +209,7 @@ class Job(Generic[K]):
         self.grant: Any = None  # the Grant of its attempt in flight, with costs (RunOptions)
         # its attempt's grant time, when the thread that starts it must check it again
         self.granted_ns: int | None = None
+        self.granted_weight = 1  # and its weight (permits)
         self.attempt = 1
         self.throttles = 0  # of its attempts so far, those throttled (they spend no budget)
         self.history: list[Attempt] | None = None

@@ -272,8 +272,11 @@ class _Dispatch(Generic[K, T, R]):
                             else:
                                 with self.signals.waiting():
                                     granted = acquire(weight)
-                            if self._recheck is not None:  # the worker checks it again
-                                job.granted_ns = granted
+                        else:
+                            granted = lease.stamp_ns  # the leased permit's entry
+                        if self._recheck is not None:  # the worker checks it again
+                            job.granted_ns = granted
+                            job.granted_weight = weight
                     self._collect_ready()
                     self._check_signals()
                     if state.stopped or self._past_deadline():
@@ -569,11 +572,11 @@ class _Dispatch(Generic[K, T, R]):
                 put(_Skipped(job_id))
                 continue
             if job.granted_ns is not None:
-                # A shared store's grant, taken by the dispatcher: checked again here, right
-                # before the call (a worker woken late, by up to 0.3 s on a loaded 2-core
-                # machine, would start after its slot's margin: it books again instead).
+                # The dispatcher's grant, checked again here, right before the call: a worker
+                # woken late (by up to 0.3 s on a loaded 2-core machine) would start after
+                # its grant's margin, outside the window that counted it; it takes a new one.
                 assert self._recheck is not None
-                self._recheck(job.granted_ns)
+                self._recheck(job.granted_ns, job.granted_weight)
                 job.granted_ns = None
             started = _monotonic_ns() if timed else 0
             # The item's stable key (runners/identity.py): this thread's own context, so no
