@@ -150,26 +150,6 @@ class _LateLocalHandOver(RateLimiter):
 _IN_FORCE = threading.local()
 
 
-def test_a_worker_woken_late_takes_a_new_grant_before_it_starts():
-    # The thread runner's dispatcher takes each grant and a worker starts it: a worker that
-    # starts past its grant's margin (here every one, 50 ms late) gives it back and takes a new
-    # one right before the call, so every call starts within the margin of its entry in the
-    # log, and the log holds one entry per call.
-    limiter = _LateLocalHandOver("50/s", margin_s=0.005)  # too small a limit to lease
-    calls: list[tuple[int, bool]] = []  # (ns after the grant in force, taken again)
-
-    def call() -> None:
-        calls.append((time.monotonic_ns() - _IN_FORCE.granted_ns, _IN_FORCE.retaken))
-
-    result = BatchExecutor(rate_limiter=limiter, max_workers=2).execute_batch([call] * 6)
-    assert result.all_successful
-    assert [retaken for _, retaken in calls] == [True] * 6, calls
-    # 5 ms: the margin; a worker preempted between its check and the call could exceed it on
-    # a loaded machine (the check is the last thing before the call): not a 50 ms hand-over.
-    assert all(0 <= after_ns < 50_000_000 for after_ns, _ in calls), calls
-    assert limiter._policy._logs[0].held(time.monotonic_ns()) == 6
-
-
 class _LateLease(_LateLocalHandOver):
     """Leases reach their worker late: the dispatcher is held 50 ms after each lease."""
 
@@ -181,10 +161,20 @@ class _LateLease(_LateLocalHandOver):
         return leased
 
 
-def test_a_leased_permit_handed_over_late_is_taken_again_before_it_starts():
-    limiter = _LateLease(1000, 1.0, margin_s=0.005)  # leases of 62, held 1 ms
-    assert limiter._lease_size() > 0
-    calls: list[tuple[int, bool]] = []
+@pytest.mark.parametrize(
+    "limiter",
+    [
+        pytest.param(_LateLocalHandOver("50/s", margin_s=0.005), id="grants"),  # too few to lease
+        pytest.param(_LateLease(1000, 1.0, margin_s=0.005), id="leased-permits"),  # leases of 62
+    ],
+)
+def test_a_worker_woken_late_takes_a_new_grant_before_it_starts(limiter):
+    # The thread runner's dispatcher takes each grant (or leased permit) and a worker starts
+    # it: a worker that starts past its entry's margin (here every one, 50 ms late) gives it
+    # back and takes a new one right before the call, so every call starts within the margin
+    # of its entry in the log, and the log holds one entry per call (a lease's unused permits
+    # went back too).
+    calls: list[tuple[int, bool]] = []  # (ns after the grant in force, taken again)
 
     def call() -> None:
         calls.append((time.monotonic_ns() - _IN_FORCE.granted_ns, _IN_FORCE.retaken))
@@ -192,6 +182,7 @@ def test_a_leased_permit_handed_over_late_is_taken_again_before_it_starts():
     result = BatchExecutor(rate_limiter=limiter, max_workers=2).execute_batch([call] * 6)
     assert result.all_successful
     assert [retaken for _, retaken in calls] == [True] * 6, calls
+    # 5 ms: the margin; a worker preempted between its check and the call could exceed it on
+    # a loaded machine (the check is the last thing before the call): not a 50 ms hand-over.
     assert all(0 <= after_ns < 50_000_000 for after_ns, _ in calls), calls
-    # each lease's unused permits and each late permit went back: one entry per call
     assert limiter._policy._logs[0].held(time.monotonic_ns()) == 6
