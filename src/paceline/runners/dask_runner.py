@@ -150,7 +150,7 @@ class DaskRunner:
     thread); ``limiter_margin_s`` is the cluster limiter's margin between a slot and the latest
     start it allows, ``limiter_timeout_s`` how long a worker waits for its answer before it
     calls it lost (see :mod:`paceline.runners.dask_limiter`). A ``RateLimiter`` without a
-    ``margin_s`` of its own gets 10 ms on the cluster (its workers' requests reach the server
+    ``margin_s`` of its own gets 5 ms on the cluster (its workers' requests reach the server
     more spread than one process's); with ``burst=1`` its starts stay 1/rate apart (up to
     125/s), as a server's limit without burst counts them. A 429's pause reaches every worker
     process at once (a Dask event). ``on_attempts`` is called on
