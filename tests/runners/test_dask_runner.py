@@ -140,6 +140,27 @@ def test_freeze_worker_heap_freezes_once_per_process(monkeypatch):
     assert calls == [1]
 
 
+async def hogs_its_loop(x: int) -> int:
+    time.sleep(0.03)  # blocks the chunk's event loop: the items waiting for a slot wake late
+    return x
+
+
+def test_slots_that_keep_coming_back_late_are_told_once(client):
+    with pytest.warns(RuntimeWarning, match=r"% of the cluster's slots came back late") as seen:
+        results = asyncio.run(
+            batch_execute(
+                range(300),
+                hogs_its_loop,
+                max_concurrent=8,
+                rate_limiter=RateLimiter("400/s"),
+                runner=DaskRunner(client),
+            )
+        )
+    assert all(r.is_success for r in results)
+    told = [w for w in seen if "came back late" in str(w.message)]
+    assert len(told) == 1, [str(w.message) for w in told]
+
+
 def test_a_failed_item_is_journaled_with_its_original_type(client, tmp_path: Path):
     path = tmp_path / "batch.journal"
     asyncio.run(batch_execute(range(9), fails_on_threes, runner=DaskRunner(client), journal=path))
