@@ -82,10 +82,12 @@ DEFAULT_MARGIN_S = 0.010
 # processes' event loops, whose start -> arrival spread is wider: at 1 ms, 503-510 arrivals
 # reached the server in some second at a shared 500/s while the starts held 500. Measured per
 # request at a shared 500/s, quiet (docs/design.md, "Dask runner: where a request waits"):
-# start -> arrival p99 2.4-4.3 ms, p99.9 8-12 ms; the tail beyond was the workers' full
-# collections (23-42 ms, now frozen away: dask_chunk) and the server's own stalls, which no
-# margin covers. 5 ms: with J the windows are W + 15 ms, 0.985 of the rate at most (0.980
-# at 10 ms); a given margin_s is kept.
+# start -> arrival p99 1.6-4.3 ms, p99.9 4-12 ms; the tail beyond was the workers' full
+# collections (23-42 ms; 4-18 ms with the heap frozen, dask_chunk) and the server's own
+# stalls, which no margin covers. 5 ms: with J the windows are W + 15 ms, 0.985 of the rate at
+# most (0.980 at 10 ms). Old/new alternating, 8 pairs: the rate 0.975 -> 0.982 (median), and
+# <= 500 arrivals in every quiet run (load <= 2.3: 4 of 4); at load 3-4 over 500 in 2 of 4
+# runs in either tree (docs/benchmarks.md). A given margin_s is kept.
 DEFAULT_ARRIVAL_MARGIN_S = 0.005
 
 # How long a worker waits for the actor's answer before calling it lost. Answers take 1-4 ms
