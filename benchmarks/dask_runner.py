@@ -112,22 +112,44 @@ def overhead(items: int) -> dict[str, Any]:
     }
 
 
-def fetcher(url: str) -> Callable[[str], Any]:
+def fetcher(url: str, keep_alive: bool = False) -> Callable[[str], Any]:
     """One request per item on asyncio streams (it leaves as the attempt starts); the value
-    is the attempt's start (monotonic ns: one clock for every process on this machine)."""
+    is the attempt's start (monotonic ns: one clock for every process on this machine).
+    ``keep_alive``: each event loop keeps its connections open and reuses them (as an httpx
+    client would), instead of a new connection per request."""
     host, port = url.removeprefix("http://").split(":")
 
     async def fetch(item_id: str) -> int:
         started_ns = time.monotonic_ns()
-        reader, writer = await asyncio.open_connection(host, int(port))
+        # Per event loop (each chunk runs on its own): its idle connections, on the loop.
+        loop: Any = asyncio.get_running_loop()
+        if keep_alive and not hasattr(loop, "idle_connections"):
+            loop.idle_connections = []
+        pool: list[Any] | None = loop.idle_connections if keep_alive else None
+        if pool:
+            reader, writer = pool.pop()
+        else:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        kept = False
         try:
-            request = f"GET /items/{item_id} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            request = f"GET /items/{item_id} HTTP/1.1\r\nHost: {host}\r\n"
+            if not keep_alive:
+                request += "Connection: close\r\n"
             writer.write(request.encode() + b"\r\n")
             await writer.drain()
-            head = (await reader.read()).split(b"\r\n", 1)[0]
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            if pool is not None:
+                pool.append((reader, writer))
+                kept = True
         finally:
-            writer.close()
-        status = int(head.split()[1])
+            if not kept:
+                writer.close()
+        status = int(head.split(None, 2)[1])
         if status != 200:
             raise OSError(f"status {status}")
         return started_ns
@@ -144,7 +166,11 @@ def most_in_window(times_s: list[float], window_s: float = 1.0) -> int:
 
 
 def shared_limit(
-    io_items: int, margin_s: float | None, cluster_margin_s: float, concurrency: int
+    io_items: int,
+    margin_s: float | None,
+    cluster_margin_s: float,
+    concurrency: int,
+    keep_alive: bool = False,
 ) -> dict[str, Any]:
     rate = 500
     config = ApiConfig(quota=None, base_latency_s=0.010)
@@ -162,7 +188,7 @@ def shared_limit(
             results = asyncio.run(
                 batch_execute(
                     [f"i{n}" for n in range(io_items)],
-                    fetcher(server.url),
+                    fetcher(server.url, keep_alive),
                     max_concurrent=concurrency,
                     rate_limiter=RateLimiter(f"{rate}/s", margin_s=margin_s),
                     runner=DaskRunner(client, limiter_margin_s=cluster_margin_s),
@@ -178,6 +204,7 @@ def shared_limit(
         "margin_s": margin_s,
         "cluster_margin_s": cluster_margin_s,
         "max_concurrent": concurrency,
+        "keep_alive": keep_alive,
         "failed": sum(r.is_failure for r in results),
         "rate_fraction": (len(arrivals) - 1) / span_s / rate,
         "max_arrivals_in_any_1s": most_in_window(arrivals),
@@ -283,6 +310,9 @@ def main() -> None:
     parser.add_argument("--margins", default="none,0.02", help="the limiter's margin_s values")
     parser.add_argument("--cluster-margin", type=float, default=0.010, help="DaskRunner's J")
     parser.add_argument("--concurrency", type=int, default=48, help="items at once per chunk")
+    parser.add_argument(
+        "--keep-alive", action="store_true", help="reuse each event loop's connections"
+    )
     args = parser.parse_args()
     _set_loops(calibrate())
     report: dict[str, Any] = {}
@@ -292,7 +322,9 @@ def main() -> None:
     if args.only in (None, "limit"):
         for text in args.margins.split(","):
             margin_s = None if text == "none" else float(text)
-            row = shared_limit(args.io_items, margin_s, args.cluster_margin, args.concurrency)
+            row = shared_limit(
+                args.io_items, margin_s, args.cluster_margin, args.concurrency, args.keep_alive
+            )
             report[f"limit_margin_{margin_s}"] = row
             print(json.dumps(row), flush=True)
     if args.only in (None, "cpu"):

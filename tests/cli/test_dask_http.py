@@ -464,13 +464,13 @@ def test_the_dry_run_says_what_the_cluster_costs_of_the_rate(tmp_path: Path) -> 
         assert done.returncode == 0, done.stderr
         told[rate] = [line for line in done.stdout.splitlines() if "on cluster:" in line]
     assert told["50/s"] == [
-        "  on cluster:  at most 0.87 of the rate (0.84 measured at 50/s against nginx): starts "
+        "  on cluster:  at most 0.876 of the rate (0.84 measured at 50/s against nginx): starts "
         "stay 1/rate apart, as a server without burst counts them (nginx limit_req), so slots "
         "are 1/rate + 1/8 apart (a worker starts within 1/8 of its slot or gives it back) and "
-        "each window is 20 ms longer (a worker's start reaches the server later)"
+        "each window is 15 ms longer (a worker's start reaches the server later)"
     ]
     assert told["500/s"] == [
-        "  on cluster:  at most 0.98 of the rate: each window is 20 ms longer (a worker's start "
+        "  on cluster:  at most 0.985 of the rate: each window is 15 ms longer (a worker's start "
         "reaches the server later); above 125/s not spaced: starts 1/rate apart on average, up "
         "to 10 ms closer"
     ]

@@ -473,3 +473,31 @@ def test_a_worker_on_the_actors_machine_reads_the_actors_clock_exactly():
     here._offset.sample(sent_ns=100, actor_ns=5_000, received_ns=110)  # no effect: exact
     assert (here._offset.low_ns, here._offset.high_ns) == (0, 0)
     assert elsewhere._offset.high_ns - elsewhere._offset.low_ns > W
+
+
+def test_late_slots_are_told_once_when_over_5_percent_of_200_since_the_last_look():
+    from paceline.runners.dask_runner import LateWatch
+
+    now = [0]
+    watch = LateWatch(clock_ns=lambda: now[0])
+    assert watch.due()
+    # 150 booked: too few to tell; the next look (due at once) counts from zero again.
+    assert watch.look({"booked": 150, "given_back": 100, "paused": 0}, 10_000_000) is None
+    assert watch.due()
+    # 1,000 booked, 50 late (60 given back, 10 of them inside a pause): 5 %, not over it.
+    assert watch.look({"booked": 1000, "given_back": 60, "paused": 10}, 10_000_000) is None
+    assert not watch.due()
+    now[0] = 4_999_999_999
+    assert not watch.due()
+    now[0] = 5_000_000_000
+    assert watch.due()
+    # Since then 1,000 booked and 120 late: 12 %.
+    told = watch.look({"booked": 2000, "given_back": 180, "paused": 10}, 15_000_000)
+    assert told == (
+        "12 % of the cluster's slots came back late (not started within 15 ms of their slot): "
+        "the workers' CPU is saturated; fewer items at once per worker, lighter items or more "
+        "workers help"
+    )
+    now[0] = 20_000_000_000
+    assert not watch.due()  # said once
+    assert watch.look({"booked": 3000, "given_back": 900, "paused": 10}, 15_000_000) is None

@@ -4,6 +4,7 @@ referee of the shared limit, a journal on the driver."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import os
@@ -31,6 +32,8 @@ from paceline import (  # noqa: E402
     Throttled,
     batch_execute,
 )
+from paceline.runners import dask_chunk  # noqa: E402
+from paceline.runners.dask_chunk import freeze_worker_heap  # noqa: E402
 from paceline.runners.dask_runner import ChunkNotSerializable, ItemAttempts  # noqa: E402
 from paceline.stores import Journal, item_key  # noqa: E402
 from paceline.testing.api_server import ApiConfig, ApiServer  # noqa: E402
@@ -115,6 +118,47 @@ def test_results_come_back_in_input_order_with_failures_as_values(client):
     assert type(failure.error).__name__ == "KeyError"
     assert "no 3" in str(failure.error)
     assert seen == list(range(1, 301))
+
+
+def test_each_worker_process_freezes_its_heap_once_at_its_first_chunk(client):
+    # A worker's full collections walk what it held before its first chunk no more (they
+    # stalled every event loop of the process 23-42 ms: docs/design.md, "Dask runner").
+    # 8 first chunks of 8 items go out at once: both workers run some.
+    asyncio.run(batch_execute(range(64), double, runner=DaskRunner(client)))
+    frozen = client.run(gc.get_freeze_count)
+    assert len(frozen) == 2
+    assert all(count > 10_000 for count in frozen.values()), frozen
+    again = client.run(freeze_worker_heap, lambda: None)
+    assert set(again.values()) == {False}  # once per process
+
+
+def test_freeze_worker_heap_freezes_once_per_process(monkeypatch):
+    monkeypatch.setattr(dask_chunk, "_FROZEN", threading.Event())
+    calls: list[int] = []
+    assert dask_chunk.freeze_worker_heap(lambda: calls.append(1)) is True
+    assert dask_chunk.freeze_worker_heap(lambda: calls.append(2)) is False
+    assert calls == [1]
+
+
+async def hogs_its_loop(x: int) -> int:
+    time.sleep(0.03)  # blocks the chunk's event loop: the items waiting for a slot wake late
+    return x
+
+
+def test_slots_that_keep_coming_back_late_are_told_once(client):
+    with pytest.warns(RuntimeWarning, match=r"% of the cluster's slots came back late") as seen:
+        results = asyncio.run(
+            batch_execute(
+                range(300),
+                hogs_its_loop,
+                max_concurrent=8,
+                rate_limiter=RateLimiter("400/s"),
+                runner=DaskRunner(client),
+            )
+        )
+    assert all(r.is_success for r in results)
+    told = [w for w in seen if "came back late" in str(w.message)]
+    assert len(told) == 1, [str(w.message) for w in told]
 
 
 def test_a_failed_item_is_journaled_with_its_original_type(client, tmp_path: Path):

@@ -129,13 +129,13 @@ def _cluster_cost(limiter: RateLimiter) -> str:
     windows = f"each window is {longer_ms:g} ms longer (a worker's start reaches the server later)"
     if spaced:
         return (
-            f"at most {share:.2f} of the rate (0.84 measured at 50/s against nginx): starts "
+            f"at most {share:.3f} of the rate (0.84 measured at 50/s against nginx): starts "
             "stay 1/rate apart, as a server without burst counts them (nginx limit_req), so "
             "slots are 1/rate + 1/8 apart (a worker starts within 1/8 of its slot or gives it "
             f"back) and {windows}"
         )
     evenly = any(lim.burst == 1 for lim in limiter.limits)
-    return f"at most {share:.2f} of the rate: {windows}" + (
+    return f"at most {share:.3f} of the rate: {windows}" + (
         "; above 125/s not spaced: starts 1/rate apart on average, up to "
         f"{DEFAULT_MARGIN_S * 1e3:g} ms closer"
         if evenly

@@ -79,11 +79,16 @@ DEFAULT_MARGIN_S = 0.010
 # The limiter's own margin on a cluster when it was not given one (``margin_s=None``; the CLI's
 # ``--rate`` without ``--rate-margin``): how much later than its start the server may see an
 # attempt. In one process it is at most 1 ms; a cluster's requests leave from several worker
-# processes' event loops, whose start -> arrival spread is wider (p99 13-21 ms at load 1.5-3,
-# docs/benchmarks.md): at 1 ms, 503-510 arrivals reached the server in some second at a
-# shared 500/s while the starts held 500 (503-505 at 10 ms, load 5). With J the windows are
-# W + 20 ms: 0.980 of the rate at most, where W + 1 ms + J was 0.989; a given margin_s is kept.
-DEFAULT_ARRIVAL_MARGIN_S = 0.010
+# processes' event loops, whose start -> arrival spread is wider: at 1 ms, 503-510 arrivals
+# reached the server in some second at a shared 500/s while the starts held 500. Measured per
+# request at a shared 500/s, quiet (docs/design.md, "Dask runner: where a request waits"):
+# start -> arrival p99 1.6-4.3 ms, p99.9 4-12 ms; the tail beyond was the workers' full
+# collections (23-42 ms; 4-18 ms with the heap frozen, dask_chunk) and the server's own
+# stalls, which no margin covers. 5 ms: with J the windows are W + 15 ms, 0.985 of the rate at
+# most (0.980 at 10 ms). Old/new alternating, 8 pairs: the rate 0.975 -> 0.982 (median), and
+# <= 500 arrivals in every quiet run (load <= 2.3: 4 of 4); at load 3-4 over 500 in 2 of 4
+# runs in either tree (docs/benchmarks.md). A given margin_s is kept.
+DEFAULT_ARRIVAL_MARGIN_S = 0.005
 
 # How long a worker waits for the actor's answer before calling it lost. Answers take 1-4 ms
 # (70 ms in the tail on a busy machine); a call to a dead worker is otherwise retried until
@@ -798,8 +803,8 @@ def cluster_limits(
     >>> limits, margin_ns = cluster_limits(RateLimiter("15/s", margin_s=0.1), 0.01)
     >>> limits[0].window_ns, margin_ns
     (1110000000, 10000000)
-    >>> cluster_limits(RateLimiter("15/s"), 0.01)[0][0].window_ns   # 1 s + 10 ms + 10 ms
-    1020000000
+    >>> cluster_limits(RateLimiter("15/s"), 0.01)[0][0].window_ns   # 1 s + 10 ms + 5 ms
+    1015000000
     """
     if not margin_s >= 0:
         raise InvalidArgument(f"limiter_margin_s={margin_s!r}: a number of seconds >= 0, e.g. 0.01")
@@ -820,12 +825,12 @@ def cluster_share(limiter: RateLimiter, margin_s: float = DEFAULT_MARGIN_S) -> t
     ``W'`` = W + J + the arrival margin long (:func:`cluster_limits`), and a spaced limit's
     slots are W'/N + P apart. What ``--dry-run`` tells; late slots given back cost more.
 
-    >>> share, spaced = cluster_share(RateLimiter("50/s", burst=1))  # 20 / (20.4 x 9/8) ms
+    >>> share, spaced = cluster_share(RateLimiter("50/s", burst=1))  # 20 / (20.3 x 9/8) ms
     >>> round(share, 4), spaced
-    (0.8715, True)
-    >>> share, spaced = cluster_share(RateLimiter("500/s", burst=1))  # not spaced: 1 / 1.02 s
+    (0.8758, True)
+    >>> share, spaced = cluster_share(RateLimiter("500/s", burst=1))  # not spaced: 1 / 1.015 s
     >>> round(share, 4), spaced
-    (0.9804, False)
+    (0.9852, False)
     """
     limits, margin_ns = cluster_limits(limiter, margin_s)
     spaced_ns, pad_ns = _spacing(limits, margin_ns)
