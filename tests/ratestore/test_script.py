@@ -201,3 +201,41 @@ def test_a_client_with_a_smaller_margin_counts_the_latest_start_of_anothers_gran
     assert narrow.reserve(1_000, (1,))[0] == 150
     # ... and the other way round: B's latest start is its slot, A's margin is its own.
     assert wide.reserve(1_000, (1,))[0] == 250  # 100 after B's slot at 1150
+
+
+def _meta_keys(driver: Driver) -> list[str]:
+    return list(driver.store._keys[:3])
+
+
+def test_a_call_at_now_never_shortens_the_life_of_an_entry_booked_further_ahead(
+    redis_server: RedisServer,
+) -> None:
+    # One per 100 ticks at one tick per second (so PEXPIRE's real milliseconds are long):
+    # the second booking is slotted 100 ahead; a pause (or a settle, or a refused try) at now
+    # used to set every key to expire one prune window after now, before that slot: the next
+    # booking then found an empty log and went at once, beside the booked one.
+    driver = _driver(redis_server, [Limit(Rate(1, 100), margin_ns=0)])
+    raw = driver.store._sync_script().registered_client
+
+    def args(op: str, now: int, *tail: int) -> list[Any]:
+        return [op, now, 1, 0, *driver.limit_args(), *tail]
+
+    assert driver.store.run_raw(args("r", 1_000, 1))[0] == 0
+    assert driver.store.run_raw(args("r", 1_000, 1))[0] == 100  # slot 1100
+    driver.store.run_raw(args("p", 1_000, 1))
+    # the keys outlive the entry stamped 1100 by the prune window (100) at least
+    assert all(raw.pttl(key) >= (1_100 + 100 - 1_000) * 1000 for key in _meta_keys(driver))
+
+
+def test_a_give_back_of_an_id_from_before_the_keys_expired_takes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    driver = _driver(redis_server, [Limit(Rate(1, 100), margin_ns=0)])
+    old = driver.reserve(1_000, (1,))
+    raw = driver.store._sync_script().registered_client
+    raw.delete(*_meta_keys(driver))  # expired (or a Redis restarted empty)
+    new = driver.reserve(5_000, (1,))
+    assert new[0] == 0
+    assert new[2] != old[2]  # ids start again at now, above every earlier one
+    driver.settle(5_010, [old[2]], (1,), [0])  # the old grant, returned late
+    assert driver.reserve(5_020, (1,), book=False)[0] == 80  # the new one still counts

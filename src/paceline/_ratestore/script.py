@@ -205,7 +205,16 @@ local function record_log(l, slot, amount)
     redis.call('HINCRBY', l.c, newest[1], amount)
     return tonumber(newest[1])
   end
+  -- Ids never run behind the clock: a key that expired (or a Redis restarted empty) starts
+  -- again at now, above every id issued before, unless those came faster than one a tick
+  -- for longer than the keys outlive their newest entry (>= W). A client still holding an
+  -- old id (a late give-back, a long call's settle) then finds no entry, instead of taking
+  -- an unrelated new entry's count.
   local id = redis.call('HINCRBY', meta, 'seq', 1)
+  if id < now then
+    id = now
+    redis.call('HSET', meta, 'seq', id)
+  end
   redis.call('ZADD', l.z, t, id)
   redis.call('HSET', l.c, id, amount)
   return id
@@ -230,7 +239,14 @@ local exhausted = tonumber(redis.call('HGET', meta, 'exhausted') or '0')
 
 local function keep(until_t)
   -- keys live as long as their newest entry, a pause or an exhausted quota can matter, plus a
-  -- second
+  -- second. The newest entry is read, not assumed to be this call's: a settle, a pause or a
+  -- refused try (until_t = now), or a booking that fits before others' slots, must not
+  -- shorten the life of an entry booked further ahead (its keys would expire before its slot,
+  -- and the next booking would find an empty log).
+  for i = 1, L do
+    local newest = redis.call('ZRANGE', lim[i].z, -1, -1, 'WITHSCORES')
+    if #newest > 0 and tonumber(newest[2]) > until_t then until_t = tonumber(newest[2]) end
+  end
   if pause > until_t then until_t = pause end
   if exhausted > until_t then until_t = exhausted end
   local ms = math.ceil((until_t - now + longest) * 1000 / tps) + 1000
