@@ -91,7 +91,7 @@ class ScriptMachine(RuleBasedStateMachine):
     # -- the set-up: N, and 2-3 clients with their own margins and settings -----------------
 
     @initialize(
-        n=st.sampled_from([1, 2, 3, 5]),
+        n=st.sampled_from([1, 2, 3, 5, 8]),
         clients=st.lists(
             st.builds(
                 Client,
@@ -101,7 +101,7 @@ class ScriptMachine(RuleBasedStateMachine):
                 fence=st.sampled_from([0, 0, 1]),
             ),
             min_size=2,
-            max_size=3,
+            max_size=4,
         ),
     )
     def setup(self, n: int, clients: list[Client]) -> None:
@@ -227,12 +227,18 @@ class ScriptMachine(RuleBasedStateMachine):
                 del self.r.deadlines[key]
 
     @precondition(lambda self: self.run is not None)
-    @rule(client=st.integers(0, 2), length=st.integers(1, 2 * W))
+    @rule(client=st.integers(0, 3), margin=st.sampled_from([0, 1, 2, 4, 13, 30]))
+    def remeasure(self, client: int, margin: int) -> None:
+        """A client's margin follows its lateness: later bookings use another one."""
+        self.r.clients[client % len(self.r.clients)].margin = margin
+
+    @precondition(lambda self: self.run is not None)
+    @rule(client=st.integers(0, 3), length=st.integers(1, 2 * W))
     def pause(self, client: int, length: int) -> None:
         self.script(client % len(self.r.clients), "p", length)
 
     @precondition(lambda self: self.run is not None)
-    @rule(client=st.integers(0, 2), length=st.integers(1, W))
+    @rule(client=st.integers(0, 3), length=st.integers(1, W))
     def exhausted(self, client: int, length: int) -> None:
         self.script(client % len(self.r.clients), "x", length, "told so")
 
@@ -272,11 +278,12 @@ def test_no_window_holds_more_than_n_starts_whatever_the_clients_do(
 ) -> None:
     ScriptMachine.server = redis_server
     examples = int(os.environ.get("PACELINE_STATEFUL_EXAMPLES", "25"))
+    steps = int(os.environ.get("PACELINE_STATEFUL_STEPS", "50"))
     run_state_machine_as_test(
         ScriptMachine,
         settings=settings(
             max_examples=examples,
-            stateful_step_count=50,
+            stateful_step_count=steps,
             deadline=None,
             suppress_health_check=list(HealthCheck),
         ),
