@@ -21,7 +21,10 @@ the server's clock only makes windows stricter). It mirrors the policy line by l
   limit allows (``now + wait``, as the policy would grant it then) and the wait is returned, so
   a caller needs one round trip per grant and never polls;
 - ``settle`` gives back the unused part of a grant's entry, or charges an overrun from the first
-  moment its limit has room for it (in chunks of at most N), exactly as ``LimitPolicy.settle``.
+  moment its limit has room for it (in chunks of at most N), exactly as ``LimitPolicy.settle``;
+- the keys live as long as their newest entry (and a pause or an exhausted mark) can matter,
+  whatever the call, and entry ids never run behind the clock, so an id a client kept from
+  before the keys expired (or a Redis restarted empty) names no new entry.
 
 Time is in integer *ticks* (microseconds in production: Lua numbers are doubles, exact to 2^53;
 microseconds since 1970 are about 2^51). Tests pass ``now`` and their own tick scale to compare
