@@ -85,7 +85,8 @@ class ScriptMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.now = 1_000
+        # today's microseconds (16 digits, as TIME reads them; Lua prints 14)
+        self.now = 1_733_362_512_345_041
         self.run: Run | None = None
 
     # -- the set-up: N, and 2-3 clients with their own margins and settings -----------------

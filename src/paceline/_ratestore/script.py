@@ -160,9 +160,14 @@ local function wait_log(l, t, amount)
   if excess <= 0 then return 0 end
   local freed = 0
   local start = 0
+  -- The window's edge, written exactly: `..` would format it with Lua's "%.14g", and today's
+  -- microseconds have 16 digits, so the edge moved by up to 50 us; moved back, the entries
+  -- below began with one held() had already left out, and the wait came out one entry short
+  -- (a 201st start in a second under load, issue 15's "cause B"). A number argument is exact
+  -- (Redis writes it with "%.17g").
+  local edge = string.format('(%.0f', t - l.w)
   while true do
-    local batch = redis.call('ZRANGEBYSCORE', l.z, '(' .. (t - l.w), '+inf', 'WITHSCORES',
-                             'LIMIT', start, 64)
+    local batch = redis.call('ZRANGEBYSCORE', l.z, edge, '+inf', 'WITHSCORES', 'LIMIT', start, 64)
     if #batch == 0 then return l.w end  -- unreachable: amount <= N frees enough
     local counts = {}
     for j = 1, #batch, 2 do counts[#counts + 1] = batch[j] end
