@@ -94,8 +94,9 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
     tracing = os.environ.get("BENCH_DIAG") == "trace" and lib.startswith("paceline")
     trace: list[list[int]] = []
     given_back: list[list[int]] = []
+    bookings: list[list[int]] = []
     if tracing:
-        _trace_give_backs(limiter, given_back)
+        _trace_give_backs(limiter, given_back, bookings)
     starts: list[float] = []  # CLOCK_MONOTONIC is one clock for every process of a machine
     lock = threading.Lock()
     left = iter(range(calls))
@@ -164,6 +165,7 @@ def worker(lib: str, url: str, key: str, api: str, calls: int, threads: int) -> 
     counts["starts"] = starts
     if tracing:
         counts["trace"], counts["given_back"] = trace, given_back
+        counts["bookings"] = bookings
     if lib.startswith("paceline"):
         store = limiter.store
         counts["script_calls"] = store.round_trips if store is not None else 0
@@ -185,8 +187,13 @@ def _server_slot(booking: Any) -> int:
     return slot or _OLD_SLOTS.get((booking.sent_ns, booking.recv_ns), 0)
 
 
-def _trace_give_backs(limiter: Any, given_back: list[list[int]]) -> None:
-    """Record every booking the limiter gives back (returned with its re-booking, or alone)."""
+def _trace_give_backs(
+    limiter: Any, given_back: list[list[int]], bookings: list[list[int]] | None = None
+) -> None:
+    """Record every booking the limiter gives back (returned with its re-booking, or alone),
+    and (``bookings``) every booking: [sent, recv, server now, wait (ticks), the limit
+    arguments' length and the arguments, amounts, ids, then the ids and amounts given back
+    in the same call]."""
     store = limiter.store
     reserve, give_back, booked = store.reserve, store.give_back, store._booking
 
@@ -204,7 +211,18 @@ def _trace_give_backs(limiter: Any, given_back: list[list[int]]) -> None:
     def traced_reserve(amounts: Any, *, book: bool = True, release: Any = None) -> Any:
         if release is not None:
             note(release)
-        return reserve(amounts, book=book, release=release)
+        booking = reserve(amounts, book=book, release=release)
+        if bookings is not None:  # what the script was given and answered, for --replay
+            back = list(release.ids) + list(release.amounts) if release is not None else []
+            limit_args = store._limit_args(booking.margin_ns)
+            server_now = _server_slot(booking) - booking.wait_ns // 1000
+            bookings.append(
+                [
+                    *(booking.sent_ns, booking.recv_ns, server_now, booking.wait_ns // 1000),
+                    *(len(limit_args), *limit_args, *amounts, *booking.ids, *back),
+                ]
+            )
+        return booking
 
     def traced_give_back(booking: Any) -> None:
         note(booking)
@@ -300,6 +318,7 @@ def _explain_excess(shares: list[dict[str, Any]]) -> None:
     for r in early:
         print("TRACE before slot:", json.dumps(_rounded(r)), file=sys.stderr)
     seen = -1
+    windows: list[list[dict[str, Any]]] = []
     for i in range(len(rows) - RATE):
         first, last = rows[i], rows[i + RATE]
         if last["start"] - first["start"] >= 1_000_000_000 or i <= seen:
@@ -314,11 +333,14 @@ def _explain_excess(shares: list[dict[str, Any]]) -> None:
         )
         print("TRACE   first:", json.dumps(_rounded(first)), file=sys.stderr)
         print("TRACE   last: ", json.dumps(_rounded(last)), file=sys.stderr)
-        dump = os.environ.get("BENCH_TRACE_DUMP")
-        if dump:  # the window's grants and every give-back, for a closer look
-            with open(dump, "a") as out:
-                given = [list(g) for s in shares for g in s.get("given_back", [])]
-                out.write(json.dumps({"window": inside, "given_back": given}) + "\n")
+        windows.append(inside)
+    dump = os.environ.get("BENCH_TRACE_DUMP")
+    if dump:  # one line per row: its 201-windows' grants, every give-back and every booking
+        with open(dump, "a") as out:
+            given = [list(g) for s in shares for g in s.get("given_back", [])]
+            booked = [[p, *b] for p, s in enumerate(shares) for b in s.get("bookings", [])]
+            line = {"windows": windows, "given_back": given, "bookings": booked}
+            out.write(json.dumps(line) + "\n")
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
@@ -429,7 +451,7 @@ def scenario(
             print(f"worker stderr: {err.strip()[-1500:]}", file=sys.stderr)
     if os.environ.get("BENCH_DIAG"):
         for s in shares:
-            hidden = ("starts", "trace", "given_back")
+            hidden = ("starts", "trace", "given_back", "bookings")
             print({k: v for k, v in s.items() if k not in hidden}, file=sys.stderr)
         _explain_excess(shares)
     commands = _command_calls(stats_url)
@@ -466,7 +488,92 @@ def scenario(
     }
 
 
+def _most_in_a_window(grants: list[tuple[int, int]], window: int) -> int:
+    """The most grants one window of ``window`` ticks can hold, each starting anywhere in its
+    ``(slot, latest)``: a window opening at some grant's latest start holds every grant whose
+    latest start is at or after it and whose slot is before its end."""
+    grants = sorted(grants, key=lambda g: g[1])
+    best = 0
+    for first in grants:
+        best = max(best, sum(1 for g in grants if g[1] >= first[1] and g[0] < first[1] + window))
+    return best
+
+
+def replay(path: str) -> None:
+    """``--replay DUMP``: run every booking a ``BENCH_TRACE_DUMP`` kept through this tree's
+    script on a fresh Redis, in the order Redis ran them (its clock), with the ``now`` each
+    one read and the margin, amounts and give-back each one sent; compare every wait with
+    the one recorded, and count the most grants still held (not given back) that one 1 s
+    window can hold, each starting anywhere between its slot and its latest start."""
+    from paceline._ratestore import RedisLimitStore
+    from paceline.policy.limits import Limit
+    from paceline.policy.rate import Rate
+    from paceline.testing.redis import RedisServer
+
+    with open(path) as lines:
+        dumps = [json.loads(line) for line in lines if line.strip()]
+    for n, dump in enumerate(dumps):
+        rows = []
+        for b in dump["bookings"]:
+            proc, sent, recv, now, wait, k = b[:6]
+            limit_args = b[6 : 6 + k]
+            count = limit_args[0]
+            tail = b[6 + k :]
+            rows.append(
+                {
+                    "proc": proc,
+                    "sent": sent,
+                    "recv": recv,
+                    "now": now,
+                    "wait": wait,
+                    "limit_args": limit_args,
+                    "amounts": tail[:count],
+                    "ids": tail[count : 2 * count],
+                    "back": tail[2 * count :],
+                }
+            )
+        rows.sort(key=lambda r: (r["now"], r["recv"]))
+        released = {(g[1], g[2]) for g in dump["given_back"]}
+        ids: dict[int, int] = {}  # recorded id -> replayed id
+        differ = []
+        with RedisServer() as server:
+            store = RedisLimitStore(server.url, "replay", [Limit(Rate(RATE, 1_000_000_000))])
+            for r in rows:
+                args: list[Any] = ["r", r["now"], 1_000_000, 0, *r["limit_args"], *r["amounts"]]
+                if r["back"]:
+                    half = len(r["back"]) // 2
+                    for id_, amount in zip(r["back"][:half], r["back"][half:], strict=True):
+                        args += [ids.get(id_, -1), amount]
+                reply = store.run_raw(args)
+                r["replayed_wait"] = reply[0]
+                for old, new in zip(r["ids"], reply[2 : 2 + len(r["ids"])], strict=True):
+                    if ids.setdefault(old, new) != new:
+                        differ.append(("id", old, new))
+                if reply[0] != r["wait"]:
+                    differ.append(("wait", r["now"], r["wait"], reply[0]))
+            store.close()
+        window = rows[0]["limit_args"][2] if rows else 0
+        held = [r for r in rows if (r["now"] + r["wait"], r["sent"]) not in released]
+        recorded = [(r["now"] + r["wait"], r["now"] + r["wait"] + r["limit_args"][3]) for r in held]
+        replayed = [
+            (r["now"] + r["replayed_wait"], r["now"] + r["replayed_wait"] + r["limit_args"][3])
+            for r in held
+        ]
+        print(
+            f"dump {n}: {len(rows)} bookings ({len(rows) - len(held)} given back), "
+            f"waits that differ {sum(d[0] == 'wait' for d in differ)}, "
+            f"ids that differ {sum(d[0] == 'id' for d in differ)}; most held grants one "
+            f"window can hold: recorded {_most_in_a_window(recorded, window)}, "
+            f"replayed {_most_in_a_window(replayed, window)}"
+        )
+        for d in differ[:10]:
+            print("  differs:", d)
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--replay":
+        replay(sys.argv[2])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         _, _, lib, url, key, api, calls, threads = sys.argv
         worker(lib, url, key, api, int(calls), int(threads))

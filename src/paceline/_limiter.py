@@ -325,12 +325,12 @@ class RateLimiter:
         late: Booking | None = None
         self._forget_old_bookings()
         while True:
-            try:
-                booking = await store.reserve_async(amounts, release=late)
-            except BaseException:
-                if late is not None:
-                    await store.give_back_async(late)
-                raise
+            # A late booking goes back in the call that books its replacement, and only
+            # there: if that call fails (an outage past its limit, an exhausted mark, a
+            # cancelled task) the store may have taken it back already, and a second
+            # give-back would take a count from another grant sharing its entry. Not taken
+            # back, it stays charged: stricter, never looser (as in _shared_book).
+            booking = await store.reserve_async(amounts, release=late)
             late = None
             try:
                 delay_ns = booking.start_ns - self._clock.monotonic_ns()
@@ -369,11 +369,14 @@ class RateLimiter:
         booking = self._bookings.get(granted_ns)
         if booking is None or self._clock.monotonic_ns() <= booking.latest_ns:
             return granted_ns
+        # Forgotten before the call that gives it back: whether that call succeeds or fails
+        # (the store may have taken it back either way), a later give_back(granted_ns) must
+        # not return it a second time.
+        self._bookings.pop(granted_ns, None)
         try:
             _, granted = self._shared_book(booking.amounts, late=booking)
         except StoreDegraded:  # unreachable: the late grant stands (as without this check)
             return granted_ns
-        self._bookings.pop(granted_ns, None)
         return granted
 
     def _local_recheck(self, granted_ns: int, weight: int) -> int:

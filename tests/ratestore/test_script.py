@@ -62,6 +62,10 @@ def _driver(
     return Driver(store, tuple(limits), extra)
 
 
+# Today's clock in microseconds (16 digits, as the script's TIME reads): Lua formats numbers
+# with 14, so a test on small times would miss every place a time goes through a string.
+TODAY_US = 1_733_362_512_345_041
+
 LIMIT_SETS = [
     [Limit(Rate(3, 100), margin_ns=0)],
     [Limit(Rate(5, 100), burst=2, margin_ns=0)],
@@ -97,7 +101,7 @@ def test_script_agrees_with_the_policy_on_every_schedule(
     units = [lim.rate.unit for lim in limits]
     big = limits[0].rate.max_requests > 1024
     grants: list[tuple[Reservation, list[int], tuple[int, ...]]] = []
-    now = 1_000
+    now = TODAY_US
     for kind, dt, a, b in ops:
         now += dt
         if kind == "reserve":
@@ -201,3 +205,55 @@ def test_a_client_with_a_smaller_margin_counts_the_latest_start_of_anothers_gran
     assert narrow.reserve(1_000, (1,))[0] == 150
     # ... and the other way round: B's latest start is its slot, A's margin is its own.
     assert wide.reserve(1_000, (1,))[0] == 250  # 100 after B's slot at 1150
+
+
+def _meta_keys(driver: Driver) -> list[str]:
+    return list(driver.store._keys[:3])
+
+
+def test_a_call_at_now_never_shortens_the_life_of_an_entry_booked_further_ahead(
+    redis_server: RedisServer,
+) -> None:
+    # One per 100 ticks at one tick per second (so PEXPIRE's real milliseconds are long):
+    # the second booking is slotted 100 ahead; a pause (or a settle, or a refused try) at now
+    # used to set every key to expire one prune window after now, before that slot: the next
+    # booking then found an empty log and went at once, beside the booked one.
+    driver = _driver(redis_server, [Limit(Rate(1, 100), margin_ns=0)])
+    raw = driver.store._sync_script().registered_client
+
+    def args(op: str, now: int, *tail: int) -> list[Any]:
+        return [op, now, 1, 0, *driver.limit_args(), *tail]
+
+    assert driver.store.run_raw(args("r", 1_000, 1))[0] == 0
+    assert driver.store.run_raw(args("r", 1_000, 1))[0] == 100  # slot 1100
+    driver.store.run_raw(args("p", 1_000, 1))
+    # the keys outlive the entry stamped 1100 by the prune window (100) at least
+    assert all(raw.pttl(key) >= (1_100 + 100 - 1_000) * 1000 for key in _meta_keys(driver))
+
+
+def test_a_give_back_of_an_id_from_before_the_keys_expired_takes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    driver = _driver(redis_server, [Limit(Rate(1, 100), margin_ns=0)])
+    old = driver.reserve(1_000, (1,))
+    raw = driver.store._sync_script().registered_client
+    raw.delete(*_meta_keys(driver))  # expired (or a Redis restarted empty)
+    new = driver.reserve(5_000, (1,))
+    assert new[0] == 0
+    assert new[2] != old[2]  # ids start again at now, above every earlier one
+    driver.settle(5_010, [old[2]], (1,), [0])  # the old grant, returned late
+    assert driver.reserve(5_020, (1,), book=False)[0] == 80  # the new one still counts
+
+
+def test_a_window_edge_on_todays_clock_is_exact_to_the_tick(redis_server: RedisServer) -> None:
+    # Microseconds since 1970 have 16 digits; Lua's tostring keeps 14. A window's edge written
+    # into a ZRANGEBYSCORE bound with `..` was rounded to 100 us: rounded down, the search for
+    # the entries to wait for began with one already out of the window, and the wait was one
+    # entry short (cause B of issue 15's rare 201: the log counted one grant fewer).
+    # (pruning 500 past the window, as every client does: the first entry is still kept)
+    driver = _driver(redis_server, [Limit(Rate(1, 1000), margin_ns=0)], extra=500)
+    now = 1_733_362_512_345_040  # a December 2024 morning, in microseconds
+    assert driver.reserve(now, (1,))[0] == 0
+    assert driver.reserve(now, (1,))[0] == 1000  # slot now + 1000
+    # 1005 later: the first entry left the window 5 ticks ago, the second is in it
+    assert driver.reserve(now + 1005, (1,), book=False)[0] == 995

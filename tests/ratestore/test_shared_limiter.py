@@ -749,3 +749,82 @@ def test_a_close_by_another_thread_mid_call_leaves_that_call_its_connection(
     assert "error" not in out, repr(out.get("error"))
     assert out["booking"].ids[0] > 0
     assert store._last_error is None  # no failed call: it kept its connection (not retried)
+
+
+class JumpingClock:
+    """The real clock, plus ``jump_ns`` once set: a task that wakes that much later."""
+
+    def __init__(self) -> None:
+        self.jump_ns = 0
+
+    def monotonic_ns(self) -> int:
+        return time.monotonic_ns() + self.jump_ns
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def test_a_late_booking_is_given_back_once_when_its_rebooking_fails(
+    warm_redis: RedisServer,
+) -> None:
+    # A late booking goes back in the call that books its replacement. When that call fails
+    # (here: another process marked the quota exhausted; or a cancelled task, or an outage
+    # past its limit), the store may already have taken it back: giving it back again took
+    # a count from whatever grants share its entry (entries join when stamps interleave).
+    from paceline import QuotaExhausted
+
+    key, clock = _key(), JumpingClock()
+    limiter = RateLimiter.from_rates("5/s", store=warm_redis.url, key=key, clock=clock)
+    store = limiter.store
+    assert store is not None
+    other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("5/s"))])
+    reserve_async, give_back_async = store.reserve_async, store.give_back_async
+    released: list[tuple[int, ...]] = []
+    given_back: list[tuple[int, ...]] = []
+
+    async def first_booking_late(amounts: Any, release: Any = None) -> Any:
+        if release is not None:
+            released.append(release.ids)
+        booking = await reserve_async(amounts, release=release)
+        if not released:  # the first booking: its task wakes 0.5 s late, the quota is gone
+            clock.jump_ns = booking.wait_ns + 500_000_000
+            other.run_raw(other._exhausted_args("no more today", 5))  # at once, not queued
+        return booking
+
+    async def note_give_back(booking: Any) -> None:
+        given_back.append(booking.ids)
+        await give_back_async(booking)
+
+    store.reserve_async = first_booking_late  # type: ignore[method-assign]
+    store.give_back_async = note_give_back  # type: ignore[method-assign]
+    with pytest.raises(QuotaExhausted):
+        asyncio.run(limiter.acquire_async())
+    assert len(released) == 1  # returned with the rebooking, which the mark refused
+    assert given_back == []  # and not a second time
+
+
+def test_a_grant_rebooked_before_its_start_is_not_given_back_again_by_its_time(
+    warm_redis: RedisServer,
+) -> None:
+    # The thread runner's recheck gives a late grant back in the call that books its
+    # replacement; that call failing leaves the store maybe holding it, maybe not: a later
+    # give_back(granted_ns) must not return it a second time.
+    from paceline import QuotaExhausted
+
+    key, clock = _key(), JumpingClock()
+    limiter = RateLimiter.from_rates("5/s", store=warm_redis.url, key=key, clock=clock)
+    store = limiter.store
+    assert store is not None
+    granted = limiter.acquire()
+    clock.jump_ns = 500_000_000  # the worker woke 0.5 s after the dispatcher took it
+    other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("5/s"))])
+    other.run_raw(other._exhausted_args("no more today", 5))
+    with pytest.raises(QuotaExhausted):
+        limiter._recheck(granted)
+    given_back: list[Any] = []
+    store.give_back = given_back.append  # type: ignore[method-assign]
+    limiter.give_back(granted)
+    assert given_back == []

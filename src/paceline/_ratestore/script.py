@@ -21,7 +21,10 @@ the server's clock only makes windows stricter). It mirrors the policy line by l
   limit allows (``now + wait``, as the policy would grant it then) and the wait is returned, so
   a caller needs one round trip per grant and never polls;
 - ``settle`` gives back the unused part of a grant's entry, or charges an overrun from the first
-  moment its limit has room for it (in chunks of at most N), exactly as ``LimitPolicy.settle``.
+  moment its limit has room for it (in chunks of at most N), exactly as ``LimitPolicy.settle``;
+- the keys live as long as their newest entry (and a pause or an exhausted mark) can matter,
+  whatever the call, and entry ids never run behind the clock, so an id a client kept from
+  before the keys expired (or a Redis restarted empty) names no new entry.
 
 Time is in integer *ticks* (microseconds in production: Lua numbers are doubles, exact to 2^53;
 microseconds since 1970 are about 2^51). Tests pass ``now`` and their own tick scale to compare
@@ -157,9 +160,14 @@ local function wait_log(l, t, amount)
   if excess <= 0 then return 0 end
   local freed = 0
   local start = 0
+  -- The window's edge, written exactly: `..` would format it with Lua's "%.14g", and today's
+  -- microseconds have 16 digits, so the edge moved by up to 50 us; moved back, the entries
+  -- below began with one held() had already left out, and the wait came out one entry short
+  -- (a 201st start in a second under load, issue 15's "cause B"). A number argument is exact
+  -- (Redis writes it with "%.17g").
+  local edge = string.format('(%.0f', t - l.w)
   while true do
-    local batch = redis.call('ZRANGEBYSCORE', l.z, '(' .. (t - l.w), '+inf', 'WITHSCORES',
-                             'LIMIT', start, 64)
+    local batch = redis.call('ZRANGEBYSCORE', l.z, edge, '+inf', 'WITHSCORES', 'LIMIT', start, 64)
     if #batch == 0 then return l.w end  -- unreachable: amount <= N frees enough
     local counts = {}
     for j = 1, #batch, 2 do counts[#counts + 1] = batch[j] end
@@ -205,7 +213,16 @@ local function record_log(l, slot, amount)
     redis.call('HINCRBY', l.c, newest[1], amount)
     return tonumber(newest[1])
   end
+  -- Ids never run behind the clock: a key that expired (or a Redis restarted empty) starts
+  -- again at now, above every id issued before, unless those came faster than one a tick
+  -- for longer than the keys outlive their newest entry (>= W). A client still holding an
+  -- old id (a late give-back, a long call's settle) then finds no entry, instead of taking
+  -- an unrelated new entry's count.
   local id = redis.call('HINCRBY', meta, 'seq', 1)
+  if id < now then
+    id = now
+    redis.call('HSET', meta, 'seq', id)
+  end
   redis.call('ZADD', l.z, t, id)
   redis.call('HSET', l.c, id, amount)
   return id
@@ -230,7 +247,14 @@ local exhausted = tonumber(redis.call('HGET', meta, 'exhausted') or '0')
 
 local function keep(until_t)
   -- keys live as long as their newest entry, a pause or an exhausted quota can matter, plus a
-  -- second
+  -- second. The newest entry is read, not assumed to be this call's: a settle, a pause or a
+  -- refused try (until_t = now), or a booking that fits before others' slots, must not
+  -- shorten the life of an entry booked further ahead (its keys would expire before its slot,
+  -- and the next booking would find an empty log).
+  for i = 1, L do
+    local newest = redis.call('ZRANGE', lim[i].z, -1, -1, 'WITHSCORES')
+    if #newest > 0 and tonumber(newest[2]) > until_t then until_t = tonumber(newest[2]) end
+  end
   if pause > until_t then until_t = pause end
   if exhausted > until_t then until_t = exhausted end
   local ms = math.ceil((until_t - now + longest) * 1000 / tps) + 1000
