@@ -1272,6 +1272,39 @@ def test_a_window_without_retry_after_probed_open_a_second_on_is_kept_as_slots(q
     assert result.throttled_fraction <= 0.025  # the start's: 12 of 512 at 20/s
 
 
+def test_the_tests_successes_answered_after_its_refusal_count_in_the_slots():
+    # Measured through the CLI (250/s window): the test's refusal came back before 4 of the
+    # 250 it took, and 246 slots were kept, one window's 4 spilling into an extra window at
+    # the batch's end. The late answers add their slots, up to the first burst.
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    now = c.pause_until_ns
+    tickets = []
+    for n in range(13):  # 12 taken, the 13th refused; the 10th to 12th still in flight
+        in_flight = max(0, n - 9)
+        while not (decision := c.decide(now, in_flight)).go:
+            now += decision.wait_ns
+        ticket = c.started(now, in_flight, decision.rate)
+        assert ticket.rate_test
+        tickets.append(ticket)
+        if n < 9:
+            c.finished(now + 10 * MS, ticket, Outcome.SUCCESS)
+            now += 10 * MS
+    sent_ns = [t.sent_ns for t in tickets]
+    refused_at = sent_ns[12] + 10 * MS
+    c.finished(refused_at, tickets[12], Outcome.THROTTLE, retry_after_s=1.0)
+    slots = c._slots
+    assert slots is not None
+    assert slots.quota == 9  # what the test took before its refusal came back
+    for ticket in tickets[9:12]:
+        c.finished(refused_at + 5 * MS, ticket, Outcome.SUCCESS)
+    assert slots.quota == 12
+    # each holds its slot a window after its answer, as the others do
+    assert slots.wait_ns(refused_at + 5 * MS) == sent_ns[0] + 10 * MS + 1_010 * MS - (
+        refused_at + 5 * MS
+    )
+
+
 def test_an_announced_quota_or_a_shared_rate_stands_the_slots_down():
     # The strict limit keeps an announced quota; a rate store's share paces a quota that
     # other processes use too (the slots count this process alone).

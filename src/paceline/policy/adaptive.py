@@ -466,6 +466,7 @@ class AdaptiveController:
     # slots and the first epoch they gate
     _slots: WindowSlots | None = None
     _slots_epoch: int = 0
+    _slots_cap: int = 0  # the most slots the test's late answers may add (its first burst)
     # when the last second's counted attempts were answered (a probed window's slots start
     # from them), and whether a probe got through yet
     _recent_answers_ns: deque[int] = field(default_factory=deque)
@@ -678,6 +679,10 @@ class AdaptiveController:
                     slots.taken(now_ns)
             elif ticket.rate_test and not refused:
                 slots.counted(now_ns)  # the test's, answered after its end
+                # ... and the window's N too: the test took it before its refusal's answer
+                # came back (``_keep_window_slots``)
+                if slots.quota < self._slots_cap:
+                    slots.quota += 1
         resumed_too_soon = self._resumed_too_soon(ticket, outcome)
         if resumed_too_soon:
             # The server had no room yet when the test's end said it would (a fixed window
@@ -1355,6 +1360,7 @@ class AdaptiveController:
         window_ns = round(NS * (1 + _WINDOW_SLOTS_SLACK_S))
         self._slots = WindowSlots(quota, window_ns, tuple(self._test_answers_ns))
         self._slots_epoch = self.epoch
+        self._slots_cap = int(burst + 0.5)
         self.events.append((now_ns, "window slots", float(quota)))
         return self._slots
 
@@ -1385,6 +1391,7 @@ class AdaptiveController:
         answers = (*self._recent_answers_ns, now_ns)
         self._slots = WindowSlots(quota, window_ns, answers)
         self._slots_epoch = self.epoch
+        self._slots_cap = quota
         self.events.append((now_ns, "window slots", float(quota)))
 
     def _slot_refused(self, now_ns: int) -> None:
