@@ -1191,6 +1191,47 @@ def test_a_test_stage_that_is_never_refused_doubles_the_pace():
     assert c.rate_per_s == pytest.approx(rate * 0.97)
 
 
+def test_a_peek_during_the_first_pause_starts_the_test_when_a_fast_bucket_is_full_again():
+    # Refused at 22 ms with Retry-After: 1 (a window of 12/s or a bucket of burst ~12). One
+    # attempt goes an interval of the test's pace (48/s) after the refusal: a bucket that fast
+    # has a token again. Taken, the test starts when such a bucket is full (12 intervals
+    # after the peek), not at 1,022 ms.
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    interval_ns = round(S / 48)
+    peek_ns = 22 * MS + interval_ns
+    assert c.decide(22 * MS, 0).wait_ns == interval_ns
+    assert c.decide(peek_ns, 1).slot  # alone
+    assert c.decide(peek_ns, 0).go
+    peek = c.started(peek_ns, 0, False)
+    assert peek.peek
+    assert not peek.rate_test
+    assert c.decide(peek_ns + MS, 1).wait_ns == 1022 * MS - peek_ns - MS  # one peek only
+    c.finished(peek_ns + 10 * MS, peek, Outcome.SUCCESS)
+    full_ns = peek_ns + round(12 * S / 48)
+    assert c.pause_until_ns == full_ns
+    assert [what for _, what, _ in c.events][-1] == "peek"
+    assert c._test_taken == 0  # the peek is not the test's
+    refused = _run_test_stage(c, taken=30)
+    assert refused.sent_ns == full_ns + 30 * interval_ns
+    assert c.cuts == 1
+    assert "bucket" in [what for _, what, _ in c.events]
+
+
+def test_a_refused_peek_leaves_the_first_pause_as_it_was_and_cuts_nothing():
+    c = controller(initial_concurrency=8)
+    _first_burst_refused_with_retry_after(c)
+    peek_ns = 22 * MS + round(S / 48)
+    peek = c.started(peek_ns, 0, False)
+    assert peek.peek
+    c.finished(peek_ns + 10 * MS, peek, Outcome.THROTTLE, retry_after_s=1.0)
+    assert c.pause_until_ns == 1022 * MS  # not its own Retry-After
+    assert (c.cuts, c.throttled) == (1, 2)
+    assert [what for _, what, _ in c.events][-1] == "peek refused"
+    assert not c.started(1022 * MS, 0, False).peek  # the test's first attempt
+    assert c._test_stages == [(1022 * MS, 0)]
+
+
 def test_no_test_after_a_pause_longer_than_a_second_or_without_retry_after():
     # a bucket's next token comes within a second at any rate worth testing for
     c = controller(initial_concurrency=8)

@@ -303,6 +303,7 @@ class Ticket:
     pace_per_s: float | None = None  # the even pace it was sent at (None: no pacer)
     gap_ns: int | None = None  # since the attempt started before it (None: the first)
     rate_test: bool = False  # sent at a bucket-or-window test's pace (see ``_RATE_TEST_FACTOR``)
+    peek: bool = False  # the one attempt sent during the first pause (see ``_peek_finished``)
 
 
 @dataclass(slots=True)
@@ -476,6 +477,9 @@ class AdaptiveController:
     _first_counted_ns: int | None = None
     _first_second_counted: int = 0
     # the first Retry-After (a bucket's next token comes within a second at any rate worth testing)
+    # The peek (see ``_peek_finished``): when it may go, and when it went (None: not yet).
+    _peek_at_ns: int | None = None
+    _peek_sent_ns: int | None = None
     _first_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -556,6 +560,7 @@ class AdaptiveController:
         self._cycle_successes = 0
         self._window_ns = None
         self._test_pace_per_s = None  # the quota is known: nothing to test
+        self._peek_at_ns = None
         self._slots = None  # nor to keep from this side: the strict limit keeps it
         self.events.append((now_ns, "quota", 0.0))
 
@@ -585,7 +590,12 @@ class AdaptiveController:
     def decide(self, now_ns: int, in_flight: int) -> Decision:
         """May an attempt start now, with ``in_flight`` attempts running?"""
         if now_ns < self.pause_until_ns:
-            return Decision(wait_ns=self.pause_until_ns - now_ns)
+            peek = self._peek_at_ns
+            if peek is None:
+                return Decision(wait_ns=self.pause_until_ns - now_ns)
+            if now_ns < peek:
+                return Decision(wait_ns=peek - now_ns)
+            return Decision(slot=True) if in_flight else GO
         if self._probing:
             if self._probe_in_flight or in_flight > 0:
                 return Decision(slot=True)
@@ -619,6 +629,10 @@ class AdaptiveController:
             gap_ns=now_ns - starts[-1] if starts else None,
             rate_test=self._test_pace_per_s is not None,
         )
+        if self._peek_at_ns is not None and now_ns < self.pause_until_ns:
+            ticket.peek, ticket.rate_test = True, False
+            self._peek_sent_ns = now_ns
+        self._peek_at_ns = None  # the first start after the first cut: the peek or not at all
         if ticket.rate_test and self._test_from_ns is None:
             self._test_from_ns = now_ns
             self._test_stages.append((now_ns, self._test_taken))
@@ -666,6 +680,9 @@ class AdaptiveController:
             self._probe_in_flight = False
         if ticket.epoch == self.epoch:
             self._epoch_in_flight = max(0, self._epoch_in_flight - 1)
+        if ticket.peek:
+            self._peek_finished(now_ns, ticket, outcome)
+            return
         refused = outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD
         slots = self._slots
         slot_ticket = (
@@ -704,6 +721,14 @@ class AdaptiveController:
             # a refusal of the bucket-or-window test, still in flight at its end: the test's
             # end chose when to resume from what it learned (``_resume_after_test``)
             pass
+        elif (
+            retry_after_s is not None
+            and retry_after_s > 0
+            and self._peek_sent_ns is not None
+            and ticket.sent_ns < self._peek_sent_ns
+            and self._test_pace_per_s is not None
+        ):
+            pass  # the first burst's, sent before the peek got through: the bucket was dry
         elif (
             retry_after_s is not None
             and retry_after_s > 0
@@ -1081,7 +1106,7 @@ class AdaptiveController:
         if self._test_pace_per_s is not None:
             # a cut of another kind (a 503) while testing: what the test took says nothing
             # clean about the quota any more; the hand-over rate stands
-            self._test_pace_per_s = None
+            self._test_pace_per_s = self._peek_at_ns = None
             self.events.append((now_ns, "rate test abandoned", 0.0))
         self._recovered = False
         self._aftershocks = 0
@@ -1277,6 +1302,31 @@ class AdaptiveController:
             self._test_stages = []
             self._tat_ns = None
             self.events.append((now_ns, "rate test", self._test_pace_per_s))
+            # one peek at the test's pace: a bucket that fast has a token again by then
+            self._peek_at_ns = now_ns + round(NS / self._test_pace_per_s)
+
+    def _peek_finished(self, now_ns: int, ticket: Ticket, outcome: Outcome) -> None:
+        """The peek, one attempt sent during the first pause one interval of the test's pace
+        after the refusal (docs/design.md, 'Peeking during the first pause'), is answered.
+        Taken: the server is no full window, and if a bucket, one that refills at least at
+        that pace: full again ``burst`` such intervals after the peek, when the test starts
+        instead of at the end of the whole-second ``Retry-After``. Refused: a window (or a
+        slower bucket): the pause stands as it was, no cut. Neither counts anywhere else."""
+        if outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD:
+            self.throttled += 1
+            self.events.append((now_ns, "peek refused", 0.0))
+            return
+        pace = self._test_pace_per_s
+        if outcome is not Outcome.SUCCESS or pace is None:
+            return
+        full_ns = ticket.sent_ns + round(max(self._test_burst, 1.0) * NS / pace)
+        until = max(now_ns, full_ns)
+        if until < self.pause_until_ns:
+            self.pause_until_ns = until
+            if self._paused_ns:
+                start, _ = self._paused_ns[-1]
+                self._paused_ns[-1] = (start, max(start, until))
+            self.events.append((now_ns, "peek", (until - now_ns) / NS))
 
     def _rate_test_taken(self, now_ns: int) -> None:
         """A test attempt was taken: a stage that took ``_RATE_TEST_STAGE`` first bursts
