@@ -31,10 +31,13 @@ class SimResult:
 class QuotaServer:
     """N per W counted at arrival (sliding log); 429 beyond, optionally with Retry-After."""
 
-    def __init__(self, quota: int, window_s: float, retry_after: bool) -> None:
+    def __init__(
+        self, quota: int, window_s: float, retry_after: bool, whole_seconds: bool = False
+    ) -> None:
         self.quota = quota
         self.window_ns = round(window_s * NS)
         self.retry_after = retry_after
+        self.whole_seconds = whole_seconds  # Retry-After rounded up, as the test API sends it
         self.log: deque[int] = deque()
         self.accepted: list[int] = []
         self.delay_ns = 0  # how long the server held the last accepted request (nginx's delay)
@@ -44,6 +47,8 @@ class QuotaServer:
             self.log.popleft()
         if len(self.log) >= self.quota:
             wait = (self.log[0] + self.window_ns - now) / NS
+            if self.whole_seconds:
+                wait = float(-(-(self.log[0] + self.window_ns - now) // NS))
             return Outcome.THROTTLE, (max(1.0, wait) if self.retry_after else None)
         self.log.append(now)
         self.accepted.append(now)

@@ -127,6 +127,10 @@ _RATE_TEST_OVER = 0.25
 # the quota; off at the first, as before).
 _WINDOW_SLOTS_SLACK_S = 0.01
 _WINDOW_SLOTS_MAX_RTT_S = 0.02
+# A round window longer than a second found from a whole-second Retry-After
+# (``_resume_at_round_window``) is kept as slots too, when its first stretch took at most this
+# many: the answers it keeps (32 KiB).
+_ROUND_SLOTS_MAX = 4096
 
 # Window catch-up (docs/design.md, 'Catching up against a window'): against a learned window
 # quota without ``Retry-After`` (the server stayed shut after a cut and was probed), a late
@@ -480,6 +484,14 @@ class AdaptiveController:
     # The peek (see ``_peek_finished``): when it may go, and when it went (None: not yet).
     _peek_at_ns: int | None = None
     _peek_sent_ns: int | None = None
+    # The first success answered since the last pause ended (a window's first count in this
+    # stretch: see ``_resume_at_round_window``), and whether such a resume came too soon.
+    _stretch_first_answer_ns: int | None = None
+    _round_resume_failed: bool = False
+    # that stretch's successes' answers (at most ``_ROUND_SLOTS_MAX``), and how many
+    _stretch_answers_ns: deque[int] = field(default_factory=lambda: deque(maxlen=_ROUND_SLOTS_MAX))
+    _stretch_successes: int = 0
+    _slots_late_count: bool = False  # the slots count late answers sent before them
     _first_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -694,6 +706,10 @@ class AdaptiveController:
                     slots.refused()
                 else:
                     slots.taken(now_ns)
+            elif self._slots_late_count and not refused:
+                # sent before a round window's slots were kept, answered after: counted there
+                slots.counted(now_ns)
+                slots.quota += 1
             elif ticket.rate_test and not refused:
                 slots.counted(now_ns)  # the test's, answered after its end
                 # ... and the window's N too: the test took it before its refusal's answer
@@ -701,6 +717,7 @@ class AdaptiveController:
                 if slots.quota < self._slots_cap:
                     slots.quota += 1
         resumed_too_soon = self._resumed_too_soon(ticket, outcome)
+        round_pause = False  # a new pause by a refusal (see ``_resume_at_round_window``)
         if resumed_too_soon:
             # The server had no room yet when the test's end said it would (a fixed window
             # turns over at its own boundary): wait out the test's refusal's Retry-After after
@@ -708,6 +725,7 @@ class AdaptiveController:
             assert self._test_retry_after_ns is not None
             self.pause_until_ns = max(self.pause_until_ns, self._test_retry_after_ns)
             self._test_retry_after_ns = None
+            self._round_resume_failed = True
             self.events.append((now_ns, "resumed too soon", 0.0))
             if self._slots is not None:
                 self._slot_refused(now_ns)
@@ -724,6 +742,15 @@ class AdaptiveController:
         elif (
             retry_after_s is not None
             and retry_after_s > 0
+            and self._test_resume_ns is not None
+            and ticket.epoch < self.epoch
+            and ticket.sent_ns < self._test_resume_ns
+            and self._test_resume_ns > self.pause_until_ns - round(retry_after_s * NS)
+        ):
+            pass  # sent before an early resume was chosen: counted in it (its Retry-After too)
+        elif (
+            retry_after_s is not None
+            and retry_after_s > 0
             and self._peek_sent_ns is not None
             and ticket.sent_ns < self._peek_sent_ns
             and self._test_pace_per_s is not None
@@ -736,9 +763,11 @@ class AdaptiveController:
         ):
             until = now_ns + round(retry_after_s * NS)
             if until > self.pause_until_ns:
+                new_pause = now_ns >= self.pause_until_ns
                 self._paused_ns.append((max(now_ns, self.pause_until_ns), until))
                 self.pause_until_ns = until
                 self.events.append((now_ns, "pause", retry_after_s))
+                round_pause = new_pause and outcome is Outcome.THROTTLE
             if not self._retry_after_seen:
                 self._first_pause_s = retry_after_s
             self._retry_after_seen = True
@@ -762,6 +791,8 @@ class AdaptiveController:
                 self._slot_refused(now_ns)
             else:
                 self._on_congestion(now_ns, ticket, cut_rate=True)
+            if round_pause and retry_after_s is not None:
+                self._resume_at_round_window(now_ns, retry_after_s)
         elif outcome is Outcome.OVERLOAD:
             self.throttled += 1
             self._answer(throttled=True)
@@ -806,6 +837,11 @@ class AdaptiveController:
             self._cycle_throttled_ns = None
             self.events.append((now_ns, "probe-ok", self.rate_per_s or 0.0))
         self._answer(throttled=False)
+        if ticket.sent_ns >= self.pause_until_ns:
+            if self._stretch_first_answer_ns is None:
+                self._stretch_first_answer_ns = now_ns
+            self._stretch_answers_ns.append(now_ns)
+            self._stretch_successes += 1
         self._cycle_successes += 1
         if self._cycle_first_ns is None or ticket.sent_ns < self._cycle_first_ns:
             self._cycle_first_ns = ticket.sent_ns
@@ -1411,6 +1447,7 @@ class AdaptiveController:
         self._slots = WindowSlots(quota, window_ns, tuple(self._test_answers_ns))
         self._slots_epoch = self.epoch
         self._slots_cap = int(burst + 0.5)
+        self._slots_late_count = False
         self.events.append((now_ns, "window slots", float(quota)))
         return self._slots
 
@@ -1448,6 +1485,7 @@ class AdaptiveController:
         """The server refused an attempt the slots let go: the window is longer (or shared,
         or smaller) than kept: even pacing again, at the rate handed over."""
         self._slots = None
+        self._slots_late_count = False
         self._tat_ns = None
         self.events.append((now_ns, "window slots off", 0.0))
 
@@ -1471,6 +1509,53 @@ class AdaptiveController:
             start, _ = self._paused_ns[-1]
             self._paused_ns[-1] = (start, max(start, until))
         self.events.append((now_ns, "resume", (until - now_ns) / NS))
+
+    def _resume_at_round_window(self, now_ns: int, retry_after_s: float) -> None:
+        """A refusal with a ``Retry-After`` of whole seconds (2 or more: a 1 s window is the
+        bucket-or-window test's) paused the batch: resume when the window that refused it has
+        room, if that is sooner (docs/design.md, 'Resuming at a round window'). The server
+        counted this stretch's first success no later than its answer ``f``, and "come back in
+        R s" is rounded up: the window W is in ``(now - f + R - 1, now - f + R]``. When one
+        round window (``probe_windows_s``) is in that range, the first success's slot is free
+        at ``f + W`` (+ ``probe_window_slack``): a fixed window has turned over by then too.
+        300 per 5 s refused a burst that took 0.25-0.3 s to send with "5 s": each window
+        started that much late. Not after such a resume came too soon (once per batch)."""
+        first = self._stretch_first_answer_ns
+        answers, taken = tuple(self._stretch_answers_ns), self._stretch_successes
+        self._stretch_first_answer_ns = None
+        self._stretch_answers_ns.clear()
+        self._stretch_successes = 0
+        if first is None or retry_after_s < 2 or self._round_resume_failed:
+            return
+        settings = self.settings
+        elapsed = now_ns - first
+        lo, hi = elapsed + round((retry_after_s - 1) * NS), elapsed + round(retry_after_s * NS)
+        windows = [w for w in settings.probe_windows_s if lo < w * NS <= hi]
+        if len(windows) != 1:
+            return
+        window_ns = round(windows[0] * NS * (1 + settings.probe_window_slack))
+        rtt = self._rtt_min_ns
+        if (
+            self._slots is None
+            and not self._tested
+            and settings.user_rate_per_s is None
+            and 2 <= taken <= _ROUND_SLOTS_MAX
+            and rtt is not None
+            and rtt <= _WINDOW_SLOTS_MAX_RTT_S * NS
+        ):
+            # The window's N: what this stretch had counted (and what was in flight, added
+            # as it comes): kept as slots, each free W after its answer ('Window slots').
+            slots_ns = round(windows[0] * NS * (1 + _WINDOW_SLOTS_SLACK_S))
+            self._slots = WindowSlots(taken, slots_ns, answers)
+            self._slots_epoch = self.epoch
+            self._slots_late_count = True
+            self._tested = True  # no bucket-or-window test: the window is known
+            self.events.append((now_ns, "window slots", float(taken)))
+            wait = self._slots.wait_ns(now_ns)
+            if wait is not None:
+                self._resume_after_test(now_ns, now_ns + wait)
+            return
+        self._resume_after_test(now_ns, first + window_ns)
 
     def _keeps_throttling(self) -> bool:
         """More than ``user_rate_max_throttles`` of the last ``jitter_window`` answers were
