@@ -1656,6 +1656,10 @@ class AdaptiveController:
                     break
         self._probe_attempt += 1
         self.pause_until_ns = max(self.pause_until_ns, now_ns + round(delay * NS))
+        # a probe's wait is no window's: the next stretch starts after it
+        self._stretch_first_answer_ns = None
+        self._stretch_answers_ns.clear()
+        self._stretch_successes = 0
         self.events.append((now_ns, "probe", delay))
 
 
