@@ -484,6 +484,7 @@ class AdaptiveController:
     # The peek (see ``_peek_finished``): when it may go, and when it went (None: not yet).
     _peek_at_ns: int | None = None
     _peek_sent_ns: int | None = None
+    _peek_in_flight: bool = False
     # The first success answered since the last pause ended (a window's first count in this
     # stretch: see ``_resume_at_round_window``), and whether such a resume came too soon.
     _stretch_first_answer_ns: int | None = None
@@ -602,6 +603,10 @@ class AdaptiveController:
     def decide(self, now_ns: int, in_flight: int) -> Decision:
         """May an attempt start now, with ``in_flight`` attempts running?"""
         if now_ns < self.pause_until_ns:
+            if self._peek_in_flight:
+                # its answer may end the pause sooner: wait for it, not for the pause (a
+                # worker asleep until the pause's end is not woken by a shorter pause)
+                return Decision(slot=True)
             peek = self._peek_at_ns
             if peek is None:
                 return Decision(wait_ns=self.pause_until_ns - now_ns)
@@ -644,6 +649,7 @@ class AdaptiveController:
         if self._peek_at_ns is not None and now_ns < self.pause_until_ns:
             ticket.peek, ticket.rate_test = True, False
             self._peek_sent_ns = now_ns
+            self._peek_in_flight = True
         self._peek_at_ns = None  # the first start after the first cut: the peek or not at all
         if ticket.rate_test and self._test_from_ns is None:
             self._test_from_ns = now_ns
@@ -1348,6 +1354,7 @@ class AdaptiveController:
         that pace: full again ``burst`` such intervals after the peek, when the test starts
         instead of at the end of the whole-second ``Retry-After``. Refused: a window (or a
         slower bucket): the pause stands as it was, no cut. Neither counts anywhere else."""
+        self._peek_in_flight = False
         if outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD:
             self.throttled += 1
             self.events.append((now_ns, "peek refused", 0.0))
