@@ -31,10 +31,13 @@ class SimResult:
 class QuotaServer:
     """N per W counted at arrival (sliding log); 429 beyond, optionally with Retry-After."""
 
-    def __init__(self, quota: int, window_s: float, retry_after: bool) -> None:
+    def __init__(
+        self, quota: int, window_s: float, retry_after: bool, whole_seconds: bool = False
+    ) -> None:
         self.quota = quota
         self.window_ns = round(window_s * NS)
         self.retry_after = retry_after
+        self.whole_seconds = whole_seconds  # Retry-After rounded up, as the test API sends it
         self.log: deque[int] = deque()
         self.accepted: list[int] = []
         self.delay_ns = 0  # how long the server held the last accepted request (nginx's delay)
@@ -44,6 +47,8 @@ class QuotaServer:
             self.log.popleft()
         if len(self.log) >= self.quota:
             wait = (self.log[0] + self.window_ns - now) / NS
+            if self.whole_seconds:
+                wait = float(-(-(self.log[0] + self.window_ns - now) // NS))
             return Outcome.THROTTLE, (max(1.0, wait) if self.retry_after else None)
         self.log.append(now)
         self.accepted.append(now)
@@ -140,6 +145,7 @@ def simulate(
     send_jitter_s: float = 0.0,
     connect_s: float = 0.0,
     drop_rate: float = 0.0,
+    service_s: float = 0.0,
 ) -> tuple[SimResult, AdaptiveController]:
     """Run the controller against ``server`` for ``duration_s`` of fake time. A timer (the
     pacer's, the user's limiter's) fires up to ``wake_jitter_s`` late; ``user_rate_per_s``: a
@@ -149,7 +155,10 @@ def simulate(
     latency's own +-10 %. The first ``initial_concurrency`` requests reach the server
     ``connect_s`` late (each opens a connection: measured 40-60 ms on loopback for the CLI's
     first requests). ``drop_rate``: the share of admitted requests whose answer is lost (the
-    server processed it, the client sees a dropped connection: ``Outcome.CAPACITY``)."""
+    server processed it, the client sees a dropped connection: ``Outcome.CAPACITY``).
+    ``service_s``: the server (and the client's event loop) handles one request at a time, each
+    taking this long, in arrival order: a burst queues, and its last requests are counted and
+    answered late (the test API and the CLI on one loopback: ~0.8 ms a request, measured)."""
     rng = random.Random(seed)
     drops = random.Random(seed + 1)  # its own draws: the other draws run as without drops
     settings = settings or AdaptiveSettings()
@@ -166,6 +175,7 @@ def simulate(
     throttled_at: list[float] = []
     waited_for_rate = False
     user = None if user_rate_per_s is None else Gcra(round(NS / user_rate_per_s), 0)
+    busy_until = 0  # when the server is done with what it has queued (``service_s``)
     while now < end:
         while flights and flights[0][0] <= now:
             done_at, _, ticket, outcome, retry_after = heapq.heappop(flights)
@@ -186,6 +196,8 @@ def simulate(
                 arrival += round(send_jitter_s * NS * rng.random())
             if sent < settings.initial_concurrency:
                 arrival += round(connect_s * NS)
+            if service_s:
+                arrival = busy_until = max(arrival, busy_until) + round(service_s * NS)
             outcome, retry_after = server.admit(arrival)
             if outcome is Outcome.SUCCESS and drop_rate and drops.random() < drop_rate:
                 outcome = Outcome.CAPACITY

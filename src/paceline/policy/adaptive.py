@@ -127,6 +127,10 @@ _RATE_TEST_OVER = 0.25
 # the quota; off at the first, as before).
 _WINDOW_SLOTS_SLACK_S = 0.01
 _WINDOW_SLOTS_MAX_RTT_S = 0.02
+# A round window longer than a second found from a whole-second Retry-After
+# (``_resume_at_round_window``) is kept as slots too, when its first stretch took at most this
+# many: the answers it keeps (32 KiB).
+_ROUND_SLOTS_MAX = 4096
 
 # Window catch-up (docs/design.md, 'Catching up against a window'): against a learned window
 # quota without ``Retry-After`` (the server stayed shut after a cut and was probed), a late
@@ -303,6 +307,7 @@ class Ticket:
     pace_per_s: float | None = None  # the even pace it was sent at (None: no pacer)
     gap_ns: int | None = None  # since the attempt started before it (None: the first)
     rate_test: bool = False  # sent at a bucket-or-window test's pace (see ``_RATE_TEST_FACTOR``)
+    peek: bool = False  # the one attempt sent during the first pause (see ``_peek_finished``)
 
 
 @dataclass(slots=True)
@@ -466,6 +471,7 @@ class AdaptiveController:
     # slots and the first epoch they gate
     _slots: WindowSlots | None = None
     _slots_epoch: int = 0
+    _slots_cap: int = 0  # the most slots the test's late answers may add (its first burst)
     # when the last second's counted attempts were answered (a probed window's slots start
     # from them), and whether a probe got through yet
     _recent_answers_ns: deque[int] = field(default_factory=deque)
@@ -475,6 +481,18 @@ class AdaptiveController:
     _first_counted_ns: int | None = None
     _first_second_counted: int = 0
     # the first Retry-After (a bucket's next token comes within a second at any rate worth testing)
+    # The peek (see ``_peek_finished``): when it may go, and when it went (None: not yet).
+    _peek_at_ns: int | None = None
+    _peek_sent_ns: int | None = None
+    _peek_in_flight: bool = False
+    # The first success answered since the last pause ended (a window's first count in this
+    # stretch: see ``_resume_at_round_window``), and whether such a resume came too soon.
+    _stretch_first_answer_ns: int | None = None
+    _round_resume_failed: bool = False
+    # that stretch's successes' answers (at most ``_ROUND_SLOTS_MAX``), and how many
+    _stretch_answers_ns: deque[int] = field(default_factory=lambda: deque(maxlen=_ROUND_SLOTS_MAX))
+    _stretch_successes: int = 0
+    _slots_late_count: bool = False  # the slots count late answers sent before them
     _first_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -555,6 +573,7 @@ class AdaptiveController:
         self._cycle_successes = 0
         self._window_ns = None
         self._test_pace_per_s = None  # the quota is known: nothing to test
+        self._peek_at_ns = None
         self._slots = None  # nor to keep from this side: the strict limit keeps it
         self.events.append((now_ns, "quota", 0.0))
 
@@ -584,7 +603,16 @@ class AdaptiveController:
     def decide(self, now_ns: int, in_flight: int) -> Decision:
         """May an attempt start now, with ``in_flight`` attempts running?"""
         if now_ns < self.pause_until_ns:
-            return Decision(wait_ns=self.pause_until_ns - now_ns)
+            if self._peek_in_flight:
+                # its answer may end the pause sooner: wait for it, not for the pause (a
+                # worker asleep until the pause's end is not woken by a shorter pause)
+                return Decision(slot=True)
+            peek = self._peek_at_ns
+            if peek is None:
+                return Decision(wait_ns=self.pause_until_ns - now_ns)
+            if now_ns < peek:
+                return Decision(wait_ns=peek - now_ns)
+            return Decision(slot=True) if in_flight else GO
         if self._probing:
             if self._probe_in_flight or in_flight > 0:
                 return Decision(slot=True)
@@ -618,6 +646,11 @@ class AdaptiveController:
             gap_ns=now_ns - starts[-1] if starts else None,
             rate_test=self._test_pace_per_s is not None,
         )
+        if self._peek_at_ns is not None and now_ns < self.pause_until_ns:
+            ticket.peek, ticket.rate_test = True, False
+            self._peek_sent_ns = now_ns
+            self._peek_in_flight = True
+        self._peek_at_ns = None  # the first start after the first cut: the peek or not at all
         if ticket.rate_test and self._test_from_ns is None:
             self._test_from_ns = now_ns
             self._test_stages.append((now_ns, self._test_taken))
@@ -665,6 +698,9 @@ class AdaptiveController:
             self._probe_in_flight = False
         if ticket.epoch == self.epoch:
             self._epoch_in_flight = max(0, self._epoch_in_flight - 1)
+        if ticket.peek:
+            self._peek_finished(now_ns, ticket, outcome)
+            return
         refused = outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD
         slots = self._slots
         slot_ticket = (
@@ -676,9 +712,18 @@ class AdaptiveController:
                     slots.refused()
                 else:
                     slots.taken(now_ns)
+            elif self._slots_late_count and not refused:
+                # sent before a round window's slots were kept, answered after: counted there
+                slots.counted(now_ns)
+                slots.quota += 1
             elif ticket.rate_test and not refused:
                 slots.counted(now_ns)  # the test's, answered after its end
+                # ... and the window's N too: the test took it before its refusal's answer
+                # came back (``_keep_window_slots``)
+                if slots.quota < self._slots_cap:
+                    slots.quota += 1
         resumed_too_soon = self._resumed_too_soon(ticket, outcome)
+        round_pause = False  # a new pause by a refusal (see ``_resume_at_round_window``)
         if resumed_too_soon:
             # The server had no room yet when the test's end said it would (a fixed window
             # turns over at its own boundary): wait out the test's refusal's Retry-After after
@@ -686,6 +731,7 @@ class AdaptiveController:
             assert self._test_retry_after_ns is not None
             self.pause_until_ns = max(self.pause_until_ns, self._test_retry_after_ns)
             self._test_retry_after_ns = None
+            self._round_resume_failed = True
             self.events.append((now_ns, "resumed too soon", 0.0))
             if self._slots is not None:
                 self._slot_refused(now_ns)
@@ -702,13 +748,32 @@ class AdaptiveController:
         elif (
             retry_after_s is not None
             and retry_after_s > 0
+            and self._test_resume_ns is not None
+            and ticket.epoch < self.epoch
+            and ticket.sent_ns < self._test_resume_ns
+            and self._test_resume_ns > self.pause_until_ns - round(retry_after_s * NS)
+        ):
+            pass  # sent before an early resume was chosen: counted in it (its Retry-After too)
+        elif (
+            retry_after_s is not None
+            and retry_after_s > 0
+            and self._peek_sent_ns is not None
+            and ticket.sent_ns < self._peek_sent_ns
+            and self._test_pace_per_s is not None
+        ):
+            pass  # the first burst's, sent before the peek got through: the bucket was dry
+        elif (
+            retry_after_s is not None
+            and retry_after_s > 0
             and self.server_pause.obeys(retry_after_s)
         ):
             until = now_ns + round(retry_after_s * NS)
             if until > self.pause_until_ns:
+                new_pause = now_ns >= self.pause_until_ns
                 self._paused_ns.append((max(now_ns, self.pause_until_ns), until))
                 self.pause_until_ns = until
                 self.events.append((now_ns, "pause", retry_after_s))
+                round_pause = new_pause and outcome is Outcome.THROTTLE
             if not self._retry_after_seen:
                 self._first_pause_s = retry_after_s
             self._retry_after_seen = True
@@ -732,6 +797,8 @@ class AdaptiveController:
                 self._slot_refused(now_ns)
             else:
                 self._on_congestion(now_ns, ticket, cut_rate=True)
+            if round_pause and retry_after_s is not None:
+                self._resume_at_round_window(now_ns, retry_after_s)
         elif outcome is Outcome.OVERLOAD:
             self.throttled += 1
             self._answer(throttled=True)
@@ -776,6 +843,11 @@ class AdaptiveController:
             self._cycle_throttled_ns = None
             self.events.append((now_ns, "probe-ok", self.rate_per_s or 0.0))
         self._answer(throttled=False)
+        if ticket.sent_ns >= self.pause_until_ns:
+            if self._stretch_first_answer_ns is None:
+                self._stretch_first_answer_ns = now_ns
+            self._stretch_answers_ns.append(now_ns)
+            self._stretch_successes += 1
         self._cycle_successes += 1
         if self._cycle_first_ns is None or ticket.sent_ns < self._cycle_first_ns:
             self._cycle_first_ns = ticket.sent_ns
@@ -1076,7 +1148,7 @@ class AdaptiveController:
         if self._test_pace_per_s is not None:
             # a cut of another kind (a 503) while testing: what the test took says nothing
             # clean about the quota any more; the hand-over rate stands
-            self._test_pace_per_s = None
+            self._test_pace_per_s = self._peek_at_ns = None
             self.events.append((now_ns, "rate test abandoned", 0.0))
         self._recovered = False
         self._aftershocks = 0
@@ -1272,6 +1344,32 @@ class AdaptiveController:
             self._test_stages = []
             self._tat_ns = None
             self.events.append((now_ns, "rate test", self._test_pace_per_s))
+            # one peek at the test's pace: a bucket that fast has a token again by then
+            self._peek_at_ns = now_ns + round(NS / self._test_pace_per_s)
+
+    def _peek_finished(self, now_ns: int, ticket: Ticket, outcome: Outcome) -> None:
+        """The peek, one attempt sent during the first pause one interval of the test's pace
+        after the refusal (docs/design.md, 'Peeking during the first pause'), is answered.
+        Taken: the server is no full window, and if a bucket, one that refills at least at
+        that pace: full again ``burst`` such intervals after the peek, when the test starts
+        instead of at the end of the whole-second ``Retry-After``. Refused: a window (or a
+        slower bucket): the pause stands as it was, no cut. Neither counts anywhere else."""
+        self._peek_in_flight = False
+        if outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD:
+            self.throttled += 1
+            self.events.append((now_ns, "peek refused", 0.0))
+            return
+        pace = self._test_pace_per_s
+        if outcome is not Outcome.SUCCESS or pace is None:
+            return
+        full_ns = ticket.sent_ns + round(max(self._test_burst, 1.0) * NS / pace)
+        until = max(now_ns, full_ns)
+        if until < self.pause_until_ns:
+            self.pause_until_ns = until
+            if self._paused_ns:
+                start, _ = self._paused_ns[-1]
+                self._paused_ns[-1] = (start, max(start, until))
+            self.events.append((now_ns, "peek", (until - now_ns) / NS))
 
     def _rate_test_taken(self, now_ns: int) -> None:
         """A test attempt was taken: a stage that took ``_RATE_TEST_STAGE`` first bursts
@@ -1355,6 +1453,8 @@ class AdaptiveController:
         window_ns = round(NS * (1 + _WINDOW_SLOTS_SLACK_S))
         self._slots = WindowSlots(quota, window_ns, tuple(self._test_answers_ns))
         self._slots_epoch = self.epoch
+        self._slots_cap = int(burst + 0.5)
+        self._slots_late_count = False
         self.events.append((now_ns, "window slots", float(quota)))
         return self._slots
 
@@ -1385,12 +1485,14 @@ class AdaptiveController:
         answers = (*self._recent_answers_ns, now_ns)
         self._slots = WindowSlots(quota, window_ns, answers)
         self._slots_epoch = self.epoch
+        self._slots_cap = quota
         self.events.append((now_ns, "window slots", float(quota)))
 
     def _slot_refused(self, now_ns: int) -> None:
         """The server refused an attempt the slots let go: the window is longer (or shared,
         or smaller) than kept: even pacing again, at the rate handed over."""
         self._slots = None
+        self._slots_late_count = False
         self._tat_ns = None
         self.events.append((now_ns, "window slots off", 0.0))
 
@@ -1414,6 +1516,53 @@ class AdaptiveController:
             start, _ = self._paused_ns[-1]
             self._paused_ns[-1] = (start, max(start, until))
         self.events.append((now_ns, "resume", (until - now_ns) / NS))
+
+    def _resume_at_round_window(self, now_ns: int, retry_after_s: float) -> None:
+        """A refusal with a ``Retry-After`` of whole seconds (2 or more: a 1 s window is the
+        bucket-or-window test's) paused the batch: resume when the window that refused it has
+        room, if that is sooner (docs/design.md, 'Resuming at a round window'). The server
+        counted this stretch's first success no later than its answer ``f``, and "come back in
+        R s" is rounded up: the window W is in ``(now - f + R - 1, now - f + R]``. When one
+        round window (``probe_windows_s``) is in that range, the first success's slot is free
+        at ``f + W`` (+ ``probe_window_slack``): a fixed window has turned over by then too.
+        300 per 5 s refused a burst that took 0.25-0.3 s to send with "5 s": each window
+        started that much late. Not after such a resume came too soon (once per batch)."""
+        first = self._stretch_first_answer_ns
+        answers, taken = tuple(self._stretch_answers_ns), self._stretch_successes
+        self._stretch_first_answer_ns = None
+        self._stretch_answers_ns.clear()
+        self._stretch_successes = 0
+        if first is None or retry_after_s < 2 or self._round_resume_failed:
+            return
+        settings = self.settings
+        elapsed = now_ns - first
+        lo, hi = elapsed + round((retry_after_s - 1) * NS), elapsed + round(retry_after_s * NS)
+        windows = [w for w in settings.probe_windows_s if lo < w * NS <= hi]
+        if len(windows) != 1:
+            return
+        window_ns = round(windows[0] * NS * (1 + settings.probe_window_slack))
+        rtt = self._rtt_min_ns
+        if (
+            self._slots is None
+            and not self._tested
+            and settings.user_rate_per_s is None
+            and 2 <= taken <= _ROUND_SLOTS_MAX
+            and rtt is not None
+            and rtt <= _WINDOW_SLOTS_MAX_RTT_S * NS
+        ):
+            # The window's N: what this stretch had counted (and what was in flight, added
+            # as it comes): kept as slots, each free W after its answer ('Window slots').
+            slots_ns = round(windows[0] * NS * (1 + _WINDOW_SLOTS_SLACK_S))
+            self._slots = WindowSlots(taken, slots_ns, answers)
+            self._slots_epoch = self.epoch
+            self._slots_late_count = True
+            self._tested = True  # no bucket-or-window test: the window is known
+            self.events.append((now_ns, "window slots", float(taken)))
+            wait = self._slots.wait_ns(now_ns)
+            if wait is not None:
+                self._resume_after_test(now_ns, now_ns + wait)
+            return
+        self._resume_after_test(now_ns, first + window_ns)
 
     def _keeps_throttling(self) -> bool:
         """More than ``user_rate_max_throttles`` of the last ``jitter_window`` answers were
@@ -1514,6 +1663,10 @@ class AdaptiveController:
                     break
         self._probe_attempt += 1
         self.pause_until_ns = max(self.pause_until_ns, now_ns + round(delay * NS))
+        # a probe's wait is no window's: the next stretch starts after it
+        self._stretch_first_answer_ns = None
+        self._stretch_answers_ns.clear()
+        self._stretch_successes = 0
         self.events.append((now_ns, "probe", delay))
 
 
