@@ -767,6 +767,18 @@ class JumpingClock:
         await asyncio.sleep(seconds)
 
 
+def _limiter_and_another_process(
+    server: RedisServer,
+) -> tuple[RateLimiter, RedisLimitStore, JumpingClock, RedisLimitStore]:
+    """A shared 5/s limiter on a clock that can jump, its store, the clock, and another
+    process's store on the same key (to mark the quota exhausted meanwhile)."""
+    key, clock = _key(), JumpingClock()
+    limiter = RateLimiter.from_rates("5/s", store=server.url, key=key, clock=clock)
+    store = limiter.store
+    assert store is not None
+    return limiter, store, clock, RedisLimitStore(server.url, key, [Limit(Rate.parse("5/s"))])
+
+
 def test_a_late_booking_is_given_back_once_when_its_rebooking_fails(
     warm_redis: RedisServer,
 ) -> None:
@@ -776,11 +788,7 @@ def test_a_late_booking_is_given_back_once_when_its_rebooking_fails(
     # a count from whatever grants share its entry (entries join when stamps interleave).
     from paceline import QuotaExhausted
 
-    key, clock = _key(), JumpingClock()
-    limiter = RateLimiter.from_rates("5/s", store=warm_redis.url, key=key, clock=clock)
-    store = limiter.store
-    assert store is not None
-    other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("5/s"))])
+    limiter, store, clock, other = _limiter_and_another_process(warm_redis)
     reserve_async, give_back_async = store.reserve_async, store.give_back_async
     released: list[tuple[int, ...]] = []
     given_back: list[tuple[int, ...]] = []
@@ -814,13 +822,9 @@ def test_a_grant_rebooked_before_its_start_is_not_given_back_again_by_its_time(
     # give_back(granted_ns) must not return it a second time.
     from paceline import QuotaExhausted
 
-    key, clock = _key(), JumpingClock()
-    limiter = RateLimiter.from_rates("5/s", store=warm_redis.url, key=key, clock=clock)
-    store = limiter.store
-    assert store is not None
+    limiter, store, clock, other = _limiter_and_another_process(warm_redis)
     granted = limiter.acquire()
     clock.jump_ns = 500_000_000  # the worker woke 0.5 s after the dispatcher took it
-    other = RedisLimitStore(warm_redis.url, key, [Limit(Rate.parse("5/s"))])
     other.run_raw(other._exhausted_args("no more today", 5))
     with pytest.raises(QuotaExhausted):
         limiter._recheck(granted)
