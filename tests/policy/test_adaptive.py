@@ -1215,9 +1215,41 @@ def test_a_peek_during_the_first_pause_starts_the_test_when_a_fast_bucket_is_ful
     assert [what for _, what, _ in c.events][-1] == "peek"
     assert c._test_taken == 0  # the peek is not the test's
     refused = _run_test_stage(c, taken=30)
-    assert refused.sent_ns == full_ns + 30 * interval_ns
+    # the peek showed a bucket about as fast as the test's pace: its first stage is one first
+    # burst (12 at 48/s), not four; then 96/s ('A short first stage after the peek')
+    paces = [value for _, what, value in c.events if what == "rate test"]
+    assert paces == [pytest.approx(48.0), pytest.approx(96.0)]
+    second_ns = full_ns + 12 * interval_ns
+    assert c._test_stages == [(full_ns, 0), (second_ns, 12)]
+    assert refused.sent_ns == second_ns + 18 * round(S / 96)
     assert c.cuts == 1
     assert "bucket" in [what for _, what, _ in c.events]
+
+
+def test_after_a_peek_a_first_burst_under_8_keeps_the_four_burst_first_stage():
+    # 6 taken, the 7th refused with Retry-After: 1; the peek gets through. A later stage's
+    # count is the rate's estimate, and one of 6 is too coarse (a 20/s bucket of burst 5 read
+    # 17.9/s, simulated): the first stage stays 4 first bursts (24) at the test's pace.
+    c = controller(initial_concurrency=8)
+    for i in range(6):
+        c.finished(i * MS + 10 * MS, c.started(i * MS, 0, False), Outcome.SUCCESS)
+    c.finished(16 * MS, c.started(6 * MS, 0, False), Outcome.THROTTLE, retry_after_s=1.0)
+    pace = c._test_pace_per_s
+    assert pace is not None
+    assert c._test_burst == pytest.approx(6.0)
+    peek_ns = 16 * MS + round(S / pace)
+    assert c.decide(peek_ns, 0).go
+    peek = c.started(peek_ns, 0, False)
+    assert peek.peek
+    c.finished(peek_ns + 10 * MS, peek, Outcome.SUCCESS)
+    assert [what for _, what, _ in c.events][-1] == "peek"
+    refused = _run_test_stage(c, taken=30)
+    paces = [value for _, what, value in c.events if what == "rate test"]
+    assert paces == [pytest.approx(pace), pytest.approx(2 * pace)]
+    (first_ns, _), (second_ns, before) = c._test_stages
+    assert (first_ns, before) == (peek_ns + round(6 * S / pace), 24)  # full again
+    assert second_ns == first_ns + 24 * round(S / pace)
+    assert refused.sent_ns == second_ns + 6 * round(S / (2 * pace))
 
 
 def test_a_refused_peek_leaves_the_first_pause_as_it_was_and_cuts_nothing():

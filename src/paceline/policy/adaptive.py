@@ -114,6 +114,15 @@ _RATE_TEST_STAGE = 4.0
 # More than this share over the first burst (and 2 more) taken before the refusal: not the
 # same window again, a bucket (a window takes at most the N it took before).
 _RATE_TEST_OVER = 0.25
+# After a peek that got through (docs/design.md, 'A short first stage after the peek'), the
+# test's first stage is this many first bursts, not ``_RATE_TEST_STAGE``: the peek showed a
+# bucket at least about as fast as the test pace, so the pace doubles after one burst (80/10:
+# ~0.75 s at 40/s cost ~0.4 s of its rate; simulated 0.931 -> 0.944 of its quota, 200/10
+# 0.846 -> 0.910). Only from a first burst of 8 or more: the later stage's count is the rate
+# estimate, and a burst of 5 (20/5, its pace already the rate) read 17.9/s instead of 19.2
+# (0.937 -> 0.879; 2 bursts 0.913).
+_PEEK_STAGE = 1.0
+_PEEK_STAGE_MIN_BURST = 8.0
 
 # Window slots (docs/design.md, 'Window slots'): a window the test confirmed (or, without
 # Retry-After, the first probe found open a second on) is kept from this side (``WindowSlots``):
@@ -460,6 +469,7 @@ class AdaptiveController:
     _test_from_ns: int | None = None  # the current stage's first send (None: not yet)
     _test_taken: int = 0
     _test_stages: list[tuple[int, int]] = field(default_factory=list)  # (first send, taken before)
+    _test_stage_bursts: float = _RATE_TEST_STAGE
     _tested: bool = False
     _test_first_answer_ns: int | None = None  # the test's first success answered (its window)
     # when the test's refusal let the batch resume (None: as its Retry-After said; see
@@ -1342,6 +1352,7 @@ class AdaptiveController:
             self._test_first_answer_ns = None
             self._test_answers_ns = []
             self._test_stages = []
+            self._test_stage_bursts = _RATE_TEST_STAGE  # one first burst after a peek taken
             self._tat_ns = None
             self.events.append((now_ns, "rate test", self._test_pace_per_s))
             # one peek at the test's pace: a bucket that fast has a token again by then
@@ -1370,11 +1381,14 @@ class AdaptiveController:
                 start, _ = self._paused_ns[-1]
                 self._paused_ns[-1] = (start, max(start, until))
             self.events.append((now_ns, "peek", (until - now_ns) / NS))
+        if self._test_burst >= _PEEK_STAGE_MIN_BURST:
+            self._test_stage_bursts = _PEEK_STAGE
 
     def _rate_test_taken(self, now_ns: int) -> None:
         """A test attempt was taken: a stage that took ``_RATE_TEST_STAGE`` first bursts
         without a refusal found no window of that burst, and a server at least about as fast
-        as the test pace: double it."""
+        as the test pace: double it. After a peek that got through, the first stage is
+        ``_PEEK_STAGE`` first bursts (the peek showed that much already)."""
         pace = self._test_pace_per_s
         assert pace is not None
         if self._test_taken == 0:
@@ -1382,7 +1396,9 @@ class AdaptiveController:
         self._test_answers_ns.append(now_ns)
         self._test_taken += 1
         stages = self._test_stages
-        if stages and self._test_taken - stages[-1][1] >= _RATE_TEST_STAGE * self._test_burst:
+        stage_taken = self._test_taken - stages[-1][1] if stages else 0
+        if stages and stage_taken >= self._test_stage_bursts * self._test_burst:
+            self._test_stage_bursts = _RATE_TEST_STAGE
             self._test_pace_per_s = min(self.settings.max_rate_per_s, 2 * pace)
             self._test_from_ns = None  # the next stage starts with its first send
             self.events.append((now_ns, "rate test", self._test_pace_per_s))
