@@ -6,8 +6,38 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
+from typing import TextIO
 
 __all__ = ["main"]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/paceline
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning raised by paceline itself as one line for the command line's user
+    ("paceline: warning: 12 % of the cluster's slots came back late ..."), not as Python's
+    "file:line: RuntimeWarning: ..." with a line of paceline's source under it; warnings of
+    other packages keep Python's format.
+
+    >>> import io; out = io.StringIO()
+    >>> show_warning(RuntimeWarning("slow"), RuntimeWarning, str(_PACKAGE_DIR / "x.py"), 1, out)
+    >>> print(out.getvalue(), end="")
+    paceline: warning: slow
+    """
+    out = file if file is not None else sys.stderr
+    if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+        out.write(f"paceline: warning: {message}\n")
+    else:  # as Python's own showwarning writes it
+        out.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
         app(args=argv, prog_name="paceline", standalone_mode=True)
     except SystemExit as exc:  # typer ends with one: our exit code, or 2 for bad usage
@@ -29,4 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before or after a batch (a batch handles its own)
         print("paceline: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0
