@@ -788,9 +788,12 @@ class RedisLimitStore:
         # READONLY: we reached a replica (a failover in progress); BUSY/LOADING: a Redis
         # that is starting or running a slow script; CLUSTERDOWN, TRYAGAIN (a slot being
         # migrated), an uncovered slot or a master marked down: a cluster that is failing over
-        # or resharding. All pass with time.
+        # or resharding. ClusterError is redis-py's "TTL exhausted.": its own redirect and
+        # TRYAGAIN retries (about 0.4 s) ran out while a slot was still moving. All pass with
+        # time.
         return (
             rx.ConnectionError,
+            rx.ClusterError,
             rx.TimeoutError,
             rx.BusyLoadingError,
             rx.ReadOnlyError,
