@@ -146,6 +146,7 @@ def simulate(
     connect_s: float = 0.0,
     drop_rate: float = 0.0,
     service_s: float = 0.0,
+    stamp_s: float = 0.0,
 ) -> tuple[SimResult, AdaptiveController]:
     """Run the controller against ``server`` for ``duration_s`` of fake time. A timer (the
     pacer's, the user's limiter's) fires up to ``wake_jitter_s`` late; ``user_rate_per_s``: a
@@ -158,7 +159,9 @@ def simulate(
     server processed it, the client sees a dropped connection: ``Outcome.CAPACITY``).
     ``service_s``: the server (and the client's event loop) handles one request at a time, each
     taking this long, in arrival order: a burst queues, and its last requests are counted and
-    answered late (the test API and the CLI on one loopback: ~0.8 ms a request, measured)."""
+    answered late (the test API and the CLI on one loopback: ~0.8 ms a request, measured).
+    ``stamp_s``: a request goes out this long after the controller's start, and its ticket's
+    ``sent_ns`` is stamped again then, as the CLI's gate does (``AdaptiveGate.sent``)."""
     rng = random.Random(seed)
     drops = random.Random(seed + 1)  # its own draws: the other draws run as without drops
     settings = settings or AdaptiveSettings()
@@ -190,6 +193,9 @@ def simulate(
                 if wait:
                     send = now + wait + round(wake_jitter_s * NS * rng.random())
                 user.record(send, 1, waited=wait > 0)
+                ticket.sent_ns = send
+            if stamp_s:
+                send += round(stamp_s * NS)
                 ticket.sent_ns = send
             arrival = send + round(latency_s * NS / 2 * rng.uniform(0.8, 1.2))
             if send_jitter_s:

@@ -687,7 +687,7 @@ class AdaptiveController:
         if self._slots is not None:
             self._slots.start()
         if self._refill is not None:
-            self._refill.started(now_ns)
+            self._refill.started(ticket)
         self._epoch_in_flight += 1
         rate = self._gate_pace_per_s()
         if rate is not None:
@@ -733,7 +733,7 @@ class AdaptiveController:
             return
         refused = outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD
         if self._refill is not None:
-            self._refill.finished(ticket.sent_ns, accepted=not refused)
+            self._refill.finished(ticket, accepted=not refused)
         resumed = self._test_resume_ns
         if outcome is Outcome.SUCCESS and resumed is not None and ticket.sent_ns >= resumed:
             self._resume_taken = True

@@ -16,12 +16,17 @@ Counted by send time: attempts still in flight at the refusal's answer, sent bef
 accepted by a bucket that had not run dry yet; attempts sent after it and answered before
 are the next span's.
 
+>>> from dataclasses import dataclass
+>>> @dataclass(eq=False)
+... class Attempt:
+...     sent_ns: int
 >>> MS = 1_000_000
 >>> count = RefillCount(mark_ns=0)
->>> for sent in range(10 * MS, 1_000 * MS, 10 * MS):   # 99 attempts, one every 10 ms
-...     count.started(sent)
->>> for sent in range(10 * MS, 990 * MS, 10 * MS):     # 98 answered, accepted
-...     count.finished(sent, accepted=True)
+>>> attempts = [Attempt(t * MS) for t in range(10, 1_000, 10)]  # 99, one every 10 ms
+>>> for attempt in attempts:
+...     count.started(attempt)
+>>> for attempt in attempts[:-1]:                              # 98 answered, accepted
+...     count.finished(attempt, accepted=True)
 >>> count.refused(1_000 * MS)   # refused 1 s after the last refusal; the one in flight counts
 99.0
 >>> count.refused(1_400 * MS) is None   # 0.4 s after this one: too short to tell
@@ -31,13 +36,20 @@ True
 from __future__ import annotations
 
 from collections import deque
-from contextlib import suppress
+from typing import Protocol
 
 NS_PER_S = 1_000_000_000
 
 # A span shorter than this gives no rate: a token more or less is 1 / span of it (at 80/s,
 # over 0.5 s, 2.5 %); the caller keeps its own estimate then.
 MIN_SPAN_NS = NS_PER_S // 2
+
+
+class Attempt(Protocol):
+    """An attempt as counted: its send time, which may be stamped again after it started (the
+    runner stamps the moment it really goes out, after any limiter's token)."""
+
+    sent_ns: int
 
 
 class RefillCount:
@@ -50,9 +62,12 @@ class RefillCount:
         self.mark_ns = mark_ns
         self._accepted = 0  # answered and accepted, sent after the mark
         # their send times over the last few answers (those sent after a refusal answered
-        # before it move to the next span); attempts in flight, sent after the mark
+        # before it move to the next span)
         self._recent: deque[int] = deque(maxlen=256)
-        self._in_flight: deque[int] = deque()
+        # attempts in flight, by identity: their send time is read when it counts (by then
+        # the runner has stamped the real one; keyed by value, a stamp that moved left the
+        # attempt in flight for good and every span counted it again: 161/s read from 80/s)
+        self._in_flight: dict[int, Attempt] = {}
         self._full: tuple[int, float] | None = None  # when the bucket held at most (ns, burst)
 
     def full(self, at_ns: int, burst: float) -> None:
@@ -60,18 +75,18 @@ class RefillCount:
         enough to refill it): its tokens lost to the cap before then do not count."""
         self._full = (at_ns, burst)
 
-    def started(self, sent_ns: int) -> None:
-        """An attempt went out at ``sent_ns`` (never before the mark)."""
-        self._in_flight.append(sent_ns)
+    def started(self, attempt: Attempt) -> None:
+        """An attempt started (after the mark)."""
+        self._in_flight[id(attempt)] = attempt
 
-    def finished(self, sent_ns: int, *, accepted: bool) -> None:
-        """The attempt sent at ``sent_ns`` was answered (``accepted``: the bucket counted it)."""
+    def finished(self, attempt: Attempt, *, accepted: bool) -> None:
+        """``attempt`` was answered (``accepted``: the bucket counted it)."""
+        self._in_flight.pop(id(attempt), None)
+        sent_ns = attempt.sent_ns
         if sent_ns <= self.mark_ns:
             return  # the last span's, or sent before counting began
-        # (not found: sent after the mark, before counting began: this span's all the same)
-        with suppress(ValueError):
-            self._in_flight.remove(sent_ns)
         if accepted:
+            # (one started before counting began but sent after the mark: this span's too)
             self._accepted += 1
             self._recent.append(sent_ns)
 
@@ -80,9 +95,9 @@ class RefillCount:
         since the last mark (accepted per second; None over less than ``MIN_SPAN_NS``) and
         start the next span there."""
         later = sum(1 for s in self._recent if s > sent_ns)
-        pending = sum(1 for s in self._in_flight if s < sent_ns)
+        before = [key for key, a in self._in_flight.items() if a.sent_ns < sent_ns]
         span_ns = sent_ns - self.mark_ns
-        taken = self._accepted - later + pending
+        taken = self._accepted - later + len(before)
         rates = [taken * NS_PER_S / span_ns] if span_ns >= MIN_SPAN_NS else []
         if self._full is not None:
             # from a moment it held at most ``burst``: at least ``taken - burst`` was made since
@@ -94,5 +109,6 @@ class RefillCount:
         self.mark_ns = sent_ns
         self._accepted = later
         self._recent = deque((s for s in self._recent if s > sent_ns), maxlen=256)
-        self._in_flight = deque(s for s in self._in_flight if s > sent_ns)
+        for key in before:  # counted in this span already: their answers are ignored
+            del self._in_flight[key]
         return rate
