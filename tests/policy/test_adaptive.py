@@ -1012,17 +1012,21 @@ def _first_burst_refused_with_retry_after(c: AdaptiveController, rtt_ns: int = 1
     c.finished(12 * MS + rtt_ns, c.started(12 * MS, 0, False), Outcome.THROTTLE, retry_after_s=1.0)
 
 
-def _run_test_stage(c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS) -> Ticket:
-    """Send as the controller lets, each answered 10 ms (``rtt_ns``) later: the first
-    ``taken`` are taken, the next refused. Returns the refused attempt."""
+def _send_until_refused(
+    c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS
+) -> list[Ticket]:
+    """From the pause's end, send as the controller lets, one at a time, each answered 10 ms
+    (``rtt_ns``) later: the first ``taken`` are taken, the next refused with Retry-After: 1.
+    Returns every attempt, the refused one last."""
     now = c.pause_until_ns
     waited = False
+    tickets = []
     for n in range(taken + 1):
         while not (decision := c.decide(now, 0)).go:
             now += decision.wait_ns
             waited = decision.rate
         ticket = c.started(now, 0, waited)
-        assert ticket.rate_test
+        tickets.append(ticket)
         refused = n == taken
         c.finished(
             now + rtt_ns,
@@ -1031,7 +1035,15 @@ def _run_test_stage(c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS) ->
             retry_after_s=1.0 if refused else None,
         )
         now += rtt_ns
-    return ticket
+    return tickets
+
+
+def _run_test_stage(c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS) -> Ticket:
+    """The bucket-or-window test's attempts (``_send_until_refused``); returns the refused
+    one."""
+    tickets = _send_until_refused(c, taken, rtt_ns)
+    assert all(ticket.rate_test for ticket in tickets)
+    return tickets[-1]
 
 
 def test_a_bucket_that_sends_retry_after_is_told_from_a_window_and_its_rate_learned():

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paceline.policy.adaptive import AdaptiveController, Outcome, Ticket
+from paceline.policy.adaptive import AdaptiveController, Ticket
 from paceline.policy.refill import MIN_SPAN_NS, RefillCount
 from tests.policy.sim_adaptive import FixedWindowServer, TokenBucketServer, simulate
 from tests.policy.test_adaptive import (
@@ -18,6 +18,7 @@ from tests.policy.test_adaptive import (
     S,
     _first_burst_refused_with_retry_after,
     _run_test_stage,
+    _send_until_refused,
     controller,
 )
 
@@ -181,33 +182,10 @@ def _bucket_found() -> tuple[AdaptiveController, Ticket, float, int]:
     return c, refused, c._ceilings[-1], c.pause_until_ns
 
 
-def _paced(c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS) -> list[Ticket]:
-    """From the pause's end, send as the controller lets, one at a time, each answered
-    ``rtt_ns`` later: ``taken`` are taken, the next refused with Retry-After: 1."""
-    now = c.pause_until_ns
-    tickets = []
-    waited = False
-    for n in range(taken + 1):
-        while not (decision := c.decide(now, 0)).go:
-            now += decision.wait_ns
-            waited = decision.rate
-        ticket = c.started(now, 0, waited)
-        tickets.append(ticket)
-        refused = n == taken
-        c.finished(
-            now + rtt_ns,
-            ticket,
-            Outcome.THROTTLE if refused else Outcome.SUCCESS,
-            retry_after_s=1.0 if refused else None,
-        )
-        now += rtt_ns
-    return tickets
-
-
 def test_a_found_bucket_is_paced_at_its_rate_and_a_refusal_reads_it_from_the_count():
     c, test_refused, found, resumed_ns = _bucket_found()
     assert c.rate_per_s == pytest.approx(found)  # a lower bound: no margin
-    tickets = _paced(c, taken=120)
+    tickets = _send_until_refused(c, taken=120)
     refused = tickets[-1]
     pace = refused.pace_per_s
     assert pace is not None
@@ -231,18 +209,18 @@ def test_a_found_bucket_is_paced_at_its_rate_and_a_refusal_reads_it_from_the_cou
 
 def test_a_resume_after_a_refusal_that_comes_too_soon_waits_out_retry_after_from_then_on():
     c, _, _, _ = _bucket_found()
-    refused = _paced(c, taken=120)[-1]
+    refused = _send_until_refused(c, taken=120)[-1]
     answered = refused.sent_ns + 10 * MS
     cuts = c.cuts
     # the first attempt after the resume is refused: the Retry-After (1 s from the answer)
     # is waited out after all, no cut
-    first = _paced(c, taken=0)[-1]
+    first = _send_until_refused(c, taken=0)[-1]
     assert first.sent_ns < answered + S
     assert c.pause_until_ns == answered + S
     assert c.cuts == cuts
     assert c._round_resume_failed
     # a later refusal is waited out in full too (its rate still read from the count)
-    later = _paced(c, taken=100)[-1]
+    later = _send_until_refused(c, taken=100)[-1]
     assert c.cuts == cuts + 1
     assert [what for _, what, _ in c.events][-3:] == ["pause", "bucket refill", "rate"]
     assert c.pause_until_ns == later.sent_ns + 10 * MS + S
@@ -254,8 +232,8 @@ def test_a_bucket_dry_again_soon_after_a_resume_is_cut_no_deeper_than_usual():
     # the pause lost refill to the cap): one cut of the usual factor, no deeper; and the
     # resume was right (5 were taken), so it was no "resumed too soon".
     c, _, _, _ = _bucket_found()
-    before = _paced(c, taken=120)[-1]
-    quick = _paced(c, taken=5)[-1]
+    before = _send_until_refused(c, taken=120)[-1]
+    quick = _send_until_refused(c, taken=5)[-1]
     assert c._refill is not None
     assert c._refill.mark_ns == quick.sent_ns
     measured = [value for _, what, value in c.events if what == "bucket refill"][-1]
