@@ -1012,9 +1012,7 @@ def _first_burst_refused_with_retry_after(c: AdaptiveController, rtt_ns: int = 1
     c.finished(12 * MS + rtt_ns, c.started(12 * MS, 0, False), Outcome.THROTTLE, retry_after_s=1.0)
 
 
-def _send_until_refused(
-    c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS
-) -> list[Ticket]:
+def _send_until_refused(c: AdaptiveController, taken: int, rtt_ns: int = 10 * MS) -> list[Ticket]:
     """From the pause's end, send as the controller lets, one at a time, each answered 10 ms
     (``rtt_ns``) later: the first ``taken`` are taken, the next refused with Retry-After: 1.
     Returns every attempt, the refused one last."""
