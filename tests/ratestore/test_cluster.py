@@ -128,10 +128,13 @@ def test_processes_share_one_key_on_a_cluster_while_its_slot_moves(
         return 0
 
     before = evalsha_calls(target)
+    # 3 x 160 at 100/s: ~4.8 s, so that most bookings come after the move however slowly
+    # the reshard's redis-cli calls run (at 3 x 80, a slow CI machine had booked all but 37
+    # of them before the slot was given to its new master)
     procs = [
-        _spawn(cluster.url, key, referee.url, 80, 4),
-        _spawn(cluster.url, key, referee.url, 80, 4),
-        _spawn(cluster.url, key, referee.url, 80, 4, "--async"),
+        _spawn(cluster.url, key, referee.url, 160, 4),
+        _spawn(cluster.url, key, referee.url, 160, 4),
+        _spawn(cluster.url, key, referee.url, 160, 4, "--async"),
     ]
     _until_accepted(referee, 100)  # the first window is used up: bookings are in the store
     # One key moved and the rest held back for 1.5 s, past redis-py's own retries ("TTL
@@ -144,7 +147,7 @@ def test_processes_share_one_key_on_a_cluster_while_its_slot_moves(
     assert cluster.master_of(slot) == target
     assert [code for code, _ in results] == [0, 0, 0], why
     assert _most_starts_in_any_second([r for _, r in results]) <= 100, why  # the promise
-    assert stats["accepted"] == 240, why
+    assert stats["accepted"] == 480, why
     assert stats["throttled_429"] == 0, why
     assert stats["max_accepted_in_any_window"] <= 100, why
     # The clients followed the slot: the new master ran their bookings.
