@@ -55,7 +55,9 @@ followed by one *bucket-or-window test* (docs/design.md, 'Bucket or window'): af
 send at 4x that ceiling until refused; a window takes no more than it took at first, a token
 bucket takes more, and its rate is learned from what each stage took (see
 ``_RATE_TEST_FACTOR``). Its refusal's whole-second ``Retry-After`` is cut short when the test
-tells when the server has room again (``_resume_after_test``).
+tells when the server has room again (``_resume_after_test``). A bucket found so is read again
+from each of its refusals: what it took since the last one, over that span, is its rate
+(``_bucket_refused``, docs/design.md, 'A bucket's rate from its refusals').
 
 Increases happen only when a gate was binding for that attempt (otherwise the limit inflates
 during idle stretches and floods later). One cut per congestion event: throttles of attempts
@@ -1437,8 +1439,9 @@ class AdaptiveController:
             self.events.append((now_ns, "rate test", self._test_pace_per_s))
 
     def _end_rate_test(self, now_ns: int, ticket: Ticket) -> None:
-        """The server refused a test attempt: judge window or bucket, and hold (1 - margin) of
-        the rate found. The test's other refusals are not cuts.
+        """The server refused a test attempt: judge window or bucket, and hold the rate found
+        (a bucket's stage count, a lower bound, as it is; a window's, less the margin). The
+        test's other refusals are not cuts.
 
         A window takes at most the N it took at first (``_RATE_TEST_OVER``). A bucket of burst
         b and rate r took ``A1 = b + r T1`` over the first burst's sends (T1 long), from a full
