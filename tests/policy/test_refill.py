@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paceline.policy.adaptive import AdaptiveController, Ticket
+from paceline.policy.adaptive import AdaptiveController, Outcome, Ticket
 from paceline.policy.refill import MIN_SPAN_NS, RefillCount
 from tests.policy.sim_adaptive import FixedWindowServer, TokenBucketServer, simulate
 from tests.policy.test_adaptive import (
@@ -244,6 +244,47 @@ def test_a_bucket_dry_again_soon_after_a_resume_is_cut_no_deeper_than_usual():
     assert c._ceilings[-1] == pytest.approx(0.8 * pace)
     assert not c._round_resume_failed
     assert c.pause_until_ns == quick.sent_ns + round(12 * S / (0.8 * pace))
+
+
+def _taken_at_the_pace(c: AdaptiveController, n: int) -> int:
+    """From the pause's end, ``n`` attempts taken as the controller lets; returns the time
+    the next one may go."""
+    now = c.pause_until_ns
+    for _ in range(n):
+        while not (decision := c.decide(now, 0)).go:
+            now += decision.wait_ns
+        c.finished(now + 10 * MS, c.started(now, 0, True), Outcome.SUCCESS)
+        now += 10 * MS
+    while not (decision := c.decide(now, 0)).go:
+        now += decision.wait_ns
+    return now
+
+
+def test_a_refusal_that_asks_for_more_than_a_second_is_waited_out():
+    # A found bucket refused with "Retry-After: 30" (another limit of the server ran out: a
+    # bucket's next token comes within a second): the rate is read from the count as usual,
+    # but the 30 s pause stands.
+    c, _, _, _ = _bucket_found()
+    refused = _send_until_refused(c, taken=120)[-1]  # with "Retry-After: 1": cut short
+    assert c.pause_until_ns < refused.sent_ns + S
+    cuts = c.cuts
+    now = _taken_at_the_pace(c, 60)
+    c.finished(now + 10 * MS, c.started(now, 0, True), Outcome.THROTTLE, retry_after_s=30.0)
+    assert c.cuts == cuts + 1
+    assert [what for _, what, _ in c.events][-3:] == ["pause", "bucket refill", "rate"]
+    assert c.pause_until_ns == now + 10 * MS + 30 * S
+
+
+def test_a_503_from_a_found_bucket_is_cut_as_usual_and_its_pause_stands():
+    c, _, _, _ = _bucket_found()
+    _send_until_refused(c, taken=60)
+    now = _taken_at_the_pace(c, 20)
+    cuts = c.cuts
+    refills = [what for _, what, _ in c.events].count("bucket refill")
+    c.finished(now + 10 * MS, c.started(now, 0, True), Outcome.OVERLOAD, retry_after_s=5.0)
+    assert c.cuts == cuts + 1  # paced: the rate is what the server could not take
+    assert [what for _, what, _ in c.events].count("bucket refill") == refills
+    assert c.pause_until_ns == now + 10 * MS + 5 * S
 
 
 # -- simulated hidden buckets ------------------------------------------------------------

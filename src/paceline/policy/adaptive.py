@@ -524,6 +524,8 @@ class AdaptiveController:
     # its burst.
     _refill: RefillCount | None = None
     _refill_burst: float = 0.0
+    # the refusal being answered: a 429 (not a 503), and its Retry-After (``_bucket_refused``)
+    _refusal: tuple[bool, float | None] = (False, None)
 
     def __post_init__(self) -> None:
         self.server_pause = ServerPause(self.settings.max_pause_s)
@@ -736,6 +738,7 @@ class AdaptiveController:
         refused = outcome is Outcome.THROTTLE or outcome is Outcome.OVERLOAD
         if self._refill is not None:
             self._refill.finished(ticket, accepted=not refused)
+            self._refusal = (outcome is Outcome.THROTTLE, retry_after_s)
         resumed = self._test_resume_ns
         if outcome is Outcome.SUCCESS and resumed is not None and ticket.sent_ns >= resumed:
             self._resume_taken = True
@@ -1308,7 +1311,7 @@ class AdaptiveController:
     def _cut_rate(self, now_ns: int, ticket: Ticket) -> None:
         """Over the quota: cut the rate from the ceiling it was throttled at."""
         settings = self.settings
-        if self._refill is not None:
+        if self._refill is not None and self._refusal[0]:
             self._bucket_refused(now_ns, ticket)
             return
         if self._slow_start and ticket.pace_per_s is not None and not self._window_seen:
@@ -1505,7 +1508,10 @@ class AdaptiveController:
         what it took since its last refusal says by how much (``RefillCount``). Hold
         ``_REFILL_MARGIN`` under that rate, and resume when the bucket is full again, not at
         the end of a whole-second ``Retry-After`` (at 80/s burst 10, a pause of 1 s lost 70
-        tokens; 10 / 80 s loses none) — unless such a resume once came too soon."""
+        tokens; 10 / 80 s loses none) — unless such a resume once came too soon, or this
+        refusal asked for more than a second (a bucket's next token comes within one at any
+        rate worth reading: a longer ``Retry-After`` is another limit's, and waited out). A 503
+        is no bucket's refusal: it is cut as usual (``_cut_rate``)."""
         settings = self.settings
         refill = self._refill
         assert refill is not None
@@ -1525,7 +1531,8 @@ class AdaptiveController:
         self.events.append((now_ns, "bucket refill", measured or 0.0))
         self.events.append((now_ns, "rate", self.rate_per_s))
         burst = max(self._refill_burst, 1.0)
-        if not self._round_resume_failed:
+        retry_after_s = self._refusal[1]
+        if not self._round_resume_failed and (retry_after_s is None or retry_after_s <= 1):
             full_ns = max(now_ns + 1, ticket.sent_ns + round(burst * NS / rate))
             self._resume_after_test(now_ns, full_ns)
         refill.full(self.pause_until_ns, burst)
